@@ -1,0 +1,96 @@
+"""The Kubernetes `v1/Node` object, as plain attrs classes.
+
+Only the parts k3net reads or writes have fields. Everything else a Node may carry (fields the
+Go k3 components or kubectl add, fields of later API versions) lands in each class's `extra` and
+is written back untouched: see `k3net.convert` for the JSON form.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import attrs
+
+# Labels and annotations k3net owns.
+LABEL_HOSTNAME = "kubernetes.io/hostname"
+LABEL_MANAGED = "k3.network/managed"
+LABEL_DISCOVERED = "k3.network/discovered"
+ANN_LAST_SEEN = "k3.network/lastSeen"
+ANN_PORT = "k3.network/port"
+ANN_PID = "k3.network/pid"
+
+CONDITION_READY = "Ready"
+
+
+def _extra() -> dict[str, Any]:
+    return {}
+
+
+@attrs.define
+class ObjectMeta:
+    name: str
+    uid: str | None = None
+    namespace: str | None = None
+    resource_version: str | None = None
+    creation_timestamp: dt.datetime | None = None
+    labels: dict[str, str] = attrs.Factory(dict)
+    annotations: dict[str, str] = attrs.Factory(dict)
+    extra: dict[str, Any] = attrs.Factory(_extra)
+
+
+@attrs.define
+class NodeAddress:
+    type: str
+    address: str
+    extra: dict[str, Any] = attrs.Factory(_extra)
+
+
+@attrs.define
+class NodeCondition:
+    type: str
+    status: str
+    reason: str | None = None
+    message: str | None = None
+    last_heartbeat_time: dt.datetime | None = None
+    last_transition_time: dt.datetime | None = None
+    extra: dict[str, Any] = attrs.Factory(_extra)
+
+
+@attrs.define
+class NodeStatus:
+    phase: str | None = None
+    addresses: list[NodeAddress] = attrs.Factory(list)
+    conditions: list[NodeCondition] = attrs.Factory(list)
+    extra: dict[str, Any] = attrs.Factory(_extra)
+
+
+@attrs.define
+class Node:
+    metadata: ObjectMeta
+    api_version: str = "v1"
+    kind: str = "Node"
+    spec: dict[str, Any] = attrs.Factory(dict)
+    status: NodeStatus = attrs.Factory(NodeStatus)
+    extra: dict[str, Any] = attrs.Factory(_extra)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def managed(self) -> bool:
+        """True if k3net may modify this Node (the ownership rule)."""
+        return self.metadata.labels.get(LABEL_MANAGED) == "true"
+
+    def condition(self, type_: str = CONDITION_READY) -> NodeCondition | None:
+        for cond in self.status.conditions:
+            if cond.type == type_:
+                return cond
+        return None
+
+    @property
+    def ready_status(self) -> str:
+        """"True", "False" or "Unknown" (a Node without a Ready condition is "Unknown")."""
+        cond = self.condition()
+        return cond.status if cond is not None else "Unknown"
