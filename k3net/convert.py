@@ -49,6 +49,7 @@ def _structure_time(value: Any, _type: Any) -> dt.datetime:
 
 
 def _lossless_hooks(converter: cattrs.Converter, cls: type) -> tuple[Any, Any]:
+    attrs.resolve_types(cls)
     fields = [f for f in attrs.fields(cls) if f.name != "extra"]
     wire = {camel(f.name): f for f in fields}
 
