@@ -1,0 +1,65 @@
+"""The agent's Prometheus metrics. One `Metrics` per agent, on its own registry, so that several
+agents in one process (tests) do not mix their numbers."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_JOIN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.peers = Gauge(
+            "k3net_peers", "Peers this agent knows, by state of their stored Node.",
+            ["state"], registry=r,
+        )
+        self.probes = Counter(
+            "k3net_probes", "TCP probes of peers, by result (ok, fail).", ["result"], registry=r,
+        )
+        self.probe_latency = Histogram(
+            "k3net_probe_latency_seconds", "Time a TCP probe took.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.store_ops = Counter(
+            "k3net_store_operations", "Store calls, by operation and result.",
+            ["op", "result"], registry=r,
+        )
+        self.store_latency = Histogram(
+            "k3net_store_latency_seconds", "Time a store call took.", ["op"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.store_conflicts = Counter(
+            "k3net_store_conflicts", "Compare-and-swap writes that lost to another writer.",
+            registry=r,
+        )
+        self.writes = Counter(
+            "k3net_node_writes", "Node writes committed by this agent, by cause.",
+            ["cause"], registry=r,
+        )
+        self.mdns_events = Counter(
+            "k3net_mdns_events", "mDNS browse events, by kind (added, updated, removed).",
+            ["kind"], registry=r,
+        )
+        self.rejected = Counter(
+            "k3net_rejected_peers", "mDNS entries dropped and never written, by reason.",
+            ["reason"], registry=r,
+        )
+        self.subscribers = Gauge(
+            "k3net_event_subscribers", "Open /events websocket subscribers.", registry=r,
+        )
+        self.dropped_subscribers = Counter(
+            "k3net_event_subscribers_dropped", "Subscribers closed because they fell behind.",
+            registry=r,
+        )
+        self.join_latency = Histogram(
+            "k3net_join_latency_seconds",
+            "Time from a peer's first mDNS sighting to its Node written Ready.",
+            buckets=_JOIN_BUCKETS, registry=r,
+        )
+        self.store_up = Gauge(
+            "k3net_store_up", "1 if the last store call succeeded, else 0.", registry=r,
+        )
