@@ -1,0 +1,207 @@
+"""What a Node should look like after a write: pure functions, no I/O, no clock.
+
+An *intent* says what the agent wants a Node to say (alive, left, expired, shut down); `render`
+applies it to the Node as stored and returns the Node to write, or None when there is nothing
+to write. That None is how k3net writes only what changed, and how it keeps its hands off:
+
+- a Node without `k3.network/managed=true` (one the k3 controller reported) is never touched;
+- only the fields k3net owns change: its three labels, its three annotations, `status.phase`,
+  `status.addresses` and the Ready condition. Every other label, annotation, condition, `spec`,
+  capacity, nodeInfo and unknown key stays exactly as it was;
+- `lastTransitionTime` changes only when the Ready status changes;
+- guards make a write conditional on what the store says *now*, so that an agent that loses a
+  compare-and-swap race re-renders against the winner's Node and usually writes nothing:
+  `refresh_from` refreshes lastSeen only if nobody refreshed it meanwhile, and an expiry applies
+  only while the Node is still Ready with the same stale lastSeen.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Iterable
+
+import attrs
+
+from k3net.convert import format_time_precise, node_from_dict, node_to_dict
+from k3net.model import (
+    ANN_LAST_SEEN,
+    ANN_PID,
+    ANN_PORT,
+    CONDITION_READY,
+    LABEL_DISCOVERED,
+    LABEL_HOSTNAME,
+    LABEL_MANAGED,
+    Node,
+    NodeAddress,
+    NodeCondition,
+    ObjectMeta,
+)
+
+# Ready condition reasons.
+PEER_ALIVE = "PeerAlive"
+AGENT_READY = "AgentReady"
+PEER_LEFT = "PeerLeft"
+PEER_EXPIRED = "PeerExpired"
+AGENT_SHUTDOWN = "AgentShutdown"
+
+
+@attrs.frozen
+class Alive:
+    """The node answered (a peer's probe, or this agent's own heartbeat): Ready=True."""
+
+    name: str
+    addresses: tuple[str, ...]
+    port: int
+    pid: int | None
+    reason: str = PEER_ALIVE
+    # Refresh lastSeen, but only if the stored value is still this one (None: no refresh
+    # unless the Node is created or becomes Ready).
+    refresh_from: str | None = None
+    refresh: bool = False
+
+
+@attrs.frozen
+class Left:
+    """The peer said goodbye over mDNS and does not answer: Ready=False at once."""
+
+    name: str
+
+
+@attrs.frozen
+class Expired:
+    """Nobody refreshed the Node's lastSeen for peer-ttl: Ready=Unknown.
+    Applies only while the Node is still Ready with lastSeen == `stale_last_seen`."""
+
+    name: str
+    stale_last_seen: str | None
+
+
+@attrs.frozen
+class Shutdown:
+    """This agent is stopping cleanly: its own Node goes Ready=False."""
+
+    name: str
+
+
+Intent = Alive | Left | Expired | Shutdown
+
+
+def ordered_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
+    """InternalIP addresses as a Node lists them: IPv4 first, then global IPv6; no loopback,
+    no link-local, nothing unparsable, no duplicates; otherwise in the order given."""
+    v4: list[str] = []
+    v6: list[str] = []
+    seen: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for text in addresses:
+        try:
+            ip = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            continue
+        if ip in seen or ip.is_loopback or ip.is_link_local or ip.is_unspecified:
+            continue
+        if ip.version == 6 and not ip.is_global:
+            continue
+        seen.add(ip)
+        (v4 if ip.version == 4 else v6).append(str(ip))
+    return tuple(v4 + v6)
+
+
+def last_seen(node: Node | None) -> str | None:
+    if node is None:
+        return None
+    return node.metadata.annotations.get(ANN_LAST_SEEN)
+
+
+def _new_node(name: str, now: dt.datetime) -> Node:
+    return Node(metadata=ObjectMeta(name=name, uid=f"node-{name}", creation_timestamp=now))
+
+
+def _set_ready(node: Node, status: str, reason: str, message: str, now: dt.datetime) -> bool:
+    """Set the Ready condition; returns True if its status changed."""
+    cond = node.condition(CONDITION_READY)
+    if cond is None:
+        cond = NodeCondition(type=CONDITION_READY, status=status, last_transition_time=now)
+        node.status.conditions.append(cond)
+        changed = True
+    else:
+        changed = cond.status != status
+        if changed:
+            cond.status = status
+            cond.last_transition_time = now
+    cond.reason = reason
+    cond.message = message
+    if changed:
+        cond.last_heartbeat_time = now
+    return changed
+
+
+def _own(node: Node, name: str) -> None:
+    labels = node.metadata.labels
+    labels[LABEL_HOSTNAME] = name
+    labels[LABEL_MANAGED] = "true"
+    labels[LABEL_DISCOVERED] = "true"
+    node.status.phase = "Running"
+
+
+def _set_addresses(node: Node, name: str, addresses: tuple[str, ...]) -> None:
+    owned = {"Hostname", "InternalIP"}
+    kept = [a for a in node.status.addresses if a.type not in owned]
+    ours = [NodeAddress(type="Hostname", address=name)]
+    ours += [NodeAddress(type="InternalIP", address=a) for a in ordered_addresses(addresses)]
+    node.status.addresses = ours + kept
+
+
+def _message(intent: Intent) -> str:
+    if isinstance(intent, Alive):
+        return "k3net agent is running" if intent.reason == AGENT_READY else "peer answered a probe"
+    if isinstance(intent, Left):
+        return "peer announced its departure over mDNS and stopped answering"
+    if isinstance(intent, Expired):
+        return "no agent reached the peer within the peer TTL"
+    return "k3net agent shut down"
+
+
+def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | None:
+    """The Node to write for `intent`, given the Node as stored (None if absent), or None if
+    nothing needs writing. `now` is the wall-clock time written into timestamps."""
+    if existing is not None and not existing.managed:
+        return None  # the ownership rule: not ours, never touched
+    if existing is None and not isinstance(intent, Alive):
+        return None  # only a live node is created; nothing to mark on a Node that is not there
+    if isinstance(intent, Expired) and existing is not None and (
+        existing.ready_status != "True" or last_seen(existing) != intent.stale_last_seen
+    ):
+        return None  # someone reached it meanwhile, or it is already not Ready
+    if isinstance(intent, Left) and existing is not None and existing.ready_status == "False":
+        return None  # already marked down (PeerLeft, or AgentShutdown by the peer itself)
+
+    node = _new_node(intent.name, now) if existing is None else _copy(existing)
+    _own(node, intent.name)
+    if isinstance(intent, Alive):
+        became_ready = _set_ready(node, "True", intent.reason, _message(intent), now)
+        _set_addresses(node, intent.name, intent.addresses)
+        annotations = node.metadata.annotations
+        annotations[ANN_PORT] = str(intent.port)
+        if intent.pid is not None:
+            annotations[ANN_PID] = str(intent.pid)
+        stale = intent.refresh and last_seen(existing) == intent.refresh_from
+        if existing is None or became_ready or stale or ANN_LAST_SEEN not in annotations:
+            annotations[ANN_LAST_SEEN] = format_time_precise(now)
+            ready = node.condition(CONDITION_READY)
+            assert ready is not None
+            ready.last_heartbeat_time = now
+    elif isinstance(intent, Left):
+        _set_ready(node, "False", PEER_LEFT, _message(intent), now)
+    elif isinstance(intent, Expired):
+        _set_ready(node, "Unknown", PEER_EXPIRED, _message(intent), now)
+    else:
+        _set_ready(node, "False", AGENT_SHUTDOWN, _message(intent), now)
+
+    if existing is not None and node_to_dict(node) == node_to_dict(existing):
+        return None
+    return node
+
+
+def _copy(node: Node) -> Node:
+    return node_from_dict(node_to_dict(node))
