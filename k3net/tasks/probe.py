@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import trio
 
 from k3net.core.messages import ProbeResult
+from k3net.core.table import Forget, ProbeNow, ProbeTarget
+from k3net.metrics import Metrics
 
 
 async def probe_once(name: str, addresses: Sequence[str], port: int) -> ProbeResult:
@@ -46,3 +48,89 @@ async def probe_with_timeout(
 def jitter(interval: float, rng: random.Random) -> float:
     """A delay in [0, interval) to spread one round's probes."""
     return rng.random() * interval
+
+
+class Prober:
+    """Probes every target once per round, and a target at once when the table asks.
+
+    A round starts every `interval` (jittered by up to 10% so that agents started together
+    drift apart); within a round each probe waits a random moment of up to `spread` seconds, so
+    that hundreds of peers are not all dialled in the same millisecond. At most `limit` probes
+    run at once, and never two at once for the same peer.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float,
+        timeout: float,
+        metrics: Metrics,
+        limit: int = 64,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.spread = min(1.0, interval / 10)
+        self.metrics = metrics
+        self.rng = rng or random.Random()
+        self.targets: dict[str, ProbeTarget] = {}
+        self._limiter = trio.CapacityLimiter(limit)
+        self._inflight: set[str] = set()
+        self.last_round: float = 0.0  # seconds the last full round took
+
+    async def run(
+        self,
+        inbox: trio.MemoryReceiveChannel[ProbeNow | Forget],
+        results: trio.MemorySendChannel[ProbeResult],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with results, trio.open_nursery() as nursery:
+            nursery.start_soon(self._rounds, nursery, results)
+            task_status.started()
+            async with inbox:
+                async for msg in inbox:
+                    if isinstance(msg, Forget):
+                        self.targets.pop(msg.name, None)
+                    else:
+                        self.targets[msg.target.name] = msg.target
+                        nursery.start_soon(self._probe, msg.target, None, results)
+            nursery.cancel_scope.cancel()
+
+    async def _rounds(
+        self, nursery: trio.Nursery, results: trio.MemorySendChannel[ProbeResult]
+    ) -> None:
+        while True:
+            await trio.sleep(self.interval * (0.9 + 0.2 * self.rng.random()))
+            start = trio.current_time()
+            async with trio.open_nursery() as round_:
+                for target in list(self.targets.values()):
+                    round_.start_soon(self._probe, target, jitter(self.spread, self.rng), results)
+            self.last_round = trio.current_time() - start
+
+    async def _probe(
+        self,
+        target: ProbeTarget,
+        delay: float | None,
+        results: trio.MemorySendChannel[ProbeResult],
+    ) -> None:
+        """One probe; `delay` None is an immediate probe, asked for by the table, which runs
+        even if a round's probe of that peer is under way (it may predate a goodbye)."""
+        if delay is not None:
+            await trio.sleep(delay)
+            if target.name in self._inflight:
+                return
+        self._inflight.add(target.name)
+        try:
+            async with self._limiter:
+                result = await probe_with_timeout(
+                    target.name, target.addresses, target.port, self.timeout
+                )
+        finally:
+            self._inflight.discard(target.name)
+        self.metrics.probes.labels(result="ok" if result.ok else "fail").inc()
+        self.metrics.probe_latency.observe(result.latency)
+        try:
+            await results.send(result)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the table is gone: the agent is stopping

@@ -1,0 +1,164 @@
+"""writer: the only task that writes to the store, so every write is serialized and ordered.
+
+It takes `Write` actions from the peer table, keeps at most one pending intent per Node (the
+latest wins: a Node that went Ready then Left while the store was down gets one write, PeerLeft),
+renders each against the Node as stored and writes it with compare-and-swap. On a conflict it
+re-reads and re-renders, so an agent that lost a race usually finds nothing left to write. While
+the store is down it retries with capped exponential backoff and jitter; pending intents stay
+bounded by the number of Nodes, and nothing is dropped.
+
+When the table closes its end of the channel (the agent is stopping), the writer writes what is
+still pending and returns; the caller bounds that with a deadline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+
+import attrs
+import trio
+
+from k3net.core.nodes import render
+from k3net.core.table import Write
+from k3net.health import StoreHealth
+from k3net.metrics import Metrics
+from k3net.store.base import Conflict, NotFound, Store, Stored, StoreUnavailable
+
+log = logging.getLogger("k3net.writer")
+
+
+@attrs.frozen
+class Backoff:
+    """Capped exponential backoff with jitter: the n-th retry waits a random time in
+    [base*2^n / 2, base*2^n], at most `cap`."""
+
+    base: float = 0.1
+    cap: float = 5.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        ceiling = min(self.cap, self.base * 2**attempt)
+        return ceiling / 2 + rng.random() * ceiling / 2
+
+
+# Compare-and-swap losses in a row before the writer backs off like for an outage.
+MAX_CONFLICTS = 10
+
+
+class Writer:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        health: StoreHealth,
+        *,
+        backoff: Backoff = Backoff(),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.health = health
+        self.backoff = backoff
+        self.rng = rng or random.Random()
+        self.pending: dict[str, Write] = {}
+        self._wakeup = trio.Event()
+        self._inbox_open = True
+
+    async def run(
+        self,
+        inbox: trio.MemoryReceiveChannel[Write],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._collect, inbox)
+            task_status.started()
+            await self._drain()
+
+    async def _collect(self, inbox: trio.MemoryReceiveChannel[Write]) -> None:
+        async with inbox:
+            async for write in inbox:
+                self.pending.pop(write.intent.name, None)  # the newest goes to the back
+                self.pending[write.intent.name] = write
+                self._wakeup.set()
+        self._inbox_open = False
+        self._wakeup.set()
+
+    async def _drain(self) -> None:
+        failures = 0
+        while True:
+            if not self.pending:
+                if not self._inbox_open:
+                    return
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                continue
+            name = next(iter(self.pending))
+            write = self.pending.pop(name)
+            try:
+                await self._apply(write)
+            except (StoreUnavailable, _TooManyConflicts) as exc:
+                self.pending.setdefault(name, write)  # unless a newer intent replaced it
+                delay = self.backoff.delay(failures, self.rng)
+                failures += 1
+                log.warning(
+                    "store write for %s failed (%s); %d pending, retrying in %.1fs",
+                    name, exc, len(self.pending), delay,
+                )
+                await trio.sleep(delay)
+            else:
+                if failures:
+                    log.info("store writes succeed again after %d failed attempts", failures)
+                failures = 0
+
+    async def _apply(self, write: Write) -> None:
+        base: Stored | None = write.base
+        name = write.intent.name
+        for _ in range(MAX_CONFLICTS):
+            node = render(base.node if base else None, write.intent, dt.datetime.now(dt.UTC))
+            if node is None:
+                return
+            try:
+                if base is None:
+                    stored = await self._call("create", self.store.create(node))
+                else:
+                    stored = await self._call("update", self.store.update(node, base.version))
+            except (Conflict, NotFound):
+                self.metrics.store_conflicts.inc()
+                try:
+                    base = await self._call("get", self.store.get(name))
+                except NotFound:
+                    base = None
+                continue
+            cause = type(write.intent).__name__.lower()
+            self.metrics.writes.labels(cause=cause).inc()
+            log.debug("wrote %s (%s), version %s", name, cause, stored.version)
+            return
+        raise _TooManyConflicts(f"{MAX_CONFLICTS} compare-and-swap conflicts in a row")
+
+    async def _call(self, op: str, call):  # type: ignore[no-untyped-def]
+        start = trio.current_time()
+        try:
+            result = await call
+        except StoreUnavailable as exc:
+            self.metrics.store_ops.labels(op=op, result="unavailable").inc()
+            self.metrics.store_up.set(0)
+            self.health.down(str(exc))
+            raise
+        except Conflict:
+            self.metrics.store_ops.labels(op=op, result="conflict").inc()
+            raise
+        except NotFound:
+            self.metrics.store_ops.labels(op=op, result="not_found").inc()
+            raise
+        finally:
+            self.metrics.store_latency.labels(op=op).observe(trio.current_time() - start)
+        self.metrics.store_ops.labels(op=op, result="ok").inc()
+        self.metrics.store_up.set(1)
+        self.health.up()
+        return result
+
+
+class _TooManyConflicts(Exception):
+    pass
