@@ -1,0 +1,45 @@
+"""nox sessions. `nox` runs tests, lint and typing; `nox -s lan` and `nox -s bench` are slow and
+need root (network namespaces), so they run only when asked for.
+
+    nox -s tests -- -k table          # arguments after -- go to pytest
+    nox -s lan -- --hosts 5 --store etcd --scenario all
+    nox -s bench -- --peers 50 200 500
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def _install(session: nox.Session, *groups: str) -> None:
+    session.install("-e", ".")
+    for group in groups:
+        session.install(*nox.project.dependency_groups(PYPROJECT, group))
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite, with its services (private etcd, MariaDB) started and stopped."""
+    _install(session, "test")
+    python = f"{session.virtualenv.bin}/python"
+    session.run("bash", "scripts/test", *session.posargs, env={"K3NET_PYTHON": python},
+                external=True)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and import order."""
+    _install(session, "lint")
+    session.run("ruff", "check", "k3net", "tests", "scripts", "noxfile.py", *session.posargs)
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy on the package."""
+    _install(session, "lint")
+    session.run("mypy", "k3net", *session.posargs)

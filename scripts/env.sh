@@ -1,0 +1,21 @@
+# Shared by scripts/run and scripts/test: make sure .venv exists with k3net and the dependency
+# groups given as arguments installed. Sourced, not run.
+
+K3NET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+K3NET_VENV="$K3NET_ROOT/.venv"
+
+k3net_env() {
+    local python="${PYTHON:-python3}"
+    if [ ! -x "$K3NET_VENV/bin/python" ]; then
+        echo "env: creating $K3NET_VENV"
+        "$python" -m venv "$K3NET_VENV" || return 1
+    fi
+    # Dependency groups (PEP 735) need pip >= 25.1.
+    "$K3NET_VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade "pip>=25.1" \
+        || return 1
+    local groups=()
+    for group in "$@"; do groups+=(--group "$K3NET_ROOT/pyproject.toml:$group"); done
+    echo "env: installing k3net${*:+ and groups: $*}"
+    "$K3NET_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        -e "$K3NET_ROOT" "${groups[@]}" || return 1
+}
