@@ -1,0 +1,344 @@
+"""The etcd backend: Nodes as JSON under the Go k3 store's keys.
+
+Layout, shared with the Go components: key `/kubernetes//v1/Node/<name>` (the Go store's
+`/kubernetes/<group>/<version>/<kind>/<name>` with the empty core group), value = the Node as
+JSON (`node_to_json`). `metadata.resourceVersion` is not stored: the version is the key's
+`mod_revision`, set on every Node this backend returns.
+
+Writes are etcd transactions: create succeeds only if the key does not exist
+(`create_revision == 0`), update only if `mod_revision` is still the version the caller read.
+
+Connection: made on first use, not in `__init__`. `config.endpoints` are tried in order, each
+for at most `dial_timeout`; after any failure the connection is dropped and the next call dials
+again, so a restarted etcd or a dead endpoint costs one failed call. gRPC keepalive pings let a
+silently dead connection fail instead of hanging. Every aetcd, gRPC and asyncio error becomes
+StoreUnavailable here, nowhere else.
+
+Watch: a Snapshot (with the revision it was read at), then Put/Deleted from an etcd watch that
+starts at the next revision, so nothing falls between the two. When the watch breaks (etcd
+restarted: aetcd's watch raises and never resumes) the watch dials again with capped backoff and
+yields a fresh Snapshot. Each watch has its own connection, so a failed `get` does not disturb it.
+
+Values that are not a Node (corrupt or foreign data under the prefix) are skipped with a warning
+by `list` and the watch, so one bad key cannot hide every other Node; `get` of such a key raises
+StoreError (neither NotFound, which would invite a create, nor a valid Node).
+
+All library calls run through `trio_asyncio.aio_as_trio`: use this store inside
+`trio_asyncio.open_loop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import aetcd
+import aetcd.exceptions
+import attrs
+import grpc
+import trio
+from trio_asyncio import aio_as_trio
+
+from k3net.config import EtcdConfig, parse_endpoint
+from k3net.convert import InvalidNode, node_from_json, node_to_json
+from k3net.model import Node
+from k3net.store.base import (
+    Conflict,
+    Deleted,
+    NotFound,
+    Put,
+    Snapshot,
+    StoreError,
+    StoreUnavailable,
+    Stored,
+    WatchEvent,
+)
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/kubernetes//v1/Node/"
+
+# Ping every 10 s, give up on a connection that does not answer a ping within 5 s. etcd refuses
+# pings more often than every 5 s (--grpc-keepalive-min-time), so 10 s is the safe side of that.
+GRPC_OPTIONS = {
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.max_pings_without_data": 0,
+}
+# A broken watch retries after 0.2 s, doubling up to 5 s: quick after a restart, gentle during
+# a long outage.
+WATCH_BACKOFF_MIN = 0.2
+WATCH_BACKOFF_MAX = 5.0
+# Closing a client or cancelling a watch during shutdown may take at most this long.
+CLOSE_TIMEOUT = 2.0
+
+# What aetcd and gRPC raise when etcd is down, unreachable or refuses us. A stray
+# asyncio.CancelledError (not caused by a trio cancellation, which arrives as trio.Cancelled)
+# means aetcd tore down its own task: the connection is gone as well.
+LIBRARY_ERRORS = (
+    aetcd.exceptions.ClientError,
+    grpc.RpcError,
+    asyncio.TimeoutError,
+    asyncio.CancelledError,
+    OSError,
+)
+
+T = TypeVar("T")
+
+
+def node_key(name: str) -> bytes:
+    return f"{PREFIX}{name}".encode()
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def stored_from_kv(kv: Any) -> Stored:
+    """The Stored for an etcd key-value; InvalidNode if the value is not this key's Node."""
+    name = kv.key.decode(errors="replace").removeprefix(PREFIX)
+    node = node_from_json(kv.value)
+    if node.metadata.name != name:
+        raise InvalidNode(f"metadata.name is {node.metadata.name!r}, not {name!r}")
+    version = str(kv.mod_revision)
+    node.metadata.resource_version = version
+    return Stored(node=node, version=version)
+
+
+def _value(node: Node) -> bytes:
+    unversioned = attrs.evolve(node, metadata=attrs.evolve(node.metadata, resource_version=None))
+    return node_to_json(unversioned).encode()
+
+
+def _written(value: bytes, revision: int) -> Stored:
+    """What a successful write of `value` at `revision` stored (a fresh copy for the caller)."""
+    node = node_from_json(value)
+    node.metadata.resource_version = str(revision)
+    return Stored(node=node, version=str(revision))
+
+
+async def _close_client(client: aetcd.Client) -> None:
+    """Close a client that may be broken; never raises, never blocks shutdown for long."""
+    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+        try:
+            await aio_as_trio(client.close)()
+        except LIBRARY_ERRORS as exc:
+            log.debug("closing etcd client: %s", describe(exc))
+
+
+class _Connection:
+    """One aetcd client, dialled on first use and dropped after any failure."""
+
+    def __init__(self, config: EtcdConfig) -> None:
+        self._config = config
+        self._client: aetcd.Client | None = None
+        self._lock = trio.Lock()
+
+    async def call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+        """Run `fn(client)` on the asyncio side; any library error is StoreUnavailable."""
+        client = await self._connected()
+        try:
+            return await aio_as_trio(fn)(client)
+        except LIBRARY_ERRORS as exc:
+            await self.drop(client)
+            raise StoreUnavailable(f"etcd: {describe(exc)}") from exc
+
+    async def _connected(self) -> aetcd.Client:
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._dial()
+            return self._client
+
+    async def _dial(self) -> aetcd.Client:
+        failures = []
+        for endpoint in self._config.endpoints:
+            host, port = parse_endpoint(endpoint, "storage.etcd.endpoints")
+            password = self._config.password or "" if self._config.username else None
+            client = aetcd.Client(
+                host, port, username=self._config.username, password=password,
+                options=GRPC_OPTIONS,
+            )
+            with trio.move_on_after(self._config.dial_timeout) as scope:
+                try:
+                    # connect() only builds the channel (and authenticates); a read proves
+                    # that this endpoint answers and lets us read Nodes.
+                    await aio_as_trio(_check)(client)
+                    return client
+                except LIBRARY_ERRORS as exc:
+                    failures.append(f"{endpoint}: {describe(exc)}")
+            if scope.cancelled_caught:
+                failures.append(f"{endpoint}: no answer within {self._config.dial_timeout:g}s")
+            await _close_client(client)
+        raise StoreUnavailable("etcd: no endpoint answered (" + "; ".join(failures) + ")")
+
+    async def drop(self, client: aetcd.Client | None = None) -> None:
+        """Forget the client (only if it is still `client`, when given) and close it."""
+        if self._client is None or (client is not None and client is not self._client):
+            return
+        client, self._client = self._client, None
+        await _close_client(client)
+
+
+async def _check(client: aetcd.Client) -> None:
+    await client.connect()
+    await client.get(PREFIX.encode())
+
+
+class EtcdStore:
+    kind = "etcd"
+
+    def __init__(self, config: EtcdConfig) -> None:
+        self._config = config
+        self._conn = _Connection(config)
+
+    async def get(self, name: str) -> Stored:
+        kv = await self._conn.call(lambda c: c.get(node_key(name)))
+        if kv is None:
+            raise NotFound(name)
+        try:
+            return stored_from_kv(kv)
+        except InvalidNode as exc:
+            raise StoreError(f"etcd: {node_key(name).decode()} does not hold a Node: {exc}") from exc
+
+    async def list(self) -> list[Stored]:
+        result = await self._conn.call(lambda c: c.get_prefix(PREFIX.encode()))
+        return _valid(result)
+
+    async def create(self, node: Node) -> Stored:
+        key, value = node_key(node.metadata.name), _value(node)
+
+        def txn(c: aetcd.Client) -> Awaitable[Any]:
+            tx = c.transactions
+            return c.transaction(
+                compare=[tx.create(key) == 0], success=[tx.put(key, value)], failure=[]
+            )
+
+        ok, responses = await self._conn.call(txn)
+        if not ok:
+            raise Conflict(f"{node.metadata.name} exists")
+        return _written(value, responses[0].response_put.header.revision)
+
+    async def update(self, node: Node, version: str) -> Stored:
+        name = node.metadata.name
+        try:
+            revision = int(version)
+        except ValueError:
+            raise Conflict(f"{name}: {version!r} is not an etcd revision") from None
+        key, value = node_key(name), _value(node)
+
+        def txn(c: aetcd.Client) -> Awaitable[Any]:
+            tx = c.transactions
+            return c.transaction(
+                compare=[tx.mod(key) == revision], success=[tx.put(key, value)],
+                failure=[tx.get(key)],
+            )
+
+        ok, responses = await self._conn.call(txn)
+        if not ok:
+            current = responses[0] if responses else []
+            if not current:
+                raise NotFound(name)
+            _, kv = current[0]
+            raise Conflict(f"{name} is at version {kv.mod_revision}, not {version}")
+        return _written(value, responses[0].response_put.header.revision)
+
+    async def delete(self, name: str) -> None:
+        deleted = await self._conn.call(lambda c: c.delete(node_key(name)))
+        if deleted is None:
+            raise NotFound(name)
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        watch = _Watch(_Connection(self._config))
+        events = watch.events()
+        try:
+            yield events
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await events.aclose()
+                await watch.close()
+
+    async def aclose(self) -> None:
+        await self._conn.drop()
+
+
+def _valid(result: Any) -> list[Stored]:
+    """The Nodes of a get_prefix result, sorted by name; anything else is logged and skipped."""
+    items = []
+    for kv in result:
+        try:
+            items.append(stored_from_kv(kv))
+        except InvalidNode as exc:
+            log.warning("etcd: skipping %s: not a Node: %s", kv.key.decode(errors="replace"), exc)
+    return sorted(items, key=lambda s: s.name)
+
+
+async def _next_event(iterator: AsyncIterator[Any]) -> Any:
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+class _Watch:
+    """One consumer's watch: its own connection, and the aetcd watch currently open on it."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._handle: Any = None  # aetcd Watch, while one is open
+
+    async def events(self) -> AsyncIterator[WatchEvent]:
+        backoff = WATCH_BACKOFF_MIN
+        while True:
+            try:
+                result = await self._conn.call(lambda c: c.get_prefix(PREFIX.encode()))
+                yield Snapshot(tuple(_valid(result)))
+                backoff = WATCH_BACKOFF_MIN
+                start = result.header.revision + 1
+                self._handle = await self._conn.call(
+                    lambda c: c.watch_prefix(PREFIX.encode(), start_revision=start)
+                )
+                iterator = self._handle.__aiter__()
+                while True:
+                    event = await self._conn.call(lambda c: _next_event(iterator))
+                    if event is None:
+                        raise StoreUnavailable("etcd: the watch ended")
+                    mapped = _watch_event(event)
+                    if mapped is not None:
+                        yield mapped
+            except StoreUnavailable as exc:
+                log.warning("etcd watch lost (%s); retrying in %.1fs", exc, backoff)
+                await self._cancel_handle()
+                await self._conn.drop()
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+
+    async def _cancel_handle(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            try:
+                await aio_as_trio(handle.cancel)()
+            except LIBRARY_ERRORS as exc:
+                log.debug("cancelling etcd watch: %s", describe(exc))
+
+    async def close(self) -> None:
+        await self._cancel_handle()
+        await self._conn.drop()
+
+
+def _watch_event(event: Any) -> WatchEvent | None:
+    name = event.kv.key.decode(errors="replace").removeprefix(PREFIX)
+    if event.kind == "DELETE":
+        return Deleted(name)
+    try:
+        return Put(stored_from_kv(event.kv))
+    except InvalidNode as exc:
+        log.warning("etcd: skipping a change of %s: not a Node: %s", name, exc)
+        return None
