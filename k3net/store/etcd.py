@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -51,9 +51,9 @@ from k3net.store.base import (
     NotFound,
     Put,
     Snapshot,
+    Stored,
     StoreError,
     StoreUnavailable,
-    Stored,
     WatchEvent,
 )
 
@@ -139,11 +139,11 @@ class _Connection:
         self._client: aetcd.Client | None = None
         self._lock = trio.Lock()
 
-    async def call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
-        """Run `fn(client)` on the asyncio side; any library error is StoreUnavailable."""
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(client, *args)` on the asyncio side; any library error is StoreUnavailable."""
         client = await self._connected()
         try:
-            return await aio_as_trio(fn)(client)
+            return await aio_as_trio(fn)(client, *args)
         except LIBRARY_ERRORS as exc:
             await self.drop(client)
             raise StoreUnavailable(f"etcd: {describe(exc)}") from exc
@@ -278,7 +278,11 @@ def _valid(result: Any) -> list[Stored]:
     return sorted(items, key=lambda s: s.name)
 
 
-async def _next_event(iterator: AsyncIterator[Any]) -> Any:
+async def _watch_from(client: aetcd.Client, revision: int) -> Any:
+    return await client.watch_prefix(PREFIX.encode(), start_revision=revision)
+
+
+async def _next_event(_client: aetcd.Client, iterator: AsyncIterator[Any]) -> Any:
     try:
         return await iterator.__anext__()
     except StopAsyncIteration:
@@ -292,20 +296,17 @@ class _Watch:
         self._conn = conn
         self._handle: Any = None  # aetcd Watch, while one is open
 
-    async def events(self) -> AsyncIterator[WatchEvent]:
+    async def events(self) -> AsyncGenerator[WatchEvent, None]:
         backoff = WATCH_BACKOFF_MIN
         while True:
             try:
                 result = await self._conn.call(lambda c: c.get_prefix(PREFIX.encode()))
                 yield Snapshot(tuple(_valid(result)))
                 backoff = WATCH_BACKOFF_MIN
-                start = result.header.revision + 1
-                self._handle = await self._conn.call(
-                    lambda c: c.watch_prefix(PREFIX.encode(), start_revision=start)
-                )
+                self._handle = await self._conn.call(_watch_from, result.header.revision + 1)
                 iterator = self._handle.__aiter__()
                 while True:
-                    event = await self._conn.call(lambda c: _next_event(iterator))
+                    event = await self._conn.call(_next_event, iterator)
                     if event is None:
                         raise StoreUnavailable("etcd: the watch ended")
                     mapped = _watch_event(event)
