@@ -1,0 +1,107 @@
+"""A process for the mDNS end-to-end tests; run it inside a test network namespace only.
+
+    python tests/mdns_helper.py advertise --name node-a --port 7001 [--iface lo]
+    python tests/mdns_helper.py browse --own-name self [--iface lo]
+    python tests/mdns_helper.py peers [--iface lo]        (k3net.peers.main, JSON output)
+
+Prints one JSON object per line on stdout, each with `t` = time.monotonic() (the same clock in
+every process of the machine, so the test can subtract them):
+
+    {"event": "starting"}            advertise: about to register
+    {"event": "registered"}          advertise: announced (advertise.run started)
+    {"event": "browsing"}            browse: the browser runs
+    {"event": "PeerSeen", "name": ..., "addresses": [...], "port": ..., "pid": ...}
+    {"event": "PeerGone", "name": ...} / {"event": "PeerRejected", "instance": ..., "reason": ...}
+    {"event": "stopped"}             after SIGTERM/SIGINT, once the goodbye was sent
+
+`advertise` does not validate `--name`, so invalid names reach the LAN as a misbehaving agent
+would send them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import trio
+import trio_asyncio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from k3net import mdns, peers  # noqa: E402
+from k3net.config import Settings  # noqa: E402
+from k3net.metrics import Metrics  # noqa: E402
+from k3net.tasks import advertise, browse  # noqa: E402
+
+
+def emit(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
+
+
+async def stop_on_signal(cancel_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            cancel_scope.cancel()
+            return
+
+
+async def _close_at_once(stream: trio.SocketStream) -> None:
+    await stream.aclose()
+
+
+async def advertise_main(args: argparse.Namespace) -> None:
+    settings = Settings(node_name=args.name, listen_port=args.port, interfaces=tuple(args.iface))
+    info = mdns.service_info(settings)
+    async with trio_asyncio.open_loop(), mdns.open_zeroconf(settings.interfaces) as zc:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+            if args.listen:  # something for probes to connect to
+                listeners = await trio.open_tcp_listeners(args.port, host="127.0.0.1")
+                nursery.start_soon(trio.serve_listeners, _close_at_once, listeners)
+            emit("starting")
+            await nursery.start(advertise.run, zc, info)
+            emit("registered", addresses=info.parsed_addresses())
+    emit("stopped")
+
+
+async def browse_main(args: argparse.Namespace) -> None:
+    send, recv = trio.open_memory_channel[browse.Message](0)
+    stype = mdns.service_type("_k3._tcp", "local.")
+    async with trio_asyncio.open_loop(), mdns.open_zeroconf(tuple(args.iface)) as zc:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+            await nursery.start(browse.run, zc, stype, args.own_name, send, Metrics())
+            emit("browsing")
+            async with recv:
+                async for message in recv:
+                    emit(type(message).__name__, **attrs.asdict(message))
+    emit("stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="mode", required=True)
+    adv = sub.add_parser("advertise")
+    adv.add_argument("--name", required=True)
+    adv.add_argument("--port", type=int, required=True)
+    adv.add_argument("--iface", action="append", default=[])
+    adv.add_argument("--listen", action="store_true", help="accept TCP on 127.0.0.1:port")
+    brw = sub.add_parser("browse")
+    brw.add_argument("--own-name", default="")
+    brw.add_argument("--iface", action="append", default=[])
+    pee = sub.add_parser("peers")
+    pee.add_argument("--iface", action="append", default=[])
+    pee.add_argument("--timeout", type=float, default=2.0)
+    args = parser.parse_args()
+    if args.mode == "peers":
+        sys.exit(peers.main("_k3._tcp", "local.", tuple(args.iface), args.timeout, 0.7, True))
+    trio.run(advertise_main if args.mode == "advertise" else browse_main, args)
+
+
+if __name__ == "__main__":
+    main()
