@@ -1,0 +1,93 @@
+"""Real k3net agents as processes on test hosts (network namespaces), for end-to-end tests."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.netns import Host
+from tests.nsclient import NetnsClient, wait_for
+
+
+class AgentProc:
+    def __init__(
+        self, host: Host, name: str, port: int, log_dir: Path, *args: str, config: Path | None = None
+    ) -> None:
+        self.host = host
+        self.name = name
+        self.port = port
+        self.address = host.address
+        self.log_path = log_dir / f"{name}.log"
+        argv = [
+            sys.executable, "-m", "k3net", "run",
+            "--node-name", name,
+            "--listen", f"{host.address}:{port}",
+            "--interface", host.interface,
+            "--log-level", "debug",
+            *args,
+        ]
+        if config is not None:
+            argv += ["--config", str(config)]
+        self._log = self.log_path.open("w")
+        self.started_at = time.monotonic()
+        self.proc = host.popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        self.client = NetnsClient(host.name)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+    def get_json(self, path: str) -> Any:
+        return self.client.get_json(self.url + path)
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent {self.name} exited with {self.proc.returncode}:\n"
+                                   + self.log())
+            return self.client.get(self.url + "/healthz")[0] == 200
+
+        try:
+            wait_for(up, timeout, what=f"{self.name} /healthz")
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        """The Nodes this agent's store holds, by name."""
+        return {n["metadata"]["name"]: n for n in self.get_json("/nodes")["items"]}
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 5) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def close(self) -> None:
+        self.stop()
+        self.client.close()
+        self._log.close()
+
+
+def ready(node: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(status, reason) of a Node JSON's Ready condition."""
+    if node is None:
+        return None
+    for cond in node.get("status", {}).get("conditions", []):
+        if cond.get("type") == "Ready":
+            return cond.get("status"), cond.get("reason")
+    return None

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import netns
+from tests.agents import AgentProc
+
+REQUIRE_SERVICES = os.environ.get("K3NET_REQUIRE_SERVICES") == "1"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a test's requirement is missing, but fail under scripts/test, which promises
+    every requirement: a suite that silently skips its real-network tests proves nothing."""
+    if not condition:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"missing test requirement: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_namespaces() -> Iterator[None]:
+    if netns.can_use_netns():
+        netns.remove_leftovers()
+    yield
+
+
+@pytest.fixture
+def netns_ok() -> None:
+    require(netns.can_use_netns(), "needs root and iproute2 for network namespaces")
+
+
+class AgentFactory:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.agents: list[AgentProc] = []
+
+    def start(self, host: netns.Host, name: str, *args: str, port: int = 7946,
+              config: Path | None = None) -> AgentProc:
+        agent = AgentProc(host, name, port, self.log_dir, *args, config=config)
+        self.agents.append(agent)
+        return agent
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.close()
+
+
+@pytest.fixture
+def agents(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AgentFactory]:
+    factory = AgentFactory(tmp_path)
+    yield factory
+    factory.close()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for agent in factory.agents:
+            print(f"----- log of agent {agent.name} -----\n{agent.log()[-6000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
