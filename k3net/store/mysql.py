@@ -1,0 +1,484 @@
+"""The MySQL/MariaDB backend: Nodes as rows of the Go k3 store's table.
+
+Table `k8s_core_v1_node`, with exactly the columns the Go store's ORM creates (created here if
+missing; a table someone else created with these columns is used as it is):
+
+    id, name, namespace, uid, resource_version, labels, annotations,
+    created_at, updated_at, deleted_at, phase, spec, status
+
+Node <-> row: metadata.name/namespace/uid/labels/annotations <-> the columns of the same name,
+metadata.creationTimestamp <-> created_at, status.phase <-> phase, spec <-> spec, and the whole
+`status` object <-> status (so conditions, addresses, capacity, nodeInfo and unknown keys under
+status survive; the phase column wins over status.phase when both are set). Everything under
+`spec` and `status` survives a round trip. Unknown top-level keys and unknown metadata keys do
+NOT: the table has no column for them. uid and created_at are set at create and never changed
+(as in Kubernetes); a Node created without a uid gets `node-<name>`, without a creation time the
+current time. Times are stored in UTC.
+
+Soft delete: a row with deleted_at set does not exist for get, list and watch; delete sets it,
+and a Node of that name can be created again (a deleted row still holding the same uid is
+removed first, as uid is unique). If several live rows share a name (name is not unique in the
+Go schema), the one with the lowest id is the Node, as the ORM's `First` would pick.
+
+Versions: `resource_version` is the version. Every write stores a fresh one: the current time in
+microseconds, or the previous version + 1 if that is larger, so versions only grow, also across
+a delete and re-create (an old version can never match a new row). Rows written by others with
+any other resource_version (or none) still work: it is compared as it is.
+
+Compare-and-swap: `UPDATE ... WHERE id=? AND resource_version=? AND deleted_at IS NULL`;
+0 rows matched is Conflict, or NotFound if no live row of that name is left. Create checks
+for a live row of that name and inserts while holding a per-name server lock (GET_LOCK), so
+of concurrent creates exactly one wins; the unique uid is a second guard against writers that
+do not take the lock. Every query is parameterized.
+
+Watch: MySQL cannot push changes, so the watch polls every `config.poll_interval`: a Snapshot
+first, then, each round, the fingerprint (id, resource_version, updated_at) of every live row;
+changed rows are read in full and yielded as Put in the order they were written (updated_at,
+then resource_version), rows gone as Deleted. Several writes to one Node between two polls
+arrive as one Put of the last state. After an outage the next successful poll yields a fresh
+Snapshot.
+
+Limits: statements are bounded on the server (MariaDB's max_statement_time, and lock waits),
+because a query cancelled from trio drops the connection while the server keeps running it.
+Rows that are not a Node (invalid JSON, wrong types) are skipped with a warning by list and
+the watch; get of such a row raises StoreError. The pool keeps up to max_open_conns
+connections; max_idle_conns has no equivalent in aiomysql and is ignored. Every aiomysql,
+PyMySQL, OSError and asyncio error becomes StoreUnavailable here, nowhere else. Use this store
+inside `trio_asyncio.open_loop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import aiomysql
+import pymysql
+import trio
+from pymysql.constants import CLIENT, ER
+from trio_asyncio import aio_as_trio
+
+from k3net.config import MySQLConfig
+from k3net.convert import InvalidNode, node_from_dict, node_to_dict
+from k3net.model import Node
+from k3net.store.base import (
+    Conflict,
+    Deleted,
+    NotFound,
+    Put,
+    Snapshot,
+    Stored,
+    StoreError,
+    StoreUnavailable,
+    WatchEvent,
+)
+
+log = logging.getLogger(__name__)
+
+TABLE = "k8s_core_v1_node"
+
+CREATE_TABLE = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+  id bigint unsigned NOT NULL AUTO_INCREMENT,
+  name varchar(255) NOT NULL,
+  namespace varchar(255) DEFAULT NULL,
+  uid varchar(255) DEFAULT NULL,
+  resource_version varchar(255) DEFAULT NULL,
+  labels json DEFAULT NULL,
+  annotations json DEFAULT NULL,
+  created_at datetime(3) DEFAULT NULL,
+  updated_at datetime(3) DEFAULT NULL,
+  deleted_at datetime(3) DEFAULT NULL,
+  phase varchar(50) DEFAULT NULL,
+  spec json DEFAULT NULL,
+  status json DEFAULT NULL,
+  PRIMARY KEY (id),
+  UNIQUE KEY idx_{TABLE}_uid (uid),
+  KEY idx_{TABLE}_name (name),
+  KEY idx_{TABLE}_deleted_at (deleted_at)
+)"""
+
+COLUMNS = (
+    "id, name, namespace, uid, resource_version, labels, annotations, created_at, updated_at,"
+    " phase, spec, status"
+)
+LIVE = "deleted_at IS NULL"
+
+# Server-side bounds for every statement of our sessions. A statement (or a wait for a row lock)
+# that takes this long has failed anyway; without a bound, a query the caller cancelled could
+# keep running, and then still apply, long after. `/*M! ... */` is read by MariaDB only;
+# MySQL has no equivalent session setting for writes and runs without the statement bound.
+STATEMENT_SECONDS = 10
+SESSION_INIT = (
+    f"SET SESSION innodb_lock_wait_timeout={STATEMENT_SECONDS}"
+    f" /*M!100108 , max_statement_time={STATEMENT_SECONDS} */"
+)
+# A connection attempt that takes this long has failed (the server is down or unreachable).
+CONNECT_SECONDS = 5
+# A create waits at most this long for another create of the same name (which takes
+# milliseconds) before reporting the store unavailable.
+CREATE_LOCK_SECONDS = 3
+# A failed poll retries after 0.2 s, doubling up to 5 s.
+WATCH_BACKOFF_MIN = 0.2
+WATCH_BACKOFF_MAX = 5.0
+
+LIBRARY_ERRORS = (pymysql.err.MySQLError, OSError, asyncio.TimeoutError, asyncio.CancelledError)
+
+T = TypeVar("T")
+Cursor = Any  # aiomysql.Cursor, untyped
+Events = list[WatchEvent]  # an alias: inside MySQLStore, `list` is the method
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --- Node <-> row -------------------------------------------------------------------------------
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _db_time(value: dt.datetime) -> dt.datetime:
+    """An aware time as the naive UTC datetime(3) the columns hold."""
+    value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def next_version(previous: str | None, now: dt.datetime) -> str:
+    """A version newer than `previous`: microseconds since the epoch, or previous + 1."""
+    fresh = int(now.timestamp() * 1_000_000)
+    if previous and previous.isdigit():
+        fresh = max(fresh, int(previous) + 1)
+    return str(fresh)
+
+
+def _json_column(value: Any, column: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise InvalidNode(f"{column} is not JSON: {exc}") from exc
+
+
+def _row_values(node: Node) -> dict[str, Any]:
+    """Column values for a Node (all but id, the times and resource_version)."""
+    data = node_to_dict(node)
+    meta = node.metadata
+    return {
+        "name": meta.name,
+        "namespace": meta.namespace,
+        "uid": meta.uid or f"node-{meta.name}",
+        "labels": json.dumps(meta.labels),
+        "annotations": json.dumps(meta.annotations),
+        "phase": node.status.phase,
+        "spec": json.dumps(data.get("spec", {})),
+        "status": json.dumps(data.get("status", {})),
+    }
+
+
+def stored_from_row(row: tuple[Any, ...]) -> Stored:
+    """The Stored for a row of COLUMNS; InvalidNode if the row does not hold a Node."""
+    (_id, name, namespace, uid, version, labels, annotations, created_at, _updated_at,
+     phase, spec, status) = row
+    status_data = _json_column(status, "status") or {}
+    if phase and isinstance(status_data, dict):
+        status_data = {**status_data, "phase": phase}
+    metadata: dict[str, Any] = {"name": name}
+    for key, value in (
+        ("namespace", namespace or None), ("uid", uid), ("resourceVersion", version or ""),
+        ("labels", _json_column(labels, "labels")),
+        ("annotations", _json_column(annotations, "annotations")),
+    ):
+        if value is not None:
+            metadata[key] = value
+    node = node_from_dict({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": metadata,
+        "spec": _json_column(spec, "spec") or {},
+        "status": status_data,
+    })
+    if created_at is not None:
+        node.metadata.creation_timestamp = created_at.replace(tzinfo=dt.UTC)
+    return Stored(node=node, version=version or "")
+
+
+def _lock_name(name: str) -> str:
+    # GET_LOCK names are at most 64 characters; Node names up to 253.
+    return "k3net-node-" + hashlib.sha1(name.encode()).hexdigest()
+
+
+# --- the statements, run on the asyncio side ----------------------------------------------------
+
+
+async def _select_live(cur: Cursor, name: str) -> tuple[Any, ...] | None:
+    await cur.execute(
+        f"SELECT {COLUMNS} FROM {TABLE} WHERE name = %s AND {LIVE} ORDER BY id LIMIT 1", (name,)
+    )
+    row: tuple[Any, ...] | None = await cur.fetchone()
+    return row
+
+
+async def _get(cur: Cursor, name: str) -> tuple[Any, ...]:
+    row = await _select_live(cur, name)
+    if row is None:
+        raise NotFound(name)
+    return row
+
+
+async def _list(cur: Cursor) -> list[tuple[Any, ...]]:
+    await cur.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE {LIVE} ORDER BY name, id")
+    rows: list[tuple[Any, ...]] = list(await cur.fetchall())
+    return rows
+
+
+async def _create(cur: Cursor, node: Node) -> tuple[Any, ...]:
+    name = node.metadata.name
+    lock = _lock_name(name)
+    await cur.execute("SELECT GET_LOCK(%s, %s)", (lock, CREATE_LOCK_SECONDS))
+    (locked,) = await cur.fetchone()
+    if locked != 1:
+        raise StoreUnavailable(f"mysql: another create of {name} holds its lock")
+    try:
+        if await _select_live(cur, name) is not None:
+            raise Conflict(f"{name} exists")
+        values = _row_values(node)
+        now = _utc_now()
+        created = node.metadata.creation_timestamp or now
+        # A soft-deleted row keeps its uid, which is unique: it must go before the uid is reused.
+        await cur.execute(f"DELETE FROM {TABLE} WHERE uid = %s AND deleted_at IS NOT NULL",
+                          (values["uid"],))
+        try:
+            await cur.execute(
+                f"INSERT INTO {TABLE} (name, namespace, uid, resource_version, labels, annotations,"
+                " created_at, updated_at, phase, spec, status)"
+                " VALUES (%(name)s, %(namespace)s, %(uid)s, %(version)s, %(labels)s,"
+                " %(annotations)s, %(created)s, %(updated)s, %(phase)s, %(spec)s, %(status)s)",
+                {**values, "version": next_version(None, now), "created": _db_time(created),
+                 "updated": _db_time(now)},
+            )
+        except pymysql.err.IntegrityError as exc:
+            if exc.args and exc.args[0] == ER.DUP_ENTRY:
+                raise Conflict(f"{name}: uid {values['uid']} is taken") from exc
+            raise
+        return await _get(cur, name)
+    finally:
+        if not cur.connection.closed:  # a dropped connection released the lock already
+            await cur.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+
+
+async def _update(cur: Cursor, node: Node, version: str) -> tuple[Any, ...]:
+    name = node.metadata.name
+    row = await _get(cur, name)
+    now = _utc_now()
+    values = _row_values(node)
+    await cur.execute(
+        f"UPDATE {TABLE} SET namespace = %(namespace)s, labels = %(labels)s,"
+        " annotations = %(annotations)s, phase = %(phase)s, spec = %(spec)s, status = %(status)s,"
+        " resource_version = %(new)s, updated_at = %(updated)s"
+        f" WHERE id = %(id)s AND COALESCE(resource_version, '') = %(old)s AND {LIVE}",
+        {**values, "new": next_version(version, now), "updated": _db_time(now), "id": row[0],
+         "old": version},
+    )
+    if cur.rowcount == 0:
+        current = await _get(cur, name)  # NotFound if it went away meanwhile
+        raise Conflict(f"{name} is at version {current[4]}, not {version}")
+    return await _get(cur, name)
+
+
+async def _delete(cur: Cursor, name: str) -> None:
+    await cur.execute(
+        f"UPDATE {TABLE} SET deleted_at = %s WHERE name = %s AND {LIVE}",
+        (_db_time(_utc_now()), name),
+    )
+    if cur.rowcount == 0:
+        raise NotFound(name)
+
+
+async def _fingerprints(cur: Cursor) -> list[tuple[Any, ...]]:
+    await cur.execute(
+        f"SELECT id, name, resource_version, updated_at FROM {TABLE} WHERE {LIVE} ORDER BY id"
+    )
+    rows: list[tuple[Any, ...]] = list(await cur.fetchall())
+    return rows
+
+
+async def _rows_by_id(cur: Cursor, ids: list[int]) -> list[tuple[Any, ...]]:
+    marks = ", ".join(["%s"] * len(ids))
+    await cur.execute(f"SELECT {COLUMNS} FROM {TABLE} WHERE id IN ({marks}) AND {LIVE}", ids)
+    rows: list[tuple[Any, ...]] = list(await cur.fetchall())
+    return rows
+
+
+async def _on_connection(pool: Any, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        return await work(cur, *args)
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+class MySQLStore:
+    kind = "mysql"
+
+    def __init__(self, config: MySQLConfig) -> None:
+        self._config = config
+        self._pool: Any = None  # aiomysql.Pool, made on first use
+        self._table_ready = False
+        self._lock = trio.Lock()
+
+    async def _run(self, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `work(cursor, *args)` on a pooled connection; library errors are
+        StoreUnavailable, k3net's own errors pass through."""
+        pool = await self._ready_pool()
+        try:
+            return await aio_as_trio(_on_connection)(pool, work, *args)
+        except LIBRARY_ERRORS as exc:
+            if isinstance(exc, pymysql.err.ProgrammingError) and exc.args[:1] == (ER.NO_SUCH_TABLE,):
+                self._table_ready = False  # dropped behind our back: create it again next time
+            raise StoreUnavailable(f"mysql: {describe(exc)}") from exc
+
+    async def _ready_pool(self) -> Any:
+        async with self._lock:
+            try:
+                if self._pool is None:
+                    self._pool = await aio_as_trio(self._create_pool)()
+                if not self._table_ready:
+                    await aio_as_trio(_on_connection)(self._pool, _create_table)
+                    self._table_ready = True
+            except LIBRARY_ERRORS as exc:
+                raise StoreUnavailable(f"mysql: {describe(exc)}") from exc
+            return self._pool
+
+    async def _create_pool(self) -> Any:
+        c = self._config
+        where: dict[str, Any] = (
+            {"unix_socket": c.socket} if c.socket else {"host": c.host, "port": c.port}
+        )
+        return await aiomysql.create_pool(
+            minsize=0, maxsize=c.max_open_conns, user=c.user, password=c.password, db=c.database,
+            autocommit=True, charset="utf8mb4", client_flag=CLIENT.FOUND_ROWS,
+            connect_timeout=CONNECT_SECONDS, init_command=SESSION_INIT, **where,
+        )
+
+    async def get(self, name: str) -> Stored:
+        row = await self._run(_get, name)
+        try:
+            return stored_from_row(row)
+        except InvalidNode as exc:
+            raise StoreError(f"mysql: the row of {name} (id {row[0]}) is not a Node: {exc}") from exc
+
+    async def list(self) -> list[Stored]:
+        return _valid(await self._run(_list))
+
+    async def create(self, node: Node) -> Stored:
+        return stored_from_row(await self._run(_create, node))
+
+    async def update(self, node: Node, version: str) -> Stored:
+        return stored_from_row(await self._run(_update, node, version))
+
+    async def delete(self, name: str) -> None:
+        await self._run(_delete, name)
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        events = self._poll()
+        try:
+            yield events
+        finally:
+            with trio.CancelScope(shield=True):
+                await events.aclose()
+
+    async def _poll(self) -> AsyncGenerator[WatchEvent, None]:
+        known: dict[str, tuple[Any, ...]] = {}  # name -> fingerprint of the row last yielded
+        resync = True
+        backoff = WATCH_BACKOFF_MIN
+        while True:
+            try:
+                if resync:
+                    rows = await self._run(_list)
+                    known = _first_per_name((r[0], r[1], r[4], r[8]) for r in rows)
+                    resync = False
+                    yield Snapshot(tuple(_valid(rows)))
+                else:
+                    for event in await self._changes(known):
+                        yield event
+                backoff = WATCH_BACKOFF_MIN
+                await trio.sleep(self._config.poll_interval)
+            except StoreUnavailable as exc:
+                log.warning("mysql watch: poll failed (%s); retrying in %.1fs", exc, backoff)
+                resync = True
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+
+    async def _changes(self, known: dict[str, tuple[Any, ...]]) -> Events:
+        """Put/Deleted for what changed since `known`, which is updated to match."""
+        current = _first_per_name(await self._run(_fingerprints))
+        changed = [fp[0] for name, fp in current.items() if known.get(name) != fp]
+        rows = await self._run(_rows_by_id, changed) if changed else []
+        events: Events = []
+        for row in sorted(rows, key=_write_order):
+            known[row[1]] = (row[0], row[1], row[4], row[8])
+            try:
+                events.append(Put(stored_from_row(row)))
+            except InvalidNode as exc:
+                log.warning("mysql: skipping a change of %s (id %s): not a Node: %s",
+                            row[1], row[0], exc)
+        for name in sorted(set(known) - set(current)):
+            del known[name]
+            events.append(Deleted(name))
+        return events
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        self._table_ready = False
+        if pool is None:
+            return
+        with trio.move_on_after(2, shield=True):
+            try:
+                pool.close()
+                await aio_as_trio(pool.wait_closed)()
+            except LIBRARY_ERRORS as exc:
+                log.debug("closing the mysql pool: %s", describe(exc))
+
+
+async def _create_table(cur: Cursor) -> None:
+    await cur.execute(CREATE_TABLE)
+
+
+def _first_per_name(fingerprints: Any) -> dict[str, tuple[Any, ...]]:
+    """name -> (id, name, resource_version, updated_at) of the lowest id per name."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for fp in sorted(fingerprints, key=lambda fp: fp[0]):
+        out.setdefault(fp[1], tuple(fp))
+    return out
+
+
+def _write_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    updated_at, version = row[8], row[4] or ""
+    return (updated_at or dt.datetime.min, int(version) if version.isdigit() else 0, row[0])
+
+
+def _valid(rows: list[tuple[Any, ...]]) -> list[Stored]:
+    """One Stored per name (lowest id), sorted by name; rows that are not a Node are skipped."""
+    items: dict[str, Stored] = {}
+    seen: set[str] = set()
+    for row in sorted(rows, key=lambda r: r[0]):
+        if row[1] in seen:
+            continue
+        seen.add(row[1])
+        try:
+            items[row[1]] = stored_from_row(row)
+        except InvalidNode as exc:
+            log.warning("mysql: skipping the row of %s (id %s): not a Node: %s", row[1], row[0], exc)
+    return [items[name] for name in sorted(items)]
