@@ -1,0 +1,77 @@
+"""End to end: real agents as processes on a simulated LAN (network namespaces on a bridge),
+real mDNS between them, each on its own memory store, checked through each agent's /nodes."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.agents import AgentProc, ready
+from tests.netns import Lan
+from tests.nsclient import wait_for
+
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
+
+TTL = "3s"
+
+
+def _all_ready(agent: AgentProc, names: list[str]) -> bool:
+    nodes = agent.nodes()
+    return all(ready(nodes.get(name)) in (("True", "PeerAlive"), ("True", "AgentReady"))
+               for name in names)
+
+
+def test_three_agents_join_leave_and_crash(agents) -> None:  # type: ignore[no-untyped-def]
+    with Lan(3) as lan:
+        names = ["node-a", "node-b", "node-c"]
+        procs = [agents.start(host, name, "--peer-ttl", TTL) for host, name in zip(lan, names)]
+        start = time.monotonic()
+        for proc in procs:
+            proc.wait_ready()
+
+        # Join: every agent holds every node, Ready.
+        for proc in procs:
+            wait_for(lambda p=proc: _all_ready(p, names), 10, what=f"all Ready at {proc.name}")
+        join = time.monotonic() - start
+        a, b, c = procs
+        assert ready(a.nodes()["node-a"]) == ("True", "AgentReady")
+        assert ready(a.nodes()["node-b"]) == ("True", "PeerAlive")
+        node_b = a.nodes()["node-b"]
+        assert {"type": "InternalIP", "address": lan[1].address} in node_b["status"]["addresses"]
+        assert node_b["metadata"]["annotations"]["k3.network/port"] == "7946"
+
+        # Graceful leave: SIGTERM c; it exits 0 within 3 s and is PeerLeft at the others.
+        t0 = time.monotonic()
+        c.signal(signal.SIGTERM)
+        for proc in (a, b):
+            wait_for(lambda p=proc: ready(p.nodes()["node-c"]) == ("False", "PeerLeft"), 2,
+                     what=f"node-c PeerLeft at {proc.name}")
+        leave = time.monotonic() - t0
+        assert c.proc.wait(3) == 0
+
+        # Crash: kill -9 b; a finds it Unknown/PeerExpired after the TTL (no mDNS goodbye).
+        t0 = time.monotonic()
+        b.signal(signal.SIGKILL)
+        wait_for(lambda: ready(a.nodes()["node-b"]) == ("Unknown", "PeerExpired"), 3 + 2,
+                 what="node-b PeerExpired at node-a")
+        crash = time.monotonic() - t0
+        assert ready(a.nodes()["node-a"]) == ("True", "AgentReady")
+        print(f"\nmeasured: join {join:.2f}s (3 agents, start to all Ready everywhere), "
+              f"graceful leave {leave:.3f}s, crash detection {crash:.2f}s (peer-ttl {TTL})")
+
+
+def test_peer_that_comes_back_is_ready_again(agents) -> None:  # type: ignore[no-untyped-def]
+    with Lan(2) as lan:
+        a = agents.start(lan[0], "node-a", "--peer-ttl", TTL)
+        b = agents.start(lan[1], "node-b", "--peer-ttl", TTL)
+        a.wait_ready()
+        b.wait_ready()
+        wait_for(lambda: _all_ready(a, ["node-a", "node-b"]), 10, what="node-b Ready at a")
+        lan[1].link_down()
+        wait_for(lambda: ready(a.nodes()["node-b"]) == ("Unknown", "PeerExpired"), 6,
+                 what="node-b expired while its link is down")
+        lan[1].link_up()
+        wait_for(lambda: ready(a.nodes()["node-b"]) == ("True", "PeerAlive"), 6,
+                 what="node-b Ready again once its link is back")
