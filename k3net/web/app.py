@@ -1,0 +1,229 @@
+"""The agent's HTTP and websocket endpoints, as a plain ASGI app (no framework).
+
+| path | answer |
+|---|---|
+| `GET /healthz` | `200 ok` while the process runs |
+| `GET /readyz` | `200 ok` when the store answers, else `503 store unavailable: <reason>` |
+| `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt |
+| `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
+| `GET /metrics` | Prometheus text format |
+| `/events` (websocket) | the event stream of `k3net.events`; `?since=N[&epoch=E]` resumes |
+
+The app runs in hypercorn's trio worker (possibly inside `trio_asyncio.open_loop()`, so store
+calls of the etcd and MySQL backends work): everything here is trio code. It only reads: the
+store is written by the agent's writer task alone.
+
+Websocket close codes: 1001 "agent shutting down" (hub closed or server stopping), 4008
+"subscriber fell behind" (resume with `?since=`), 1008 for a bad query string.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import attrs
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from k3net.config import Settings
+from k3net.convert import format_time
+from k3net.events import EventHub
+from k3net.health import StoreHealth
+from k3net.metrics import Metrics
+from k3net.store.base import Store, StoreError
+from k3net.views import node_list
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# /nodes answers 503 if the store takes longer than this (the caller's deadline: see STYLE 4).
+STORE_DEADLINE = 5.0
+
+CLOSE_SHUTDOWN = (1001, "agent shutting down")
+CLOSE_FELL_BEHIND = (4008, "subscriber fell behind")
+CLOSE_BAD_REQUEST = 1008
+
+
+def _never_up() -> bool:
+    return False
+
+
+@attrs.define
+class AppState:
+    """What the endpoints read. The agent builds one and keeps updating what changes."""
+
+    settings: Settings
+    store: Store
+    hub: EventHub
+    metrics: Metrics
+    health: StoreHealth
+    # Wall-clock start of the agent (time.time()), reported as /info startedAt.
+    started_at: float
+    # This node's addresses as advertised over mDNS.
+    addrs: list[str] = attrs.Factory(list)
+    # True once this agent's own Node is written Ready (read on every /info).
+    self_up: Callable[[], bool] = _never_up
+
+
+class QueryError(ValueError):
+    """A query string the endpoint cannot use; the message is for the client."""
+
+
+def parse_events_query(query: bytes) -> tuple[int | None, str | None]:
+    """`since` (a non-negative integer) and `epoch` from an /events query string."""
+    params = parse_qs(query.decode("latin-1"), keep_blank_values=True)
+    since: int | None = None
+    if "since" in params:
+        text = params["since"][-1]
+        if not text.isdigit() or len(text) > 18:
+            raise QueryError(f"bad since {text[:40]!r}: expected a non-negative integer")
+        since = int(text)
+    epoch = params["epoch"][-1] if "epoch" in params else None
+    return since, epoch
+
+
+class App:
+    """The ASGI application. `shutdown()` (called by `k3net.web.serve.run` when it stops)
+    ends every /events stream with 1001, so that hypercorn does not wait for them."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._routes: dict[str, Callable[[], Awaitable[tuple[int, str, bytes]]]] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/info": self._info,
+            "/nodes": self._nodes,
+            "/metrics": self._metrics,
+        }
+
+    def shutdown(self) -> None:
+        self.state.hub.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+
+    # --- plain HTTP ---------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        handler = self._routes.get(path)
+        if handler is None and path == "/events":
+            status, ctype, body = 426, "text/plain", b"/events is a websocket\n"
+        elif handler is None:
+            status, ctype, body = 404, "text/plain", b"not found\n"
+        elif method not in ("GET", "HEAD"):
+            status, ctype, body = 405, "text/plain", b"method not allowed\n"
+        else:
+            status, ctype, body = await handler()
+        headers = [
+            (b"content-type", ctype.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        if status == 405:
+            headers.append((b"allow", b"GET, HEAD"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    async def _healthz(self) -> tuple[int, str, bytes]:
+        return 200, "text/plain; charset=utf-8", b"ok\n"
+
+    async def _readyz(self) -> tuple[int, str, bytes]:
+        health = self.state.health
+        if health.ok:
+            return 200, "text/plain; charset=utf-8", b"ok\n"
+        return 503, "text/plain; charset=utf-8", f"store unavailable: {health.reason}\n".encode()
+
+    async def _info(self) -> tuple[int, str, bytes]:
+        s = self.state
+        return _json(200, {
+            "node": s.settings.node_name,
+            "port": s.settings.listen_port,
+            "pid": os.getpid(),
+            "addrs": list(s.addrs),
+            "ts": format_time(dt.datetime.now(dt.UTC)),
+            "mdns": {"service": s.settings.service, "domain": s.settings.domain},
+            "selfUp": bool(s.self_up()),
+            "startedAt": format_time(dt.datetime.fromtimestamp(s.started_at, dt.UTC)),
+        })
+
+    async def _nodes(self) -> tuple[int, str, bytes]:
+        try:
+            with trio.fail_after(STORE_DEADLINE):
+                stored = await self.state.store.list()
+        except trio.TooSlowError:
+            return _status_503(f"store did not answer within {STORE_DEADLINE:g}s")
+        except StoreError as exc:
+            return _status_503(f"store unavailable: {exc}")
+        return _json(200, node_list(stored))
+
+    async def _metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.state.metrics.registry)
+
+    # --- /events ------------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        connect = await receive()
+        if connect["type"] != "websocket.connect":
+            return
+        if scope["path"] != "/events":
+            await send({"type": "websocket.close"})  # before accept: hypercorn answers 403
+            return
+        await send({"type": "websocket.accept"})
+        try:
+            since, epoch = parse_events_query(scope.get("query_string", b""))
+        except QueryError as exc:
+            await send({"type": "websocket.close", "code": CLOSE_BAD_REQUEST, "reason": str(exc)})
+            return
+        with self.state.hub.subscribe(since, epoch) as sub:
+            async with trio.open_nursery() as nursery:
+                # The client leaving (or hypercorn closing the connection) ends the stream.
+                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                async for message in sub:
+                    await send({"type": "websocket.send", "text": json.dumps(message)})
+                code, reason = CLOSE_FELL_BEHIND if sub.dropped else CLOSE_SHUTDOWN
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+                nursery.cancel_scope.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "websocket.disconnect":
+        pass  # a client has nothing to say on /events; ignore what it sends
+    scope.cancel()
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _json(status: int, data: Any) -> tuple[int, str, bytes]:
+    return status, "application/json", (json.dumps(data) + "\n").encode()
+
+
+def _status_503(message: str) -> tuple[int, str, bytes]:
+    """A Kubernetes `Status` object, as the API server answers errors."""
+    return _json(503, {
+        "apiVersion": "v1", "kind": "Status", "status": "Failure",
+        "reason": "ServiceUnavailable", "message": message, "code": 503,
+    })
+
+
+def make_app(state: AppState) -> App:
+    return App(state)

@@ -1,0 +1,347 @@
+"""The ASGI app served by real hypercorn on 127.0.0.1, with a MemoryStore and real
+trio-websocket clients. The hub is driven from a `store.watch()` loop, as the agent does."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
+
+from k3net.config import Settings
+from k3net.events import EventHub
+from k3net.health import StoreHealth
+from k3net.metrics import Metrics
+from k3net.model import Node
+from k3net.store.base import StoreUnavailable
+from k3net.store.memory import MemoryStore
+from k3net.web import serve
+from k3net.web.app import AppState, make_app
+from tests.test_events import make_node
+
+
+@attrs.define
+class Web:
+    """One served app and what it reads."""
+
+    port: int
+    store: MemoryStore
+    hub: EventHub
+    metrics: Metrics
+    health: StoreHealth
+    state: AppState
+    server: trio.CancelScope
+
+    def url(self, path: str, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def ws(self, query: str = "", **kwargs: Any) -> Any:
+        return open_websocket_url(self.url(f"/events{query}", "ws"), **kwargs)
+
+    async def stop(self) -> None:
+        self.server.cancel()
+
+
+async def pump(store: MemoryStore, hub: EventHub, *, task_status: Any = trio.TASK_STATUS_IGNORED
+               ) -> None:
+    """The agent's store-watch task, in small."""
+    async with store.watch() as events:
+        task_status.started()
+        async for event in events:
+            hub.observe(event)
+
+
+async def start_web(nursery: trio.Nursery, *, store: MemoryStore | None = None,
+                    port: int = 0, **hub_kwargs: int) -> Web:
+    store = store or MemoryStore()
+    metrics, health = Metrics(), StoreHealth()
+    hub = EventHub(metrics, **hub_kwargs)
+    state = AppState(
+        settings=Settings(node_name="node-a", listen_port=7946), store=store, hub=hub,
+        metrics=metrics, health=health, started_at=time.time(), addrs=["10.77.0.2"],
+        self_up=lambda: True,
+    )
+    server = trio.CancelScope()
+
+    async def serve_until_cancelled(*, task_status: Any) -> None:
+        with server:
+            async with trio.open_nursery() as inner:
+                await inner.start(pump, store, hub)
+                await serve.run(make_app(state), "127.0.0.1", port, task_status=task_status)
+                inner.cancel_scope.cancel()
+
+    bound = await nursery.start(serve_until_cancelled)
+    return Web(bound, store, hub, metrics, health, state, server)
+
+
+@pytest.fixture
+async def web(nursery: trio.Nursery) -> AsyncIterator[Web]:
+    w = await start_web(nursery)
+    yield w
+    await w.stop()
+
+
+def _get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+async def get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    return await trio.to_thread.run_sync(_get, url, method)
+
+
+async def next_json(ws: Any) -> dict[str, Any]:
+    with trio.fail_after(5):
+        return json.loads(await ws.get_message())
+
+
+async def write_nodes(store: MemoryStore, *nodes: Node) -> None:
+    for node in nodes:
+        await store.create(node)
+
+
+# --- plain HTTP ---------------------------------------------------------------------------------
+
+
+async def test_healthz(web: Web) -> None:
+    status, headers, body = await get(web.url("/healthz"))
+    assert (status, body) == (200, b"ok\n")
+    assert headers["content-type"].startswith("text/plain")
+
+
+async def test_readyz_follows_store_health(web: Web) -> None:
+    web.health.down("connection refused")
+    status, _, body = await get(web.url("/readyz"))
+    assert (status, body) == (503, b"store unavailable: connection refused\n")
+    web.health.up()
+    assert (await get(web.url("/readyz")))[:3:2] == (200, b"ok\n")
+
+
+async def test_info(web: Web) -> None:
+    status, headers, body = await get(web.url("/info"))
+    assert status == 200 and headers["content-type"] == "application/json"
+    info = json.loads(body)
+    assert info["node"] == "node-a" and info["port"] == 7946 and info["addrs"] == ["10.77.0.2"]
+    assert isinstance(info["pid"], int) and info["selfUp"] is True
+    assert info["mdns"] == {"service": "_k3._tcp", "domain": "local."}
+    assert info["ts"].endswith("Z") and info["startedAt"].endswith("Z")
+
+
+async def test_nodes_lists_the_store(web: Web) -> None:
+    await write_nodes(web.store, make_node("node-b"), make_node("node-c", ready="False"))
+    status, _, body = await get(web.url("/nodes"))
+    assert status == 200
+    data = json.loads(body)
+    assert (data["apiVersion"], data["kind"]) == ("v1", "NodeList")
+    assert [n["metadata"]["name"] for n in data["items"]] == ["node-b", "node-c"]
+    assert data["items"][0]["metadata"]["labels"]["k3.network/managed"] == "true"
+    assert data["items"][1]["status"]["conditions"][0]["status"] == "False"
+
+
+class DownStore(MemoryStore):
+    async def list(self) -> list:
+        raise StoreUnavailable("etcd at 127.0.0.1:2379: connection refused")
+
+
+async def test_nodes_store_down_is_503(nursery: trio.Nursery) -> None:
+    web = await start_web(nursery, store=DownStore())
+    status, _, body = await get(web.url("/nodes"))
+    assert status == 503
+    data = json.loads(body)
+    assert data["kind"] == "Status" and "connection refused" in data["message"]
+    await web.stop()
+
+
+async def test_metrics_parse_and_move(web: Web) -> None:
+    def samples(text: bytes) -> dict[str, float]:
+        out = {}
+        for family in text_string_to_metric_families(text.decode()):
+            for s in family.samples:
+                out[s.name + json.dumps(s.labels, sort_keys=True)] = s.value
+        return out
+
+    status, headers, body = await get(web.url("/metrics"))
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    before = samples(body)
+    assert before["k3net_event_subscribers{}"] == 0
+    web.metrics.probes.labels("ok").inc(3)
+    async with web.ws() as ws:
+        await next_json(ws)
+        after = samples((await get(web.url("/metrics")))[2])
+    assert after['k3net_probes_total{"result": "ok"}'] == 3
+    assert after["k3net_event_subscribers{}"] == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nope", 404), ("POST", "/healthz", 405), ("DELETE", "/nodes", 405),
+     ("GET", "/events", 426)],
+)
+async def test_errors(web: Web, method: str, path: str, status: int) -> None:
+    assert (await get(web.url(path), method))[0] == status
+
+
+async def test_head(web: Web) -> None:
+    status, headers, body = await get(web.url("/healthz"), "HEAD")
+    assert (status, body, headers["content-length"]) == (200, b"", "3")
+
+
+# --- /events ------------------------------------------------------------------------------------
+
+
+async def test_events_snapshot_then_changes_in_order(web: Web) -> None:
+    await write_nodes(web.store, make_node("node-b"))
+    await trio.testing.wait_all_tasks_blocked()
+    async with web.ws() as ws:
+        snap = await next_json(ws)
+        assert snap["type"] == "snapshot" and snap["seq"] == 1
+        assert [n["node"] for n in snap["nodes"]] == ["node-b"]
+        await write_nodes(web.store, make_node("node-c"))
+        stored = await web.store.get("node-b")
+        await web.store.update(make_node("node-b", ready="False", reason="PeerLeft"),
+                               stored.version)
+        await web.store.delete("node-c")
+        got = [await next_json(ws) for _ in range(3)]
+    assert [(m["seq"], m["type"], m["node"]) for m in got] == [
+        (2, "joined", "node-c"), (3, "not_ready", "node-b"), (4, "removed", "node-c"),
+    ]
+    assert got[1]["reason"] == "PeerLeft" and got[1]["ready"] == "False"
+
+
+async def test_resume_since_gets_exactly_the_missed_messages(web: Web) -> None:
+    await write_nodes(web.store, make_node("n1"), make_node("n2"))
+    await trio.testing.wait_all_tasks_blocked()
+    async with web.ws() as ws:
+        snap = await next_json(ws)
+    last = snap["seq"]
+    await write_nodes(web.store, make_node("n3"), make_node("n4"))
+    await trio.testing.wait_all_tasks_blocked()
+    async with web.ws(f"?since={last}&epoch={snap['epoch']}") as ws:
+        missed = [await next_json(ws) for _ in range(2)]
+        assert [(m["seq"], m["node"]) for m in missed] == [(last + 1, "n3"), (last + 2, "n4")]
+        await write_nodes(web.store, make_node("n5"))  # then live
+        assert (await next_json(ws))["node"] == "n5"
+        with trio.move_on_after(0.1):  # nothing else: no duplicates, no snapshot
+            extra = await ws.get_message()
+            pytest.fail(f"unexpected message {extra}")
+
+
+async def test_too_old_since_gets_a_snapshot(nursery: trio.Nursery) -> None:
+    web = await start_web(nursery, history=2)
+    await write_nodes(web.store, *(make_node(f"n{i}") for i in range(5)))
+    await trio.testing.wait_all_tasks_blocked()
+    async with web.ws("?since=1") as ws:
+        snap = await next_json(ws)
+    assert snap["type"] == "snapshot" and snap["seq"] == 5 and len(snap["nodes"]) == 5
+    await web.stop()
+
+
+@pytest.mark.parametrize("query", ["?since=abc", "?since=-1", "?since="])
+async def test_bad_since_closes_1008(web: Web, query: str) -> None:
+    async with web.ws(query) as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            await next_json(ws)
+    assert info.value.reason.code == 1008
+    assert "since" in info.value.reason.reason
+
+
+async def test_many_subscribers_get_the_same_events(web: Web) -> None:
+    n_clients, n_nodes = 100, 5
+    results: dict[int, list[tuple[int, str]]] = {}
+    subscribed = 0
+    all_subscribed = trio.Event()
+
+    async def client(i: int) -> None:
+        nonlocal subscribed
+        async with web.ws() as ws:
+            assert (await next_json(ws))["type"] == "snapshot"
+            subscribed += 1
+            if subscribed == n_clients:
+                all_subscribed.set()
+            got = []
+            for _ in range(n_nodes):
+                m = await next_json(ws)
+                got.append((m["seq"], m["node"]))
+            results[i] = got
+
+    async with trio.open_nursery() as clients:
+        for i in range(n_clients):
+            clients.start_soon(client, i)
+        with trio.fail_after(10):
+            await all_subscribed.wait()
+        assert web.hub.subscriber_count == n_clients
+        await write_nodes(web.store, *(make_node(f"n{i}") for i in range(n_nodes)))
+    expected = [(i + 1, f"n{i}") for i in range(n_nodes)]
+    assert len(results) == n_clients
+    assert all(got == expected for got in results.values())
+
+
+async def slow_client(nursery: trio.Nursery, port: int) -> Any:
+    """A websocket client that reads nothing until told to: a tiny receive buffer and no client
+    side queue, so the server's sends block almost at once."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    return await wrap_client_stream(nursery, trio.SocketStream(sock), "127.0.0.1", "/events",
+                                    message_queue_size=0)
+
+
+async def test_slow_subscriber_is_dropped_fast_one_gets_everything(nursery: trio.Nursery) -> None:
+    web = await start_web(nursery, queue_size=16)
+    n_events = 400
+    async with trio.open_nursery() as clients:
+        slow = await slow_client(clients, web.port)
+        async with web.ws() as fast:
+            assert (await next_json(fast))["type"] == "snapshot"
+            with trio.fail_after(5):
+                while web.hub.subscriber_count < 2:
+                    await trio.sleep(0.01)
+            seqs = []
+            node = make_node("flappy", ready="True")
+            stored = await web.store.create(node)
+            for i in range(n_events - 1):
+                status = "False" if i % 2 == 0 else "True"
+                stored = await web.store.update(make_node("flappy", ready=status),
+                                                stored.version)
+                seqs.append((await next_json(fast))["seq"])  # the fast one keeps up
+            seqs.append((await next_json(fast))["seq"])
+        assert sorted(seqs) == seqs and len(seqs) == n_events
+        assert web.hub.subscriber_count == 0
+        # The slow one now reads: what was already sent, then the 4008 close.
+        with trio.fail_after(5), pytest.raises(ConnectionClosed) as info:
+            while True:
+                await slow.get_message()
+        assert (info.value.reason.code, info.value.reason.reason) == (
+            4008, "subscriber fell behind")
+        clients.cancel_scope.cancel()
+    assert web.metrics.registry.get_sample_value("k3net_event_subscribers_dropped_total") == 1
+    await web.stop()
+
+
+async def test_shutdown_closes_subscribers_1001(nursery: trio.Nursery) -> None:
+    web = await start_web(nursery)
+    async with web.ws() as ws1, web.ws() as ws2:
+        await next_json(ws1)
+        await next_json(ws2)
+        start = trio.current_time()
+        await web.stop()
+        for ws in (ws1, ws2):
+            with pytest.raises(ConnectionClosed) as info:
+                await next_json(ws)
+            assert (info.value.reason.code, info.value.reason.reason) == (
+                1001, "agent shutting down")
+        assert trio.current_time() - start < serve.GRACE
