@@ -1,0 +1,189 @@
+"""Fixtures for the store tests.
+
+`store` is a fresh, empty store of each backend (memory, etcd, mysql). The etcd and MySQL ones
+need the test services that scripts/test starts (env K3NET_TEST_ETCD=host:port,
+K3NET_TEST_MYSQL_SOCKET, K3NET_TEST_MYSQL_DB); without them those tests are skipped, or fail
+when K3NET_REQUIRE_SERVICES=1. `raw_etcd` and `raw_mysql` reach the same data the way the Go
+components do, bypassing k3net, for the interop tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aetcd
+import pymysql
+import pytest
+import trio
+import trio_asyncio
+from trio_asyncio import aio_as_trio
+
+from k3net.config import EtcdConfig, MySQLConfig
+from k3net.store.base import Store
+from k3net.store.etcd import PREFIX, EtcdStore
+from k3net.store.memory import MemoryStore
+from k3net.store.mysql import TABLE, MySQLStore
+
+# Fast polling keeps the MySQL watch tests short.
+TEST_POLL_INTERVAL = 0.05
+
+
+def service_env(name: str) -> str:
+    """The value of env `name`; skip the test without it (fail with K3NET_REQUIRE_SERVICES=1)."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    message = f"{name} is not set (scripts/test starts etcd and MariaDB and sets it)"
+    if os.environ.get("K3NET_REQUIRE_SERVICES") == "1":
+        pytest.fail(message + "; K3NET_REQUIRE_SERVICES=1 requires it")
+    pytest.skip(message)
+
+
+def etcd_config() -> EtcdConfig:
+    return EtcdConfig(endpoints=(f"http://{service_env('K3NET_TEST_ETCD')}",), dial_timeout=2.0)
+
+
+def mysql_config() -> MySQLConfig:
+    return MySQLConfig(
+        socket=service_env("K3NET_TEST_MYSQL_SOCKET"), database=service_env("K3NET_TEST_MYSQL_DB"),
+        poll_interval=TEST_POLL_INTERVAL,
+    )
+
+
+class RawEtcd:
+    """Plain etcd key/value access, as etcdctl or the Go store sees the data."""
+
+    def __init__(self, client: aetcd.Client) -> None:
+        self.client = client
+
+    async def put(self, key: str, value: str | bytes) -> None:
+        data = value.encode() if isinstance(value, str) else value
+        await aio_as_trio(self.client.put)(key.encode(), data)
+
+    async def get(self, key: str) -> bytes | None:
+        kv = await aio_as_trio(self.client.get)(key.encode())
+        return None if kv is None else kv.value
+
+    async def keys(self, prefix: str = PREFIX) -> list[str]:
+        result = await aio_as_trio(self.client.get_prefix)(prefix.encode())
+        return [kv.key.decode() for kv in result]
+
+    async def clear(self) -> None:
+        await aio_as_trio(self.client.delete_prefix)(PREFIX.encode())
+
+
+class RawMySQL:
+    """Plain SQL on the test database, as the Go store's ORM would run it (blocking PyMySQL,
+    run in a thread so the store under test keeps going)."""
+
+    def __init__(self, config: MySQLConfig) -> None:
+        self.config = config
+
+    def _run_sync(self, sql: str, args: Any) -> list[tuple[Any, ...]]:
+        conn = pymysql.connect(
+            unix_socket=self.config.socket, user=self.config.user, password=self.config.password,
+            database=self.config.database, autocommit=True, charset="utf8mb4",
+        )
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    async def sql(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        return await trio.to_thread.run_sync(self._run_sync, sql, args)
+
+    async def create_go_table(self) -> None:
+        """The table as the Go store's ORM (GORM) creates it, independent of k3net's DDL."""
+        await self.sql(
+            f"CREATE TABLE {TABLE} (`id` bigint unsigned AUTO_INCREMENT,"
+            " `name` varchar(255) NOT NULL, `namespace` varchar(255), `uid` varchar(255),"
+            " `resource_version` varchar(255), `labels` json, `annotations` json,"
+            " `created_at` datetime(3) NULL, `updated_at` datetime(3) NULL,"
+            " `deleted_at` datetime(3) NULL, `phase` varchar(50), `spec` json, `status` json,"
+            f" PRIMARY KEY (`id`), INDEX `idx_{TABLE}_name` (`name`),"
+            f" INDEX `idx_{TABLE}_deleted_at` (`deleted_at`),"
+            f" CONSTRAINT `uni_{TABLE}_uid` UNIQUE (`uid`))"
+        )
+
+    async def drop_table(self) -> None:
+        await self.sql(f"DROP TABLE IF EXISTS {TABLE}")
+
+
+@pytest.fixture
+async def aio_loop() -> AsyncIterator[Any]:
+    """The asyncio loop inside trio that the etcd and MySQL backends need."""
+    async with trio_asyncio.open_loop() as loop:
+        yield loop
+
+
+@pytest.fixture
+async def raw_etcd(aio_loop: Any) -> AsyncIterator[RawEtcd]:
+    """Raw access to the test etcd; the Node prefix is empty when the test starts."""
+    host, port = etcd_config().endpoints[0].removeprefix("http://").rsplit(":", 1)
+    client = aetcd.Client(host, int(port))
+    raw = RawEtcd(client)
+    await raw.clear()
+    try:
+        yield raw
+    finally:
+        with trio.move_on_after(5, shield=True):
+            await aio_as_trio(client.close)()
+
+
+@pytest.fixture
+async def raw_mysql(aio_loop: Any) -> AsyncIterator[RawMySQL]:
+    """Raw access to the test database; the Node table does not exist when the test starts."""
+    raw = RawMySQL(mysql_config())
+    await raw.drop_table()
+    yield raw
+
+
+@pytest.fixture
+async def etcd_store(raw_etcd: RawEtcd) -> AsyncIterator[EtcdStore]:
+    store = EtcdStore(etcd_config())
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+async def mysql_store(raw_mysql: RawMySQL) -> AsyncIterator[MySQLStore]:
+    store = MySQLStore(mysql_config())
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("etcd", marks=pytest.mark.etcd),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
+async def store(request: pytest.FixtureRequest, aio_loop: Any) -> AsyncIterator[Store]:
+    """A fresh, empty store of each backend."""
+    backend: Store
+    if request.param == "etcd":
+        backend = EtcdStore(etcd_config())
+        host, port = etcd_config().endpoints[0].removeprefix("http://").rsplit(":", 1)
+        client = aetcd.Client(host, int(port))
+        try:
+            await RawEtcd(client).clear()
+        finally:
+            await aio_as_trio(client.close)()
+    elif request.param == "mysql":
+        backend = MySQLStore(mysql_config())
+        await RawMySQL(mysql_config()).drop_table()
+    else:
+        backend = MemoryStore()
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
