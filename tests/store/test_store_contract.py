@@ -149,8 +149,8 @@ async def test_concurrent_increments_lose_nothing(store: Store) -> None:
     print(f"{store.kind}: 80 increments, {conflicts} conflicts retried")
 
 
-async def next_event(events: Any, timeout: float = 5) -> WatchEvent:
-    with trio.fail_after(timeout):
+async def next_event(events: Any) -> WatchEvent:
+    with trio.fail_after(5):
         event: WatchEvent = await events.__anext__()
         return event
 
