@@ -13,6 +13,7 @@ every process of the machine, so the test can subtract them):
     {"event": "PeerSeen", "name": ..., "addresses": [...], "port": ..., "pid": ...}
     {"event": "PeerGone", "name": ...} / {"event": "PeerRejected", "instance": ..., "reason": ...}
     {"event": "stopped"}             after SIGTERM/SIGINT, once the goodbye was sent
+    {"event": "NameTaken", ...}      advertise: another responder owns the name (exit 3)
 
 `advertise` does not validate `--name`, so invalid names reach the LAN as a misbehaving agent
 would send them.
@@ -100,7 +101,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "peers":
         sys.exit(peers.main("_k3._tcp", "local.", tuple(args.iface), args.timeout, 0.7, True))
-    trio.run(advertise_main if args.mode == "advertise" else browse_main, args)
+    try:
+        trio.run(advertise_main if args.mode == "advertise" else browse_main, args)
+    except* advertise.NameTakenError as group:
+        exc: BaseException = group
+        while isinstance(exc, BaseExceptionGroup):  # nurseries nest the error
+            exc = exc.exceptions[0]
+        emit("NameTaken", message=str(exc))
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,9 @@ class _Resolver:
         self.own_name = own_name
         self.out = out
         self.metrics = metrics
-        self.peer_names: dict[str, str] = {}  # instance (lower case) -> peer name
+        # instance (lower case) -> its peer name, or None for an entry we ignore (rejected, or
+        # ourselves), so that its Removed is ignored too.
+        self.peer_names: dict[str, str | None] = {}
 
     async def handle(self, instance: str, change: ServiceStateChange) -> None:
         label = _label(instance, self.service_type)
@@ -126,23 +128,26 @@ class _Resolver:
             return
         message = peer_from_info(info)
         if isinstance(message, PeerRejected):
+            self.peer_names[instance.lower()] = None
             self.metrics.rejected.labels(reason=message.reason).inc()
             log.warning("rejected mDNS entry %r: %s (%s)",
                         message.instance, message.reason, message.detail)
             await self.out.send(message)
             return
         if message.name == self.own_name:
+            self.peer_names[instance.lower()] = None
             return
         self.peer_names[instance.lower()] = message.name
         await self.out.send(message)
 
     async def _removed(self, instance: str, label: str) -> None:
-        name = self.peer_names.pop(instance.lower(), None)
-        if name is None:
-            # Never resolved (or resolved as rejected): the instance label is all we have.
-            if not is_valid_name(label):
-                return
-            name = label
-        if name == self.own_name:
+        key = instance.lower()
+        if key in self.peer_names:
+            name = self.peer_names.pop(key)
+        elif is_valid_name(label):
+            name = label  # never resolved: the instance label is all we have
+        else:
+            name = None
+        if name is None or name == self.own_name:
             return
         await self.out.send(PeerGone(name))

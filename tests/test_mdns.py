@@ -1,0 +1,347 @@
+"""mDNS: the pure entry -> PeerSeen/PeerRejected rules, and real processes advertising and
+browsing inside network namespaces (tests/netns.py; never on the machine's interfaces)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from zeroconf import ServiceInfo
+
+from k3net import mdns
+from k3net.config import Settings
+from k3net.core.messages import PeerRejected, PeerSeen, ProbeResult
+from k3net.core.names import MAX_TXT_VALUE
+from k3net.peers import PeerInfo, format_peers
+from tests.netns import Host, Lan, LoopbackHost, can_use_netns
+
+TYPE = "_k3._tcp.local."
+
+# --- pure: peer_from_record ----------------------------------------------------------------
+
+OK_TXT = {b"node": b"node-a", b"port": b"7946", b"pid": b"42"}
+
+
+@pytest.mark.parametrize(
+    ("instance", "txt", "srv_port", "addresses", "expected"),
+    [
+        pytest.param("node-a", OK_TXT, 7946, ["10.0.0.1"],
+                     PeerSeen("node-a", ("10.0.0.1",), 7946, 42), id="all-fields"),
+        pytest.param("whatever", {b"node": b"node-b"}, 8000, ["10.0.0.2"],
+                     PeerSeen("node-b", ("10.0.0.2",), 8000, None), id="txt-node-wins"),
+        pytest.param("node-c", {}, 8000, ["10.0.0.3"],
+                     PeerSeen("node-c", ("10.0.0.3",), 8000, None), id="instance-name-if-no-txt"),
+        pytest.param("node-c", {b"node": b""}, 8000, ["10.0.0.3"],
+                     PeerSeen("node-c", ("10.0.0.3",), 8000, None), id="empty-txt-node"),
+        pytest.param("node-d", {b"NODE": b"node-d", b"Port": b"9000"}, 1, ["10.0.0.4"],
+                     PeerSeen("node-d", ("10.0.0.4",), 9000, None), id="txt-keys-any-case"),
+        pytest.param("node-e", {b"port": b"99999"}, 8000, ["10.0.0.5"],
+                     PeerSeen("node-e", ("10.0.0.5",), 8000, None), id="txt-port-out-of-range"),
+        pytest.param("node-e", {b"port": b"x1"}, 8000, ["10.0.0.5"],
+                     PeerSeen("node-e", ("10.0.0.5",), 8000, None), id="txt-port-not-a-number"),
+        pytest.param("node-f", {b"pid": b"-3"}, 8000, ["10.0.0.6"],
+                     PeerSeen("node-f", ("10.0.0.6",), 8000, None), id="pid-not-a-number"),
+        pytest.param("node-g", {}, 8000,
+                     ["fd00::7", "10.0.0.7", "fe80::1%2", "fe80::2", "10.0.0.7", "10.0.0.8"],
+                     PeerSeen("node-g", ("10.0.0.7", "10.0.0.8", "fd00::7"), 8000, None),
+                     id="ipv4-first-no-link-local-no-duplicates"),
+        pytest.param("Node-A", {}, 8000, ["10.0.0.1"],
+                     PeerRejected("Node-A", "invalid-name"), id="upper-case"),
+        pytest.param("node-a", {b"node": b"bad_name"}, 8000, ["10.0.0.1"],
+                     PeerRejected("node-a", "invalid-name"), id="underscore-in-txt-node"),
+        pytest.param("a" * 254, {}, 8000, ["10.0.0.1"],
+                     PeerRejected("a" * 254, "invalid-name"), id="name-too-long"),
+        pytest.param("node-h", {b"node": b"\xff\xfe"}, 8000, ["10.0.0.1"],
+                     PeerRejected("node-h", "bad-txt"), id="txt-not-utf8"),
+        pytest.param("node-h", {b"junk": b"x" * (MAX_TXT_VALUE + 1)}, 8000, ["10.0.0.1"],
+                     PeerRejected("node-h", "bad-txt"), id="txt-value-too-long"),
+        pytest.param("node-i", {}, 0, ["10.0.0.1"],
+                     PeerRejected("node-i", "bad-port"), id="no-port-at-all"),
+        pytest.param("node-i", {b"port": b"0"}, None, ["10.0.0.1"],
+                     PeerRejected("node-i", "bad-port"), id="txt-port-zero-no-srv"),
+        pytest.param("node-j", {}, 8000, [],
+                     PeerRejected("node-j", "no-address"), id="no-address"),
+        pytest.param("node-j", {}, 8000, ["fe80::1%3", "not-an-ip"],
+                     PeerRejected("node-j", "no-address"), id="only-link-local"),
+    ],
+)
+def test_peer_from_record(
+    instance: str, txt: dict[bytes, bytes], srv_port: int | None, addresses: list[str],
+    expected: PeerSeen | PeerRejected,
+) -> None:
+    got = mdns.peer_from_record(instance, txt, srv_port, addresses)
+    if isinstance(expected, PeerRejected):
+        assert isinstance(got, PeerRejected), got
+        assert (got.instance, got.reason) == (expected.instance, expected.reason)
+        assert got.detail
+    else:
+        assert got == expected
+
+
+def test_service_info_round_trips_through_peer_from_info() -> None:
+    settings = Settings(node_name="node-a", listen_port=7946)
+    info = mdns.service_info(settings, addresses=["10.1.0.5", "fd00::5"], pid=321)
+    assert info.type == TYPE
+    assert info.name == "node-a." + TYPE
+    assert info.server == "node-a.local."
+    assert info.decoded_properties == {"node": "node-a", "port": "7946", "pid": "321"}
+    assert mdns.peer_from_info(info) == PeerSeen("node-a", ("10.1.0.5", "fd00::5"), 7946, 321)
+
+
+def test_peer_from_info_reads_the_instance_label() -> None:
+    info = ServiceInfo(TYPE, "Big_Box." + TYPE, port=1, parsed_addresses=["10.0.0.1"])
+    got = mdns.peer_from_info(info)
+    assert isinstance(got, PeerRejected)
+    assert (got.instance, got.reason) == ("Big_Box", "invalid-name")
+
+
+def test_service_type() -> None:
+    assert mdns.service_type("_k3._tcp", "local.") == TYPE
+    assert mdns.service_type("_k3._tcp.", "local") == TYPE
+
+
+# --- pure: interface choice ------------------------------------------------------------------
+
+
+def _iface(name: str, *, v4: tuple[str, ...] = (), v6: tuple[str, ...] = (),
+           multicast: bool = True) -> mdns.Interface:
+    return mdns.Interface(name, 1, v4, v6, loopback=name == "lo", multicast=multicast)
+
+
+LO = _iface("lo", v4=("127.0.0.1",), v6=("::1",), multicast=False)
+LO_MC = _iface("lo", v4=("127.0.0.1",), multicast=True)
+ETH0 = _iface("eth0", v4=("10.0.0.1",), v6=("fe80::1", "fd00::1"))
+WLAN = _iface("wlan0", v4=("192.168.1.2",))
+NOADDR = _iface("eth1")
+NOMC = _iface("tun0", v4=("10.8.0.1",), multicast=False)
+
+
+@pytest.mark.parametrize(
+    ("names", "available", "expected"),
+    [
+        pytest.param((), [LO, ETH0, WLAN, NOMC], ["eth0", "wlan0"], id="default-multicast-only"),
+        pytest.param((), [LO, NOADDR, ETH0], ["eth0"], id="default-needs-an-address"),
+        pytest.param((), [LO], ["lo"], id="lo-if-alone"),
+        pytest.param((), [LO, NOMC], ["lo"], id="lo-if-no-multicast-interface"),
+        pytest.param((), [LO_MC, ETH0], ["lo", "eth0"], id="lo-with-multicast-on"),
+        pytest.param(("wlan0",), [LO, ETH0, WLAN], ["wlan0"], id="named"),
+        pytest.param(("tun0", "tun0"), [LO, NOMC], ["tun0"], id="named-without-multicast-flag"),
+    ],
+)
+def test_choose_interfaces(
+    names: tuple[str, ...], available: list[mdns.Interface], expected: list[str]
+) -> None:
+    assert [i.name for i in mdns.choose_interfaces(names, available)] == expected
+
+
+@pytest.mark.parametrize(
+    ("names", "available"),
+    [(("eth9",), [LO, ETH0]), (("eth1",), [NOADDR]), ((), [])],
+)
+def test_choose_interfaces_errors(names: tuple[str, ...], available: list[mdns.Interface]) -> None:
+    with pytest.raises(mdns.MdnsError):
+        mdns.choose_interfaces(names, available)
+
+
+def test_advertised_addresses_leave_out_link_local() -> None:
+    assert mdns.advertised_addresses([ETH0, WLAN]) == ["10.0.0.1", "192.168.1.2", "fd00::1"]
+
+
+# --- pure: the peers view ------------------------------------------------------------------
+
+
+def test_format_peers_table_and_json() -> None:
+    peers = [
+        PeerInfo("node-a", ("10.0.0.1",), 7946, 12,
+                 ProbeResult("node-a", True, 0.0004, address="10.0.0.1")),
+        PeerInfo("node-bb", ("10.0.0.2", "fd00::2"), 80, None,
+                 ProbeResult("node-bb", False, 0.7, error="timed out after 0.7s")),
+    ]
+    assert format_peers(peers, as_json=False) == (
+        "NAME      ADDRESSES          PORT   PID      PROBE\n"
+        "node-a    10.0.0.1           7946   12       ok 0.4ms\n"
+        "node-bb   10.0.0.2,fd00::2   80     <none>   failed: timed out after 0.7s\n"
+    )
+    data = json.loads(format_peers(peers, as_json=True))
+    assert [p["name"] for p in data] == ["node-a", "node-bb"]
+    assert data[0]["probe"]["ok"] is True and data[1]["pid"] is None
+    assert format_peers([], as_json=True) == "[]\n"
+
+
+# --- real processes in network namespaces ------------------------------------------------------
+
+HELPER = [sys.executable, str(Path(__file__).with_name("mdns_helper.py"))]
+WAIT = 10.0  # seconds: discovery takes ~1.2-1.7 s; this bounds a broken run
+
+
+class Lines:
+    """The JSON lines a helper process prints, read by a thread as they come."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.records: list[dict[str, Any]] = []
+        self.other: list[str] = []  # anything that is not JSON (logs, tracebacks)
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                self.other.append(line.rstrip())
+                continue
+            self._queue.put(record)
+
+    def wait_for(self, match: Callable[[dict[str, Any]], bool], timeout: float = WAIT) -> dict:
+        """The first record (seen before or arriving within `timeout`) that matches."""
+        for record in self.records:
+            if match(record):
+                return record
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                record = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            self.records.append(record)
+            if match(record):
+                return record
+        raise AssertionError(f"no matching line within {timeout}s; got {self.records}, "
+                             f"output {self.other[-20:]}")
+
+    def drain(self, seconds: float) -> list[dict[str, Any]]:
+        """Every record that arrives within `seconds` more, plus the earlier ones."""
+        try:
+            self.wait_for(lambda r: False, seconds)
+        except AssertionError:
+            pass
+        return self.records
+
+
+def start(host: Host, *args: str) -> Lines:
+    proc = host.popen([*HELPER, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                      text=True)
+    return Lines(proc)
+
+
+def event(kind: str, **fields: object) -> Callable[[dict[str, Any]], bool]:
+    return lambda r: r["event"] == kind and all(r.get(k) == v for k, v in fields.items())
+
+
+def report(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    with capsys.disabled():
+        print(f"\n    [mdns] {text}")
+
+
+netns = pytest.mark.netns
+
+
+@pytest.fixture
+def lo_host() -> Iterator[LoopbackHost]:
+    if not can_use_netns():
+        pytest.skip("needs root and iproute2 for network namespaces")
+    with LoopbackHost() as host:
+        yield host
+
+
+@pytest.fixture
+def lan2() -> Iterator[Lan]:
+    if not can_use_netns():
+        pytest.skip("needs root and iproute2 for network namespaces")
+    with Lan(2) as lan:
+        yield lan
+
+
+@netns
+def test_peer_seen_then_goodbye(lo_host: LoopbackHost, capsys: pytest.CaptureFixture[str]) -> None:
+    browser = start(lo_host, "browse", "--own-name", "me")
+    browser.wait_for(event("browsing"))
+    adv = start(lo_host, "advertise", "--name", "node-a", "--port", "7101")
+
+    seen = browser.wait_for(event("PeerSeen", name="node-a"))
+    assert seen["port"] == 7101
+    assert seen["pid"] == adv.proc.pid  # `ip netns exec` execs the helper: same pid
+    assert seen["addresses"][0] == "127.0.0.1"
+    started = adv.wait_for(event("starting"))
+    adv.wait_for(event("registered"))
+    report(capsys, f"discovery (advertise start -> PeerSeen): {seen['t'] - started['t']:.3f}s")
+
+    stop_at = time.monotonic()
+    adv.proc.send_signal(signal.SIGTERM)
+    gone = browser.wait_for(event("PeerGone", name="node-a"), timeout=3)
+    report(capsys, f"goodbye (SIGTERM -> PeerGone): {gone['t'] - stop_at:.3f}s")
+    assert adv.proc.wait(5) == 0
+    adv.wait_for(event("stopped"))
+
+
+@netns
+def test_invalid_name_rejected_and_own_name_ignored(lo_host: LoopbackHost) -> None:
+    browser = start(lo_host, "browse", "--own-name", "me")
+    browser.wait_for(event("browsing"))
+    start(lo_host, "advertise", "--name", "Bad_Name", "--port", "7201")
+    start(lo_host, "advertise", "--name", "me", "--port", "7202")
+    start(lo_host, "advertise", "--name", "node-c", "--port", "7203")
+
+    rejected = browser.wait_for(event("PeerRejected", instance="Bad_Name"))
+    assert rejected["reason"] == "invalid-name"
+    browser.wait_for(event("PeerSeen", name="node-c"))
+    records = browser.drain(1.0)  # all three announced by now; give stragglers a second
+    names = {r["name"] for r in records if r["event"] == "PeerSeen"}
+    assert names == {"node-c"}
+    assert any("rejected mDNS entry 'Bad_Name': invalid-name" in line for line in browser.other)
+
+
+@netns
+def test_discovery_across_a_lan(lan2: Lan, capsys: pytest.CaptureFixture[str]) -> None:
+    # Default interface choice: eth0 (multicast), not lo (no multicast flag in these hosts).
+    a, b = lan2.hosts
+    browser = start(b, "browse", "--own-name", "node-b")
+    browser.wait_for(event("browsing"))
+    adv = start(a, "advertise", "--name", "node-a", "--port", "7946")
+    seen = browser.wait_for(event("PeerSeen", name="node-a"))
+    assert seen["addresses"] == [a.address]  # link-local IPv6 left out, no 127.0.0.1
+    started = adv.wait_for(event("starting"))
+    report(capsys, f"discovery across veth LAN: {seen['t'] - started['t']:.3f}s")
+
+    stop_at = time.monotonic()
+    adv.proc.send_signal(signal.SIGTERM)
+    gone = browser.wait_for(event("PeerGone", name="node-a"), timeout=3)
+    report(capsys, f"goodbye across veth LAN: {gone['t'] - stop_at:.3f}s")
+
+
+@netns
+def test_peers_command(lo_host: LoopbackHost) -> None:
+    a = start(lo_host, "advertise", "--name", "node-a", "--port", "7301", "--listen")
+    b = start(lo_host, "advertise", "--name", "node-b", "--port", "7302")  # nothing listens
+    a.wait_for(event("registered"))
+    b.wait_for(event("registered"))
+    done = lo_host.run([*HELPER, "peers", "--timeout", "2"], timeout=30)
+    peers = {p["name"]: p for p in json.loads(done.stdout)}
+    assert set(peers) == {"node-a", "node-b"}
+    assert peers["node-a"]["port"] == 7301 and peers["node-a"]["pid"] == a.proc.pid
+    assert peers["node-a"]["probe"]["ok"] is True
+    assert peers["node-b"]["probe"]["ok"] is False
+
+
+@netns
+def test_taken_name_is_not_renamed(lan2: Lan) -> None:
+    # Two hosts: on one host, unicast answers to probes reach only one of the processes that
+    # share port 5353, so conflict detection between processes of one host is not reliable.
+    a, b = lan2.hosts
+    first = start(a, "advertise", "--name", "node-a", "--port", "7401")
+    first.wait_for(event("registered"))
+    second = start(b, "advertise", "--name", "node-a", "--port", "7402")
+    taken = second.wait_for(event("NameTaken"))
+    assert "node-a._k3._tcp.local." in taken["message"]
+    assert second.proc.wait(5) == 3
