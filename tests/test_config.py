@@ -1,0 +1,269 @@
+"""Go durations and the `storage:` section of a k3 YAML config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from k3net.config import (
+    ConfigError,
+    EtcdConfig,
+    MySQLConfig,
+    Settings,
+    StorageConfig,
+    format_duration,
+    load_storage,
+    parse_duration,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("700ms", 0.7),
+        ("15s", 15.0),
+        ("90s", 90.0),
+        ("1m30s", 90.0),
+        ("1h", 3600.0),
+        ("1h2m3.5s", 3723.5),
+        ("1.5h", 5400.0),
+        (".5s", 0.5),
+        ("250us", 250e-6),
+        ("250µs", 250e-6),
+        ("10ns", 10e-9),
+        ("0", 0.0),
+        ("0s", 0.0),
+        (" 15s ", 15.0),
+    ],
+)
+def test_parse_duration_go_syntax(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["10", "5x", "-1s", "", "   ", "ms", "1 s", "s1", "1m30", "abc", "1d"])
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(90.0, "1m30s"), (0.7, "700ms"), (15.0, "15s"), (120.0, "2m")]
+)
+def test_format_duration_reads_back(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+# --- load_storage -----------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "k3.yaml") -> Path:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_storage(path)
+    message = str(err.value)
+    assert str(path) in message and "not found" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("storage:\n\ttype: etcd\n", 2),
+        ("storage:\n  type: memory\n  etcd: x: y\n", 3),
+        ("storage:\n  type: etcd\n  etcd:\n    endpoints: [http://a:1\n  mysql: {}\n", 5),
+    ],
+)
+def test_bad_yaml_names_file_and_line(tmp_path: Path, text: str, line: int) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_storage(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:")
+    assert f"line {line}" in message
+    assert "\n" not in message
+
+
+def test_directory_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_storage(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        pytest.param("- a\n- b\n", "top level", id="top-level-list"),
+        pytest.param(
+            "storage: [memory]\n", "storage", id="storage-list",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: config.load_storage names the key 'config.storage', a key the "
+                "file does not have (_section is called with where='config')",
+            ),
+        ),
+        pytest.param("storage:\n  type: redis\n", "storage.type", id="unknown-type"),
+        pytest.param("storage:\n  type: 5\n", "storage.type", id="type-number"),
+        pytest.param("storage:\n  etcd: 5\n", "storage.etcd", id="etcd-number"),
+        pytest.param("storage:\n  mysql: [a]\n", "storage.mysql", id="mysql-list"),
+        pytest.param("storage:\n  mysql:\n    port: abc\n", "storage.mysql.port", id="port-text"),
+        pytest.param("storage:\n  mysql:\n    port: true\n", "storage.mysql.port", id="port-bool"),
+        pytest.param("storage:\n  mysql:\n    port: 70000\n", "storage.mysql.port", id="port-range"),
+        pytest.param("storage:\n  mysql:\n    port: 0\n", "storage.mysql.port", id="port-zero"),
+        pytest.param("storage:\n  mysql:\n    port: 3306.5\n", "storage.mysql.port", id="port-float"),
+        pytest.param("storage:\n  mysql:\n    host: 5\n", "storage.mysql.host", id="host-number"),
+        pytest.param("storage:\n  mysql:\n    user: [a]\n", "storage.mysql.user", id="user-list"),
+        pytest.param("storage:\n  mysql:\n    database: {a: 1}\n", "storage.mysql.database",
+                     id="database-mapping"),
+        pytest.param("storage:\n  mysql:\n    max_open_conns: many\n", "storage.mysql.max_open_conns",
+                     id="max-open-text"),
+        pytest.param("storage:\n  mysql:\n    max_idle_conns: -1\n", "storage.mysql.max_idle_conns",
+                     id="max-idle-negative"),
+        pytest.param("storage:\n  mysql:\n    password: [x]\n", "storage.mysql.password",
+                     id="mysql-password-list"),
+        pytest.param("storage:\n  etcd:\n    endpoints: 5\n", "storage.etcd.endpoints",
+                     id="endpoints-number"),
+        pytest.param("storage:\n  etcd:\n    endpoints: []\n", "storage.etcd.endpoints",
+                     id="endpoints-empty"),
+        pytest.param("storage:\n  etcd:\n    endpoints: [5]\n", "storage.etcd.endpoints[0]",
+                     id="endpoint-number"),
+        pytest.param("storage:\n  etcd:\n    endpoints: [http://a:2379, 'not an url']\n",
+                     "storage.etcd.endpoints[1]", id="endpoint-garbage"),
+        pytest.param("storage:\n  etcd:\n    endpoints: ['http://a:99999']\n",
+                     "storage.etcd.endpoints[0]", id="endpoint-port-range"),
+        pytest.param("storage:\n  etcd:\n    endpoints: ['https://a:2379']\n",
+                     "storage.etcd.endpoints[0]", id="endpoint-tls"),
+        pytest.param("storage:\n  etcd:\n    dial_timeout: soon\n", "storage.etcd.dial_timeout",
+                     id="dial-timeout-text"),
+        pytest.param("storage:\n  etcd:\n    dial_timeout: -1s\n", "storage.etcd.dial_timeout",
+                     id="dial-timeout-negative-text"),
+        pytest.param("storage:\n  etcd:\n    dial_timeout: -3\n", "storage.etcd.dial_timeout",
+                     id="dial-timeout-negative-number"),
+        pytest.param("storage:\n  etcd:\n    dial_timeout: true\n", "storage.etcd.dial_timeout",
+                     id="dial-timeout-bool"),
+        pytest.param("storage:\n  etcd:\n    username: [a]\n", "storage.etcd.username",
+                     id="username-list"),
+    ],
+)
+def test_wrong_values_are_one_line_naming_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_storage(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key}:"), message
+    assert "\n" not in message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: config.load_storage lets UnicodeDecodeError escape for a file that is not "
+    "UTF-8 text (path.read_text only catches OSError)",
+)
+def test_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, b"storage:\n  type: etcd\n  etcd:\n    username: \"\xff\xfe\"\n")
+    with pytest.raises(ConfigError) as err:
+        load_storage(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty-file"),
+        pytest.param("# only a comment\n", id="comment"),
+        pytest.param("controller:\n  port: 8080\nscheduler: {x: 1}\n", id="other-sections-only"),
+        pytest.param("storage:\n", id="empty-storage"),
+        pytest.param("storage:\n  type: memory\n", id="memory"),
+    ],
+)
+def test_defaults(tmp_path: Path, text: str) -> None:
+    assert load_storage(write(tmp_path, text)) == StorageConfig()
+
+
+def test_default_values() -> None:
+    storage = StorageConfig()
+    assert storage.type == "memory"
+    assert storage.etcd.endpoints == ("http://127.0.0.1:2379",)
+    assert storage.etcd.dial_timeout == 5.0
+    assert (storage.mysql.host, storage.mysql.port) == ("127.0.0.1", 3306)
+    assert storage.mysql.max_open_conns == 10 and storage.mysql.max_idle_conns == 5
+
+
+def test_full_etcd_example(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+# a k3 config shared with the Go components
+apiserver:
+  port: 6443
+storage:
+  type: etcd
+  etcd:
+    endpoints:
+      - http://10.0.0.1:2379
+      - http://[fd00::2]:2380
+    dial_timeout: 3s
+    username: k3
+    password: 1234
+  mysql:
+    host: ignored
+""")
+    storage = load_storage(path)
+    assert storage.type == "etcd"
+    assert storage.etcd == EtcdConfig(
+        endpoints=("http://10.0.0.1:2379", "http://[fd00::2]:2380"),
+        dial_timeout=3.0,
+        username="k3",
+        password="1234",
+    )
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("3s", 3.0), ("1m", 60.0), ("2", 2.0), ("0.5", 0.5)])
+def test_dial_timeout_accepts_durations_and_seconds(tmp_path: Path, value: str, seconds: float) -> None:
+    path = write(tmp_path, f"storage:\n  type: etcd\n  etcd:\n    dial_timeout: {value}\n")
+    assert load_storage(path).etcd.dial_timeout == pytest.approx(seconds)
+
+
+def test_single_endpoint_string_is_a_list_of_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage:\n  type: etcd\n  etcd:\n    endpoints: http://127.0.0.1:2379\n")
+    assert load_storage(path).etcd.endpoints == ("http://127.0.0.1:2379",)
+
+
+def test_full_mysql_example(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+storage:
+  type: mysql
+  mysql:
+    host: db.lan
+    port: 3307
+    user: k3
+    password: secret
+    database: k3prod
+    max_open_conns: 20
+    max_idle_conns: 4
+""")
+    storage = load_storage(path)
+    assert storage.type == "mysql"
+    assert storage.mysql == MySQLConfig(
+        host="db.lan", port=3307, user="k3", password="secret", database="k3prod",
+        max_open_conns=20, max_idle_conns=4,
+    )
+    assert storage.etcd == EtcdConfig()
+
+
+def test_numeric_mysql_password_is_text(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage:\n  type: mysql\n  mysql:\n    password: 1234\n")
+    assert load_storage(path).mysql.password == "1234"
+
+
+def test_refresh_interval_is_a_third_of_the_peer_ttl() -> None:
+    assert Settings(node_name="a", peer_ttl=90.0).refresh_interval == pytest.approx(30.0)
+    assert Settings(node_name="a", peer_ttl=12.0).refresh_interval == pytest.approx(4.0)
