@@ -22,7 +22,7 @@ from k3net.config import Settings
 from k3net.core.messages import PeerRejected, PeerSeen, ProbeResult
 from k3net.core.names import MAX_TXT_VALUE
 from k3net.peers import PeerInfo, format_peers
-from tests.netns import Host, Lan, LoopbackHost, can_use_netns
+from tests.netns import Host, Lan, LoopbackHost
 
 TYPE = "_k3._tcp.local."
 
@@ -247,18 +247,15 @@ def report(capsys: pytest.CaptureFixture[str], text: str) -> None:
 netns = pytest.mark.netns
 
 
+# `netns_ok` (conftest) skips without root, and fails instead under scripts/test.
 @pytest.fixture
-def lo_host() -> Iterator[LoopbackHost]:
-    if not can_use_netns():
-        pytest.skip("needs root and iproute2 for network namespaces")
+def lo_host(netns_ok: None) -> Iterator[LoopbackHost]:
     with LoopbackHost() as host:
         yield host
 
 
 @pytest.fixture
-def lan2() -> Iterator[Lan]:
-    if not can_use_netns():
-        pytest.skip("needs root and iproute2 for network namespaces")
+def lan2(netns_ok: None) -> Iterator[Lan]:
     with Lan(2) as lan:
         yield lan
 
