@@ -102,7 +102,10 @@ def describe(exc: BaseException) -> str:
 def stored_from_kv(kv: Any) -> Stored:
     """The Stored for an etcd key-value; InvalidNode if the value is not this key's Node."""
     name = kv.key.decode(errors="replace").removeprefix(PREFIX)
-    node = node_from_json(kv.value)
+    try:
+        node = node_from_json(kv.value)
+    except AttributeError as exc:  # cattrs on a string where a mapping belongs (labels: "x")
+        raise InvalidNode(f"not a v1/Node: {exc}") from exc
     if node.metadata.name != name:
         raise InvalidNode(f"metadata.name is {node.metadata.name!r}, not {name!r}")
     version = str(kv.mod_revision)

@@ -161,13 +161,17 @@ def next_version(previous: str | None, now: dt.datetime) -> str:
     return str(fresh)
 
 
-def _json_column(value: Any, column: str) -> Any:
+def _json_column(value: Any, column: str) -> dict[str, Any] | None:
+    """A JSON object column (labels, annotations, spec, status); NULL is None."""
     if value is None:
         return None
     try:
-        return json.loads(value)
+        data = json.loads(value)
     except ValueError as exc:
         raise InvalidNode(f"{column} is not JSON: {exc}") from exc
+    if data is not None and not isinstance(data, dict):
+        raise InvalidNode(f"{column} is not a JSON object")
+    return data
 
 
 def _row_values(node: Node) -> dict[str, Any]:
@@ -191,7 +195,7 @@ def stored_from_row(row: tuple[Any, ...]) -> Stored:
     (_id, name, namespace, uid, version, labels, annotations, created_at, _updated_at,
      phase, spec, status) = row
     status_data = _json_column(status, "status") or {}
-    if phase and isinstance(status_data, dict):
+    if phase:
         status_data = {**status_data, "phase": phase}
     metadata: dict[str, Any] = {"name": name}
     for key, value in (
@@ -453,7 +457,10 @@ class MySQLStore:
 
 
 async def _create_table(cur: Cursor) -> None:
-    await cur.execute(CREATE_TABLE)
+    # Asking first spares the server's "already exists" note (a Python warning in aiomysql).
+    await cur.execute("SHOW TABLES LIKE %s", (TABLE,))
+    if not await cur.fetchall():
+        await cur.execute(CREATE_TABLE)
 
 
 def _first_per_name(fingerprints: Any) -> dict[str, tuple[Any, ...]]:

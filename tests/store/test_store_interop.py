@@ -1,0 +1,272 @@
+"""What k3net writes is what the Go k3 store reads, and the other way round: raw etcd keys and
+values, raw rows of the Go ORM's table. Also corrupt data and soft-deleted rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+import trio
+
+from k3net.convert import node_to_dict
+from k3net.store.base import NotFound, Put, Snapshot, StoreError
+from k3net.store.etcd import EtcdStore
+from k3net.store.mysql import MySQLStore
+from tests.store.conftest import RawEtcd, RawMySQL
+from tests.store.test_store_contract import CREATED, make_node, next_event
+
+# A Node as the Go k3 components write it: more than k3net models, keys k3net does not know.
+GO_NODE: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Node",
+    "metadata": {
+        "name": "go-node",
+        "uid": "3f0c2a8e-0000-4000-8000-000000000001",
+        "resourceVersion": "17",
+        "creationTimestamp": "2026-11-29T10:21:14Z",
+        "labels": {"kubernetes.io/hostname": "go-node", "node-role.kubernetes.io/worker": ""},
+        "annotations": {"k3.io/owner": "controller"},
+        "finalizers": ["k3.io/cleanup"],
+    },
+    "spec": {"podCIDR": "10.42.1.0/24", "taints": [{"key": "k3/x", "effect": "NoSchedule"}]},
+    "status": {
+        "phase": "Running",
+        "capacity": {"cpu": "8", "memory": "16Gi"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                        "lastHeartbeatTime": "2026-11-29T10:21:14Z",
+                        "lastTransitionTime": "2026-11-29T10:00:00Z"}],
+        "addresses": [{"type": "InternalIP", "address": "10.77.0.9"}],
+        "nodeInfo": {"kubeletVersion": "v1.31.0"},
+    },
+}
+
+KEY = "/kubernetes//v1/Node/"
+
+
+def without_version(data: dict[str, Any]) -> dict[str, Any]:
+    data = json.loads(json.dumps(data))
+    data["metadata"].pop("resourceVersion", None)
+    return data
+
+
+# --- etcd -------------------------------------------------------------------------------------
+
+
+@pytest.mark.etcd
+async def test_etcd_reads_what_go_wrote(etcd_store: EtcdStore, raw_etcd: RawEtcd) -> None:
+    await raw_etcd.put(KEY + "go-node", json.dumps(GO_NODE))
+    stored = await etcd_store.get("go-node")
+    assert without_version(node_to_dict(stored.node)) == without_version(GO_NODE)
+    # The version is etcd's revision of the key, not whatever the JSON says.
+    assert stored.version != "17" and stored.node.metadata.resource_version == stored.version
+    assert await etcd_store.list() == [stored]
+
+    node = stored.node
+    node.metadata.annotations["k3.network/port"] = "7946"
+    updated = await etcd_store.update(node, stored.version)
+    written = json.loads(await raw_etcd.get(KEY + "go-node") or b"")
+    expected = without_version(GO_NODE)
+    expected["metadata"]["annotations"]["k3.network/port"] = "7946"
+    assert written == expected
+    assert int(updated.version) > int(stored.version)
+
+
+@pytest.mark.etcd
+async def test_etcd_writes_what_go_reads(etcd_store: EtcdStore, raw_etcd: RawEtcd) -> None:
+    node = make_node("k3net-node")
+    await etcd_store.create(node)
+    assert await raw_etcd.keys() == ["/kubernetes//v1/Node/k3net-node"]
+    value = await raw_etcd.get("/kubernetes//v1/Node/k3net-node")
+    assert value is not None
+    assert json.loads(value) == node_to_dict(node)
+    assert json.loads(value)["metadata"]["creationTimestamp"] == "2026-11-29T10:21:14Z"
+
+
+@pytest.mark.etcd
+async def test_etcd_skips_values_that_are_not_nodes(
+    etcd_store: EtcdStore, raw_etcd: RawEtcd
+) -> None:
+    good = await etcd_store.create(make_node("good"))
+    await raw_etcd.put(KEY + "broken", "{not json")
+    await raw_etcd.put(KEY + "wrong-name", json.dumps(node_to_dict(make_node("other"))))
+    assert await etcd_store.list() == [good]
+    with pytest.raises(StoreError) as info:
+        await etcd_store.get("broken")
+    assert not isinstance(info.value, NotFound)
+    async with etcd_store.watch() as events:
+        assert await next_event(events) == Snapshot((good,))
+        await raw_etcd.put(KEY + "broken", "[]")
+        later = await etcd_store.update(make_node("good", step="2"), good.version)
+        assert await next_event(events) == Put(later)
+
+
+# --- MySQL ------------------------------------------------------------------------------------
+
+GO_ROW = {
+    "name": "go-node",
+    "uid": GO_NODE["metadata"]["uid"],
+    "resource_version": "17",
+    "labels": json.dumps(GO_NODE["metadata"]["labels"]),
+    "annotations": json.dumps(GO_NODE["metadata"]["annotations"]),
+    "created_at": dt.datetime(2026, 11, 29, 10, 21, 14),
+    "updated_at": dt.datetime(2026, 11, 29, 10, 21, 15, 123000),
+    "phase": "Running",
+    "spec": json.dumps(GO_NODE["spec"]),
+    "status": json.dumps(GO_NODE["status"]),
+}
+
+
+async def insert_go_row(raw: RawMySQL, **changes: Any) -> None:
+    row = {**GO_ROW, **changes}
+    columns = ", ".join(row)
+    marks = ", ".join(f"%({c})s" for c in row)
+    await raw.sql(f"INSERT INTO k8s_core_v1_node ({columns}) VALUES ({marks})", row)
+
+
+async def select_row(raw: RawMySQL, name: str) -> dict[str, Any]:
+    columns = ["id", "name", "namespace", "uid", "resource_version", "labels", "annotations",
+               "created_at", "updated_at", "deleted_at", "phase", "spec", "status"]
+    rows = await raw.sql(
+        f"SELECT {', '.join(columns)} FROM k8s_core_v1_node WHERE name = %s", (name,)
+    )
+    assert len(rows) == 1, rows
+    return dict(zip(columns, rows[0], strict=True))
+
+
+@pytest.mark.mysql
+async def test_mysql_reads_what_go_wrote(mysql_store: MySQLStore, raw_mysql: RawMySQL) -> None:
+    await raw_mysql.create_go_table()
+    await insert_go_row(raw_mysql)
+    stored = await mysql_store.get("go-node")
+    expected = without_version(GO_NODE)
+    del expected["metadata"]["finalizers"]  # no column for it in the Go table
+    assert without_version(node_to_dict(stored.node)) == expected
+    assert stored.version == "17"
+    assert await mysql_store.list() == [stored]
+
+    node = stored.node
+    node.metadata.annotations["k3.network/port"] = "7946"
+    node.status.phase = "Unknown"
+    updated = await mysql_store.update(node, "17")
+    row = await select_row(raw_mysql, "go-node")
+    assert row["resource_version"] == updated.version != "17"
+    assert json.loads(row["annotations"]) == {"k3.io/owner": "controller",
+                                              "k3.network/port": "7946"}
+    assert row["phase"] == "Unknown"
+    assert json.loads(row["status"]) == {**GO_NODE["status"], "phase": "Unknown"}
+    assert json.loads(row["spec"]) == GO_NODE["spec"]
+    assert row["uid"] == GO_NODE["metadata"]["uid"]
+    assert row["created_at"] == GO_ROW["created_at"]
+    assert row["updated_at"] > GO_ROW["updated_at"]
+
+
+@pytest.mark.mysql
+async def test_mysql_writes_what_go_reads(mysql_store: MySQLStore, raw_mysql: RawMySQL) -> None:
+    node = make_node("k3net-node")
+    created = await mysql_store.create(node)
+    row = await select_row(raw_mysql, "k3net-node")
+    data = node_to_dict(node)
+    assert row["namespace"] is None
+    assert row["uid"] == "node-k3net-node"
+    assert row["resource_version"] == created.version
+    assert json.loads(row["labels"]) == data["metadata"]["labels"]
+    assert json.loads(row["annotations"]) == {}
+    assert row["created_at"] == CREATED.replace(tzinfo=None)
+    assert row["updated_at"] is not None and row["deleted_at"] is None
+    assert row["phase"] == "Running"
+    assert json.loads(row["spec"]) == data["spec"]
+    assert json.loads(row["status"]) == data["status"]
+    # The table k3net created has the Go ORM's columns, in its order.
+    columns = await raw_mysql.sql(
+        "SELECT column_name, column_type FROM information_schema.columns"
+        " WHERE table_schema = DATABASE() AND table_name = 'k8s_core_v1_node'"
+        " ORDER BY ordinal_position"
+    )
+    assert [(name, kind.split(" ")[0]) for name, kind in columns] == [
+        ("id", "bigint(20)"), ("name", "varchar(255)"), ("namespace", "varchar(255)"),
+        ("uid", "varchar(255)"), ("resource_version", "varchar(255)"), ("labels", "longtext"),
+        ("annotations", "longtext"), ("created_at", "datetime(3)"), ("updated_at", "datetime(3)"),
+        ("deleted_at", "datetime(3)"), ("phase", "varchar(50)"), ("spec", "longtext"),
+        ("status", "longtext"),
+    ]
+
+
+@pytest.mark.mysql
+async def test_mysql_soft_deleted_rows_do_not_exist(
+    mysql_store: MySQLStore, raw_mysql: RawMySQL
+) -> None:
+    await raw_mysql.create_go_table()
+    await insert_go_row(raw_mysql, deleted_at=dt.datetime(2026, 11, 29, 11, 0, 0))
+    with pytest.raises(NotFound):
+        await mysql_store.get("go-node")
+    assert await mysql_store.list() == []
+    async with mysql_store.watch() as events:
+        assert await next_event(events) == Snapshot(())
+
+    # Created again with the same uid: the tombstone's uid must not block it.
+    node = make_node("go-node")
+    node.metadata.uid = GO_NODE["metadata"]["uid"]
+    created = await mysql_store.create(node)
+    assert await mysql_store.get("go-node") == created
+
+    # k3net deletes softly too: the row stays, with deleted_at set.
+    await mysql_store.delete("go-node")
+    row = await select_row(raw_mysql, "go-node")
+    assert row["deleted_at"] is not None and row["uid"] == GO_NODE["metadata"]["uid"]
+    with pytest.raises(NotFound):
+        await mysql_store.get("go-node")
+
+
+@pytest.mark.mysql
+async def test_mysql_watch_sees_writers_that_keep_the_version(
+    mysql_store: MySQLStore, raw_mysql: RawMySQL
+) -> None:
+    """The Go original writes without compare-and-swap; a change with the same
+    resource_version but a new updated_at must still reach the watch."""
+    await raw_mysql.create_go_table()
+    await insert_go_row(raw_mysql)
+    async with mysql_store.watch() as events:
+        snapshot = await next_event(events)
+        assert isinstance(snapshot, Snapshot) and [s.name for s in snapshot.items] == ["go-node"]
+        status = {**GO_NODE["status"], "phase": "Pending"}
+        await raw_mysql.sql(
+            "UPDATE k8s_core_v1_node SET phase = 'Pending', status = %s, updated_at = %s"
+            " WHERE name = 'go-node'", (json.dumps(status), dt.datetime(2026, 11, 29, 10, 30)),
+        )
+        event = await next_event(events)
+        assert isinstance(event, Put)
+        assert event.stored.node.status.phase == "Pending" and event.stored.version == "17"
+
+
+@pytest.mark.mysql
+async def test_mysql_skips_rows_that_are_not_nodes(
+    mysql_store: MySQLStore, raw_mysql: RawMySQL
+) -> None:
+    good = await mysql_store.create(make_node("good"))
+    await insert_go_row(raw_mysql, name="broken", uid="u-broken", status="[1, 2]")
+    assert await mysql_store.list() == [good]
+    with pytest.raises(StoreError) as info:
+        await mysql_store.get("broken")
+    assert not isinstance(info.value, NotFound)
+    async with mysql_store.watch() as events:
+        assert await next_event(events) == Snapshot((good,))
+        await raw_mysql.sql("UPDATE k8s_core_v1_node SET labels = '\"x\"', updated_at = NOW(3)"
+                            " WHERE name = 'broken'")
+        await trio.sleep(0.2)  # a few polls see the broken change first
+        later = await mysql_store.update(make_node("good", step="2"), good.version)
+        assert await next_event(events) == Put(later)
+
+
+@pytest.mark.etcd
+async def test_etcd_get_of_a_malformed_node_is_a_store_error(
+    etcd_store: EtcdStore, raw_etcd: RawEtcd
+) -> None:
+    for value in ({**GO_NODE, "metadata": {**GO_NODE["metadata"], "labels": "x"}},
+                  {**GO_NODE, "status": [1]}, {"metadata": "go-node"}, 42):
+        await raw_etcd.put(KEY + "go-node", json.dumps(value))
+        with pytest.raises(StoreError) as info:
+            await etcd_store.get("go-node")
+        assert not isinstance(info.value, NotFound)
+        assert await etcd_store.list() == []
