@@ -317,12 +317,16 @@ class _Watch:
                         yield mapped
             except StoreUnavailable as exc:
                 log.warning("etcd watch lost (%s); retrying in %.1fs", exc, backoff)
-                await self._cancel_handle()
+                # Closing the client ends its watch stream; the handle must not be cancelled
+                # on its own (aetcd fails on a closed client's watch).
+                self._handle = None
                 await self._conn.drop()
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
 
     async def _cancel_handle(self) -> None:
+        """Cancel the open watch. Only while its client is live: whenever the connection is
+        dropped (on any failure) the handle is forgotten with it."""
         handle, self._handle = self._handle, None
         if handle is None:
             return
