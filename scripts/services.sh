@@ -74,6 +74,8 @@ _svc_start_etcd() {
     if ! _svc_wait 20 _svc_our_etcd_healthy; then
         _svc_say "etcd did not become healthy within 20s; last log lines:"
         tail -n 20 "$dir/etcd.log"
+        kill "$K3NET_ETCD_PID" 2>/dev/null
+        unset K3NET_ETCD_PID
         return 1
     fi
 }
@@ -85,6 +87,10 @@ _svc_start_mariadb() {
     fi
     if [[ ! -x /usr/sbin/mariadbd ]]; then
         _svc_apt_install mariadb-server mariadb-client || return 1
+        # Where apt may start services, the package has started it already.
+        if _svc_wait 5 _svc_mysql_answers; then
+            return 0
+        fi
     fi
     mkdir -p /run/mysqld
     chown mysql:mysql /run/mysqld

@@ -1,7 +1,8 @@
 """Private etcd and MariaDB servers for tests that stop and start them (outages).
 
 Each server is its own process with its own data directory, so stopping it never touches the
-machine's shared services. Both are plain context managers (synchronous: they are also meant for
+machine's shared services. Leaving the `with` block stops the server and removes its data (the
+log stays next to it, for a failed test's report). Both are plain context managers (synchronous: they are also meant for
 a nox LAN simulation); from trio, call `start`/`stop` through `trio.to_thread.run_sync` so
 that the code under test keeps running meanwhile. Every wait is bounded.
 
@@ -135,6 +136,12 @@ class _Server:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        # The data is only for this server's life (a MariaDB's is over 100 MB); the log stays.
+        shutil.rmtree(self._data, ignore_errors=True)
+
+    @property
+    def _data(self) -> Path:
+        raise NotImplementedError
 
 
 class EtcdServer(_Server):
@@ -165,13 +172,17 @@ class EtcdServer(_Server):
         """http://host:port, as the k3 config's storage.etcd.endpoints take it."""
         return f"http://{self.address}"
 
+    @property
+    def _data(self) -> Path:
+        return self.data_dir / "data"
+
     def _in_netns(self, cmd: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *cmd] if self.netns else cmd
 
     def _command(self) -> list[str]:
         peer = f"http://{self.client_host}:{self.peer_port}"
         return self._in_netns([
-            ETCD, "--name", "k3net-test", "--data-dir", str(self.data_dir / "data"),
+            ETCD, "--name", "k3net-test", "--data-dir", str(self._data),
             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"k3net-test={peer}", "--initial-cluster-state", "new",
@@ -199,6 +210,10 @@ class MariaDBServer(_Server):
         self.socket = str(self.base_dir / "mysqld.sock")
         if len(self.socket) > 100:
             raise ValueError(f"unix socket path too long for the kernel: {self.socket}")
+
+    @property
+    def _data(self) -> Path:
+        return self.data_dir
 
     def _prepare(self) -> None:
         if (self.data_dir / "mysql").is_dir():
