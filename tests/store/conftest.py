@@ -20,7 +20,7 @@ import trio
 import trio_asyncio
 from trio_asyncio import aio_as_trio
 
-from k3net.config import EtcdConfig, MySQLConfig
+from k3net.config import EtcdConfig, MySQLConfig, parse_endpoint
 from k3net.store.base import Store
 from k3net.store.etcd import PREFIX, EtcdStore
 from k3net.store.memory import MemoryStore
@@ -125,14 +125,28 @@ async def aio_loop() -> AsyncIterator[Any]:
         yield loop
 
 
+# The configs are sync fixtures: a skip (or failure) for a missing service is reported with its
+# reason, which an async fixture's would not be.
+
+
 @pytest.fixture
-async def raw_etcd(aio_loop: Any) -> AsyncIterator[RawEtcd]:
+def etcd_settings() -> EtcdConfig:
+    return etcd_config()
+
+
+@pytest.fixture
+def mysql_settings() -> MySQLConfig:
+    return mysql_config()
+
+
+@pytest.fixture
+async def raw_etcd(etcd_settings: EtcdConfig, aio_loop: Any) -> AsyncIterator[RawEtcd]:
     """Raw access to the test etcd; the Node prefix is empty when the test starts."""
-    host, port = etcd_config().endpoints[0].removeprefix("http://").rsplit(":", 1)
-    client = aetcd.Client(host, int(port))
+    host, port = parse_endpoint(etcd_settings.endpoints[0], "K3NET_TEST_ETCD")
+    client = aetcd.Client(host, port)
     raw = RawEtcd(client)
-    await raw.clear()
     try:
+        await raw.clear()
         yield raw
     finally:
         with trio.move_on_after(5, shield=True):
@@ -140,16 +154,16 @@ async def raw_etcd(aio_loop: Any) -> AsyncIterator[RawEtcd]:
 
 
 @pytest.fixture
-async def raw_mysql(aio_loop: Any) -> AsyncIterator[RawMySQL]:
+async def raw_mysql(mysql_settings: MySQLConfig, aio_loop: Any) -> AsyncIterator[RawMySQL]:
     """Raw access to the test database; the Node table does not exist when the test starts."""
-    raw = RawMySQL(mysql_config())
+    raw = RawMySQL(mysql_settings)
     await raw.drop_table()
     yield raw
 
 
 @pytest.fixture
-async def etcd_store(raw_etcd: RawEtcd) -> AsyncIterator[EtcdStore]:
-    store = EtcdStore(etcd_config())
+async def etcd_store(etcd_settings: EtcdConfig, raw_etcd: RawEtcd) -> AsyncIterator[EtcdStore]:
+    store = EtcdStore(etcd_settings)
     try:
         yield store
     finally:
@@ -157,8 +171,8 @@ async def etcd_store(raw_etcd: RawEtcd) -> AsyncIterator[EtcdStore]:
 
 
 @pytest.fixture
-async def mysql_store(raw_mysql: RawMySQL) -> AsyncIterator[MySQLStore]:
-    store = MySQLStore(mysql_config())
+async def mysql_store(mysql_settings: MySQLConfig, raw_mysql: RawMySQL) -> AsyncIterator[MySQLStore]:
+    store = MySQLStore(mysql_settings)
     try:
         yield store
     finally:
@@ -172,23 +186,33 @@ async def mysql_store(raw_mysql: RawMySQL) -> AsyncIterator[MySQLStore]:
         pytest.param("mysql", marks=pytest.mark.mysql),
     ]
 )
-async def store(request: pytest.FixtureRequest, aio_loop: Any) -> AsyncIterator[Store]:
-    """A fresh, empty store of each backend."""
-    backend: Store
+def backend(request: pytest.FixtureRequest) -> EtcdConfig | MySQLConfig | None:
+    """Which backend `store` is: its config (checked here, synchronously), None for memory."""
     if request.param == "etcd":
-        backend = EtcdStore(etcd_config())
-        host, port = etcd_config().endpoints[0].removeprefix("http://").rsplit(":", 1)
-        client = aetcd.Client(host, int(port))
+        return etcd_config()
+    if request.param == "mysql":
+        return mysql_config()
+    return None
+
+
+@pytest.fixture
+async def store(backend: EtcdConfig | MySQLConfig | None, aio_loop: Any) -> AsyncIterator[Store]:
+    """A fresh, empty store of each backend."""
+    fresh: Store
+    if isinstance(backend, EtcdConfig):
+        host, port = parse_endpoint(backend.endpoints[0], "K3NET_TEST_ETCD")
+        client = aetcd.Client(host, port)
         try:
             await RawEtcd(client).clear()
         finally:
             await aio_as_trio(client.close)()
-    elif request.param == "mysql":
-        backend = MySQLStore(mysql_config())
-        await RawMySQL(mysql_config()).drop_table()
+        fresh = EtcdStore(backend)
+    elif isinstance(backend, MySQLConfig):
+        await RawMySQL(backend).drop_table()
+        fresh = MySQLStore(backend)
     else:
-        backend = MemoryStore()
+        fresh = MemoryStore()
     try:
-        yield backend
+        yield fresh
     finally:
-        await backend.aclose()
+        await fresh.aclose()

@@ -42,8 +42,17 @@ async def in_thread(fn: Callable[[], object]) -> None:
 
 
 @pytest.fixture
-async def etcd_server(tmp_path: Path) -> AsyncIterator[EtcdServer]:
+def etcd_installed() -> None:
     require_binaries(services.ETCD, services.ETCDCTL)
+
+
+@pytest.fixture
+def mariadb_installed() -> None:
+    require_binaries(services.MARIADBD, services.MARIADB, services.MARIADB_INSTALL_DB)
+
+
+@pytest.fixture
+async def etcd_server(etcd_installed: None, tmp_path: Path) -> AsyncIterator[EtcdServer]:
     server = EtcdServer(tmp_path / "etcd", client_port=free_port(), peer_port=free_port())
     await in_thread(server.start)
     try:
@@ -54,8 +63,7 @@ async def etcd_server(tmp_path: Path) -> AsyncIterator[EtcdServer]:
 
 
 @pytest.fixture
-async def mariadb_server(tmp_path: Path) -> AsyncIterator[MariaDBServer]:
-    require_binaries(services.MARIADBD, services.MARIADB, services.MARIADB_INSTALL_DB)
+async def mariadb_server(mariadb_installed: None, tmp_path: Path) -> AsyncIterator[MariaDBServer]:
     server = MariaDBServer(tmp_path / "db")
     await in_thread(server.start)
     try:
