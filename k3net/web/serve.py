@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 from typing import Any
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
+from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 log = logging.getLogger("k3net.web")
 
@@ -82,10 +82,8 @@ def _listen(family: int, addr: Any, *, dual_stack: bool) -> socket.socket:
     return sock
 
 
-def hypercorn_config(sock: socket.socket) -> Config:
+def hypercorn_config() -> Config:
     config = Config()
-    # hypercorn wraps a duplicate of our descriptor; `run` closes its own when it returns.
-    config.bind = [f"fd://{os.dup(sock.fileno())}"]
     config.graceful_timeout = GRACE
     config.accesslog = None  # quiet: probes hit /healthz every few seconds
     config.errorlog = log
@@ -116,11 +114,17 @@ async def run(app: Any, host: str, port: int, *, task_status: Any = trio.TASK_ST
     shield = trio.CancelScope(shield=True)
 
     async def serve_shielded() -> None:
+        # `hypercorn.trio.serve` is this call plus binding its own sockets; passing ours keeps
+        # their ownership (and the clear bind error) here.
         with shield:
-            await serve(app, config, shutdown_trigger=stop.wait, task_status=started)
+            await worker_serve(
+                wrap_app(app, config.wsgi_max_body_size, "asgi"), config,
+                sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
+                shutdown_trigger=stop.wait, task_status=started,
+            )
 
     try:
-        config = hypercorn_config(sock)
+        config = hypercorn_config()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_shielded)
             try:
