@@ -148,6 +148,11 @@ class Subscription:
             self.ended = why
         self._send.close()
 
+    def shutdown(self) -> None:
+        """End this subscription as at agent shutdown (queued messages still go out first)."""
+        self._hub._unsubscribe(self)
+        self._end(END_SHUTDOWN)
+
     def close(self) -> None:
         """The subscriber is gone. Safe to call more than once."""
         self._hub._unsubscribe(self)

@@ -61,27 +61,32 @@ async def pump(store: MemoryStore, hub: EventHub, *, task_status: Any = trio.TAS
             hub.observe(event)
 
 
-async def start_web(nursery: trio.Nursery, *, store: MemoryStore | None = None,
-                    port: int = 0, **hub_kwargs: int) -> Web:
+async def start_server(nursery: trio.Nursery, state: AppState, port: int = 0
+                       ) -> tuple[int, trio.CancelScope]:
+    """Serve a new app over `state` until the returned scope is cancelled."""
+    scope = trio.CancelScope()
+
+    async def serve_until_cancelled(*, task_status: Any) -> None:
+        with scope:
+            await serve.run(make_app(state), "127.0.0.1", port, task_status=task_status)
+
+    return await nursery.start(serve_until_cancelled), scope
+
+
+async def start_web(nursery: trio.Nursery, *, store: MemoryStore | None = None, port: int = 0,
+                    **hub_kwargs: int) -> Web:
+    """A served app whose hub follows the store, as in the agent."""
     store = store or MemoryStore()
     metrics, health = Metrics(), StoreHealth()
     hub = EventHub(metrics, **hub_kwargs)
+    await nursery.start(pump, store, hub)
     state = AppState(
         settings=Settings(node_name="node-a", listen_port=7946), store=store, hub=hub,
         metrics=metrics, health=health, started_at=time.time(), addrs=["10.77.0.2"],
         self_up=lambda: True,
     )
-    server = trio.CancelScope()
-
-    async def serve_until_cancelled(*, task_status: Any) -> None:
-        with server:
-            async with trio.open_nursery() as inner:
-                await inner.start(pump, store, hub)
-                await serve.run(make_app(state), "127.0.0.1", port, task_status=task_status)
-                inner.cancel_scope.cancel()
-
-    bound = await nursery.start(serve_until_cancelled)
-    return Web(bound, store, hub, metrics, health, state, server)
+    port, server = await start_server(nursery, state, port)
+    return Web(port, store, hub, metrics, health, state, server)
 
 
 @pytest.fixture
@@ -346,3 +351,17 @@ async def test_shutdown_closes_subscribers_1001(nursery: trio.Nursery) -> None:
             assert (info.value.reason.code, info.value.reason.reason) == (
                 1001, "agent shutting down")
         assert trio.current_time() - start < serve.GRACE
+    assert not web.hub.closed  # the hub is the agent's: it may outlive the listener
+
+
+async def test_hub_close_ends_streams_1001(web: Web) -> None:
+    async with web.ws() as ws:
+        await next_json(ws)
+        web.hub.close()
+        with pytest.raises(ConnectionClosed) as info:
+            await next_json(ws)
+    assert info.value.reason.code == 1001
+    async with web.ws() as late:  # later subscribers: a snapshot, then 1001
+        assert (await next_json(late))["type"] == "snapshot"
+        with pytest.raises(ConnectionClosed):
+            await next_json(late)

@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from k3net.config import Settings
 from k3net.convert import format_time
-from k3net.events import EventHub
+from k3net.events import EventHub, Subscription
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.store.base import Store, StoreError
@@ -90,10 +90,13 @@ def parse_events_query(query: bytes) -> tuple[int | None, str | None]:
 
 class App:
     """The ASGI application. `shutdown()` (called by `k3net.web.serve.run` when it stops)
-    ends every /events stream with 1001, so that hypercorn does not wait for them."""
+    ends every /events stream with 1001, so that hypercorn does not wait for them. The hub is
+    left open: the agent closes it (which ends the streams too)."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self._streams: set[Subscription] = set()
+        self._stopping = False
         self._routes: dict[str, Callable[[], Awaitable[tuple[int, str, bytes]]]] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
@@ -103,7 +106,9 @@ class App:
         }
 
     def shutdown(self) -> None:
-        self.state.hub.close()
+        self._stopping = True
+        for sub in self._streams:
+            sub.shutdown()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -187,14 +192,23 @@ class App:
             await send({"type": "websocket.close", "code": CLOSE_BAD_REQUEST, "reason": str(exc)})
             return
         with self.state.hub.subscribe(since, epoch) as sub:
-            async with trio.open_nursery() as nursery:
-                # The client leaving (or hypercorn closing the connection) ends the stream.
-                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-                async for message in sub:
-                    await send({"type": "websocket.send", "text": json.dumps(message)})
-                code, reason = CLOSE_FELL_BEHIND if sub.dropped else CLOSE_SHUTDOWN
-                await send({"type": "websocket.close", "code": code, "reason": reason})
-                nursery.cancel_scope.cancel()
+            if self._stopping:
+                sub.shutdown()
+            self._streams.add(sub)
+            try:
+                await self._stream(sub, receive, send)
+            finally:
+                self._streams.discard(sub)
+
+    async def _stream(self, sub: Subscription, receive: Receive, send: Send) -> None:
+        async with trio.open_nursery() as nursery:
+            # The client leaving (or hypercorn closing the connection) ends the stream.
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            async for message in sub:
+                await send({"type": "websocket.send", "text": json.dumps(message)})
+            code, reason = CLOSE_FELL_BEHIND if sub.dropped else CLOSE_SHUTDOWN
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+            nursery.cancel_scope.cancel()
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
