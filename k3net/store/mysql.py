@@ -124,6 +124,8 @@ CONNECT_SECONDS = 5
 # A create waits at most this long for another create of the same name (which takes
 # milliseconds) before reporting the store unavailable.
 CREATE_LOCK_SECONDS = 3
+# Closing the pool or a watch during shutdown may take at most this long.
+CLOSE_SECONDS = 2.0
 # A failed poll retries after 0.2 s, doubling up to 5 s.
 WATCH_BACKOFF_MIN = 0.2
 WATCH_BACKOFF_MAX = 5.0
@@ -400,7 +402,7 @@ class MySQLStore:
         try:
             yield events
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLOSE_SECONDS, shield=True):
                 await events.aclose()
 
     async def _poll(self) -> AsyncGenerator[WatchEvent, None]:
@@ -448,7 +450,7 @@ class MySQLStore:
         self._table_ready = False
         if pool is None:
             return
-        with trio.move_on_after(2, shield=True):
+        with trio.move_on_after(CLOSE_SECONDS, shield=True):
             try:
                 pool.close()
                 await aio_as_trio(pool.wait_closed)()
