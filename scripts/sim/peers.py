@@ -1,0 +1,100 @@
+"""Simulated k3net peers for the benchmark: one process announcing many peers from one
+namespace host. Run inside a network namespace only.
+
+    peers.py --address 10.77.0.2 --count 125 --first-port 20000 --prefix peer-1 \\
+             --accept-log /tmp/accepts-1.json
+
+Each simulated peer is a TCP listener on `address:port` (what k3net probes) and an mDNS service
+`<prefix>-<i>._k3._tcp.local.` with TXT node/port/pid, as a real agent announces itself. Every
+peer of the process shares the address, with its own port. The process prints JSON lines:
+{"event": "listening", "t"}, then {"event": "registered", "t", "count"} once every service is
+registered; it runs until SIGTERM/SIGINT (at most --lifetime seconds), then writes the times of
+every accepted connection (the agent's probes, time.monotonic()) to --accept-log and sends the
+goodbyes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from zeroconf import ServiceInfo
+from zeroconf.asyncio import AsyncZeroconf
+
+SERVICE = "_k3._tcp.local."
+# Registrations under way at once: each one probes the name three times (250 ms apart); a few
+# dozen at once keep the announcements flowing without flooding the LAN in one burst.
+REGISTER_CONCURRENCY = 32
+CLOSE_TIMEOUT = 10.0
+
+
+def say(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+async def run(args: argparse.Namespace) -> list[float]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    accepts: list[float] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepts.append(time.monotonic())
+        writer.close()
+
+    servers = []
+    for i in range(args.count):
+        servers.append(await asyncio.start_server(on_connect, args.address, args.first_port + i))
+    say(event="listening", t=time.monotonic())
+
+    zc = AsyncZeroconf(interfaces=[args.address])
+    limit = asyncio.Semaphore(REGISTER_CONCURRENCY)
+
+    async def register(i: int) -> None:
+        name, port = f"{args.prefix}-{i}", args.first_port + i
+        info = ServiceInfo(SERVICE, f"{name}.{SERVICE}", port=port,
+                           properties={"node": name, "port": str(port), "pid": str(os.getpid())},
+                           server=f"{args.prefix}.local.", parsed_addresses=[args.address])
+        async with limit:
+            await (await zc.async_register_service(info))
+
+    await asyncio.gather(*(register(i) for i in range(args.count)))
+    say(event="registered", t=time.monotonic(), count=args.count)
+    try:
+        await asyncio.wait_for(stop.wait(), args.lifetime)
+    except TimeoutError:
+        pass
+    for server in servers:
+        server.close()
+    try:
+        await asyncio.wait_for(zc.async_close(), CLOSE_TIMEOUT)
+    except TimeoutError:
+        pass
+    return accepts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--first-port", type=int, default=20000)
+    parser.add_argument("--prefix", required=True, help="peer names are <prefix>-<i>")
+    parser.add_argument("--accept-log", help="write accepted-connection times here at exit")
+    parser.add_argument("--lifetime", type=float, default=900, help="exit after this (s)")
+    args = parser.parse_args()
+    accepts = asyncio.run(run(args))
+    if args.accept_log:
+        Path(args.accept_log).write_text(json.dumps(accepts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
