@@ -44,7 +44,7 @@ from k3net.core.table import Forget, JoinLatency, PeerTable, ProbeNow, SelfInfo,
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
-from k3net.store import Deleted, Put, Snapshot, Store, open_store
+from k3net.store import Store, WatchEvent, open_store
 from k3net.tasks import advertise, browse, watch
 from k3net.tasks.probe import Prober
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
@@ -61,7 +61,7 @@ SHUTDOWN_DEADLINE = 2.5
 LISTENER_STOP_DEADLINE = 0.5
 
 TableMessage = (
-    PeerSeen | PeerGone | PeerRejected | ProbeResult | Tick | SelfHeartbeat | Snapshot | Put | Deleted
+    PeerSeen | PeerGone | PeerRejected | ProbeResult | Tick | SelfHeartbeat | WatchEvent
 )
 
 

@@ -74,7 +74,8 @@ class AgentProc:
         return self.proc.returncode
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def close(self) -> None:

@@ -9,6 +9,8 @@ to write. That None is how k3net writes only what changed, and how it keeps its 
   `status.addresses` and the Ready condition. Every other label, annotation, condition, `spec`,
   capacity, nodeInfo and unknown key stays exactly as it was;
 - `lastTransitionTime` changes only when the Ready status changes;
+- a peer's probe never rewrites the reason of a Node that is already Ready (its own agent's
+  `AgentReady` stays), so agents do not take turns rewriting it;
 - guards make a write conditional on what the store says *now*, so that an agent that loses a
   compare-and-swap race re-renders against the winner's Node and usually writes nothing:
   `refresh_from` refreshes lastSeen only if nobody refreshed it meanwhile, and an expiry applies
@@ -179,7 +181,13 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
     node = _new_node(intent.name, now) if existing is None else _copy(existing)
     _own(node, intent.name)
     if isinstance(intent, Alive):
-        became_ready = _set_ready(node, "True", intent.reason, _message(intent), now)
+        reason, message = intent.reason, _message(intent)
+        ready = node.condition(CONDITION_READY)
+        if intent.reason == PEER_ALIVE and ready is not None and ready.status == "True":
+            # A peer's probe confirms a Ready node; it does not overwrite the reason its own
+            # agent (AgentReady) or another peer gave, or agents would take turns rewriting it.
+            reason, message = ready.reason or PEER_ALIVE, ready.message or message
+        became_ready = _set_ready(node, "True", reason, message, now)
         _set_addresses(node, intent.name, intent.addresses)
         annotations = node.metadata.annotations
         annotations[ANN_PORT] = str(intent.port)

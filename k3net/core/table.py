@@ -18,6 +18,10 @@ Ages are measured on this agent's monotonic clock from the moment it saw the sto
 never by comparing another machine's wall clock with ours, so clock skew cannot expire a live
 node or keep a dead one Ready.
 
+While the watch has lost the store (`Lost`, until the next `Snapshot`) nothing expires: the
+view is stale, and after the outage every age starts again, so a store outage longer than the
+TTL does not mark every peer Unknown.
+
 A goodbye is acted on at once, but only if the peer also fails a probe: a restarted peer that
 sent a goodbye for its old instance stays Ready.
 
@@ -43,7 +47,7 @@ from k3net.core.nodes import (
     ordered_addresses,
 )
 from k3net.model import ANN_PID, ANN_PORT, Node
-from k3net.store.base import Deleted, Put, Snapshot, Stored, WatchEvent
+from k3net.store.base import Deleted, Lost, Put, Snapshot, Stored, WatchEvent
 
 
 @attrs.frozen
@@ -109,6 +113,8 @@ class _View:
     last_seen: str | None
     changed_at: float  # when this agent saw `last_seen` take its current value
     expiry_sent: bool = False
+    # A Left write was asked for: expiry must not overtake it with a vaguer Unknown.
+    left_sent: bool = False
     # When this agent last asked for a lastSeen refresh of this value; not asked again while
     # the write is on its way (unless it takes longer than a refresh interval).
     refresh_asked_at: float | None = None
@@ -127,6 +133,9 @@ class PeerTable:
         self.me = me
         self.register_self = register_self
         self.shutting_down = False
+        # False until the watch's first Snapshot, and from a Lost until the next Snapshot: while
+        # the view cannot be trusted, no age is judged from it.
+        self.store_live = False
         self._peers: dict[str, _Peer] = {}
         self._views: dict[str, _View] = {}
 
@@ -172,17 +181,28 @@ class PeerTable:
         actions: list[Action] = [Forget(peer.name)]
         view = self._views.get(peer.name)
         if view is not None and view.stored.node.managed:
+            view.left_sent = True
             actions.append(Write(Left(peer.name), view.stored))
         return actions
 
     # --- the store --------------------------------------------------------------------------
 
     def on_store(self, event: WatchEvent, now: float) -> list[Action]:
+        if isinstance(event, Lost):
+            self.store_live = False
+            return []
         if isinstance(event, Snapshot):
             fresh = {s.name for s in event.items}
             for name in list(self._views):
                 if name not in fresh:
                     del self._views[name]
+            if not self.store_live:
+                # Back from an outage: nobody could refresh a lastSeen meanwhile, so every age
+                # starts again now rather than expiring every peer at once.
+                for view in self._views.values():
+                    view.changed_at = now
+                    view.refresh_asked_at = None
+                self.store_live = True
             changed = [self._observe(s, now) for s in event.items]
             return [a for actions in changed for a in actions]
         if isinstance(event, Put):
@@ -213,11 +233,14 @@ class PeerTable:
     def on_tick(self, now: float) -> list[Action]:
         """Nodes whose stored lastSeen did not change for peer-ttl become Unknown."""
         actions: list[Action] = []
+        if not self.store_live:
+            return actions
         for name, view in self._views.items():
             node = view.stored.node
             if (
                 name == self.me.name
                 or view.expiry_sent
+                or view.left_sent
                 or not node.managed
                 or node.ready_status != "True"
                 or now - view.changed_at < self.peer_ttl
@@ -264,7 +287,7 @@ class PeerTable:
         differs = (
             ready is None
             or ready.status != "True"
-            or ready.reason != reason
+            or (ready.reason != reason and reason != PEER_ALIVE)  # see nodes.render
             or _internal_ips(node) != ordered_addresses(addresses)
             or annotations.get(ANN_PORT) != str(port)
             or (pid is not None and annotations.get(ANN_PID) != str(pid))

@@ -9,6 +9,7 @@ from k3net.config import StorageConfig
 from k3net.store.base import (
     Conflict,
     Deleted,
+    Lost,
     NotFound,
     Put,
     Snapshot,
@@ -20,7 +21,7 @@ from k3net.store.base import (
 )
 
 __all__ = [
-    "Conflict", "Deleted", "NotFound", "Put", "Snapshot", "Store", "StoreError",
+    "Conflict", "Deleted", "Lost", "NotFound", "Put", "Snapshot", "Store", "StoreError",
     "StoreUnavailable", "Stored", "WatchEvent", "open_store",
 ]
 

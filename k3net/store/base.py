@@ -6,8 +6,8 @@ update is a compare-and-swap against it. Backends translate their library's exce
 errors below, once, at this boundary: nothing above the store ever sees a grpc or pymysql error.
 
 Watching: `watch()` yields a `Snapshot` of every Node first, then `Put` / `Deleted` in commit
-order. After a lost connection a backend may yield a new `Snapshot` (the consumer replaces its
-view), so no change can be missed across a reconnect. Timeouts belong to the caller.
+order. When it loses the store it yields `Lost`, and once the store answers again a new
+`Snapshot` (the consumer replaces its view), so no change can be missed across a reconnect. Timeouts belong to the caller.
 """
 
 from __future__ import annotations
@@ -70,7 +70,15 @@ class Deleted:
     name: str
 
 
-WatchEvent = Snapshot | Put | Deleted
+@attrs.frozen
+class Lost:
+    """The watch lost the store (down, unreachable). Until the next Snapshot, nothing is known
+    of changes: a consumer must not judge ages or liveness from its view meanwhile."""
+
+    reason: str
+
+
+WatchEvent = Snapshot | Put | Deleted | Lost
 
 
 class Store(Protocol):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import trio
 
 from k3net.health import StoreHealth
-from k3net.store.base import Snapshot, Store, StoreUnavailable, WatchEvent
+from k3net.store.base import Lost, Snapshot, Store, StoreUnavailable, WatchEvent
 from k3net.tasks.writer import Backoff
 
 log = logging.getLogger("k3net.watch")
@@ -33,15 +33,19 @@ async def run(
             try:
                 async with store.watch() as events:
                     async for event in events:
-                        if isinstance(event, Snapshot):
-                            health.up()
-                            if failures:
-                                log.info("store watch resumed (%d nodes)", len(event.items))
-                            failures = 0
-                        observe(event)
+                        if isinstance(event, Lost):
+                            health.down(event.reason)
+                        else:
+                            if isinstance(event, Snapshot):
+                                health.up()
+                                if failures:
+                                    log.info("store watch resumed (%d nodes)", len(event.items))
+                                failures = 0
+                            observe(event)
                         await out.send(event)
             except StoreUnavailable as exc:
                 health.down(str(exc))
+                await out.send(Lost(str(exc)))
                 delay = backoff.delay(failures, rng)
                 failures += 1
                 log.warning("store watch failed (%s); retrying in %.1fs", exc, delay)

@@ -20,7 +20,7 @@ import random
 import attrs
 import trio
 
-from k3net.core.nodes import render
+from k3net.core.nodes import Alive, render
 from k3net.core.table import Write
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -35,7 +35,7 @@ class Backoff:
     [base*2^n / 2, base*2^n], at most `cap`."""
 
     base: float = 0.1
-    cap: float = 5.0
+    cap: float = 2.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         ceiling = min(self.cap, self.base * 2**attempt)
@@ -115,6 +115,10 @@ class Writer:
     async def _apply(self, write: Write) -> None:
         base: Stored | None = write.base
         name = write.intent.name
+        if base is None and not isinstance(write.intent, Alive):
+            # Only Alive creates a Node; anything else needs the Node as stored, which the
+            # table may not have seen yet (the watch's first snapshot is still on its way).
+            base = await self._get(name)
         for _ in range(MAX_CONFLICTS):
             node = render(base.node if base else None, write.intent, dt.datetime.now(dt.UTC))
             if node is None:
@@ -126,16 +130,19 @@ class Writer:
                     stored = await self._call("update", self.store.update(node, base.version))
             except (Conflict, NotFound):
                 self.metrics.store_conflicts.inc()
-                try:
-                    base = await self._call("get", self.store.get(name))
-                except NotFound:
-                    base = None
+                base = await self._get(name)
                 continue
             cause = type(write.intent).__name__.lower()
             self.metrics.writes.labels(cause=cause).inc()
             log.debug("wrote %s (%s), version %s", name, cause, stored.version)
             return
         raise _TooManyConflicts(f"{MAX_CONFLICTS} compare-and-swap conflicts in a row")
+
+    async def _get(self, name: str) -> Stored | None:
+        try:
+            return await self._call("get", self.store.get(name))
+        except NotFound:
+            return None
 
     async def _call(self, op: str, call):  # type: ignore[no-untyped-def]
         start = trio.current_time()

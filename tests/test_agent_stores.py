@@ -1,0 +1,243 @@
+"""End to end with shared stores: agents on namespace hosts share one etcd or one MariaDB, as
+machines of a k3 cluster do. The store is read raw (etcdctl, SQL), the way the Go k3
+components read it, never through k3net."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agents import AgentProc, ready
+from tests.conftest import require
+from tests.netns import Host, Lan, LoopbackHost
+from tests.nsclient import wait_for
+from tests.services import EtcdServer, MariaDBServer
+
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
+
+PREFIX = "/kubernetes//v1/Node/"
+ETCD_PORT, ETCD_PEER_PORT = 23795, 23805
+
+
+@pytest.fixture(autouse=True)
+def _binaries() -> None:
+    require(shutil.which("etcd") is not None and shutil.which("etcdctl") is not None,
+            "needs etcd and etcdctl (Debian etcd-server, etcd-client)")
+
+
+class RawEtcd:
+    """etcdctl run in the store's namespace: reads and writes exactly what the Go store does."""
+
+    def __init__(self, host: Host, address: str) -> None:
+        self.host, self.address = host, address
+
+    def _ctl(self, *args: str, stdin: str | None = None) -> str:
+        done = self.host.run(["etcdctl", f"--endpoints={self.address}", "--command-timeout=3s",
+                              *args], input=stdin, timeout=10)
+        return done.stdout
+
+    def put(self, name: str, node: dict[str, Any]) -> None:
+        # `etcdctl put KEY` reads the value from stdin when none is given.
+        self._ctl("put", PREFIX + name, stdin=json.dumps(node))
+
+    def nodes(self) -> dict[str, tuple[dict[str, Any], int]]:
+        """name -> (Node JSON, mod_revision)."""
+        out = json.loads(self._ctl("get", "--prefix", PREFIX, "-w", "json"))
+        result = {}
+        for kv in out.get("kvs", []):
+            key = base64.b64decode(kv["key"]).decode()
+            result[key.removeprefix(PREFIX)] = (
+                json.loads(base64.b64decode(kv["value"])), int(kv["mod_revision"])
+            )
+        return result
+
+    def ready(self, name: str) -> tuple[str, str] | None:
+        entry = self.nodes().get(name)
+        return ready(entry[0]) if entry else None
+
+
+def _write_config(path: Path, storage: dict[str, Any]) -> Path:
+    path.write_text(json.dumps({"storage": storage}))  # JSON is YAML
+    return path
+
+
+UNMANAGED_C = {
+    "apiVersion": "v1", "kind": "Node",
+    "metadata": {"name": "node-c", "uid": "controller-uid-c",
+                 "labels": {"kubernetes.io/hostname": "node-c", "team": "infra"}},
+    "spec": {"podCIDR": "10.244.3.0/24"},
+    "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletDown"}]},
+}
+
+MANAGED_B_WITH_EXTRAS = {
+    "apiVersion": "v1", "kind": "Node",
+    "metadata": {
+        "name": "node-b", "uid": "node-node-b",
+        "labels": {"k3.network/managed": "true", "zone": "rack-2"},
+        "annotations": {"k3.network/lastSeen": "2020-01-01T00:00:00Z", "owner": "ops"},
+        "finalizers": ["k3.io/keep"],
+    },
+    "spec": {"podCIDR": "10.244.2.0/24", "taints": [{"key": "gpu", "effect": "NoSchedule"}]},
+    "status": {
+        "capacity": {"cpu": "4", "memory": "8Gi"},
+        "nodeInfo": {"kubeletVersion": "v1.30.0"},
+        "conditions": [
+            {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory"},
+            {"type": "Ready", "status": "Unknown", "reason": "PeerExpired"},
+        ],
+        "addresses": [{"type": "ExternalIP", "address": "203.0.113.7"}],
+    },
+    "futureField": {"kept": True},
+}
+
+
+def test_agents_share_etcd_and_respect_other_writers(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with Lan(3) as lan:
+        store_host = lan[0]
+        with EtcdServer(tmp_path / "etcd", client_host=store_host.address,
+                        client_port=ETCD_PORT, peer_port=ETCD_PEER_PORT, netns=store_host.name) as etcd:
+            raw = RawEtcd(store_host, etcd.address)
+            raw.put("node-c", UNMANAGED_C)
+            raw.put("node-b", MANAGED_B_WITH_EXTRAS)
+            c_before = raw.nodes()["node-c"]
+            config = _write_config(tmp_path / "k3.yaml", {
+                "type": "etcd", "etcd": {"endpoints": [etcd.endpoint], "dial_timeout": "2s"},
+            })
+            names = ["node-a", "node-b", "node-c"]
+            procs = [agents.start(h, n, "--peer-ttl", "3s", config=config)
+                     for h, n in zip(lan, names)]
+            for proc in procs:
+                proc.wait_ready()
+            wait_for(lambda: raw.ready("node-a") == ("True", "AgentReady")
+                     and raw.ready("node-b") == ("True", "AgentReady"), 10,
+                     what="node-a and node-b Ready in etcd")
+            # Let probes, refreshes and expiry run for more than a TTL.
+            time.sleep(4)
+
+            # The unmanaged node-c (the k3 controller's) is exactly as it was: same revision.
+            assert raw.nodes()["node-c"] == c_before
+            # node-b was updated by k3net, and everything k3net does not own survived.
+            node_b, _ = raw.nodes()["node-b"]
+            assert ready(node_b) == ("True", "AgentReady")
+            assert node_b["futureField"] == {"kept": True}
+            assert node_b["metadata"]["finalizers"] == ["k3.io/keep"]
+            assert node_b["metadata"]["labels"]["zone"] == "rack-2"
+            assert node_b["metadata"]["annotations"]["owner"] == "ops"
+            assert node_b["spec"] == MANAGED_B_WITH_EXTRAS["spec"]
+            assert node_b["status"]["capacity"] == {"cpu": "4", "memory": "8Gi"}
+            assert node_b["status"]["nodeInfo"] == {"kubeletVersion": "v1.30.0"}
+            assert {"type": "MemoryPressure", "status": "False",
+                    "reason": "KubeletHasSufficientMemory"} in node_b["status"]["conditions"]
+            assert {"type": "ExternalIP", "address": "203.0.113.7"} in node_b["status"]["addresses"]
+            assert {"type": "InternalIP", "address": lan[1].address} in node_b["status"]["addresses"]
+
+            # Graceful stop of node-a: False in the shared store, whoever writes it first.
+            procs[0].signal(signal.SIGTERM)
+            wait_for(lambda: (raw.ready("node-a") or ("",))[0] == "False", 3,
+                     what="node-a False in etcd")
+            assert procs[0].proc.wait(3) == 0
+
+
+def _mysql_rows(socket: str, database: str, run_sql: Any) -> dict[str, dict[str, Any]]:
+    out = run_sql(f"SELECT name, status FROM {database}.k8s_core_v1_node WHERE deleted_at IS NULL")
+    rows = {}
+    for line in out.splitlines():
+        name, status = line.split("\t", 1)
+        rows[name] = {"status": json.loads(status)}
+    return rows
+
+
+def test_agents_share_mariadb(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    require(shutil.which("mariadb-install-db") is not None, "needs MariaDB (mariadb-server)")
+    with MariaDBServer(tmp_path / "db") as db, Lan(3) as lan:
+        db.sql("CREATE DATABASE k3")
+        config = _write_config(tmp_path / "k3.yaml", {
+            "type": "mysql",
+            "mysql": {"socket": db.socket, "user": "root", "database": "k3",
+                      "poll_interval": "200ms"},
+        })
+        names = ["node-a", "node-b", "node-c"]
+        # Without self-registration every Node is written by the OTHER agents: all three Ready
+        # proves that they found each other over mDNS and share the store.
+        procs = [agents.start(h, n, "--peer-ttl", "3s", "--register-self=false", config=config)
+                 for h, n in zip(lan, names)]
+        for proc in procs:
+            proc.wait_ready()
+
+        def all_ready() -> bool:
+            rows = _mysql_rows(db.socket, "k3", db.sql)
+            return all(ready(rows.get(n)) == ("True", "PeerAlive") for n in names)
+
+        wait_for(all_ready, 10, what="every node Ready in MariaDB")
+        procs[2].signal(signal.SIGTERM)
+        wait_for(lambda: ready(_mysql_rows(db.socket, "k3", db.sql).get("node-c"))
+                 == ("False", "PeerLeft"), 3, what="node-c PeerLeft in MariaDB")
+
+
+def _outage(agents, store_config: dict[str, Any], stop, start, read_ready,  # type: ignore[no-untyped-def]
+            host: LoopbackHost, tmp_path: Path) -> dict[str, float]:
+    config = _write_config(tmp_path / "k3.yaml", store_config)
+    # Without self-registration each Node is written by the other agent: both Ready means both
+    # found each other over mDNS before the outage starts.
+    a = agents.start(host, "node-a", "--peer-ttl", "3s", "--register-self=false", port=7101,
+                     config=config)
+    b = agents.start(host, "node-b", "--peer-ttl", "3s", "--register-self=false", port=7102,
+                     config=config)
+    a.wait_ready()
+    b.wait_ready()
+    wait_for(lambda: read_ready("node-a") == ("True", "PeerAlive")
+             and read_ready("node-b") == ("True", "PeerAlive"), 10, what="both Ready")
+    assert a.client.get(a.url + "/readyz")[0] == 200
+
+    stop()
+    wait_for(lambda: a.client.get(a.url + "/readyz")[0] == 503, 10, what="/readyz 503")
+    status, body = a.client.get(a.url + "/readyz")
+    assert "store" in body
+    assert a.client.get(a.url + "/healthz") == (200, "ok\n")
+    b.signal(signal.SIGTERM)  # a peer leaves while the store is down
+    assert b.proc.wait(5) == 0
+    time.sleep(2)
+    assert a.proc.poll() is None, "the agent must keep running while the store is down"
+
+    start()
+    t0 = time.monotonic()
+    wait_for(lambda: read_ready("node-b") == ("False", "PeerLeft"), 10,
+             what="node-b PeerLeft in the store after the outage")
+    recovered = time.monotonic() - t0
+    wait_for(lambda: a.client.get(a.url + "/readyz")[0] == 200, 5, what="/readyz 200 again")
+    assert a.proc.poll() is None
+    assert recovered < 5, f"store held the true state only {recovered:.2f}s after it came back"
+    return {"recovered": recovered}
+
+
+def test_agent_survives_etcd_outage(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with LoopbackHost() as host, EtcdServer(tmp_path / "etcd", client_port=ETCD_PORT,
+                                            peer_port=ETCD_PEER_PORT, netns=host.name) as etcd:
+        raw = RawEtcd(host, etcd.address)
+        result = _outage(agents, {"type": "etcd", "etcd": {"endpoints": [etcd.endpoint]}},
+                         etcd.stop, etcd.start, raw.ready, host, tmp_path)
+        print(f"\nmeasured: etcd back -> true state in {result['recovered']:.2f}s")
+
+
+def test_agent_survives_mariadb_outage(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    require(shutil.which("mariadb-install-db") is not None, "needs MariaDB (mariadb-server)")
+    with MariaDBServer(tmp_path / "db") as db, LoopbackHost() as host:
+        db.sql("CREATE DATABASE k3")
+
+        def read_ready(name: str) -> tuple[str, str] | None:
+            return ready(_mysql_rows(db.socket, "k3", db.sql).get(name))
+
+        result = _outage(
+            agents,
+            {"type": "mysql", "mysql": {"socket": db.socket, "database": "k3",
+                                        "poll_interval": "200ms"}},
+            db.stop, db.start, read_ready, host, tmp_path,
+        )
+        print(f"\nmeasured: MariaDB back -> true state in {result['recovered']:.2f}s")
