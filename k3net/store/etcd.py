@@ -48,6 +48,7 @@ from k3net.model import Node
 from k3net.store.base import (
     Conflict,
     Deleted,
+    Lost,
     NotFound,
     Put,
     Snapshot,
@@ -69,10 +70,10 @@ GRPC_OPTIONS = {
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.http2.max_pings_without_data": 0,
 }
-# A broken watch retries after 0.2 s, doubling up to 5 s: quick after a restart, gentle during
+# A broken watch retries after 0.2 s, doubling up to 2 s: quick after a restart, gentle during
 # a long outage.
 WATCH_BACKOFF_MIN = 0.2
-WATCH_BACKOFF_MAX = 5.0
+WATCH_BACKOFF_MAX = 2.0  # so that the agent holds the true state within 5 s of the store returning
 # Closing a client or cancelling a watch during shutdown may take at most this long.
 CLOSE_TIMEOUT = 2.0
 
@@ -166,17 +167,23 @@ class _Connection:
                 host, port, username=self._config.username, password=password,
                 options=GRPC_OPTIONS,
             )
-            with trio.move_on_after(self._config.dial_timeout) as scope:
-                try:
-                    # connect() only builds the channel (and authenticates); a read proves
-                    # that this endpoint answers and lets us read Nodes.
-                    await aio_as_trio(_check)(client)
-                    return client
-                except LIBRARY_ERRORS as exc:
-                    failures.append(f"{endpoint}: {describe(exc)}")
+            answered = False
+            try:
+                with trio.move_on_after(self._config.dial_timeout) as scope:
+                    try:
+                        # connect() only builds the channel (and authenticates); a read proves
+                        # that this endpoint answers and lets us read Nodes.
+                        await aio_as_trio(_check)(client)
+                        answered = True
+                    except LIBRARY_ERRORS as exc:
+                        failures.append(f"{endpoint}: {describe(exc)}")
+            finally:
+                if not answered:  # also when cancelled: no channel may outlive its loop
+                    await _close_client(client)
+            if answered:
+                return client
             if scope.cancelled_caught:
                 failures.append(f"{endpoint}: no answer within {self._config.dial_timeout:g}s")
-            await _close_client(client)
         raise StoreUnavailable("etcd: no endpoint answered (" + "; ".join(failures) + ")")
 
     async def drop(self, client: aetcd.Client | None = None) -> None:
@@ -317,6 +324,7 @@ class _Watch:
                         yield mapped
             except StoreUnavailable as exc:
                 log.warning("etcd watch lost (%s); retrying in %.1fs", exc, backoff)
+                yield Lost(str(exc))
                 # Closing the client ends its watch stream; the handle must not be cancelled
                 # on its own (aetcd fails on a closed client's watch).
                 self._handle = None

@@ -70,6 +70,7 @@ from k3net.model import Node
 from k3net.store.base import (
     Conflict,
     Deleted,
+    Lost,
     NotFound,
     Put,
     Snapshot,
@@ -126,9 +127,9 @@ CONNECT_SECONDS = 5
 CREATE_LOCK_SECONDS = 3
 # Closing the pool or a watch during shutdown may take at most this long.
 CLOSE_SECONDS = 2.0
-# A failed poll retries after 0.2 s, doubling up to 5 s.
+# A failed poll retries after 0.2 s, doubling up to 2 s.
 WATCH_BACKOFF_MIN = 0.2
-WATCH_BACKOFF_MAX = 5.0
+WATCH_BACKOFF_MAX = 2.0  # so that the agent holds the true state within 5 s of the store returning
 
 LIBRARY_ERRORS = (pymysql.err.MySQLError, OSError, asyncio.TimeoutError, asyncio.CancelledError)
 
@@ -423,6 +424,7 @@ class MySQLStore:
                 await trio.sleep(self._config.poll_interval)
             except StoreUnavailable as exc:
                 log.warning("mysql watch: poll failed (%s); retrying in %.1fs", exc, backoff)
+                yield Lost(str(exc))
                 resync = True
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
