@@ -27,7 +27,7 @@ class PeerRejected:
     """browse: an mDNS entry that was dropped, never written. `reason` is a short slug."""
 
     instance: str
-    reason: str  # invalid-name | bad-port | bad-txt | no-address
+    reason: str  # invalid-name | bad-port | bad-txt | no-address | overflow
     detail: str = ""
 
 
