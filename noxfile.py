@@ -43,3 +43,19 @@ def typing(session: nox.Session) -> None:
     """mypy on the package."""
     _install(session, "lint")
     session.run("mypy", "k3net", *session.posargs)
+
+
+@nox.session(default=False)
+def lan(session: nox.Session) -> None:
+    """Simulated multi-host LAN (network namespaces, root): scenarios timed at the shared store.
+    `nox -s lan -- --hosts 5 --store etcd --scenario all`; `-- --help` lists the options."""
+    _install(session, "test")
+    session.run("python", "scripts/lan.py", *session.posargs)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """One agent tracking P simulated peers (network namespaces, root): join time, CPU, RSS,
+    probe rounds. `nox -s bench -- --peers 50 200 500`."""
+    _install(session, "test")
+    session.run("python", "scripts/bench.py", *session.posargs)

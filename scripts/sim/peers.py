@@ -28,9 +28,9 @@ from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
 SERVICE = "_k3._tcp.local."
-# Registrations under way at once: each one probes the name three times (250 ms apart); a few
-# dozen at once keep the announcements flowing without flooding the LAN in one burst.
-REGISTER_CONCURRENCY = 32
+# Registrations under way at once (--concurrency): each one probes its name three times, 250 ms
+# apart, then announces it; a few hundred at once are a few thousand small packets over ~2 s.
+REGISTER_CONCURRENCY = 128
 CLOSE_TIMEOUT = 10.0
 
 
@@ -56,7 +56,7 @@ async def run(args: argparse.Namespace) -> list[float]:
     say(event="listening", t=time.monotonic())
 
     zc = AsyncZeroconf(interfaces=[args.address])
-    limit = asyncio.Semaphore(REGISTER_CONCURRENCY)
+    limit = asyncio.Semaphore(args.concurrency)
 
     async def register(i: int) -> None:
         name, port = f"{args.prefix}-{i}", args.first_port + i
@@ -88,6 +88,8 @@ def main() -> int:
     parser.add_argument("--first-port", type=int, default=20000)
     parser.add_argument("--prefix", required=True, help="peer names are <prefix>-<i>")
     parser.add_argument("--accept-log", help="write accepted-connection times here at exit")
+    parser.add_argument("--concurrency", type=int, default=REGISTER_CONCURRENCY,
+                        help="registrations under way at once (default %(default)s)")
     parser.add_argument("--lifetime", type=float, default=900, help="exit after this (s)")
     args = parser.parse_args()
     accepts = asyncio.run(run(args))
