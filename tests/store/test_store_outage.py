@@ -1,8 +1,8 @@
 """Store outages: a private etcd / MariaDB is stopped under a live store and started again.
 
-While the server is down every call raises StoreUnavailable, quickly. Once it is back the same
-store object works again, and a watch that stayed open yields a fresh Snapshot and then Puts:
-nothing written meanwhile is missed.
+While the server is down every call raises StoreUnavailable, quickly, and an open watch yields
+Lost. Once it is back the same store object works again, and the watch yields a fresh Snapshot
+and then Puts: nothing written meanwhile is missed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ import pytest
 import trio
 
 from k3net.config import EtcdConfig, MySQLConfig
-from k3net.store.base import Deleted, Put, Snapshot, Store, Stored, StoreUnavailable, WatchEvent
+from k3net.store.base import (
+    Deleted,
+    Lost,
+    Put,
+    Snapshot,
+    Store,
+    Stored,
+    StoreUnavailable,
+    WatchEvent,
+)
 from k3net.store.etcd import EtcdStore
 from k3net.store.mysql import MySQLStore
 from tests import services
@@ -75,17 +84,22 @@ async def mariadb_server(mariadb_installed: None, tmp_path: Path) -> AsyncIterat
 
 
 class View:
-    """What a watch consumer knows: the Nodes by name, and whether it saw a Snapshot."""
+    """What a watch consumer knows: the Nodes by name, how many Snapshots it saw, and whether
+    it has been told that the store is lost (until the next Snapshot)."""
 
     def __init__(self) -> None:
         self.nodes: dict[str, Stored] = {}
         self.snapshots = 0
+        self.lost = False
         self.changed = trio.Event()
 
     def apply(self, event: WatchEvent) -> None:
         if isinstance(event, Snapshot):
             self.nodes = {s.name: s for s in event.items}
             self.snapshots += 1
+            self.lost = False
+        elif isinstance(event, Lost):
+            self.lost = True
         elif isinstance(event, Put):
             self.nodes[event.stored.name] = event.stored
         elif isinstance(event, Deleted):
@@ -132,6 +146,8 @@ async def outage(store: Store, other: Store, stop: Callable[[], object],
             await view.wait_for(lambda: view.snapshots == 1 and "before" in view.nodes)
 
         await in_thread(stop)
+        with trio.fail_after(FAIL_FAST):
+            await view.wait_for(lambda: view.lost)
         node = make_node("before", step="during")
         took = [
             await fails_fast(partial(store.get, "before")),
@@ -153,6 +169,7 @@ async def outage(store: Store, other: Store, stop: Callable[[], object],
         print(f"{store.kind} back: store and watch caught up "
               f"{trio.current_time() - restarted:.2f}s after the restart")
         assert view.snapshots == 2, "the watch yields a fresh Snapshot after the outage"
+        assert not view.lost
 
         # And it carries on with Puts.
         ours = await store.update(make_node("before", writer="us"), theirs.version)
