@@ -1,0 +1,269 @@
+"""TCP probes against real listeners on 127.0.0.1 (loopback only), and the Prober's rounds.
+
+Rounds run on trio's MockClock: loopback connects complete inside the connect() call, so the
+clock only jumps when every task waits for a timer.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import trio
+import trio.testing
+
+from k3net.core.messages import ProbeResult
+from k3net.core.table import Forget, ProbeNow, ProbeTarget
+from k3net.metrics import Metrics
+from k3net.tasks.probe import Prober, jitter, probe_with_timeout
+
+LOOPBACK = "127.0.0.1"
+INTERVAL = 60.0
+TIMEOUT = 0.7
+
+
+class Listeners:
+    """Real TCP listeners on 127.0.0.1; counts the connections each one accepted."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.accepted: Counter[int] = Counter()
+
+    async def open(self) -> int:
+        async def handler(stream: trio.SocketStream) -> None:
+            self.accepted[port] += 1
+            await stream.aclose()
+
+        listeners = await self.nursery.start(functools.partial(trio.serve_tcp, handler, 0, host=LOOPBACK))
+        port: int = listeners[0].socket.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def listeners() -> AsyncIterator[Listeners]:
+    async with trio.open_nursery() as nursery:
+        yield Listeners(nursery)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def unanswering_port() -> Iterator[int]:
+    """A loopback listener whose accept queue is full: new connects hang (SYNs are dropped),
+    like a peer that is there but does not answer."""
+    server = socket.socket()
+    server.bind((LOOPBACK, 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    clients = []
+    for _ in range(8):
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            client.connect((LOOPBACK, port))
+        except BlockingIOError:
+            pass
+        clients.append(client)
+    yield port
+    for client in clients:
+        client.close()
+    server.close()
+
+
+# --- one probe --------------------------------------------------------------------------------
+
+
+async def test_probe_ok(listeners: Listeners) -> None:
+    port = await listeners.open()
+    result = await probe_with_timeout("peer-a", [LOOPBACK], port, 5.0)
+    assert result.ok
+    assert result.name == "peer-a"
+    assert result.address == LOOPBACK
+    assert 0 <= result.latency < 5.0
+    assert listeners.accepted[port] == 1
+
+
+async def test_probe_refused(closed_port: int) -> None:
+    result = await probe_with_timeout("peer-a", [LOOPBACK], closed_port, 5.0)
+    assert not result.ok
+    assert result.address is None
+    assert LOOPBACK in result.error
+
+
+async def test_probe_tries_every_address_until_one_answers(listeners: Listeners) -> None:
+    port = await listeners.open()  # bound to 127.0.0.1 only: 127.0.0.2 refuses
+    result = await probe_with_timeout("peer-a", ["127.0.0.2", LOOPBACK], port, 5.0)
+    assert result.ok
+    assert result.address == LOOPBACK
+
+
+async def test_probe_fails_when_no_address_answers(closed_port: int) -> None:
+    result = await probe_with_timeout("peer-a", ["127.0.0.2", "127.0.0.3"], closed_port, 5.0)
+    assert not result.ok
+    assert "127.0.0.2" in result.error and "127.0.0.3" in result.error
+
+
+async def test_probe_without_addresses_fails() -> None:
+    result = await probe_with_timeout("peer-a", [], 7946, 5.0)
+    assert not result.ok
+
+
+async def test_probe_times_out(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int
+) -> None:
+    start = trio.current_time()
+    result = await probe_with_timeout("peer-a", [LOOPBACK], unanswering_port, TIMEOUT)
+    assert not result.ok
+    assert trio.current_time() - start == pytest.approx(TIMEOUT)
+    assert result.latency == pytest.approx(TIMEOUT)
+    assert "timed out" in result.error
+
+
+def test_jitter_stays_inside_the_interval() -> None:
+    rng = random.Random(3)
+    values = [jitter(2.0, rng) for _ in range(500)]
+    assert all(0 <= v < 2.0 for v in values)
+    assert max(values) - min(values) > 1.0
+
+
+# --- the Prober -------------------------------------------------------------------------------
+
+
+class Running:
+    def __init__(self, prober: Prober, inbox: trio.MemorySendChannel[ProbeNow | Forget],
+                 results: trio.MemoryReceiveChannel[ProbeResult]) -> None:
+        self.prober = prober
+        self.inbox = inbox
+        self.results = results
+
+    async def next_results(self, count: int) -> list[tuple[float, ProbeResult]]:
+        out = []
+        for _ in range(count):
+            result = await self.results.receive()
+            out.append((trio.current_time(), result))
+        return out
+
+    async def results_during(self, seconds: float) -> list[ProbeResult]:
+        out: list[ProbeResult] = []
+        with trio.move_on_after(seconds):
+            async for result in self.results:
+                out.append(result)
+        return out
+
+
+@pytest.fixture
+async def prober(autojump_clock: trio.testing.MockClock) -> AsyncIterator[Running]:
+    # (pytest-trio runs a test on the clock the TEST requests: every test using this fixture
+    # also takes `autojump_clock`.)
+    assert trio.lowlevel.current_clock() is autojump_clock
+    # Jump the mock clock only after 10ms of real idleness, so that a slow machine's loopback
+    # connect is never overtaken by a jump to the probe deadline.
+    autojump_clock.autojump_threshold = 0.01
+    inbox_send, inbox_recv = trio.open_memory_channel[ProbeNow | Forget](0)
+    results_send, results_recv = trio.open_memory_channel[ProbeResult](0)
+    p = Prober(interval=INTERVAL, timeout=TIMEOUT, metrics=Metrics(), rng=random.Random(5))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.run, inbox_recv, results_send)
+        yield Running(p, inbox_send, results_recv)
+        await inbox_send.aclose()
+
+
+def target(name: str, port: int, *addresses: str) -> ProbeTarget:
+    return ProbeTarget(name, addresses or (LOOPBACK,), port)
+
+
+async def test_probe_now_probes_at_once(
+    autojump_clock: trio.testing.MockClock, prober: Running, listeners: Listeners
+) -> None:
+    port = await listeners.open()
+    start = trio.current_time()
+    await prober.inbox.send(ProbeNow(target("peer-a", port)))
+    [(when, result)] = await prober.next_results(1)
+    assert result.ok and result.name == "peer-a"
+    assert when - start < 1.0  # not at the next round (60s)
+    assert listeners.accepted[port] == 1
+
+
+async def test_rounds_probe_every_target(
+    autojump_clock: trio.testing.MockClock, prober: Running, listeners: Listeners, closed_port: int
+) -> None:
+    ports = {"peer-a": await listeners.open(), "peer-b": await listeners.open()}
+    start = trio.current_time()
+    for name, port in ports.items():
+        await prober.inbox.send(ProbeNow(target(name, port)))
+    await prober.inbox.send(ProbeNow(target("peer-c", closed_port)))
+    immediate = await prober.next_results(3)
+    assert {r.name for _, r in immediate} == {"peer-a", "peer-b", "peer-c"}
+
+    for round_no in (1, 2, 3):
+        got = await prober.next_results(3)
+        assert sorted(r.name for _, r in got) == ["peer-a", "peer-b", "peer-c"], round_no
+        assert {r.name: r.ok for _, r in got} == {"peer-a": True, "peer-b": True, "peer-c": False}
+        for when, _ in got:
+            # rounds every interval +-10%, each probe spread over up to min(1s, interval/10)
+            assert (round_no * 0.9 - 0.1) * INTERVAL <= when - start <= round_no * 1.1 * INTERVAL + 1 + TIMEOUT
+    assert listeners.accepted[ports["peer-a"]] == 4
+    assert listeners.accepted[ports["peer-b"]] == 4
+
+
+async def test_forget_stops_probing(
+    autojump_clock: trio.testing.MockClock, prober: Running, listeners: Listeners
+) -> None:
+    port_a, port_b = await listeners.open(), await listeners.open()
+    await prober.inbox.send(ProbeNow(target("peer-a", port_a)))
+    await prober.inbox.send(ProbeNow(target("peer-b", port_b)))
+    await prober.next_results(2)
+    await prober.inbox.send(Forget("peer-b"))
+    later = await prober.results_during(3.5 * INTERVAL)
+    assert len(later) == 3
+    assert {r.name for r in later} == {"peer-a"}
+    assert listeners.accepted[port_b] == 1
+
+
+async def test_probe_now_replaces_the_target(
+    autojump_clock: trio.testing.MockClock, prober: Running, listeners: Listeners, closed_port: int
+) -> None:
+    await prober.inbox.send(ProbeNow(target("peer-a", closed_port)))
+    [(_, first)] = await prober.next_results(1)
+    assert not first.ok
+    port = await listeners.open()  # the peer restarted on another port
+    await prober.inbox.send(ProbeNow(target("peer-a", port)))
+    [(_, second)] = await prober.next_results(1)
+    assert second.ok
+    later = await prober.results_during(2.5 * INTERVAL)
+    assert [r.ok for r in later] == [True, True]
+
+
+async def test_unanswering_peer_does_not_delay_the_others(
+    autojump_clock: trio.testing.MockClock, prober: Running, listeners: Listeners, unanswering_port: int
+) -> None:
+    port = await listeners.open()
+    await prober.inbox.send(ProbeNow(target("slow", unanswering_port)))
+    await prober.inbox.send(ProbeNow(target("fast", port)))
+    [(t1, r1), (t2, r2)] = await prober.next_results(2)
+    assert (r1.name, r1.ok) == ("fast", True)
+    assert (r2.name, r2.ok) == ("slow", False)
+    assert t2 - t1 == pytest.approx(TIMEOUT, abs=0.01)
+
+
+async def test_closing_the_inbox_stops_the_prober(autojump_clock: trio.testing.MockClock) -> None:
+    inbox_send, inbox_recv = trio.open_memory_channel[ProbeNow | Forget](0)
+    results_send, results_recv = trio.open_memory_channel[ProbeResult](0)
+    p = Prober(interval=INTERVAL, timeout=TIMEOUT, metrics=Metrics())
+    with trio.fail_after(1):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(p.run, inbox_recv, results_send)
+            await inbox_send.aclose()
+        # run() returned and closed its results channel
+        assert [r async for r in results_recv] == []
