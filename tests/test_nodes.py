@@ -168,6 +168,14 @@ def test_a_change_is_written_without_touching_times(
     assert ready(node)["lastHeartbeatTime"] == ready(before)["lastHeartbeatTime"]
 
 
+def test_peer_probe_keeps_the_reason_of_a_ready_node() -> None:
+    own = stored(render(None, alive(reason=AGENT_READY), T0))  # written by the peer's agent
+    assert render(own, alive(), at(10)) is None
+    refreshed = render(own, alive(refresh=True, refresh_from=last_seen(own)), at(40))
+    assert refreshed is not None
+    assert (ready(refreshed)["status"], ready(refreshed)["reason"]) == ("True", "AgentReady")
+
+
 def test_refresh_moves_last_seen_and_heartbeat_only() -> None:
     before = created()
     node = render(before, alive(refresh=True, refresh_from=last_seen(before)), at(40))

@@ -34,7 +34,7 @@ from k3net.core.table import (
     Write,
 )
 from k3net.model import Node
-from k3net.store.base import Deleted, Put, Snapshot, Stored
+from k3net.store.base import Deleted, Lost, Put, Snapshot, Stored
 
 TTL = 90.0
 REFRESH = 30.0
@@ -46,8 +46,11 @@ WALL0 = dt.datetime(2026, 11, 29, 10, 0, tzinfo=dt.UTC)
 _versions = itertools.count(1)
 
 
-def table(register_self: bool = True) -> PeerTable:
-    return PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=ME, register_self=register_self)
+def table(register_self: bool = True, me: SelfInfo = ME) -> PeerTable:
+    """A table whose store watch delivered its first (empty) Snapshot, as every watch does."""
+    t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=me, register_self=register_self)
+    assert t.on_store(Snapshot(()), 0.0) == []
+    return t
 
 
 def store_node(node: Node) -> Stored:
@@ -277,21 +280,6 @@ def test_expiry_again_after_the_peer_came_back_and_went_silent() -> None:
     t.on_store(commit(back, wall=100.0), 100.0)
     assert t.on_tick(189.9) == []
     assert len(t.on_tick(190.0)) == 1
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: table.on_tick expires a node this agent reached moments ago while its own "
-    "lastSeen refresh is still pending (store slow or down); the writer then lets the "
-    "Expired replace the pending Alive, so a live peer is written Unknown",
-)
-def test_no_expiry_while_this_agent_reaches_the_peer_and_its_refresh_is_pending() -> None:
-    t = table()
-    joined(t, now=0.0)
-    assert len(writes(t.on_probe(ok(), 30.0))) == 1  # refresh asked; the store is down
-    t.on_probe(ok(), 60.0)
-    t.on_probe(ok(), 89.0)
-    assert t.on_tick(90.0) == []
 
 
 @pytest.mark.parametrize(
@@ -540,27 +528,18 @@ def test_targets_follow_seen_and_forgotten_peers() -> None:
 # --- agents agree -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: table._alive (and nodes.render) treat a Ready=True/AgentReady Node as "
-    "different from PeerAlive, so every agent probing a peer rewrites the peer's own Node "
-    "and the peer rewrites it back: writes on every probe instead of only on change",
-)
 def test_probing_a_peer_whose_own_agent_keeps_it_ready_writes_nothing() -> None:
-    peer_agent = PeerTable(
-        peer_ttl=TTL, refresh_interval=REFRESH, register_self=True,
-        me=SelfInfo("peer-a", ("192.168.1.10",), 7946, 4242),
-    )
+    peer_agent = table(me=SelfInfo("peer-a", ("192.168.1.10",), 7946, 4242))
     own = commit(peer_agent.on_heartbeat(0.0)[0])  # peer-a's agent wrote it: AgentReady
     t = table()
     t.on_store(own, 0.0)
     t.on_seen(PEER, 1.0)
-    assert t.on_probe(ok(), 1.1) == []
+    assert t.on_probe(ok(), 1.1) == []  # AgentReady is Ready: agents do not take turns
+    assert t.on_probe(ok(), 29.0) == []
 
 
 def test_two_agents_share_one_refresh() -> None:
-    a, b = table(), PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, register_self=True,
-                              me=SelfInfo("me-b", ("192.168.1.3",), 7946, 200))
+    a, b = table(), table(me=SelfInfo("me-b", ("192.168.1.3",), 7946, 200))
     put = joined(a, now=0.0)
     b.on_seen(PEER, 0.0)
     b.on_store(put, 0.0)
@@ -570,3 +549,42 @@ def test_two_agents_share_one_refresh() -> None:
     b.on_store(refreshed, 30.1)
     assert b.on_probe(ok(), 31.0) == []  # b sees it fresh
     assert b.on_tick(100.0) == []  # and not stale: lastSeen changed at 30.1
+
+
+# --- store outages ----------------------------------------------------------------------------
+
+
+def test_nothing_expires_before_the_first_snapshot() -> None:
+    t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=ME, register_self=True)
+    t.on_store(foreign_put("far-away", managed=True), 0.0)
+    assert t.on_tick(1000.0) == []
+
+
+def test_nothing_expires_while_the_watch_has_lost_the_store() -> None:
+    t = table()
+    put = joined(t, now=0.0)
+    assert t.on_store(Lost("connection refused"), 10.0) == []
+    assert t.on_tick(90.0) == []
+    assert t.on_tick(500.0) == []
+    # back: every age starts again at the new Snapshot
+    t.on_store(Snapshot((put.stored,)), 600.0)
+    assert t.on_tick(689.9) == []
+    assert len(t.on_tick(690.0)) == 1
+
+
+def test_refresh_timer_restarts_after_an_outage() -> None:
+    t = table()
+    put = joined(t, now=0.0)
+    t.on_store(Lost("down"), 10.0)
+    t.on_store(Snapshot((put.stored,)), 100.0)
+    assert t.on_probe(ok(), 129.9) == []
+    assert len(writes(t.on_probe(ok(), 130.0))) == 1
+
+
+def test_expiry_does_not_overtake_a_pending_goodbye() -> None:
+    t = table()
+    joined(t, now=0.0)
+    t.on_gone(PeerGone("peer-a"), 80.0)
+    (_, left) = t.on_probe(fail(), 80.5)
+    assert isinstance(left, Write) and left.intent == Left("peer-a")
+    assert t.on_tick(90.0) == []  # Left is on its way; no vaguer Unknown on top
