@@ -40,7 +40,7 @@ class Web:
     metrics: Metrics
     health: StoreHealth
     state: AppState
-    server: trio.CancelScope
+    server: Server
 
     def url(self, path: str, scheme: str = "http") -> str:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
@@ -49,7 +49,9 @@ class Web:
         return open_websocket_url(self.url(f"/events{query}", "ws"), **kwargs)
 
     async def stop(self) -> None:
-        self.server.cancel()
+        """Stop the listener and wait until `serve.run` returned."""
+        self.server.scope.cancel()
+        await self.server.done.wait()
 
 
 async def pump(store: MemoryStore, hub: EventHub, *, task_status: Any = trio.TASK_STATUS_IGNORED
@@ -61,16 +63,25 @@ async def pump(store: MemoryStore, hub: EventHub, *, task_status: Any = trio.TAS
             hub.observe(event)
 
 
-async def start_server(nursery: trio.Nursery, state: AppState, port: int = 0
-                       ) -> tuple[int, trio.CancelScope]:
-    """Serve a new app over `state` until the returned scope is cancelled."""
-    scope = trio.CancelScope()
+@attrs.define
+class Server:
+    port: int
+    scope: trio.CancelScope
+    done: trio.Event
+
+
+async def start_server(nursery: trio.Nursery, state: AppState, port: int = 0) -> Server:
+    """Serve a new app over `state` until `scope` is cancelled; `done` is set when it stopped."""
+    scope, done = trio.CancelScope(), trio.Event()
 
     async def serve_until_cancelled(*, task_status: Any) -> None:
-        with scope:
-            await serve.run(make_app(state), "127.0.0.1", port, task_status=task_status)
+        try:
+            with scope:
+                await serve.run(make_app(state), "127.0.0.1", port, task_status=task_status)
+        finally:
+            done.set()
 
-    return await nursery.start(serve_until_cancelled), scope
+    return Server(await nursery.start(serve_until_cancelled), scope, done)
 
 
 async def start_web(nursery: trio.Nursery, *, store: MemoryStore | None = None, port: int = 0,
@@ -85,8 +96,8 @@ async def start_web(nursery: trio.Nursery, *, store: MemoryStore | None = None, 
         metrics=metrics, health=health, started_at=time.time(), addrs=["10.77.0.2"],
         self_up=lambda: True,
     )
-    port, server = await start_server(nursery, state, port)
-    return Web(port, store, hub, metrics, health, state, server)
+    server = await start_server(nursery, state, port)
+    return Web(server.port, store, hub, metrics, health, state, server)
 
 
 @pytest.fixture
@@ -365,3 +376,26 @@ async def test_hub_close_ends_streams_1001(web: Web) -> None:
         assert (await next_json(late))["type"] == "snapshot"
         with pytest.raises(ConnectionClosed):
             await next_json(late)
+
+
+async def test_client_that_stopped_reading_cannot_hold_up_shutdown(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # hypercorn's socket writes ignore cancellation: only the kernel's TCP_USER_TIMEOUT ends a
+    # write to a peer that takes nothing. Shortened here from 5s.
+    monkeypatch.setattr(serve, "STALL_TIMEOUT", 0.3)
+    web = await start_web(nursery, queue_size=8)
+    async with trio.open_nursery() as clients:
+        _, stream = await slow_client(clients, web.port)
+        await trio.testing.wait_all_tasks_blocked()
+        stored = await web.store.create(make_node("flappy"))
+        while web.hub.subscriber_count:  # until the handler is stuck and the hub dropped it
+            reason = f"r{stored.version}"
+            stored = await web.store.update(make_node("flappy", reason=reason), stored.version)
+            await trio.sleep(0.001)  # let the handler send what it can
+        start = trio.current_time()
+        with trio.fail_after(5):
+            await web.stop()
+        assert trio.current_time() - start < 3
+        await stream.aclose()
+        clients.cancel_scope.cancel()  # trio-websocket's reader of a cut connection

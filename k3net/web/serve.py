@@ -7,7 +7,8 @@ task starts, `host=""` listens on every address (IPv6 and IPv4 when the host has
 Stopping: cancelling `run` is the shutdown trigger. The app's `shutdown()` (if it has one) is
 called first, so that /events websockets close with 1001 by themselves; hypercorn then gets
 `GRACE` seconds to finish open requests, and `run` returns. Without that, hypercorn would wait
-its graceful timeout for the websockets and clients would see 1006.
+its graceful timeout for the websockets and clients would see 1006. A client that stopped
+reading altogether is cut after `STALL_TIMEOUT` (see there).
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ log = logging.getLogger("k3net.web")
 # websockets close themselves, so one second is plenty and keeps the agent's shutdown quick.
 GRACE = 1.0
 BACKLOG = 128
+# A connection whose peer takes no data for this long is cut by the kernel (TCP_USER_TIMEOUT,
+# inherited by accepted sockets; Linux only). hypercorn writes with cancellation shielded, so
+# without it one client that stopped reading (a suspended `k3net watch`) would hold up the
+# agent's shutdown for as long as it keeps the connection open. 5s is far beyond any live
+# reader's pause on a LAN, and bounds that shutdown delay.
+STALL_TIMEOUT = 5.0
 
 
 class ListenError(OSError):
@@ -72,6 +79,8 @@ def _listen(family: int, addr: Any, *, dual_stack: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(STALL_TIMEOUT * 1000))
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
         sock.bind(addr)
