@@ -205,7 +205,11 @@ class EventHub:
     # --- producers ---------------------------------------------------------------------------
 
     def observe(self, event: WatchEvent) -> None:
-        """Take one committed store event (the agent's store-watch task calls this)."""
+        """Take one committed store event (the agent's store-watch task calls this).
+
+        A Snapshot is diffed against the hub's view (the first one after start gives a `joined`
+        per Node; one after an outage gives exactly what changed meanwhile). Other events (a
+        watch that lost the store) change nothing: the view stands until the next Snapshot."""
         if isinstance(event, Snapshot):
             fresh = {s.name: s.node for s in event.items}
             for name in sorted(self._nodes.keys() - fresh.keys()):
