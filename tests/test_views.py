@@ -175,3 +175,11 @@ async def test_watch_stops_when_rejected(nursery: trio.Nursery) -> None:
     web = await start_web(nursery)
     with trio.fail_after(5), pytest.raises(WatchError, match="403"):
         await watch(f"ws://127.0.0.1:{web.port}/nope", False, io.StringIO())
+
+
+def test_nodes_main_prints_the_store(capsys: pytest.CaptureFixture[str]) -> None:
+    from k3net.config import StorageConfig
+    from k3net.views import nodes_main
+
+    assert nodes_main(StorageConfig(type="memory"), "table") == 0
+    assert capsys.readouterr().out == "No nodes found.\n"

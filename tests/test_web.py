@@ -399,3 +399,22 @@ async def test_client_that_stopped_reading_cannot_hold_up_shutdown(
         assert trio.current_time() - start < 3
         await stream.aclose()
         clients.cancel_scope.cancel()  # trio-websocket's reader of a cut connection
+
+
+async def test_port_in_use_is_one_clear_error(web: Web) -> None:
+    with pytest.raises(serve.ListenError) as info:
+        await serve.run(make_app(web.state), "127.0.0.1", web.port)
+    assert str(info.value) == f"cannot listen on 127.0.0.1:{web.port}: Address already in use"
+
+
+@pytest.mark.parametrize(("host", "family"), [("", None), ("[::1]", socket.AF_INET6),
+                                              ("127.0.0.1", socket.AF_INET)])
+async def test_listen_addresses(host: str, family: int | None) -> None:
+    if not socket.has_ipv6 and family == socket.AF_INET6:
+        pytest.skip("no IPv6")
+    sock = await serve.listen_socket(host, 0)
+    with sock:
+        assert family is None or sock.family == family
+        if host == "":  # every address: IPv4 too (through a dual-stack socket if IPv6 is on)
+            stream = await trio.open_tcp_stream("127.0.0.1", sock.getsockname()[1])
+            await stream.aclose()
