@@ -116,6 +116,7 @@ async def run(app: Any, host: str, port: int, *, task_status: Any = trio.TASK_ST
     """Serve `app` on host:port until cancelled. `task_status.started(port)` is called once the
     socket listens, with the port bound (useful with port 0)."""
     sock = await listen_socket(host, port)
+    config = hypercorn_config()
     stop = trio.Event()
     started = _Started()
     # hypercorn runs shielded, so that cancelling `run` becomes its graceful shutdown instead
@@ -124,7 +125,8 @@ async def run(app: Any, host: str, port: int, *, task_status: Any = trio.TASK_ST
 
     async def serve_shielded() -> None:
         # `hypercorn.trio.serve` is this call plus binding its own sockets; passing ours keeps
-        # their ownership (and the clear bind error) here.
+        # their ownership (and the clear bind error) here. worker_serve and wrap_app are not
+        # hypercorn's documented API: checked against hypercorn 0.18.
         with shield:
             await worker_serve(
                 wrap_app(app, config.wsgi_max_body_size, "asgi"), config,
@@ -133,7 +135,6 @@ async def run(app: Any, host: str, port: int, *, task_status: Any = trio.TASK_ST
             )
 
     try:
-        config = hypercorn_config()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_shielded)
             try:
