@@ -8,6 +8,7 @@ config file ends the program with exit code 2 and one readable line: no tracebac
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import socket
@@ -62,6 +63,13 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid IPv6 address in {text!r}") from None
+    elif ":" in host:
+        # As Go's net.SplitHostPort: an IPv6 host needs brackets, `[::1]:7946`.
+        raise argparse.ArgumentTypeError(f"IPv6 address needs brackets in {text!r} (use [::1]:PORT)")
     return host, port
 
 

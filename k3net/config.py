@@ -194,6 +194,8 @@ def load_storage(path: str | Path) -> StorageConfig:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -204,7 +206,8 @@ def load_storage(path: str | Path) -> StorageConfig:
     if data is None:
         data = {}
     _expect(data, dict, "top level", path)
-    storage = _section(data, "storage", "config", path)
+    storage = data.get("storage") or {}
+    _expect(storage, dict, "storage", path)
     kind = storage.get("type", "memory")
     if kind not in ("memory", "etcd", "mysql"):
         raise ConfigError(

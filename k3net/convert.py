@@ -48,6 +48,29 @@ def _structure_time(value: Any, _type: Any) -> dt.datetime:
     return parse_time(value)
 
 
+def _structure_str(value: Any, _type: Any) -> str:
+    # cattrs' default is str(value), which would turn a stored `true` into "True" (and read it
+    # as Ready) or null into "None": a Node with the wrong types is not a Node.
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _structure_mapping(value: Any, type_: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    key_type, value_type = getattr(type_, "__args__", (str, Any))
+    if value_type is str:
+        for key, item in value.items():
+            if not isinstance(item, str):
+                raise TypeError(f"{key}: expected a string, got {type(item).__name__}")
+    return dict(value)
+
+
+def _is_mapping(type_: Any) -> bool:
+    return getattr(type_, "__origin__", None) is dict
+
+
 def _lossless_hooks(converter: cattrs.Converter, cls: type) -> tuple[Any, Any]:
     attrs.resolve_types(cls)
     fields = [f for f in attrs.fields(cls) if f.name != "extra"]
@@ -82,6 +105,8 @@ def _lossless_hooks(converter: cattrs.Converter, cls: type) -> tuple[Any, Any]:
 def make_converter() -> cattrs.Converter:
     converter = cattrs.Converter()
     converter.register_structure_hook(dt.datetime, _structure_time)
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook_func(_is_mapping, _structure_mapping)
     converter.register_unstructure_hook(dt.datetime, format_time)
 
     def is_model(cls: Any) -> bool:
@@ -106,7 +131,7 @@ class InvalidNode(ValueError):
 def node_from_dict(data: Any) -> Node:
     try:
         return converter.structure(data, Node)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InvalidNode(f"not a v1/Node: {exc}") from exc
 
 

@@ -26,7 +26,7 @@ def _all_ready(agent: AgentProc, names: list[str]) -> bool:
 def test_three_agents_join_leave_and_crash(agents) -> None:  # type: ignore[no-untyped-def]
     with Lan(3) as lan:
         names = ["node-a", "node-b", "node-c"]
-        procs = [agents.start(host, name, "--peer-ttl", TTL) for host, name in zip(lan, names)]
+        procs = [agents.start(host, name, "--peer-ttl", TTL) for host, name in zip(lan.hosts, names, strict=True)]
         start = time.monotonic()
         for proc in procs:
             proc.wait_ready()

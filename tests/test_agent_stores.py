@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.agents import AgentProc, ready
+from tests.agents import ready
 from tests.conftest import require
 from tests.netns import Host, Lan, LoopbackHost
 from tests.nsclient import wait_for
@@ -112,7 +112,7 @@ def test_agents_share_etcd_and_respect_other_writers(agents, tmp_path: Path) -> 
             })
             names = ["node-a", "node-b", "node-c"]
             procs = [agents.start(h, n, "--peer-ttl", "3s", config=config)
-                     for h, n in zip(lan, names)]
+                     for h, n in zip(lan.hosts, names, strict=True)]
             for proc in procs:
                 proc.wait_ready()
             wait_for(lambda: raw.ready("node-a") == ("True", "AgentReady")
@@ -167,7 +167,7 @@ def test_agents_share_mariadb(agents, tmp_path: Path) -> None:  # type: ignore[n
         # Without self-registration every Node is written by the OTHER agents: all three Ready
         # proves that they found each other over mDNS and share the store.
         procs = [agents.start(h, n, "--peer-ttl", "3s", "--register-self=false", config=config)
-                 for h, n in zip(lan, names)]
+                 for h, n in zip(lan.hosts, names, strict=True)]
         for proc in procs:
             proc.wait_ready()
 

@@ -151,11 +151,6 @@ def test_main_bad_flag_exits_2(argv: list[str], capsys: pytest.CaptureFixture[st
     one_line(capsys.readouterr().err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.parse_listen splits on the last ':' and accepts '::1' as host ':' "
-    "port 1 (and '1:2:3:80'); the agent then crashes with a traceback instead of exit 2",
-)
 @pytest.mark.parametrize("value", ["::1", "1:2:3:7946"])
 def test_unbracketed_ipv6_listen_is_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -106,11 +106,6 @@ def test_directory_is_a_config_error(tmp_path: Path) -> None:
         pytest.param("- a\n- b\n", "top level", id="top-level-list"),
         pytest.param(
             "storage: [memory]\n", "storage", id="storage-list",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: config.load_storage names the key 'config.storage', a key the "
-                "file does not have (_section is called with where='config')",
-            ),
         ),
         pytest.param("storage:\n  type: redis\n", "storage.type", id="unknown-type"),
         pytest.param("storage:\n  type: 5\n", "storage.type", id="type-number"),
@@ -164,11 +159,6 @@ def test_wrong_values_are_one_line_naming_file_and_key(tmp_path: Path, text: str
     assert "\n" not in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config.load_storage lets UnicodeDecodeError escape for a file that is not "
-    "UTF-8 text (path.read_text only catches OSError)",
-)
 def test_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path = write(tmp_path, b"storage:\n  type: etcd\n  etcd:\n    username: \"\xff\xfe\"\n")
     with pytest.raises(ConfigError) as err:

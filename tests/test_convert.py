@@ -189,11 +189,6 @@ def test_invalid_json_is_invalid_node(raw: str | bytes) -> None:
         node_from_json(raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: convert.node_from_dict lets AttributeError escape when a mapping field "
-    "(labels, annotations, spec) holds a non-mapping; it should be InvalidNode",
-)
 @pytest.mark.parametrize(
     "data",
     [
@@ -207,11 +202,6 @@ def test_mapping_field_with_wrong_type_is_invalid_node(data: object) -> None:
         node_from_dict(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the converter structures str fields with str(value), so non-strings are "
-    "silently turned into text (null -> 'None', true -> 'True') instead of InvalidNode",
-)
 @pytest.mark.parametrize(
     "data",
     [

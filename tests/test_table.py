@@ -370,17 +370,22 @@ def test_peer_seen_again_after_goodbye_is_not_left_on_a_failed_probe() -> None:
     assert t.on_probe(fail(), 6.0) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: table.on_probe never clears peer.gone after an OK probe answered the goodbye, "
-    "so one later transient failed probe marks a live peer PeerLeft and stops probing it",
-)
 def test_goodbye_refuted_by_ok_probe_then_one_failed_probe_writes_nothing() -> None:
     t = table()
     joined(t)
     t.on_gone(PeerGone("peer-a"), 5.0)
-    assert t.on_probe(ok(), 5.01) == []  # the peer restarted: still there
+    answered = ProbeResult("peer-a", True, 0.001, address="192.168.1.10", started=5.01)
+    assert t.on_probe(answered, 5.02) == []  # the peer restarted: still there
     assert t.on_probe(fail(), 20.0) == []  # one failed probe proves nothing
+
+
+def test_ok_probe_started_before_the_goodbye_does_not_refute_it() -> None:
+    t = table()
+    put = joined(t)
+    t.on_gone(PeerGone("peer-a"), 5.0)
+    late = ProbeResult("peer-a", True, 0.001, address="192.168.1.10", started=4.9)
+    assert t.on_probe(late, 5.02) == []
+    assert t.on_probe(fail(), 5.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
 
 
 def test_goodbye_of_a_peer_known_only_from_the_store() -> None:

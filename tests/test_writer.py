@@ -348,11 +348,6 @@ async def test_health_goes_down_and_up(autojump_clock: trio.testing.MockClock) -
     assert (await store.inner.get("a")).node.ready_status == "False"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Backoff.delay computes base * 2**attempt as a float; from attempt 1024 on "
-    "(under an hour of store outage at a 2-5s cap) it raises OverflowError",
-)
 def test_backoff_never_overflows() -> None:
     rng = random.Random(SEED)
     backoff = Backoff(base=0.1, cap=5.0)
@@ -360,11 +355,6 @@ def test_backoff_never_overflows() -> None:
         assert 2.5 <= backoff.delay(attempt, rng) <= 5.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the writer's failure counter grows without bound and Backoff.delay overflows "
-    "after ~1024 attempts, so a store outage of a few hours crashes the writer",
-)
 async def test_writer_survives_a_long_outage(autojump_clock: trio.testing.MockClock) -> None:
     store = FaultyStore(MemoryStore())
     store.down = True

@@ -40,6 +40,7 @@ class ProbeResult:
     latency: float  # seconds the probe took
     address: str | None = None  # the address that answered, if any
     error: str = ""
+    started: float = 0.0  # when the probe began, on the agent's clock
 
 
 @attrs.frozen

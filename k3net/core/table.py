@@ -100,6 +100,7 @@ class _Peer:
     pid: int | None
     first_seen: float
     gone: bool = False
+    gone_at: float = 0.0  # when the goodbye arrived
     joined: bool = False
 
     @property
@@ -166,7 +167,7 @@ class PeerTable:
             peer = self._peers[msg.name] = _Peer(
                 msg.name, _internal_ips(node), int(port), pid, first_seen=now, joined=True
             )
-        peer.gone = True
+        peer.gone, peer.gone_at = True, now
         return [ProbeNow(peer.target)]
 
     def on_probe(self, result: ProbeResult, now: float) -> list[Action]:
@@ -174,6 +175,8 @@ class PeerTable:
         if peer is None:
             return []  # forgotten while the probe ran
         if result.ok:
+            if peer.gone and result.started >= peer.gone_at:
+                peer.gone = False  # it answered after its goodbye: it restarted, it stays
             return self._alive(peer.name, peer.addresses, peer.port, peer.pid, PEER_ALIVE, now)
         if not peer.gone:
             return []  # one failed probe proves nothing; expiry decides, from the store

@@ -14,9 +14,9 @@ from k3net.store.base import (
     Put,
     Snapshot,
     Store,
+    Stored,
     StoreError,
     StoreUnavailable,
-    Stored,
     WatchEvent,
 )
 

@@ -30,19 +30,26 @@ async def probe_once(name: str, addresses: Sequence[str], port: int) -> ProbeRes
             errors.append(f"{address}: {exc.strerror or exc}")
             continue
         await stream.aclose()
-        return ProbeResult(name, True, trio.current_time() - start, address=address)
+        return ProbeResult(
+            name, True, trio.current_time() - start, address=address, started=start
+        )
     return ProbeResult(
-        name, False, trio.current_time() - start, error="; ".join(errors) or "no address"
+        name, False, trio.current_time() - start, error="; ".join(errors) or "no address",
+        started=start,
     )
 
 
 async def probe_with_timeout(
-    name: str, addresses: Sequence[str], port: int, timeout: float
+    name: str, addresses: Sequence[str], port: int, timeout: float  # noqa: ASYNC109
 ) -> ProbeResult:
-    """One probe; a peer that does not answer within `timeout` failed."""
+    """One probe; a peer that does not answer within `timeout` failed. (Here the timeout is
+    not a caller's deadline but what defines a failed probe: --probe-timeout.)"""
+    start = trio.current_time()
     with trio.move_on_after(timeout):
         return await probe_once(name, addresses, port)
-    return ProbeResult(name, False, timeout, error=f"timed out after {timeout:g}s")
+    return ProbeResult(
+        name, False, timeout, error=f"timed out after {timeout:g}s", started=start
+    )
 
 
 def jitter(interval: float, rng: random.Random) -> float:

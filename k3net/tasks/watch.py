@@ -11,7 +11,7 @@ import trio
 
 from k3net.health import StoreHealth
 from k3net.store.base import Lost, Snapshot, Store, StoreUnavailable, WatchEvent
-from k3net.tasks.writer import Backoff
+from k3net.tasks.writer import DEFAULT_BACKOFF, Backoff
 
 log = logging.getLogger("k3net.watch")
 
@@ -22,7 +22,7 @@ async def run(
     observe: Callable[[WatchEvent], None],
     health: StoreHealth,
     *,
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = DEFAULT_BACKOFF,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     rng = random.Random()

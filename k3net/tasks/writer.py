@@ -38,9 +38,11 @@ class Backoff:
     cap: float = 2.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        ceiling = min(self.cap, self.base * 2**attempt)
+        ceiling = min(self.cap, self.base * 2 ** min(attempt, 32))
         return ceiling / 2 + rng.random() * ceiling / 2
 
+
+DEFAULT_BACKOFF = Backoff()
 
 # Compare-and-swap losses in a row before the writer backs off like for an outage.
 MAX_CONFLICTS = 10
@@ -53,7 +55,7 @@ class Writer:
         metrics: Metrics,
         health: StoreHealth,
         *,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
