@@ -233,11 +233,10 @@ class Agent:
         producers.cancel()
 
 
-def _describe(exc: BaseException) -> list[str]:
+def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
-        return [line for sub in exc.exceptions for line in _describe(sub)]
-    text = str(exc) or type(exc).__name__
-    return [f"{type(exc).__name__}: {text}"]
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 def main(settings: Settings) -> int:
@@ -249,9 +248,11 @@ def main(settings: Settings) -> int:
         print(f"k3net run: error: {exc}", file=sys.stderr)
         return 2
     except (Exception, BaseExceptionGroup) as exc:
-        if not isinstance(exc, OSError):
+        leaves = _leaves(exc)
+        if not all(isinstance(leaf, OSError) for leaf in leaves):
+            # A bug, not the environment: the traceback is worth having.
             log.error("agent crashed", exc_info=True)
-        for line in _describe(exc):
-            print(f"k3net run: fatal: {line}", file=sys.stderr)
+        for leaf in leaves:
+            print(f"k3net run: fatal: {leaf}", file=sys.stderr)
         return 1
     return 0

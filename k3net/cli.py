@@ -204,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             settings = settings_from_args(args)
+            from k3net import mdns
+
+            try:
+                mdns.choose_interfaces(settings.interfaces, mdns.list_interfaces())
+            except mdns.MdnsError as exc:
+                raise ConfigError(str(exc)) from None
             setup_logging(args.log_level, args.log_format)
             from k3net.agent import main as agent_main
 

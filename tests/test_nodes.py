@@ -274,7 +274,6 @@ def test_last_transition_time_changes_only_with_status() -> None:
         (alive(port=1), 10, "True", "2026-11-29T10:00:00Z"),
         (alive(refresh=True, refresh_from=format_time_precise(T0)), 20, "True", "2026-11-29T10:00:00Z"),
         (Left(NAME), 30, "False", "2026-11-29T10:00:30Z"),
-        (Shutdown(NAME), 40, "False", "2026-11-29T10:00:30Z"),  # reason changes, status not
         (alive(), 50, "True", "2026-11-29T10:00:50Z"),
         (alive(reason=AGENT_READY), 60, "True", "2026-11-29T10:00:50Z"),
     ]
@@ -285,6 +284,14 @@ def test_last_transition_time_changes_only_with_status() -> None:
         node = stored(out)
         assert ready(node)["status"] == status
         assert ready(node)["lastTransitionTime"] == transition
+
+
+def test_departure_is_recorded_once() -> None:
+    """Left and Shutdown race when a peer stops: whichever lands first stays, no second write."""
+    node = stored(render(created(), Left(NAME), at(30)))
+    assert render(node, Shutdown(NAME), at(31)) is None
+    node = stored(render(created(), Shutdown(NAME), at(30)))
+    assert render(node, Left(NAME), at(31)) is None
 
 
 # --- ownership and losslessness ---------------------------------------------------------------

@@ -175,8 +175,12 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         existing.ready_status != "True" or last_seen(existing) != intent.stale_last_seen
     ):
         return None  # someone reached it meanwhile, or it is already not Ready
-    if isinstance(intent, Left) and existing is not None and existing.ready_status == "False":
-        return None  # already marked down (PeerLeft, or AgentShutdown by the peer itself)
+    if (
+        isinstance(intent, (Left, Shutdown))
+        and existing is not None
+        and existing.ready_status == "False"
+    ):
+        return None  # its departure is recorded already (PeerLeft by a peer, or AgentShutdown)
 
     node = _new_node(intent.name, now) if existing is None else _copy(existing)
     _own(node, intent.name)
