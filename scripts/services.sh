@@ -127,13 +127,13 @@ stop_services() {
         kill "$K3NET_ETCD_PID" 2>/dev/null
         # etcd exits within a second on SIGTERM; do not wait forever if it does not.
         _svc_wait 10 bash -c "! kill -0 $K3NET_ETCD_PID" || kill -9 "$K3NET_ETCD_PID" 2>/dev/null
-        wait "$K3NET_ETCD_PID" 2>/dev/null
+        wait "$K3NET_ETCD_PID" 2>/dev/null || true  # its exit status (143) is no failure of ours
         unset K3NET_ETCD_PID
     fi
     if [[ -n "${K3NET_MARIADB_STARTED:-}" ]]; then
         _svc_say "stopping MariaDB"
         start-stop-daemon --stop --quiet --oknodo --pidfile "$K3NET_SERVICES_DIR/mariadb.pid" \
-            --retry TERM/30/KILL/5
+            --retry TERM/30/KILL/5 || true
         unset K3NET_MARIADB_STARTED
     fi
     return 0

@@ -414,9 +414,21 @@ def test_goodbye_of_a_peer_with_an_unmanaged_node_never_writes() -> None:
     assert t.on_probe(fail(), 1.1) == [Forget("peer-a")]
 
 
-def test_goodbye_of_a_peer_without_node_only_forgets() -> None:
+def test_goodbye_of_a_peer_not_yet_in_the_view_is_marked_from_the_store() -> None:
+    """The watch may lag our own write of its Node (MySQL polls): the Left goes to the writer
+    without a base, and the writer reads the Node before it marks it."""
     t = table()
     t.on_seen(PEER, 0.0)
+    t.on_gone(PeerGone("peer-a"), 0.5)
+    assert t.on_probe(fail(), 0.6) == [Forget("peer-a"), Write(Left("peer-a"), None)]
+
+
+def test_goodbye_of_an_unmanaged_node_only_forgets() -> None:
+    t = table()
+    t.on_seen(PEER, 0.0)
+    foreign = node_from_dict({"metadata": {"name": "peer-a"}, "status": {"conditions": [
+        {"type": "Ready", "status": "True"}]}})
+    t.on_store(Put(Stored(foreign, "1")), 0.1)
     t.on_gone(PeerGone("peer-a"), 0.5)
     assert t.on_probe(fail(), 0.6) == [Forget("peer-a")]
 

@@ -181,12 +181,15 @@ class PeerTable:
         if not peer.gone:
             return []  # one failed probe proves nothing; expiry decides, from the store
         del self._peers[peer.name]
-        actions: list[Action] = [Forget(peer.name)]
         view = self._views.get(peer.name)
-        if view is not None and view.stored.node.managed:
-            view.left_sent = True
-            actions.append(Write(Left(peer.name), view.stored))
-        return actions
+        if view is None:
+            # Its Node may be in the store already, not yet in our view (the watch lags our own
+            # writes by a poll): the writer reads it before marking it.
+            return [Forget(peer.name), Write(Left(peer.name), None)]
+        if not view.stored.node.managed:
+            return [Forget(peer.name)]
+        view.left_sent = True
+        return [Forget(peer.name), Write(Left(peer.name), view.stored)]
 
     # --- the store --------------------------------------------------------------------------
 

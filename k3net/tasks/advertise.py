@@ -37,23 +37,39 @@ async def run(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Register `info`, report started once it is announced, then wait to be cancelled; on
-    cancellation send the goodbye (bounded, shielded)."""
+    cancellation send the goodbye (bounded, shielded). A registration cancelled half-way sends
+    the goodbye too: peers may have seen our probes and announcements already."""
+    announced = False  # something of ours may be on the LAN
     try:
-        # zeroconf returns a task that completes when probing and announcing are done.
-        registered = await aio_as_trio(zc.async_register_service)(info, allow_name_change=False)
-        await aio_as_trio(registered)
-    except NonUniqueNameException:
-        raise NameTakenError(
-            f"mDNS name {info.name!r} is already advertised on the LAN: another agent uses "
-            f"this node name; choose another --node-name"
-        ) from None
-    log.info("advertising %s on port %s (%s)", info.name, info.port,
-             ", ".join(info.parsed_addresses()))
-    task_status.started()
-    try:
+        try:
+            # zeroconf returns a task that completes when probing and announcing are done.
+            announced = True
+            registered = await aio_as_trio(zc.async_register_service)(
+                info, allow_name_change=False
+            )
+            await aio_as_trio(registered)
+        except NonUniqueNameException:
+            announced = False  # the name is someone else's: never say goodbye for it
+            raise NameTakenError(
+                f"mDNS name {info.name!r} is already advertised on the LAN: another agent uses "
+                f"this node name; choose another --node-name"
+            ) from None
+        log.info("advertising %s on port %s (%s)", info.name, info.port,
+                 ", ".join(info.parsed_addresses()))
+        task_status.started()
         await trio.sleep_forever()
     finally:
-        with trio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
-            goodbye = await aio_as_trio(zc.async_unregister_service)(info)
-            await aio_as_trio(goodbye)
-            log.info("sent mDNS goodbye for %s", info.name)
+        if announced:
+            with trio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
+                await _goodbye(zc, info)
+
+
+async def _goodbye(zc: AsyncZeroconf, info: ServiceInfo) -> None:
+    try:
+        goodbye = await aio_as_trio(zc.async_unregister_service)(info)
+        await aio_as_trio(goodbye)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        # Registration had not got far enough to be undone: nothing of ours is registered.
+        log.debug("no mDNS goodbye for %s: %r", info.name, exc)
+        return
+    log.info("sent mDNS goodbye for %s", info.name)
