@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,12 @@ def _no_leftover_namespaces() -> Iterator[None]:
 @pytest.fixture
 def netns_ok() -> None:
     require(netns.can_use_netns(), "needs root and iproute2 for network namespaces")
+
+
+@pytest.fixture
+def etcd_ok() -> None:
+    require(shutil.which("etcd") is not None and shutil.which("etcdctl") is not None,
+            "needs etcd and etcdctl (Debian etcd-server, etcd-client)")
 
 
 class AgentFactory:

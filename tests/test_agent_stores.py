@@ -4,7 +4,6 @@ components read it, never through k3net."""
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import signal
@@ -16,57 +15,12 @@ import pytest
 
 from tests.agents import ready
 from tests.conftest import require
-from tests.netns import Host, Lan, LoopbackHost
+from tests.netns import Lan, LoopbackHost
 from tests.nsclient import wait_for
+from tests.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
 from tests.services import EtcdServer, MariaDBServer
 
-pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
-
-PREFIX = "/kubernetes//v1/Node/"
-ETCD_PORT, ETCD_PEER_PORT = 23795, 23805
-
-
-@pytest.fixture(autouse=True)
-def _binaries() -> None:
-    require(shutil.which("etcd") is not None and shutil.which("etcdctl") is not None,
-            "needs etcd and etcdctl (Debian etcd-server, etcd-client)")
-
-
-class RawEtcd:
-    """etcdctl run in the store's namespace: reads and writes exactly what the Go store does."""
-
-    def __init__(self, host: Host, address: str) -> None:
-        self.host, self.address = host, address
-
-    def _ctl(self, *args: str, stdin: str | None = None) -> str:
-        done = self.host.run(["etcdctl", f"--endpoints={self.address}", "--command-timeout=3s",
-                              *args], input=stdin, timeout=10)
-        return done.stdout
-
-    def put(self, name: str, node: dict[str, Any]) -> None:
-        # `etcdctl put KEY` reads the value from stdin when none is given.
-        self._ctl("put", PREFIX + name, stdin=json.dumps(node))
-
-    def nodes(self) -> dict[str, tuple[dict[str, Any], int]]:
-        """name -> (Node JSON, mod_revision)."""
-        out = json.loads(self._ctl("get", "--prefix", PREFIX, "-w", "json"))
-        result = {}
-        for kv in out.get("kvs", []):
-            key = base64.b64decode(kv["key"]).decode()
-            result[key.removeprefix(PREFIX)] = (
-                json.loads(base64.b64decode(kv["value"])), int(kv["mod_revision"])
-            )
-        return result
-
-    def ready(self, name: str) -> tuple[str, str] | None:
-        entry = self.nodes().get(name)
-        return ready(entry[0]) if entry else None
-
-
-def _write_config(path: Path, storage: dict[str, Any]) -> Path:
-    path.write_text(json.dumps({"storage": storage}))  # JSON is YAML
-    return path
-
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok", "etcd_ok")]
 
 UNMANAGED_C = {
     "apiVersion": "v1", "kind": "Node",
@@ -107,7 +61,7 @@ def test_agents_share_etcd_and_respect_other_writers(agents, tmp_path: Path) -> 
             raw.put("node-c", UNMANAGED_C)
             raw.put("node-b", MANAGED_B_WITH_EXTRAS)
             c_before = raw.nodes()["node-c"]
-            config = _write_config(tmp_path / "k3.yaml", {
+            config = write_config(tmp_path / "k3.yaml", {
                 "type": "etcd", "etcd": {"endpoints": [etcd.endpoint], "dial_timeout": "2s"},
             })
             names = ["node-a", "node-b", "node-c"]
@@ -158,7 +112,7 @@ def test_agents_share_mariadb(agents, tmp_path: Path) -> None:  # type: ignore[n
     require(shutil.which("mariadb-install-db") is not None, "needs MariaDB (mariadb-server)")
     with MariaDBServer(tmp_path / "db") as db, Lan(3) as lan:
         db.sql("CREATE DATABASE k3")
-        config = _write_config(tmp_path / "k3.yaml", {
+        config = write_config(tmp_path / "k3.yaml", {
             "type": "mysql",
             "mysql": {"socket": db.socket, "user": "root", "database": "k3",
                       "poll_interval": "200ms"},
@@ -183,7 +137,7 @@ def test_agents_share_mariadb(agents, tmp_path: Path) -> None:  # type: ignore[n
 
 def _outage(agents, store_config: dict[str, Any], stop, start, read_ready,  # type: ignore[no-untyped-def]
             host: LoopbackHost, tmp_path: Path) -> dict[str, float]:
-    config = _write_config(tmp_path / "k3.yaml", store_config)
+    config = write_config(tmp_path / "k3.yaml", store_config)
     # Without self-registration each Node is written by the other agent: both Ready means both
     # found each other over mDNS before the outage starts.
     a = agents.start(host, "node-a", "--peer-ttl", "3s", "--register-self=false", port=7101,

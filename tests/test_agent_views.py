@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.netns import LoopbackHost
 from tests.nsclient import wait_for
+from tests.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
 from tests.services import EtcdServer
-from tests.test_agent_stores import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, _write_config
 
-pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok", "_binaries")]
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 
 K3NET = [sys.executable, "-m", "k3net"]
 
@@ -62,10 +62,11 @@ def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+@pytest.mark.usefixtures("etcd_ok")
 def test_operator_views_of_real_agents(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with LoopbackHost() as host, EtcdServer(tmp_path / "etcd", client_port=ETCD_PORT,
                                             peer_port=ETCD_PEER_PORT, netns=host.name) as etcd:
-        config = _write_config(tmp_path / "k3.yaml", {
+        config = write_config(tmp_path / "k3.yaml", {
             "type": "etcd", "etcd": {"endpoints": [etcd.endpoint]},
         })
         raw = RawEtcd(host, etcd.address)
