@@ -93,6 +93,21 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def k3net_revision() -> str:
+    """The commit the agents ran from, `+dirty` if k3net/ has uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--", "k3net") else "")
+
+
 # --- agents: logs and metrics -------------------------------------------------------------------
 
 # time.monotonic() - time.time(): converts the agents' wall-clock log times to the monotonic
@@ -165,6 +180,22 @@ def by_label(metrics: dict[str, float], name: str, label: str) -> dict[str, floa
             if m:
                 out[m.group(1)] = out.get(m.group(1), 0) + value
     return out
+
+
+def relaunch_zero_clock(agent: Any) -> None:
+    """Diagnosis (--zero-clock): stop a just-started tests.agents.AgentProc and run the same
+    command line through sim/zero_clock.py instead (trio's clock at offset 0)."""
+    import subprocess
+
+    argv = list(agent.proc.args)
+    agent.stop()
+    agent._log.seek(0)
+    agent._log.truncate()
+    agent.proc = agent.host.popen(
+        [sys.executable, str(ROOT / "scripts" / "sim" / "zero_clock.py"),
+         *argv[argv.index("run"):]],
+        stdout=agent._log, stderr=subprocess.STDOUT)
+    agent.started_at = time.monotonic()
 
 
 # --- /proc -------------------------------------------------------------------------------------
