@@ -57,7 +57,8 @@ class Metrics:
         )
         self.join_latency = Histogram(
             "k3net_join_latency_seconds",
-            "Time from a peer's first mDNS sighting to its Node written Ready.",
+            "Time from a peer's first mDNS sighting to its Node Ready in the store (a peer"
+            " whose Node was Ready before this agent saw it is not counted).",
             buckets=_JOIN_BUCKETS, registry=r,
         )
         self.store_up = Gauge(
