@@ -30,7 +30,7 @@ from typing import Any
 import trio
 import trio_asyncio
 
-from k3net import mdns
+from k3net import clock, mdns
 from k3net.config import Settings
 from k3net.core.messages import (
     PeerGone,
@@ -243,7 +243,7 @@ def main(settings: Settings) -> int:
     """Run the agent until SIGINT/SIGTERM (exit 0) or a crash (exit 1, one line per error)."""
     try:
         agent = Agent(settings)
-        trio.run(agent.run)
+        clock.run(agent.run)
     except mdns.MdnsError as exc:
         print(f"k3net run: error: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import attrs
 import trio
 import trio_asyncio
 
-from k3net import mdns
+from k3net import clock, mdns
 from k3net.core.messages import PeerGone, PeerSeen, ProbeResult
 from k3net.metrics import Metrics
 from k3net.tasks import browse
@@ -127,14 +127,21 @@ def main(
     not start (message on stderr). Finding no peer is not an error (empty table / `[]`)."""
     peers: list[PeerInfo] | None = None
     try:
-        peers = trio_asyncio.run(discover, service, domain, interfaces, timeout, probe_timeout)
-    except* (mdns.MdnsError, OSError) as group:  # trio_asyncio.run wraps errors in a group
+        peers = clock.run(_discover, service, domain, interfaces, timeout, probe_timeout)
+    except* (mdns.MdnsError, OSError) as group:  # the loop's nursery wraps errors in a group
         for exc in _leaves(group):
             print(f"k3net peers: {exc}", file=sys.stderr)
     if peers is None:
         return 1
     sys.stdout.write(format_peers(peers, as_json))
     return 0
+
+
+async def _discover(
+    service: str, domain: str, interfaces: tuple[str, ...], browse_for: float, probe_timeout: float
+) -> list[PeerInfo]:
+    async with trio_asyncio.open_loop():
+        return await discover(service, domain, interfaces, browse_for, probe_timeout)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -34,7 +34,7 @@ import trio_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from k3net import mdns, peers  # noqa: E402
+from k3net import clock, mdns, peers  # noqa: E402
 from k3net.config import Settings  # noqa: E402
 from k3net.metrics import Metrics  # noqa: E402
 from k3net.tasks import advertise, browse  # noqa: E402
@@ -102,7 +102,7 @@ def main() -> None:
     if args.mode == "peers":
         sys.exit(peers.main("_k3._tcp", "local.", tuple(args.iface), args.timeout, 0.7, True))
     try:
-        trio.run(advertise_main if args.mode == "advertise" else browse_main, args)
+        clock.run(advertise_main if args.mode == "advertise" else browse_main, args)
     except* advertise.NameTakenError as group:
         exc: BaseException = group
         while isinstance(exc, BaseExceptionGroup):  # nurseries nest the error
