@@ -48,7 +48,6 @@ from sim.common import (  # noqa: E402
     parse_metrics,
     percentile,
     print_table,
-    relaunch_zero_clock,
     require_root,
     status_kb,
     summary,
@@ -134,8 +133,6 @@ def bench_one(peers: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
     helpers_n = max(1, min(args.helpers, peers))
     interval = args.peer_ttl / 6
     result: dict[str, Any] = {"peers": peers, "helpers": helpers_n,
-                              "agent": "zero-offset trio clock (diagnosis)" if args.zero_clock
-                              else "k3net run, unchanged",
                               "timings": f"peer-ttl {args.peer_ttl:g}s, probe-interval "
                                          f"{interval:g}s, probe-timeout 700ms"}
     with contextlib.ExitStack() as stack:
@@ -144,8 +141,6 @@ def bench_one(peers: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         log_dir.mkdir(parents=True, exist_ok=True)
         agent = AgentProc(lan[0], "bench-agent", PORT, log_dir, "--log-format", "json",
                           "--peer-ttl", f"{args.peer_ttl:g}s")
-        if args.zero_clock:
-            relaunch_zero_clock(agent)
         stack.callback(agent.close)
         agent.wait_ready()
         pid = agent.proc.pid
@@ -257,8 +252,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{s['probes']:g}/{s['probes_expected']} ({s['probes_failed']:g} failed)",
             f"{s['probe_latency_mean_ms']} ms",
         ])
-    print(f"\nk3net {k3net_revision()} bench: one agent"
-          f"{' (zero-offset trio clock: diagnosis)' if args.zero_clock else ''} "
+    print(f"\nk3net {k3net_revision()} bench: one agent "
           f"(memory store, {results[0]['timings'] if results else ''}), "
           f"P simulated peers from {args.helpers} helper hosts; goals: all Ready <= "
           f"{GOALS['join_s']:g}s, CPU <= {GOALS['cpu_pct']:g}%, RSS <= {GOALS['rss_mb']:g} MB",
@@ -278,9 +272,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds of steady state for CPU and probe rounds (default 40)")
     parser.add_argument("--peer-ttl", type=parse_duration, default=90.0,
                         help="the agent's peer-ttl (default 90s, the k3 default)")
-    parser.add_argument("--zero-clock", action="store_true",
-                        help="diagnosis: run the agent with trio's clock at offset 0 "
-                        "(sim/zero_clock.py), which avoids zeroconf's timer spin under trio-asyncio")
     parser.add_argument("--out", default="results/bench.json")
     args = parser.parse_args(argv)
     if any(not 1 <= p <= 2000 for p in args.peers):
@@ -321,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(workdir, logs)
         shutil.rmtree(workdir, ignore_errors=True)
     table = report(results, args)
-    out = {"k3net": k3net_revision(), "zero_clock": args.zero_clock, "goals": GOALS, "runtime_seconds": round(time.monotonic() - started, 1),
+    out = {"k3net": k3net_revision(), "goals": GOALS, "runtime_seconds": round(time.monotonic() - started, 1),
            "results": results, "table": table}
     path = write_json(args.out, out)
     log(f"results in {path}; runtime {out['runtime_seconds']:g}s")

@@ -59,7 +59,6 @@ from sim.common import (  # noqa: E402
     log,
     parse_metrics,
     print_table,
-    relaunch_zero_clock,
     require_root,
     summary,
     wall_to_mono,
@@ -98,7 +97,6 @@ class Fleet:
         self.agents: dict[int, AgentProc] = {}
         self.incarnation = 0
         self.logs: list[Path] = []  # every agent log of the run, for discovery times
-        self.zero_clock = False
 
     @property
     def names(self) -> list[str]:
@@ -112,8 +110,6 @@ class Fleet:
         if ttl is not None:
             args += ["--peer-ttl", f"{ttl:g}s"]
         agent = AgentProc(self.lan[i], f"node-{i}", PORT, log_dir, *args, config=self.store.config)
-        if self.zero_clock:
-            relaunch_zero_clock(agent)
         self.agents[i] = agent
         self.logs.append(agent.log_path)
         return agent
@@ -622,8 +618,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, store: str) -> str
             rows.append([f"steady writes/node/min ({st['nodes']} nodes, {st['seconds']:g}s)",
                          "defaults ttl 90s/probe 15s", st["nodes"], f"{w:.2f}", "-",
                          "<= 2.2", verdict(w <= 2.2, f"{st['flaps']} flaps")])
-    zc = " (zero-offset trio clock: diagnosis)" if args.zero_clock else ""
-    print(f"\nk3net {results.get('k3net', '')}{zc} on a simulated LAN: {args.hosts} hosts, "
+    print(f"\nk3net {results.get('k3net', '')} on a simulated LAN: {args.hosts} hosts, "
           f"store {store}", flush=True)
     return print_table(["scenario", "timings", "n", "p50", "max", "goal", "result"], rows)
 
@@ -646,9 +641,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="samples of floor, leave, crash (default 3)")
     parser.add_argument("--mysql-socket", help="use this existing MariaDB instead of a private "
                         "one (the outage scenario is then skipped)")
-    parser.add_argument("--zero-clock", action="store_true",
-                        help="diagnosis: run the agents with trio's clock at offset 0 "
-                        "(sim/zero_clock.py), which avoids zeroconf's timer spin under trio-asyncio")
     parser.add_argument("--keep-logs", default="results/lan-logs",
                         help="copy the agents' logs here (default results/lan-logs)")
     args = parser.parse_args(argv)
@@ -679,7 +671,6 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "hosts": args.hosts, "store": args.store, "scenarios": args.scenarios,
         "k3net": k3net_revision(),
-        "agents": "zero-offset trio clock (diagnosis)" if args.zero_clock else "k3net run, unchanged",
         "short_timings": f"peer-ttl {args.peer_ttl:g}s, probe-interval {args.peer_ttl / 6:g}s",
         "default_timings": "peer-ttl 90s, probe-interval 15s (steady state only)",
     }
@@ -694,7 +685,6 @@ def main(argv: list[str] | None = None) -> int:
             results["store_where"] = store.where or "each agent's own memory store"
             log(f"store: {results['store_where']}")
             fleet = Fleet(lan, store, workdir / "logs")
-            fleet.zero_clock = args.zero_clock
             stack.callback(_keep_logs, workdir / "logs", args.keep_logs)
             stack.callback(fleet.stop_all)
             sim = Sim(args, lan, store, fleet, None)

@@ -182,22 +182,6 @@ def by_label(metrics: dict[str, float], name: str, label: str) -> dict[str, floa
     return out
 
 
-def relaunch_zero_clock(agent: Any) -> None:
-    """Diagnosis (--zero-clock): stop a just-started tests.agents.AgentProc and run the same
-    command line through sim/zero_clock.py instead (trio's clock at offset 0)."""
-    import subprocess
-
-    argv = list(agent.proc.args)
-    agent.stop()
-    agent._log.seek(0)
-    agent._log.truncate()
-    agent.proc = agent.host.popen(
-        [sys.executable, str(ROOT / "scripts" / "sim" / "zero_clock.py"),
-         *argv[argv.index("run"):]],
-        stdout=agent._log, stderr=subprocess.STDOUT)
-    agent.started_at = time.monotonic()
-
-
 # --- /proc -------------------------------------------------------------------------------------
 
 
