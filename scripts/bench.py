@@ -167,13 +167,10 @@ def bench_one(peers: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         for tr in watcher.transitions(t_start):
             if tr.new and tr.new[0] == "True" and tr.node not in firsts:
                 firsts[tr.node] = tr.t - t_start
-        registered = [h.events.get("registered", {}).get("t") for h in helpers]
         result["join"] = {
             "all_ready_after": None if t_all is None else round(t_all - t_start, 3),
             "ready": ready_n,
             "peer_ready": summary(firsts.get(n) for n in names),
-            "helpers_registered_after": [None if t is None else round(t - t_start, 3)
-                                         for t in registered],
             "agent_cpu_during_join_s": round(cpu_join, 2),
         }
         log(f"P={peers}: {ready_n}/{peers} Ready, all after {fmt_s(result['join']['all_ready_after'])}")
@@ -200,6 +197,9 @@ def bench_one(peers: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         writes = sum(by_label(m1, "k3net_node_writes_total", "cause").values()) - sum(
             by_label(m0, "k3net_node_writes_total", "cause").values())
 
+        registered = [h.events.get("registered", {}).get("t") for h in helpers]
+        result["join"]["helpers_registered_after"] = [
+            None if t is None else round(t - t_start, 3) for t in registered]
         accepts = [t for h in helpers for t in h.stop()]
         window_rounds = [r for r in rounds(accepts, interval) if t0 <= r["start"] <= t1]
         durations = [r["duration"] for r in window_rounds]
@@ -249,7 +249,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                                      else " MISSED"),
             f"{fmt_s(s['round_duration_s']['p50'])} / {args.peer_ttl / 6:g}s"
             f" ({s['rounds_seen_by_peers']} rounds)",
-            f"{s['probes']:g}/{s['probes_expected']} ({s['probes_failed']:g} failed)",
+            f"{s['probes'] / max(1, s['rounds_seen_by_peers']):g} of {r['peers']}"
+            f" ({s['probes_failed']:g} failed)",
             f"{s['probe_latency_mean_ms']} ms",
         ])
     print(f"\nk3net {k3net_revision()} bench: one agent "
@@ -259,7 +260,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
           flush=True)
     return print_table(["peers", "Ready", "all Ready after start", "peer Ready p50/max",
                         f"CPU ({args.window:g}s window)", "peak RSS", "probe round p50 / interval",
-                        "probes in window", "probe mean"], rows)
+                        "probes per round", "probe mean"], rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -371,11 +371,13 @@ class Sim:
             t = watcher.wait_until(lambda s, n=name: s.status(n) not in ("True", None),
                                    self.ttl + 10)
             down_s.append(None if t is None else t - t0)
+            went_down = t is not None
             states.append(watcher.snapshot().ready(name))
             t1 = time.monotonic()
             host.link_up()
             t = watcher.wait_until(lambda s, n=name: s.status(n) == "True", 30)
-            up_s.append(None if t is None else t - t1)
+            # Only a Node that went down can come back; the first poll after link_up counts.
+            up_s.append(None if t is None or not went_down else max(0.0, t - t1))
             time.sleep(self.ttl)  # after the return: do the others stay Ready?
             flaps += [tr for tr in status_flips(watcher.transitions(t0, nodes=others))]
             self.wait_all_ready(20)
