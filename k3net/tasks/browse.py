@@ -5,12 +5,13 @@ PeerRejected to the peer table.
                         send.clone(), metrics)
 
 zeroconf calls the browser's handler on the trio thread (trio-asyncio runs asyncio callbacks
-there), so the handler only puts (instance, change) into a bounded channel with `send_nowait`;
-when the channel is full the event is dropped, counted and logged. One resolver loop takes the
-events in order: Added/Updated are resolved (mostly from zeroconf's cache, which the browse
-answers already filled) and validated by `mdns.peer_from_info`; Removed (a goodbye, or records
-that expired) becomes PeerGone. Handling events one at a time keeps them in order: a PeerGone is
-never overtaken by an older PeerSeen of the same peer.
+there), so the handler only notes the latest change of each instance in `_Pending`, which never
+blocks: a burst of hundreds of agents announcing at once costs one entry per agent, and an
+instance that changes again before it is handled keeps its place with its newest change (Added
+then Removed is just Removed). Only more distinct instances than `_MAX_PENDING` are dropped,
+counted and logged. One resolver loop takes them in order: Added/Updated are resolved (mostly
+from zeroconf's cache, which the browse answers already filled) and validated by
+`mdns.peer_from_info`; Removed (a goodbye, or records that expired) becomes PeerGone.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from k3net.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# A browser that starts on a busy LAN gets one Added per agent at once; 256 absorbs a burst
-# from a LAN of that many agents while the resolver (mostly cache hits) catches up.
-_EVENT_BUFFER = 256
+# A browser that starts on a busy LAN gets one Added per agent at once; pending changes are kept
+# per instance, so this bounds the number of distinct agents waiting, far above a real LAN's.
+_MAX_PENDING = 4096
 # An entry whose records do not arrive within this time is skipped (logged); a later Updated
 # or the next announcement tries again. LAN answers take milliseconds.
 _RESOLVE_TIMEOUT_MS = 3000
@@ -64,9 +65,7 @@ async def run(
 ) -> None:
     """Browse `service_type` (e.g. `_k3._tcp.local.`) until cancelled; `own_name` is ignored.
     Closes `out` when it returns."""
-    events_send, events_recv = trio.open_memory_channel[tuple[str, ServiceStateChange]](
-        _EVENT_BUFFER
-    )
+    pending = _Pending(_MAX_PENDING)
 
     def on_change(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -75,23 +74,47 @@ async def run(
         if kind is None:
             return
         metrics.mdns_events.labels(kind=kind).inc()
-        try:
-            events_send.send_nowait((name, state_change))
-        except trio.WouldBlock:
+        if not pending.put(name, state_change):
             metrics.rejected.labels(reason="overflow").inc()
-            log.warning("mDNS event queue full: dropped %s %s", kind, name)
+            log.warning("more than %d mDNS entries waiting: dropped %s %s",
+                        _MAX_PENDING, kind, name)
 
-    async with out, events_recv:
+    async with out:
         browser = AsyncServiceBrowser(zc.zeroconf, service_type, handlers=[on_change])
         try:
             task_status.started()
             resolver = _Resolver(zc, service_type, own_name, out, metrics)
-            async for instance, change in events_recv:
+            while True:
+                instance, change = await pending.get()
                 await resolver.handle(instance, change)
         finally:
             with trio.move_on_after(_CANCEL_TIMEOUT, shield=True):
                 await aio_as_trio(browser.async_cancel)()
-            events_send.close()
+
+
+class _Pending:
+    """Browse events waiting for the resolver: the latest change of each instance, in the order
+    the instances first changed. `put` never blocks (it runs in zeroconf's callback)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.changes: dict[str, ServiceStateChange] = {}
+        self._wakeup = trio.Event()
+
+    def put(self, instance: str, change: ServiceStateChange) -> bool:
+        """Note a change; False if it had to be dropped (too many distinct instances)."""
+        if instance not in self.changes and len(self.changes) >= self.limit:
+            return False
+        self.changes[instance] = change  # an instance already waiting keeps its place
+        self._wakeup.set()
+        return True
+
+    async def get(self) -> tuple[str, ServiceStateChange]:
+        while not self.changes:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        instance = next(iter(self.changes))
+        return instance, self.changes.pop(instance)
 
 
 class _Resolver:
