@@ -249,12 +249,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                                      else " MISSED"),
             f"{fmt_s(s['round_duration_s']['p50'])} / {args.peer_ttl / 6:g}s"
             f" ({s['rounds_seen_by_peers']} rounds)",
-            f"{s['probes'] / max(1, s['rounds_seen_by_peers']):g} of {r['peers']}"
+            f"{percentile(s['round_probes'], 50) or 0:g} of {r['peers']}"
             f" ({s['probes_failed']:g} failed)",
             f"{s['probe_latency_mean_ms']} ms",
         ])
     print(f"\nk3net {k3net_revision()} bench: one agent "
-          f"(memory store, {results[0]['timings'] if results else ''}), "
+          f"(memory store, peer-ttl {args.peer_ttl:g}s, probe-interval {args.peer_ttl / 6:g}s, "
+          "probe-timeout 700ms), "
           f"P simulated peers from {args.helpers} helper hosts; goals: all Ready <= "
           f"{GOALS['join_s']:g}s, CPU <= {GOALS['cpu_pct']:g}%, RSS <= {GOALS['rss_mb']:g} MB",
           flush=True)
