@@ -170,7 +170,8 @@ def test_changed_addresses_are_written_without_refresh() -> None:
     t.on_seen(moved, 5.0)
     (write,) = t.on_probe(ok(moved), 5.0)
     assert write.intent == Alive("peer-a", ("192.168.1.99",), 7946, 4242, PEER_ALIVE,
-                                 refresh_from=last_seen(put.stored.node), refresh=False)
+                                 refresh_from=last_seen(put.stored.node), refresh=False,
+                                 seen_ready="True")
     assert write.base == put.stored
 
 
@@ -453,7 +454,8 @@ def test_heartbeat_refreshes_own_node_when_due() -> None:
     assert t.on_heartbeat(29.9) == []
     (write,) = t.on_heartbeat(30.0)
     assert write.intent == Alive("me", ("192.168.1.2",), 7946, 100, AGENT_READY,
-                                 refresh_from=last_seen(put.stored.node), refresh=True)
+                                 refresh_from=last_seen(put.stored.node), refresh=True,
+                                 seen_ready="True")
     assert t.on_heartbeat(31.0) == []
 
 

@@ -13,8 +13,9 @@ to write. That None is how k3net writes only what changed, and how it keeps its 
   `AgentReady` stays), so agents do not take turns rewriting it;
 - guards make a write conditional on what the store says *now*, so that an agent that loses a
   compare-and-swap race re-renders against the winner's Node and usually writes nothing:
-  `refresh_from` refreshes lastSeen only if nobody refreshed it meanwhile, and an expiry applies
-  only while the Node is still Ready with the same stale lastSeen.
+  `refresh_from` refreshes lastSeen only if nobody refreshed it meanwhile, an expiry applies
+  only while the Node is still Ready with the same stale lastSeen, and a peer's probe decided
+  while the Node was Ready does not undo a departure (False) recorded since.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class Alive:
     # unless the Node is created or becomes Ready).
     refresh_from: str | None = None
     refresh: bool = False
+    # The Ready status the table saw when it decided (None: no Node yet). A peer's probe that
+    # was decided before someone recorded the peer's departure must not undo it.
+    seen_ready: str | None = None
 
 
 @attrs.frozen
@@ -171,6 +175,14 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         return None  # the ownership rule: not ours, never touched
     if existing is None and not isinstance(intent, Alive):
         return None  # only a live node is created; nothing to mark on a Node that is not there
+    if (
+        isinstance(intent, Alive)
+        and intent.reason == PEER_ALIVE
+        and existing is not None
+        and existing.ready_status == "False"
+        and intent.seen_ready != "False"
+    ):
+        return None  # a departure was recorded after this probe was decided: the next decides
     if isinstance(intent, Expired) and existing is not None and (
         existing.ready_status != "True" or last_seen(existing) != intent.stale_last_seen
     ):

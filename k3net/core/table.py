@@ -307,7 +307,8 @@ class PeerTable:
         if due:
             view.refresh_asked_at = now
         intent = Alive(
-            name, addresses, port, pid, reason, refresh_from=view.last_seen, refresh=due
+            name, addresses, port, pid, reason, refresh_from=view.last_seen, refresh=due,
+            seen_ready=node.ready_status,
         )
         return [Write(intent, view.stored)]
 
