@@ -110,7 +110,6 @@ class Agent:
                     )
                     async with table_send:
                         await self._start_producers(producers, zc, store, table_send, probe_recv)
-                    log.info("advertising %s as %s", s.service, s.node_name)
                     task_status.started()
 
                 # Producers are gone; the table hands over our AgentShutdown write and the
@@ -134,6 +133,9 @@ class Agent:
         probe_recv: trio.MemoryReceiveChannel[ProbeNow | Forget],
     ) -> None:
         s = self.settings
+        # First, since mDNS registration takes its time (about 1.6 s of probing and announcing,
+        # and peers see us from the first packet): the rest starts meanwhile.
+        producers.start_soon(advertise.run, zc, mdns.service_info(s, addresses=self.addresses))
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics)
         await producers.start(watch.run, store, table_send.clone(), self.hub.observe, self.health)
         await producers.start(prober.run, probe_recv, table_send.clone())
@@ -146,7 +148,6 @@ class Agent:
             browse.run, zc, mdns.service_type(s.service, s.domain), s.node_name,
             table_send.clone(), self.metrics,
         )
-        await producers.start(advertise.run, zc, mdns.service_info(s, addresses=self.addresses))
 
     async def _run_table(
         self,

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import yaml
 
 
 class ConfigError(Exception):
@@ -196,6 +195,8 @@ def load_storage(path: str | Path) -> StorageConfig:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    import yaml  # only needed with a config file: keeps the agent's start quick without one
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -150,3 +151,8 @@ def node_from_json(raw: str | bytes) -> Node:
 
 def node_to_json(node: Node) -> str:
     return json.dumps(node_to_dict(node), separators=(",", ":"))
+
+
+def node_list(nodes: Iterable[Node]) -> dict[str, Any]:
+    """A Kubernetes `NodeList`, as `kubectl get nodes -o json` prints it."""
+    return {"apiVersion": "v1", "kind": "NodeList", "items": [node_to_dict(n) for n in nodes]}

@@ -21,7 +21,7 @@ from trio_websocket import (
 )
 
 from k3net.config import StorageConfig
-from k3net.convert import node_to_dict, parse_time
+from k3net.convert import node_list, parse_time
 from k3net.model import ANN_LAST_SEEN, ANN_PID, ANN_PORT
 from k3net.store.base import Stored
 
@@ -30,15 +30,6 @@ DEFAULT_WATCH_URL = "ws://127.0.0.1:7946/events"
 NODES_DEADLINE = 10.0
 # A snapshot of many Nodes is one websocket message; trio-websocket's default limit is 1 MiB.
 MAX_MESSAGE = 64 * 1024 * 1024
-
-
-def node_list(stored: list[Stored]) -> dict[str, Any]:
-    """A Kubernetes `NodeList`, as `kubectl get nodes -o json` prints it."""
-    return {
-        "apiVersion": "v1",
-        "kind": "NodeList",
-        "items": [node_to_dict(s.node) for s in stored],
-    }
 
 
 # --- k3net nodes ------------------------------------------------------------------------------
@@ -100,7 +91,7 @@ def format_nodes(stored: list[Stored], now: dt.datetime, output: str = "") -> st
     """The output of `k3net nodes [-o wide|json]`: a table like `kubectl get nodes`, or a
     NodeList as JSON. `now` is an aware datetime (the caller reads the clock)."""
     if output == "json":
-        return json.dumps(node_list(stored), indent=2) + "\n"
+        return json.dumps(node_list(s.node for s in stored), indent=2) + "\n"
     if output not in ("", "table", "wide"):
         raise ValueError(f"unknown output format {output!r} (use wide or json)")
     if not stored:

@@ -31,12 +31,11 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from k3net.config import Settings
-from k3net.convert import format_time
+from k3net.convert import format_time, node_list
 from k3net.events import EventHub, Subscription
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.store.base import Store, StoreError
-from k3net.views import node_list
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -171,7 +170,7 @@ class App:
             return _status_503(f"store did not answer within {STORE_DEADLINE:g}s")
         except StoreError as exc:
             return _status_503(f"store unavailable: {exc}")
-        return _json(200, node_list(stored))
+        return _json(200, node_list(s.node for s in stored))
 
     async def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.state.metrics.registry)
