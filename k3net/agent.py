@@ -21,6 +21,7 @@ A crash of any task cancels the rest and ends the agent with a clear message and
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -54,9 +55,9 @@ from k3net.web.app import AppState, make_app
 
 log = logging.getLogger("k3net.agent")
 
-# The whole shutdown (listener, goodbye, last write) fits in this, well inside the 3 s a
-# supervisor may wait before it kills us.
-SHUTDOWN_DEADLINE = 2.5
+# The whole shutdown (listener, goodbye, last write), counted from the signal, fits in this:
+# inside the 3 s a supervisor may wait before it kills us, even with the store down.
+SHUTDOWN_DEADLINE = 2.7
 # How long the stopping HTTP listener may take before the goodbye is sent anyway.
 LISTENER_STOP_DEADLINE = 0.5
 
@@ -76,6 +77,7 @@ class Agent:
         self.me = SelfInfo(
             settings.node_name, tuple(self.addresses), settings.listen_port, os.getpid()
         )
+        self.stop_by = math.inf  # set when a stop signal arrives
         self.table = PeerTable(
             peer_ttl=settings.peer_ttl,
             refresh_interval=settings.refresh_interval,
@@ -114,12 +116,13 @@ class Agent:
 
                 # Producers are gone; the table hands over our AgentShutdown write and the
                 # writer drains. Bounded: a store that is down cannot hold up the exit.
-                with trio.move_on_after(SHUTDOWN_DEADLINE) as deadline:
+                with trio.move_on_at(min(self.stop_by, trio.current_time() + SHUTDOWN_DEADLINE)
+                                     ) as deadline:
                     await writer_done.wait()
                 if deadline.cancelled_caught:
                     log.warning(
-                        "store did not take the last writes within %.1fs; %d left unwritten",
-                        SHUTDOWN_DEADLINE, len(writer.pending),
+                        "store did not take the last writes within %.1fs of the signal; "
+                        "%d left unwritten", SHUTDOWN_DEADLINE, len(writer.pending),
                     )
                 core.cancel_scope.cancel()
         log.info("stopped")
@@ -226,6 +229,7 @@ class Agent:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("%s received: shutting down", signal.Signals(signum).name)
+                self.stop_by = trio.current_time() + SHUTDOWN_DEADLINE
                 break
         self.hub.close()
         web_scope.cancel()

@@ -33,5 +33,6 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # The libraries are chatty at info level; their warnings still show.
-    for noisy in ("hypercorn", "zeroconf", "asyncio", "trio_asyncio", "aiomysql"):
+    for noisy in ("hypercorn", "k3net.web.hypercorn", "zeroconf", "asyncio", "trio_asyncio",
+                  "aiomysql"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -156,7 +156,7 @@ def _outage(agents, store_config: dict[str, Any], stop, start, read_ready,  # ty
     assert "store" in body
     assert a.client.get(a.url + "/healthz") == (200, "ok\n")
     b.signal(signal.SIGTERM)  # a peer leaves while the store is down
-    assert b.proc.wait(5) == 0
+    assert b.proc.wait(3) == 0  # within 3 s although its last write cannot land
     time.sleep(2)
     assert a.proc.poll() is None, "the agent must keep running while the store is down"
 

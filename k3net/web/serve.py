@@ -95,7 +95,9 @@ def hypercorn_config() -> Config:
     config = Config()
     config.graceful_timeout = GRACE
     config.accesslog = None  # quiet: probes hit /healthz every few seconds
-    config.errorlog = log
+    # hypercorn's own lines ("Running on ... (CTRL + C to quit)") only from warning up: the
+    # agent says what it serves itself.
+    config.errorlog = logging.getLogger("k3net.web.hypercorn")
     config.backlog = BACKLOG
     return config
 
