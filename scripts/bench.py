@@ -28,7 +28,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,16 +38,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from sim.common import (  # noqa: E402
     Interrupted,
+    begin_run,
     by_label,
     cpu_seconds,
     fmt_s,
-    install_signal_handlers,
     k3net_revision,
     log,
     parse_metrics,
     percentile,
     print_table,
-    require_root,
     status_kb,
     summary,
     write_json,
@@ -56,7 +54,7 @@ from sim.common import (  # noqa: E402
 from sim.store_watch import AgentNodesReader, StoreWatcher  # noqa: E402
 
 from tests.agents import AgentProc  # noqa: E402
-from tests.netns import Lan, remove_leftovers  # noqa: E402
+from tests.netns import Lan  # noqa: E402
 
 SUBNET = "10.78.0.0/24"
 PORT = 7946
@@ -287,13 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    require_root()
-    removed = remove_leftovers()
-    if removed:
-        log(f"removed {len(removed)} namespaces left by dead runs")
-    install_signal_handlers()
+    workdir = begin_run("k3bench-")
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="k3bench-"))
     results: list[dict[str, Any]] = []
     code = 0
     try:

@@ -41,7 +41,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -51,15 +50,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from sim.common import (  # noqa: E402
     Interrupted,
+    begin_run,
     by_label,
     discoveries,
     fmt_s,
-    install_signal_handlers,
     k3net_revision,
     log,
     parse_metrics,
     print_table,
-    require_root,
     summary,
     wall_to_mono,
     write_json,
@@ -68,7 +66,7 @@ from sim.store_watch import State, StoreWatcher, status_flips  # noqa: E402
 from sim.stores import SimStore  # noqa: E402
 
 from tests.agents import AgentProc  # noqa: E402
-from tests.netns import Lan, remove_leftovers  # noqa: E402
+from tests.netns import Lan  # noqa: E402
 
 SCENARIOS = ["floor", "join", "leave", "crash", "linkcut", "restart", "outage", "steady"]
 SUBNET = "10.77.0.0/24"
@@ -118,15 +116,8 @@ class Fleet:
         return {i: self.start(i, ttl).started_at for i in range(len(self.lan))}
 
     def stop(self, i: int, sig: int = signal.SIGTERM, wait: float = 5) -> int | None:
-        agent = self.agents.pop(i)
-        agent.proc.send_signal(sig)
-        try:
-            code = agent.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            agent.proc.kill()
-            code = agent.proc.wait(5)
-        agent.close()
-        return code
+        self.agents[i].proc.send_signal(sig)
+        return self.reap(i, wait)
 
     def reap(self, i: int, wait: float = 5) -> int | None:
         """Wait for agent i, already signalled, to exit (a second SIGTERM would kill it
@@ -663,13 +654,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    require_root()
-    removed = remove_leftovers()
-    if removed:
-        log(f"removed {len(removed)} namespaces left by dead runs")
-    install_signal_handlers()
+    workdir = begin_run("k3lan-")
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="k3lan-"))
     results: dict[str, Any] = {
         "hosts": args.hosts, "store": args.store, "scenarios": args.scenarios,
         "k3net": k3net_revision(),

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,6 +37,19 @@ def install_signal_handlers() -> None:
 def require_root() -> None:
     if os.geteuid() != 0:
         sys.exit("needs root: the simulation builds network namespaces")
+
+
+def begin_run(prefix: str) -> Path:
+    """What every simulation does first: check for root, remove the namespaces of dead runs,
+    make SIGINT/SIGTERM clean up, and return a fresh work directory."""
+    from tests.netns import remove_leftovers
+
+    require_root()
+    removed = remove_leftovers()
+    if removed:
+        log(f"removed {len(removed)} namespaces left by dead runs")
+    install_signal_handlers()
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 # --- numbers ----------------------------------------------------------------------------------
