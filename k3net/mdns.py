@@ -9,15 +9,15 @@ under `trio_asyncio.open_loop()`. Its sockets are pinned to chosen interfaces, n
   unless someone turned it on (test namespaces do), so it is used only then, or when it is the
   only interface that is up.
 
-What arrives from the LAN is untrusted: `peer_from_info` (and the pure `peer_from_record` under
-it) turn a resolved entry into a PeerSeen, or a PeerRejected with a reason slug; never raise.
+What arrives from the LAN is untrusted: `peer_from_info` hands a resolved entry to the pure
+`core.records.peer_from_record`, which turns it into a PeerSeen, or a PeerRejected with a reason
+slug; it never raises.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from zeroconf.asyncio import AsyncZeroconf
 
 from k3net.config import Settings
 from k3net.core.messages import PeerRejected, PeerSeen
-from k3net.core.names import MAX_TXT_VALUE, name_problem
+from k3net.core.records import link_local_v6, peer_from_record
 
 # Linux interface flags (include/uapi/linux/if.h), as in /sys/class/net/<name>/flags.
 _IFF_UP = 0x1
@@ -114,16 +114,11 @@ def choose_interfaces(names: Sequence[str], available: Sequence[Interface]) -> l
     return chosen
 
 
-def _link_local_v6(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return ip.version == 6 and ip.is_link_local
-
-
 def advertised_addresses(interfaces: Sequence[Interface]) -> list[str]:
     """The A/AAAA addresses to advertise: IPv4 first, then IPv6. Link-local IPv6 is left out:
     without its scope (which means nothing to another machine) nobody can connect to it."""
     ipv4 = [a for iface in interfaces for a in iface.ipv4]
-    ipv6 = [a for iface in interfaces for a in iface.ipv6 if not _link_local_v6(a)]
+    ipv6 = [a for iface in interfaces for a in iface.ipv6 if not link_local_v6(a)]
     return list(dict.fromkeys(ipv4 + ipv6))
 
 
@@ -189,71 +184,3 @@ def peer_from_info(info: ServiceInfo) -> PeerSeen | PeerRejected:
         srv_port=info.port,
         addresses=info.parsed_scoped_addresses(),
     )
-
-
-def _txt(properties: Mapping[bytes, bytes | None], key: bytes) -> bytes | None:
-    # TXT keys are case-insensitive (RFC 6763 6.4); the first one wins.
-    for k, v in properties.items():
-        if k.lower() == key:
-            return v
-    return None
-
-
-def _port(text: str | None) -> int | None:
-    if text is None or not text.isascii() or not text.isdigit():
-        return None
-    port = int(text)
-    return port if 0 < port < 65536 else None
-
-
-def peer_from_record(
-    instance: str,
-    properties: Mapping[bytes, bytes | None],
-    srv_port: int | None,
-    addresses: Sequence[str],
-) -> PeerSeen | PeerRejected:
-    """Pure: the fields of a resolved entry -> PeerSeen, or PeerRejected with a reason:
-
-    - bad-txt: a TXT value longer than MAX_TXT_VALUE, or `node`/`port`/`pid` not UTF-8;
-    - invalid-name: the peer name (TXT `node`, else the instance label) is no DNS-1123 name;
-    - bad-port: neither TXT `port` nor the SRV port is a port number (1..65535);
-    - no-address: no A/AAAA record usable from another machine (link-local IPv6 is not).
-    """
-    for raw_key, raw_value in properties.items():
-        if raw_value is not None and len(raw_value) > MAX_TXT_VALUE:
-            return PeerRejected(instance, "bad-txt", f"TXT {raw_key[:32]!r} longer than "
-                                f"{MAX_TXT_VALUE} bytes")
-    texts: dict[str, str | None] = {}
-    for key in ("node", "port", "pid"):
-        raw = _txt(properties, key.encode())
-        try:
-            texts[key] = None if raw is None else raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return PeerRejected(instance, "bad-txt", f"TXT {key} is not UTF-8")
-
-    name = texts["node"] or instance
-    problem = name_problem(name)
-    if problem is not None:
-        return PeerRejected(instance, "invalid-name", f"{name[:64]!r}: {problem}")
-
-    port = _port(texts["port"]) or (srv_port if srv_port and 0 < srv_port < 65536 else None)
-    if port is None:
-        return PeerRejected(instance, "bad-port",
-                            f"TXT port {texts['port']!r}, SRV port {srv_port!r}")
-
-    pid_text = texts["pid"]
-    pid = int(pid_text) if pid_text and pid_text.isascii() and pid_text.isdigit() else None
-
-    usable = []
-    for address in addresses:
-        try:
-            if not _link_local_v6(address):
-                usable.append(address)
-        except ValueError:
-            continue  # not an IP address at all
-    ipv4 = [a for a in usable if ":" not in a]
-    ipv6 = [a for a in usable if ":" in a]
-    ordered = tuple(dict.fromkeys(ipv4 + ipv6))
-    if not ordered:
-        return PeerRejected(instance, "no-address", "no A/AAAA record usable from here")
-    return PeerSeen(name=name, addresses=ordered, port=port, pid=pid or None)

@@ -18,7 +18,7 @@ class Metrics:
             ["state"], registry=r,
         )
         self.probes = Counter(
-            "k3net_probes", "TCP probes of peers, by result (ok, fail).", ["result"], registry=r,
+            "k3net_probes", "Probes of peers, by result (confirmed, wrong-node, refused, timeout, unverified).", ["result"], registry=r,
         )
         self.probe_latency = Histogram(
             "k3net_probe_latency_seconds", "Time a TCP probe took.",

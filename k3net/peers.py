@@ -79,8 +79,8 @@ async def discover(
 
 
 def _probe_text(result: ProbeResult) -> str:
-    if result.ok:
-        return f"ok {result.latency * 1000:.1f}ms"
+    if result.outcome in ("confirmed", "unverified"):
+        return f"{result.outcome} {result.latency * 1000:.1f}ms"
     return f"failed: {result.error}" if result.error else "failed"
 
 
@@ -91,7 +91,8 @@ def _as_dict(peer: PeerInfo) -> dict[str, object]:
         "port": peer.port,
         "pid": peer.pid,
         "probe": {
-            "ok": peer.probe.ok,
+            "ok": peer.probe.outcome in ("confirmed", "unverified"),
+            "outcome": peer.probe.outcome,
             "latencySeconds": round(peer.probe.latency, 6),
             "address": peer.probe.address,
             "error": peer.probe.error,

@@ -186,8 +186,10 @@ def bench_one(peers: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         still_ready = sum(1 for n in names if watcher.snapshot().status(n) == "True")
         probes = sum(by_label(m1, "k3net_probes_total", "result").values()) - sum(
             by_label(m0, "k3net_probes_total", "result").values())
-        fails = by_label(m1, "k3net_probes_total", "result").get("fail", 0) - by_label(
-            m0, "k3net_probes_total", "result").get("fail", 0)
+        good = ("confirmed", "unverified")
+        fails = sum(v for k, v in by_label(m1, "k3net_probes_total", "result").items()
+                    if k not in good) - sum(v for k, v in by_label(
+                        m0, "k3net_probes_total", "result").items() if k not in good)
         lat_sum = m1.get("k3net_probe_latency_seconds_sum", 0) - m0.get(
             "k3net_probe_latency_seconds_sum", 0)
         lat_count = m1.get("k3net_probe_latency_seconds_count", 0) - m0.get(

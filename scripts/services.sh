@@ -15,10 +15,11 @@
 
 K3NET_SERVICES_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 K3NET_SERVICES_DIR="$K3NET_SERVICES_ROOT/.k3net-test"
-K3NET_ETCD_CLIENT_PORT=23790
-K3NET_ETCD_PEER_PORT=23800
+# Overridable, so that two checkouts can run their suites side by side.
+K3NET_ETCD_CLIENT_PORT="${K3NET_ETCD_CLIENT_PORT:-23790}"
+K3NET_ETCD_PEER_PORT="${K3NET_ETCD_PEER_PORT:-23800}"
 K3NET_MYSQL_SOCKET=/run/mysqld/mysqld.sock
-K3NET_MYSQL_DB=k3net_test
+K3NET_MYSQL_DB="${K3NET_MYSQL_DB:-k3net_test}"
 
 _svc_say() { echo "services: $*"; }
 

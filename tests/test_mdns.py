@@ -19,6 +19,7 @@ from zeroconf import ServiceInfo
 
 from k3net import mdns
 from k3net.config import Settings
+from k3net.core import records
 from k3net.core.messages import PeerRejected, PeerSeen, ProbeResult
 from k3net.core.names import MAX_TXT_VALUE
 from k3net.peers import PeerInfo, format_peers
@@ -78,7 +79,7 @@ def test_peer_from_record(
     instance: str, txt: dict[bytes, bytes], srv_port: int | None, addresses: list[str],
     expected: PeerSeen | PeerRejected,
 ) -> None:
-    got = mdns.peer_from_record(instance, txt, srv_port, addresses)
+    got = records.peer_from_record(instance, txt, srv_port, addresses)
     if isinstance(expected, PeerRejected):
         assert isinstance(got, PeerRejected), got
         assert (got.instance, got.reason) == (expected.instance, expected.reason)
@@ -162,13 +163,13 @@ def test_advertised_addresses_leave_out_link_local() -> None:
 def test_format_peers_table_and_json() -> None:
     peers = [
         PeerInfo("node-a", ("10.0.0.1",), 7946, 12,
-                 ProbeResult("node-a", True, 0.0004, address="10.0.0.1")),
+                 ProbeResult("node-a", "unverified", 0.0004, address="10.0.0.1")),
         PeerInfo("node-bb", ("10.0.0.2", "fd00::2"), 80, None,
-                 ProbeResult("node-bb", False, 0.7, error="timed out after 0.7s")),
+                 ProbeResult("node-bb", "timeout", 0.7, error="timed out after 0.7s")),
     ]
     assert format_peers(peers, as_json=False) == (
         "NAME      ADDRESSES          PORT   PID      PROBE\n"
-        "node-a    10.0.0.1           7946   12       ok 0.4ms\n"
+        "node-a    10.0.0.1           7946   12       unverified 0.4ms\n"
         "node-bb   10.0.0.2,fd00::2   80     <none>   failed: timed out after 0.7s\n"
     )
     data = json.loads(format_peers(peers, as_json=True))

@@ -87,7 +87,7 @@ def unanswering_port() -> Iterator[int]:
 async def test_probe_ok(listeners: Listeners) -> None:
     port = await listeners.open()
     result = await probe_with_timeout("peer-a", [LOOPBACK], port, 5.0)
-    assert result.ok
+    assert result.outcome == "unverified"
     assert result.name == "peer-a"
     assert result.address == LOOPBACK
     assert 0 <= result.latency < 5.0
@@ -96,7 +96,7 @@ async def test_probe_ok(listeners: Listeners) -> None:
 
 async def test_probe_refused(closed_port: int) -> None:
     result = await probe_with_timeout("peer-a", [LOOPBACK], closed_port, 5.0)
-    assert not result.ok
+    assert result.outcome == "refused"
     assert result.address is None
     assert LOOPBACK in result.error
 
@@ -104,19 +104,19 @@ async def test_probe_refused(closed_port: int) -> None:
 async def test_probe_tries_every_address_until_one_answers(listeners: Listeners) -> None:
     port = await listeners.open()  # bound to 127.0.0.1 only: 127.0.0.2 refuses
     result = await probe_with_timeout("peer-a", ["127.0.0.2", LOOPBACK], port, 5.0)
-    assert result.ok
+    assert result.outcome == "unverified"
     assert result.address == LOOPBACK
 
 
 async def test_probe_fails_when_no_address_answers(closed_port: int) -> None:
     result = await probe_with_timeout("peer-a", ["127.0.0.2", "127.0.0.3"], closed_port, 5.0)
-    assert not result.ok
+    assert result.outcome != "unverified"
     assert "127.0.0.2" in result.error and "127.0.0.3" in result.error
 
 
 async def test_probe_without_addresses_fails() -> None:
     result = await probe_with_timeout("peer-a", [], 7946, 5.0)
-    assert not result.ok
+    assert result.outcome != "unverified"
 
 
 async def test_probe_times_out(
@@ -124,7 +124,7 @@ async def test_probe_times_out(
 ) -> None:
     start = trio.current_time()
     result = await probe_with_timeout("peer-a", [LOOPBACK], unanswering_port, TIMEOUT)
-    assert not result.ok
+    assert result.outcome != "unverified"
     assert trio.current_time() - start == pytest.approx(TIMEOUT)
     assert result.latency == pytest.approx(TIMEOUT)
     assert "timed out" in result.error
@@ -190,7 +190,7 @@ async def test_probe_now_probes_at_once(
     start = trio.current_time()
     await prober.inbox.send(ProbeNow(target("peer-a", port)))
     [(when, result)] = await prober.next_results(1)
-    assert result.ok and result.name == "peer-a"
+    assert result.outcome == "unverified" and result.name == "peer-a"
     assert when - start < 1.0  # not at the next round (60s)
     assert listeners.accepted[port] == 1
 
@@ -209,7 +209,7 @@ async def test_rounds_probe_every_target(
     for round_no in (1, 2, 3):
         got = await prober.next_results(3)
         assert sorted(r.name for _, r in got) == ["peer-a", "peer-b", "peer-c"], round_no
-        assert {r.name: r.ok for _, r in got} == {"peer-a": True, "peer-b": True, "peer-c": False}
+        assert {r.name: r.outcome == "unverified" for _, r in got} == {"peer-a": True, "peer-b": True, "peer-c": False}
         for when, _ in got:
             # rounds every interval +-10%, each probe spread over up to min(1s, interval/10)
             assert (round_no * 0.9 - 0.1) * INTERVAL <= when - start <= round_no * 1.1 * INTERVAL + 1 + TIMEOUT
@@ -236,13 +236,13 @@ async def test_probe_now_replaces_the_target(
 ) -> None:
     await prober.inbox.send(ProbeNow(target("peer-a", closed_port)))
     [(_, first)] = await prober.next_results(1)
-    assert not first.ok
+    assert first.outcome != "unverified"
     port = await listeners.open()  # the peer restarted on another port
     await prober.inbox.send(ProbeNow(target("peer-a", port)))
     [(_, second)] = await prober.next_results(1)
-    assert second.ok
+    assert second.outcome == "unverified"
     later = await prober.results_during(2.5 * INTERVAL)
-    assert [r.ok for r in later] == [True, True]
+    assert [r.outcome == "unverified" for r in later] == [True, True]
 
 
 async def test_unanswering_peer_does_not_delay_the_others(
@@ -252,8 +252,8 @@ async def test_unanswering_peer_does_not_delay_the_others(
     await prober.inbox.send(ProbeNow(target("slow", unanswering_port)))
     await prober.inbox.send(ProbeNow(target("fast", port)))
     [(t1, r1), (t2, r2)] = await prober.next_results(2)
-    assert (r1.name, r1.ok) == ("fast", True)
-    assert (r2.name, r2.ok) == ("slow", False)
+    assert (r1.name, r1.outcome == "unverified") == ("fast", True)
+    assert (r2.name, r2.outcome == "unverified") == ("slow", False)
     assert t2 - t1 == pytest.approx(TIMEOUT, abs=0.01)
 
 

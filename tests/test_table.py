@@ -74,11 +74,11 @@ def writes(actions: list[Any]) -> list[Write]:
 
 
 def ok(peer: PeerSeen = PEER) -> ProbeResult:
-    return ProbeResult(peer.name, True, 0.001, address=peer.addresses[0])
+    return ProbeResult(peer.name, "confirmed", 0.001, address=peer.addresses[0])
 
 
 def fail(peer: PeerSeen = PEER) -> ProbeResult:
-    return ProbeResult(peer.name, False, 0.7, error="timed out")
+    return ProbeResult(peer.name, "timeout", 0.7, error="timed out")
 
 
 def joined(t: PeerTable, peer: PeerSeen = PEER, now: float = 0.0) -> Put:
@@ -375,7 +375,7 @@ def test_goodbye_refuted_by_ok_probe_then_one_failed_probe_writes_nothing() -> N
     t = table()
     joined(t)
     t.on_gone(PeerGone("peer-a"), 5.0)
-    answered = ProbeResult("peer-a", True, 0.001, address="192.168.1.10", started=5.01)
+    answered = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10", started=5.01)
     assert t.on_probe(answered, 5.02) == []  # the peer restarted: still there
     assert t.on_probe(fail(), 20.0) == []  # one failed probe proves nothing
 
@@ -384,7 +384,7 @@ def test_ok_probe_started_before_the_goodbye_does_not_refute_it() -> None:
     t = table()
     put = joined(t)
     t.on_gone(PeerGone("peer-a"), 5.0)
-    late = ProbeResult("peer-a", True, 0.001, address="192.168.1.10", started=4.9)
+    late = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10", started=4.9)
     assert t.on_probe(late, 5.02) == []
     assert t.on_probe(fail(), 5.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
 

@@ -195,11 +195,11 @@ async def test_metrics_parse_and_move(web: Web) -> None:
     assert status == 200 and headers["content-type"].startswith("text/plain")
     before = samples(body)
     assert before["k3net_event_subscribers{}"] == 0
-    web.metrics.probes.labels("ok").inc(3)
+    web.metrics.probes.labels("unverified").inc(3)
     async with web.ws() as ws:
         await next_json(ws)
         after = samples((await get(web.url("/metrics")))[2])
-    assert after['k3net_probes_total{"result": "ok"}'] == 3
+    assert after['k3net_probes_total{"result": "unverified"}'] == 3
     assert after["k3net_event_subscribers{}"] == 1
 
 

@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from k3net.backoff import Backoff
 from k3net.core.nodes import PEER_ALIVE, Alive, Expired, Left, Shutdown, last_seen, render
 from k3net.core.table import Write
 from k3net.health import StoreHealth
@@ -19,7 +20,7 @@ from k3net.metrics import Metrics
 from k3net.model import Node
 from k3net.store.base import Put, Stored, StoreUnavailable, WatchEvent
 from k3net.store.memory import MemoryStore
-from k3net.tasks.writer import Backoff, Writer
+from k3net.tasks.writer import Writer
 
 SEED = 1234
 

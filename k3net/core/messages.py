@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
+
+from k3net.model import Node
 
 
 @attrs.frozen
@@ -31,16 +35,29 @@ class PeerRejected:
     detail: str = ""
 
 
+ProbeOutcome = Literal["confirmed", "wrong-node", "refused", "timeout", "unverified"]
+
+
 @attrs.frozen
 class ProbeResult:
-    """probe: one TCP connect to a peer's advertised port."""
+    """probe: what answered on a peer's advertised port.
+
+    - confirmed: an agent answered and named the probed peer (and proved the cluster key, if
+      one is set);
+    - wrong-node: an agent answered but it is another one (a shared bridge address, a reused
+      address): a failure, never evidence that the peer lives;
+    - refused: every address actively refused the connection: nothing listens there;
+    - timeout: no address answered in time;
+    - unverified: something accepted the connection but did not answer as an agent.
+    """
 
     name: str
-    ok: bool
+    outcome: ProbeOutcome
     latency: float  # seconds the probe took
     address: str | None = None  # the address that answered, if any
     error: str = ""
     started: float = 0.0  # when the probe began, on the agent's clock
+    answered_by: str | None = None  # the node that answered instead (wrong-node)
 
 
 @attrs.frozen
@@ -51,3 +68,50 @@ class Tick:
 @attrs.frozen
 class SelfHeartbeat:
     """self: this agent is alive; refresh our own Node when due."""
+
+
+# --- the store, as the watch reports it ------------------------------------------------------
+
+
+@attrs.frozen
+class Stored:
+    """A Node as the store holds it, with the version an update must name."""
+
+    node: Node
+    version: str
+
+    @property
+    def name(self) -> str:
+        return self.node.metadata.name
+
+
+@attrs.frozen
+class Snapshot:
+    """Every Node in the store at one moment."""
+
+    items: tuple[Stored, ...]
+
+
+@attrs.frozen
+class Put:
+    """A Node was created or updated."""
+
+    stored: Stored
+
+
+@attrs.frozen
+class Deleted:
+    """A Node was removed."""
+
+    name: str
+
+
+@attrs.frozen
+class Lost:
+    """The watch lost the store (down, unreachable). Until the next Snapshot, nothing is known
+    of changes: a consumer must not judge ages or liveness from its view meanwhile."""
+
+    reason: str
+
+
+WatchEvent = Snapshot | Put | Deleted | Lost

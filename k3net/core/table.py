@@ -34,7 +34,17 @@ from __future__ import annotations
 
 import attrs
 
-from k3net.core.messages import PeerGone, PeerSeen, ProbeResult
+from k3net.core.messages import (
+    Deleted,
+    Lost,
+    PeerGone,
+    PeerSeen,
+    ProbeResult,
+    Put,
+    Snapshot,
+    Stored,
+    WatchEvent,
+)
 from k3net.core.nodes import (
     AGENT_READY,
     PEER_ALIVE,
@@ -47,7 +57,6 @@ from k3net.core.nodes import (
     ordered_addresses,
 )
 from k3net.model import ANN_PID, ANN_PORT, Node
-from k3net.store.base import Deleted, Lost, Put, Snapshot, Stored, WatchEvent
 
 
 @attrs.frozen
@@ -174,7 +183,7 @@ class PeerTable:
         peer = self._peers.get(result.name)
         if peer is None:
             return []  # forgotten while the probe ran
-        if result.ok:
+        if result.outcome in ("confirmed", "unverified"):
             if peer.gone and result.started >= peer.gone_at:
                 peer.gone = False  # it answered after its goodbye: it restarted, it stays
             return self._alive(peer.name, peer.addresses, peer.port, peer.pid, PEER_ALIVE, now)

@@ -16,9 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-import attrs
-
+from k3net.core.messages import Deleted, Lost, Put, Snapshot, Stored, WatchEvent
 from k3net.model import Node
+
+__all__ = [
+    "Conflict", "Deleted", "Lost", "NotFound", "Put", "Snapshot", "Store", "StoreError",
+    "StoreUnavailable", "Stored", "WatchEvent",
+]
 
 
 class StoreError(Exception):
@@ -35,50 +39,6 @@ class Conflict(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store did not answer (down, unreachable, timed out, refused our credentials)."""
-
-
-@attrs.frozen
-class Stored:
-    """A Node as the store holds it, with the version an update must name."""
-
-    node: Node
-    version: str
-
-    @property
-    def name(self) -> str:
-        return self.node.metadata.name
-
-
-@attrs.frozen
-class Snapshot:
-    """Every Node in the store at one moment."""
-
-    items: tuple[Stored, ...]
-
-
-@attrs.frozen
-class Put:
-    """A Node was created or updated."""
-
-    stored: Stored
-
-
-@attrs.frozen
-class Deleted:
-    """A Node was removed."""
-
-    name: str
-
-
-@attrs.frozen
-class Lost:
-    """The watch lost the store (down, unreachable). Until the next Snapshot, nothing is known
-    of changes: a consumer must not judge ages or liveness from its view meanwhile."""
-
-    reason: str
-
-
-WatchEvent = Snapshot | Put | Deleted | Lost
 
 
 class Store(Protocol):

@@ -18,24 +18,34 @@ from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
 
 
+def _refused(exc: OSError) -> bool:
+    """trio reports a failed connect as an OSError caused by a group of the attempts' errors."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return all(isinstance(e, ConnectionRefusedError) for e in cause.exceptions)
+    return isinstance(exc, ConnectionRefusedError)
+
+
 async def probe_once(name: str, addresses: Sequence[str], port: int) -> ProbeResult:
     """Connect to `port` on each address in turn until one answers. The caller bounds the time
     (`with trio.move_on_after(timeout)`); a cancelled probe returns nothing."""
     start = trio.current_time()
     errors: list[str] = []
+    refused = 0
     for address in addresses:
         try:
             stream = await trio.open_tcp_stream(address, port)
         except OSError as exc:
+            refused += _refused(exc)
             errors.append(f"{address}: {exc.strerror or exc}")
             continue
         await stream.aclose()
         return ProbeResult(
-            name, True, trio.current_time() - start, address=address, started=start
+            name, "unverified", trio.current_time() - start, address=address, started=start
         )
     return ProbeResult(
-        name, False, trio.current_time() - start, error="; ".join(errors) or "no address",
-        started=start,
+        name, "refused" if addresses and refused == len(addresses) else "timeout",
+        trio.current_time() - start, error="; ".join(errors) or "no address", started=start,
     )
 
 
@@ -48,7 +58,7 @@ async def probe_with_timeout(
     with trio.move_on_after(timeout):
         return await probe_once(name, addresses, port)
     return ProbeResult(
-        name, False, timeout, error=f"timed out after {timeout:g}s", started=start
+        name, "timeout", timeout, error=f"timed out after {timeout:g}s", started=start
     )
 
 
@@ -135,7 +145,7 @@ class Prober:
                 )
         finally:
             self._inflight.discard(target.name)
-        self.metrics.probes.labels(result="ok" if result.ok else "fail").inc()
+        self.metrics.probes.labels(result=result.outcome).inc()
         self.metrics.probe_latency.observe(result.latency)
         try:
             await results.send(result)

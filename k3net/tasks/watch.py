@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import trio
 
+from k3net.backoff import DEFAULT_BACKOFF, Backoff
 from k3net.health import StoreHealth
 from k3net.store.base import Lost, Snapshot, Store, StoreUnavailable, WatchEvent
-from k3net.tasks.writer import DEFAULT_BACKOFF, Backoff
 
 log = logging.getLogger("k3net.watch")
 

@@ -17,9 +17,9 @@ import datetime as dt
 import logging
 import random
 
-import attrs
 import trio
 
+from k3net.backoff import DEFAULT_BACKOFF, Backoff
 from k3net.core.nodes import Alive, render
 from k3net.core.table import Write
 from k3net.health import StoreHealth
@@ -28,21 +28,6 @@ from k3net.store.base import Conflict, NotFound, Store, Stored, StoreUnavailable
 
 log = logging.getLogger("k3net.writer")
 
-
-@attrs.frozen
-class Backoff:
-    """Capped exponential backoff with jitter: the n-th retry waits a random time in
-    [base*2^n / 2, base*2^n], at most `cap`."""
-
-    base: float = 0.1
-    cap: float = 2.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        ceiling = min(self.cap, self.base * 2 ** min(attempt, 32))
-        return ceiling / 2 + rng.random() * ceiling / 2
-
-
-DEFAULT_BACKOFF = Backoff()
 
 # Compare-and-swap losses in a row before the writer backs off like for an outage.
 MAX_CONFLICTS = 10
