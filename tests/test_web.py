@@ -267,7 +267,9 @@ async def test_too_old_since_gets_a_snapshot(nursery: trio.Nursery) -> None:
     await web.stop()
 
 
-@pytest.mark.parametrize("query", ["?since=abc", "?since=-1", "?since="])
+@pytest.mark.parametrize(
+    "query", ["?since=abc", "?since=-1", "?since=", "?since=%C2%B2", "?since=%D9%A3"]
+)
 async def test_bad_since_closes_1008(web: Web, query: str) -> None:
     async with web.ws(query) as ws:
         with pytest.raises(ConnectionClosed) as info:

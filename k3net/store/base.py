@@ -63,8 +63,10 @@ class Store(Protocol):
         NotFound if it is gone."""
         ...
 
-    async def delete(self, name: str) -> None:
-        """Remove a Node (tests and tools; the agent never deletes). NotFound if absent."""
+    async def delete(self, name: str, version: str | None = None) -> None:
+        """Remove a Node (tools such as `k3net prune`; the agent never deletes). NotFound if
+        absent. With `version`, a compare-and-swap: Conflict if the Node changed since it was
+        read at that version, so a Node that came back to life meanwhile is never removed."""
         ...
 
     def watch(self) -> AbstractAsyncContextManager[AsyncIterator[WatchEvent]]:

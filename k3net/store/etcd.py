@@ -33,7 +33,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import aetcd
 import aetcd.exceptions
@@ -235,10 +235,7 @@ class EtcdStore:
 
     async def update(self, node: Node, version: str) -> Stored:
         name = node.metadata.name
-        try:
-            revision = int(version)
-        except ValueError:
-            raise Conflict(f"{name}: {version!r} is not an etcd revision") from None
+        revision = _revision(name, version)
         key, value = node_key(name), _value(node)
 
         def txn(c: aetcd.Client) -> Awaitable[Any]:
@@ -250,17 +247,28 @@ class EtcdStore:
 
         ok, responses = await self._conn.call(txn)
         if not ok:
-            current = responses[0] if responses else []
-            if not current:
-                raise NotFound(name)
-            _, kv = current[0]
-            raise Conflict(f"{name} is at version {kv.mod_revision}, not {version}")
+            _lost_race(name, version, responses)
         return _written(value, responses[0].response_put.header.revision)
 
-    async def delete(self, name: str) -> None:
-        deleted = await self._conn.call(lambda c: c.delete(node_key(name)))
-        if deleted is None:
-            raise NotFound(name)
+    async def delete(self, name: str, version: str | None = None) -> None:
+        key = node_key(name)
+        if version is None:
+            deleted = await self._conn.call(lambda c: c.delete(key))
+            if deleted is None:
+                raise NotFound(name)
+            return
+        revision = _revision(name, version)
+
+        def txn(c: aetcd.Client) -> Awaitable[Any]:
+            tx = c.transactions
+            return c.transaction(
+                compare=[tx.mod(key) == revision], success=[tx.delete(key)],
+                failure=[tx.get(key)],
+            )
+
+        ok, responses = await self._conn.call(txn)
+        if not ok:
+            _lost_race(name, version, responses)
 
     @asynccontextmanager
     async def watch(self) -> AsyncIterator[AsyncIterator[WatchEvent]]:
@@ -275,6 +283,22 @@ class EtcdStore:
 
     async def aclose(self) -> None:
         await self._conn.drop()
+
+
+def _revision(name: str, version: str) -> int:
+    try:
+        return int(version)
+    except ValueError:
+        raise Conflict(f"{name}: {version!r} is not an etcd revision") from None
+
+
+def _lost_race(name: str, version: str, responses: Any) -> NoReturn:
+    """A compare-and-swap transaction failed: NotFound if the key is gone, else Conflict."""
+    current = responses[0] if responses else []
+    if not current:
+        raise NotFound(name)
+    _, kv = current[0]
+    raise Conflict(f"{name} is at version {kv.mod_revision}, not {version}")
 
 
 def _valid(result: Any) -> list[Stored]:

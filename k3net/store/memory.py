@@ -89,10 +89,14 @@ class MemoryStore:
             raise Conflict(f"{node.metadata.name} is at version {current.version}, not {version}")
         return self._stored(node)
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, version: str | None = None) -> None:
         await trio.lowlevel.checkpoint()
-        if self._nodes.pop(name, None) is None:
+        current = self._nodes.get(name)
+        if current is None:
             raise NotFound(name)
+        if version is not None and current.version != version:
+            raise Conflict(f"{name} is at version {current.version}, not {version}")
+        del self._nodes[name]
         self._revision += 1
         for watcher in self._watchers:
             watcher.push(Deleted(name))

@@ -303,13 +303,24 @@ async def _update(cur: Cursor, node: Node, version: str) -> tuple[Any, ...]:
     return await _get(cur, name)
 
 
-async def _delete(cur: Cursor, name: str) -> None:
+async def _delete(cur: Cursor, name: str, version: str | None) -> None:
+    if version is None:
+        await cur.execute(
+            f"UPDATE {TABLE} SET deleted_at = %s WHERE name = %s AND {LIVE}",
+            (_db_time(_utc_now()), name),
+        )
+        if cur.rowcount == 0:
+            raise NotFound(name)
+        return
+    row = await _get(cur, name)
     await cur.execute(
-        f"UPDATE {TABLE} SET deleted_at = %s WHERE name = %s AND {LIVE}",
-        (_db_time(_utc_now()), name),
+        f"UPDATE {TABLE} SET deleted_at = %s"
+        f" WHERE id = %s AND COALESCE(resource_version, '') = %s AND {LIVE}",
+        (_db_time(_utc_now()), row[0], version),
     )
     if cur.rowcount == 0:
-        raise NotFound(name)
+        current = await _get(cur, name)  # NotFound if it went away meanwhile
+        raise Conflict(f"{name} is at version {current[4]}, not {version}")
 
 
 async def _fingerprints(cur: Cursor) -> list[tuple[Any, ...]]:
@@ -394,8 +405,8 @@ class MySQLStore:
     async def update(self, node: Node, version: str) -> Stored:
         return stored_from_row(await self._run(_update, node, version))
 
-    async def delete(self, name: str) -> None:
-        await self._run(_delete, name)
+    async def delete(self, name: str, version: str | None = None) -> None:
+        await self._run(_delete, name, version)
 
     @asynccontextmanager
     async def watch(self) -> AsyncIterator[AsyncIterator[WatchEvent]]:

@@ -80,7 +80,8 @@ def parse_events_query(query: bytes) -> tuple[int | None, str | None]:
     since: int | None = None
     if "since" in params:
         text = params["since"][-1]
-        if not text.isdigit() or len(text) > 18:
+        # ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() refuses or reads.
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise QueryError(f"bad since {text[:40]!r}: expected a non-negative integer")
         since = int(text)
     epoch = params["epoch"][-1] if "epoch" in params else None

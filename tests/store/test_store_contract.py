@@ -244,3 +244,26 @@ async def test_returned_nodes_are_private_copies(store: Store) -> None:
     got = await store.get("copy")
     assert "mutated" not in got.node.metadata.labels
     assert got.node.status.conditions
+
+
+async def test_delete_at_a_version_is_compare_and_swap(store: Store) -> None:
+    old = await store.create(make_node("stale"))
+    current = await store.update(make_node("stale", step="2"), old.version)
+    # Someone (an agent that reached it) wrote the Node since it was read: it stays.
+    with pytest.raises(Conflict):
+        await store.delete("stale", old.version)
+    assert await store.get("stale") == current
+    await store.delete("stale", current.version)
+    with pytest.raises(NotFound):
+        await store.get("stale")
+    with pytest.raises(NotFound):
+        await store.delete("stale", current.version)
+    assert await store.list() == []
+
+
+async def test_delete_at_a_version_is_seen_by_the_watch(store: Store) -> None:
+    doomed = await store.create(make_node("doomed"))
+    async with store.watch() as events:
+        assert await next_event(events) == Snapshot((doomed,))
+        await store.delete("doomed", doomed.version)
+        assert await next_event(events) == Deleted("doomed")
