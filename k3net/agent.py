@@ -32,7 +32,6 @@ import trio
 import trio_asyncio
 
 from k3net import clock, mdns
-from k3net.config import Settings
 from k3net.core.messages import (
     PeerGone,
     PeerRejected,
@@ -45,6 +44,7 @@ from k3net.core.table import Forget, JoinLatency, PeerTable, ProbeNow, SelfInfo,
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
+from k3net.settings import Settings
 from k3net.store import Store, WatchEvent, open_store
 from k3net.tasks import advertise, browse, watch
 from k3net.tasks.probe import Prober

@@ -1,32 +1,41 @@
-"""Command line: `k3net run` (the agent) and the views `nodes`, `peers`, `watch`.
+"""Command line: `k3net run` (the agent) and the commands `nodes`, `peers`, `watch`.
 
-Flags of `run` have the names and defaults of the k3 Go agent (`cmd/network`). Durations use Go
-syntax (`700ms`, `15s`, `1m30s`), booleans accept `--register-self=false`. A bad flag, value or
-config file ends the program with exit code 2 and one readable line: no traceback.
+The flags of `run` are declared once, in `k3net.settings.FLAGS` (names and defaults of the k3 Go
+agent, `cmd/network`); this module only turns that table into argparse options. Go's
+single-dash forms (`-peer-ttl 90s`, `-register-self=false`) are accepted as well. A bad flag,
+value, variable or config file ends the program with exit code 2 and one readable line: no
+traceback. Expected failures of a command (a store or agent that does not answer) are one line
+and exit code 1; a traceback is printed only for a bug.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
-import socket
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
-from k3net.config import (
-    ConfigError,
+from k3net.config import ConfigError
+from k3net.settings import (
+    FLAG_BY_NAME,
+    FLAGS,
+    Flag,
     Settings,
-    StorageConfig,
-    format_duration,
-    load_storage,
-    parse_duration,
+    describe,
+    go_flags,
+    positive_duration,
+    resolve,
 )
-from k3net.core.names import name_problem
 
 log = logging.getLogger("k3net")
+
+PRECEDENCE = """\
+Each flag can also be set by the environment variable shown (K3NET_ and the flag's name) or in
+the config file's network: section, by the flag's name. The first found wins: flag, then
+environment, then config file, then the default. Go's single-dash forms work too:
+-listen :7946, -peer-ttl 90s, -register-self=false."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,73 +43,66 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class _Version(argparse.Action):
+    """`--version`, computed only when asked for (finding the commit may run git)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version (and commit, when known) and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from k3net import version
+
+        print(f"k3net {version.describe()}")
+        parser.exit(0)
+
+
+def _arg_type(flag: Flag) -> Callable[[str], Any]:
+    """The flag's parser, with argparse's error type, so the error names the flag."""
+    parse: Callable[[str], Any] = str if flag.repeat else flag.parse
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = flag.name  # argparse names the type in some messages
+    return convert
+
+
 def _duration(text: str) -> float:
     try:
-        seconds = parse_duration(text)
+        return positive_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"duration must be more than 0: {text!r}")
-    return seconds
 
 
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "t", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "f", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (use true or false)")
+def _help(flag: Flag) -> str:
+    default = flag.default if flag.default is not None else flag.derived or "none"
+    env = ", ".join(f"${name}" for name in (flag.env, *flag.legacy_env))
+    return f"{flag.help} (default: {default}; env {env})".replace("%", "%%")
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """`:7946`, `127.0.0.1:7946`, `[::1]:7946` as (host, port); host "" means every address."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise argparse.ArgumentTypeError(f"invalid listen address {text!r} (use HOST:PORT or :PORT)")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid IPv6 address in {text!r}") from None
-    elif ":" in host:
-        # As Go's net.SplitHostPort: an IPv6 host needs brackets, `[::1]:7946`.
-        raise argparse.ArgumentTypeError(f"IPv6 address needs brackets in {text!r} (use [::1]:PORT)")
-    return host, port
-
-
-def _default_node_name() -> str:
-    return os.environ.get("NODE_NAME") or socket.gethostname().lower()
-
-
-def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        default=os.environ.get("CONFIG_PATH"),
-        metavar="PATH",
-        help="k3 YAML config; only its storage: section is read (default: $CONFIG_PATH, "
-        "else the embedded memory store)",
-    )
-
-
-def _add_mdns(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--service", default="_k3._tcp", help="DNS-SD service type (default: %(default)s)")
-    parser.add_argument("--domain", default="local.", help="mDNS domain (default: %(default)s)")
-    parser.add_argument(
-        "--interface",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="network interface for mDNS; repeat for several (default: every multicast-capable one)",
-    )
+def add_flag(parser: argparse.ArgumentParser, name: str, **overrides: Any) -> None:
+    """Add the flag declared in `k3net.settings.FLAGS` as `--name` to `parser`. Absent flags
+    are absent from the namespace (SUPPRESS), so that the environment and config can fill in."""
+    flag = FLAG_BY_NAME[name]
+    kwargs: dict[str, Any] = {
+        "default": argparse.SUPPRESS, "metavar": flag.metavar, "help": _help(flag),
+        "type": _arg_type(flag), "dest": flag.dest,
+    }
+    if flag.repeat:
+        kwargs["action"] = "append"
+    if flag.boolean:
+        kwargs.update(nargs="?", const=True)
+    kwargs.update(overrides)
+    parser.add_argument(f"--{name}", **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="k3net", description="LAN node-discovery agent for k3.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -109,52 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the agent",
         description="Advertise this node over mDNS, discover and probe the other agents, and keep "
         "a v1/Node per machine in the k3 store.",
+        epilog=PRECEDENCE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_config(run)
-    run.add_argument(
-        "--listen", default=":7946", type=parse_listen, metavar="ADDR",
-        help="HTTP listener (/healthz /readyz /info /nodes /metrics /events); its port is the "
-        "one advertised over mDNS and probed by peers (default: %(default)s)",
-    )
-    _add_mdns(run)
-    run.add_argument(
-        "--node-name", default=None, metavar="NAME",
-        help="this node's name (default: $NODE_NAME, else the host name)",
-    )
-    run.add_argument(
-        "--peer-ttl", default="90s", type=_duration, metavar="DUR",
-        help="a peer no agent reached for this long is no longer Ready (default: %(default)s)",
-    )
-    run.add_argument(
-        "--probe-interval", default=None, type=_duration, metavar="DUR",
-        help="how often every peer is probed (default: peer-ttl/6)",
-    )
-    run.add_argument(
-        "--probe-timeout", default="700ms", type=_duration, metavar="DUR",
-        help="a probe that takes longer failed (default: %(default)s)",
-    )
-    run.add_argument(
-        "--register-self", default=True, type=_bool, nargs="?", const=True, metavar="BOOL",
-        help="also keep a Node for this machine (default: true)",
-    )
-    run.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
-        help="(default: %(default)s)",
-    )
-    run.add_argument(
-        "--log-format", default="text", choices=["text", "json"], help="(default: %(default)s)"
-    )
+    for flag in FLAGS:
+        add_flag(run, flag.name)
 
     nodes = sub.add_parser("nodes", help="list the Nodes in the store, like kubectl get nodes")
-    _add_config(nodes)
+    add_flag(nodes, "config")
     nodes.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table")
 
     peers = sub.add_parser("peers", help="browse the LAN once and list the agents found")
-    _add_mdns(peers)
+    for name in ("service", "domain", "interface"):
+        add_flag(peers, name)
     peers.add_argument("--timeout", default="3s", type=_duration, metavar="DUR",
                        help="how long to browse (default: %(default)s)")
-    peers.add_argument("--probe-timeout", default="700ms", type=_duration, metavar="DUR",
-                       help="(default: %(default)s)")
+    add_flag(peers, "probe-timeout")
     peers.add_argument("--json", action="store_true", help="print JSON")
 
     watch = sub.add_parser("watch", help="follow an agent's /events stream")
@@ -164,77 +136,111 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _storage(path: str | None) -> StorageConfig:
+# Names Go's flag package would take with one dash: `-peer-ttl`, `-help`, `-version`.
+_LONG_NAMES = {flag.name for flag in FLAGS} | {"help", "version"}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    return build_parser().parse_args(go_flags(argv, _LONG_NAMES))
+
+
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The `run` flags present on the command line, by flag name."""
+    given = {flag.name: getattr(args, flag.dest) for flag in FLAGS if hasattr(args, flag.dest)}
+    if "interface" in given:
+        given["interface"] = tuple(given["interface"])
+    return given
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: dict[str, str] | None = None
+) -> Settings:
+    """The run settings; ConfigError (one line) if a value or the config file is unusable."""
+    return resolve(given_flags(args), os.environ if environ is None else environ)
+
+
+def _value(args: argparse.Namespace, name: str) -> Any:
+    """A flag of a command other than `run`: the command line, else the environment, else the
+    default (the config file's network: section is the agent's)."""
+    flag = FLAG_BY_NAME[name]
+    if hasattr(args, flag.dest):
+        value = getattr(args, flag.dest)
+        return tuple(value) if flag.repeat else value
+    for env in (flag.env, *flag.legacy_env):
+        if os.environ.get(env):
+            try:
+                return flag.parse(os.environ[env])
+            except ValueError as exc:
+                raise ConfigError(f"{env}: {exc}") from None
+    return flag.default_value()
+
+
+def _storage(path: str | None) -> Any:
+    from k3net.config import StorageConfig, load_storage
+
     return load_storage(path) if path else StorageConfig()
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The run settings; ConfigError (one line) if a value or the config file is unusable."""
-    node_name = args.node_name if args.node_name is not None else _default_node_name()
-    problem = name_problem(node_name)
-    if problem:
-        raise ConfigError(f"--node-name {node_name!r}: {problem}")
-    probe_interval = args.probe_interval or args.peer_ttl / 6
-    host, port = args.listen
-    return Settings(
-        node_name=node_name,
-        listen_host=host,
-        listen_port=port,
-        service=args.service,
-        domain=args.domain,
-        peer_ttl=args.peer_ttl,
-        probe_interval=probe_interval,
-        probe_timeout=args.probe_timeout,
-        register_self=args.register_self,
-        interfaces=tuple(args.interface),
-        storage=_storage(args.config),
-        config_path=args.config,
+def _run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    from k3net import mdns
+
+    try:
+        mdns.choose_interfaces(settings.interfaces, mdns.list_interfaces())
+    except mdns.MdnsError as exc:
+        raise ConfigError(str(exc)) from None
+    from k3net.logs import configure
+
+    configure(settings.log_level, settings.log_format)
+    from k3net.agent import main as agent_main
+
+    log.info("k3net %s", describe(settings))
+    return agent_main(settings)
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    from k3net.views import nodes_main
+
+    return nodes_main(_storage(_value(args, "config")), args.output)
+
+
+def _peers(args: argparse.Namespace) -> int:
+    from k3net.peers import main as peers_main
+
+    return peers_main(
+        service=_value(args, "service"), domain=_value(args, "domain"),
+        interfaces=_value(args, "interface"), timeout=args.timeout,
+        probe_timeout=_value(args, "probe-timeout"), as_json=args.json,
     )
 
 
-def setup_logging(level: str, fmt: str) -> None:
-    from k3net.logs import configure
+def _watch(args: argparse.Namespace) -> int:
+    from k3net.views import watch_main
 
-    configure(level, fmt)
+    return watch_main(args.url, args.json)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run, "nodes": _nodes, "peers": _peers, "watch": _watch,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     prog = f"k3net {args.command}"
+    status = 0
     try:
-        if args.command == "run":
-            settings = settings_from_args(args)
-            from k3net import mdns
+        status = COMMANDS[args.command](args)
+    except* ConfigError as group:
+        for exc in _leaves(group):
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+        status = 2
+    except* KeyboardInterrupt:
+        status = 130
+    return status
 
-            try:
-                mdns.choose_interfaces(settings.interfaces, mdns.list_interfaces())
-            except mdns.MdnsError as exc:
-                raise ConfigError(str(exc)) from None
-            setup_logging(args.log_level, args.log_format)
-            from k3net.agent import main as agent_main
 
-            log.info(
-                "k3net %s on port %d, store %s, peer-ttl %s, probe every %s",
-                settings.node_name, settings.listen_port, settings.storage.type,
-                format_duration(settings.peer_ttl), format_duration(settings.probe_interval),
-            )
-            return agent_main(settings)
-        if args.command == "nodes":
-            from k3net.views import nodes_main
-
-            return nodes_main(_storage(args.config), args.output)
-        if args.command == "peers":
-            from k3net.peers import main as peers_main
-
-            return peers_main(
-                service=args.service, domain=args.domain, interfaces=tuple(args.interface),
-                timeout=args.timeout, probe_timeout=args.probe_timeout, as_json=args.json,
-            )
-        from k3net.views import watch_main
-
-        return watch_main(args.url, args.json)
-    except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

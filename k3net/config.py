@@ -1,6 +1,5 @@
-"""Run settings and the k3 YAML config file.
-
-Only the `storage:` section of a k3 config matters to k3net; other sections belong to the Go
+"""The k3 YAML config file: its `storage:` section, shared with the Go components. (k3net's own
+`network:` section and the run settings are in `k3net.settings`.) Other sections belong to the Go
 components that share the file and are ignored. Every knob below says what it is for and why
 its default is what it is.
 """
@@ -219,37 +218,3 @@ def load_storage(path: str | Path) -> StorageConfig:
         etcd=_etcd(_section(storage, "etcd", "storage", path), path),
         mysql=_mysql(_section(storage, "mysql", "storage", path), path),
     )
-
-
-# --- the agent's settings -------------------------------------------------------------------
-
-
-@attrs.frozen
-class Settings:
-    """Everything `k3net run` needs, after flags, environment and config file are read."""
-
-    # This node's name: the mDNS instance name and the Node's metadata.name.
-    node_name: str
-    # HTTP listener; its port is also the one advertised over mDNS and probed by peers.
-    listen_host: str = ""
-    listen_port: int = 7946
-    # DNS-SD service type and mDNS domain, as the Go agent.
-    service: str = "_k3._tcp"
-    domain: str = "local."
-    # A peer nobody has reached for this long is no longer Ready (Unknown/PeerExpired).
-    peer_ttl: float = 90.0
-    # How often every known peer is probed; peer_ttl/6 gives about six chances per TTL.
-    probe_interval: float = 15.0
-    # A probe that takes longer than this failed. 700ms is far above LAN round trips.
-    probe_timeout: float = 0.7
-    # Also keep a Node for this machine, heartbeated by this agent.
-    register_self: bool = True
-    # Interface names to advertise and browse on; empty means every multicast-capable one.
-    interfaces: tuple[str, ...] = ()
-    storage: StorageConfig = StorageConfig()
-    config_path: str | None = None
-
-    @property
-    def refresh_interval(self) -> float:
-        """lastSeen is refreshed at most this often per node, by all agents together."""
-        return self.peer_ttl / 3

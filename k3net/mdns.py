@@ -28,9 +28,9 @@ from trio_asyncio import aio_as_trio
 from zeroconf import ServiceInfo, Zeroconf
 from zeroconf.asyncio import AsyncZeroconf
 
-from k3net.config import Settings
 from k3net.core.messages import PeerRejected, PeerSeen
 from k3net.core.records import link_local_v6, peer_from_record
+from k3net.settings import Settings
 
 # Linux interface flags (include/uapi/linux/if.h), as in /sys/class/net/<name>/flags.
 _IFF_UP = 0x1

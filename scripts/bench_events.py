@@ -27,11 +27,11 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from k3net.config import Settings
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.model import LABEL_MANAGED, Node, NodeAddress, NodeCondition, NodeStatus, ObjectMeta
+from k3net.settings import Settings
 from k3net.store.memory import MemoryStore
 from k3net.web import serve
 from k3net.web.app import AppState, make_app

@@ -35,8 +35,8 @@ import trio_asyncio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from k3net import clock, mdns, peers  # noqa: E402
-from k3net.config import Settings  # noqa: E402
 from k3net.metrics import Metrics  # noqa: E402
+from k3net.settings import Settings  # noqa: E402
 from k3net.tasks import advertise, browse  # noqa: E402
 
 

@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 
 from k3net import cli
-from k3net.config import ConfigError, Settings
+from k3net.config import ConfigError
+from k3net.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NODE_NAME", raising=False)
-    monkeypatch.delenv("CONFIG_PATH", raising=False)
+    for name in list(os.environ):
+        if name in ("NODE_NAME", "CONFIG_PATH") or name.startswith("K3NET_"):
+            monkeypatch.delenv(name)
 
 
 def settings(*argv: str) -> Settings:
@@ -57,8 +59,7 @@ def test_defaults_match_the_go_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.interfaces == ()
     assert s.storage.type == "memory"
     assert s.config_path is None
-    args = cli.build_parser().parse_args(["run"])
-    assert (args.log_level, args.log_format) == ("info", "text")
+    assert (s.log_level, s.log_format) == ("info", "text")
 
 
 @pytest.mark.parametrize(
@@ -110,7 +111,7 @@ def test_run_flags(
     ],
 )
 def test_logging_flags(argv: list[str], attr: str, value: str) -> None:
-    assert getattr(cli.build_parser().parse_args(["run", *argv]), attr) == value
+    assert getattr(settings("--node-name=n1", *argv), attr) == value
 
 
 BAD_FLAGS = [

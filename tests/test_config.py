@@ -10,7 +10,6 @@ from k3net.config import (
     ConfigError,
     EtcdConfig,
     MySQLConfig,
-    Settings,
     StorageConfig,
     format_duration,
     load_storage,
@@ -252,8 +251,3 @@ storage:
 def test_numeric_mysql_password_is_text(tmp_path: Path) -> None:
     path = write(tmp_path, "storage:\n  type: mysql\n  mysql:\n    password: 1234\n")
     assert load_storage(path).mysql.password == "1234"
-
-
-def test_refresh_interval_is_a_third_of_the_peer_ttl() -> None:
-    assert Settings(node_name="a", peer_ttl=90.0).refresh_interval == pytest.approx(30.0)
-    assert Settings(node_name="a", peer_ttl=12.0).refresh_interval == pytest.approx(4.0)

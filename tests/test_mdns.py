@@ -18,11 +18,11 @@ import pytest
 from zeroconf import ServiceInfo
 
 from k3net import mdns
-from k3net.config import Settings
 from k3net.core import records
 from k3net.core.messages import PeerRejected, PeerSeen, ProbeResult
 from k3net.core.names import MAX_TXT_VALUE
 from k3net.peers import PeerInfo, format_peers
+from k3net.settings import Settings
 from tests.netns import Host, Lan, LoopbackHost
 
 TYPE = "_k3._tcp.local."

@@ -18,11 +18,11 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
 
-from k3net.config import Settings
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.model import Node
+from k3net.settings import Settings
 from k3net.store.base import StoreUnavailable
 from k3net.store.memory import MemoryStore
 from k3net.web import serve

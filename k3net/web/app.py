@@ -30,11 +30,11 @@ import attrs
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from k3net.config import Settings
 from k3net.convert import format_time, node_list
 from k3net.events import EventHub, Subscription
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
+from k3net.settings import Settings
 from k3net.store.base import Store, StoreError
 
 Scope = dict[str, Any]

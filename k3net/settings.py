@@ -1,0 +1,351 @@
+"""Run settings of `k3net run`: every flag declared once, with its default, its help and its
+environment variable; the command line, `k3net run --help` and `Settings` all read this table.
+
+Where a value comes from, first found wins:
+
+    1. the flag              --peer-ttl 30s      (Go's single-dash forms too: -peer-ttl 30s)
+    2. the environment       K3NET_PEER_TTL=30s  (every flag: K3NET_ + name in upper case, _ for -)
+    3. the config file       network: {peer-ttl: 30s}   (a k3net-only section of the k3 YAML,
+                                                          ignored by the Go components)
+    4. the default           90s
+
+The Go agent's own variables are kept: `NODE_NAME` (after K3NET_NODE_NAME) and `CONFIG_PATH`
+(after K3NET_CONFIG). A value that cannot be used is a `ConfigError` naming where it came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from k3net.config import (
+    ConfigError,
+    StorageConfig,
+    format_duration,
+    load_storage,
+    parse_duration,
+)
+from k3net.core.names import name_problem
+
+# --- value parsers: text in, value out, ValueError with a readable message ----------------------
+
+
+def positive_duration(text: str) -> float:
+    """A Go duration (`700ms`, `15s`, `1m30s`) that is more than zero, in seconds."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"duration must be more than 0: {text!r}")
+    return seconds
+
+
+def duration_or_off(text: str) -> float:
+    """A Go duration, or `0`/`off` for "never" (returned as 0.0)."""
+    if text.strip().lower() in ("0", "off", "false", "never"):
+        return 0.0
+    return positive_duration(text)
+
+
+def parse_bool(text: str) -> bool:
+    """Go's strconv.ParseBool, plus yes/no/on/off."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "t", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "f", "false", "no", "off"):
+        return False
+    raise ValueError(f"invalid boolean {text!r} (use true or false)")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`:7946`, `127.0.0.1:7946`, `[::1]:7946` as (host, port); host "" means every address."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"invalid listen address {text!r} (use HOST:PORT or :PORT)")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address in {text!r}") from None
+    elif ":" in host:
+        # As Go's net.SplitHostPort: an IPv6 host needs brackets, `[::1]:7946`.
+        raise ValueError(f"IPv6 address needs brackets in {text!r} (use [::1]:PORT)")
+    return host, port
+
+
+def node_name(text: str) -> str:
+    problem = name_problem(text)
+    if problem:
+        raise ValueError(f"{text!r}: {problem}")
+    return text
+
+
+def _interfaces(text: str) -> tuple[str, ...]:
+    """From the environment or the config file: names separated by commas or spaces."""
+    return tuple(part for part in text.replace(",", " ").split() if part)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"invalid choice {text!r} (use {', '.join(allowed)})")
+        return value
+
+    return parse
+
+
+# --- the flags ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Flag:
+    """One `k3net run` flag. `default` is the value as a user writes it (shown by --help);
+    `parse` turns text into the value `Settings` holds. `None` as default means "derived"
+    (`derived` says from what) or "none"."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    metavar: str | None = None
+    derived: str | None = None
+    # Several values: the flag repeats; the environment and config take a comma-separated list.
+    repeat: bool = False
+    # Boolean flags: given alone (`--register-self`, Go's `-register-self`) they mean true.
+    boolean: bool = False
+    # Older variables still read after K3NET_<FLAG> (the Go agent's own).
+    legacy_env: tuple[str, ...] = ()
+    # Not settable from the config file (the config file itself).
+    in_file: bool = True
+
+    @property
+    def env(self) -> str:
+        return "K3NET_" + self.name.upper().replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    def default_value(self) -> Any:
+        if self.default is None:
+            return () if self.repeat else None
+        return self.parse(self.default)
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("config", str, None, in_file=False, metavar="PATH", legacy_env=("CONFIG_PATH",),
+         derived="the embedded memory store",
+         help="k3 YAML config: its storage: section (the Go components' store) and k3net's own "
+         "network: section (any flag below, by name)"),
+    Flag("listen", parse_listen, ":7946", metavar="ADDR",
+         help="HTTP listener (/healthz /livez /readyz /info /nodes /metrics /events); its port is "
+         "the one advertised over mDNS and probed by peers"),
+    Flag("service", str, "_k3._tcp", metavar="NAME", help="DNS-SD service type"),
+    Flag("domain", str, "local.", metavar="NAME", help="mDNS domain"),
+    Flag("interface", _interfaces, None, metavar="NAME", repeat=True,
+         derived="every multicast-capable one",
+         help="network interface for mDNS; repeat for several"),
+    Flag("node-name", node_name, None, metavar="NAME", legacy_env=("NODE_NAME",),
+         derived="the host name", help="this node's name (mDNS instance and Node name)"),
+    Flag("peer-ttl", positive_duration, "90s", metavar="DUR",
+         help="a peer no agent reached for this long is no longer Ready"),
+    Flag("probe-interval", positive_duration, None, metavar="DUR", derived="peer-ttl/6",
+         help="how often every peer is probed"),
+    Flag("probe-timeout", positive_duration, "700ms", metavar="DUR",
+         help="a probe that takes longer failed"),
+    Flag("register-self", parse_bool, "true", metavar="BOOL", boolean=True,
+         help="also keep a Node for this machine"),
+    Flag("log-level", _choice("debug", "info", "warning", "error"), "info", metavar="LEVEL",
+         help="debug, info, warning or error"),
+    Flag("log-format", _choice("text", "json"), "text", metavar="FORMAT",
+         help="text for people, json (one object per line) for collectors"),
+)
+FLAG_BY_NAME = {flag.name: flag for flag in FLAGS}
+
+
+def default(name: str) -> Any:
+    """The default value of a flag, parsed: the one place the defaults are written."""
+    return FLAG_BY_NAME[name].default_value()
+
+
+# --- the settings -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Settings:
+    """Everything `k3net run` needs, after flags, environment and config file are read. The
+    defaults are the flags' (see FLAGS, where each one is explained)."""
+
+    # This node's name: the mDNS instance name and the Node's metadata.name.
+    node_name: str
+    # HTTP listener; its port is also the one advertised over mDNS and probed by peers.
+    listen_host: str = default("listen")[0]
+    listen_port: int = default("listen")[1]
+    # DNS-SD service type and mDNS domain, as the Go agent.
+    service: str = default("service")
+    domain: str = default("domain")
+    # A peer nobody has reached for this long is no longer Ready (Unknown/PeerExpired).
+    peer_ttl: float = default("peer-ttl")
+    # How often every known peer is probed; peer_ttl/6 gives about six chances per TTL.
+    probe_interval: float = default("peer-ttl") / 6
+    # A probe that takes longer than this failed. 700ms is far above LAN round trips.
+    probe_timeout: float = default("probe-timeout")
+    # Also keep a Node for this machine, heartbeated by this agent.
+    register_self: bool = default("register-self")
+    # Interface names to advertise and browse on; empty means every multicast-capable one.
+    interfaces: tuple[str, ...] = ()
+    storage: StorageConfig = StorageConfig()
+    config_path: str | None = None
+    log_level: str = default("log-level")
+    log_format: str = default("log-format")
+
+    @property
+    def refresh_interval(self) -> float:
+        """lastSeen is refreshed at most this often per node, by all agents together."""
+        return self.peer_ttl / 3
+
+
+# --- resolving: flag > environment > config file > default --------------------------------------
+
+
+def _file_text(value: Any, flag: Flag, where: str) -> str:
+    """A YAML value as the text a flag takes: `true`, `90`, [eth0, eth1] are fine too."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) and flag.parse in (positive_duration, duration_or_off):
+        return f"{value}s"  # a bare number in the file is seconds, as elsewhere in the config
+    if isinstance(value, list) and flag.repeat:
+        return ",".join(str(v) for v in value)
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise ConfigError(f"{where}: expected a single value, got {value!r}")
+
+
+def network_section(path: str) -> dict[str, Any]:
+    """The `network:` section of a k3 config file, keys as flag names (`peer-ttl`, `peer_ttl`
+    and `PEER_TTL` all name --peer-ttl). Call after `load_storage` has found the file readable."""
+    import yaml  # only with a config file: keeps the start quick without one
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    section = data.get("network") if isinstance(data, dict) else None
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: network: expected a mapping, got {section!r}")
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        name = str(key).lower().replace("_", "-")
+        flag = FLAG_BY_NAME.get(name)
+        if flag is None or not flag.in_file:
+            known = ", ".join(f.name for f in FLAGS if f.in_file)
+            raise ConfigError(f"{path}: network.{key}: unknown setting (known: {known})")
+        if value is None or value == "":
+            continue  # empty means the default, as the Go loader reads it
+        out[name] = _file_text(value, flag, f"{path}: network.{key}")
+    return out
+
+
+def _parse(flag: Flag, text: str, where: str) -> Any:
+    try:
+        return flag.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def resolve(
+    given: Mapping[str, Any],
+    environ: Mapping[str, str],
+    hostname: Callable[[], str] = socket.gethostname,
+) -> Settings:
+    """Settings from the flags given on the command line (`given`: flag name -> parsed value,
+    only those present), the environment and the config file. ConfigError (one line, naming
+    the flag, variable or file) if a value is unusable."""
+    values: dict[str, Any] = {}
+    config_path = _config_path(given, environ)
+    # load_storage first: its errors name the file's problem best (missing, bad YAML).
+    storage = load_storage(config_path) if config_path else StorageConfig()
+    file_values = network_section(config_path) if config_path else {}
+    for flag in FLAGS:
+        if flag.name == "config":
+            continue
+        if flag.name in given:
+            values[flag.name] = given[flag.name]
+            continue
+        env_name = next((n for n in (flag.env, *flag.legacy_env) if environ.get(n)), None)
+        if env_name is not None:
+            values[flag.name] = _parse(flag, environ[env_name], env_name)
+        elif flag.name in file_values:
+            where = f"{config_path}: network.{flag.name}"
+            values[flag.name] = _parse(flag, file_values[flag.name], where)
+        else:
+            values[flag.name] = flag.default_value()
+    if values["node-name"] is None:
+        values["node-name"] = _parse(FLAG_BY_NAME["node-name"], hostname().lower(), "host name")
+    peer_ttl = values["peer-ttl"]
+    host, port = values["listen"]
+    return Settings(
+        node_name=values["node-name"],
+        listen_host=host,
+        listen_port=port,
+        service=values["service"],
+        domain=values["domain"],
+        peer_ttl=peer_ttl,
+        probe_interval=values["probe-interval"] or peer_ttl / 6,
+        probe_timeout=values["probe-timeout"],
+        register_self=values["register-self"],
+        interfaces=tuple(values["interface"]),
+        storage=storage,
+        config_path=config_path,
+        log_level=values["log-level"],
+        log_format=values["log-format"],
+    )
+
+
+def _config_path(given: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:
+    if given.get("config"):
+        return str(given["config"])
+    flag = FLAG_BY_NAME["config"]
+    for name in (flag.env, *flag.legacy_env):
+        if environ.get(name):
+            return environ[name]
+    return None
+
+
+def describe(settings: Settings) -> str:
+    """One log line's worth: what the agent runs with."""
+    return (
+        f"{settings.node_name} on port {settings.listen_port}, store {settings.storage.type}, "
+        f"peer-ttl {format_duration(settings.peer_ttl)}, "
+        f"probe every {format_duration(settings.probe_interval)}"
+    )
+
+
+# --- Go's flag syntax ---------------------------------------------------------------------------
+
+
+def go_flags(argv: Sequence[str], long_names: set[str]) -> list[str]:
+    """Go's flag package takes `-peer-ttl 90s` and `-register-self=false` with one dash; argparse
+    would read `-peer-ttl` as `-p eer-ttl`. Rewrite a single-dash word that names a long flag
+    (before a lone `--`) to its double-dash form, so a Go agent's command line runs unchanged."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+            name = arg[1:].split("=", 1)[0]
+            if name in long_names:
+                arg = "-" + arg
+        out.append(arg)
+    return out
