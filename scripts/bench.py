@@ -2,8 +2,8 @@
 
     nox -s bench -- [--peers 50 200 500] [--out results/bench.json]
 
-For each P: a fresh LAN (tests.netns.Lan) of 1 + --helpers hosts. Host 0 runs `k3net run` on
-its memory store at the default timings (peer-ttl 90s, probes every 15s). Each other host runs
+For each P: a fresh LAN (k3net.harness.netns.Lan) of 1 + --helpers hosts. Host 0 runs
+`k3net run` on its memory store at the default timings (peer-ttl 90s, probes every 15s). Each other host runs
 one helper process (sim/peers.py) that announces P/helpers peers with AsyncZeroconf, each a
 service with its own live TCP listener (same address, different ports), as real agents would.
 
@@ -33,10 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-from sim.common import (  # noqa: E402
+from sim.common import (
     Interrupted,
     begin_run,
     by_label,
@@ -51,11 +48,12 @@ from sim.common import (  # noqa: E402
     summary,
     write_json,
 )
-from sim.store_watch import AgentNodesReader, StoreWatcher  # noqa: E402
+from sim.store_watch import AgentNodesReader, StoreWatcher
 
-from tests.agents import AgentProc  # noqa: E402
-from tests.netns import Lan  # noqa: E402
+from k3net.harness.agents import AgentProc
+from k3net.harness.netns import Lan
 
+ROOT = Path(__file__).resolve().parents[1]
 SUBNET = "10.78.0.0/24"
 PORT = 7946
 FIRST_PEER_PORT = 20000

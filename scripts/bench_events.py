@@ -25,8 +25,6 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics

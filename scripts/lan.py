@@ -2,8 +2,8 @@
 
     nox -s lan -- --hosts 5 --store etcd --scenario all [--out results/lan.json]
 
-Builds an N-host LAN from network namespaces (tests.netns.Lan: a bridge in a namespace of its
-own, a veth per host, private 10.x addresses only inside the namespaces, multicast on), runs one
+Builds an N-host LAN from network namespaces (k3net.harness.netns.Lan: a bridge in a namespace
+of its own, a veth per host, private 10.x addresses only inside the namespaces, multicast on), runs one
 `k3net run` per host against ONE shared store reachable from every host (sim/stores.py), runs
 the scenarios, prints a table and writes JSON. Every namespace, link and process it made is
 removed at the end, also on failure, SIGINT or SIGTERM.
@@ -45,10 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-from sim.common import (  # noqa: E402
+from sim.common import (
     Interrupted,
     begin_run,
     by_label,
@@ -62,12 +59,13 @@ from sim.common import (  # noqa: E402
     wall_to_mono,
     write_json,
 )
-from sim.store_watch import State, StoreWatcher, status_flips  # noqa: E402
-from sim.stores import SimStore  # noqa: E402
+from sim.store_watch import State, StoreWatcher, status_flips
+from sim.stores import SimStore
 
-from tests.agents import AgentProc  # noqa: E402
-from tests.netns import Lan  # noqa: E402
+from k3net.harness.agents import AgentProc
+from k3net.harness.netns import Lan
 
+ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ["floor", "join", "leave", "crash", "linkcut", "restart", "outage", "steady"]
 SUBNET = "10.77.0.0/24"
 PORT = 7946

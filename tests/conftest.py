@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import netns
-from tests.agents import AgentProc
+from k3net.harness import netns
+from k3net.harness.agents import AgentFactory
 
 REQUIRE_SERVICES = os.environ.get("K3NET_REQUIRE_SERVICES") == "1"
 
@@ -38,22 +38,6 @@ def netns_ok() -> None:
 def etcd_ok() -> None:
     require(shutil.which("etcd") is not None and shutil.which("etcdctl") is not None,
             "needs etcd and etcdctl (Debian etcd-server, etcd-client)")
-
-
-class AgentFactory:
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.agents: list[AgentProc] = []
-
-    def start(self, host: netns.Host, name: str, *args: str, port: int = 7946,
-              config: Path | None = None) -> AgentProc:
-        agent = AgentProc(host, name, port, self.log_dir, *args, config=config)
-        self.agents.append(agent)
-        return agent
-
-    def close(self) -> None:
-        for agent in self.agents:
-            agent.close()
 
 
 @pytest.fixture

@@ -26,18 +26,15 @@ import json
 import signal
 import sys
 import time
-from pathlib import Path
 
 import attrs
 import trio
 import trio_asyncio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from k3net import clock, mdns, peers  # noqa: E402
-from k3net.metrics import Metrics  # noqa: E402
-from k3net.settings import Settings  # noqa: E402
-from k3net.tasks import advertise, browse  # noqa: E402
+from k3net import clock, mdns, peers
+from k3net.metrics import Metrics
+from k3net.settings import Settings
+from k3net.tasks import advertise, browse
 
 
 def emit(event: str, **fields: object) -> None:

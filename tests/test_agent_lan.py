@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tests.agents import AgentProc, ready
-from tests.netns import Lan
-from tests.nsclient import wait_for
+from k3net.harness.agents import AgentProc, ready
+from k3net.harness.netns import Lan
+from k3net.harness.nsclient import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from tests.agents import ready
+from k3net.harness.agents import ready
+from k3net.harness.netns import Lan, LoopbackHost
+from k3net.harness.nsclient import wait_for
+from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
+from k3net.harness.services import EtcdServer, MariaDBServer
 from tests.conftest import require
-from tests.netns import Lan, LoopbackHost
-from tests.nsclient import wait_for
-from tests.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
-from tests.services import EtcdServer, MariaDBServer
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok", "etcd_ok")]
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.netns import LoopbackHost
-from tests.nsclient import wait_for
-from tests.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
-from tests.services import EtcdServer
+from k3net.harness.netns import LoopbackHost
+from k3net.harness.nsclient import wait_for
+from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
+from k3net.harness.services import EtcdServer
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 

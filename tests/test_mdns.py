@@ -1,5 +1,5 @@
 """mDNS: the pure entry -> PeerSeen/PeerRejected rules, and real processes advertising and
-browsing inside network namespaces (tests/netns.py; never on the machine's interfaces)."""
+browsing inside network namespaces (k3net/harness/netns.py; never on the machine's interfaces)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from k3net import mdns
 from k3net.core import records
 from k3net.core.messages import PeerRejected, PeerSeen, ProbeResult
 from k3net.core.names import MAX_TXT_VALUE
+from k3net.harness.netns import Host, Lan, LoopbackHost
 from k3net.peers import PeerInfo, format_peers
 from k3net.settings import Settings
-from tests.netns import Host, Lan, LoopbackHost
 
 TYPE = "_k3._tcp.local."
 

@@ -1,5 +1,5 @@
 """Shared by scripts/lan.py and scripts/bench.py: signals, statistics, tables, agent logs and
-metrics, and the path set-up that lets the scripts import tests.netns and friends."""
+metrics. The namespaces, agents and servers themselves are in k3net.harness."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def require_root() -> None:
 def begin_run(prefix: str) -> Path:
     """What every simulation does first: check for root, remove the namespaces of dead runs,
     make SIGINT/SIGTERM clean up, and return a fresh work directory."""
-    from tests.netns import remove_leftovers
+    from k3net.harness.netns import remove_leftovers
 
     require_root()
     removed = remove_leftovers()

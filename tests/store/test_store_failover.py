@@ -7,9 +7,9 @@ import pytest
 import trio
 
 from k3net.config import EtcdConfig
+from k3net.harness.services import free_port
 from k3net.store.base import StoreUnavailable
 from k3net.store.etcd import EtcdStore
-from tests.services import free_port
 from tests.store.conftest import RawEtcd
 from tests.store.test_store_contract import make_node
 

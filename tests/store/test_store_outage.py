@@ -17,6 +17,8 @@ import pytest
 import trio
 
 from k3net.config import EtcdConfig, MySQLConfig
+from k3net.harness import services
+from k3net.harness.services import EtcdServer, MariaDBServer, free_port
 from k3net.store.base import (
     Deleted,
     Lost,
@@ -29,8 +31,6 @@ from k3net.store.base import (
 )
 from k3net.store.etcd import EtcdStore
 from k3net.store.mysql import MySQLStore
-from tests import services
-from tests.services import EtcdServer, MariaDBServer, free_port
 from tests.store.conftest import TEST_POLL_INTERVAL, missing
 from tests.store.test_store_contract import make_node
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.agents import ready
-from tests.netns import Host
+from k3net.harness.agents import ready
+from k3net.harness.netns import Host
 
 PREFIX = "/kubernetes//v1/Node/"
 ETCD_PORT, ETCD_PEER_PORT = 23795, 23805

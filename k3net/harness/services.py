@@ -2,8 +2,8 @@
 
 Each server is its own process with its own data directory, so stopping it never touches the
 machine's shared services. Leaving the `with` block stops the server and removes its data (the
-log stays next to it, for a failed test's report). Both are plain context managers (synchronous: they are also meant for
-a nox LAN simulation); from trio, call `start`/`stop` through `trio.to_thread.run_sync` so
+log stays next to it, for a failed test's report). Both are plain context managers (synchronous:
+they are also meant for a nox LAN simulation); from trio, call `start`/`stop` through `trio.to_thread.run_sync` so
 that the code under test keeps running meanwhile. Every wait is bounded.
 
     with EtcdServer(tmp_path / "etcd", client_port=free_port(), peer_port=free_port()) as etcd:

@@ -1,4 +1,5 @@
-"""Real k3net agents as processes on test hosts (network namespaces), for end-to-end tests."""
+"""Real k3net agents as processes on test hosts (network namespaces), for end-to-end tests and
+simulations."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.netns import Host
-from tests.nsclient import NetnsClient, wait_for
+from k3net.harness.netns import Host
+from k3net.harness.nsclient import NetnsClient, wait_for
 
 
 class AgentProc:
@@ -82,6 +83,24 @@ class AgentProc:
         self.stop()
         self.client.close()
         self._log.close()
+
+
+class AgentFactory:
+    """Starts agents and closes them all at the end (a test's `agents` fixture)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.agents: list[AgentProc] = []
+
+    def start(self, host: Host, name: str, *args: str, port: int = 7946,
+              config: Path | None = None) -> AgentProc:
+        agent = AgentProc(host, name, port, self.log_dir, *args, config=config)
+        self.agents.append(agent)
+        return agent
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.close()
 
 
 def ready(node: dict[str, Any] | None) -> tuple[str, str] | None:

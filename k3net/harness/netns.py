@@ -1,4 +1,4 @@
-"""Network namespaces for tests: private LANs on one machine, so that mDNS never reaches a real
+"""Network namespaces for tests and simulations: private LANs on one machine, so that mDNS never reaches a real
 interface.
 
     with LoopbackHost() as host:                 # one namespace, multicast on `lo`
