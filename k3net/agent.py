@@ -20,6 +20,7 @@ A crash of any task cancels the rest and ends the agent with a clear message and
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -47,7 +48,7 @@ from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store import Store, WatchEvent, open_store
 from k3net.tasks import advertise, browse, watch
-from k3net.tasks.probe import Prober
+from k3net.tasks.probe import Own, Prober
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
 from k3net.web import serve
@@ -72,8 +73,11 @@ class Agent:
         self.metrics = Metrics()
         self.health = StoreHealth()
         self.hub = EventHub(self.metrics)
-        interfaces = mdns.choose_interfaces(settings.interfaces, mdns.list_interfaces())
-        self.addresses = mdns.advertised_addresses(interfaces)
+        available = mdns.list_interfaces()
+        interfaces = mdns.choose_interfaces(settings.interfaces, available)
+        self.loopback = mdns.loopback_only(interfaces)
+        self.addresses = mdns.advertised_addresses(interfaces, settings.advertise_addresses)
+        self.own = mdns.own_addresses(available, settings.advertise_addresses)
         self.me = SelfInfo(
             settings.node_name, tuple(self.addresses), settings.listen_port, os.getpid()
         )
@@ -139,7 +143,8 @@ class Agent:
         # First, since mDNS registration takes its time (about 1.6 s of probing and announcing,
         # and peers see us from the first packet): the rest starts meanwhile.
         producers.start_soon(advertise.run, zc, mdns.service_info(s, addresses=self.addresses))
-        prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics)
+        prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
+                        key=s.cluster_key, own=Own.of(self.own, s.listen_port))
         await producers.start(watch.run, store, table_send.clone(), self.hub.observe, self.health)
         await producers.start(prober.run, probe_recv, table_send.clone())
         await producers.start(tick, table_send.clone(), Tick(), expire_interval(s.peer_ttl))
@@ -148,8 +153,9 @@ class Agent:
                 tick, table_send.clone(), SelfHeartbeat(), heartbeat_interval(s.peer_ttl)
             )
         await producers.start(
-            browse.run, zc, mdns.service_type(s.service, s.domain), s.node_name,
-            table_send.clone(), self.metrics,
+            functools.partial(browse.run, loopback=self.loopback),
+            zc, mdns.service_type(s.service, s.domain), s.node_name, table_send.clone(),
+            self.metrics,
         )
 
     async def _run_table(

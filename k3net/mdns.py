@@ -4,10 +4,24 @@ zeroconf's asyncio API runs inside trio through trio-asyncio: `open_zeroconf` mu
 under `trio_asyncio.open_loop()`. Its sockets are pinned to chosen interfaces, never
 `InterfaceChoice.All`:
 
-- given interface names: exactly those (an unknown, down or address-less one is a MdnsError);
-- by default: every interface that is up and multicast-capable. `lo` has no MULTICAST flag
-  unless someone turned it on (test namespaces do), so it is used only then, or when it is the
-  only interface that is up.
+- given interface names (`--interface`): exactly those (an unknown, down or address-less one is
+  a MdnsError);
+- by default: the machine's LAN interfaces, i.e. every interface that is up, multicast-capable,
+  has an address, and is not one of these (`lan_problem`, read from /sys/class/net):
+  - a bridge none of whose ports is a physical device: the container and VM bridges (docker0,
+    virbr0, cni0, podman0, lxcbr0), whose addresses every host repeats and no other machine
+    can reach. A bridge that holds a NIC (br0 over eth0, as on VM hosts) is a LAN interface;
+  - a port of a bridge or bond (its master carries the traffic);
+  - a tunnel: tun/tap (VPNs), wireguard, ipip/gre/sit, vxlan/geneve overlays (flannel.1).
+  Physical NICs, Wi-Fi, bonds, VLANs, and a container's or namespace's own veth/macvlan `eth0`
+  are LAN interfaces. If that leaves none, every up multicast-capable interface is used (and
+  the log says so). `lo` has no MULTICAST flag unless someone turned it on (test namespaces
+  do), so it is used only then, or when it is the only interface that is up.
+
+The addresses advertised are those of the chosen interfaces in the canonical order of
+`k3net.core.addresses` (never loopback, link-local, ...), or exactly `--advertise-address`.
+This machine's *own* addresses, which probes never take for a peer, are those of every
+interface, chosen or not (a bridge address a peer announces must never reach us instead).
 
 What arrives from the LAN is untrusted: `peer_from_info` hands a resolved entry to the pure
 `core.records.peer_from_record`, which turns it into a PeerSeen, or a PeerRejected with a reason
@@ -28,8 +42,9 @@ from trio_asyncio import aio_as_trio
 from zeroconf import ServiceInfo, Zeroconf
 from zeroconf.asyncio import AsyncZeroconf
 
+from k3net.core import addresses as addrs
 from k3net.core.messages import PeerRejected, PeerSeen
-from k3net.core.records import link_local_v6, peer_from_record
+from k3net.core.records import peer_from_record
 from k3net.settings import Settings
 
 # Linux interface flags (include/uapi/linux/if.h), as in /sys/class/net/<name>/flags.
@@ -64,11 +79,98 @@ class Interface:
     ipv6: tuple[str, ...]
     loopback: bool
     multicast: bool
+    # Why this is not a LAN interface by default (see lan_problem), or None if it is one.
+    not_lan: str | None = None
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.ipv4 + self.ipv6
+
+
+@attrs.frozen
+class LinkFacts:
+    """What /sys/class/net says about an interface, as far as the LAN rule needs it."""
+
+    physical: bool = True  # backed by a device (not under /sys/devices/virtual/net)
+    link_type: int = 1  # ARPHRD_*: 1 Ethernet, 772 loopback, 65534 none (wireguard, tun), ...
+    devtype: str = ""  # DEVTYPE of its uevent: bridge, bond, vlan, vxlan, wireguard, ...
+    has_master: bool = False  # a port of a bridge or bond
+    tun: bool = False  # a tun/tap device
+    physical_below: bool = False  # some device under it (port, slave, parent) is physical
+
+
+# Link types of IP tunnels (include/uapi/linux/if_arp.h): ipip, ip6tnl, sit, gre, ip6gre, none.
+_TUNNEL_TYPES = {768, 769, 776, 778, 823, 65534}
+_OVERLAY_DEVTYPES = {"vxlan", "geneve", "wireguard", "gretap", "ip6gretap", "ipip", "sit"}
+
+
+def lan_problem(facts: LinkFacts) -> str | None:
+    """Pure: why an interface is not one of the machine's LAN interfaces (a short phrase), or
+    None if it is. The rule is the module docstring's."""
+    if facts.link_type == 772:
+        return None  # loopback: decided by its MULTICAST flag, see choose_interfaces
+    if facts.has_master:
+        return "a port of a bridge or bond"
+    if facts.tun:
+        return "a tunnel (tun/tap)"
+    if facts.link_type in _TUNNEL_TYPES or facts.devtype in _OVERLAY_DEVTYPES:
+        return f"a tunnel ({facts.devtype or f'link type {facts.link_type}'})"
+    if facts.devtype == "bridge" and not facts.physical_below:
+        return "a bridge without a physical port (container/VM bridge)"
+    return None
+
+
+_SYS_NET = Path("/sys/class/net")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _physical(name: str, root: Path) -> bool:
+    return (root / name / "device").exists()
+
+
+def _physical_below(name: str, root: Path, depth: int = 0) -> bool:
+    """True if a device under `name` (bridge ports, bond slaves, a VLAN's or macvlan's parent)
+    is physical, looking down a few levels (a bridge over a bond over NICs)."""
+    if depth > 4:
+        return False
+    try:
+        lowers = [p.name[len("lower_"):] for p in (root / name).iterdir()
+                  if p.name.startswith("lower_")]
+    except OSError:
+        return False
+    return any(_physical(lower, root) or _physical_below(lower, root, depth + 1)
+               for lower in lowers)
+
+
+def link_facts(name: str, root: Path = _SYS_NET) -> LinkFacts | None:
+    """The LinkFacts of an interface from sysfs; None where there is no /sys (not Linux)."""
+    base = root / name
+    if not base.exists():
+        return None
+    link_type = _read(base / "type").strip()
+    devtype = ""
+    for line in _read(base / "uevent").splitlines():
+        if line.startswith("DEVTYPE="):
+            devtype = line.partition("=")[2].strip()
+    return LinkFacts(
+        physical=_physical(name, root),
+        link_type=int(link_type) if link_type.isdigit() else 1,
+        devtype=devtype,
+        has_master=(base / "master").exists(),
+        tun=(base / "tun_flags").exists(),
+        physical_below=_physical_below(name, root),
+    )
 
 
 def _flags(name: str) -> int | None:
     try:
-        return int(Path(f"/sys/class/net/{name}/flags").read_text(), 16)
+        return int((_SYS_NET / name / "flags").read_text(), 16)
     except (OSError, ValueError):
         return None  # not Linux, or the interface just went away
 
@@ -84,6 +186,7 @@ def list_interfaces() -> list[Interface]:
             loopback, multicast = adapter.name.startswith("lo"), not adapter.name.startswith("lo")
         else:
             loopback, multicast = bool(flags & _IFF_LOOPBACK), bool(flags & _IFF_MULTICAST)
+        facts = link_facts(adapter.name)
         result.append(Interface(
             name=adapter.name,
             index=adapter.index or 0,
@@ -91,6 +194,7 @@ def list_interfaces() -> list[Interface]:
             ipv6=tuple(ip.ip[0] for ip in adapter.ips if isinstance(ip.ip, tuple)),
             loopback=loopback,
             multicast=multicast,
+            not_lan=None if facts is None else lan_problem(facts),
         ))
     return result
 
@@ -104,7 +208,13 @@ def choose_interfaces(names: Sequence[str], available: Sequence[Interface]) -> l
             raise MdnsError(f"interface {missing[0]!r} does not exist or is down")
         chosen = [by_name[name] for name in dict.fromkeys(names)]
     else:
-        chosen = [iface for iface in available if iface.multicast]
+        with_address = [iface for iface in available if iface.ipv4 or iface.ipv6]
+        chosen = [iface for iface in with_address
+                  if iface.multicast and (iface.loopback or iface.not_lan is None)]
+        if not [iface for iface in chosen if not iface.loopback]:
+            # No LAN interface by the rule: every multicast one rather than none (a host on a
+            # VPN only); the loopback rule below still applies.
+            chosen = [iface for iface in with_address if iface.multicast] or chosen
         if not chosen:
             chosen = [iface for iface in available if iface.loopback]
     chosen = [iface for iface in chosen if iface.ipv4 or iface.ipv6]
@@ -114,12 +224,30 @@ def choose_interfaces(names: Sequence[str], available: Sequence[Interface]) -> l
     return chosen
 
 
-def advertised_addresses(interfaces: Sequence[Interface]) -> list[str]:
-    """The A/AAAA addresses to advertise: IPv4 first, then IPv6. Link-local IPv6 is left out:
-    without its scope (which means nothing to another machine) nobody can connect to it."""
-    ipv4 = [a for iface in interfaces for a in iface.ipv4]
-    ipv6 = [a for iface in interfaces for a in iface.ipv6 if not link_local_v6(a)]
-    return list(dict.fromkeys(ipv4 + ipv6))
+def loopback_only(interfaces: Sequence[Interface]) -> bool:
+    """True if mDNS runs on loopback alone: agents of one machine (a test, a demo), which can
+    reach each other only at 127.0.0.1, so loopback peer addresses are kept."""
+    return bool(interfaces) and all(iface.loopback for iface in interfaces)
+
+
+def advertised_addresses(
+    interfaces: Sequence[Interface], pinned: Sequence[str] = ()
+) -> list[str]:
+    """The A/AAAA addresses to advertise: exactly `pinned` (--advertise-address) if given,
+    else the chosen interfaces' usable addresses, both in the canonical order."""
+    loopback = loopback_only(interfaces)
+    if pinned:
+        return list(addrs.canonical(pinned, loopback=loopback))
+    return list(addrs.canonical(
+        (a for iface in interfaces for a in iface.addresses), loopback=loopback
+    ))
+
+
+def own_addresses(available: Sequence[Interface], pinned: Sequence[str] = ()) -> list[str]:
+    """Every address of this machine, on any interface (chosen or not), and the pinned ones:
+    what a probe must never take for a peer."""
+    found = {a for iface in available for a in iface.addresses} | set(pinned)
+    return sorted(found)
 
 
 def _zeroconf_interfaces(interfaces: Sequence[Interface]) -> list[str | int]:
@@ -176,11 +304,13 @@ def service_info(
 # --- entries from the LAN (untrusted) ------------------------------------------------------
 
 
-def peer_from_info(info: ServiceInfo) -> PeerSeen | PeerRejected:
-    """A resolved mDNS entry as a message for the peer table."""
+def peer_from_info(info: ServiceInfo, *, loopback: bool = False) -> PeerSeen | PeerRejected:
+    """A resolved mDNS entry as a message for the peer table; `loopback` keeps 127.0.0.1 and
+    ::1 (only for an agent on loopback alone, see `loopback_only`)."""
     return peer_from_record(
         instance=info.get_name(),
         properties=info.properties,
         srv_port=info.port,
         addresses=info.parsed_scoped_addresses(),
+        loopback=loopback,
     )

@@ -18,10 +18,11 @@ class Metrics:
             ["state"], registry=r,
         )
         self.probes = Counter(
-            "k3net_probes", "Probes of peers, by result (confirmed, wrong-node, refused, timeout, unverified).", ["result"], registry=r,
+            "k3net_probes", "Probes of peers, by result (confirmed, wrong-node, unauthenticated, refused,"
+            " timeout, unverified).", ["result"], registry=r,
         )
         self.probe_latency = Histogram(
-            "k3net_probe_latency_seconds", "Time a TCP probe took.",
+            "k3net_probe_latency_seconds", "Time a probe took (connect, ask /info, read the answer).",
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.store_ops = Counter(

@@ -12,6 +12,7 @@ The lookup itself, `discover`, must run under trio-asyncio (`trio_asyncio.open_l
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -53,7 +54,9 @@ async def discover(
     # recv is closed only after the browse task ended, so it never sends into a closed channel.
     async with recv, mdns.open_zeroconf(interfaces) as zc, trio.open_nursery() as nursery:
         # own_name "": this one-shot browser advertises nothing, so nothing is "us".
-        await nursery.start(browse.run, zc, stype, "", send, Metrics())
+        loopback = mdns.loopback_only(mdns.choose_interfaces(interfaces, mdns.list_interfaces()))
+        await nursery.start(functools.partial(browse.run, loopback=loopback),
+                            zc, stype, "", send, Metrics())
         with trio.move_on_after(browse_for):
             async for message in recv:
                 if isinstance(message, PeerSeen):

@@ -92,6 +92,23 @@ def _interfaces(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.replace(",", " ").split() if part)
 
 
+def advertise_addresses(text: str) -> tuple[str, ...]:
+    """Addresses separated by commas or spaces, each one a peer could reach (not loopback,
+    link-local, multicast or unspecified: see k3net.core.addresses), in canonical form."""
+    from k3net.core import addresses
+
+    out = []
+    for part in _interfaces(text):
+        ip = addresses.parse(part)
+        if ip is None or "%" in part:
+            raise ValueError(f"invalid IP address {part!r}")
+        problem = addresses.problem(ip)
+        if problem is not None:
+            raise ValueError(f"{part!r} is a {problem} address, which no peer can reach")
+        out.append(str(ip))
+    return tuple(dict.fromkeys(out))
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -163,6 +180,12 @@ FLAGS: tuple[Flag, ...] = (
          help="a probe that takes longer failed"),
     Flag("register-self", parse_bool, "true", metavar="BOOL", boolean=True,
          help="also keep a Node for this machine"),
+    Flag("advertise-address", advertise_addresses, None, metavar="ADDR", repeat=True,
+         derived="the addresses of the LAN interfaces, without container/VM bridges and tunnels",
+         help="advertise exactly this address over mDNS; repeat for several"),
+    Flag("cluster-key-file", str, None, metavar="PATH", derived="none: open, as the Go agent",
+         help="shared secret of this cluster (chmod 600, at least 16 bytes): only agents that "
+         "prove it are written, and this agent proves it to them; the key never travels"),
     Flag("log-level", _choice("debug", "info", "warning", "error"), "info", metavar="LEVEL",
          help="debug, info, warning or error"),
     Flag("log-format", _choice("text", "json"), "text", metavar="FORMAT",
@@ -202,6 +225,12 @@ class Settings:
     register_self: bool = default("register-self")
     # Interface names to advertise and browse on; empty means every multicast-capable one.
     interfaces: tuple[str, ...] = ()
+    # Addresses to advertise exactly (--advertise-address), instead of the interfaces' own.
+    advertise_addresses: tuple[str, ...] = ()
+    # The cluster key (read from --cluster-key-file), or None for the open, Go-compatible
+    # behaviour: with it, only peers whose /info answer proves the key are written, and our
+    # /info proves it. Never shown (repr=False), never logged, never stored.
+    cluster_key: bytes | None = attrs.field(default=None, repr=False)
     storage: StorageConfig = StorageConfig()
     config_path: str | None = None
     log_level: str = default("log-level")
@@ -305,11 +334,26 @@ def resolve(
         probe_timeout=values["probe-timeout"],
         register_self=values["register-self"],
         interfaces=tuple(values["interface"]),
+        # (repeated flags arrive as given: checked here, wherever they came from)
+        advertise_addresses=_parse(FLAG_BY_NAME["advertise-address"],
+                                   ",".join(values["advertise-address"]), "--advertise-address"),
+        cluster_key=_cluster_key(values["cluster-key-file"]),
         storage=storage,
         config_path=config_path,
         log_level=values["log-level"],
         log_format=values["log-format"],
     )
+
+
+def _cluster_key(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    from k3net.core.identity import KeyFileError, read_key_file
+
+    try:
+        return read_key_file(path)
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _config_path(given: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:

@@ -22,6 +22,7 @@ would send them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import sys
@@ -73,7 +74,9 @@ async def browse_main(args: argparse.Namespace) -> None:
     async with trio_asyncio.open_loop(), mdns.open_zeroconf(tuple(args.iface)) as zc:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal, nursery.cancel_scope)
-            await nursery.start(browse.run, zc, stype, args.own_name, send, Metrics())
+            chosen = mdns.choose_interfaces(tuple(args.iface), mdns.list_interfaces())
+            await nursery.start(functools.partial(browse.run, loopback=mdns.loopback_only(chosen)),
+                                zc, stype, args.own_name, send, Metrics())
             emit("browsing")
             async with recv:
                 async for message in recv:

@@ -27,6 +27,72 @@ from k3net.settings import Settings
 
 TYPE = "_k3._tcp.local."
 
+# --- pure: which interfaces are the machine's LAN ------------------------------------------
+
+ETHER, NONE_TYPE, SIT = 1, 65534, 776
+
+
+@pytest.mark.parametrize(
+    ("facts", "problem"),
+    [
+        pytest.param(mdns.LinkFacts(physical=True), None, id="physical-nic"),
+        pytest.param(mdns.LinkFacts(physical=False), None, id="namespace-or-container-veth"),
+        pytest.param(mdns.LinkFacts(physical=False, devtype="bridge"), "bridge without",
+                     id="virbr0-docker0-empty-bridge"),
+        pytest.param(mdns.LinkFacts(physical=False, devtype="bridge", physical_below=False),
+                     "bridge without", id="bridge-of-veths"),
+        pytest.param(mdns.LinkFacts(physical=False, devtype="bridge", physical_below=True), None,
+                     id="br0-holding-a-nic"),
+        pytest.param(mdns.LinkFacts(physical=False, devtype="bond", physical_below=True), None,
+                     id="bond"),
+        pytest.param(mdns.LinkFacts(physical=False, devtype="vlan", physical_below=True), None,
+                     id="vlan"),
+        pytest.param(mdns.LinkFacts(physical=True, has_master=True), "port of a bridge",
+                     id="nic-enslaved-to-br0"),
+        pytest.param(mdns.LinkFacts(physical=False, has_master=True), "port of a bridge",
+                     id="veth-in-docker0"),
+        pytest.param(mdns.LinkFacts(physical=False, tun=True), "tun/tap", id="tun-vpn"),
+        pytest.param(mdns.LinkFacts(physical=False, link_type=NONE_TYPE, devtype="wireguard"),
+                     "wireguard", id="wireguard"),
+        pytest.param(mdns.LinkFacts(physical=False, devtype="vxlan"), "vxlan", id="flannel-vxlan"),
+        pytest.param(mdns.LinkFacts(physical=False, link_type=SIT), "link type 776", id="sit"),
+        pytest.param(mdns.LinkFacts(physical=False, link_type=772), None, id="loopback"),
+    ],
+)
+def test_lan_problem(facts: mdns.LinkFacts, problem: str | None) -> None:
+    found = mdns.lan_problem(facts)
+    assert (found is None) == (problem is None), found
+    if problem is not None:
+        assert found is not None and problem in found
+
+
+def iface(name: str, *addrs: str, not_lan: str | None = None, loopback: bool = False,
+          multicast: bool = True) -> mdns.Interface:
+    return mdns.Interface(name, 1, tuple(a for a in addrs if ":" not in a),
+                          tuple(a for a in addrs if ":" in a), loopback, multicast, not_lan)
+
+
+def test_choose_interfaces_skips_bridges_and_tunnels() -> None:
+    available = [iface("lo", "127.0.0.1", loopback=True, multicast=False),
+                 iface("eth0", "10.0.0.5", "fe80::1", "fd00::5"),
+                 iface("virbr0", "192.168.122.1", not_lan="a bridge without a physical port"),
+                 iface("wg0", "10.9.0.1", not_lan="a tunnel (wireguard)")]
+    chosen = mdns.choose_interfaces((), available)
+    assert [i.name for i in chosen] == ["eth0"]
+    assert mdns.advertised_addresses(chosen) == ["10.0.0.5", "fd00::5"]
+    # --interface still overrides the rule; --advertise-address pins the addresses exactly.
+    assert [i.name for i in mdns.choose_interfaces(("virbr0",), available)] == ["virbr0"]
+    assert mdns.advertised_addresses(chosen, ("10.0.0.99",)) == ["10.0.0.99"]
+    # This machine's own addresses include the bridge's: a probe never takes them for a peer.
+    assert "192.168.122.1" in mdns.own_addresses(available)
+    # Nothing but virtual interfaces (a host on a VPN only): use them rather than nothing.
+    assert [i.name for i in mdns.choose_interfaces((), available[2:])] == ["virbr0", "wg0"]
+    assert not mdns.loopback_only(chosen)
+    lo = [iface("lo", "127.0.0.1", loopback=True)]
+    assert mdns.loopback_only(mdns.choose_interfaces((), lo))
+    assert mdns.advertised_addresses(lo) == ["127.0.0.1"]
+
+
 # --- pure: peer_from_record ----------------------------------------------------------------
 
 OK_TXT = {b"node": b"node-a", b"port": b"7946", b"pid": b"42"}

@@ -409,11 +409,11 @@ def test_fields_k3net_does_not_own_are_kept(intent: Intent) -> None:
     [
         pytest.param(["192.168.1.10"], ("192.168.1.10",), id="one-v4"),
         pytest.param(["2a00:1450::1", "10.0.0.1"], ("10.0.0.1", "2a00:1450::1"), id="v4-first"),
-        pytest.param(["10.0.0.2", "10.0.0.1"], ("10.0.0.2", "10.0.0.1"), id="order-kept"),
+        pytest.param(["10.0.0.2", "10.0.0.1"], ("10.0.0.1", "10.0.0.2"), id="canonical-order"),
         pytest.param(["127.0.0.1", "::1", "10.0.0.1"], ("10.0.0.1",), id="no-loopback"),
         pytest.param(["169.254.3.4", "fe80::1", "fe80::2%eth0"], (), id="no-link-local"),
         pytest.param(["0.0.0.0", "::"], (), id="no-unspecified"),
-        pytest.param(["fd00::5", "fc00::1"], (), id="ula-is-not-global"),
+        pytest.param(["fd00::5", "fc00::1"], ("fc00::1", "fd00::5"), id="ula-kept-as-go"),
         pytest.param(["10.0.0.1", "10.0.0.1", "2a00:1450::1", "2a00:1450:0::1"],
                      ("10.0.0.1", "2a00:1450::1"), id="duplicates"),
         pytest.param(["2A00:1450::0001"], ("2a00:1450::1",), id="canonical-form"),

@@ -19,7 +19,8 @@ import trio.testing
 from k3net.core.messages import ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
-from k3net.tasks.probe import Prober, jitter, probe_with_timeout
+from k3net.tasks.probe import Own, Prober, jitter, probe_peer, probe_with_timeout
+from tests.fakeagent import FakeAgent
 
 LOOPBACK = "127.0.0.1"
 INTERVAL = 60.0
@@ -62,8 +63,18 @@ def closed_port() -> int:
 def unanswering_port() -> Iterator[int]:
     """A loopback listener whose accept queue is full: new connects hang (SYNs are dropped),
     like a peer that is there but does not answer."""
+    yield from _unanswering(LOOPBACK)
+
+
+@pytest.fixture
+def unanswering_port_2() -> Iterator[int]:
+    """The same on 127.0.0.2 (so 127.0.0.1 can answer on the same port)."""
+    yield from _unanswering("127.0.0.2")
+
+
+def _unanswering(host: str) -> Iterator[int]:
     server = socket.socket()
-    server.bind((LOOPBACK, 0))
+    server.bind((host, 0))
     server.listen(0)
     port = server.getsockname()[1]
     clients = []
@@ -71,7 +82,7 @@ def unanswering_port() -> Iterator[int]:
         client = socket.socket()
         client.setblocking(False)
         try:
-            client.connect((LOOPBACK, port))
+            client.connect((host, port))
         except BlockingIOError:
             pass
         clients.append(client)
@@ -135,6 +146,143 @@ def test_jitter_stays_inside_the_interval() -> None:
     values = [jitter(2.0, rng) for _ in range(500)]
     assert all(0 <= v < 2.0 for v in values)
     assert max(values) - min(values) > 1.0
+
+
+# --- identity probes: who answered --------------------------------------------------------
+
+KEY = b"a-cluster-key-of-32-bytes-------"
+
+
+class Agents:
+    """FakeAgents (tests/fakeagent.py) listening on loopback addresses of a shared port."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+
+    async def serve(self, agent: FakeAgent, host: str = LOOPBACK, port: int = 0) -> int:
+        listeners = await self.nursery.start(
+            functools.partial(trio.serve_tcp, agent.handle, port, host=host))
+        return int(listeners[0].socket.getsockname()[1])
+
+
+@pytest.fixture
+async def fake_agents() -> AsyncIterator[Agents]:
+    async with trio.open_nursery() as nursery:
+        yield Agents(nursery)
+        nursery.cancel_scope.cancel()
+
+
+async def test_go_agent_answering_only_info_is_confirmed(fake_agents: Agents) -> None:
+    go = FakeAgent("node-g")
+    port = await fake_agents.serve(go)
+    result = await probe_peer("node-g", [LOOPBACK], port, 5.0)
+    assert (result.outcome, result.address, result.error) == ("confirmed", LOOPBACK, "")
+    assert go.paths and go.paths[0].startswith("/info?nonce=")
+
+
+async def test_another_agent_answering_is_wrong_node(fake_agents: Agents) -> None:
+    port = await fake_agents.serve(FakeAgent("node-x"))
+    result = await probe_peer("node-g", [LOOPBACK], port, 5.0)
+    assert (result.outcome, result.answered_by) == ("wrong-node", "node-x")
+    assert "node-x" in result.error
+
+
+@pytest.mark.parametrize(
+    ("answers_key", "probe_key", "outcome"),
+    [(KEY, KEY, "confirmed"), (None, KEY, "unauthenticated"),
+     (b"another-key-of-more-than-16-bytes", KEY, "unauthenticated"), (KEY, None, "confirmed")],
+    ids=["same-key", "peer-without-key", "peer-with-another-key", "no-key-here"],
+)
+async def test_cluster_key(fake_agents: Agents, answers_key: bytes | None,
+                           probe_key: bytes | None, outcome: str) -> None:
+    port = await fake_agents.serve(FakeAgent("node-k", key=answers_key))
+    result = await probe_peer("node-k", [LOOPBACK], port, 5.0, key=probe_key)
+    assert result.outcome == outcome
+    assert KEY.decode() not in result.error
+
+
+@pytest.mark.parametrize(
+    ("agent", "detail"),
+    [(FakeAgent("x", status=500), "status 500"), (FakeAgent("x", body=b"<html>"), "not JSON"),
+     (FakeAgent("x", body=b'{"pid": 3}'), "names no node")],
+    ids=["http-500", "not-json", "no-node"],
+)
+async def test_something_else_answering_is_unverified(
+    fake_agents: Agents, agent: FakeAgent, detail: str
+) -> None:
+    port = await fake_agents.serve(agent)
+    result = await probe_peer("node-a", [LOOPBACK], port, 5.0)
+    assert result.outcome == "unverified" and detail in result.error
+
+
+async def test_accepted_but_silent_is_unverified(
+    autojump_clock: trio.testing.MockClock, fake_agents: Agents
+) -> None:
+    port = await fake_agents.serve(FakeAgent("node-a", silent=True))
+    result = await probe_peer("node-a", [LOOPBACK], port, TIMEOUT)
+    assert result.outcome == "unverified" and "no answer" in result.error
+    assert result.latency == pytest.approx(TIMEOUT)
+
+
+async def test_silent_first_address_does_not_hide_a_working_second(
+    autojump_clock: trio.testing.MockClock, fake_agents: Agents, unanswering_port_2: int
+) -> None:
+    autojump_clock.autojump_threshold = 0.01
+    # 127.0.0.2 drops SYNs (a full accept queue); 127.0.0.1 on the same port answers.
+    await fake_agents.serve(FakeAgent("node-a"), host="127.0.0.1", port=unanswering_port_2)
+    result = await probe_peer("node-a", ["127.0.0.2", LOOPBACK], unanswering_port_2, TIMEOUT)
+    assert (result.outcome, result.address) == ("confirmed", LOOPBACK)
+    assert result.latency < TIMEOUT  # it did not wait for the silent address first
+
+
+async def test_confirmed_wins_over_another_agent_on_a_shared_address(fake_agents: Agents) -> None:
+    port = await fake_agents.serve(FakeAgent("node-me"), host="127.0.0.2")
+    await fake_agents.serve(FakeAgent("node-a"), host=LOOPBACK, port=port)
+    result = await probe_peer("node-a", ["127.0.0.2", LOOPBACK], port, 5.0)
+    assert (result.outcome, result.address) == ("confirmed", LOOPBACK)
+
+
+async def test_refused_only_when_every_address_refuses(
+    autojump_clock: trio.testing.MockClock, closed_port: int, unanswering_port: int
+) -> None:
+    autojump_clock.autojump_threshold = 0.01
+    refused = await probe_peer("node-a", ["127.0.0.2", "127.0.0.3"], closed_port, TIMEOUT)
+    assert refused.outcome == "refused"
+    assert "127.0.0.2" in refused.error and "127.0.0.3" in refused.error
+    # One address refuses, the other does not answer: no positive evidence of a death.
+    mixed = await probe_peer("node-a", ["127.0.0.1", "127.0.0.2"], unanswering_port, TIMEOUT)
+    assert mixed.outcome == "timeout"
+
+
+async def test_own_address_on_own_port_is_never_dialled(fake_agents: Agents) -> None:
+    me = FakeAgent("node-me")
+    port = await fake_agents.serve(me)  # "our" listener, reached through a shared address
+    own = Own.of(["127.0.0.1"], port)
+    result = await probe_peer("node-dead", [LOOPBACK], port, 5.0, own=own)
+    assert result.outcome == "timeout" and "this machine" in result.error
+    assert me.accepted == 0
+
+
+async def test_own_address_counts_only_when_confirmed(
+    fake_agents: Agents, closed_port: int
+) -> None:
+    own = Own.of(["127.0.0.1"], 7946)
+    other = await fake_agents.serve(FakeAgent("node-x"))
+    wrong = await probe_peer("node-a", [LOOPBACK], other, 5.0, own=own)
+    assert wrong.outcome == "timeout"  # another agent of this machine: no evidence at all
+    refused = await probe_peer("node-a", [LOOPBACK, "127.0.0.2"], closed_port, 5.0, own=own)
+    assert refused.outcome == "refused"  # decided by the address that counts
+    assert "1 address(es) of this machine" in refused.error
+    same_host = await fake_agents.serve(FakeAgent("node-a"))
+    confirmed = await probe_peer("node-a", [LOOPBACK], same_host, 5.0, own=own)
+    assert confirmed.outcome == "confirmed"  # an agent of that name runs on this machine
+
+
+async def test_unusable_and_duplicate_addresses_are_not_dialled(fake_agents: Agents) -> None:
+    agent = FakeAgent("node-a")
+    port = await fake_agents.serve(agent)
+    result = await probe_peer("node-a", ["not-an-ip", LOOPBACK, "127.0.0.1"], port, 5.0)
+    assert result.outcome == "confirmed" and agent.accepted == 1
 
 
 # --- the Prober -------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ class PeerRejected:
     detail: str = ""
 
 
-ProbeOutcome = Literal["confirmed", "wrong-node", "refused", "timeout", "unverified"]
+ProbeOutcome = Literal[
+    "confirmed", "wrong-node", "unauthenticated", "refused", "timeout", "unverified"
+]
 
 
 @attrs.frozen
@@ -46,6 +48,8 @@ class ProbeResult:
       one is set);
     - wrong-node: an agent answered but it is another one (a shared bridge address, a reused
       address): a failure, never evidence that the peer lives;
+    - unauthenticated: the peer answered with its name but could not prove our cluster key: never
+      written (a `rejected` event, reason `unauthenticated`);
     - refused: every address actively refused the connection: nothing listens there;
     - timeout: no address answered in time;
     - unverified: something accepted the connection but did not answer as an agent.

@@ -21,12 +21,12 @@ to write. That None is how k3net writes only what changed, and how it keeps its 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from collections.abc import Iterable
 
 import attrs
 
 from k3net.convert import format_time_precise, node_from_dict, node_to_dict
+from k3net.core.addresses import canonical as canonical_addresses
 from k3net.model import (
     ANN_LAST_SEEN,
     ANN_PID,
@@ -94,23 +94,8 @@ Intent = Alive | Left | Expired | Shutdown
 
 
 def ordered_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
-    """InternalIP addresses as a Node lists them: IPv4 first, then global IPv6; no loopback,
-    no link-local, nothing unparsable, no duplicates; otherwise in the order given."""
-    v4: list[str] = []
-    v6: list[str] = []
-    seen: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
-    for text in addresses:
-        try:
-            ip = ipaddress.ip_address(text.split("%", 1)[0])
-        except ValueError:
-            continue
-        if ip in seen or ip.is_loopback or ip.is_link_local or ip.is_unspecified:
-            continue
-        if ip.version == 6 and not ip.is_global:
-            continue
-        seen.add(ip)
-        (v4 if ip.version == 4 else v6).append(str(ip))
-    return tuple(v4 + v6)
+    """InternalIP addresses as a Node lists them: the canonical list of `core.addresses`."""
+    return canonical_addresses(addresses)
 
 
 def last_seen(node: Node | None) -> str | None:

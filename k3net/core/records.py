@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 
+from k3net.core import addresses as addresses_
 from k3net.core.messages import PeerRejected, PeerSeen
 from k3net.core.names import MAX_TXT_VALUE, name_problem
-
-
-def link_local_v6(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return ip.version == 6 and ip.is_link_local
 
 
 def _txt(properties: Mapping[bytes, bytes | None], key: bytes) -> bytes | None:
@@ -34,13 +29,19 @@ def peer_from_record(
     properties: Mapping[bytes, bytes | None],
     srv_port: int | None,
     addresses: Sequence[str],
+    *,
+    loopback: bool = False,
 ) -> PeerSeen | PeerRejected:
     """Pure: the fields of a resolved entry -> PeerSeen, or PeerRejected with a reason:
 
     - bad-txt: a TXT value longer than MAX_TXT_VALUE, or `node`/`port`/`pid` not UTF-8;
     - invalid-name: the peer name (TXT `node`, else the instance label) is no DNS-1123 name;
     - bad-port: neither TXT `port` nor the SRV port is a port number (1..65535);
-    - no-address: no A/AAAA record usable from another machine (link-local IPv6 is not).
+    - no-address: no A/AAAA record usable from another machine (`core.addresses`: never
+      loopback, unless `loopback` (an agent on loopback alone), unspecified, multicast or
+      link-local).
+
+    The addresses are in the canonical order of `core.addresses`.
     """
     for raw_key, raw_value in properties.items():
         if raw_value is not None and len(raw_value) > MAX_TXT_VALUE:
@@ -67,16 +68,7 @@ def peer_from_record(
     pid_text = texts["pid"]
     pid = int(pid_text) if pid_text and pid_text.isascii() and pid_text.isdigit() else None
 
-    usable = []
-    for address in addresses:
-        try:
-            if not link_local_v6(address):
-                usable.append(address)
-        except ValueError:
-            continue  # not an IP address at all
-    ipv4 = [a for a in usable if ":" not in a]
-    ipv6 = [a for a in usable if ":" in a]
-    ordered = tuple(dict.fromkeys(ipv4 + ipv6))
+    ordered = addresses_.canonical(addresses, loopback=loopback)
     if not ordered:
         return PeerRejected(instance, "no-address", "no A/AAAA record usable from here")
     return PeerSeen(name=name, addresses=ordered, port=port, pid=pid or None)

@@ -61,10 +61,12 @@ async def run(
     out: trio.MemorySendChannel[Message],
     metrics: Metrics,
     *,
+    loopback: bool = False,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Browse `service_type` (e.g. `_k3._tcp.local.`) until cancelled; `own_name` is ignored.
-    Closes `out` when it returns."""
+    `loopback` keeps peers' loopback addresses (`mdns.loopback_only`). Closes `out` when it
+    returns."""
     pending = _Pending(_MAX_PENDING)
 
     def on_change(
@@ -83,7 +85,7 @@ async def run(
         browser = AsyncServiceBrowser(zc.zeroconf, service_type, handlers=[on_change])
         try:
             task_status.started()
-            resolver = _Resolver(zc, service_type, own_name, out, metrics)
+            resolver = _Resolver(zc, service_type, own_name, out, metrics, loopback)
             while True:
                 instance, change = await pending.get()
                 await resolver.handle(instance, change)
@@ -127,8 +129,10 @@ class _Resolver:
         own_name: str,
         out: trio.MemorySendChannel[Message],
         metrics: Metrics,
+        loopback: bool = False,
     ) -> None:
         self.zc = zc
+        self.loopback = loopback
         self.service_type = service_type
         self.own_name = own_name
         self.out = out
@@ -149,7 +153,7 @@ class _Resolver:
             log.info("mDNS entry %s did not resolve within %d ms; skipped",
                      instance, _RESOLVE_TIMEOUT_MS)
             return
-        message = peer_from_info(info)
+        message = peer_from_info(info, loopback=self.loopback)
         if isinstance(message, PeerRejected):
             self.peer_names[instance.lower()] = None
             self.metrics.rejected.labels(reason=message.reason).inc()

@@ -1,65 +1,177 @@
-"""probe: TCP-connect to every known peer, concurrently and bounded, with jitter.
+"""probe: ask every known peer who it is, concurrently and bounded, with jitter.
 
-A peer is alive if a TCP connection to its advertised port opens on any of its addresses. The
-table asks for a probe at once when a peer appears or says goodbye (`ProbeRequest`); every
-other peer is probed once per round, spread over the round with jitter so that agents started
-together do not probe in lock step.
+A probe of peer P is an identity probe (`k3net.core.identity`): on each of P's addresses it
+opens TCP to P's port, sends `GET /info?nonce=...` and reads who answers. Every address is tried
+at once, each with its own `timeout`, so a silent first address does not hide a working second
+one; the first confirmed answer wins and ends the probe. Otherwise the outcome is the most
+telling of the addresses' answers, in this order:
+
+    confirmed > unauthenticated > wrong-node > unverified > refused > timeout
+
+`refused` only if every address that counts refused the connection (nothing listens: the agent
+died while its host lives); any timeout or unreachable address makes it `timeout` (absence of an
+answer is no evidence).
+
+This machine's own addresses (`own`, kept current by the address watcher) are no evidence about
+another machine: on our own listen port such an address is not even dialled (we would only
+reach ourselves, as with a bridge address every host repeats, like virbr0's 192.168.122.1), and
+on any other port only a confirmed answer counts (an agent of that name really runs on this
+machine: several agents on one host, `--interface lo`); a refusal, timeout, wrong node or
+non-agent there is ignored. A peer with nothing but such addresses gets `timeout`.
+
+The table asks for a probe at once when a peer appears or says goodbye (`ProbeNow`); every other
+peer is probed once per round, spread over the round with jitter so that agents started together
+do not probe in lock step.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import secrets
+import socket
+from collections.abc import Iterable, Sequence
 
+import attrs
 import trio
 
-from k3net.core.messages import ProbeResult
+from k3net.core import addresses as addrs
+from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, judge_reader, request
+from k3net.core.messages import ProbeOutcome, ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
 
+# Bytes asked of the socket at a time: a whole /info answer fits in one read.
+_READ_SIZE = 4096
 
-def _refused(exc: OSError) -> bool:
-    """trio reports a failed connect as an OSError caused by a group of the attempts' errors."""
-    cause = exc.__cause__
-    if isinstance(cause, BaseExceptionGroup):
-        return all(isinstance(e, ConnectionRefusedError) for e in cause.exceptions)
-    return isinstance(exc, ConnectionRefusedError)
+# Most telling first (module docstring); refused and timeout are decided apart.
+_RANK: dict[str, int] = {"confirmed": 0, "unauthenticated": 1, "wrong-node": 2, "unverified": 3}
 
 
-async def probe_once(name: str, addresses: Sequence[str], port: int) -> ProbeResult:
-    """Connect to `port` on each address in turn until one answers. The caller bounds the time
-    (`with trio.move_on_after(timeout)`); a cancelled probe returns nothing."""
+@attrs.frozen
+class Own:
+    """What a probe must not take for a peer: this machine's addresses and our listen port."""
+
+    addresses: frozenset[str] = frozenset()
+    port: int | None = None
+
+    @classmethod
+    def of(cls, addresses: Iterable[str], port: int | None) -> Own:
+        parsed = (addrs.parse(a) for a in addresses)
+        return cls(frozenset(str(ip) for ip in parsed if ip is not None), port)
+
+
+@attrs.frozen
+class _Tried:
+    """One address's result: an answer, or how the connection failed."""
+
+    address: str
+    answer: Answer | None = None  # None: no connection
+    refused: bool = False
+    error: str = ""
+
+
+async def _ask(
+    address: str, port: int, name: str, nonce: bytes, key: bytes | None,
+    timeout: float,  # noqa: ASYNC109  (not a caller's deadline: --probe-timeout defines failure)
+) -> _Tried:
+    """Connect to one address, ask /info, judge the answer; all within `timeout`. A connection
+    that was accepted but never answered is an answer of its own (unverified)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    connected = False
+    reader = AnswerReader()
+    with trio.socket.socket(family, socket.SOCK_STREAM) as sock:
+        with trio.move_on_after(timeout):
+            try:
+                await sock.connect((address, port))
+            except ConnectionRefusedError:
+                return _Tried(address, refused=True, error=f"{address}: connection refused")
+            except OSError as exc:
+                return _Tried(address, error=f"{address}: {exc.strerror or exc}")
+            connected = True
+            stream = trio.SocketStream(sock)
+            try:
+                await stream.send_all(request(address, port, nonce))
+                while not reader.feed(await stream.receive_some(_READ_SIZE)):
+                    pass
+            except (OSError, trio.BrokenResourceError) as exc:
+                reader.error = f"connection broke: {exc}"
+            return _Tried(address, judge_reader(reader, probed=name, nonce=nonce, key=key))
+    if connected:
+        return _Tried(address, Answer(
+            "unverified", detail=f"{address}: accepted, but no answer within {timeout:g}s"))
+    return _Tried(address, error=f"{address}: timed out after {timeout:g}s")
+
+
+def _decide(name: str, tried: Sequence[_Tried], skipped: int) -> tuple[ProbeOutcome, _Tried | None, str]:
+    """The probe's outcome from what every counted address gave (module docstring)."""
+    answered = [t for t in tried if t.answer is not None]
+    if answered:
+        best = min(answered, key=lambda t: _RANK[t.answer.outcome])  # type: ignore[union-attr]
+        assert best.answer is not None
+        details = "; ".join(f"{t.address}: {t.answer.detail}" for t in answered
+                            if t.answer is not None and t.answer.detail and t is not best)
+        detail = best.answer.detail if best.answer.outcome != "confirmed" else ""
+        return best.answer.outcome, best, "; ".join(x for x in (detail, details) if x)
+    errors = [t.error for t in tried]
+    if skipped:
+        errors.append(f"{skipped} address(es) of this machine not counted")
+    if tried and all(t.refused for t in tried):
+        return "refused", None, "; ".join(errors)
+    return "timeout", None, "; ".join(errors) or "no address"
+
+
+async def probe_peer(
+    name: str,
+    addresses: Sequence[str],
+    port: int,
+    timeout: float,  # noqa: ASYNC109  (what defines a failed probe: --probe-timeout)
+    *,
+    key: bytes | None = None,
+    own: Own = Own(),
+) -> ProbeResult:
+    """One identity probe of peer `name` on every address at once, each within `timeout`;
+    the first confirmed answer ends it. See the module docstring for the outcome."""
     start = trio.current_time()
-    errors: list[str] = []
-    refused = 0
-    for address in addresses:
-        try:
-            stream = await trio.open_tcp_stream(address, port)
-        except OSError as exc:
-            refused += _refused(exc)
-            errors.append(f"{address}: {exc.strerror or exc}")
-            continue
-        await stream.aclose()
-        return ProbeResult(
-            name, "unverified", trio.current_time() - start, address=address, started=start
-        )
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    tried: list[_Tried] = []
+    skipped = 0
+
+    async def one(address: str, mine: bool, scope: trio.CancelScope) -> None:
+        nonlocal skipped
+        result = await _ask(address, port, name, nonce, key, timeout)
+        confirmed = result.answer is not None and result.answer.outcome == "confirmed"
+        if mine and not confirmed:
+            skipped += 1  # an own address is no evidence about another machine
+            return
+        tried.append(result)
+        if confirmed:
+            scope.cancel()  # the first confirmed answer wins
+
+    async with trio.open_nursery() as nursery:
+        for address in dict.fromkeys(addresses):
+            ip = addrs.parse(address)
+            if ip is None:
+                continue
+            mine = str(ip) in own.addresses
+            if mine and port == own.port:
+                skipped += 1  # that is us: never dialled
+                continue
+            nursery.start_soon(one, str(ip), mine, nursery.cancel_scope)
+    outcome, best, error = _decide(name, tried, skipped)
     return ProbeResult(
-        name, "refused" if addresses and refused == len(addresses) else "timeout",
-        trio.current_time() - start, error="; ".join(errors) or "no address", started=start,
+        name, outcome, trio.current_time() - start,
+        address=best.address if best else None, error=error, started=start,
+        answered_by=best.answer.answered_by if best and best.answer and outcome == "wrong-node"
+        else None,
     )
 
 
 async def probe_with_timeout(
-    name: str, addresses: Sequence[str], port: int, timeout: float  # noqa: ASYNC109
+    name: str, addresses: Sequence[str], port: int, timeout: float,  # noqa: ASYNC109
+    *, key: bytes | None = None, own: Own = Own(),
 ) -> ProbeResult:
-    """One probe; a peer that does not answer within `timeout` failed. (Here the timeout is
-    not a caller's deadline but what defines a failed probe: --probe-timeout.)"""
-    start = trio.current_time()
-    with trio.move_on_after(timeout):
-        return await probe_once(name, addresses, port)
-    return ProbeResult(
-        name, "timeout", timeout, error=f"timed out after {timeout:g}s", started=start
-    )
+    """`probe_peer`, under the name `k3net peers` knows."""
+    return await probe_peer(name, addresses, port, timeout, key=key, own=own)
 
 
 def jitter(interval: float, rng: random.Random) -> float:
@@ -82,10 +194,14 @@ class Prober:
         interval: float,
         timeout: float,
         metrics: Metrics,
+        key: bytes | None = None,
+        own: Own = Own(),
         limit: int = 64,
         rng: random.Random | None = None,
     ) -> None:
         self.interval = interval
+        self.key = key  # the cluster key, if any: answers must prove it
+        self.own = own  # replaced by set_own when this machine's addresses change
         self.timeout = timeout
         self.spread = min(1.0, interval / 10)
         self.metrics = metrics
@@ -94,6 +210,11 @@ class Prober:
         self._limiter = trio.CapacityLimiter(limit)
         self._inflight: set[str] = set()
         self.last_round: float = 0.0  # seconds the last full round took
+
+    def set_own(self, addresses: Iterable[str]) -> None:
+        """This machine's addresses changed (the address watcher): probes from now on ignore
+        the new set. Our listen port stays."""
+        self.own = Own.of(addresses, self.own.port)
 
     async def run(
         self,
@@ -140,8 +261,9 @@ class Prober:
         self._inflight.add(target.name)
         try:
             async with self._limiter:
-                result = await probe_with_timeout(
-                    target.name, target.addresses, target.port, self.timeout
+                result = await probe_peer(
+                    target.name, target.addresses, target.port, self.timeout,
+                    key=self.key, own=self.own,
                 )
         finally:
             self._inflight.discard(target.name)

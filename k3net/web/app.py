@@ -31,6 +31,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from k3net.convert import format_time, node_list
+from k3net.core import identity
 from k3net.events import EventHub, Subscription
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -129,6 +130,8 @@ class App:
             status, ctype, body = 404, "text/plain", b"not found\n"
         elif method not in ("GET", "HEAD"):
             status, ctype, body = 405, "text/plain", b"method not allowed\n"
+        elif path == "/info":
+            status, ctype, body = await self._info(scope.get("query_string", b""))
         else:
             status, ctype, body = await handler()
         headers = [
@@ -150,9 +153,11 @@ class App:
             return 200, "text/plain; charset=utf-8", b"ok\n"
         return 503, "text/plain; charset=utf-8", f"store unavailable: {health.reason}\n".encode()
 
-    async def _info(self) -> tuple[int, str, bytes]:
+    async def _info(self, query: bytes = b"") -> tuple[int, str, bytes]:
+        """Who we are. Peers' probes ask this with `?nonce=...`; with a cluster key the answer
+        carries `proof`, HMAC(key, nonce || node): see k3net.core.identity."""
         s = self.state
-        return _json(200, {
+        info: dict[str, Any] = {
             "node": s.settings.node_name,
             "port": s.settings.listen_port,
             "pid": os.getpid(),
@@ -161,7 +166,12 @@ class App:
             "mdns": {"service": s.settings.service, "domain": s.settings.domain},
             "selfUp": bool(s.self_up()),
             "startedAt": format_time(dt.datetime.fromtimestamp(s.started_at, dt.UTC)),
-        })
+        }
+        key = s.settings.cluster_key
+        nonce = identity.nonce_from_query(query) if key is not None else None
+        if key is not None and nonce is not None:
+            info["proof"] = identity.proof(key, nonce, s.settings.node_name)
+        return _json(200, info)
 
     async def _nodes(self) -> tuple[int, str, bytes]:
         try:

@@ -1,0 +1,125 @@
+"""The cluster key end to end inside one process: the flag and its errors, this agent's /info
+proving the key to a real identity probe, and --advertise-address."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+
+from k3net import cli
+from k3net.settings import Settings
+from k3net.events import EventHub
+from k3net.health import StoreHealth
+from k3net.metrics import Metrics
+from k3net.store.memory import MemoryStore
+from k3net.tasks.probe import probe_peer
+from k3net.web.app import AppState
+from tests.test_web import start_server
+
+KEY = b"6b3a55e0261b4c8d9f1e0a7c2d4b6e8f"
+
+
+def key_file(tmp_path: Path, content: bytes = KEY + b"\n", mode: int = 0o600) -> Path:
+    path = tmp_path / "cluster.key"
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+def run_settings(*argv: str) -> Settings:
+    return cli.settings_from_args(cli.build_parser().parse_args(["run", "--node-name=n1", *argv]))
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("K3NET_CLUSTER_KEY_FILE", "K3NET_ADVERTISE_ADDRESS", "NODE_NAME", "CONFIG_PATH"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_key_from_flag_and_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = key_file(tmp_path)
+    assert run_settings().cluster_key is None  # default: open, as the Go agent
+    assert run_settings(f"--cluster-key-file={path}").cluster_key == KEY
+    monkeypatch.setenv("K3NET_CLUSTER_KEY_FILE", str(path))
+    assert run_settings().cluster_key == KEY
+    assert KEY.decode() not in repr(run_settings())  # never in a log line of the settings
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message"),
+    [(None, 0o600, "does not exist"), (b"", 0o600, "is empty"), (KEY, 0o644, "chmod 600"),
+     (b"short\n", 0o600, "at least 16")],
+    ids=["missing", "empty", "readable-by-others", "too-short"],
+)
+def test_bad_key_file_exits_2_with_one_line(
+    tmp_path: Path, content: bytes | None, mode: int, message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "cluster.key"
+    if content is not None:
+        key_file(tmp_path, content, mode)
+    assert cli.main(["run", "--node-name=n1", f"--cluster-key-file={path}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err and str(path) in err
+    assert "Traceback" not in err and KEY.decode() not in err
+
+
+def test_advertise_address_is_kept_exactly_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    s = run_settings("--advertise-address=10.0.0.9", "--advertise-address=fd00::0:1",
+                     "--advertise-address=10.0.0.9")
+    assert s.advertise_addresses == ("10.0.0.9", "fd00::1")
+    for bad in ("127.0.0.1", "fe80::1", "0.0.0.0", "224.0.0.251", "nope"):
+        assert cli.main(["run", "--node-name=n1", f"--advertise-address={bad}"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and bad in err and "Traceback" not in err
+
+
+async def _serve_info(nursery: trio.Nursery, key: bytes | None) -> int:
+    metrics = Metrics()
+    state = AppState(
+        settings=Settings(node_name="node-a", listen_port=7946, cluster_key=key),
+        store=MemoryStore(), hub=EventHub(metrics), metrics=metrics, health=StoreHealth(),
+        started_at=time.time(), addrs=["10.77.0.2"],
+    )
+    return (await start_server(nursery, state)).port
+
+
+@pytest.mark.parametrize(
+    ("served_key", "probe_key", "outcome"),
+    [(KEY, KEY, "confirmed"), (None, None, "confirmed"), (None, KEY, "unauthenticated"),
+     (b"some-other-cluster-key-0123456789", KEY, "unauthenticated"), (KEY, None, "confirmed")],
+    ids=["same-key", "no-keys", "agent-without-key", "other-cluster", "prober-without-key"],
+)
+async def test_info_proves_the_key_to_a_probe(
+    nursery: trio.Nursery, served_key: bytes | None, probe_key: bytes | None, outcome: str
+) -> None:
+    port = await _serve_info(nursery, served_key)
+    result = await probe_peer("node-a", ["127.0.0.1"], port, 5.0, key=probe_key)
+    assert result.outcome == outcome, result.error
+
+
+async def test_info_without_nonce_is_the_go_answer(nursery: trio.Nursery) -> None:
+    port = await _serve_info(nursery, KEY)
+
+    def get(path: str) -> dict[str, object]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+
+    plain = await trio.to_thread.run_sync(get, "/info")
+    assert plain["node"] == "node-a" and "proof" not in plain
+    bad_nonce = await trio.to_thread.run_sync(get, "/info?nonce=xyz")
+    assert "proof" not in bad_nonce
+    text = json.dumps(await trio.to_thread.run_sync(get, "/info?nonce=" + "ab" * 16))
+    assert "proof" in text and KEY.decode() not in text
+
+
+@pytest.fixture
+async def nursery() -> object:
+    async with trio.open_nursery() as n:
+        yield n
+        n.cancel_scope.cancel()

@@ -1,0 +1,185 @@
+"""Identity probes and the cluster key (k3net.core.identity): pure, table-driven."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from k3net.core import identity
+from k3net.core.identity import AnswerReader, KeyFileError, judge, judge_reader
+
+KEY = b"0123456789abcdef0123456789abcdef"
+NONCE = bytes(range(16))
+
+
+def http(status: int, body: bytes, *, chunked: bool = False, extra: bytes = b"") -> bytes:
+    head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n".encode() + extra
+    if chunked:
+        mid = len(body) // 2
+        parts = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in (body[:mid], body[mid:]) if p)
+        return head + b"Transfer-Encoding: chunked\r\n\r\n" + parts + b"0\r\n\r\n"
+    return head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def info(node: object, **more: object) -> bytes:
+    return json.dumps({"node": node, "pid": 42, **more}).encode()
+
+
+def read(raw: bytes, step: int = 7) -> AnswerReader:
+    """Feed `raw` in small pieces, as a socket might, then EOF if still wanted."""
+    reader = AnswerReader()
+    for i in range(0, len(raw), step):
+        if reader.feed(raw[i:i + step]):
+            return reader
+    reader.feed(b"")
+    return reader
+
+
+def test_proof_is_hmac_sha256_of_nonce_and_name() -> None:
+    expected = hmac.new(KEY, NONCE + b"node-a", hashlib.sha256).hexdigest()
+    assert identity.proof(KEY, NONCE, "node-a") == expected
+    assert identity.proof(KEY, NONCE, "node-b") != expected
+    assert identity.proof(KEY, bytes(16), "node-a") != expected
+    assert identity.proof(b"another key, 16 bytes or more", NONCE, "node-a") != expected
+
+
+def test_request_asks_info_with_the_nonce() -> None:
+    raw = identity.request("10.0.0.2", 7946, NONCE)
+    assert raw.startswith(b"GET /info?nonce=000102030405060708090a0b0c0d0e0f HTTP/1.1\r\n")
+    assert b"\r\nHost: 10.0.0.2:7946\r\n" in raw and b"Connection: close" in raw
+    assert raw.endswith(b"\r\n\r\n")
+    assert b"Host: [fd00::2]:7946" in identity.request("fd00::2", 7946, NONCE)
+
+
+@pytest.mark.parametrize(
+    ("query", "nonce"),
+    [(b"nonce=000102030405060708090a0b0c0d0e0f", NONCE),
+     (b"x=1&nonce=000102030405060708090A0B0C0D0E0F", NONCE),
+     (b"", None), (b"nonce=", None), (b"nonce=0001", None), (b"nonce=" + b"zz" * 16, None),
+     (b"nonce=" + "é".encode() * 16, None)],
+)
+def test_nonce_from_query(query: bytes, nonce: bytes | None) -> None:
+    assert identity.nonce_from_query(query) == nonce
+
+
+GOOD_PROOF = identity.proof(KEY, NONCE, "node-a")
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "outcome", "answered_by"),
+    [
+        pytest.param(http(200, info("node-a")), None, "confirmed", "node-a", id="go-agent"),
+        pytest.param(http(200, info("node-a"), chunked=True), None, "confirmed", "node-a",
+                     id="chunked-body"),
+        pytest.param(http(200, info("node-a", proof=GOOD_PROOF)), None, "confirmed", "node-a",
+                     id="proof-ignored-without-key"),
+        pytest.param(http(200, info("node-a", proof=GOOD_PROOF)), KEY, "confirmed", "node-a",
+                     id="key-proved"),
+        pytest.param(http(200, info("node-a", proof=GOOD_PROOF.upper())), KEY, "confirmed",
+                     "node-a", id="proof-hex-any-case"),
+        pytest.param(http(200, info("node-a")), KEY, "unauthenticated", "node-a",
+                     id="no-proof-with-key"),
+        pytest.param(http(200, info("node-a", proof="00" * 32)), KEY, "unauthenticated",
+                     "node-a", id="wrong-proof"),
+        pytest.param(http(200, info("node-a", proof=identity.proof(KEY, bytes(16), "node-a"))),
+                     KEY, "unauthenticated", "node-a", id="replayed-proof-other-nonce"),
+        pytest.param(http(200, info("node-a", proof=7)), KEY, "unauthenticated", "node-a",
+                     id="proof-not-text"),
+        pytest.param(http(200, info("node-b")), None, "wrong-node", "node-b", id="other-agent"),
+        pytest.param(http(200, info("node-b", proof=identity.proof(KEY, NONCE, "node-b"))), KEY,
+                     "wrong-node", "node-b", id="other-agent-with-key"),
+        pytest.param(http(404, b"not found"), None, "unverified", None, id="http-404"),
+        pytest.param(http(200, b"<html>"), None, "unverified", None, id="not-json"),
+        pytest.param(http(200, b"[1, 2]"), None, "unverified", None, id="json-not-object"),
+        pytest.param(http(200, b'{"pid": 1}'), None, "unverified", None, id="no-node"),
+        pytest.param(http(200, info("")), None, "unverified", None, id="empty-node"),
+        pytest.param(http(200, info(5)), None, "unverified", None, id="node-not-text"),
+        pytest.param(b"SSH-2.0-OpenSSH_9.2\r\n", None, "unverified", None, id="not-http"),
+        pytest.param(b"", None, "unverified", None, id="closed-at-once"),
+        pytest.param(http(200, info("node-a"))[:-5], None, "unverified", None,
+                     id="cut-short"),
+        pytest.param(http(200, b" " * (identity.MAX_ANSWER + 1)), None, "unverified", None,
+                     id="too-long"),
+    ],
+)
+def test_judge_answers(raw: bytes, key: bytes | None, outcome: str, answered_by: str | None) -> None:
+    answer = judge_reader(read(raw), probed="node-a", nonce=NONCE, key=key)
+    assert answer.outcome == outcome
+    assert (answer.answered_by if outcome == "wrong-node" or answer.answered_by else None) == answered_by
+    assert GOOD_PROOF not in answer.detail and KEY.decode() not in answer.detail
+
+
+def test_reader_stops_at_the_end_of_the_answer_without_eof() -> None:
+    reader = AnswerReader()
+    assert reader.feed(http(200, info("node-a"))) is True  # done: no need to wait for EOF
+    assert reader.complete and reader.status == 200
+
+
+def test_reader_keeps_no_more_than_its_limit() -> None:
+    reader = AnswerReader(limit=100)
+    raw = http(200, b"x" * 10_000)
+    assert reader.feed(raw[:60]) is False
+    assert reader.feed(raw[60:]) is True
+    assert reader.error is not None and "100" in reader.error
+    assert len(reader.body) <= 100
+
+
+def test_judge_other_name_is_quoted_and_bounded() -> None:
+    answer = judge(200, info("x" * 300), probed="node-a", nonce=NONCE, key=None)
+    assert answer.outcome == "wrong-node"
+    assert answer.answered_by is not None and len(answer.answered_by) == 64
+
+
+# --- the key file ----------------------------------------------------------------------------
+
+REG = stat.S_IFREG
+
+
+@pytest.mark.parametrize(
+    ("mode", "data", "key", "error"),
+    [
+        pytest.param(REG | 0o600, KEY + b"\n", KEY, None, id="trailing-newline-dropped"),
+        pytest.param(REG | 0o400, b"  " + KEY + b"\r\n", KEY, None, id="read-only-owner"),
+        pytest.param(REG | 0o600, b"k" * 16, b"k" * 16, None, id="minimum-length"),
+        pytest.param(REG | 0o644, KEY, None, "permissions 0644", id="world-readable"),
+        pytest.param(REG | 0o640, KEY, None, "permissions 0640", id="group-readable"),
+        pytest.param(REG | 0o602, KEY, None, "chmod 600", id="world-writable"),
+        pytest.param(REG | 0o600, b"", None, "is empty", id="empty"),
+        pytest.param(REG | 0o600, b" \n\t\n", None, "is empty", id="only-whitespace"),
+        pytest.param(REG | 0o600, b"secret\n", None, "needs at least 16", id="too-short"),
+        pytest.param(stat.S_IFDIR | 0o700, b"", None, "not a regular file", id="directory"),
+    ],
+)
+def test_key_from_file(mode: int, data: bytes, key: bytes | None, error: str | None) -> None:
+    if error is None:
+        assert identity.key_from_file("/etc/k3/key", mode, data) == key
+        return
+    with pytest.raises(KeyFileError) as caught:
+        identity.key_from_file("/etc/k3/key", mode, data)
+    message = str(caught.value)
+    assert error in message and "/etc/k3/key" in message and "\n" not in message
+    assert KEY.decode() not in message and "secret" not in message
+
+
+def test_read_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_bytes(KEY + b"\n")
+    path.chmod(0o600)
+    assert identity.read_key_file(str(path)) == KEY
+    link = tmp_path / "link"
+    link.symlink_to(path)  # an orchestrator's mounted secret often is a symlink
+    assert identity.read_key_file(str(link)) == KEY
+    path.chmod(0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        identity.read_key_file(str(path))
+    with pytest.raises(KeyFileError, match="does not exist"):
+        identity.read_key_file(str(tmp_path / "missing"))
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        os.chmod(tmp_path, 0o700)
+        identity.read_key_file(str(tmp_path))
