@@ -83,7 +83,7 @@ def test_operator_views_of_real_agents(agents, tmp_path: Path) -> None:  # type:
         wait_for(lambda: raw.ready("node-b") == ("True", "AgentReady"), 10, what="node-b Ready")
         # node-a must have found node-b over mDNS and probed it before it leaves.
         wait_for(lambda: _metrics(a.client.get(a.url + "/metrics")[1]).get(
-            ("k3net_probes_total", (("result", "unverified"),))), 10, what="node-b probed by node-a")
+            ("k3net_probes_total", (("result", "confirmed"),))), 10, what="node-b probed by node-a")
 
         b.signal(signal.SIGTERM)
         assert b.proc.wait(3) == 0
@@ -102,7 +102,7 @@ def test_operator_views_of_real_agents(agents, tmp_path: Path) -> None:  # type:
 
         # /metrics parses and its numbers moved as the scenario did.
         metrics = _metrics(a.client.get(a.url + "/metrics")[1])
-        assert metrics[("k3net_probes_total", (("result", "unverified"),))] >= 1
+        assert metrics[("k3net_probes_total", (("result", "confirmed"),))] >= 1
         assert metrics[("k3net_mdns_events_total", (("kind", "added"),))] >= 1
         assert metrics[("k3net_mdns_events_total", (("kind", "removed"),))] >= 1
         assert metrics[("k3net_event_subscribers", ())] == 1
