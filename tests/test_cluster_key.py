@@ -12,10 +12,10 @@ import pytest
 import trio
 
 from k3net import cli
-from k3net.settings import Settings
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
+from k3net.settings import Settings
 from k3net.store.memory import MemoryStore
 from k3net.tasks.probe import probe_peer
 from k3net.web.app import AppState

@@ -43,11 +43,13 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("K3NET_REGISTER_SELF", "false", "register_self", False),
     ("K3NET_LOG_LEVEL", "debug", "log_level", "debug"),
     ("K3NET_LOG_FORMAT", "json", "log_format", "json"),
+    ("K3NET_ADVERTISE_ADDRESS", "10.0.0.9,fd00::1", "advertise_addresses", ("10.0.0.9", "fd00::1")),
 ]
 
 
 def test_every_flag_has_an_env_case() -> None:
-    covered = {env for env, *_ in ENV_CASES} | {"K3NET_CONFIG"}
+    # K3NET_CLUSTER_KEY_FILE: tests/test_cluster_key.py (it needs a key file)
+    covered = {env for env, *_ in ENV_CASES} | {"K3NET_CONFIG", "K3NET_CLUSTER_KEY_FILE"}
     assert covered == {flag.env for flag in FLAGS}
 
 
