@@ -6,7 +6,7 @@
 #     start_services || exit 1
 #     trap stop_services EXIT
 #
-# start_services installs etcd (Debian etcd-server/etcd-client) and MariaDB when missing, starts
+# start_services installs etcd (Debian etcd-server/etcd-client), MariaDB and nftables when missing, starts
 # a fresh private etcd on 127.0.0.1:23790 (data in .k3net-test/etcd), makes sure MariaDB answers
 # on its Debian socket (starting it if needed), recreates the database k3net_test, and exports
 # the K3NET_TEST_* variables the store tests read. stop_services stops what start_services
@@ -111,7 +111,15 @@ _svc_start_mariadb() {
     fi
 }
 
+# Tools the netns tests use beyond iproute2: nft for one-way firewall shapes.
+_svc_tools() {
+    if ! command -v nft >/dev/null; then
+        _svc_apt_install nftables || return 1
+    fi
+}
+
 start_services() {
+    _svc_tools || return 1
     _svc_start_etcd || return 1
     _svc_start_mariadb || return 1
     mariadb --protocol=socket --socket="$K3NET_MYSQL_SOCKET" -uroot -e \

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+
+import pytest
+
+from k3net.harness.netns import Lan, RoutedLan
+from k3net.harness.reach import listening, multicast_reaches, tcp_outcome
+from tests.conftest import require
 
 
 def test_agent_never_imports_the_harness() -> None:
@@ -13,3 +21,92 @@ def test_agent_never_imports_the_harness() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# --- field LAN shapes (network namespaces, root) ---------------------------------------------
+
+PORT = 7946
+
+
+@pytest.mark.netns
+@pytest.mark.usefixtures("netns_ok")
+def test_shared_bridge_address_answers_only_on_its_own_host() -> None:
+    with Lan(2) as lan:
+        a, b = lan.hosts
+        lan.add_shared_bridge()
+        for host in (a, b):
+            assert host.addresses("virbr0") == ["192.168.122.1/24"]
+            link = json.loads(host.ip("-j", "link", "show", "virbr0").stdout)[0]
+            assert "LOWER_UP" in link["flags"], link  # carrier, as with a running guest
+            assert "MULTICAST" in link["flags"], link
+        with listening(b, "192.168.122.1", PORT):
+            # The same address on a: a's own kernel answers (nothing listens there), never b.
+            assert tcp_outcome(a, "192.168.122.1", PORT) == "refused"
+            assert tcp_outcome(b, "192.168.122.1", PORT) == "connected"
+            assert tcp_outcome(a, b.address, PORT) == "refused"  # b listens on virbr0 only
+
+
+@pytest.mark.netns
+@pytest.mark.usefixtures("netns_ok")
+def test_second_lan_address_is_reachable_from_the_lan() -> None:
+    with Lan(2) as lan:
+        a, b = lan.hosts
+        b.add_address("10.77.0.50/24")
+        assert b.addresses() == [f"{b.address}/24", "10.77.0.50/24"]
+        with listening(b, "0.0.0.0", PORT):
+            assert tcp_outcome(a, "10.77.0.50", PORT) == "connected"
+            assert tcp_outcome(a, b.address, PORT) == "connected"
+
+
+@pytest.mark.netns
+@pytest.mark.usefixtures("netns_ok")
+def test_readdress_moves_the_host_and_keeps_multicast() -> None:
+    with Lan(3) as lan:
+        a, b, c = lan.hosts
+        old = b.address
+        b.readdress("10.77.0.60/24")
+        assert b.address == "10.77.0.60"
+        assert b.addresses() == ["10.77.0.60/24"]
+        assert "224.0.0.0/4" in b.ip("route", "show", "224.0.0.0/4").stdout
+        with listening(b, "0.0.0.0", PORT):
+            assert tcp_outcome(a, "10.77.0.60", PORT) == "connected"
+            assert tcp_outcome(a, old, PORT, timeout=1.0) in ("timeout", "unreachable")
+        assert multicast_reaches(b, [a, c]) == {a.name: True, c.name: True}
+
+
+@pytest.mark.netns
+@pytest.mark.usefixtures("netns_ok")
+def test_router_forwards_unicast_but_not_multicast() -> None:
+    with RoutedLan((2, 1)) as net:
+        (a, b), (c,) = net.segments
+        assert net.gateways == ["10.79.1.1", "10.79.2.1"]
+        assert (a.address, b.address, c.address) == ("10.79.1.2", "10.79.1.3", "10.79.2.2")
+        with listening(c, c.address, PORT):
+            assert tcp_outcome(a, c.address, PORT) == "connected"
+        with listening(a, a.address, PORT):
+            assert tcp_outcome(c, a.address, PORT) == "connected"
+        # mDNS's group and TTL: heard on a's own segment, never across the router.
+        assert multicast_reaches(a, [b, c]) == {b.name: True, c.name: False}
+        assert multicast_reaches(c, [a, b]) == {a.name: False, b.name: False}
+        # A cut link takes the default route with it; link_up brings both routes back.
+        c.link_down()
+        c.link_up()
+        with listening(a, a.address, PORT):
+            assert tcp_outcome(c, a.address, PORT) == "connected"
+
+
+@pytest.mark.netns
+@pytest.mark.usefixtures("netns_ok")
+def test_one_way_reject() -> None:
+    require(shutil.which("nft") is not None, "needs Debian nftables")
+    with Lan(3) as lan:
+        a, b, c = lan.hosts
+        with listening(a, "0.0.0.0", PORT), listening(b, "0.0.0.0", PORT), \
+                listening(c, "0.0.0.0", PORT):
+            a.reject_tcp(b.address, PORT)
+            assert tcp_outcome(a, b.address, PORT) == "refused"
+            assert tcp_outcome(b, a.address, PORT) == "connected"  # the other way works
+            assert tcp_outcome(c, b.address, PORT) == "connected"  # other hosts reach b
+            assert tcp_outcome(a, c.address, PORT) == "connected"  # a reaches other hosts
+            a.clear_rejects()
+            assert tcp_outcome(a, b.address, PORT) == "connected"

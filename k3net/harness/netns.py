@@ -8,6 +8,16 @@ interface.
         a, b, c = lan.hosts
         b.link_down(); ...; b.link_up()
 
+    with RoutedLan((2, 2)) as net:               # two subnets joined by a router namespace
+        (a, b), (c, d) = net.segments            # unicast crosses, multicast (mDNS) does not
+
+Field shapes, as real machines have them (design section 5), on any host:
+
+    lan.add_shared_bridge()                      # virbr0 192.168.122.1/24 on EVERY host
+    host.add_address("10.77.0.50/24")            # a second LAN address
+    host.readdress("10.77.0.60/24")              # a DHCP renewal: new address, old one gone
+    host.reject_tcp("10.77.0.2", 7946)           # one-way: this host's connects get a reset
+
 Nothing is created in the root namespace: the bridge lives in a namespace of its own and each
 veth pair is created there with its peer end moved straight into the host namespace as `eth0`.
 Deleting the namespaces therefore removes every link as well.
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +42,10 @@ PREFIX = "k3t"
 _COMMAND_TIMEOUT = 15  # seconds; any single `ip` command that takes longer is broken
 _STOP_TIMEOUT = 5  # seconds a process gets to exit after SIGTERM before SIGKILL
 _counter = itertools.count()
+# What `Lan.add_shared_bridge` builds by default: libvirt's bridge, repeated on every host.
+VIRBR = ("virbr0", "192.168.122.1/24")
+# The nftables table that `Host.reject_tcp` fills; deleting it undoes every reject.
+_NFT_TABLE = "k3net_harness"
 
 
 class NetnsError(RuntimeError):
@@ -108,6 +123,7 @@ class Host:
         self.name = name  # the namespace name
         self.address = address  # the host's IPv4 address on its interface
         self.interface = interface  # `eth0` on a Lan, `lo` for a LoopbackHost
+        self.gateway: str | None = None  # the default route's next hop (a RoutedLan host)
         self._procs: list[subprocess.Popen[Any]] = []
 
     def __repr__(self) -> str:
@@ -140,11 +156,86 @@ class Host:
         _ip("-n", self.name, "link", "set", self.interface, "up")
         _ip("-n", self.name, "link", "set", self.interface, "multicast", "on")
         _ip("-n", self.name, "route", "replace", "224.0.0.0/4", "dev", self.interface)
+        self._route_default()
+
+    def _route_default(self) -> None:
+        if self.gateway is not None:  # a link going down takes the default route with it
+            _ip("-n", self.name, "route", "replace", "default", "via", self.gateway)
 
     def stop_processes(self) -> None:
         for proc in self._procs:
             _stop(proc)
         self._procs.clear()
+
+    # --- field shapes ----------------------------------------------------------------------
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`ip ARGS` in this namespace."""
+        return _ip("-n", self.name, *args, check=check)
+
+    def addresses(self, interface: str | None = None) -> list[str]:
+        """The IPv4 addresses (`a.b.c.d/len`) on `interface` (default: the LAN interface), in
+        the kernel's order (primary first)."""
+        out = self.ip("-j", "-4", "addr", "show", "dev", interface or self.interface).stdout
+        return [f"{a['local']}/{a['prefixlen']}" for link in json.loads(out or "[]")
+                for a in link.get("addr_info", [])]
+
+    def add_bridge(self, name: str = VIRBR[0], address: str = VIRBR[1]) -> None:
+        """A VM/container bridge on this host, as libvirt's `virbr0` or `docker0`: `address` on
+        it, multicast on, and carrier from a veth whose one end is enslaved to it (as a running
+        guest's tap would be); the other end stays unaddressed in this namespace. Traffic to
+        `address` from this host stays on this host, whatever other host repeats it."""
+        port, guest = f"{name}-nic", f"{name}-vm"
+        if len(guest) > 15:
+            raise ValueError(f"bridge name too long for its veth names: {name!r}")
+        self.ip("link", "add", name, "type", "bridge")
+        self.ip("addr", "add", address, "dev", name)
+        self.ip("link", "add", port, "type", "veth", "peer", "name", guest)
+        self.ip("link", "set", port, "master", name)
+        for link in (guest, port, name):
+            self.ip("link", "set", link, "up")
+        self.ip("link", "set", name, "multicast", "on")
+
+    def add_address(self, address: str) -> None:
+        """One more IPv4 address (`a.b.c.d/len`) on the LAN interface; `self.address` stays."""
+        self.ip("addr", "add", address, "dev", self.interface)
+
+    def readdress(self, address: str) -> None:
+        """Move this host to a new LAN address (`a.b.c.d/len`) as a DHCP renewal does: add the
+        new one, delete the old one, re-add the multicast route if it went with it.
+        `self.address` becomes the new address. Secondary addresses are promoted, not deleted,
+        when the primary goes (systemd's default), so the new one survives in any subnet."""
+        old = next((a for a in self.addresses() if a.split("/")[0] == self.address), None)
+        self.run(["sysctl", "-q", "-w",
+                  f"net.ipv4.conf.{self.interface}.promote_secondaries=1"])
+        self.add_address(address)
+        if old is not None:
+            self.ip("addr", "del", old, "dev", self.interface)
+        self.ip("route", "replace", "224.0.0.0/4", "dev", self.interface)
+        self.address = address.split("/")[0]
+        if self.gateway is not None and ipaddress.ip_address(self.gateway) in \
+                ipaddress.ip_interface(address).network:
+            self._route_default()
+
+    def reject_tcp(self, address: str, port: int) -> None:
+        """A one-way firewall: this host's TCP connections to `address:port` are answered with
+        a reset (the caller sees "connection refused"); nothing else changes, and connections
+        the other way still work. Needs Debian's `nftables`."""
+        family = "ip6" if ipaddress.ip_address(address).version == 6 else "ip"
+        self._nft(f"add table inet {_NFT_TABLE}\n"
+                  f"add chain inet {_NFT_TABLE} out "
+                  "{ type filter hook output priority 0 ; policy accept ; }\n"
+                  f"add rule inet {_NFT_TABLE} out {family} daddr {address} tcp dport {port} "
+                  "reject with tcp reset\n")
+
+    def clear_rejects(self) -> None:
+        """Undo every `reject_tcp` on this host."""
+        self._nft(f"add table inet {_NFT_TABLE}\ndelete table inet {_NFT_TABLE}\n")
+
+    def _nft(self, script: str) -> None:
+        done = self.run(["nft", "-f", "-"], input=script, check=False)
+        if done.returncode != 0:
+            raise NetnsError(f"nft in {self.name}: {done.stderr.strip()}")
 
 
 class _Namespaces:
@@ -228,3 +319,63 @@ class Lan(_Namespaces):
 
     def __len__(self) -> int:
         return len(self.hosts)
+
+    def add_shared_bridge(self, name: str = VIRBR[0], address: str = VIRBR[1]) -> None:
+        """The same VM/container bridge, with the same address, on every host (see
+        `Host.add_bridge`): what libvirt, docker or podman leave on most servers."""
+        for host in self.hosts:
+            host.add_bridge(name, address)
+
+
+class RoutedLan(_Namespaces):
+    """Several subnets joined by a router: a router namespace holds one bridge per subnet, with
+    the subnet's first address on it, and forwards IPv4 unicast between them. Nothing forwards
+    multicast, so mDNS stays inside each subnet (the point of this shape). Subnet k has
+    `hosts_per_subnet[k]` hosts, each with `eth0` on the next addresses after the gateway, a
+    default route via the gateway, and the multicast route on eth0.
+
+        with RoutedLan((2, 2)) as net:
+            (a, b), (c, d) = net.segments   # a, b on 10.79.1.0/24; c, d on 10.79.2.0/24
+            net.router                      # a Host: run a shared store there (both reach it)
+            net.gateways                    # ["10.79.1.1", "10.79.2.1"]
+    """
+
+    def __init__(self, hosts_per_subnet: Sequence[int] = (2, 2),
+                 subnets: Sequence[str] = ("10.79.1.0/24", "10.79.2.0/24")) -> None:
+        super().__init__()
+        if len(hosts_per_subnet) != len(subnets):
+            raise ValueError("one host count per subnet")
+        self.segments: list[list[Host]] = []
+        self.gateways: list[str] = []
+        try:
+            rt = self._add_namespace("rt")
+            _ip("netns", "exec", rt, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            for k, (count, subnet) in enumerate(zip(hosts_per_subnet, subnets, strict=True)):
+                network = ipaddress.ip_network(subnet)
+                gateway, *addresses = itertools.islice(network.hosts(), count + 1)
+                if len(addresses) < count:
+                    raise ValueError(f"{subnet} has room for {len(addresses)} hosts, not {count}")
+                bridge = f"br{k}"
+                _ip("-n", rt, "link", "add", bridge, "type", "bridge")
+                _ip("-n", rt, "addr", "add", f"{gateway}/{network.prefixlen}", "dev", bridge)
+                _ip("-n", rt, "link", "set", bridge, "up")
+                self.gateways.append(str(gateway))
+                segment = []
+                for i, address in enumerate(addresses):
+                    name = self._add_namespace(f"s{k}h{i}")
+                    _ip("-n", rt, "link", "add", f"v{k}-{i}", "type", "veth",
+                        "peer", "name", "eth0", "netns", name)
+                    _ip("-n", rt, "link", "set", f"v{k}-{i}", "master", bridge)
+                    _ip("-n", rt, "link", "set", f"v{k}-{i}", "up")
+                    _ip("-n", name, "addr", "add", f"{address}/{network.prefixlen}",
+                        "dev", "eth0")
+                    host = Host(name, str(address), "eth0")
+                    host.gateway = str(gateway)
+                    host.link_up()
+                    segment.append(host)
+                    self.hosts.append(host)
+                self.segments.append(segment)
+            self.router = Host(rt, self.gateways[0], "br0")
+        except BaseException:
+            self.close()
+            raise

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -39,6 +39,10 @@ class NetnsClient:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         return self._pool.submit(fn, *args).result()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Start `fn(*args)` in the namespace and return at once (calls run one at a time)."""
+        return self._pool.submit(fn, *args)
 
     def get(self, url: str, timeout: float = 2.0) -> tuple[int, str]:
         def fetch() -> tuple[int, str]:
