@@ -2,11 +2,13 @@
 
 | path | answer |
 |---|---|
+| `GET /` | the cluster page (`k3net.web.page`; its assets under `/static/`) |
 | `GET /healthz` | `200 ok` while the process runs |
 | `GET /readyz` | `200 ok` when the store answers, else `503 store unavailable: <reason>` |
-| `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt |
+| `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, store, subscribers, epoch |
 | `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
 | `GET /metrics` | Prometheus text format |
+| `GET /events/snapshot` | the event hub's current view: the snapshot message /events starts with |
 | `/events` (websocket) | the event stream of `k3net.events`; `?since=N[&epoch=E]` resumes |
 
 The app runs in hypercorn's trio worker (possibly inside `trio_asyncio.open_loop()`, so store
@@ -20,6 +22,7 @@ Websocket close codes: 1001 "agent shutting down" (hub closed or server stopping
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -37,6 +40,7 @@ from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import Store, StoreError
+from k3net.web.page import Asset, load_assets, not_modified
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -48,6 +52,17 @@ STORE_DEADLINE = 5.0
 CLOSE_SHUTDOWN = (1001, "agent shutting down")
 CLOSE_FELL_BEHIND = (4008, "subscriber fell behind")
 CLOSE_BAD_REQUEST = 1008
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("k3net")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+# Reported by /info (and shown on the cluster page).
+VERSION = _version()
 
 
 def _never_up() -> bool:
@@ -98,12 +113,14 @@ class App:
         self.state = state
         self._streams: set[Subscription] = set()
         self._stopping = False
+        self._assets = load_assets()
         self._routes: dict[str, Callable[[], Awaitable[tuple[int, str, bytes]]]] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
             "/info": self._info,
             "/nodes": self._nodes,
             "/metrics": self._metrics,
+            "/events/snapshot": self._snapshot,
         }
 
     def shutdown(self) -> None:
@@ -123,16 +140,21 @@ class App:
 
     async def _http(self, scope: Scope, send: Send) -> None:
         path, method = scope["path"], scope["method"]
+        asset = self._assets.get(path)
+        if asset is not None and method in ("GET", "HEAD"):
+            await _send_asset(scope, send, asset)
+            return
         handler = self._routes.get(path)
         if handler is None and path == "/events":
             status, ctype, body = 426, "text/plain", b"/events is a websocket\n"
-        elif handler is None:
+        elif handler is None and asset is None:
             status, ctype, body = 404, "text/plain", b"not found\n"
         elif method not in ("GET", "HEAD"):
             status, ctype, body = 405, "text/plain", b"method not allowed\n"
         elif path == "/info":
             status, ctype, body = await self._info(scope.get("query_string", b""))
         else:
+            assert handler is not None  # a GET of an asset was answered above
             status, ctype, body = await handler()
         headers = [
             (b"content-type", ctype.encode()),
@@ -166,12 +188,21 @@ class App:
             "mdns": {"service": s.settings.service, "domain": s.settings.domain},
             "selfUp": bool(s.self_up()),
             "startedAt": format_time(dt.datetime.fromtimestamp(s.started_at, dt.UTC)),
+            "version": VERSION,
+            "store": s.store.kind,
+            "subscribers": s.hub.subscriber_count,
+            "epoch": s.hub.epoch,
         }
         key = s.settings.cluster_key
         nonce = identity.nonce_from_query(query) if key is not None else None
         if key is not None and nonce is not None:
             info["proof"] = identity.proof(key, nonce, s.settings.node_name)
         return _json(200, info)
+
+    async def _snapshot(self) -> tuple[int, str, bytes]:
+        # From the hub's memory, not the store: the page polls it for lastSeen, which /events
+        # does not stream (heartbeats would drown the interesting events).
+        return _json(200, self.state.hub.snapshot())
 
     async def _nodes(self) -> tuple[int, str, bytes]:
         try:
@@ -219,6 +250,16 @@ class App:
             code, reason = CLOSE_FELL_BEHIND if sub.dropped else CLOSE_SHUTDOWN
             await send({"type": "websocket.close", "code": code, "reason": reason})
             nursery.cancel_scope.cancel()
+
+
+async def _send_asset(scope: Scope, send: Send, asset: Asset) -> None:
+    """One page asset, or 304 when the browser already has it."""
+    headers = dict(scope.get("headers") or [])
+    if_none_match = headers.get(b"if-none-match", b"").decode("latin-1")
+    status, body = (304, b"") if not_modified(asset, if_none_match) else (200, asset.body)
+    response_headers = [*asset.headers(), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": response_headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
