@@ -5,7 +5,7 @@
 | `GET /` | the cluster page (`k3net.web.page`; its assets under `/static/`) |
 | `GET /healthz` | `200 ok` while the process runs |
 | `GET /readyz` | `200 ok` when the store answers, else `503 store unavailable: <reason>` |
-| `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, store, subscribers, epoch |
+| `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, commit, store, subscribers, epoch |
 | `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
 | `GET /metrics` | Prometheus text format |
 | `GET /events/snapshot` | the event hub's current view: the snapshot message /events starts with |
@@ -22,7 +22,6 @@ Websocket close codes: 1001 "agent shutting down" (hub closed or server stopping
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,7 @@ import attrs
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from k3net import version
 from k3net.convert import format_time, node_list
 from k3net.core import identity
 from k3net.events import EventHub, Subscription
@@ -52,17 +52,6 @@ STORE_DEADLINE = 5.0
 CLOSE_SHUTDOWN = (1001, "agent shutting down")
 CLOSE_FELL_BEHIND = (4008, "subscriber fell behind")
 CLOSE_BAD_REQUEST = 1008
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("k3net")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
-        return "unknown"
-
-
-# Reported by /info (and shown on the cluster page).
-VERSION = _version()
 
 
 def _never_up() -> bool:
@@ -188,7 +177,8 @@ class App:
             "mdns": {"service": s.settings.service, "domain": s.settings.domain},
             "selfUp": bool(s.self_up()),
             "startedAt": format_time(dt.datetime.fromtimestamp(s.started_at, dt.UTC)),
-            "version": VERSION,
+            "version": version.version(),
+            "commit": version.commit(),
             "store": s.store.kind,
             "subscribers": s.hub.subscriber_count,
             "epoch": s.hub.epoch,

@@ -587,7 +587,8 @@
     setText($("agent-title"), info ? info.node : "");
     document.title = info ? `k3net · ${info.node}` : "k3net cluster";
     setText($("a-node"), info ? `${info.node} (port ${info.port}, pid ${info.pid})` : "–");
-    setText($("a-version"), info && info.version ? info.version : "–");
+    setText($("a-version"), info && info.version
+      ? info.version + (info.commit ? ` (${info.commit})` : "") : "–");
     const store = $("a-store");
     if (!answering) {
       setText(store, (info && info.store ? info.store + ": " : "") + "agent not answering");
