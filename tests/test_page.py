@@ -19,14 +19,14 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
+from k3net.harness import browser as browser_mod
+from k3net.harness.agents import AgentProc, ready
+from k3net.harness.browser import Browser
+from k3net.harness.netns import Lan
+from k3net.harness.nsclient import wait_for
 from k3net.model import ANN_LAST_SEEN
 from k3net.web.page import ASSETS, CSP
-from tests import browser as browser_mod
-from tests.agents import AgentProc, ready
-from tests.browser import Browser
 from tests.conftest import require
-from tests.netns import Lan
-from tests.nsclient import wait_for
 from tests.test_events import make_node
 from tests.test_web import Web, get, start_web, write_nodes
 

@@ -1,5 +1,6 @@
-"""A real headless browser for the page tests: Debian's chromium driven by selenium through
-Debian's chromium-driver (nothing is downloaded at run time).
+"""A real headless browser for the cluster page's tests, its benchmark and the LAN simulation's
+screenshot: Debian's chromium driven by selenium (a test dependency, imported only here) through
+Debian's chromium-driver. Nothing is downloaded at run time.
 
 The browser must reach agents on a test LAN, whose addresses exist only inside network
 namespaces. A thread that calls setns(2) moves only itself, and processes it starts inherit its
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+from k3net.harness.nsclient import _enter as enter_namespace
 
 T = TypeVar("T")
 
@@ -51,8 +54,6 @@ def available() -> bool:
 
 def _enter(namespace: str | None) -> None:
     if namespace is not None:
-        from tests.nsclient import _enter as enter_namespace
-
         enter_namespace(namespace)
 
 
