@@ -1,57 +1,54 @@
-"""The agent: wiring only. Channels, nurseries, signals and the shutdown order.
+"""The agent: wiring only. Channels, nurseries and the start-up and shutdown order.
 
-    browse ----PeerSeen/PeerGone/PeerRejected--+
-    prober ----ProbeResult---------------------+
-    watch  ----Snapshot/Put/Deleted------------+--> table --Write--> writer --> store
-    expire ----Tick----------------------------+       |
-    self   ----SelfHeartbeat-------------------+       +--ProbeNow/Forget--> prober
-    watch  --(every committed change)--> event hub --> /events subscribers
+    lan.browse --PeerSeen/PeerGone/PeerRejected--+
+    prober  ----ProbeResult----------------------+
+    watch   ----Snapshot/Put/Deleted/Lost--------+--> table --Write--> writer --> store
+    tick    ----Tick / SelfHeartbeat-------------+      |
+                                                        +--ProbeNow/Forget--> prober
+    watch   --(every committed change)--> event hub --> /events subscribers
+
+`Agent` takes everything that touches the machine from outside (the store, the LAN's mDNS, the
+HTTP server, this machine's addresses), so that a test can run the whole agent in-process, on a
+fake clock. `main` builds the real ones.
 
 Every producer holds its own clone of the table's channel, so the table's loop ends by itself
-when the last producer stops. Shutdown (SIGINT/SIGTERM) runs in this order:
+when the last producer stops. Start-up: the writer and the table first, then HTTP (so that a
+peer that sees our advertisement can probe us), then the producers, mDNS advertisement first.
+`stop()` (SIGINT/SIGTERM in `main`) shuts down in this order:
 
 1. close /events subscribers (1001) and stop the HTTP listener, so that a peer probing us after
    our goodbye finds nobody and writes PeerLeft at once;
 2. stop the producers: the advertiser sends the mDNS goodbye on its way out;
 3. the table, its inbox ended, hands the writer our own Node's False/AgentShutdown;
-4. the writer drains what is pending, bounded by a deadline, and the agent exits 0.
-A crash of any task cancels the rest and ends the agent with a clear message and exit code 1.
+4. the writer drains what is pending, bounded by a deadline counted from `stop()`, and `run`
+   returns.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import os
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 import trio
-import trio_asyncio
 
-from k3net import clock, mdns
-from k3net.core.messages import (
-    PeerGone,
-    PeerRejected,
-    PeerSeen,
-    ProbeResult,
-    SelfHeartbeat,
-    Tick,
-)
-from k3net.core.table import Forget, JoinLatency, PeerTable, ProbeNow, SelfInfo, Write
+from k3net.settings import Settings
+from k3net.core.messages import SelfHeartbeat, Tick
+from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
-from k3net.settings import Settings
-from k3net.store import Store, WatchEvent, open_store
-from k3net.tasks import advertise, browse, watch
+from k3net.store.base import Store
+from k3net.tasks import table as table_task
+from k3net.tasks import watch
 from k3net.tasks.probe import Own, Prober
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
-from k3net.web import serve
 from k3net.web.app import AppState, make_app
 
 log = logging.getLogger("k3net.agent")
@@ -62,208 +59,233 @@ SHUTDOWN_DEADLINE = 2.7
 # How long the stopping HTTP listener may take before the goodbye is sent anyway.
 LISTENER_STOP_DEADLINE = 0.5
 
-TableMessage = (
-    PeerSeen | PeerGone | PeerRejected | ProbeResult | Tick | SelfHeartbeat | WatchEvent
-)
+
+class Lan(Protocol):
+    """This machine's presence on the LAN: its mDNS advertisement and the browse for peers."""
+
+    async def advertise(
+        self, addresses: Sequence[str], *, task_status: trio.TaskStatus[None] = ...
+    ) -> None:
+        """Advertise until cancelled; on cancellation say goodbye (bounded)."""
+
+    async def browse(
+        self, out: trio.MemorySendChannel[Message], *, task_status: trio.TaskStatus[None] = ...
+    ) -> None:
+        """Send PeerSeen / PeerGone / PeerRejected to `out` until cancelled; close it then."""
+
+
+# serve(app, host, port, task_status=...): serve HTTP until cancelled; started(port) once it
+# listens.
+ServeHttp = Callable[..., Awaitable[None]]
+
+
+async def serve_http(
+    app: Any, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    from k3net.web import serve  # hypercorn: imported only by an agent that serves
+
+    await serve.run(app, host, port, task_status=task_status)
 
 
 class Agent:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        lan: Lan,
+        addresses: Sequence[str],
+        own: Sequence[str] = (),
+        serve: ServeHttp = serve_http,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.store = store
+        self.lan = lan
+        self.addresses = tuple(addresses)  # advertised, and written into our own Node
+        self.own = tuple(own)  # every address of this machine: a probe there is never a peer
+        self.serve = serve
+        self.metrics = metrics or Metrics()
         self.health = StoreHealth()
         self.hub = EventHub(self.metrics)
-        available = mdns.list_interfaces()
-        interfaces = mdns.choose_interfaces(settings.interfaces, available)
-        self.loopback = mdns.loopback_only(interfaces)
-        self.addresses = mdns.advertised_addresses(interfaces, settings.advertise_addresses)
-        self.own = mdns.own_addresses(available, settings.advertise_addresses)
-        self.me = SelfInfo(
-            settings.node_name, tuple(self.addresses), settings.listen_port, os.getpid()
-        )
-        self.stop_by = math.inf  # set when a stop signal arrives
         self.table = PeerTable(
             peer_ttl=settings.peer_ttl,
             refresh_interval=settings.refresh_interval,
-            me=self.me,
+            me=SelfInfo(settings.node_name, self.addresses, settings.listen_port, os.getpid()),
             register_self=settings.register_self,
+            keyed=settings.cluster_key is not None,
         )
+        self.metrics.watch_table(self.table.counts)
+        self.metrics.watch_health(self.health)
+        self._stop = trio.Event()
+        self._stop_by = float("inf")
+
+    def stop(self) -> None:
+        """Begin the shutdown (module docstring); `run` returns within SHUTDOWN_DEADLINE."""
+        if not self._stop.is_set():
+            self._stop_by = trio.current_time() + SHUTDOWN_DEADLINE
+            self._stop.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
-        async with trio_asyncio.open_loop(), open_store(s.storage) as store:
-            writer = Writer(store, self.metrics, self.health)
-            state = AppState(
-                settings=s, store=store, hub=self.hub, metrics=self.metrics, health=self.health,
-                started_at=time.time(), addrs=self.addresses, self_up=self.table.self_up,
+        writer = Writer(self.store, self.metrics, self.health)
+        write_send, write_recv = trio.open_memory_channel[Write](0)
+        probe_send, probe_recv = trio.open_memory_channel[ProbeNow | Forget](0)
+        table_send, table_recv = trio.open_memory_channel[Message](0)
+        writer_done = trio.Event()
+
+        async with trio.open_nursery() as core:
+            core.start_soon(self._run_writer, writer, write_recv, writer_done)
+            await core.start(
+                table_task.run, self.table, table_recv, write_send, probe_send, self.metrics,
+                self.hub,
             )
-            write_send, write_recv = trio.open_memory_channel[Write](0)
-            probe_send, probe_recv = trio.open_memory_channel[ProbeNow | Forget](0)
-            table_send, table_recv = trio.open_memory_channel[TableMessage](0)
-            writer_done = trio.Event()
-            web_done = trio.Event()
+            http = trio.CancelScope()
+            http_done = trio.Event()
+            await core.start(self._run_http, http, http_done)
+            log.info("serving HTTP on %s:%d", s.listen_host or "*", s.listen_port)
 
-            async with trio.open_nursery() as core:
-                core.start_soon(self._run_writer, writer, write_recv, writer_done)
-                core.start_soon(self._run_table, table_recv, write_send, probe_send)
-                web_scope = trio.CancelScope()
-                await core.start(self._run_web, make_app(state), web_scope, web_done)
-                log.info("serving HTTP on %s:%d", s.listen_host or "*", s.listen_port)
+            async with trio.open_nursery() as producers:
+                async with table_send:
+                    await self._start_producers(producers, table_send, probe_recv)
+                task_status.started()
+                await self._stop.wait()
+                self.hub.close()
+                http.cancel()
+                with trio.move_on_after(LISTENER_STOP_DEADLINE):
+                    await http_done.wait()
+                producers.cancel_scope.cancel()
 
-                async with mdns.open_zeroconf(s.interfaces) as zc, trio.open_nursery() as producers:
-                    producers.start_soon(
-                        self._stop_on_signal, web_scope, web_done, producers.cancel_scope
-                    )
-                    async with table_send:
-                        await self._start_producers(producers, zc, store, table_send, probe_recv)
-                    task_status.started()
-
-                # Producers are gone; the table hands over our AgentShutdown write and the
-                # writer drains. Bounded: a store that is down cannot hold up the exit.
-                with trio.move_on_at(min(self.stop_by, trio.current_time() + SHUTDOWN_DEADLINE)
-                                     ) as deadline:
-                    await writer_done.wait()
-                if deadline.cancelled_caught:
-                    log.warning(
-                        "store did not take the last writes within %.1fs of the signal; "
-                        "%d left unwritten", SHUTDOWN_DEADLINE, len(writer.pending),
-                    )
-                core.cancel_scope.cancel()
+            # Producers are gone; the table hands over our AgentShutdown write and the writer
+            # drains. Bounded: a store that is down cannot hold up the exit.
+            with trio.move_on_at(self._stop_by) as deadline:
+                await writer_done.wait()
+            if deadline.cancelled_caught:
+                log.warning(
+                    "store did not take the last writes within %.1fs of the signal; "
+                    "%d left unwritten", SHUTDOWN_DEADLINE, writer.backlog,
+                )
+            core.cancel_scope.cancel()
         log.info("stopped")
 
     async def _start_producers(
         self,
         producers: trio.Nursery,
-        zc: Any,
-        store: Store,
-        table_send: trio.MemorySendChannel[TableMessage],
+        table_send: trio.MemorySendChannel[Message],
         probe_recv: trio.MemoryReceiveChannel[ProbeNow | Forget],
     ) -> None:
         s = self.settings
         # First, since mDNS registration takes its time (about 1.6 s of probing and announcing,
         # and peers see us from the first packet): the rest starts meanwhile.
-        producers.start_soon(advertise.run, zc, mdns.service_info(s, addresses=self.addresses))
+        producers.start_soon(self.lan.advertise, self.addresses)
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
                         key=s.cluster_key, own=Own.of(self.own, s.listen_port))
-        await producers.start(watch.run, store, table_send.clone(), self.hub.observe, self.health)
+        await producers.start(
+            watch.run, self.store, table_send.clone(), self.hub.observe, self.health
+        )
         await producers.start(prober.run, probe_recv, table_send.clone())
         await producers.start(tick, table_send.clone(), Tick(), expire_interval(s.peer_ttl))
         if s.register_self:
             await producers.start(
                 tick, table_send.clone(), SelfHeartbeat(), heartbeat_interval(s.peer_ttl)
             )
-        await producers.start(
-            functools.partial(browse.run, loopback=self.loopback),
-            zc, mdns.service_type(s.service, s.domain), s.node_name, table_send.clone(),
-            self.metrics,
-        )
-
-    async def _run_table(
-        self,
-        inbox: trio.MemoryReceiveChannel[TableMessage],
-        writes: trio.MemorySendChannel[Write],
-        probes: trio.MemorySendChannel[ProbeNow | Forget],
-    ) -> None:
-        table = self.table
-        async with writes, probes:
-            async with inbox:
-                async for msg in inbox:
-                    now = trio.current_time()
-                    if isinstance(msg, PeerSeen):
-                        actions = table.on_seen(msg, now)
-                    elif isinstance(msg, PeerGone):
-                        log.info("peer %s said goodbye", msg.name)
-                        actions = table.on_gone(msg, now)
-                    elif isinstance(msg, PeerRejected):
-                        self.hub.rejected(msg.instance, msg.reason, msg.detail)
-                        continue
-                    elif isinstance(msg, ProbeResult):
-                        actions = table.on_probe(msg, now)
-                    elif isinstance(msg, Tick):
-                        actions = table.on_tick(now)
-                    elif isinstance(msg, SelfHeartbeat):
-                        actions = table.on_heartbeat(now)
-                    else:
-                        actions = table.on_store(msg, now)
-                        for state, count in table.counts().items():
-                            self.metrics.peers.labels(state=state).set(count)
-                    for action in actions:
-                        if isinstance(action, Write):
-                            await writes.send(action)
-                        elif isinstance(action, JoinLatency):
-                            self.metrics.join_latency.observe(action.seconds)
-                            log.info("peer %s Ready %.3fs after its first sighting",
-                                     action.name, action.seconds)
-                        else:
-                            try:
-                                await probes.send(action)
-                            except trio.BrokenResourceError:
-                                pass  # the prober has stopped: we are shutting down
-            for action in table.shutdown():
-                if isinstance(action, Write):
-                    await writes.send(action)
+        await producers.start(self.lan.browse, table_send.clone())
 
     async def _run_writer(
-        self,
-        writer: Writer,
-        inbox: trio.MemoryReceiveChannel[Write],
-        done: trio.Event,
+        self, writer: Writer, inbox: trio.MemoryReceiveChannel[Write], done: trio.Event
     ) -> None:
         try:
             await writer.run(inbox)
         finally:
             done.set()
 
-    async def _run_web(
+    async def _run_http(
         self,
-        app: Any,
         scope: trio.CancelScope,
         done: trio.Event,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         s = self.settings
+        state = AppState(
+            settings=s, store=self.store, hub=self.hub, metrics=self.metrics, health=self.health,
+            started_at=time.time(), addrs=list(self.addresses), self_up=self.table.self_up,
+        )
         try:
             with scope:
-                await serve.run(app, s.listen_host, s.listen_port, task_status=task_status)
+                await self.serve(
+                    make_app(state), s.listen_host, s.listen_port, task_status=task_status
+                )
         finally:
             done.set()
 
-    async def _stop_on_signal(
-        self, web_scope: trio.CancelScope, web_done: trio.Event, producers: trio.CancelScope
-    ) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("%s received: shutting down", signal.Signals(signum).name)
-                self.stop_by = trio.current_time() + SHUTDOWN_DEADLINE
-                break
-        self.hub.close()
-        web_scope.cancel()
-        with trio.move_on_after(LISTENER_STOP_DEADLINE):
-            await web_done.wait()
-        producers.cancel()
+
+# --- the real thing ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _machine(settings: Settings) -> AsyncIterator[Agent]:
+    """An Agent on this machine's store, mDNS and addresses."""
+    import trio_asyncio
+
+    from k3net import mdns
+    from k3net.lan import open_lan
+    from k3net.store import open_store
+
+    available = mdns.list_interfaces()
+    interfaces = mdns.choose_interfaces(settings.interfaces, available)
+    addresses = mdns.advertised_addresses(interfaces, settings.advertise_addresses)
+    own = mdns.own_addresses(available, settings.advertise_addresses)
+    metrics = Metrics()
+    async with (
+        trio_asyncio.open_loop(),
+        open_store(settings.storage) as store,
+        open_lan(settings, interfaces, metrics) as lan,
+    ):
+        yield Agent(settings, store=store, lan=lan, addresses=addresses, own=own, metrics=metrics)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the agent on this machine until SIGINT or SIGTERM."""
+    async with _machine(settings) as agent, trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, agent)
+        await agent.run()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(agent: Agent) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s received: shutting down", signal.Signals(signum).name)
+            agent.stop()
+            return
+
+
+def main(settings: Settings) -> int:
+    """Run the agent until SIGINT/SIGTERM (exit 0). An error of the environment (a port taken,
+    an mDNS name in use, an interface gone) ends it with one line per error and exit code 1;
+    anything else is a bug and is logged with its traceback."""
+    from k3net import clock
+    from k3net.mdns import MdnsError
+    from k3net.tasks.advertise import NameTakenError
+
+    errors: list[BaseException] = []
+    try:
+        try:
+            clock.run(serve, settings)
+        except* (MdnsError, NameTakenError, OSError) as group:
+            errors.extend(_leaves(group))
+    except BaseException as exc:  # a bug: the traceback is worth having
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        log.error("agent crashed", exc_info=True)
+        errors.extend(_leaves(exc))
+    for error in errors:
+        print(f"k3net run: fatal: {error}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]
-
-
-def main(settings: Settings) -> int:
-    """Run the agent until SIGINT/SIGTERM (exit 0) or a crash (exit 1, one line per error)."""
-    try:
-        agent = Agent(settings)
-        clock.run(agent.run)
-    except mdns.MdnsError as exc:
-        print(f"k3net run: error: {exc}", file=sys.stderr)
-        return 2
-    except (Exception, BaseExceptionGroup) as exc:
-        leaves = _leaves(exc)
-        if not all(isinstance(leaf, OSError) for leaf in leaves):
-            # A bug, not the environment: the traceback is worth having.
-            log.error("agent crashed", exc_info=True)
-        for leaf in leaves:
-            print(f"k3net run: fatal: {leaf}", file=sys.stderr)
-        return 1
-    return 0

@@ -3,10 +3,18 @@ agents in one process (tests) do not mix their numbers."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _JOIN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+if TYPE_CHECKING:
+    from k3net.health import StoreHealth
 
 
 class Metrics:
@@ -63,5 +71,15 @@ class Metrics:
             buckets=_JOIN_BUCKETS, registry=r,
         )
         self.store_up = Gauge(
-            "k3net_store_up", "1 if the last store call succeeded, else 0.", registry=r,
+            "k3net_store_up", "1 if the store answers (the last call or watch succeeded).",
+            registry=r,
         )
+
+    def watch_table(self, counts: Mapping[str, int]) -> None:
+        """Read the peer gauge from the table's counts at scrape time: no work per event."""
+        for state in ("ready", "not_ready", "unknown"):
+            self.peers.labels(state=state).set_function(functools.partial(counts.__getitem__, state))
+
+    def watch_health(self, health: StoreHealth) -> None:
+        """k3net_store_up is the one store-health signal, read at scrape time."""
+        self.store_up.set_function(lambda: float(health.ok))

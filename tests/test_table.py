@@ -13,34 +13,53 @@ from typing import Any
 import pytest
 
 from k3net.convert import node_from_dict, node_to_dict
-from k3net.core.messages import PeerGone, PeerSeen, ProbeResult
+from k3net.core.messages import (
+    Deleted,
+    Lost,
+    OwnAddresses,
+    PeerGone,
+    PeerSeen,
+    ProbeOutcome,
+    ProbeResult,
+    Put,
+    SelfHeartbeat,
+    Snapshot,
+    Stopping,
+    Stored,
+    Tick,
+)
 from k3net.core.nodes import (
     AGENT_READY,
     PEER_ALIVE,
+    PEER_REFUSED,
     Alive,
     Expired,
     Left,
+    Refused,
     Shutdown,
     last_seen,
     render,
 )
 from k3net.core.table import (
+    LEAVING_REPROBES,
+    REPROBE_DELAY,
     Forget,
     JoinLatency,
     PeerTable,
     ProbeNow,
     ProbeTarget,
+    Reject,
     SelfInfo,
     Write,
 )
 from k3net.model import Node
-from k3net.store.base import Deleted, Lost, Put, Snapshot, Stored
 
 TTL = 90.0
 REFRESH = 30.0
 ME = SelfInfo(name="me", addresses=("192.168.1.2",), port=7946, pid=100)
 PEER = PeerSeen(name="peer-a", addresses=("192.168.1.10",), port=7946, pid=4242)
 OTHER = PeerSeen(name="peer-b", addresses=("192.168.1.11",), port=7000, pid=None)
+TARGET = ProbeTarget("peer-a", ("192.168.1.10",), 7946)
 WALL0 = dt.datetime(2026, 11, 29, 10, 0, tzinfo=dt.UTC)
 
 _versions = itertools.count(1)
@@ -49,7 +68,7 @@ _versions = itertools.count(1)
 def table(register_self: bool = True, me: SelfInfo = ME) -> PeerTable:
     """A table whose store watch delivered its first (empty) Snapshot, as every watch does."""
     t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=me, register_self=register_self)
-    assert t.on_store(Snapshot(()), 0.0) == []
+    assert t.handle(Snapshot(()), 0.0) == []
     return t
 
 
@@ -73,8 +92,8 @@ def writes(actions: list[Any]) -> list[Write]:
     return [a for a in actions if isinstance(a, Write)]
 
 
-def ok(peer: PeerSeen = PEER) -> ProbeResult:
-    return ProbeResult(peer.name, "confirmed", 0.001, address=peer.addresses[0])
+def ok(peer: PeerSeen = PEER, started: float = 0.0) -> ProbeResult:
+    return ProbeResult(peer.name, "confirmed", 0.001, address=peer.addresses[0], started=started)
 
 
 def fail(peer: PeerSeen = PEER) -> ProbeResult:
@@ -83,9 +102,9 @@ def fail(peer: PeerSeen = PEER) -> ProbeResult:
 
 def joined(t: PeerTable, peer: PeerSeen = PEER, now: float = 0.0) -> Put:
     """`peer` seen over mDNS, probed OK, its Node created and seen in the store at `now`."""
-    t.on_seen(peer, now)
-    put = commit(t.on_probe(ok(peer), now)[0], wall=now)
-    t.on_store(put, now)
+    t.handle(peer, now)
+    put = commit(t.handle(ok(peer), now)[0], wall=now)
+    t.handle(put, now)
     return put
 
 
@@ -120,55 +139,55 @@ def with_last_seen(put: Put, value: str) -> Put:
 
 
 def test_new_peer_is_probed_at_once() -> None:
-    assert table().on_seen(PEER, 0.0) == [
+    assert table().handle(PEER, 0.0) == [
         ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))
     ]
 
 
 def test_ok_probe_of_a_new_peer_creates_its_node() -> None:
     t = table()
-    t.on_seen(PEER, 0.0)
-    assert t.on_probe(ok(), 0.01) == [
+    t.handle(PEER, 0.0)
+    assert t.handle(ok(), 0.01) == [
         Write(Alive("peer-a", ("192.168.1.10",), 7946, 4242, PEER_ALIVE, refresh=True), None)
     ]
 
 
 def test_seeing_the_node_ready_reports_join_latency_once() -> None:
     t = table()
-    t.on_seen(PEER, 10.0)
-    put = commit(t.on_probe(ok(), 10.01)[0])
-    assert t.on_store(put, 10.05) == [JoinLatency("peer-a", pytest.approx(0.05))]
-    assert t.on_store(put, 10.06) == []
-    assert t.on_seen(PEER, 11.0) == [ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))]
-    assert t.on_store(with_last_seen(put, "x"), 12.0) == []
+    t.handle(PEER, 10.0)
+    put = commit(t.handle(ok(), 10.01)[0])
+    assert t.handle(put, 10.05) == [JoinLatency("peer-a", pytest.approx(0.05))]
+    assert t.handle(put, 10.06) == []
+    assert t.handle(PEER, 11.0) == [ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))]
+    assert t.handle(with_last_seen(put, "x"), 12.0) == []
 
 
 def test_no_join_latency_for_a_peer_already_ready_in_the_store() -> None:
     t = table()
     first = table()
     put = joined(first)
-    t.on_store(put, 0.0)
-    t.on_seen(PEER, 1.0)
-    assert t.on_store(with_last_seen(put, "2026-11-29T10:00:05.000000Z"), 2.0) == []
+    t.handle(put, 0.0)
+    t.handle(PEER, 1.0)
+    assert t.handle(with_last_seen(put, "2026-11-29T10:00:05.000000Z"), 2.0) == []
 
 
 def test_failed_probe_of_a_new_peer_writes_nothing() -> None:
     t = table()
-    t.on_seen(PEER, 0.0)
-    assert t.on_probe(fail(), 0.7) == []
+    t.handle(PEER, 0.0)
+    assert t.handle(fail(), 0.7) == []
 
 
 def test_probe_result_of_an_unknown_peer_is_ignored() -> None:
-    assert table().on_probe(ok(), 0.0) == []
-    assert table().on_probe(fail(), 0.0) == []
+    assert table().handle(ok(), 0.0) == []
+    assert table().handle(fail(), 0.0) == []
 
 
 def test_changed_addresses_are_written_without_refresh() -> None:
     t = table()
     put = joined(t)
     moved = PeerSeen("peer-a", ("192.168.1.99",), 7946, 4242)
-    t.on_seen(moved, 5.0)
-    (write,) = t.on_probe(ok(moved), 5.0)
+    t.handle(moved, 5.0)
+    (write,) = t.handle(ok(moved), 5.0)
     assert write.intent == Alive("peer-a", ("192.168.1.99",), 7946, 4242, PEER_ALIVE,
                                  refresh_from=last_seen(put.stored.node), refresh=False,
                                  seen_ready="True")
@@ -185,7 +204,7 @@ def test_changed_addresses_are_written_without_refresh() -> None:
 def test_refresh_due_peer_ttl_over_3_after_last_seen_changed(after: float, due: bool) -> None:
     t = table()
     put = joined(t, now=100.0)
-    actions = t.on_probe(ok(), 100.0 + after)
+    actions = t.handle(ok(), 100.0 + after)
     if not due:
         assert actions == []
         return
@@ -199,29 +218,29 @@ def test_refresh_due_peer_ttl_over_3_after_last_seen_changed(after: float, due: 
 def test_refresh_is_asked_once_while_in_flight() -> None:
     t = table()
     joined(t, now=0.0)
-    assert len(writes(t.on_probe(ok(), 30.0))) == 1
+    assert len(writes(t.handle(ok(), 30.0))) == 1
     for now in (30.1, 35.0, 45.0, 59.9):
-        assert t.on_probe(ok(), now) == [], now
+        assert t.handle(ok(), now) == [], now
 
 
 def test_after_our_refresh_lands_the_next_is_due_a_refresh_interval_later() -> None:
     t = table()
     put = joined(t, now=0.0)
-    refreshed = commit(t.on_probe(ok(), 30.0)[0], wall=30.0)
+    refreshed = commit(t.handle(ok(), 30.0)[0], wall=30.0)
     assert last_seen(refreshed.stored.node) != last_seen(put.stored.node)
-    assert t.on_store(refreshed, 30.2) == []
-    assert t.on_probe(ok(), 60.1) == []
-    assert len(writes(t.on_probe(ok(), 60.2))) == 1
+    assert t.handle(refreshed, 30.2) == []
+    assert t.handle(ok(), 60.1) == []
+    assert len(writes(t.handle(ok(), 60.2))) == 1
 
 
 def test_another_agents_refresh_makes_ours_not_due() -> None:
     t = table()
     put = joined(t, now=0.0)
     # another agent refreshed lastSeen at 25s (we see it through the watch)
-    t.on_store(with_last_seen(put, "2026-11-29T10:00:25.000000Z"), 25.0)
-    assert t.on_probe(ok(), 31.0) == []
-    assert t.on_probe(ok(), 54.9) == []
-    (write,) = t.on_probe(ok(), 55.0)
+    t.handle(with_last_seen(put, "2026-11-29T10:00:25.000000Z"), 25.0)
+    assert t.handle(ok(), 31.0) == []
+    assert t.handle(ok(), 54.9) == []
+    (write,) = t.handle(ok(), 55.0)
     assert write.intent.refresh_from == "2026-11-29T10:00:25.000000Z"
 
 
@@ -230,8 +249,8 @@ def test_a_put_that_keeps_last_seen_does_not_restart_the_refresh_timer() -> None
     put = joined(t, now=0.0)
     labelled = node_to_dict(put.stored.node)
     labelled["metadata"]["labels"]["team"] = "blue"
-    t.on_store(Put(store_node(node_from_dict(labelled))), 20.0)
-    assert len(writes(t.on_probe(ok(), 30.0))) == 1
+    t.handle(Put(store_node(node_from_dict(labelled))), 20.0)
+    assert len(writes(t.handle(ok(), 30.0))) == 1
 
 
 # --- expiry -----------------------------------------------------------------------------------
@@ -240,47 +259,47 @@ def test_a_put_that_keeps_last_seen_does_not_restart_the_refresh_timer() -> None
 def test_expiry_after_peer_ttl_without_last_seen_change_exactly_once() -> None:
     t = table()
     put = joined(t, now=0.0)
-    assert t.on_tick(89.9) == []
-    assert t.on_tick(90.0) == [Write(Expired("peer-a", last_seen(put.stored.node)), put.stored)]
-    assert t.on_tick(91.0) == []
-    assert t.on_tick(500.0) == []
+    assert t.handle(Tick(), 89.9) == []
+    assert t.handle(Tick(), 90.0) == [Write(Expired("peer-a", last_seen(put.stored.node)), put.stored)]
+    assert t.handle(Tick(), 91.0) == []
+    assert t.handle(Tick(), 500.0) == []
 
 
 def test_expiry_timer_restarts_when_last_seen_changes() -> None:
     t = table()
     put = joined(t, now=0.0)
-    t.on_store(with_last_seen(put, "2026-11-29T10:01:00.000000Z"), 60.0)
-    assert t.on_tick(149.9) == []
-    assert len(t.on_tick(150.0)) == 1
+    t.handle(with_last_seen(put, "2026-11-29T10:01:00.000000Z"), 60.0)
+    assert t.handle(Tick(), 149.9) == []
+    assert len(t.handle(Tick(), 150.0)) == 1
 
 
 def test_expiry_not_reset_by_a_put_that_keeps_last_seen() -> None:
     t = table()
     put = joined(t, now=0.0)
     moved = with_status(put, "True", "PeerAlive")  # same lastSeen, new version
-    t.on_store(moved, 50.0)
-    (write,) = t.on_tick(90.0)
+    t.handle(moved, 50.0)
+    (write,) = t.handle(Tick(), 90.0)
     assert write.base == moved.stored
 
 
 def test_expired_node_written_unknown_is_not_expired_again() -> None:
     t = table()
     joined(t, now=0.0)
-    (expiry,) = t.on_tick(90.0)
-    t.on_store(commit(expiry, wall=90.0), 90.1)
-    assert t.on_tick(200.0) == []
-    assert t.counts() == {"ready": 0, "not_ready": 0, "unknown": 1}
+    (expiry,) = t.handle(Tick(), 90.0)
+    t.handle(commit(expiry, wall=90.0), 90.1)
+    assert t.handle(Tick(), 200.0) == []
+    assert t.counts == {"ready": 0, "not_ready": 0, "unknown": 1}
 
 
 def test_expiry_again_after_the_peer_came_back_and_went_silent() -> None:
     t = table()
     joined(t, now=0.0)
-    (expiry,) = t.on_tick(90.0)
-    t.on_store(commit(expiry, wall=90.0), 90.0)
-    (back,) = t.on_probe(ok(), 100.0)
-    t.on_store(commit(back, wall=100.0), 100.0)
-    assert t.on_tick(189.9) == []
-    assert len(t.on_tick(190.0)) == 1
+    (expiry,) = t.handle(Tick(), 90.0)
+    t.handle(commit(expiry, wall=90.0), 90.0)
+    (back,) = t.handle(ok(), 100.0)
+    t.handle(commit(back, wall=100.0), 100.0)
+    assert t.handle(Tick(), 189.9) == []
+    assert len(t.handle(Tick(), 190.0)) == 1
 
 
 @pytest.mark.parametrize(
@@ -293,21 +312,21 @@ def test_expiry_again_after_the_peer_came_back_and_went_silent() -> None:
 )
 def test_no_expiry_for_unmanaged_or_not_ready_nodes(put: Put) -> None:
     t = table()
-    t.on_store(put, 0.0)
-    assert t.on_tick(1000.0) == []
+    t.handle(put, 0.0)
+    assert t.handle(Tick(), 1000.0) == []
 
 
 def test_stale_managed_node_nobody_probes_expires() -> None:
     t = table()
     put = foreign_put("far-away", managed=True)
-    t.on_store(put, 0.0)
-    assert t.on_tick(90.0) == [Write(Expired("far-away", "2026-11-29T09:00:00.000000Z"), put.stored)]
+    t.handle(put, 0.0)
+    assert t.handle(Tick(), 90.0) == [Write(Expired("far-away", "2026-11-29T09:00:00.000000Z"), put.stored)]
 
 
 def test_own_node_is_never_expired_by_this_agent() -> None:
     t = table()
-    t.on_store(commit(t.on_heartbeat(0.0)[0]), 0.0)
-    assert t.on_tick(1000.0) == []
+    t.handle(commit(t.handle(SelfHeartbeat(), 0.0)[0]), 0.0)
+    assert t.handle(Tick(), 1000.0) == []
 
 
 @pytest.mark.parametrize(
@@ -317,14 +336,14 @@ def test_own_node_is_never_expired_by_this_agent() -> None:
 )
 def test_clock_skew_does_not_change_timing(stored_last_seen: str) -> None:
     t = table()
-    t.on_seen(PEER, 0.0)
-    put = commit(t.on_probe(ok(), 0.0)[0])
+    t.handle(PEER, 0.0)
+    put = commit(t.handle(ok(), 0.0)[0])
     skewed = with_last_seen(put, stored_last_seen)
-    t.on_store(skewed, 1000.0)
-    assert t.on_probe(ok(), 1029.9) == []
-    assert len(writes(t.on_probe(ok(), 1030.0))) == 1
-    assert t.on_tick(1089.9) == []
-    (expiry,) = t.on_tick(1090.0)
+    t.handle(skewed, 1000.0)
+    assert t.handle(ok(), 1029.9) == []
+    assert len(writes(t.handle(ok(), 1030.0))) == 1
+    assert t.handle(Tick(), 1089.9) == []
+    (expiry,) = t.handle(Tick(), 1090.0)
     assert expiry.intent == Expired("peer-a", stored_last_seen)
 
 
@@ -334,7 +353,7 @@ def test_clock_skew_does_not_change_timing(stored_last_seen: str) -> None:
 def test_goodbye_is_probed_at_once() -> None:
     t = table()
     joined(t)
-    assert t.on_gone(PeerGone("peer-a"), 5.0) == [
+    assert t.handle(PeerGone("peer-a"), 5.0) == [
         ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))
     ]
 
@@ -342,96 +361,106 @@ def test_goodbye_is_probed_at_once() -> None:
 def test_goodbye_and_failed_probe_marks_left_and_forgets() -> None:
     t = table()
     put = joined(t)
-    t.on_gone(PeerGone("peer-a"), 5.0)
-    assert t.on_probe(fail(), 5.01) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
-    assert t.targets() == []
-    assert t.on_probe(fail(), 6.0) == []
+    t.handle(PeerGone("peer-a"), 5.0)
+    assert t.handle(fail(), 5.01) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
+    assert t.handle(fail(), 6.0) == []  # forgotten: a late result changes nothing
 
 
-def test_goodbye_and_ok_probe_stays_alive() -> None:
+def test_goodbye_and_ok_probe_stays_alive_and_is_probed_again_soon() -> None:
     t = table()
     joined(t)
-    t.on_gone(PeerGone("peer-a"), 5.0)
-    assert t.on_probe(ok(), 5.01) == []
-    assert [p.name for p in t.targets()] == ["peer-a"]
+    t.handle(PeerGone("peer-a"), 5.0)
+    assert t.handle(ok(started=5.0), 5.01) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
+
+
+def test_quick_reprobes_after_a_goodbye_are_bounded() -> None:
+    t = table()
+    joined(t)
+    t.handle(PeerGone("peer-a"), 5.0)
+    reprobes = [t.handle(ok(started=5.0 + i), 5.0 + i) for i in range(1, 10)]
+    assert sum(len(a) for a in reprobes) == LEAVING_REPROBES
 
 
 def test_failed_probe_without_goodbye_writes_nothing() -> None:
     t = table()
     joined(t)
     for now in (15.0, 30.0, 45.0, 60.0, 75.0):
-        assert t.on_probe(fail(), now) == []
+        assert t.handle(fail(), now) == []
 
 
 def test_peer_seen_again_after_goodbye_is_not_left_on_a_failed_probe() -> None:
     t = table()
     joined(t)
-    t.on_gone(PeerGone("peer-a"), 5.0)
-    t.on_seen(PEER, 5.5)  # restarted
-    assert t.on_probe(fail(), 6.0) == []
+    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PEER, 5.5)  # restarted
+    assert t.handle(fail(), 6.0) == []
 
 
-def test_goodbye_refuted_by_ok_probe_then_one_failed_probe_writes_nothing() -> None:
+@pytest.mark.parametrize("outcome", ["timeout", "refused", "wrong-node"])
+def test_goodbye_then_listener_gone_later_is_left(outcome: ProbeOutcome) -> None:
+    """A Go agent may send its goodbye before its listener closes: the goodbye stands until
+    the peer announces itself again, so the first failed probe after it is decisive."""
     t = table()
-    joined(t)
-    t.on_gone(PeerGone("peer-a"), 5.0)
+    put = joined(t)
+    t.handle(PeerGone("peer-a"), 5.0)
     answered = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10", started=5.01)
-    assert t.on_probe(answered, 5.02) == []  # the peer restarted: still there
-    assert t.on_probe(fail(), 20.0) == []  # one failed probe proves nothing
+    assert writes(t.handle(answered, 5.02)) == []  # still listening: nothing to write yet
+    failed = ProbeResult("peer-a", outcome, 0.001, started=6.0)
+    assert t.handle(failed, 6.02) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
 
 
 def test_ok_probe_started_before_the_goodbye_does_not_refute_it() -> None:
     t = table()
     put = joined(t)
-    t.on_gone(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a"), 5.0)
     late = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10", started=4.9)
-    assert t.on_probe(late, 5.02) == []
-    assert t.on_probe(fail(), 5.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
+    assert t.handle(late, 5.02) == []
+    assert t.handle(fail(), 5.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
 
 
 def test_goodbye_of_a_peer_known_only_from_the_store() -> None:
     t = table()
     put = joined(table())
-    t.on_store(put, 0.0)  # this agent just started: it never browsed peer-a
-    assert t.on_gone(PeerGone("peer-a"), 1.0) == [
+    t.handle(put, 0.0)  # this agent just started: it never browsed peer-a
+    assert t.handle(PeerGone("peer-a"), 1.0) == [
         ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))
     ]
-    assert t.on_probe(fail(), 1.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
+    assert t.handle(fail(), 1.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
 
 
 def test_goodbye_of_something_unknown_does_nothing() -> None:
     t = table()
-    assert t.on_gone(PeerGone("nobody"), 0.0) == []
-    t.on_store(foreign_put("ctrl-node"), 0.0)  # no k3net port annotation: nothing to probe
-    assert t.on_gone(PeerGone("ctrl-node"), 0.0) == []
+    assert t.handle(PeerGone("nobody"), 0.0) == []
+    t.handle(foreign_put("ctrl-node"), 0.0)  # no k3net port annotation: nothing to probe
+    assert t.handle(PeerGone("ctrl-node"), 0.0) == []
 
 
 def test_goodbye_of_a_peer_with_an_unmanaged_node_never_writes() -> None:
     t = table()
-    t.on_store(foreign_put("peer-a"), 0.0)
-    t.on_seen(PEER, 0.0)
-    assert t.on_probe(ok(), 0.1) == []  # never touched
-    t.on_gone(PeerGone("peer-a"), 1.0)
-    assert t.on_probe(fail(), 1.1) == [Forget("peer-a")]
+    t.handle(foreign_put("peer-a"), 0.0)
+    t.handle(PEER, 0.0)
+    assert t.handle(ok(), 0.1) == []  # never touched
+    t.handle(PeerGone("peer-a"), 1.0)
+    assert t.handle(fail(), 1.1) == [Forget("peer-a")]
 
 
 def test_goodbye_of_a_peer_not_yet_in_the_view_is_marked_from_the_store() -> None:
     """The watch may lag our own write of its Node (MySQL polls): the Left goes to the writer
     without a base, and the writer reads the Node before it marks it."""
     t = table()
-    t.on_seen(PEER, 0.0)
-    t.on_gone(PeerGone("peer-a"), 0.5)
-    assert t.on_probe(fail(), 0.6) == [Forget("peer-a"), Write(Left("peer-a"), None)]
+    t.handle(PEER, 0.0)
+    t.handle(PeerGone("peer-a"), 0.5)
+    assert t.handle(fail(), 0.6) == [Forget("peer-a"), Write(Left("peer-a"), None)]
 
 
 def test_goodbye_of_an_unmanaged_node_only_forgets() -> None:
     t = table()
-    t.on_seen(PEER, 0.0)
+    t.handle(PEER, 0.0)
     foreign = node_from_dict({"metadata": {"name": "peer-a"}, "status": {"conditions": [
         {"type": "Ready", "status": "True"}]}})
-    t.on_store(Put(Stored(foreign, "1")), 0.1)
-    t.on_gone(PeerGone("peer-a"), 0.5)
-    assert t.on_probe(fail(), 0.6) == [Forget("peer-a")]
+    t.handle(Put(Stored(foreign, "1")), 0.1)
+    t.handle(PeerGone("peer-a"), 0.5)
+    assert t.handle(fail(), 0.6) == [Forget("peer-a")]
 
 
 # --- this agent's own Node --------------------------------------------------------------------
@@ -439,7 +468,7 @@ def test_goodbye_of_an_unmanaged_node_only_forgets() -> None:
 
 def test_heartbeat_creates_own_node() -> None:
     t = table()
-    assert t.on_heartbeat(0.0) == [
+    assert t.handle(SelfHeartbeat(), 0.0) == [
         Write(Alive("me", ("192.168.1.2",), 7946, 100, AGENT_READY, refresh=True), None)
     ]
     assert not t.self_up()
@@ -447,31 +476,31 @@ def test_heartbeat_creates_own_node() -> None:
 
 def test_heartbeat_refreshes_own_node_when_due() -> None:
     t = table()
-    put = commit(t.on_heartbeat(0.0)[0])
-    t.on_store(put, 0.0)
+    put = commit(t.handle(SelfHeartbeat(), 0.0)[0])
+    t.handle(put, 0.0)
     assert t.self_up()
-    assert t.on_heartbeat(10.0) == []
-    assert t.on_heartbeat(29.9) == []
-    (write,) = t.on_heartbeat(30.0)
+    assert t.handle(SelfHeartbeat(), 10.0) == []
+    assert t.handle(SelfHeartbeat(), 29.9) == []
+    (write,) = t.handle(SelfHeartbeat(), 30.0)
     assert write.intent == Alive("me", ("192.168.1.2",), 7946, 100, AGENT_READY,
                                  refresh_from=last_seen(put.stored.node), refresh=True,
                                  seen_ready="True")
-    assert t.on_heartbeat(31.0) == []
+    assert t.handle(SelfHeartbeat(), 31.0) == []
 
 
 def test_shutdown_marks_own_node_down_and_stops_heartbeats() -> None:
     t = table()
-    put = commit(t.on_heartbeat(0.0)[0])
-    t.on_store(put, 0.0)
-    assert t.shutdown() == [Write(Shutdown("me"), put.stored)]
-    assert t.on_heartbeat(100.0) == []
+    put = commit(t.handle(SelfHeartbeat(), 0.0)[0])
+    t.handle(put, 0.0)
+    assert t.handle(Stopping(), 0.0) == [Write(Shutdown("me"), put.stored)]
+    assert t.handle(SelfHeartbeat(), 100.0) == []
     down = commit(Write(Shutdown("me"), put.stored), wall=1.0)
-    assert t.on_store(down, 1.0) == []  # our own shutdown is not "corrected"
-    assert t.on_heartbeat(200.0) == []
+    assert t.handle(down, 1.0) == []  # our own shutdown is not "corrected"
+    assert t.handle(SelfHeartbeat(), 200.0) == []
 
 
 def test_shutdown_before_own_node_was_seen() -> None:
-    assert table().shutdown() == [Write(Shutdown("me"), None)]
+    assert table().handle(Stopping(), 0.0) == [Write(Shutdown("me"), None)]
 
 
 @pytest.mark.parametrize(
@@ -479,26 +508,26 @@ def test_shutdown_before_own_node_was_seen() -> None:
 )
 def test_own_node_marked_down_by_someone_else_is_corrected_at_once(status: str, reason: str) -> None:
     t = table()
-    put = commit(t.on_heartbeat(0.0)[0])
-    t.on_store(put, 0.0)
+    put = commit(t.handle(SelfHeartbeat(), 0.0)[0])
+    t.handle(put, 0.0)
     down = with_status(put, status, reason)
-    (write,) = t.on_store(down, 5.0)
+    (write,) = t.handle(down, 5.0)
     assert isinstance(write.intent, Alive)
     assert write.intent.reason == AGENT_READY
     assert write.base == down.stored
     fixed = commit(write, wall=5.0)
     assert fixed.stored.node.ready_status == "True"
-    assert t.on_store(fixed, 5.1) == []
+    assert t.handle(fixed, 5.1) == []
 
 
 def test_register_self_false_never_writes_own_node() -> None:
     t = table(register_self=False)
-    assert t.on_heartbeat(0.0) == []
-    assert t.on_heartbeat(1000.0) == []
-    assert t.shutdown() == []
+    assert t.handle(SelfHeartbeat(), 0.0) == []
+    assert t.handle(SelfHeartbeat(), 1000.0) == []
+    assert t.handle(Stopping(), 0.0) == []
     other = table()
-    put = commit(other.on_heartbeat(0.0)[0])
-    assert t.on_store(with_status(put, "Unknown", "PeerExpired"), 1.0) == []
+    put = commit(other.handle(SelfHeartbeat(), 0.0)[0])
+    assert t.handle(with_status(put, "Unknown", "PeerExpired"), 1.0) == []
 
 
 # --- the store view ---------------------------------------------------------------------------
@@ -508,40 +537,30 @@ def test_snapshot_replaces_the_view() -> None:
     t = table()
     put_a = joined(t, PEER)
     joined(t, OTHER)
-    assert t.counts()["ready"] == 2
-    t.on_store(Snapshot((put_a.stored,)), 10.0)  # peer-b's Node was deleted meanwhile
-    assert t.counts() == {"ready": 1, "not_ready": 0, "unknown": 0}
+    assert t.counts["ready"] == 2
+    t.handle(Snapshot((put_a.stored,)), 10.0)  # peer-b's Node was deleted meanwhile
+    assert t.counts == {"ready": 1, "not_ready": 0, "unknown": 0}
     # not expired: it is not in the store
-    assert [w.intent.name for w in t.on_tick(1000.0)] == ["peer-a"]
+    assert [w.intent.name for w in t.handle(Tick(), 1000.0)] == ["peer-a"]
     # re-created if it answers
-    (write,) = t.on_probe(ok(OTHER), 11.0)
+    (write,) = t.handle(ok(OTHER), 11.0)
     assert write.base is None and write.intent.name == "peer-b"
 
 
 def test_snapshot_keeps_timers_of_unchanged_nodes() -> None:
     t = table()
     put = joined(t, now=0.0)
-    t.on_store(Snapshot((put.stored,)), 60.0)  # watch reconnected: same lastSeen
-    assert len(t.on_tick(90.0)) == 1
+    t.handle(Snapshot((put.stored,)), 60.0)  # watch reconnected: same lastSeen
+    assert len(t.handle(Tick(), 90.0)) == 1
 
 
 def test_deleted_node_is_recreated_on_next_ok_probe() -> None:
     t = table()
     joined(t)
-    t.on_store(Deleted("peer-a"), 1.0)
-    assert t.on_tick(1000.0) == []
-    (write,) = t.on_probe(ok(), 2.0)
+    t.handle(Deleted("peer-a"), 1.0)
+    assert t.handle(Tick(), 1000.0) == []
+    (write,) = t.handle(ok(), 2.0)
     assert write.base is None
-
-
-def test_targets_follow_seen_and_forgotten_peers() -> None:
-    t = table()
-    t.on_seen(PEER, 0.0)
-    t.on_seen(OTHER, 0.0)
-    assert {p.name for p in t.targets()} == {"peer-a", "peer-b"}
-    t.on_gone(PeerGone("peer-b"), 1.0)
-    t.on_probe(fail(OTHER), 1.1)
-    assert [p.name for p in t.targets()] == ["peer-a"]
 
 
 # --- agents agree -----------------------------------------------------------------------------
@@ -549,25 +568,25 @@ def test_targets_follow_seen_and_forgotten_peers() -> None:
 
 def test_probing_a_peer_whose_own_agent_keeps_it_ready_writes_nothing() -> None:
     peer_agent = table(me=SelfInfo("peer-a", ("192.168.1.10",), 7946, 4242))
-    own = commit(peer_agent.on_heartbeat(0.0)[0])  # peer-a's agent wrote it: AgentReady
+    own = commit(peer_agent.handle(SelfHeartbeat(), 0.0)[0])  # peer-a's agent wrote it: AgentReady
     t = table()
-    t.on_store(own, 0.0)
-    t.on_seen(PEER, 1.0)
-    assert t.on_probe(ok(), 1.1) == []  # AgentReady is Ready: agents do not take turns
-    assert t.on_probe(ok(), 29.0) == []
+    t.handle(own, 0.0)
+    t.handle(PEER, 1.0)
+    assert t.handle(ok(), 1.1) == []  # AgentReady is Ready: agents do not take turns
+    assert t.handle(ok(), 29.0) == []
 
 
 def test_two_agents_share_one_refresh() -> None:
     a, b = table(), table(me=SelfInfo("me-b", ("192.168.1.3",), 7946, 200))
     put = joined(a, now=0.0)
-    b.on_seen(PEER, 0.0)
-    b.on_store(put, 0.0)
-    (refresh,) = a.on_probe(ok(), 30.0)
+    b.handle(PEER, 0.0)
+    b.handle(put, 0.0)
+    (refresh,) = a.handle(ok(), 30.0)
     refreshed = commit(refresh, wall=30.0)
-    a.on_store(refreshed, 30.1)
-    b.on_store(refreshed, 30.1)
-    assert b.on_probe(ok(), 31.0) == []  # b sees it fresh
-    assert b.on_tick(100.0) == []  # and not stale: lastSeen changed at 30.1
+    a.handle(refreshed, 30.1)
+    b.handle(refreshed, 30.1)
+    assert b.handle(ok(), 31.0) == []  # b sees it fresh
+    assert b.handle(Tick(), 100.0) == []  # and not stale: lastSeen changed at 30.1
 
 
 # --- store outages ----------------------------------------------------------------------------
@@ -575,35 +594,153 @@ def test_two_agents_share_one_refresh() -> None:
 
 def test_nothing_expires_before_the_first_snapshot() -> None:
     t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=ME, register_self=True)
-    t.on_store(foreign_put("far-away", managed=True), 0.0)
-    assert t.on_tick(1000.0) == []
+    t.handle(foreign_put("far-away", managed=True), 0.0)
+    assert t.handle(Tick(), 1000.0) == []
 
 
 def test_nothing_expires_while_the_watch_has_lost_the_store() -> None:
     t = table()
     put = joined(t, now=0.0)
-    assert t.on_store(Lost("connection refused"), 10.0) == []
-    assert t.on_tick(90.0) == []
-    assert t.on_tick(500.0) == []
+    assert t.handle(Lost("connection refused"), 10.0) == []
+    assert t.handle(Tick(), 90.0) == []
+    assert t.handle(Tick(), 500.0) == []
     # back: every age starts again at the new Snapshot
-    t.on_store(Snapshot((put.stored,)), 600.0)
-    assert t.on_tick(689.9) == []
-    assert len(t.on_tick(690.0)) == 1
+    t.handle(Snapshot((put.stored,)), 600.0)
+    assert t.handle(Tick(), 689.9) == []
+    assert len(t.handle(Tick(), 690.0)) == 1
 
 
 def test_refresh_timer_restarts_after_an_outage() -> None:
     t = table()
     put = joined(t, now=0.0)
-    t.on_store(Lost("down"), 10.0)
-    t.on_store(Snapshot((put.stored,)), 100.0)
-    assert t.on_probe(ok(), 129.9) == []
-    assert len(writes(t.on_probe(ok(), 130.0))) == 1
+    t.handle(Lost("down"), 10.0)
+    t.handle(Snapshot((put.stored,)), 100.0)
+    assert t.handle(ok(), 129.9) == []
+    assert len(writes(t.handle(ok(), 130.0))) == 1
 
 
 def test_expiry_does_not_overtake_a_pending_goodbye() -> None:
     t = table()
     joined(t, now=0.0)
-    t.on_gone(PeerGone("peer-a"), 80.0)
-    (_, left) = t.on_probe(fail(), 80.5)
+    t.handle(PeerGone("peer-a"), 80.0)
+    (_, left) = t.handle(fail(), 80.5)
     assert isinstance(left, Write) and left.intent == Left("peer-a")
-    assert t.on_tick(90.0) == []  # Left is on its way; no vaguer Unknown on top
+    assert t.handle(Tick(), 90.0) == []  # Left is on its way; no vaguer Unknown on top
+
+
+def test_a_short_store_hiccup_shifts_ages_by_the_time_lost() -> None:
+    """A store that blips every 20 s must not keep a dead node Ready forever: the time before
+    each blip still counts, only the time the store was away is added."""
+    t = table()
+    put = joined(t, now=0.0)
+    for start in (20.0, 40.0, 60.0, 80.0):  # a 2 s outage every 20 s
+        t.handle(Lost("reconnecting"), start)
+        t.handle(Snapshot((put.stored,)), start + 2.0)
+    assert t.handle(Tick(), 97.9) == []  # 90 s + the 8 s the store was away
+    (expiry,) = writes(t.handle(Tick(), 98.0))
+    assert expiry.intent == Expired("peer-a", last_seen(put.stored.node))
+
+
+# --- probe outcomes: positive evidence is fast, absence is slow ------------------------------
+
+
+def result(outcome: ProbeOutcome, started: float = 0.0, peer: PeerSeen = PEER) -> ProbeResult:
+    return ProbeResult(peer.name, outcome, 0.001, started=started)
+
+
+def test_refused_twice_marks_the_node_refused_at_once() -> None:
+    t = table()
+    put = joined(t)
+    assert t.handle(result("refused", 10.0), 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
+    assert t.handle(result("refused", 11.0), 11.0) == [
+        Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)
+    ]
+    node = render(put.stored.node, Refused("peer-a", last_seen(put.stored.node)), WALL0)
+    assert node is not None and node.condition() is not None
+    assert (node.ready_status, node.condition().reason) == ("False", PEER_REFUSED)  # type: ignore[union-attr]
+
+
+def test_a_refusal_answered_on_the_reprobe_writes_nothing() -> None:
+    """An agent restarting in place refuses for a moment: the re-probe finds it back."""
+    t = table()
+    joined(t)
+    t.handle(result("refused", 10.0), 10.0)
+    assert writes(t.handle(ok(started=11.0), 11.0)) == []
+    assert t.handle(result("refused", 20.0), 20.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
+
+
+@pytest.mark.parametrize("outcome", ["timeout", "wrong-node"])
+def test_timeouts_and_wrong_nodes_never_write(outcome: ProbeOutcome) -> None:
+    t = table()
+    joined(t)
+    for now in (10.0, 11.0, 12.0, 30.0, 60.0):
+        assert t.handle(result(outcome, now), now) == []
+
+
+def test_a_refusal_others_contradict_is_written_once_only() -> None:
+    """A firewall that rejects only this agent: our refusal is written once, others (or the
+    peer's own agent) make the Node Ready again, and we do not fight them."""
+    t = table()
+    put = joined(t)
+    t.handle(result("refused", 10.0), 10.0)
+    (refusal,) = writes(t.handle(result("refused", 11.0), 11.0))
+    down = commit(refusal, wall=11.0)
+    t.handle(down, 11.1)
+    back = commit(Write(Alive("peer-a", ("192.168.1.10",), 7946, 4242, AGENT_READY,
+                              refresh=True), down.stored), wall=11.2)
+    t.handle(back, 11.3)
+    for now in range(20, 300, 10):
+        assert writes(t.handle(result("refused", float(now)), float(now))) == []
+    # once this agent reaches the peer itself, a later refusal counts again
+    t.handle(ok(started=300.0), 300.0)
+    t.handle(result("refused", 310.0), 310.0)
+    assert len(writes(t.handle(result("refused", 311.0), 311.0))) == 1
+    assert put.stored.name == "peer-a"
+
+
+def test_unverified_counts_only_for_a_peer_never_confirmed() -> None:
+    t = table()
+    t.handle(PEER, 0.0)
+    (create,) = writes(t.handle(result("unverified"), 0.1))
+    assert isinstance(create.intent, Alive)
+    t2 = table()
+    put = joined(t2)  # confirmed once
+    t2.handle(PeerGone("peer-a"), 5.0)
+    # a confirmed peer that now answers as no agent: a failure, decisive after its goodbye
+    assert t2.handle(result("unverified", 5.1), 5.2) == [
+        Forget("peer-a"), Write(Left("peer-a"), put.stored)
+    ]
+
+
+def test_with_a_cluster_key_unverified_never_counts() -> None:
+    t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=ME, register_self=True, keyed=True)
+    t.handle(Snapshot(()), 0.0)
+    t.handle(PEER, 0.0)
+    assert t.handle(result("unverified"), 0.1) == []
+
+
+def test_an_unauthenticated_peer_is_rejected_once_and_never_written() -> None:
+    t = table()
+    t.handle(PEER, 0.0)
+    (reject,) = t.handle(result("unauthenticated"), 0.1)
+    assert isinstance(reject, Reject) and reject.reason == "unauthenticated"
+    assert t.handle(result("unauthenticated"), 15.0) == []
+
+
+def test_peer_counts_follow_the_store() -> None:
+    t = table()
+    put = joined(t)
+    assert t.counts == {"ready": 1, "not_ready": 0, "unknown": 0}
+    t.handle(with_status(put, "False", "PeerLeft"), 1.0)
+    assert t.counts == {"ready": 0, "not_ready": 1, "unknown": 0}
+    t.handle(Deleted("peer-a"), 2.0)
+    assert t.counts == {"ready": 0, "not_ready": 0, "unknown": 0}
+
+
+def test_own_addresses_changed_rewrite_own_node_at_once() -> None:
+    t = table()
+    (create,) = writes(t.handle(SelfHeartbeat(), 0.0))
+    t.handle(commit(create), 0.1)
+    assert writes(t.handle(SelfHeartbeat(), 1.0)) == []
+    (update,) = writes(t.handle(OwnAddresses(("192.168.1.3",)), 2.0))
+    assert isinstance(update.intent, Alive) and update.intent.addresses == ("192.168.1.3",)

@@ -189,7 +189,7 @@ async def test_conflict_with_a_fresher_refresh_writes_nothing(
     async with running(mem) as (writer, inbox):
         await inbox.send(Write(alive("peer-a", refresh_from=last_seen(base.node)), base))
         await settle()
-        assert not writer.pending
+        assert writer.backlog == 0
     after = await mem.get("peer-a")
     assert after.version == winner.version
     assert last_seen(after.node) == last_seen(winner.node)
@@ -263,7 +263,7 @@ async def test_latest_intent_wins_while_the_store_is_down(autojump_clock: trio.t
         await inbox.send(Write(Expired("peer-a", last_seen(base.node)), base))
         await trio.sleep(3)
         store.down = False
-        await until(lambda: not writer.pending)
+        await until(lambda: writer.backlog == 0)
         await settle()
     after = await mem.get("peer-a")
     # Left then Expired would end False/PeerLeft (Expired only applies to a Ready node)
@@ -300,7 +300,7 @@ async def test_came_and_left_while_down_is_never_created(autojump_clock: trio.te
         await inbox.send(Write(Left("peer-a"), None))
         await trio.sleep(10)
         store.down = False
-        await until(lambda: not writer.pending)
+        await until(lambda: writer.backlog == 0)
         await settle()
     assert await store.inner.list() == []
 
@@ -318,9 +318,9 @@ async def test_outage_retries_with_growing_capped_backoff(autojump_clock: trio.t
         await until(lambda: len(store.failed_at) >= 12)
         assert not writer.health.ok
         assert "injected outage" in writer.health.reason
-        assert len(writer.pending) == 3  # nothing dropped
+        assert writer.backlog == 3  # nothing dropped
         store.down = False
-        await until(lambda: not writer.pending)
+        await until(lambda: writer.backlog == 0)
         assert writer.health.ok
     assert [s.name for s in await store.inner.list()] == ["a", "b", "c"]
 
@@ -345,7 +345,7 @@ async def test_health_goes_down_and_up(autojump_clock: trio.testing.MockClock) -
         await until(lambda: not writer.health.ok)
         store.down = False
         await until(lambda: writer.health.ok)
-        await until(lambda: not writer.pending)
+        await until(lambda: writer.backlog == 0)
     assert (await store.inner.get("a")).node.ready_status == "False"
 
 
@@ -363,7 +363,7 @@ async def test_writer_survives_a_long_outage(autojump_clock: trio.testing.MockCl
         await inbox.send(Write(alive("a"), None))
         await trio.sleep(3 * 3600)
         store.down = False
-        await until(lambda: not writer.pending)
+        await until(lambda: writer.backlog == 0)
     assert [s.name for s in await store.inner.list()] == ["a"]
 
 

@@ -65,6 +65,18 @@ class ProbeResult:
 
 
 @attrs.frozen
+class OwnAddresses:
+    """addresses: this machine's advertised addresses changed (DHCP, IPv6 privacy address)."""
+
+    addresses: tuple[str, ...]
+
+
+@attrs.frozen
+class Stopping:
+    """The agent is stopping cleanly: the table's last message."""
+
+
+@attrs.frozen
 class Tick:
     """expire: time to look for Nodes whose stored lastSeen went stale."""
 

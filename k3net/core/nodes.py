@@ -46,6 +46,7 @@ PEER_ALIVE = "PeerAlive"
 AGENT_READY = "AgentReady"
 PEER_LEFT = "PeerLeft"
 PEER_EXPIRED = "PeerExpired"
+PEER_REFUSED = "PeerRefused"
 AGENT_SHUTDOWN = "AgentShutdown"
 
 
@@ -84,13 +85,23 @@ class Expired:
 
 
 @attrs.frozen
+class Refused:
+    """Nothing listens on the peer's port (every address refused, twice): its agent died while
+    its host lives. Ready=False at once. Applies only while the Node is still Ready with
+    lastSeen == `seen_last_seen`: an agent that reached it meanwhile wins."""
+
+    name: str
+    seen_last_seen: str | None
+
+
+@attrs.frozen
 class Shutdown:
     """This agent is stopping cleanly: its own Node goes Ready=False."""
 
     name: str
 
 
-Intent = Alive | Left | Expired | Shutdown
+Intent = Alive | Left | Expired | Refused | Shutdown
 
 
 def ordered_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -150,6 +161,8 @@ def _message(intent: Intent) -> str:
         return "peer announced its departure over mDNS and stopped answering"
     if isinstance(intent, Expired):
         return "no agent reached the peer within the peer TTL"
+    if isinstance(intent, Refused):
+        return "nothing listens on the peer's port any more: its agent stopped"
     return "k3net agent shut down"
 
 
@@ -172,6 +185,10 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         existing.ready_status != "True" or last_seen(existing) != intent.stale_last_seen
     ):
         return None  # someone reached it meanwhile, or it is already not Ready
+    if isinstance(intent, Refused) and existing is not None and (
+        existing.ready_status != "True" or last_seen(existing) != intent.seen_last_seen
+    ):
+        return None  # someone reached it since we decided, or its departure is recorded
     if (
         isinstance(intent, (Left, Shutdown))
         and existing is not None
@@ -204,6 +221,8 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         _set_ready(node, "False", PEER_LEFT, _message(intent), now)
     elif isinstance(intent, Expired):
         _set_ready(node, "Unknown", PEER_EXPIRED, _message(intent), now)
+    elif isinstance(intent, Refused):
+        _set_ready(node, "False", PEER_REFUSED, _message(intent), now)
     else:
         _set_ready(node, "False", AGENT_SHUTDOWN, _message(intent), now)
 

@@ -1,48 +1,85 @@
 """The peer table: everything the agent knows, and every decision it makes. Pure: no trio, no
-sockets, no clock. Each `on_*` method takes the event and `now` (this agent's monotonic clock,
-in seconds) and returns the actions the tasks must carry out.
+sockets, no clock. `handle(message, now)` takes one message and `now` (this agent's monotonic
+clock, in seconds) and returns the actions the tasks must carry out. Every transition is here.
 
 Theory of operation
 -------------------
 Two sources of knowledge meet here:
 
-- the LAN: mDNS says which peers exist (`on_seen`) and which said goodbye (`on_gone`); probes
-  say which of them answer (`on_probe`);
-- the store: the watch says what every Node looks like now (`on_store`), whoever wrote it.
+- the LAN: mDNS says which peers exist (`PeerSeen`) and which said goodbye (`PeerGone`); probes
+  say who answers on a peer's port (`ProbeResult`);
+- the store: the watch says what every Node looks like now (`Snapshot`, `Put`, `Deleted`,
+  `Lost`), whoever wrote it.
 
 Liveness is shared through the store. A Node's `k3.network/lastSeen` is refreshed by whichever
 agent reaches the node first once the refresh is due (peer-ttl/3 after the stored value last
-changed); every other agent then sees it fresh and writes nothing. A Node stops being Ready only
-when its stored lastSeen has not changed for peer-ttl (`on_tick`), i.e. when no agent reached it.
-Ages are measured on this agent's monotonic clock from the moment it saw the stored value change,
+changed); every other agent then sees it fresh and writes nothing. A Node stops being Ready when
+its stored lastSeen has not changed for peer-ttl (`Tick`), i.e. when no agent reached it. Ages
+are measured on this agent's monotonic clock from the moment it saw the stored value change,
 never by comparing another machine's wall clock with ours, so clock skew cannot expire a live
 node or keep a dead one Ready.
 
-While the watch has lost the store (`Lost`, until the next `Snapshot`) nothing expires: the
-view is stale, and after the outage every age starts again, so a store outage longer than the
-TTL does not mark every peer Unknown.
+While the watch has lost the store (`Lost`, until the next `Snapshot`) nothing expires: the view
+is stale. When the store is back within peer-ttl, every age is shifted by the time lost (nobody
+could refresh a lastSeen meanwhile, but the time before the outage still counts); after a longer
+outage every age starts again, so that an outage does not mark every peer Unknown at once.
 
-A goodbye is acted on at once, but only if the peer also fails a probe: a restarted peer that
-sent a goodbye for its old instance stays Ready.
+Positive evidence is fast, absence is slow. A probe answers with one outcome (see
+`ProbeResult`); what each means for a peer, by the peer's state:
 
-Actions: `ProbeNow` (probe this peer now, and keep probing it every round), `Forget` (stop
-probing it), `Write` (hand an intent to the writer, with the Node as last seen in the store),
-`JoinLatency` (a peer's first mDNS sighting to its Node seen Ready, for the metrics).
+    state      confirmed      unverified*    refused              wrong-node, timeout
+    ---------  -------------  -------------  -------------------  -------------------
+    NEW        ALIVE, write   ALIVE, write   SUSPECT, re-probe    -
+    ALIVE      ALIVE, write   ALIVE, write   SUSPECT, re-probe    -
+    SUSPECT    ALIVE, write   ALIVE, write   REFUSED, write False -
+    REFUSED    ALIVE, write   ALIVE, write   -                    -
+    LEAVING    LEAVING, write LEAVING, write forget, write Left   forget, write Left
+
+    * unverified (something accepted the connection but no agent answered) counts as alive only
+      for a peer that was never confirmed and only without a cluster key; otherwise it is a
+      failure like a timeout. "write" means: ask the writer for what the Node lacks, usually
+      nothing (see `_alive`).
+
+- A refusal is confirmed by a quick re-probe (`REPROBE_DELAY` later) before anything is written:
+  then the Node goes False/PeerRefused at once, whatever peer-ttl is. A timeout proves nothing
+  (a lost packet, a busy host): only expiry at peer-ttl decides.
+- One agent that cannot reach a node others reach (a firewall that rejects only it) must not make
+  the Node flap: if the Node is Ready again after this agent wrote its refusal while its own
+  probes still fail, the peer is `contradicted`, and this agent writes no refusal for it until it
+  confirms the peer itself. At most one such transition, however long the firewall stays.
+- A goodbye (`PeerGone`) makes the peer LEAVING until it announces itself again: its next failed
+  probe, of any kind, is decisive (False/PeerLeft), in whichever order its listener and its mDNS
+  record went away. While it still answers it is re-probed quickly, a few times.
+- `unauthenticated` (the peer answers but cannot prove the cluster key): never written; reported
+  once per peer as a rejected entry.
+
+Actions: `ProbeNow` (probe this peer, now or after a delay, and keep probing it every round),
+`Forget` (stop probing it), `Write` (hand an intent to the writer, with the Node as last seen in
+the store), `JoinLatency` (a peer's first mDNS sighting to its Node seen Ready), `Reject` (an
+entry dropped, never written).
 """
 
 from __future__ import annotations
+
+import enum
+import math
 
 import attrs
 
 from k3net.core.messages import (
     Deleted,
     Lost,
+    OwnAddresses,
     PeerGone,
+    PeerRejected,
     PeerSeen,
     ProbeResult,
     Put,
+    SelfHeartbeat,
     Snapshot,
+    Stopping,
     Stored,
+    Tick,
     WatchEvent,
 )
 from k3net.core.nodes import (
@@ -52,11 +89,24 @@ from k3net.core.nodes import (
     Expired,
     Intent,
     Left,
+    Refused,
     Shutdown,
     last_seen,
     ordered_addresses,
 )
 from k3net.model import ANN_PID, ANN_PORT, Node
+
+# A refused probe is checked again this much later before it is acted on: an agent restarting
+# in place is back within it, a dead one is not.
+REPROBE_DELAY = 1.0
+# How many quick re-probes a peer that said goodbye but still answers gets before it is left to
+# the ordinary rounds (an mDNS record that expired while its agent runs).
+LEAVING_REPROBES = 5
+
+Message = (
+    PeerSeen | PeerGone | PeerRejected | ProbeResult | Tick | SelfHeartbeat | OwnAddresses
+    | Stopping | WatchEvent
+)
 
 
 @attrs.frozen
@@ -69,6 +119,7 @@ class ProbeTarget:
 @attrs.frozen
 class ProbeNow:
     target: ProbeTarget
+    delay: float = 0.0  # seconds to wait first (a re-probe)
 
 
 @attrs.frozen
@@ -88,7 +139,16 @@ class JoinLatency:
     seconds: float
 
 
-Action = ProbeNow | Forget | Write | JoinLatency
+@attrs.frozen
+class Reject:
+    """An mDNS entry or a peer dropped and never written; `reason` is a short slug."""
+
+    instance: str
+    reason: str
+    detail: str = ""
+
+
+Action = ProbeNow | Forget | Write | JoinLatency | Reject
 
 
 @attrs.frozen
@@ -101,6 +161,15 @@ class SelfInfo:
     pid: int
 
 
+class PeerState(enum.Enum):
+    NEW = "new"  # announced, not reached yet
+    ALIVE = "alive"  # its last probe reached it
+    SUSPECT = "suspect"  # refused once: a re-probe decides
+    REFUSED = "refused"  # refused twice in a row: its Node was marked False/PeerRefused
+    LEAVING = "leaving"  # said goodbye: the next failed probe is decisive
+    UNAUTHENTICATED = "unauthenticated"  # answers, but cannot prove the cluster key
+
+
 @attrs.define
 class _Peer:
     name: str
@@ -108,9 +177,12 @@ class _Peer:
     port: int
     pid: int | None
     first_seen: float
-    gone: bool = False
-    gone_at: float = 0.0  # when the goodbye arrived
-    joined: bool = False
+    state: PeerState = PeerState.NEW
+    confirmed: bool = False  # an agent proved to be this peer at least once
+    contradicted: bool = False  # others saw it Ready after we wrote its refusal
+    left_at: float = -math.inf  # when its goodbye arrived
+    reprobes: int = 0  # quick re-probes left while LEAVING
+    joined: bool = False  # its Node was seen Ready (join latency reported)
 
     @property
     def target(self) -> ProbeTarget:
@@ -134,24 +206,61 @@ def _internal_ips(node: Node) -> tuple[str, ...]:
     return tuple(a.address for a in node.status.addresses if a.type == "InternalIP")
 
 
+def _state_of(node: Node) -> str:
+    status = node.ready_status
+    return "ready" if status == "True" else "not_ready" if status == "False" else "unknown"
+
+
 class PeerTable:
     def __init__(
-        self, *, peer_ttl: float, refresh_interval: float, me: SelfInfo, register_self: bool
+        self,
+        *,
+        peer_ttl: float,
+        refresh_interval: float,
+        me: SelfInfo,
+        register_self: bool,
+        keyed: bool = False,
     ) -> None:
         self.peer_ttl = peer_ttl
         self.refresh_interval = refresh_interval
         self.me = me
         self.register_self = register_self
+        self.keyed = keyed  # a cluster key is set: only proven peers count
         self.shutting_down = False
         # False until the watch's first Snapshot, and from a Lost until the next Snapshot: while
         # the view cannot be trusted, no age is judged from it.
         self.store_live = False
+        self._lost_at: float | None = None
         self._peers: dict[str, _Peer] = {}
         self._views: dict[str, _View] = {}
+        # Stored Nodes by Ready state, kept as views change (read by the metrics at scrape time).
+        self.counts: dict[str, int] = {"ready": 0, "not_ready": 0, "unknown": 0}
+
+    def handle(self, msg: Message, now: float) -> list[Action]:
+        match msg:
+            case PeerSeen():
+                return self._seen(msg, now)
+            case PeerGone():
+                return self._gone(msg, now)
+            case PeerRejected():
+                return [Reject(msg.instance, msg.reason, msg.detail)]
+            case ProbeResult():
+                return self._probed(msg, now)
+            case Tick():
+                return self._expire(now)
+            case SelfHeartbeat():
+                return self._heartbeat(now)
+            case OwnAddresses():
+                self.me = attrs.evolve(self.me, addresses=msg.addresses)
+                return self._heartbeat(now)
+            case Stopping():
+                return self._stop()
+            case _:
+                return self._store(msg, now)
 
     # --- the LAN ----------------------------------------------------------------------------
 
-    def on_seen(self, msg: PeerSeen, now: float) -> list[Action]:
+    def _seen(self, msg: PeerSeen, now: float) -> list[Action]:
         peer = self._peers.get(msg.name)
         if peer is None:
             peer = self._peers[msg.name] = _Peer(
@@ -160,10 +269,12 @@ class PeerTable:
             view = self._views.get(msg.name)
             peer.joined = view is not None and view.stored.node.ready_status == "True"
         else:
-            peer.addresses, peer.port, peer.pid, peer.gone = msg.addresses, msg.port, msg.pid, False
+            peer.addresses, peer.port, peer.pid = msg.addresses, msg.port, msg.pid
+            if peer.state is PeerState.LEAVING:
+                peer.state = PeerState.NEW  # announced again: the goodbye is void
         return [ProbeNow(peer.target)]
 
-    def on_gone(self, msg: PeerGone, now: float) -> list[Action]:
+    def _gone(self, msg: PeerGone, now: float) -> list[Action]:
         peer = self._peers.get(msg.name)
         if peer is None:
             view = self._views.get(msg.name)
@@ -176,19 +287,61 @@ class PeerTable:
             peer = self._peers[msg.name] = _Peer(
                 msg.name, _internal_ips(node), int(port), pid, first_seen=now, joined=True
             )
-        peer.gone, peer.gone_at = True, now
+        peer.state, peer.left_at, peer.reprobes = PeerState.LEAVING, now, LEAVING_REPROBES
         return [ProbeNow(peer.target)]
 
-    def on_probe(self, result: ProbeResult, now: float) -> list[Action]:
+    def _probed(self, result: ProbeResult, now: float) -> list[Action]:
         peer = self._peers.get(result.name)
         if peer is None:
             return []  # forgotten while the probe ran
-        if result.outcome in ("confirmed", "unverified"):
-            if peer.gone and result.started >= peer.gone_at:
-                peer.gone = False  # it answered after its goodbye: it restarted, it stays
-            return self._alive(peer.name, peer.addresses, peer.port, peer.pid, PEER_ALIVE, now)
-        if not peer.gone:
+        outcome = result.outcome
+        if outcome == "unverified" and not (peer.confirmed or self.keyed):
+            outcome = "confirmed"  # a foreign advertiser that never proved anything: as before
+        if outcome == "confirmed":
+            return self._answered(peer, result, now)
+        if outcome == "unauthenticated":
+            if peer.state is PeerState.UNAUTHENTICATED:
+                return []
+            peer.state = PeerState.UNAUTHENTICATED
+            return [Reject(peer.name, "unauthenticated",
+                           f"{result.address or '?'} cannot prove the cluster key")]
+        if peer.state is PeerState.LEAVING:
+            return self._left(peer)
+        if outcome != "refused":
             return []  # one failed probe proves nothing; expiry decides, from the store
+        if peer.state is not PeerState.SUSPECT:
+            if peer.state is PeerState.REFUSED:
+                return []
+            peer.state = PeerState.SUSPECT
+            return [ProbeNow(peer.target, delay=REPROBE_DELAY)]
+        peer.state = PeerState.REFUSED
+        view = self._views.get(peer.name)
+        if (
+            peer.contradicted
+            or view is None
+            or not view.stored.node.managed
+            or view.stored.node.ready_status != "True"
+        ):
+            return []
+        return [Write(Refused(peer.name, view.last_seen), view.stored)]
+
+    def _answered(self, peer: _Peer, result: ProbeResult, now: float) -> list[Action]:
+        if result.outcome == "confirmed":
+            peer.confirmed, peer.contradicted = True, False
+        actions: list[Action] = []
+        if peer.state is PeerState.LEAVING:
+            if result.started < peer.left_at:
+                return []  # decided before the goodbye: says nothing about after it
+            if peer.reprobes > 0:
+                peer.reprobes -= 1
+                actions.append(ProbeNow(peer.target, delay=REPROBE_DELAY))
+        else:
+            peer.state = PeerState.ALIVE
+        return actions + self._alive(
+            peer.name, peer.addresses, peer.port, peer.pid, PEER_ALIVE, now
+        )
+
+    def _left(self, peer: _Peer) -> list[Action]:
         del self._peers[peer.name]
         view = self._views.get(peer.name)
         if view is None:
@@ -202,50 +355,63 @@ class PeerTable:
 
     # --- the store --------------------------------------------------------------------------
 
-    def on_store(self, event: WatchEvent, now: float) -> list[Action]:
+    def _store(self, event: WatchEvent, now: float) -> list[Action]:
         if isinstance(event, Lost):
-            self.store_live = False
+            if self.store_live:
+                self.store_live, self._lost_at = False, now
             return []
         if isinstance(event, Snapshot):
-            fresh = {s.name for s in event.items}
-            for name in list(self._views):
-                if name not in fresh:
-                    del self._views[name]
-            if not self.store_live:
-                # Back from an outage: nobody could refresh a lastSeen meanwhile, so every age
-                # starts again now rather than expiring every peer at once.
-                for view in self._views.values():
-                    view.changed_at = now
-                    view.refresh_asked_at = None
-                self.store_live = True
-            changed = [self._observe(s, now) for s in event.items]
-            return [a for actions in changed for a in actions]
+            return self._snapshot(event, now)
         if isinstance(event, Put):
             return self._observe(event.stored, now)
         if isinstance(event, Deleted):
-            self._views.pop(event.name, None)
+            view = self._views.pop(event.name, None)
+            if view is not None:
+                self.counts[_state_of(view.stored.node)] -= 1
         return []
+
+    def _snapshot(self, event: Snapshot, now: float) -> list[Action]:
+        fresh = {s.name for s in event.items}
+        for name in [name for name in self._views if name not in fresh]:
+            self.counts[_state_of(self._views.pop(name).stored.node)] -= 1
+        if not self.store_live:
+            lost = now - self._lost_at if self._lost_at is not None else 0.0
+            for view in self._views.values():
+                # Nobody could refresh a lastSeen while the store was away. A short outage
+                # shifts every age by the time lost; a longer one starts every age again.
+                view.changed_at = view.changed_at + lost if lost < self.peer_ttl else now
+                view.refresh_asked_at = None
+            self.store_live, self._lost_at = True, None
+        return [a for stored in event.items for a in self._observe(stored, now)]
 
     def _observe(self, stored: Stored, now: float) -> list[Action]:
         seen = last_seen(stored.node)
         view = self._views.get(stored.name)
+        was_ready = view is not None and view.stored.node.ready_status == "True"
+        if view is not None:
+            self.counts[_state_of(view.stored.node)] -= 1
+        self.counts[_state_of(stored.node)] += 1
         if view is None or view.last_seen != seen:
             self._views[stored.name] = _View(stored, seen, changed_at=now)
         else:
             view.stored = stored
             view.expiry_sent = view.expiry_sent and stored.node.ready_status == "True"
         actions: list[Action] = []
+        ready = stored.node.ready_status == "True"
         peer = self._peers.get(stored.name)
-        if peer is not None and not peer.joined and stored.node.ready_status == "True":
-            peer.joined = True
-            actions.append(JoinLatency(peer.name, now - peer.first_seen))
-        if stored.name == self.me.name and stored.node.ready_status != "True":
-            actions += self.on_heartbeat(now)  # someone marked us down while we run: correct it
+        if peer is not None:
+            if not peer.joined and ready:
+                peer.joined = True
+                actions.append(JoinLatency(peer.name, now - peer.first_seen))
+            if peer.state is PeerState.REFUSED and ready and not was_ready:
+                peer.contradicted = True  # Ready again by others while we cannot reach it
+        if stored.name == self.me.name and not ready:
+            actions += self._heartbeat(now)  # someone marked us down while we run: correct it
         return actions
 
     # --- timers -----------------------------------------------------------------------------
 
-    def on_tick(self, now: float) -> list[Action]:
+    def _expire(self, now: float) -> list[Action]:
         """Nodes whose stored lastSeen did not change for peer-ttl become Unknown."""
         actions: list[Action] = []
         if not self.store_live:
@@ -265,14 +431,14 @@ class PeerTable:
             actions.append(Write(Expired(name, view.last_seen), view.stored))
         return actions
 
-    def on_heartbeat(self, now: float) -> list[Action]:
+    def _heartbeat(self, now: float) -> list[Action]:
         """This agent is alive: keep its own Node Ready and its lastSeen fresh."""
         if not self.register_self or self.shutting_down:
             return []
         me = self.me
         return self._alive(me.name, me.addresses, me.port, me.pid, AGENT_READY, now)
 
-    def shutdown(self) -> list[Action]:
+    def _stop(self) -> list[Action]:
         """This agent stops: its own Node goes False/AgentShutdown."""
         self.shutting_down = True
         if not self.register_self:
@@ -321,19 +487,8 @@ class PeerTable:
         )
         return [Write(intent, view.stored)]
 
-    # --- views for metrics and /info -------------------------------------------------------------
-
-    def counts(self) -> dict[str, int]:
-        """Stored Nodes by Ready status: {"ready": n, "not_ready": n, "unknown": n}."""
-        out = {"ready": 0, "not_ready": 0, "unknown": 0}
-        for view in self._views.values():
-            status = view.stored.node.ready_status
-            out["ready" if status == "True" else "not_ready" if status == "False" else "unknown"] += 1
-        return out
+    # --- read by /info and the metrics ----------------------------------------------------------
 
     def self_up(self) -> bool:
         view = self._views.get(self.me.name)
         return view is not None and view.stored.node.ready_status == "True"
-
-    def targets(self) -> list[ProbeTarget]:
-        return [p.target for p in self._peers.values()]

@@ -156,7 +156,6 @@ class _Resolver:
         message = peer_from_info(info, loopback=self.loopback)
         if isinstance(message, PeerRejected):
             self.peer_names[instance.lower()] = None
-            self.metrics.rejected.labels(reason=message.reason).inc()
             log.warning("rejected mDNS entry %r: %s (%s)",
                         message.instance, message.reason, message.detail)
             await self.out.send(message)

@@ -48,9 +48,14 @@ class Writer:
         self.health = health
         self.backoff = backoff
         self.rng = rng or random.Random()
-        self.pending: dict[str, Write] = {}
+        self._pending: dict[str, Write] = {}
         self._wakeup = trio.Event()
         self._inbox_open = True
+
+    @property
+    def backlog(self) -> int:
+        """Nodes with a write still to be made."""
+        return len(self._pending)
 
     async def run(
         self,
@@ -66,8 +71,8 @@ class Writer:
     async def _collect(self, inbox: trio.MemoryReceiveChannel[Write]) -> None:
         async with inbox:
             async for write in inbox:
-                self.pending.pop(write.intent.name, None)  # the newest goes to the back
-                self.pending[write.intent.name] = write
+                self._pending.pop(write.intent.name, None)  # the newest goes to the back
+                self._pending[write.intent.name] = write
                 self._wakeup.set()
         self._inbox_open = False
         self._wakeup.set()
@@ -75,23 +80,23 @@ class Writer:
     async def _drain(self) -> None:
         failures = 0
         while True:
-            if not self.pending:
+            if not self._pending:
                 if not self._inbox_open:
                     return
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            name = next(iter(self.pending))
-            write = self.pending.pop(name)
+            name = next(iter(self._pending))
+            write = self._pending.pop(name)
             try:
                 await self._apply(write)
             except (StoreUnavailable, _TooManyConflicts) as exc:
-                self.pending.setdefault(name, write)  # unless a newer intent replaced it
+                self._pending.setdefault(name, write)  # unless a newer intent replaced it
                 delay = self.backoff.delay(failures, self.rng)
                 failures += 1
                 log.warning(
                     "store write for %s failed (%s); %d pending, retrying in %.1fs",
-                    name, exc, len(self.pending), delay,
+                    name, exc, len(self._pending), delay,
                 )
                 await trio.sleep(delay)
             else:
@@ -137,7 +142,6 @@ class Writer:
             result = await call
         except StoreUnavailable as exc:
             self.metrics.store_ops.labels(op=op, result="unavailable").inc()
-            self.metrics.store_up.set(0)
             self.health.down(str(exc))
             raise
         except Conflict:
@@ -149,7 +153,6 @@ class Writer:
         finally:
             self.metrics.store_latency.labels(op=op).observe(trio.current_time() - start)
         self.metrics.store_ops.labels(op=op, result="ok").inc()
-        self.metrics.store_up.set(1)
         self.health.up()
         return result
 

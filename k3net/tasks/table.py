@@ -1,0 +1,67 @@
+"""table: the loop around the pure peer table. Takes every message from the producers, asks the
+table what to do (`PeerTable.handle`), and carries the actions out: writes go to the writer,
+probes to the prober, the rest to the metrics, the event hub and the log.
+
+When the last producer closes its end of the inbox (the agent is stopping), the table is told
+`Stopping` and hands the writer this agent's last write (its own Node False/AgentShutdown);
+then the loop closes the writer's and the prober's channels, which ends them in turn.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from k3net.core.messages import PeerGone, Stopping
+from k3net.core.table import (
+    Action,
+    Forget,
+    JoinLatency,
+    Message,
+    PeerTable,
+    ProbeNow,
+    Reject,
+    Write,
+)
+from k3net.events import EventHub
+from k3net.metrics import Metrics
+
+log = logging.getLogger("k3net.table")
+
+
+async def run(
+    table: PeerTable,
+    inbox: trio.MemoryReceiveChannel[Message],
+    writes: trio.MemorySendChannel[Write],
+    probes: trio.MemorySendChannel[ProbeNow | Forget],
+    metrics: Metrics,
+    hub: EventHub,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async def carry_out(actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Write():
+                    await writes.send(action)
+                case ProbeNow() | Forget():
+                    try:
+                        await probes.send(action)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass  # the prober has stopped: we are shutting down
+                case JoinLatency(name=name, seconds=seconds):
+                    metrics.join_latency.observe(seconds)
+                    log.info("peer %s Ready %.3fs after its first sighting", name, seconds)
+                case Reject(instance=instance, reason=reason, detail=detail):
+                    metrics.rejected.labels(reason=reason).inc()
+                    hub.rejected(instance, reason, detail)
+
+    async with writes, probes:
+        async with inbox:
+            task_status.started()
+            async for msg in inbox:
+                if isinstance(msg, PeerGone):
+                    log.info("peer %s said goodbye", msg.name)
+                await carry_out(table.handle(msg, trio.current_time()))
+        await carry_out(table.handle(Stopping(), trio.current_time()))
