@@ -18,7 +18,7 @@ Every change message has all of these keys:
 | `type` | `joined`, `ready`, `not_ready`, `updated`, `removed` or `rejected` |
 | `node` | the Node name (for `rejected`: the mDNS instance name as received) |
 | `ready` | `"True"`, `"False"` or `"Unknown"`: the Ready condition (`null` for `rejected`) |
-| `reason` | the Ready condition's reason, e.g. `PeerAlive`, `PeerLeft`, `PeerExpired`, `AgentShutdown` (for `rejected`: `invalid-name`, `bad-port`, `bad-txt`, `no-address`) |
+| `reason` | the Ready condition's reason, e.g. `PeerAlive`, `PeerLeft`, `PeerRefused`, `PeerExpired`, `AgentShutdown` (for `rejected`: `invalid-name`, `bad-port`, `bad-txt`, `no-address`, `overflow`, `unauthenticated`) |
 | `message` | the Ready condition's message (for `rejected`: the detail), or `null` |
 | `addresses` | the Node's addresses except `Hostname`, IPv4 first, as stored |
 | `port` | the agent port (annotation `k3.network/port`) as an integer, or `null` |
