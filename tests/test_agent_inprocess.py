@@ -118,10 +118,13 @@ async def own_status(store: MemoryStore) -> str | None:
     return None
 
 
-async def wait_for(check: Callable[[], Any], limit: float = 30.0) -> None:
+async def wait_for_own(store: MemoryStore, status: str, limit: float = 30.0) -> None:
+    """Until this agent's own Node has that Ready status, followed through the store's watch."""
     with trio.fail_after(limit):
-        while not await check():
-            await trio.sleep(0.05)
+        async with store.watch() as events:
+            async for _ in events:
+                if await own_status(store) == status:
+                    return
 
 
 async def test_start_up_order_http_before_the_advertisement(
@@ -132,14 +135,10 @@ async def test_start_up_order_http_before_the_advertisement(
     a = agent(log, store)
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
-        await wait_for(lambda: _is(store, "True"))
+        await wait_for_own(store, "True")
         a.stop()
     assert log.index("http up") < log.index("advertise 192.168.1.2")
     assert log.index("advertise") < log.index(f"write {ME} True/AgentReady")
-
-
-async def _is(store: MemoryStore, status: str) -> bool:
-    return await own_status(store) == status
 
 
 async def test_shutdown_order_http_goodbye_own_node_exit(
@@ -150,7 +149,7 @@ async def test_shutdown_order_http_goodbye_own_node_exit(
     a = agent(log, store)
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
-        await wait_for(lambda: _is(store, "True"))
+        await wait_for_own(store, "True")
         log.add("stop")
         a.stop()
     log.add("exit")
@@ -168,7 +167,7 @@ async def test_shutdown_with_the_store_down_ends_within_the_deadline(
     a = agent(log, store)
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
-        await wait_for(lambda: _is(store, "True"))
+        await wait_for_own(store, "True")
         store.down = True
         stopped_at = trio.current_time()
         a.stop()
