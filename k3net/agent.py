@@ -37,12 +37,12 @@ from typing import Any, Protocol
 
 import trio
 
-from k3net.settings import Settings
 from k3net.core.messages import SelfHeartbeat, Tick
 from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
+from k3net.settings import Settings
 from k3net.store.base import Store
 from k3net.tasks import table as table_task
 from k3net.tasks import watch

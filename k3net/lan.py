@@ -15,9 +15,9 @@ import trio
 from zeroconf.asyncio import AsyncZeroconf
 
 from k3net import mdns
-from k3net.config import Settings
 from k3net.core.table import Message
 from k3net.metrics import Metrics
+from k3net.settings import Settings
 from k3net.tasks import advertise, browse
 
 

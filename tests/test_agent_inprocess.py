@@ -16,10 +16,10 @@ import trio
 import trio.testing
 
 from k3net.agent import SHUTDOWN_DEADLINE, Agent
-from k3net.config import Settings
 from k3net.core.messages import PeerSeen
 from k3net.core.table import Message
 from k3net.model import Node
+from k3net.settings import Settings
 from k3net.store.base import Stored, StoreUnavailable
 from k3net.store.memory import MemoryStore
 
