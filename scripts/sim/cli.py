@@ -1,0 +1,141 @@
+"""`nox -s lan`: options, the run (LAN, store, agents, scenarios), results and clean-up."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from k3net.config import parse_duration
+from k3net.harness.netns import Lan
+from sim.common import Interrupted, begin_run, k3net_revision, log, write_json
+from sim.fleet import Fleet
+from sim.report import report
+from sim.scenarios import SCENARIOS, Sim
+from sim.stores import SimStore
+
+# Modules that register scenarios (and their rows), in the order their scenarios run.
+SCENARIO_MODULES = ["sim.clean_lan"]
+SUBNET = "10.77.0.0/24"
+
+
+def load_scenarios() -> None:
+    for module in SCENARIO_MODULES:
+        importlib.import_module(module)
+
+
+def parse_args(argv: list[str] | None = None, description: str = "") -> argparse.Namespace:
+    load_scenarios()
+    parser = argparse.ArgumentParser(
+        prog="nox -s lan --", description=description,
+        epilog="scenarios:\n" + "\n".join(f"  {s.name:9} {s.doc}" for s in SCENARIOS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hosts", type=int, default=5, help="hosts on the LAN (default 5)")
+    parser.add_argument("--store", choices=["memory", "etcd", "mysql"], default="etcd")
+    parser.add_argument("--scenario", default="all",
+                        help=f"{', '.join(SCENARIOS)}, several separated by commas, or all")
+    parser.add_argument("--out", default="results/lan.json", help="JSON results")
+    parser.add_argument("--peer-ttl", type=parse_duration, default=6.0,
+                        help="peer-ttl of the failure scenarios (default 6s: probes every 1s)")
+    parser.add_argument("--steady", type=float, default=120,
+                        help="seconds of steady state to count writes over (default 120)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="samples of floor, leave, crash (default 3)")
+    parser.add_argument("--mysql-socket", help="use this existing MariaDB instead of a private "
+                        "one (the outage scenario is then skipped)")
+    parser.add_argument("--keep-logs", default="results/lan-logs",
+                        help="copy the agents' logs here (default results/lan-logs)")
+    args = parser.parse_args(argv)
+    names = list(SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r} (use {', '.join(SCENARIOS)} or all)")
+    args.scenarios = names
+    if not 2 <= args.hosts <= 60:
+        parser.error("--hosts must be between 2 and 60")
+    if args.store == "memory" and args.hosts < 3:
+        parser.error("--store memory needs --hosts 3 or more (agent 0 only watches)")
+    if not 10 <= args.steady <= 900:
+        parser.error("--steady must be between 10 and 900 seconds")
+    args.repeat = max(1, min(args.repeat, 10))
+    return args
+
+
+def run_scenarios(sim: Sim, names: list[str]) -> None:
+    """The chosen scenarios in registration order. The fleet (the join scenario) starts before
+    the first scenario that needs it; join's numbers are kept only when join was chosen."""
+    from sim.clean_lan import start_fleet
+
+    for scenario in SCENARIOS.values():
+        if scenario.name not in names:
+            continue
+        if scenario.needs_fleet and not sim.fleet_up:
+            start_fleet(sim)
+            if "join" not in names:
+                sim.results.pop("join", None)
+        if scenario.run is not None:
+            if scenario.needs_fleet:
+                log(f"{scenario.name} ...")
+            scenario.run(sim)
+
+
+def main(argv: list[str] | None = None, description: str = "") -> int:
+    args = parse_args(argv, description)
+    workdir = begin_run("k3lan-")
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "hosts": args.hosts, "store": args.store, "scenarios": args.scenarios,
+        "k3net": k3net_revision(),
+        "short_timings": f"peer-ttl {args.peer_ttl:g}s, probe-interval {args.peer_ttl / 6:g}s",
+        "default_timings": "peer-ttl 90s, probe-interval 15s (steady state only)",
+    }
+    code = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            lan = stack.enter_context(Lan(args.hosts, SUBNET))
+            log(f"LAN: {args.hosts} hosts on {SUBNET}, namespaces {lan.prefix}-*")
+            store = SimStore(args.store, workdir, lan, SUBNET, args.mysql_socket)
+            stack.callback(store.close)
+            results["store_where"] = store.where or "each agent's own memory store"
+            log(f"store: {results['store_where']}")
+            fleet = Fleet(lan, store, workdir / "logs")
+            stack.callback(_keep_logs, workdir / "logs", args.keep_logs)
+            stack.callback(fleet.stop_all)
+            sim = Sim(args, lan, store, fleet, None)
+            stack.callback(_stop_watcher, sim)
+            sim.results = results
+            if args.store != "memory":
+                sim.ensure_watcher()
+            run_scenarios(sim, args.scenarios)
+    except Interrupted as exc:
+        log(f"interrupted ({exc}): cleaning up")
+        results["error"] = f"interrupted by {exc}"
+        code = 130
+    except Exception as exc:  # report what we have, then fail
+        log(f"failed: {type(exc).__name__}: {exc}")
+        results["error"] = f"{type(exc).__name__}: {exc}"
+        code = 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["runtime_seconds"] = round(time.monotonic() - started, 1)
+    results["table"] = report(results, args, results.get("store_where", args.store))
+    path = write_json(args.out, results)
+    log(f"results in {path}; runtime {results['runtime_seconds']:g}s")
+    return code
+
+
+def _stop_watcher(sim: Sim) -> None:
+    if sim.watcher is not None:
+        sim.watcher.stop()
+
+
+def _keep_logs(src: Path, dest: str) -> None:
+    if dest and src.exists():
+        target = Path(dest)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(src, target)
+
