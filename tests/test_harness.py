@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,33 @@ def test_one_way_reject() -> None:
             assert tcp_outcome(a, c.address, PORT) == "connected"  # a reaches other hosts
             a.clear_rejects()
             assert tcp_outcome(a, b.address, PORT) == "connected"
+
+
+# --- the simulation's command line (no namespaces: options are checked first) ----------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "lan.py"), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_lan_help_lists_every_registered_scenario() -> None:
+    done = _lan("--help")
+    assert done.returncode == 0
+    listed = done.stdout.split("scenarios:\n", 1)[1].split()
+    for name in ("floor", "join", "leave", "crash", "linkcut", "restart", "outage", "steady"):
+        assert name in listed
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--scenario", "crash,nope"], "unknown scenario 'nope'"),
+    (["--hosts", "1"], "--hosts must be between 2 and 60"),
+    (["--store", "memory", "--hosts", "2"], "--store memory needs --hosts 3 or more"),
+])
+def test_lan_bad_option_exits_2_with_one_line(args: list[str], message: str) -> None:
+    done = _lan(*args)
+    assert done.returncode == 2
+    assert message in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr
