@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from k3net.commands import DEFAULT_EVENTS_URL, DEFAULT_SERVER, CommandError, add_output
 from k3net.config import ConfigError
 from k3net.settings import (
     FLAG_BY_NAME,
@@ -78,13 +79,22 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _selector(text: str) -> Any:
+    from k3net.commands.nodes import parse_selector
+
+    try:
+        return parse_selector(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _help(flag: Flag) -> str:
     default = flag.default if flag.default is not None else flag.derived or "none"
     env = ", ".join(f"${name}" for name in (flag.env, *flag.legacy_env))
     return f"{flag.help} (default: {default}; env {env})".replace("%", "%%")
 
 
-def add_flag(parser: argparse.ArgumentParser, name: str, **overrides: Any) -> None:
+def add_flag(parser: argparse._ActionsContainer, name: str, **overrides: Any) -> None:
     """Add the flag declared in `k3net.settings.FLAGS` as `--name` to `parser`. Absent flags
     are absent from the namespace (SUPPRESS), so that the environment and config can fill in."""
     flag = FLAG_BY_NAME[name]
@@ -117,9 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in FLAGS:
         add_flag(run, flag.name)
 
-    nodes = sub.add_parser("nodes", help="list the Nodes in the store, like kubectl get nodes")
-    add_flag(nodes, "config")
-    nodes.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table")
+    nodes = sub.add_parser(
+        "nodes", help="list the Nodes, like kubectl get nodes",
+        description="List the Nodes of the local agent (or of the one at --server), or, with "
+        "--config, of the store the config names.",
+    )
+    nodes.add_argument("names", nargs="*", metavar="NAME", help="only these Nodes")
+    nodes.add_argument("-l", "--selector", type=_selector, metavar="KEY=VALUE,...",
+                       help="only Nodes whose labels match (key=value, key!=value, key, !key)")
+    nodes.add_argument("-w", "--watch", action="store_true",
+                       help="after the list, print each change of a Node until interrupted")
+    source = nodes.add_mutually_exclusive_group()
+    source.add_argument("--server", metavar="URL",
+                        help=f"the agent to ask (default: {DEFAULT_SERVER}, unless a config is "
+                        "given)")
+    add_flag(source, "config", help="read the store this k3 config names instead of asking "
+             "an agent (env $K3NET_CONFIG, $CONFIG_PATH)")
+    add_output(nodes)
 
     peers = sub.add_parser("peers", help="browse the LAN once and list the agents found")
     for name in ("service", "domain", "interface"):
@@ -127,12 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--timeout", default="3s", type=_duration, metavar="DUR",
                        help="how long to browse (default: %(default)s)")
     add_flag(peers, "probe-timeout")
-    peers.add_argument("--json", action="store_true", help="print JSON")
+    add_output(peers)
 
     watch = sub.add_parser("watch", help="follow an agent's /events stream")
-    watch.add_argument("url", nargs="?", default="ws://127.0.0.1:7946/events",
-                       help="(default: %(default)s)")
-    watch.add_argument("--json", action="store_true", help="print the raw JSON messages")
+    watch.add_argument("url", nargs="?", default=DEFAULT_EVENTS_URL, help="(default: %(default)s)")
+    add_output(watch)
     return parser
 
 
@@ -175,12 +198,6 @@ def _value(args: argparse.Namespace, name: str) -> Any:
     return flag.default_value()
 
 
-def _storage(path: str | None) -> Any:
-    from k3net.config import StorageConfig, load_storage
-
-    return load_storage(path) if path else StorageConfig()
-
-
 def _run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     from k3net import mdns
@@ -199,25 +216,34 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    from k3net.views import nodes_main
+    from k3net.commands import nodes
 
-    return nodes_main(_storage(_value(args, "config")), args.output)
+    config = None if args.server else _value(args, "config")
+    source: nodes.Source
+    if config:
+        from k3net.config import load_storage
+
+        source = nodes.StoreSource.from_config(load_storage(config))
+    else:
+        source = nodes.AgentSource(args.server or DEFAULT_SERVER)
+    query = nodes.Query(tuple(args.names), args.selector or ())
+    return nodes.main(source, query, args.output, args.watch)
 
 
 def _peers(args: argparse.Namespace) -> int:
-    from k3net.peers import main as peers_main
+    from k3net.commands import peers
 
-    return peers_main(
+    return peers.main(
         service=_value(args, "service"), domain=_value(args, "domain"),
         interfaces=_value(args, "interface"), timeout=args.timeout,
-        probe_timeout=_value(args, "probe-timeout"), as_json=args.json,
+        probe_timeout=_value(args, "probe-timeout"), output=args.output,
     )
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from k3net.views import watch_main
+    from k3net.commands import watch
 
-    return watch_main(args.url, args.json)
+    return watch.main(args.url, args.output)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -235,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for exc in _leaves(group):
             print(f"{prog}: error: {exc}", file=sys.stderr)
         status = 2
+    except* CommandError as group:
+        for exc in _leaves(group):
+            print(f"{prog}: {exc}", file=sys.stderr)
+        status = 1
     except* KeyboardInterrupt:
         status = 130
     return status

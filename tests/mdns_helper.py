@@ -2,7 +2,7 @@
 
     python tests/mdns_helper.py advertise --name node-a --port 7001 [--iface lo]
     python tests/mdns_helper.py browse --own-name self [--iface lo]
-    python tests/mdns_helper.py peers [--iface lo]        (k3net.peers.main, JSON output)
+    python tests/mdns_helper.py peers [--iface lo]        (k3net.commands.peers.main, JSON output)
 
 Prints one JSON object per line on stdout, each with `t` = time.monotonic() (the same clock in
 every process of the machine, so the test can subtract them):
@@ -32,7 +32,8 @@ import attrs
 import trio
 import trio_asyncio
 
-from k3net import clock, mdns, peers
+from k3net import clock, mdns
+from k3net.commands import peers
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.tasks import advertise, browse
@@ -100,7 +101,7 @@ def main() -> None:
     pee.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args()
     if args.mode == "peers":
-        sys.exit(peers.main("_k3._tcp", "local.", tuple(args.iface), args.timeout, 0.7, True))
+        sys.exit(peers.main("_k3._tcp", "local.", tuple(args.iface), args.timeout, 0.7, "json"))
     try:
         clock.run(advertise_main if args.mode == "advertise" else browse_main, args)
     except* advertise.NameTakenError as group:

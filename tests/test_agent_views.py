@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from k3net.harness.netns import LoopbackHost
@@ -117,6 +118,11 @@ def test_operator_views_of_real_agents(agents, tmp_path: Path) -> None:  # type:
         assert rows["node-b"][1] == "NotReady"
         as_json = json.loads(host.run(K3NET + ["nodes", "--config", str(config), "-o", "json"]).stdout)
         assert {n["metadata"]["name"] for n in as_json["items"]} == {"node-a", "node-b"}
+        # Without --config it asks the agent, which says the same.
+        as_yaml = yaml.safe_load(host.run(
+            K3NET + ["nodes", "--server", "http://127.0.0.1:7101", "-o", "yaml", "node-b"]).stdout)
+        assert [n["metadata"]["name"] for n in as_yaml["items"]] == ["node-b"]
+        assert as_yaml["items"][0]["status"]["conditions"][0]["status"] == "False"
 
         # k3net peers browses the LAN once and probes what it finds.
         peers = json.loads(host.run(

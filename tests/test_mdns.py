@@ -18,11 +18,11 @@ import pytest
 from zeroconf import ServiceInfo
 
 from k3net import mdns
+from k3net.commands.peers import PeerInfo, format_peers
 from k3net.core import records
 from k3net.core.messages import PeerRejected, PeerSeen, ProbeResult
 from k3net.core.names import MAX_TXT_VALUE
 from k3net.harness.netns import Host, Lan, LoopbackHost
-from k3net.peers import PeerInfo, format_peers
 from k3net.settings import Settings
 
 TYPE = "_k3._tcp.local."
@@ -233,15 +233,15 @@ def test_format_peers_table_and_json() -> None:
         PeerInfo("node-bb", ("10.0.0.2", "fd00::2"), 80, None,
                  ProbeResult("node-bb", "timeout", 0.7, error="timed out after 0.7s")),
     ]
-    assert format_peers(peers, as_json=False) == (
+    assert format_peers(peers, "table") == (
         "NAME      ADDRESSES          PORT   PID      PROBE\n"
         "node-a    10.0.0.1           7946   12       unverified 0.4ms\n"
         "node-bb   10.0.0.2,fd00::2   80     <none>   failed: timed out after 0.7s\n"
     )
-    data = json.loads(format_peers(peers, as_json=True))
+    data = json.loads(format_peers(peers, "json"))
     assert [p["name"] for p in data] == ["node-a", "node-bb"]
     assert data[0]["probe"]["ok"] is True and data[1]["pid"] is None
-    assert format_peers([], as_json=True) == "[]\n"
+    assert format_peers([], "json") == "[]\n"
 
 
 # --- real processes in network namespaces ------------------------------------------------------

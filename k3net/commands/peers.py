@@ -1,19 +1,20 @@
-"""`k3net peers`: browse the LAN once, probe every agent found, print a table (or JSON).
+"""`k3net peers`: browse the LAN once, probe every agent found, print what was found.
 
-    k3net peers [--timeout 3s] [--json]
+    k3net peers [--timeout 3s] [-o table|wide|json|yaml]
 
-    NAME     ADDRESSES              PORT  PID    PROBE
-    node-a   10.77.0.1              7946  1234   ok 0.4ms
-    node-b   10.77.0.2,fd00::2      7946  1240   failed: timed out after 0.7s
+    NAME     ADDRESSES           PORT   PID    PROBE
+    node-a   10.77.0.1           7946   1234   confirmed 0.4ms
+    node-b   10.77.0.2,fd00::2   7946   1240   failed: timed out after 0.7s
 
-Entry point for the CLI: `main(service, domain, interfaces, timeout, probe_timeout, as_json)`.
-The lookup itself, `discover`, must run under trio-asyncio (`trio_asyncio.open_loop()`).
+`-o wide` adds the address the probe reached. Entry point for the CLI:
+`main(service, domain, interfaces, timeout, probe_timeout, output)`; mDNS that cannot start
+is a CommandError, which the top level reports in one line. The lookup itself, `discover`, must
+run under trio-asyncio (`trio_asyncio.open_loop()`).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ import trio
 import trio_asyncio
 
 from k3net import clock, mdns
+from k3net.commands import CommandError, dump, table
 from k3net.core.messages import PeerGone, PeerSeen, ProbeResult
 from k3net.metrics import Metrics
 from k3net.tasks import browse
@@ -103,20 +105,21 @@ def _as_dict(peer: PeerInfo) -> dict[str, object]:
     }
 
 
-def format_peers(peers: Sequence[PeerInfo], as_json: bool) -> str:
-    """A kubectl-like table (NAME ADDRESSES PORT PID PROBE) or a JSON list; ends with '\\n'."""
-    if as_json:
-        return json.dumps([_as_dict(p) for p in peers], indent=2) + "\n"
-    rows = [("NAME", "ADDRESSES", "PORT", "PID", "PROBE")]
-    rows += [
-        (p.name, ",".join(p.addresses), str(p.port),
-         "<none>" if p.pid is None else str(p.pid), _probe_text(p.probe))
-        for p in peers
-    ]
-    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
-    lines = ["   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
-    return "\n".join(lines) + "\n"
+def format_peers(peers: Sequence[PeerInfo], output: str = "table") -> str:
+    """A kubectl-like table (`wide`: with the address probed), or a list as JSON/YAML;
+    ends with '\\n'."""
+    if output in ("json", "yaml"):
+        return dump([_as_dict(p) for p in peers], output)
+    wide = output == "wide"
+    header = ["NAME", "ADDRESSES", "PORT", "PID", "PROBE"] + (["PROBED"] if wide else [])
+    rows = []
+    for p in peers:
+        row = [p.name, ",".join(p.addresses), str(p.port),
+               "<none>" if p.pid is None else str(p.pid), _probe_text(p.probe)]
+        if wide:
+            row.append(p.probe.address or "<none>")
+        rows.append(row)
+    return table(header, rows)
 
 
 def main(
@@ -125,19 +128,15 @@ def main(
     interfaces: tuple[str, ...],
     timeout: float,
     probe_timeout: float,
-    as_json: bool,
+    output: str,
 ) -> int:
-    """Run `k3net peers` and print the result on stdout. Exit status: 0, or 1 if mDNS could
-    not start (message on stderr). Finding no peer is not an error (empty table / `[]`)."""
-    peers: list[PeerInfo] | None = None
+    """Run `k3net peers` and print the result on stdout. Finding no peer is not an error
+    (an empty table, `[]`). mDNS that cannot start is a CommandError naming why."""
     try:
         peers = clock.run(_discover, service, domain, interfaces, timeout, probe_timeout)
     except* (mdns.MdnsError, OSError) as group:  # the loop's nursery wraps errors in a group
-        for exc in _leaves(group):
-            print(f"k3net peers: {exc}", file=sys.stderr)
-    if peers is None:
-        return 1
-    sys.stdout.write(format_peers(peers, as_json))
+        raise CommandError(f"mDNS cannot start: {group.exceptions[0]}") from None
+    sys.stdout.write(format_peers(peers, output))
     return 0
 
 
@@ -146,9 +145,3 @@ async def _discover(
 ) -> list[PeerInfo]:
     async with trio_asyncio.open_loop():
         return await discover(service, domain, interfaces, browse_for, probe_timeout)
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
