@@ -4,6 +4,7 @@ need root (network namespaces), so they run only when asked for.
     nox -s tests -- -k table          # arguments after -- go to pytest
     nox -s lan -- --hosts 5 --store etcd --scenario all
     nox -s bench -- --peers 50 200 500
+    nox -s bench-page -- --nodes 500             # the cluster page in headless chromium
 """
 
 from __future__ import annotations
@@ -59,3 +60,12 @@ def bench(session: nox.Session) -> None:
     probe rounds. `nox -s bench -- --peers 50 200 500`."""
     _install(session, "test")
     session.run("python", "scripts/bench.py", *session.posargs)
+
+
+@nox.session(name="bench-page", default=False)
+def bench_page(session: nox.Session) -> None:
+    """The cluster page: weight, and first render of a 500-Node snapshot in Debian's headless
+    chromium (chromium + chromium-driver). Writes docs/page-sample.md.
+    `nox -s bench-page -- --nodes 500 --repeats 5`."""
+    _install(session, "test")
+    session.run("python", "scripts/bench_page.py", *session.posargs)

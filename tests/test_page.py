@@ -33,7 +33,7 @@ from tests.test_web import Web, get, start_web, write_nodes
 T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], Awaitable[T]]) -> T:
+async def eventually(check: Callable[[], Awaitable[T | None]]) -> T:
     """Await `check()` until it returns something true; the caller bounds the time."""
     while True:
         value = await check()
@@ -121,6 +121,7 @@ async def test_info_tells_the_page_version_store_subscribers_and_epoch(web: Web)
     info = json.loads((await get(web.url("/info")))[2])
     assert info["store"] == "memory" and info["epoch"] == web.hub.epoch
     assert isinstance(info["version"], str) and info["version"]
+    assert "commit" in info  # None when k3net runs from neither a git checkout nor a build
     assert info["subscribers"] == 0
     async with web.ws() as ws:
         with trio.fail_after(5):
@@ -145,6 +146,7 @@ async def test_events_snapshot_has_the_latest_last_seen(web: Web) -> None:
     seq = (await snapshot())["seq"]
     await web.store.update(fresh, stored.version)
     want = fresh.metadata.annotations[ANN_LAST_SEEN]
+
     async def refreshed() -> dict[str, Any] | None:
         snap = await snapshot()
         return snap if snap["nodes"][0]["lastSeen"] == want else None
@@ -360,6 +362,18 @@ def _rows_match_store(page: dict[str, Any], agent: AgentProc) -> bool:
     return page["conn"] == "live" and want == got
 
 
+def lan_page_until(br: Browser, check: Callable[[dict[str, Any]], bool], within: float,
+                   what: str) -> dict[str, Any]:
+    """What the page shows once `check` holds (polled, for at most `within` seconds)."""
+    def shows() -> dict[str, Any] | None:
+        page = br.page()
+        return page if check(page) else None
+
+    page = wait_for(shows, within, what=what)
+    assert page is not None
+    return page
+
+
 @pytest.mark.netns
 @pytest.mark.usefixtures("netns_ok")
 def test_page_on_a_lan_follows_the_cluster(agents: Any) -> None:  # noqa: PLR0915
@@ -374,9 +388,9 @@ def test_page_on_a_lan_follows_the_cluster(agents: Any) -> None:  # noqa: PLR091
             br.js("window.__loaded = true")
 
             # The page lists every Node, Ready, as the store has them.
-            page = wait_for(lambda: (p := br.page())["conn"] == "live" and len(p["rows"]) == 3
-                            and all(r["ready"] == "True" for r in p["rows"].values()) and p,
-                            15, what="three Ready rows")
+            page = lan_page_until(br, lambda p: p["conn"] == "live" and len(p["rows"]) == 3
+                                  and all(r["ready"] == "True" for r in p["rows"].values()),
+                                  15, "three Ready rows")
             assert set(page["rows"]) == set(names[:3])
             assert page["rows"]["node-b"]["addresses"] == lan[1].address
             assert page["agent"]["a-store"] == "memory: answers"
@@ -415,15 +429,15 @@ def test_page_on_a_lan_follows_the_cluster(agents: Any) -> None:  # noqa: PLR091
             assert br.console_errors() == []
             epoch = br.page()["epoch"]
             a.stop()
-            page = wait_for(lambda: (p := br.page())["conn"] == "down" and p, 10,
-                            what="the page saying it is disconnected")
+            page = lan_page_until(br, lambda p: p["conn"] == "down", 10,
+                                  "the page saying it is disconnected")
             assert page["banner"] and "Disconnected" in page["banner"]
             a2 = agents.start(lan[0], "node-a", "--peer-ttl", "3s")
             a2.wait_ready()
             t2 = time.monotonic()
-            wait_for(lambda: (p := br.page())["epoch"] != epoch and _rows_match_store(p, a2)
-                     and set(p["rows"]) == {"node-a", "node-b", "node-d"}, 20,
-                     what="the page showing the restarted agent's state")
+            lan_page_until(br, lambda p: p["epoch"] != epoch and _rows_match_store(p, a2)
+                           and set(p["rows"]) == {"node-a", "node-b", "node-d"}, 20,
+                           "the page showing the restarted agent's state")
             back = time.monotonic() - t2
             page = br.page()
             assert page["banner"] is None and "node-c" not in page["rows"]

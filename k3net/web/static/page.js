@@ -35,7 +35,8 @@
     foundBy: false, rejected: 0, lastRejected: null,
     info: null, readyz: null,
     stats: { messages: 0, snapshots: 0, reconnects: 0, renders: 0, firstMessageAt: null,
-             firstRenderAt: null, firstFrameAt: null, lastRenderMs: 0 },
+             firstRenderAt: null, firstFrameAt: null, lastRenderMs: 0, maxRenderMs: 0,
+             lastFlushAt: null, lastMessageAt: null },
   };
   window.k3page = st;
 
@@ -190,10 +191,11 @@
   // --- messages -----------------------------------------------------------------------------
 
   function onMessage(data) {
+    const t0 = performance.now(); // before parsing: "after the message arrives"
     let m;
     try { m = JSON.parse(data); } catch { return; }
-    const t0 = performance.now();
     st.stats.messages++;
+    st.stats.lastMessageAt = t0;
     if (st.stats.firstMessageAt === null) st.stats.firstMessageAt = t0;
     if (m.type === "snapshot") { applySnapshot(m); return; }
     if (typeof m.seq === "number" && st.seq !== null) {
@@ -280,6 +282,7 @@
     if (e.foundBy != null && !st.foundBy) {
       st.foundBy = true; // a later agent says how each peer was found: show the column
       for (const el of document.querySelectorAll(".found")) el.hidden = false;
+      $("nodes").classList.add("with-found");
       for (const name of st.nodes.keys()) st.dirty.add(name);
     }
     st.dirty.add(e.node);
@@ -338,6 +341,8 @@
     const t1 = performance.now();
     st.stats.renders++;
     st.stats.lastRenderMs = t1 - t0;
+    st.stats.maxRenderMs = Math.max(st.stats.maxRenderMs, t1 - t0);
+    st.stats.lastFlushAt = t1;
     if (st.stats.firstRenderAt === null && st.stats.firstMessageAt !== null) {
       st.stats.firstRenderAt = t1;
       requestAnimationFrame(() => { st.stats.firstFrameAt = performance.now(); });
@@ -346,10 +351,12 @@
 
   function makeRow(n) {
     const tr = document.createElement("tr");
+    tr.setAttribute("role", "row");
     tr.dataset.node = n.e.node;
     const cells = {};
     for (const key of COLS) {
       const td = document.createElement("td");
+      td.setAttribute("role", "cell");
       td.className = "c-" + key + (key === "foundBy" ? " found" : "");
       td.dataset.label = LABEL[key];
       if (key === "foundBy") td.hidden = !st.foundBy;
@@ -360,7 +367,9 @@
     cells.ready.appendChild(pill);
     const reason = document.createElement("b");
     const message = document.createElement("small");
-    cells.reason.append(reason, message);
+    const box = document.createElement("span"); // one box: a card's label stays beside it
+    box.append(reason, message);
+    cells.reason.appendChild(box);
     n.tr = tr;
     n.cells = { ...cells, pill, reasonText: reason, messageText: message };
     n.tr.hidden = !matches(n.e.node);
