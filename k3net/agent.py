@@ -26,6 +26,7 @@ peer that sees our advertisement can probe us), then the producers, mDNS adverti
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -82,9 +83,20 @@ ServeHttp = Callable[..., Awaitable[None]]
 async def serve_http(
     app: Any, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    from k3net.web import serve  # hypercorn: imported only by an agent that serves
+    """Bind at once (a port in use fails before anything is advertised), report started, then
+    bring the web stack up. hypercorn takes a few hundred milliseconds to import: a worker
+    thread does it while the mDNS registration probes the LAN, which takes longer, and a peer
+    that connects meanwhile waits in the listen backlog."""
+    from k3net.web.listen import listen_socket
 
-    await serve.run(app, host, port, task_status=task_status)
+    sock = await listen_socket(host, port)
+    try:
+        task_status.started(sock.getsockname()[1])
+        serve = await trio.to_thread.run_sync(importlib.import_module, "k3net.web.serve")
+    except BaseException:
+        sock.close()
+        raise
+    await serve.serve_socket(app, sock)
 
 
 class Agent:

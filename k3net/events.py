@@ -159,6 +159,16 @@ class Subscription:
         self._end(END_CLOSED)
         self._receive.close()
 
+    def take_queued(self) -> list[Message]:
+        """Every message already waiting (backlog first), without waiting for more."""
+        out = list(self._backlog)
+        self._backlog.clear()
+        while True:
+            try:
+                out.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return out
+
     def __enter__(self) -> Subscription:
         return self
 

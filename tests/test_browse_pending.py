@@ -6,22 +6,22 @@ from __future__ import annotations
 import trio
 from zeroconf import ServiceStateChange
 
-from k3net.tasks.browse import _Pending
+from k3net.tasks.browse import PendingChanges
 
 ADDED, UPDATED, REMOVED = (
     ServiceStateChange.Added, ServiceStateChange.Updated, ServiceStateChange.Removed,
 )
 
 
-async def drain(pending: _Pending) -> list[tuple[str, ServiceStateChange]]:
+async def drain(pending: PendingChanges) -> list[tuple[str, ServiceStateChange]]:
     out = []
-    while pending.changes:
+    while len(pending):
         out.append(await pending.get())
     return out
 
 
 async def test_a_burst_larger_than_any_buffer_is_kept_whole() -> None:
-    pending = _Pending(limit=4096)
+    pending = PendingChanges(limit=4096)
     for i in range(1000):
         assert pending.put(f"node-{i}._k3._tcp.local.", ADDED)
     got = await drain(pending)
@@ -29,7 +29,7 @@ async def test_a_burst_larger_than_any_buffer_is_kept_whole() -> None:
 
 
 async def test_latest_change_wins_and_keeps_its_place() -> None:
-    pending = _Pending(limit=10)
+    pending = PendingChanges(limit=10)
     pending.put("a", ADDED)
     pending.put("b", ADDED)
     pending.put("a", REMOVED)  # a goodbye before its Added was handled
@@ -38,7 +38,7 @@ async def test_latest_change_wins_and_keeps_its_place() -> None:
 
 
 async def test_only_new_instances_beyond_the_limit_are_dropped() -> None:
-    pending = _Pending(limit=2)
+    pending = PendingChanges(limit=2)
     assert pending.put("a", ADDED) and pending.put("b", ADDED)
     assert not pending.put("c", ADDED)
     assert pending.put("a", REMOVED)  # known instances still update
@@ -46,7 +46,7 @@ async def test_only_new_instances_beyond_the_limit_are_dropped() -> None:
 
 
 async def test_get_waits_for_a_change() -> None:
-    pending = _Pending(limit=10)
+    pending = PendingChanges(limit=10)
     got: list[tuple[str, ServiceStateChange]] = []
 
     async def consumer() -> None:

@@ -175,13 +175,7 @@ def test_subscribe_snapshot_then_live() -> None:
 
 def drain(sub) -> list[dict]:
     """Everything already queued for `sub`, without waiting."""
-    out = list(sub._backlog)
-    sub._backlog.clear()
-    while True:
-        try:
-            out.append(sub._receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return out
+    return sub.take_queued()
 
 
 @pytest.mark.parametrize(

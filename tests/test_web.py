@@ -25,7 +25,7 @@ from k3net.model import Node
 from k3net.settings import Settings
 from k3net.store.base import StoreUnavailable
 from k3net.store.memory import MemoryStore
-from k3net.web import serve
+from k3net.web import listen, serve
 from k3net.web.app import AppState, make_app
 from tests.test_events import make_node
 
@@ -385,7 +385,7 @@ async def test_client_that_stopped_reading_cannot_hold_up_shutdown(
 ) -> None:
     # hypercorn's socket writes ignore cancellation: only the kernel's TCP_USER_TIMEOUT ends a
     # write to a peer that takes nothing. Shortened here from 5s.
-    monkeypatch.setattr(serve, "STALL_TIMEOUT", 0.3)
+    monkeypatch.setattr(listen, "STALL_TIMEOUT", 0.3)
     web = await start_web(nursery, queue_size=8)
     async with trio.open_nursery() as clients:
         _, stream = await slow_client(clients, web.port)
@@ -404,7 +404,7 @@ async def test_client_that_stopped_reading_cannot_hold_up_shutdown(
 
 
 async def test_port_in_use_is_one_clear_error(web: Web) -> None:
-    with pytest.raises(serve.ListenError) as info:
+    with pytest.raises(listen.ListenError) as info:
         await serve.run(make_app(web.state), "127.0.0.1", web.port)
     assert str(info.value) == f"cannot listen on 127.0.0.1:{web.port}: Address already in use"
 
@@ -414,7 +414,7 @@ async def test_port_in_use_is_one_clear_error(web: Web) -> None:
 async def test_listen_addresses(host: str, family: int | None) -> None:
     if not socket.has_ipv6 and family == socket.AF_INET6:
         pytest.skip("no IPv6")
-    sock = await serve.listen_socket(host, 0)
+    sock = await listen.listen_socket(host, 0)
     with sock:
         assert family is None or sock.family == family
         if host == "":  # every address: IPv4 too (through a dual-stack socket if IPv6 is on)

@@ -5,7 +5,7 @@ PeerRejected to the peer table.
                         send.clone(), metrics)
 
 zeroconf calls the browser's handler on the trio thread (trio-asyncio runs asyncio callbacks
-there), so the handler only notes the latest change of each instance in `_Pending`, which never
+there), so the handler only notes the latest change of each instance in `PendingChanges`, which never
 blocks: a burst of hundreds of agents announcing at once costs one entry per agent, and an
 instance that changes again before it is handled keeps its place with its newest change (Added
 then Removed is just Removed). Only more distinct instances than `_MAX_PENDING` are dropped,
@@ -67,7 +67,7 @@ async def run(
     """Browse `service_type` (e.g. `_k3._tcp.local.`) until cancelled; `own_name` is ignored.
     `loopback` keeps peers' loopback addresses (`mdns.loopback_only`). Closes `out` when it
     returns."""
-    pending = _Pending(_MAX_PENDING)
+    pending = PendingChanges(_MAX_PENDING)
 
     def on_change(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -94,29 +94,32 @@ async def run(
                 await aio_as_trio(browser.async_cancel)()
 
 
-class _Pending:
+class PendingChanges:
     """Browse events waiting for the resolver: the latest change of each instance, in the order
     the instances first changed. `put` never blocks (it runs in zeroconf's callback)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.changes: dict[str, ServiceStateChange] = {}
+        self._changes: dict[str, ServiceStateChange] = {}
         self._wakeup = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._changes)
 
     def put(self, instance: str, change: ServiceStateChange) -> bool:
         """Note a change; False if it had to be dropped (too many distinct instances)."""
-        if instance not in self.changes and len(self.changes) >= self.limit:
+        if instance not in self._changes and len(self._changes) >= self.limit:
             return False
-        self.changes[instance] = change  # an instance already waiting keeps its place
+        self._changes[instance] = change  # an instance already waiting keeps its place
         self._wakeup.set()
         return True
 
     async def get(self) -> tuple[str, ServiceStateChange]:
-        while not self.changes:
+        while not self._changes:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
-        instance = next(iter(self.changes))
-        return instance, self.changes.pop(instance)
+        instance = next(iter(self._changes))
+        return instance, self._changes.pop(instance)
 
 
 class _Resolver:
