@@ -110,11 +110,11 @@ def rounds(times: list[float], interval: float) -> list[dict[str, float]]:
 
 def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float | None:
     """The upper bound of the bucket holding quantile q of a Prometheus histogram."""
-    buckets = []
+    buckets: list[tuple[float, float]] = []
     for key, value in metrics.items():
         if key.startswith(name + "_bucket{"):
-            le = key.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), value))
+            text = key.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if text == "+Inf" else float(text), value))
     buckets.sort()
     if not buckets or buckets[-1][1] == 0:
         return None

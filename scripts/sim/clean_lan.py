@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from sim.common import by_label, discoveries, fmt_s, log, summary, wall_to_mono
-from sim.scenarios import DEFAULT_TTL, SETTLE, Sim, add, all_ready, scenario, transition
+from sim.scenarios import (
+    DEFAULT_TTL,
+    SETTLE,
+    Sim,
+    add,
+    all_ready,
+    not_ready,
+    scenario,
+    status_is,
+    transition,
+)
 from sim.store_watch import State, status_flips
 
 OUTAGE_SECONDS = 15.0
@@ -104,7 +114,7 @@ def join(sim: Sim, ttl: float | None) -> None:
     reasons: dict[str, str | None] = {}
     deadline = time.monotonic() + 30
     for i, name in enumerate(names):
-        t = watcher.wait_until(lambda s, n=name: s.status(n) == "True",
+        t = watcher.wait_until(status_is(name, "True"),
                                max(0.1, deadline - time.monotonic()))
         per_node[name] = None if t is None else t - starts[i]
         first = next((tr for tr in watcher.transitions(starts[i], nodes={name})
@@ -165,7 +175,7 @@ def leave(sim: Sim) -> None:
         name = f"node-{i}"
         t0 = time.monotonic()
         sim.fleet.agents[i].proc.send_signal(signal.SIGTERM)
-        t = watcher.wait_until(lambda s, n=name: s.status(n) == "False", 10)
+        t = watcher.wait_until(status_is(name, "False"), 10)
         samples.append(None if t is None else t - t0)
         first = next((tr for tr in watcher.transitions(t0, nodes={name})
                       if tr.new and tr.new[0] == "False"), None)
@@ -196,7 +206,7 @@ def crash(sim: Sim) -> None:
         name = f"node-{i}"
         t0 = time.monotonic()
         sim.fleet.stop(i, signal.SIGKILL)
-        t = watcher.wait_until(lambda s, n=name: s.status(n) not in ("True", None),
+        t = watcher.wait_until(not_ready(name),
                                sim.ttl + 10)
         samples.append(None if t is None else t - t0)
         reasons.append(watcher.snapshot().ready(name))
@@ -223,14 +233,14 @@ def linkcut(sim: Sim) -> None:
         others = {n for n in sim.watched_names() if n != name}
         t0 = time.monotonic()
         host.link_down()
-        t = watcher.wait_until(lambda s, n=name: s.status(n) not in ("True", None),
+        t = watcher.wait_until(not_ready(name),
                                sim.ttl + 10)
         down_s.append(None if t is None else t - t0)
         went_down = t is not None
         states.append(watcher.snapshot().ready(name))
         t1 = time.monotonic()
         host.link_up()
-        t = watcher.wait_until(lambda s, n=name: s.status(n) == "True", 30)
+        t = watcher.wait_until(status_is(name, "True"), 30)
         # Only a Node that went down can come back; the first poll after link_up counts.
         up_s.append(None if t is None or not went_down else max(0.0, t - t1))
         time.sleep(sim.ttl)  # after the return: do the others stay Ready?
@@ -376,9 +386,9 @@ def steady(sim: Sim) -> None:
                 for n in names}
     total = sum(after.writes.get(n, 0) - before.writes.get(n, 0) for n in names)
     causes: dict[str, float] = {}
-    for agent, m in metrics_after.items():
+    for agent_name, m in metrics_after.items():
         for cause, v in by_label(m, "k3net_node_writes_total", "cause").items():
-            prev = by_label(metrics_before.get(agent, {}), "k3net_node_writes_total",
+            prev = by_label(metrics_before.get(agent_name, {}), "k3net_node_writes_total",
                             "cause").get(cause, 0)
             causes[cause] = causes.get(cause, 0) + v - prev
     flips = status_flips(watcher.transitions(t0, t1))

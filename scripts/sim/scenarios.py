@@ -70,6 +70,16 @@ def all_ready(names: list[str]) -> Callable[[State], bool]:
     return lambda s: all(s.status(n) == "True" for n in names)
 
 
+def status_is(name: str, status: str) -> Callable[[State], bool]:
+    """Node `name`'s Ready status is `status` ("True", "False", "Unknown")."""
+    return lambda s: s.status(name) == status
+
+
+def not_ready(name: str) -> Callable[[State], bool]:
+    """Node `name` exists and its Ready status is anything but "True"."""
+    return lambda s: s.status(name) not in ("True", None)
+
+
 def transition(tr: Transition) -> dict[str, Any]:
     """A store transition as JSON."""
     return {"t": round(tr.t, 3), "node": tr.node, "old": tr.old, "new": tr.new}

@@ -185,10 +185,10 @@ class AgentNodesReader:
             data = self.call(self._fetch)
         except (OSError, ValueError) as exc:
             raise StoreDown(str(exc)) from None
-        nodes = {}
+        nodes: dict[str, NodeView] = {}
         for node in data.get("items", []):
             meta = node.get("metadata") or {}
-            nodes[meta.get("name")] = view_of(node, str(meta.get("resourceVersion")))
+            nodes[str(meta.get("name"))] = view_of(node, str(meta.get("resourceVersion")))
         return Reading(nodes)
 
 
