@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +71,17 @@ def test_agents_share_etcd_and_respect_other_writers(agents, tmp_path: Path) -> 
             wait_for(lambda: raw.ready("node-a") == ("True", "AgentReady")
                      and raw.ready("node-b") == ("True", "AgentReady"), 10,
                      what="node-a and node-b Ready in etcd")
-            # Let probes, refreshes and expiry run for more than a TTL.
-            time.sleep(4)
+            # Let k3net rewrite node-b a few times (lastSeen refreshes, every ttl/3) while
+            # every agent probes node-c: each write is a chance to lose a field, each probe of
+            # node-c a chance to touch a Node that is not ours.
+            revisions = {raw.nodes()["node-b"][1]}
+
+            def rewritten() -> bool:
+                revisions.add(raw.nodes()["node-b"][1])
+                return len(revisions) >= 4
+
+            wait_for(rewritten, 10, what="three more writes of node-b")
+            assert all(agent.metric("k3net_probes_total") > 0 for agent in procs)
 
             # The unmanaged node-c (the k3 controller's) is exactly as it was: same revision.
             assert raw.nodes()["node-c"] == c_before
@@ -136,7 +144,7 @@ def test_agents_share_mariadb(agents, tmp_path: Path) -> None:  # type: ignore[n
 
 
 def _outage(agents, store_config: dict[str, Any], stop, start, read_ready,  # type: ignore[no-untyped-def]
-            host: LoopbackHost, tmp_path: Path) -> dict[str, float]:
+            host: LoopbackHost, tmp_path: Path) -> None:
     config = write_config(tmp_path / "k3.yaml", store_config)
     # Without self-registration each Node is written by the other agent: both Ready means both
     # found each other over mDNS before the outage starts.
@@ -157,27 +165,26 @@ def _outage(agents, store_config: dict[str, Any], stop, start, read_ready,  # ty
     assert a.client.get(a.url + "/healthz") == (200, "ok\n")
     b.signal(signal.SIGTERM)  # a peer leaves while the store is down
     assert b.proc.wait(3) == 0  # within 3 s although its last write cannot land
-    time.sleep(2)
+    # a has news to write (node-b left) and no store: it must keep trying, and keep running.
+    failed = a.metric("k3net_store_operations_total", result="unavailable")
+    wait_for(lambda: a.metric("k3net_store_operations_total", result="unavailable")
+             >= failed + 2, 15, what="node-a retrying its writes while the store is down")
     assert a.proc.poll() is None, "the agent must keep running while the store is down"
 
     start()
-    t0 = time.monotonic()
+    # Bounded polling, not a timing goal: how fast is measured by `nox -s lan` (outage).
     wait_for(lambda: read_ready("node-b") == ("False", "PeerLeft"), 10,
              what="node-b PeerLeft in the store after the outage")
-    recovered = time.monotonic() - t0
     wait_for(lambda: a.client.get(a.url + "/readyz")[0] == 200, 5, what="/readyz 200 again")
     assert a.proc.poll() is None
-    assert recovered < 5, f"store held the true state only {recovered:.2f}s after it came back"
-    return {"recovered": recovered}
 
 
 def test_agent_survives_etcd_outage(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with LoopbackHost() as host, EtcdServer(tmp_path / "etcd", client_port=ETCD_PORT,
                                             peer_port=ETCD_PEER_PORT, netns=host.name) as etcd:
         raw = RawEtcd(host, etcd.address)
-        result = _outage(agents, {"type": "etcd", "etcd": {"endpoints": [etcd.endpoint]}},
-                         etcd.stop, etcd.start, raw.ready, host, tmp_path)
-        print(f"\nmeasured: etcd back -> true state in {result['recovered']:.2f}s")
+        _outage(agents, {"type": "etcd", "etcd": {"endpoints": [etcd.endpoint]}},
+                etcd.stop, etcd.start, raw.ready, host, tmp_path)
 
 
 def test_agent_survives_mariadb_outage(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -188,10 +195,9 @@ def test_agent_survives_mariadb_outage(agents, tmp_path: Path) -> None:  # type:
         def read_ready(name: str) -> tuple[str, str] | None:
             return ready(_mysql_rows(db.socket, "k3", db.sql).get(name))
 
-        result = _outage(
+        _outage(
             agents,
             {"type": "mysql", "mysql": {"socket": db.socket, "database": "k3",
                                         "poll_interval": "200ms"}},
             db.stop, db.start, read_ready, host, tmp_path,
         )
-        print(f"\nmeasured: MariaDB back -> true state in {result['recovered']:.2f}s")

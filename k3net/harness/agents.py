@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from k3net.harness.netns import Host
 from k3net.harness.nsclient import NetnsClient, wait_for
 
@@ -56,6 +58,16 @@ class AgentProc:
             wait_for(up, timeout, what=f"{self.name} /healthz")
         except RuntimeError as exc:
             raise AssertionError(str(exc)) from None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of this agent's /metrics samples called `name` (e.g.
+        `k3net_store_operations_total`) whose labels include `labels`; 0 if there are none."""
+        status, text = self.client.get(self.url + "/metrics")
+        if status != 200:
+            raise AssertionError(f"GET {self.url}/metrics: {status}")
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples
+                   if sample.name == name and labels.items() <= sample.labels.items())
 
     def nodes(self) -> dict[str, dict[str, Any]]:
         """The Nodes this agent's store holds, by name."""
