@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import signal
 import time
+from functools import partial
 
 import pytest
 
-from k3net.harness.agents import AgentProc, ready
+from k3net.harness.agents import AgentFactory, AgentProc, ready
 from k3net.harness.netns import Lan
 from k3net.harness.nsclient import wait_for
 
@@ -23,7 +24,11 @@ def _all_ready(agent: AgentProc, names: list[str]) -> bool:
                for name in names)
 
 
-def test_three_agents_join_leave_and_crash(agents) -> None:  # type: ignore[no-untyped-def]
+def _ready_is(agent: AgentProc, name: str, want: tuple[str, str]) -> bool:
+    return ready(agent.nodes()[name]) == want
+
+
+def test_three_agents_join_leave_and_crash(agents: AgentFactory) -> None:
     with Lan(3) as lan:
         names = ["node-a", "node-b", "node-c"]
         procs = [agents.start(host, name, "--peer-ttl", TTL) for host, name in zip(lan.hosts, names, strict=True)]
@@ -33,7 +38,7 @@ def test_three_agents_join_leave_and_crash(agents) -> None:  # type: ignore[no-u
 
         # Join: every agent holds every node, Ready.
         for proc in procs:
-            wait_for(lambda p=proc: _all_ready(p, names), 10, what=f"all Ready at {proc.name}")
+            wait_for(partial(_all_ready, proc, names), 10, what=f"all Ready at {proc.name}")
         join = time.monotonic() - start
         a, b, c = procs
         assert ready(a.nodes()["node-a"]) == ("True", "AgentReady")
@@ -46,7 +51,7 @@ def test_three_agents_join_leave_and_crash(agents) -> None:  # type: ignore[no-u
         t0 = time.monotonic()
         c.signal(signal.SIGTERM)
         for proc in (a, b):
-            wait_for(lambda p=proc: ready(p.nodes()["node-c"]) == ("False", "PeerLeft"), 2,
+            wait_for(partial(_ready_is, proc, "node-c", ("False", "PeerLeft")), 2,
                      what=f"node-c PeerLeft at {proc.name}")
         leave = time.monotonic() - t0
         assert c.proc.wait(3) == 0
@@ -64,7 +69,7 @@ def test_three_agents_join_leave_and_crash(agents) -> None:  # type: ignore[no-u
               f"graceful leave {leave:.3f}s, crash detection {crash:.2f}s (peer-ttl {TTL}, refused)")
 
 
-def test_peer_that_comes_back_is_ready_again(agents) -> None:  # type: ignore[no-untyped-def]
+def test_peer_that_comes_back_is_ready_again(agents: AgentFactory) -> None:
     with Lan(2) as lan:
         a = agents.start(lan[0], "node-a", "--peer-ttl", TTL)
         b = agents.start(lan[1], "node-b", "--peer-ttl", TTL)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from k3net.harness.agents import ready
+from k3net.harness.agents import AgentFactory, ready
 from k3net.harness.netns import Lan, LoopbackHost
 from k3net.harness.nsclient import wait_for
 from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
@@ -51,7 +52,7 @@ MANAGED_B_WITH_EXTRAS = {
 }
 
 
-def test_agents_share_etcd_and_respect_other_writers(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_agents_share_etcd_and_respect_other_writers(agents: AgentFactory, tmp_path: Path) -> None:
     with Lan(3) as lan:
         store_host = lan[0]
         with EtcdServer(tmp_path / "etcd", client_host=store_host.address,
@@ -116,7 +117,7 @@ def _mysql_rows(socket: str, database: str, run_sql: Any) -> dict[str, dict[str,
     return rows
 
 
-def test_agents_share_mariadb(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_agents_share_mariadb(agents: AgentFactory, tmp_path: Path) -> None:
     require(shutil.which("mariadb-install-db") is not None, "needs MariaDB (mariadb-server)")
     with MariaDBServer(tmp_path / "db") as db, Lan(3) as lan:
         db.sql("CREATE DATABASE k3")
@@ -143,7 +144,9 @@ def test_agents_share_mariadb(agents, tmp_path: Path) -> None:  # type: ignore[n
                  == ("False", "PeerLeft"), 3, what="node-c PeerLeft in MariaDB")
 
 
-def _outage(agents, store_config: dict[str, Any], stop, start, read_ready,  # type: ignore[no-untyped-def]
+def _outage(agents: AgentFactory, store_config: dict[str, Any], stop: Callable[[], None],
+            start: Callable[[], None],
+            read_ready: Callable[[str], tuple[str, str] | None],
             host: LoopbackHost, tmp_path: Path) -> None:
     config = write_config(tmp_path / "k3.yaml", store_config)
     # Without self-registration each Node is written by the other agent: both Ready means both
@@ -179,7 +182,7 @@ def _outage(agents, store_config: dict[str, Any], stop, start, read_ready,  # ty
     assert a.proc.poll() is None
 
 
-def test_agent_survives_etcd_outage(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_agent_survives_etcd_outage(agents: AgentFactory, tmp_path: Path) -> None:
     with LoopbackHost() as host, EtcdServer(tmp_path / "etcd", client_port=ETCD_PORT,
                                             peer_port=ETCD_PEER_PORT, netns=host.name) as etcd:
         raw = RawEtcd(host, etcd.address)
@@ -187,7 +190,7 @@ def test_agent_survives_etcd_outage(agents, tmp_path: Path) -> None:  # type: ig
                 etcd.stop, etcd.start, raw.ready, host, tmp_path)
 
 
-def test_agent_survives_mariadb_outage(agents, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_agent_survives_mariadb_outage(agents: AgentFactory, tmp_path: Path) -> None:
     require(shutil.which("mariadb-install-db") is not None, "needs MariaDB (mariadb-server)")
     with MariaDBServer(tmp_path / "db") as db, LoopbackHost() as host:
         db.sql("CREATE DATABASE k3")
