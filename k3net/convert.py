@@ -132,7 +132,10 @@ class InvalidNode(ValueError):
 def node_from_dict(data: Any) -> Node:
     try:
         return converter.structure(data, Node)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError, AttributeError) as exc:
+    except (
+        cattrs.BaseValidationError, TypeError, ValueError, KeyError, AttributeError,
+        RecursionError,
+    ) as exc:
         raise InvalidNode(f"not a v1/Node: {exc}") from exc
 
 
@@ -146,6 +149,8 @@ def node_from_json(raw: str | bytes) -> Node:
         data = json.loads(raw)
     except ValueError as exc:
         raise InvalidNode(f"not JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidNode("not JSON k3net can read: nested too deeply") from None
     return node_from_dict(data)
 
 

@@ -102,10 +102,22 @@ class Stored:
 
 
 @attrs.frozen
+class Foreign:
+    """A value under the Node prefix that is not a Node (bad JSON, another kind of object, a
+    row with broken columns): written by someone else, never by k3net. It is shown and counted,
+    never rewritten, and no Node of that name exists while it is there."""
+
+    name: str  # the Node name its key or row claims
+    key: str  # where it is: the etcd key, or `k8s_core_v1_node id=N`
+    reason: str  # short and readable: why it is not a Node
+
+
+@attrs.frozen
 class Snapshot:
-    """Every Node in the store at one moment."""
+    """Every Node in the store at one moment, and the values there that are not Nodes."""
 
     items: tuple[Stored, ...]
+    foreign: tuple[Foreign, ...] = ()
 
 
 @attrs.frozen
@@ -117,9 +129,10 @@ class Put:
 
 @attrs.frozen
 class Deleted:
-    """A Node was removed."""
+    """A Node was removed, or (with `foreign`) its value was replaced by one that is not a Node."""
 
     name: str
+    foreign: Foreign | None = None
 
 
 @attrs.frozen

@@ -19,9 +19,10 @@ starts at the next revision, so nothing falls between the two. When the watch br
 restarted: aetcd's watch raises and never resumes) the watch dials again with capped backoff and
 yields a fresh Snapshot. Each watch has its own connection, so a failed `get` does not disturb it.
 
-Values that are not a Node (corrupt or foreign data under the prefix) are skipped with a warning
-by `list` and the watch, so one bad key cannot hide every other Node; `get` of such a key raises
-StoreError (neither NotFound, which would invite a create, nor a valid Node).
+Values that are not a Node (corrupt or foreign data under the prefix) are reported as `Foreign`
+by `scan` and the watch and left out of `list`, so one bad key cannot hide every other Node;
+`get` of such a key raises ForeignValue (neither NotFound, which would invite a create, nor a
+valid Node). See `k3net.store.base`.
 
 All library calls run through `trio_asyncio.aio_as_trio`: use this store inside
 `trio_asyncio.open_loop()`.
@@ -48,14 +49,17 @@ from k3net.model import Node
 from k3net.store.base import (
     Conflict,
     Deleted,
+    Foreign,
+    ForeignValue,
     Lost,
     NotFound,
     Put,
+    Scan,
     Snapshot,
     Stored,
-    StoreError,
     StoreUnavailable,
     WatchEvent,
+    foreign,
 )
 
 log = logging.getLogger(__name__)
@@ -213,11 +217,14 @@ class EtcdStore:
         try:
             return stored_from_kv(kv)
         except InvalidNode as exc:
-            raise StoreError(f"etcd: {node_key(name).decode()} does not hold a Node: {exc}") from exc
+            raise ForeignValue(_foreign(kv, exc)) from exc
 
     async def list(self) -> list[Stored]:
+        return (await self.scan()).nodes
+
+    async def scan(self) -> Scan:
         result = await self._conn.call(lambda c: c.get_prefix(PREFIX.encode()))
-        return _valid(result)
+        return _scan(result)
 
     async def create(self, node: Node) -> Stored:
         key, value = node_key(node.metadata.name), _value(node)
@@ -301,15 +308,20 @@ def _lost_race(name: str, version: str, responses: Any) -> NoReturn:
     raise Conflict(f"{name} is at version {kv.mod_revision}, not {version}")
 
 
-def _valid(result: Any) -> list[Stored]:
-    """The Nodes of a get_prefix result, sorted by name; anything else is logged and skipped."""
-    items = []
+def _foreign(kv: Any, reason: object) -> Foreign:
+    key = kv.key.decode(errors="replace")
+    return foreign(key.removeprefix(PREFIX), key, reason)
+
+
+def _scan(result: Any) -> Scan:
+    """The Nodes and the foreign values of a get_prefix result, each sorted by name."""
+    nodes, others = [], []
     for kv in result:
         try:
-            items.append(stored_from_kv(kv))
+            nodes.append(stored_from_kv(kv))
         except InvalidNode as exc:
-            log.warning("etcd: skipping %s: not a Node: %s", kv.key.decode(errors="replace"), exc)
-    return sorted(items, key=lambda s: s.name)
+            others.append(_foreign(kv, exc))
+    return Scan(sorted(nodes, key=lambda s: s.name), sorted(others, key=lambda f: f.name))
 
 
 async def _watch_from(client: aetcd.Client, revision: int) -> Any:
@@ -335,7 +347,12 @@ class _Watch:
         while True:
             try:
                 result = await self._conn.call(lambda c: c.get_prefix(PREFIX.encode()))
-                yield Snapshot(tuple(_valid(result)))
+                scan = _scan(result)
+                if scan.foreign:
+                    log.warning("etcd: %d values under %s are not Nodes (first: %s: %s)",
+                                len(scan.foreign), PREFIX, scan.foreign[0].key,
+                                scan.foreign[0].reason)
+                yield Snapshot(tuple(scan.nodes), tuple(scan.foreign))
                 backoff = WATCH_BACKOFF_MIN
                 self._handle = await self._conn.call(_watch_from, result.header.revision + 1)
                 iterator = self._handle.__aiter__()
@@ -343,9 +360,7 @@ class _Watch:
                     event = await self._conn.call(_next_event, iterator)
                     if event is None:
                         raise StoreUnavailable("etcd: the watch ended")
-                    mapped = _watch_event(event)
-                    if mapped is not None:
-                        yield mapped
+                    yield _watch_event(event)
             except StoreUnavailable as exc:
                 log.warning("etcd watch lost (%s); retrying in %.1fs", exc, backoff)
                 yield Lost(str(exc))
@@ -373,12 +388,13 @@ class _Watch:
         await self._conn.drop()
 
 
-def _watch_event(event: Any) -> WatchEvent | None:
+def _watch_event(event: Any) -> WatchEvent:
     name = event.kv.key.decode(errors="replace").removeprefix(PREFIX)
     if event.kind == "DELETE":
         return Deleted(name)
     try:
         return Put(stored_from_kv(event.kv))
     except InvalidNode as exc:
-        log.warning("etcd: skipping a change of %s: not a Node: %s", name, exc)
-        return None
+        item = _foreign(event.kv, exc)
+        log.warning("etcd: %s is no longer a Node: %s", item.key, item.reason)
+        return Deleted(name, foreign=item)

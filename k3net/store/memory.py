@@ -15,7 +15,16 @@ import trio
 
 from k3net.convert import node_from_dict, node_to_dict
 from k3net.model import Node
-from k3net.store.base import Conflict, Deleted, NotFound, Put, Snapshot, Stored, WatchEvent
+from k3net.store.base import (
+    Conflict,
+    Deleted,
+    NotFound,
+    Put,
+    Scan,
+    Snapshot,
+    Stored,
+    WatchEvent,
+)
 
 # A watcher that falls this many events behind gets one fresh Snapshot instead of the backlog.
 WATCH_BACKLOG = 1024
@@ -73,6 +82,10 @@ class MemoryStore:
     async def list(self) -> list[Stored]:
         await trio.lowlevel.checkpoint()
         return [self._out(self._nodes[name]) for name in sorted(self._nodes)]
+
+    async def scan(self) -> Scan:
+        # Only Nodes can get in: there is never foreign data here.
+        return Scan(nodes=await self.list(), foreign=[])
 
     async def create(self, node: Node) -> Stored:
         await trio.lowlevel.checkpoint()

@@ -40,8 +40,9 @@ Snapshot.
 
 Limits: statements are bounded on the server (MariaDB's max_statement_time, and lock waits),
 because a query cancelled from trio drops the connection while the server keeps running it.
-Rows that are not a Node (invalid JSON, wrong types) are skipped with a warning by list and
-the watch; get of such a row raises StoreError. The pool keeps up to max_open_conns
+Rows that are not a Node (invalid JSON, wrong types) are reported as `Foreign` by scan and the
+watch and left out of list; get of such a row raises ForeignValue, and update refuses to write
+over one (see `k3net.store.base`). The pool keeps up to max_open_conns
 connections; max_idle_conns has no equivalent in aiomysql and is ignored. Every aiomysql,
 PyMySQL, OSError and asyncio error becomes StoreUnavailable here, nowhere else. Use this store
 inside `trio_asyncio.open_loop()`.
@@ -70,14 +71,17 @@ from k3net.model import Node
 from k3net.store.base import (
     Conflict,
     Deleted,
+    Foreign,
+    ForeignValue,
     Lost,
     NotFound,
     Put,
+    Scan,
     Snapshot,
     Stored,
-    StoreError,
     StoreUnavailable,
     WatchEvent,
+    foreign,
 )
 
 log = logging.getLogger(__name__)
@@ -220,6 +224,18 @@ def stored_from_row(row: tuple[Any, ...]) -> Stored:
     return Stored(node=node, version=version or "")
 
 
+def _foreign(row: tuple[Any, ...], reason: object) -> Foreign:
+    return foreign(str(row[1]), f"{TABLE} id={row[0]}", reason)
+
+
+def _node_row(row: tuple[Any, ...]) -> Stored:
+    """stored_from_row, with a row that is not a Node as ForeignValue."""
+    try:
+        return stored_from_row(row)
+    except InvalidNode as exc:
+        raise ForeignValue(_foreign(row, exc)) from exc
+
+
 def _lock_name(name: str) -> str:
     # GET_LOCK names are at most 64 characters; Node names up to 253.
     return "k3net-node-" + hashlib.sha1(name.encode()).hexdigest()
@@ -287,6 +303,7 @@ async def _create(cur: Cursor, node: Node) -> tuple[Any, ...]:
 async def _update(cur: Cursor, node: Node, version: str) -> tuple[Any, ...]:
     name = node.metadata.name
     row = await _get(cur, name)
+    _node_row(row)  # never write over someone else's row, whatever its resource_version
     now = _utc_now()
     values = _row_values(node)
     await cur.execute(
@@ -313,6 +330,7 @@ async def _delete(cur: Cursor, name: str, version: str | None) -> None:
             raise NotFound(name)
         return
     row = await _get(cur, name)
+    _node_row(row)  # someone else's row stays, whatever its resource_version
     await cur.execute(
         f"UPDATE {TABLE} SET deleted_at = %s"
         f" WHERE id = %s AND COALESCE(resource_version, '') = %s AND {LIVE}",
@@ -390,14 +408,13 @@ class MySQLStore:
         )
 
     async def get(self, name: str) -> Stored:
-        row = await self._run(_get, name)
-        try:
-            return stored_from_row(row)
-        except InvalidNode as exc:
-            raise StoreError(f"mysql: the row of {name} (id {row[0]}) is not a Node: {exc}") from exc
+        return _node_row(await self._run(_get, name))
 
     async def list(self) -> list[Stored]:
-        return _valid(await self._run(_list))
+        return (await self.scan()).nodes
+
+    async def scan(self) -> Scan:
+        return _scan(await self._run(_list))
 
     async def create(self, node: Node) -> Stored:
         return stored_from_row(await self._run(_create, node))
@@ -427,7 +444,12 @@ class MySQLStore:
                     rows = await self._run(_list)
                     known = _first_per_name((r[0], r[1], r[4], r[8]) for r in rows)
                     resync = False
-                    yield Snapshot(tuple(_valid(rows)))
+                    scan = _scan(rows)
+                    if scan.foreign:
+                        log.warning("mysql: %d rows of %s are not Nodes (first: %s: %s)",
+                                    len(scan.foreign), TABLE, scan.foreign[0].key,
+                                    scan.foreign[0].reason)
+                    yield Snapshot(tuple(scan.nodes), tuple(scan.foreign))
                 else:
                     for event in await self._changes(known):
                         yield event
@@ -451,8 +473,10 @@ class MySQLStore:
             try:
                 events.append(Put(stored_from_row(row)))
             except InvalidNode as exc:
-                log.warning("mysql: skipping a change of %s (id %s): not a Node: %s",
-                            row[1], row[0], exc)
+                item = _foreign(row, exc)
+                log.warning("mysql: %s (%s) is no longer a Node: %s", item.key, item.name,
+                            item.reason)
+                events.append(Deleted(item.name, foreign=item))
         for name in sorted(set(known) - set(current)):
             del known[name]
             events.append(Deleted(name))
@@ -491,16 +515,15 @@ def _write_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return (updated_at or dt.datetime.min, int(version) if version.isdigit() else 0, row[0])
 
 
-def _valid(rows: list[tuple[Any, ...]]) -> list[Stored]:
-    """One Stored per name (lowest id), sorted by name; rows that are not a Node are skipped."""
-    items: dict[str, Stored] = {}
-    seen: set[str] = set()
+def _scan(rows: list[tuple[Any, ...]]) -> Scan:
+    """One item per name (its lowest id), Nodes and foreign rows, each sorted by name."""
+    nodes: dict[str, Stored] = {}
+    others: dict[str, Foreign] = {}
     for row in sorted(rows, key=lambda r: r[0]):
-        if row[1] in seen:
+        if row[1] in nodes or row[1] in others:
             continue
-        seen.add(row[1])
         try:
-            items[row[1]] = stored_from_row(row)
+            nodes[row[1]] = stored_from_row(row)
         except InvalidNode as exc:
-            log.warning("mysql: skipping the row of %s (id %s): not a Node: %s", row[1], row[0], exc)
-    return [items[name] for name in sorted(items)]
+            others[row[1]] = _foreign(row, exc)
+    return Scan([nodes[n] for n in sorted(nodes)], [others[n] for n in sorted(others)])

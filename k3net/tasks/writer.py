@@ -24,7 +24,7 @@ from k3net.core.nodes import Alive, render
 from k3net.core.table import Write
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
-from k3net.store.base import Conflict, NotFound, Store, Stored, StoreUnavailable
+from k3net.store.base import Conflict, ForeignValue, NotFound, Store, Stored, StoreUnavailable
 
 log = logging.getLogger("k3net.writer")
 
@@ -90,6 +90,8 @@ class Writer:
             write = self._pending.pop(name)
             try:
                 await self._apply(write)
+            except ForeignValue as exc:  # someone else's data: never written over, never fatal
+                log.warning("not writing %s: %s", name, exc)
             except (StoreUnavailable, _TooManyConflicts) as exc:
                 self._pending.setdefault(name, write)  # unless a newer intent replaced it
                 delay = self.backoff.delay(failures, self.rng)

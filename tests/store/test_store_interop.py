@@ -8,10 +8,9 @@ import json
 from typing import Any
 
 import pytest
-import trio
 
 from k3net.convert import node_to_dict
-from k3net.store.base import NotFound, Put, Snapshot, StoreError
+from k3net.store.base import NotFound, Put, Snapshot
 from k3net.store.etcd import EtcdStore
 from k3net.store.mysql import MySQLStore
 from tests.store.conftest import RawEtcd, RawMySQL
@@ -82,24 +81,6 @@ async def test_etcd_writes_what_go_reads(etcd_store: EtcdStore, raw_etcd: RawEtc
     assert value is not None
     assert json.loads(value) == node_to_dict(node)
     assert json.loads(value)["metadata"]["creationTimestamp"] == "2026-11-29T10:21:14Z"
-
-
-@pytest.mark.etcd
-async def test_etcd_skips_values_that_are_not_nodes(
-    etcd_store: EtcdStore, raw_etcd: RawEtcd
-) -> None:
-    good = await etcd_store.create(make_node("good"))
-    await raw_etcd.put(KEY + "broken", "{not json")
-    await raw_etcd.put(KEY + "wrong-name", json.dumps(node_to_dict(make_node("other"))))
-    assert await etcd_store.list() == [good]
-    with pytest.raises(StoreError) as info:
-        await etcd_store.get("broken")
-    assert not isinstance(info.value, NotFound)
-    async with etcd_store.watch() as events:
-        assert await next_event(events) == Snapshot((good,))
-        await raw_etcd.put(KEY + "broken", "[]")
-        later = await etcd_store.update(make_node("good", step="2"), good.version)
-        assert await next_event(events) == Put(later)
 
 
 # --- MySQL ------------------------------------------------------------------------------------
@@ -238,35 +219,3 @@ async def test_mysql_watch_sees_writers_that_keep_the_version(
         event = await next_event(events)
         assert isinstance(event, Put)
         assert event.stored.node.status.phase == "Pending" and event.stored.version == "17"
-
-
-@pytest.mark.mysql
-async def test_mysql_skips_rows_that_are_not_nodes(
-    mysql_store: MySQLStore, raw_mysql: RawMySQL
-) -> None:
-    good = await mysql_store.create(make_node("good"))
-    await insert_go_row(raw_mysql, name="broken", uid="u-broken", status="[1, 2]")
-    assert await mysql_store.list() == [good]
-    with pytest.raises(StoreError) as info:
-        await mysql_store.get("broken")
-    assert not isinstance(info.value, NotFound)
-    async with mysql_store.watch() as events:
-        assert await next_event(events) == Snapshot((good,))
-        await raw_mysql.sql("UPDATE k8s_core_v1_node SET labels = '\"x\"', updated_at = NOW(3)"
-                            " WHERE name = 'broken'")
-        await trio.sleep(0.2)  # a few polls see the broken change first
-        later = await mysql_store.update(make_node("good", step="2"), good.version)
-        assert await next_event(events) == Put(later)
-
-
-@pytest.mark.etcd
-async def test_etcd_get_of_a_malformed_node_is_a_store_error(
-    etcd_store: EtcdStore, raw_etcd: RawEtcd
-) -> None:
-    for value in ({**GO_NODE, "metadata": {**GO_NODE["metadata"], "labels": "x"}},
-                  {**GO_NODE, "status": [1]}, {"metadata": "go-node"}, 42):
-        await raw_etcd.put(KEY + "go-node", json.dumps(value))
-        with pytest.raises(StoreError) as info:
-            await etcd_store.get("go-node")
-        assert not isinstance(info.value, NotFound)
-        assert await etcd_store.list() == []
