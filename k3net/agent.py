@@ -44,7 +44,7 @@ from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
-from k3net.store.base import Store
+from k3net.store.base import ForeignTally, Store, WatchEvent
 from k3net.tasks import table as table_task
 from k3net.tasks import watch
 from k3net.tasks.probe import Own, Prober
@@ -192,9 +192,14 @@ class Agent:
         producers.start_soon(self.lan.advertise, self.addresses)
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
                         key=s.cluster_key, own=Own.of(self.own, s.listen_port))
-        await producers.start(
-            watch.run, self.store, table_send.clone(), self.hub.observe, self.health
-        )
+        foreign = ForeignTally()  # values under the Node prefix that are not Nodes, for /metrics
+        self.metrics.watch_foreign(foreign)
+
+        def observe(event: WatchEvent) -> None:
+            self.hub.observe(event)
+            foreign.observe(event)
+
+        await producers.start(watch.run, self.store, table_send.clone(), observe, self.health)
         await producers.start(prober.run, probe_recv, table_send.clone())
         await producers.start(tick, table_send.clone(), Tick(), expire_interval(s.peer_ttl))
         if s.register_self:

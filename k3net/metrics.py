@@ -4,7 +4,7 @@ agents in one process (tests) do not mix their numbers."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -74,6 +74,11 @@ class Metrics:
             "k3net_store_up", "1 if the store answers (the last call or watch succeeded).",
             registry=r,
         )
+        self.store_foreign = Gauge(
+            "k3net_store_foreign_values",
+            "Values under the Node prefix that are not Nodes (someone else's data: never"
+            " written over), as the store watch last reported them.", registry=r,
+        )
 
     def watch_table(self, counts: Mapping[str, int]) -> None:
         """Read the peer gauge from the table's counts at scrape time: no work per event."""
@@ -83,3 +88,7 @@ class Metrics:
     def watch_health(self, health: StoreHealth) -> None:
         """k3net_store_up is the one store-health signal, read at scrape time."""
         self.store_up.set_function(lambda: float(health.ok))
+
+    def watch_foreign(self, tally: Sized) -> None:
+        """Read the foreign-value gauge from the watch's tally at scrape time."""
+        self.store_foreign.set_function(lambda: float(len(tally)))

@@ -9,9 +9,13 @@ from k3net.config import StorageConfig
 from k3net.store.base import (
     Conflict,
     Deleted,
+    Foreign,
+    ForeignTally,
+    ForeignValue,
     Lost,
     NotFound,
     Put,
+    Scan,
     Snapshot,
     Store,
     Stored,
@@ -21,8 +25,9 @@ from k3net.store.base import (
 )
 
 __all__ = [
-    "Conflict", "Deleted", "Lost", "NotFound", "Put", "Snapshot", "Store", "StoreError",
-    "StoreUnavailable", "Stored", "WatchEvent", "open_store",
+    "Conflict", "Deleted", "Foreign", "ForeignTally", "ForeignValue", "Lost", "NotFound", "Put",
+    "Scan", "Snapshot", "Store", "StoreError", "StoreUnavailable", "Stored", "WatchEvent",
+    "open_store",
 ]
 
 

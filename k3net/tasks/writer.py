@@ -152,6 +152,9 @@ class Writer:
         except NotFound:
             self.metrics.store_ops.labels(op=op, result="not_found").inc()
             raise
+        except ForeignValue:
+            self.metrics.store_ops.labels(op=op, result="foreign").inc()
+            raise
         finally:
             self.metrics.store_latency.labels(op=op).observe(trio.current_time() - start)
         self.metrics.store_ops.labels(op=op, result="ok").inc()
