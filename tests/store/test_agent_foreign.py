@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from k3net.harness.agents import AgentProc, ready
+from k3net.harness.netns import LoopbackHost
+from k3net.harness.nsclient import wait_for
+from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, PREFIX, RawEtcd, write_config
+from k3net.harness.services import EtcdServer, MariaDBServer
 from k3net.store.mysql import CREATE_TABLE
-from tests.agents import AgentProc, ready
 from tests.conftest import require
-from tests.netns import LoopbackHost
-from tests.nsclient import wait_for
-from tests.raw import ETCD_PEER_PORT, ETCD_PORT, PREFIX, RawEtcd, write_config
-from tests.services import EtcdServer, MariaDBServer
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 
