@@ -19,7 +19,7 @@ import trio.testing
 from k3net.core.messages import ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
-from k3net.tasks.probe import Own, Prober, jitter, probe_peer, probe_with_timeout
+from k3net.tasks.probe import Own, Prober, probe_peer, probe_with_timeout
 from tests.fakeagent import FakeAgent
 
 LOOPBACK = "127.0.0.1"
@@ -139,13 +139,6 @@ async def test_probe_times_out(
     assert trio.current_time() - start == pytest.approx(TIMEOUT)
     assert result.latency == pytest.approx(TIMEOUT)
     assert "timed out" in result.error
-
-
-def test_jitter_stays_inside_the_interval() -> None:
-    rng = random.Random(3)
-    values = [jitter(2.0, rng) for _ in range(500)]
-    assert all(0 <= v < 2.0 for v in values)
-    assert max(values) - min(values) > 1.0
 
 
 # --- identity probes: who answered --------------------------------------------------------
@@ -354,15 +347,47 @@ async def test_rounds_probe_every_target(
     immediate = await prober.next_results(3)
     assert {r.name for _, r in immediate} == {"peer-a", "peer-b", "peer-c"}
 
-    for round_no in (1, 2, 3):
-        got = await prober.next_results(3)
-        assert sorted(r.name for _, r in got) == ["peer-a", "peer-b", "peer-c"], round_no
-        assert {r.name: r.outcome == "unverified" for _, r in got} == {"peer-a": True, "peer-b": True, "peer-c": False}
-        for when, _ in got:
-            # rounds every interval +-10%, each probe spread over up to min(1s, interval/10)
-            assert (round_no * 0.9 - 0.1) * INTERVAL <= when - start <= round_no * 1.1 * INTERVAL + 1 + TIMEOUT
+    times: dict[str, list[float]] = {"peer-a": [], "peer-b": [], "peer-c": []}
+    for _ in range(3 * 3):
+        [(when, result)] = await prober.next_results(1)
+        assert (result.outcome == "unverified") == (result.name != "peer-c")
+        times[result.name].append(when - start)
+    for name, seen in times.items():
+        # each peer at its own phase in the first interval, then once per interval
+        assert 0 <= seen[0] < INTERVAL + TIMEOUT, name
+        assert [b - a for a, b in zip(seen, seen[1:], strict=False)] == pytest.approx(
+            [INTERVAL, INTERVAL], abs=TIMEOUT), name
     assert listeners.accepted[ports["peer-a"]] == 4
     assert listeners.accepted[ports["peer-b"]] == 4
+
+
+async def test_each_peer_is_probed_at_its_own_phase(
+    autojump_clock: trio.testing.MockClock, prober: Running, closed_port: int
+) -> None:
+    """Peers added together are not probed in one burst per interval: their phases spread
+    over the whole interval (so some agent reaches a dead peer soon, and the LAN load is
+    smooth)."""
+    start = trio.current_time()
+    for i in range(40):
+        await prober.inbox.send(ProbeNow(target(f"peer-{i}", closed_port)))
+    await prober.next_results(40)  # the immediate probes
+    scheduled = await prober.next_results(40)
+    tenths = {int((when - start) / INTERVAL * 10) for when, _ in scheduled}
+    assert len(tenths) >= 7, sorted(tenths)  # 40 random phases leave few tenths empty
+    assert {r.name for _, r in scheduled} == {f"peer-{i}" for i in range(40)}
+
+
+async def test_a_delayed_probe_waits(
+    autojump_clock: trio.testing.MockClock, prober: Running, listeners: Listeners
+) -> None:
+    port = await listeners.open()
+    await prober.inbox.send(ProbeNow(target("peer-a", port)))
+    await prober.next_results(1)
+    asked = trio.current_time()
+    await prober.inbox.send(ProbeNow(target("peer-a", port), delay=1.0))
+    [(when, result)] = await prober.next_results(1)
+    assert result.name == "peer-a"
+    assert when - asked >= 1.0
 
 
 async def test_forget_stops_probing(

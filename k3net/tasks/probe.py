@@ -1,4 +1,4 @@
-"""probe: ask every known peer who it is, concurrently and bounded, with jitter.
+"""probe: ask every known peer who it is, concurrently and bounded, each at its own phase.
 
 A probe of peer P is an identity probe (`k3net.core.identity`): on each of P's addresses it
 opens TCP to P's port, sends `GET /info?nonce=...` and reads who answers. Every address is tried
@@ -19,9 +19,9 @@ on any other port only a confirmed answer counts (an agent of that name really r
 machine: several agents on one host, `--interface lo`); a refusal, timeout, wrong node or
 non-agent there is ignored. A peer with nothing but such addresses gets `timeout`.
 
-The table asks for a probe at once when a peer appears or says goodbye (`ProbeNow`); every other
-peer is probed once per round, spread over the round with jitter so that agents started together
-do not probe in lock step.
+The table asks for a probe at once when a peer appears or says goodbye (`ProbeNow`), or after a
+delay (a re-probe that confirms a refusal); besides, every peer is probed once per interval at a
+phase of its own (see `Prober`).
 """
 
 from __future__ import annotations
@@ -174,18 +174,15 @@ async def probe_with_timeout(
     return await probe_peer(name, addresses, port, timeout, key=key, own=own)
 
 
-def jitter(interval: float, rng: random.Random) -> float:
-    """A delay in [0, interval) to spread one round's probes."""
-    return rng.random() * interval
-
-
 class Prober:
-    """Probes every target once per round, and a target at once when the table asks.
+    """Probes every target once per `interval`, each at its own phase, and a target at once (or
+    after a given delay) when the table asks.
 
-    A round starts every `interval` (jittered by up to 10% so that agents started together
-    drift apart); within a round each probe waits a random moment of up to `spread` seconds, so
-    that hundreds of peers are not all dialled in the same millisecond. At most `limit` probes
-    run at once, and never two at once for the same peer.
+    Each peer gets a random phase in the interval when it first becomes a target, drawn by each
+    agent for itself: agents started together do not probe in step, and with k agents probing a
+    peer, one of them reaches it every interval/k on average, so a peer that dies is found
+    sooner than by rounds in lock step. The load on the LAN is smooth instead of a burst per
+    round. At most `limit` probes run at once, and never two scheduled ones for the same peer.
     """
 
     def __init__(
@@ -203,13 +200,12 @@ class Prober:
         self.key = key  # the cluster key, if any: answers must prove it
         self.own = own  # replaced by set_own when this machine's addresses change
         self.timeout = timeout
-        self.spread = min(1.0, interval / 10)
         self.metrics = metrics
         self.rng = rng or random.Random()
         self.targets: dict[str, ProbeTarget] = {}
+        self._schedules: dict[str, trio.CancelScope] = {}
         self._limiter = trio.CapacityLimiter(limit)
         self._inflight: set[str] = set()
-        self.last_round: float = 0.0  # seconds the last full round took
 
     def set_own(self, addresses: Iterable[str]) -> None:
         """This machine's addresses changed (the address watcher): probes from now on ignore
@@ -224,40 +220,54 @@ class Prober:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with results, trio.open_nursery() as nursery:
-            nursery.start_soon(self._rounds, nursery, results)
             task_status.started()
             async with inbox:
                 async for msg in inbox:
                     if isinstance(msg, Forget):
                         self.targets.pop(msg.name, None)
-                    else:
-                        self.targets[msg.target.name] = msg.target
-                        nursery.start_soon(self._probe, msg.target, None, results)
+                        schedule = self._schedules.pop(msg.name, None)
+                        if schedule is not None:
+                            schedule.cancel()
+                        continue
+                    name = msg.target.name
+                    self.targets[name] = msg.target
+                    if name not in self._schedules:
+                        self._schedules[name] = scope = trio.CancelScope()
+                        nursery.start_soon(self._every_interval, name, scope, results)
+                    nursery.start_soon(self._asked, msg.target, msg.delay, results)
             nursery.cancel_scope.cancel()
 
-    async def _rounds(
-        self, nursery: trio.Nursery, results: trio.MemorySendChannel[ProbeResult]
+    async def _every_interval(
+        self, name: str, scope: trio.CancelScope, results: trio.MemorySendChannel[ProbeResult]
     ) -> None:
-        while True:
-            await trio.sleep(self.interval * (0.9 + 0.2 * self.rng.random()))
-            start = trio.current_time()
-            async with trio.open_nursery() as round_:
-                for target in list(self.targets.values()):
-                    round_.start_soon(self._probe, target, jitter(self.spread, self.rng), results)
-            self.last_round = trio.current_time() - start
+        """Probe `name` once per interval at its own phase, until it is forgotten."""
+        with scope:
+            due = trio.current_time() + self.rng.random() * self.interval
+            while True:
+                if due <= trio.current_time():
+                    due = trio.current_time()  # fell behind (a slow probe): no burst to catch up
+                await trio.sleep_until(due)
+                due += self.interval
+                target = self.targets.get(name)
+                if target is None:
+                    return
+                if name not in self._inflight:
+                    await self._probe(target, results)
+
+    async def _asked(
+        self, target: ProbeTarget, delay: float, results: trio.MemorySendChannel[ProbeResult]
+    ) -> None:
+        """A probe the table asked for. It runs even if a scheduled probe of that peer is under
+        way: that one may predate a goodbye or a restart."""
+        if delay > 0:
+            await trio.sleep(delay)
+            if self.targets.get(target.name) != target:
+                return  # forgotten, or replaced by a newer target meanwhile
+        await self._probe(target, results)
 
     async def _probe(
-        self,
-        target: ProbeTarget,
-        delay: float | None,
-        results: trio.MemorySendChannel[ProbeResult],
+        self, target: ProbeTarget, results: trio.MemorySendChannel[ProbeResult]
     ) -> None:
-        """One probe; `delay` None is an immediate probe, asked for by the table, which runs
-        even if a round's probe of that peer is under way (it may predate a goodbye)."""
-        if delay is not None:
-            await trio.sleep(delay)
-            if target.name in self._inflight:
-                return
         self._inflight.add(target.name)
         try:
             async with self._limiter:
