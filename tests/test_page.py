@@ -14,6 +14,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -21,7 +22,7 @@ import trio
 
 from k3net.harness import browser as browser_mod
 from k3net.harness.agents import AgentProc, ready
-from k3net.harness.browser import Browser
+from k3net.harness.browser import Browser, screenshot_page
 from k3net.harness.netns import Lan
 from k3net.harness.nsclient import wait_for
 from k3net.model import ANN_LAST_SEEN
@@ -449,3 +450,57 @@ def test_page_on_a_lan_follows_the_cluster(agents: Any) -> None:  # noqa: PLR091
                   f"{at_page:.3f}s (page - store {at_page - at_store:+.3f}s); new peer on the "
                   f"page {join:.2f}s after its /healthz; page current again {back:.2f}s after "
                   f"the restarted agent's /healthz")
+
+
+async def test_screenshot_of_a_settled_page(web: Web, tmp_path: Path) -> None:
+    """What the LAN simulation uses for the README's picture."""
+    require(browser_mod.available(), "needs Debian chromium and chromium-driver")
+    stored = await web.store.create(make_node("node-b"))
+    await web.store.update(make_node("node-b", ready="Unknown", reason="PeerExpired"),
+                           stored.version)
+    web.health.up()
+    path = tmp_path / "shots" / "page.png"
+    page = await trio.to_thread.run_sync(
+        lambda: screenshot_page(None, web.url("/"), path, width=800))
+    assert page["rows"]["node-b"]["word"] == "Unknown"
+    assert page["timeline"]["node-b"] == ["join", "expiry"]
+    png = path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(png[16:20], "big") == 800  # the width asked for
+
+
+async def test_timeline_span_is_chosen_and_kept_in_the_address(nursery: trio.Nursery,
+                                                               local_browser: Browser) -> None:
+    """Events are placed at the agent's time (`ts`): one 10 minutes ago shows in the hour, not
+    in the last 5 minutes, whose band still starts in the state it left."""
+    b = local_browser
+    now = [dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)]
+    web = await start_web(nursery, clock=lambda: now[0])  # type: ignore[arg-type]
+    stored = await web.store.create(make_node("node-b"))
+    await hub_reached(web, 1)
+    now[0] = dt.datetime.now(dt.UTC)
+    await web.store.update(make_node("node-b", ready="False", reason="PeerLeft"), stored.version)
+    await hub_reached(web, 2)
+    await open_page(b, web)
+    await page_until(b, lambda p: p["timeline"].get("node-b") == ["join", "leave"],
+                     "both events in the last hour")
+    await trio.to_thread.run_sync(b.js, "document.querySelector('#spans [data-span=\"5\"]').click()")
+    await page_until(b, lambda p: p["timeline"].get("node-b") == ["leave"],
+                     "only the leave in the last 5 minutes")
+    heading, hash_, band = await trio.to_thread.run_sync(b.js, """
+        return [document.getElementById('tl-h').textContent, location.hash,
+                document.querySelector('#tl-rows .band').className];""")
+    assert (heading, hash_) == ("Last 5 minutes", "#span=5m")
+    assert band == "band s-True"  # Ready from before the span until the leave
+    # The address keeps the span: a reload shows the same view.
+    await trio.to_thread.run_sync(b.js, "location.reload()")
+
+    async def reloaded() -> bool:
+        return not await no_reload(b)
+
+    with trio.fail_after(10):
+        await eventually(reloaded)
+    await page_until(b, lambda p: p["timeline"].get("node-b") == ["leave"], "span after reload")
+    heading = await trio.to_thread.run_sync(b.js, "return document.getElementById('tl-h').textContent")
+    assert heading == "Last 5 minutes"
+    await web.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -123,3 +124,34 @@ class Browser:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# True once the page is live, has rows, and nothing is left to draw or animate.
+_SETTLED = """
+const s = window.k3page;
+return !!s && document.body.dataset.conn === 'live' && s.nodes.size > 0 && !s.scheduled
+    && !s.tlDirty && document.getAnimations().length === 0;
+"""
+
+
+def screenshot_page(namespace: str | None, url: str, path: Path, *, width: int = 1280,
+                    max_height: int = 2400, span_minutes: int = 60, within: float = 30.0
+                    ) -> dict[str, Any]:
+    """Open the cluster page at `url` (from inside `namespace`) with its timeline showing the
+    last `span_minutes` (60, 15, 5 or 1), wait until it is live with its table and timeline
+    drawn (at most `within` seconds), and write a PNG of the whole page, up to `max_height`
+    pixels tall, to `path`. Returns what the page showed (Browser.page)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Browser(namespace, width=width, height=900) as browser:
+        browser.get(f"{url}#span={span_minutes}m")
+        deadline = time.monotonic() + within
+        while not browser.js(_SETTLED):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the page at {url} did not settle within {within:g}s")
+            time.sleep(0.1)
+        height = min(max(int(browser.js("return document.documentElement.scrollHeight")), 600),
+                     max_height)
+        # The window's size includes what the browser draws around the page: grow it by that.
+        chrome = int(browser.js("return window.outerHeight - window.innerHeight"))
+        browser.screenshot(path, width, height + chrome)
+        return browser.page()

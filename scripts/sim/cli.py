@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
                         help="samples of floor, leave, crash (default 3)")
     parser.add_argument("--mysql-socket", help="use this existing MariaDB instead of a private "
                         "one (the outage scenario is then skipped)")
+    parser.add_argument("--screenshot", default="results/page.png",
+                        help="PNG of a live agent's cluster page at the end ('' for none)")
     parser.add_argument("--keep-logs", default="results/lan-logs",
                         help="copy the agents' logs here (default results/lan-logs)")
     args = parser.parse_args(argv)
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None, description: str = "") -> int:
             if args.store != "memory":
                 sim.ensure_watcher()
             run_scenarios(sim, args.scenarios)
+            screenshot(sim, args.screenshot, time.monotonic() - started)
     except Interrupted as exc:
         log(f"interrupted ({exc}): cleaning up")
         results["error"] = f"interrupted by {exc}"
@@ -126,6 +129,30 @@ def main(argv: list[str] | None = None, description: str = "") -> int:
     path = write_json(args.out, results)
     log(f"results in {path}; runtime {results['runtime_seconds']:g}s")
     return code
+
+
+def screenshot(sim: Sim, dest: str, elapsed: float) -> None:
+    """The cluster page of the first agent still running, after every scenario (so its
+    timeline has them all), as the README shows it. A failure is logged, not fatal."""
+    from k3net.harness import browser
+
+    running = [a for _, a in sorted(sim.fleet.agents.items()) if a.proc.poll() is None]
+    if not dest or not running:
+        return
+    if not browser.available():
+        log("screenshot: skipped (needs Debian chromium and chromium-driver)")
+        return
+    agent = running[0]
+    try:
+        span = next((m for m in (1, 5, 15) if m * 60 >= elapsed), 60)  # the whole run
+        page = browser.screenshot_page(agent.host.name, agent.url + "/", Path(dest),
+                                       span_minutes=span)
+    except Exception as exc:  # selenium's errors, a page that never settles: report, go on
+        log(f"screenshot: failed: {type(exc).__name__}: {exc}")
+        sim.results["screenshot_error"] = str(exc)
+        return
+    log(f"screenshot: {agent.name}'s page ({len(page['rows'])} nodes) in {dest}")
+    sim.results["screenshot"] = dest
 
 
 def _stop_watcher(sim: Sim) -> None:

@@ -31,7 +31,7 @@
     infoFails: 0, skew: 0,
     sort: { key: "node", dir: 1 }, filter: "",
     dirty: new Set(), flash: new Set(), order: false, scheduled: false,
-    timeline: new Map(), tlDirty: true, tlAt: 0, tlTimer: 0,
+    timeline: new Map(), span: HOUR, seenDue: false, tlDirty: true, tlAt: 0, tlTimer: 0,
     foundBy: false, rejected: 0, lastRejected: null,
     info: null, readyz: null,
     stats: { messages: 0, snapshots: 0, reconnects: 0, renders: 0, firstMessageAt: null,
@@ -119,6 +119,7 @@
     ws.onopen = () => {
       if (st.ws !== ws) return;
       if (epoch !== null) { st.epoch = epoch; st.seq = 0; } // a replay from 0 carries no epoch
+      st.seenDue = true; // lastSeen from /events/snapshot once the first rows are drawn
       if (st.downSince) st.stats.reconnects++;
       st.downSince = null;
       setConn("live");
@@ -320,6 +321,7 @@
       fillRow(n);
     }
     if (st.order) reorder();
+    if (st.seenDue && st.nodes.size) { st.seenDue = false; setTimeout(pollSeen, 200); }
     if (st.flash.size) {
       const flash = getComputedStyle(document.body).getPropertyValue("--flash").trim() || "#fff0a0";
       for (const name of st.flash) {
@@ -491,28 +493,27 @@
   function renderTimeline() {
     st.tlDirty = false;
     st.tlAt = Date.now();
-    const now = agentNow(), from = now - HOUR;
+    const now = agentNow(), keep = now - HOUR, from = now - st.span;
     const rows = [];
     let total = 0;
-    for (const [name, list] of st.timeline) {
-      let i = list.findIndex((ev) => ev.t >= from);
-      if (i < 0) { // nothing in the last hour: keep only the last state, for the band
-        list.splice(0, list.length - 1);
+    for (const [name, list] of [...st.timeline]) {
+      // Keep an hour, plus the last event before it (the state the band starts with).
+      let k = list.findIndex((ev) => ev.t >= keep);
+      if (k < 0) k = list.length;
+      if (k > 1) list.splice(0, k - 1);
+      if (!list.length || (list[list.length - 1].t < keep && !st.nodes.has(name))) {
+        st.timeline.delete(name);
         continue;
       }
-      if (i > 1) { list.splice(0, i - 1); i = 1; }
+      const i = list.findIndex((ev) => ev.t >= from);
+      if (i < 0) continue; // nothing in the span shown
       const events = list.slice(i);
-      const before = i > 0 ? list[0].ready : null;
       total += events.length;
-      rows.push({ name, events, before });
-    }
-    for (const name of [...st.timeline.keys()]) {
-      const list = st.timeline.get(name);
-      if (list.length && list[list.length - 1].t < from && !st.nodes.has(name)) st.timeline.delete(name);
+      rows.push({ name, events, before: i > 0 ? list[i - 1].ready : null });
     }
     rows.sort((a, b) => b.events.length - a.events.length
       || b.events[b.events.length - 1].t - a.events[a.events.length - 1].t);
-    const x = (t) => Math.max(0, Math.min(100, ((t - from) / HOUR) * 100));
+    const x = (t) => Math.max(0, Math.min(100, ((t - from) / st.span) * 100));
     const frag = document.createDocumentFragment();
     for (const row of rows.slice(0, TL_ROWS)) {
       const div = document.createElement("div");
@@ -561,6 +562,36 @@
       : "no changes";
     if (rows.length > TL_ROWS) summary += ` (the ${TL_ROWS} busiest shown)`;
     setText($("tl-summary"), summary);
+  }
+
+  // The span shown: 60, 15, 5 or 1 minutes, kept in the address (#span=5m) so a link or a
+  // bookmark opens the same view.
+  const SPANS = [60, 15, 5, 1];
+  function setSpan(minutes, remember) {
+    if (!SPANS.includes(minutes)) minutes = 60;
+    st.span = minutes * 60e3;
+    setText($("tl-h"), minutes === 60 ? "Last hour" : `Last ${minutes} minute${minutes === 1 ? "" : "s"}`);
+    const unit = minutes === 1 ? "s" : "min";
+    const tick = (f) => { // seconds for 1 min; minutes, or m:ss between whole minutes
+      if (minutes === 1) return String(Math.round(60 * f));
+      const secs = Math.round(minutes * f * 60);
+      return secs % 60 ? `${Math.floor(secs / 60)}:${String(secs % 60).padStart(2, "0")}` : String(secs / 60);
+    };
+    const labels = [`−${tick(1)} ${unit}`, `−${tick(0.75)}`, `−${tick(0.5)}`, `−${tick(0.25)}`, "now"];
+    $("tl-axis").replaceChildren(...labels.map((text) => {
+      const el = document.createElement("span");
+      el.textContent = text;
+      return el;
+    }));
+    for (const btn of document.querySelectorAll("#spans button")) {
+      btn.setAttribute("aria-pressed", String(Number(btn.dataset.span) === minutes));
+    }
+    if (remember) history.replaceState(null, "", minutes === 60 ? location.pathname + location.search : `#span=${minutes}m`);
+    renderTimeline();
+  }
+  function spanFromHash() {
+    const m = /(?:^#|&)span=(\d+)m/.exec(location.hash);
+    return m ? Number(m[1]) : 60;
   }
 
   // --- this agent ---------------------------------------------------------------------------
@@ -658,6 +689,10 @@
     th.querySelector("button").addEventListener("click", () => setSort(th.dataset.key));
   }
   $("filter").addEventListener("input", (ev) => setFilter(ev.target.value));
+  for (const btn of document.querySelectorAll("#spans button")) {
+    btn.addEventListener("click", () => setSpan(Number(btn.dataset.span), true));
+  }
+  window.addEventListener("hashchange", () => setSpan(spanFromHash(), false));
   $("reconnect").addEventListener("click", () => { st.attempt = 0; connect(); });
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && !st.ws) { st.attempt = 0; connect(); }
@@ -667,6 +702,6 @@
   setInterval(() => { if (!document.hidden) pollInfo(); }, INFO_EVERY);
   setInterval(pollSeen, SEEN_EVERY);
   renderCounts();
-  renderTimeline();
+  setSpan(spanFromHash(), false);
   connect();
 })();
