@@ -41,9 +41,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """mypy on the package."""
-    _install(session, "lint")
-    session.run("mypy", "k3net", *session.posargs)
+    """mypy on the package, the tests and the scripts."""
+    _install(session, "lint", "test")
+    session.run("mypy", "k3net", "tests", "scripts", *session.posargs)
 
 
 @nox.session(default=False)

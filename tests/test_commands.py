@@ -289,7 +289,12 @@ def test_nodes_without_config_asks_the_local_agent(monkeypatch: pytest.MonkeyPat
     for name in ("K3NET_CONFIG", "CONFIG_PATH"):
         monkeypatch.delenv(name, raising=False)
     seen: list[Any] = []
-    monkeypatch.setattr("k3net.commands.nodes.main", lambda *args: seen.append(args) or 0)
+
+    def fake_main(*args: Any) -> int:
+        seen.append(args)
+        return 0
+
+    monkeypatch.setattr("k3net.commands.nodes.main", fake_main)
     assert cli.main(["nodes"]) == 0
     assert seen[0][0] == AgentSource("http://127.0.0.1:7946")
 

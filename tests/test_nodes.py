@@ -340,7 +340,7 @@ def _all_intents() -> list[Intent]:
 @pytest.mark.parametrize("managed_label", [None, "false", "True", ""])
 @pytest.mark.parametrize("intent", _all_intents(), ids=lambda i: type(i).__name__)
 def test_unmanaged_node_is_never_touched(managed_label: str | None, intent: Intent) -> None:
-    data = copy.deepcopy(FOREIGN)
+    data: dict[str, Any] = copy.deepcopy(FOREIGN)
     if managed_label is not None:
         data["metadata"]["labels"]["k3.network/managed"] = managed_label
     node = node_from_dict(data)

@@ -88,6 +88,17 @@ def commit(action: Any, wall: float = 0.0, *, wall0: dt.datetime = WALL0) -> Put
     return Put(store_node(node))
 
 
+def as_write(action: Any) -> Write:
+    assert isinstance(action, Write), action
+    return action
+
+
+def only_write(actions: list[Any]) -> Write:
+    """The one action, which must be a Write."""
+    (action,) = actions
+    return as_write(action)
+
+
 def writes(actions: list[Any]) -> list[Write]:
     return [a for a in actions if isinstance(a, Write)]
 
@@ -156,7 +167,9 @@ def test_seeing_the_node_ready_reports_join_latency_once() -> None:
     t = table()
     t.handle(PEER, 10.0)
     put = commit(t.handle(ok(), 10.01)[0])
-    assert t.handle(put, 10.05) == [JoinLatency("peer-a", pytest.approx(0.05))]
+    (latency,) = t.handle(put, 10.05)
+    assert isinstance(latency, JoinLatency)
+    assert (latency.name, latency.seconds) == ("peer-a", pytest.approx(0.05))
     assert t.handle(put, 10.06) == []
     assert t.handle(PEER, 11.0) == [ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))]
     assert t.handle(with_last_seen(put, "x"), 12.0) == []
@@ -187,7 +200,7 @@ def test_changed_addresses_are_written_without_refresh() -> None:
     put = joined(t)
     moved = PeerSeen("peer-a", ("192.168.1.99",), 7946, 4242)
     t.handle(moved, 5.0)
-    (write,) = t.handle(ok(moved), 5.0)
+    write = only_write(t.handle(ok(moved), 5.0))
     assert write.intent == Alive("peer-a", ("192.168.1.99",), 7946, 4242, PEER_ALIVE,
                                  refresh_from=last_seen(put.stored.node), refresh=False,
                                  seen_ready="True")
@@ -208,7 +221,7 @@ def test_refresh_due_peer_ttl_over_3_after_last_seen_changed(after: float, due: 
     if not due:
         assert actions == []
         return
-    (write,) = actions
+    write = only_write(actions)
     assert isinstance(write.intent, Alive)
     assert write.intent.refresh is True
     assert write.intent.refresh_from == last_seen(put.stored.node)
@@ -240,7 +253,8 @@ def test_another_agents_refresh_makes_ours_not_due() -> None:
     t.handle(with_last_seen(put, "2026-11-29T10:00:25.000000Z"), 25.0)
     assert t.handle(ok(), 31.0) == []
     assert t.handle(ok(), 54.9) == []
-    (write,) = t.handle(ok(), 55.0)
+    write = only_write(t.handle(ok(), 55.0))
+    assert isinstance(write.intent, Alive)
     assert write.intent.refresh_from == "2026-11-29T10:00:25.000000Z"
 
 
@@ -278,14 +292,14 @@ def test_expiry_not_reset_by_a_put_that_keeps_last_seen() -> None:
     put = joined(t, now=0.0)
     moved = with_status(put, "True", "PeerAlive")  # same lastSeen, new version
     t.handle(moved, 50.0)
-    (write,) = t.handle(Tick(), 90.0)
+    write = only_write(t.handle(Tick(), 90.0))
     assert write.base == moved.stored
 
 
 def test_expired_node_written_unknown_is_not_expired_again() -> None:
     t = table()
     joined(t, now=0.0)
-    (expiry,) = t.handle(Tick(), 90.0)
+    expiry = only_write(t.handle(Tick(), 90.0))
     t.handle(commit(expiry, wall=90.0), 90.1)
     assert t.handle(Tick(), 200.0) == []
     assert t.counts == {"ready": 0, "not_ready": 0, "unknown": 1}
@@ -294,7 +308,7 @@ def test_expired_node_written_unknown_is_not_expired_again() -> None:
 def test_expiry_again_after_the_peer_came_back_and_went_silent() -> None:
     t = table()
     joined(t, now=0.0)
-    (expiry,) = t.handle(Tick(), 90.0)
+    expiry = only_write(t.handle(Tick(), 90.0))
     t.handle(commit(expiry, wall=90.0), 90.0)
     (back,) = t.handle(ok(), 100.0)
     t.handle(commit(back, wall=100.0), 100.0)
@@ -343,7 +357,7 @@ def test_clock_skew_does_not_change_timing(stored_last_seen: str) -> None:
     assert t.handle(ok(), 1029.9) == []
     assert len(writes(t.handle(ok(), 1030.0))) == 1
     assert t.handle(Tick(), 1089.9) == []
-    (expiry,) = t.handle(Tick(), 1090.0)
+    expiry = only_write(t.handle(Tick(), 1090.0))
     assert expiry.intent == Expired("peer-a", stored_last_seen)
 
 
@@ -481,7 +495,7 @@ def test_heartbeat_refreshes_own_node_when_due() -> None:
     assert t.self_up()
     assert t.handle(SelfHeartbeat(), 10.0) == []
     assert t.handle(SelfHeartbeat(), 29.9) == []
-    (write,) = t.handle(SelfHeartbeat(), 30.0)
+    write = only_write(t.handle(SelfHeartbeat(), 30.0))
     assert write.intent == Alive("me", ("192.168.1.2",), 7946, 100, AGENT_READY,
                                  refresh_from=last_seen(put.stored.node), refresh=True,
                                  seen_ready="True")
@@ -511,7 +525,7 @@ def test_own_node_marked_down_by_someone_else_is_corrected_at_once(status: str, 
     put = commit(t.handle(SelfHeartbeat(), 0.0)[0])
     t.handle(put, 0.0)
     down = with_status(put, status, reason)
-    (write,) = t.handle(down, 5.0)
+    write = only_write(t.handle(down, 5.0))
     assert isinstance(write.intent, Alive)
     assert write.intent.reason == AGENT_READY
     assert write.base == down.stored
@@ -541,9 +555,9 @@ def test_snapshot_replaces_the_view() -> None:
     t.handle(Snapshot((put_a.stored,)), 10.0)  # peer-b's Node was deleted meanwhile
     assert t.counts == {"ready": 1, "not_ready": 0, "unknown": 0}
     # not expired: it is not in the store
-    assert [w.intent.name for w in t.handle(Tick(), 1000.0)] == ["peer-a"]
+    assert [as_write(w).intent.name for w in t.handle(Tick(), 1000.0)] == ["peer-a"]
     # re-created if it answers
-    (write,) = t.handle(ok(OTHER), 11.0)
+    write = only_write(t.handle(ok(OTHER), 11.0))
     assert write.base is None and write.intent.name == "peer-b"
 
 
@@ -559,7 +573,7 @@ def test_deleted_node_is_recreated_on_next_ok_probe() -> None:
     joined(t)
     t.handle(Deleted("peer-a"), 1.0)
     assert t.handle(Tick(), 1000.0) == []
-    (write,) = t.handle(ok(), 2.0)
+    write = only_write(t.handle(ok(), 2.0))
     assert write.base is None
 
 
@@ -637,7 +651,7 @@ def test_a_short_store_hiccup_shifts_ages_by_the_time_lost() -> None:
         t.handle(Lost("reconnecting"), start)
         t.handle(Snapshot((put.stored,)), start + 2.0)
     assert t.handle(Tick(), 97.9) == []  # 90 s + the 8 s the store was away
-    (expiry,) = writes(t.handle(Tick(), 98.0))
+    expiry = only_write(writes(t.handle(Tick(), 98.0)))
     assert expiry.intent == Expired("peer-a", last_seen(put.stored.node))
 
 
