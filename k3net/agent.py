@@ -26,6 +26,7 @@ peer that sees our advertisement can probe us), then the producers, mDNS adverti
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -36,8 +37,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import attrs
 import trio
 
+from k3net.core.addresses import MachineAddresses
 from k3net.core.messages import SelfHeartbeat, Tick
 from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
 from k3net.events import EventHub
@@ -45,8 +48,8 @@ from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
+from k3net.tasks import addresses, watch
 from k3net.tasks import table as table_task
-from k3net.tasks import watch
 from k3net.tasks.probe import Own, Prober
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
@@ -73,6 +76,9 @@ class Lan(Protocol):
         self, out: trio.MemorySendChannel[Message], *, task_status: trio.TaskStatus[None] = ...
     ) -> None:
         """Send PeerSeen / PeerGone / PeerRejected to `out` until cancelled; close it then."""
+
+    async def readdress(self, addresses: Sequence[str]) -> None:
+        """This machine's addresses changed: advertise these from now on (no goodbye)."""
 
 
 # serve(app, host, port, task_status=...): serve HTTP until cancelled; started(port) once it
@@ -108,6 +114,7 @@ class Agent:
         lan: Lan,
         addresses: Sequence[str],
         own: Sequence[str] = (),
+        machine: Callable[[], MachineAddresses] | None = None,
         serve: ServeHttp = serve_http,
         metrics: Metrics | None = None,
     ) -> None:
@@ -116,6 +123,10 @@ class Agent:
         self.lan = lan
         self.addresses = tuple(addresses)  # advertised, and written into our own Node
         self.own = tuple(own)  # every address of this machine: a probe there is never a peer
+        # Reads this machine's addresses now (mdns.machine_addresses), polled by
+        # tasks/addresses.py so that they are followed live; None: they never change.
+        self.machine = machine
+        self._info_addrs = list(self.addresses)  # what /info shows, kept current
         self.serve = serve
         self.metrics = metrics or Metrics()
         self.health = StoreHealth()
@@ -207,6 +218,37 @@ class Agent:
                 tick, table_send.clone(), SelfHeartbeat(), heartbeat_interval(s.peer_ttl)
             )
         await producers.start(self.lan.browse, table_send.clone())
+        if self.machine is not None:
+            changes_send, changes_recv = trio.open_memory_channel[MachineAddresses](0)
+            first = MachineAddresses(self.addresses, frozenset(self.own))
+            await producers.start(addresses.run, self.machine, changes_send, first)
+            producers.start_soon(self._follow_addresses, changes_recv, prober, table_send.clone())
+
+    async def _follow_addresses(
+        self,
+        changes: trio.MemoryReceiveChannel[MachineAddresses],
+        prober: Prober,
+        table: trio.MemorySendChannel[Message],
+    ) -> None:
+        """This machine's addresses changed (tasks/addresses.py): the prober ignores the new own
+        set at once; new advertised addresses go to our mDNS record (tasks/presence.py: peers
+        see Updated, never a goodbye), /info, and our own Node (rewritten by the heartbeat sent
+        here, without going not-Ready)."""
+        async with changes, table:
+            async for change in changes:
+                prober.set_own(change.own)
+                if not change.advertised:
+                    log.warning("no usable address on this machine's LAN interfaces now; "
+                                "still advertising %s", ", ".join(self.addresses))
+                    continue
+                if change.advertised == self.addresses:
+                    continue
+                self.addresses = change.advertised
+                self._info_addrs[:] = change.advertised
+                self.table.me = attrs.evolve(self.table.me, addresses=change.advertised)
+                if self.settings.register_self:
+                    await table.send(SelfHeartbeat())
+                await self.lan.readdress(change.advertised)
 
     async def _run_writer(
         self, writer: Writer, inbox: trio.MemoryReceiveChannel[Write], done: trio.Event
@@ -226,7 +268,7 @@ class Agent:
         s = self.settings
         state = AppState(
             settings=s, store=self.store, hub=self.hub, metrics=self.metrics, health=self.health,
-            started_at=time.time(), addrs=list(self.addresses), self_up=self.table.self_up,
+            started_at=time.time(), addrs=self._info_addrs, self_up=self.table.self_up,
         )
         try:
             with scope:
@@ -246,20 +288,22 @@ async def _machine(settings: Settings) -> AsyncIterator[Agent]:
     import trio_asyncio
 
     from k3net import mdns
-    from k3net.lan import open_lan
     from k3net.store import open_store
+    from k3net.tasks.presence import open_presence
 
-    available = mdns.list_interfaces()
-    interfaces = mdns.choose_interfaces(settings.interfaces, available)
-    addresses = mdns.advertised_addresses(interfaces, settings.advertise_addresses)
-    own = mdns.own_addresses(available, settings.advertise_addresses)
+    interfaces = mdns.choose_interfaces(settings.interfaces, mdns.list_interfaces())
+    read = functools.partial(
+        mdns.machine_addresses, settings, loopback=mdns.loopback_only(interfaces)
+    )
+    now = read()
     metrics = Metrics()
     async with (
         trio_asyncio.open_loop(),
         open_store(settings.storage) as store,
-        open_lan(settings, interfaces, metrics) as lan,
+        open_presence(settings, interfaces, metrics) as lan,
     ):
-        yield Agent(settings, store=store, lan=lan, addresses=addresses, own=own, metrics=metrics)
+        yield Agent(settings, store=store, lan=lan, addresses=now.advertised, own=sorted(now.own),
+                    machine=read, metrics=metrics)
 
 
 async def serve(settings: Settings) -> None:

@@ -43,6 +43,7 @@ from zeroconf import ServiceInfo, Zeroconf
 from zeroconf.asyncio import AsyncZeroconf
 
 from k3net.core import addresses as addrs
+from k3net.core.addresses import MachineAddresses
 from k3net.core.messages import PeerRejected, PeerSeen
 from k3net.core.records import peer_from_record
 from k3net.settings import Settings
@@ -250,7 +251,24 @@ def own_addresses(available: Sequence[Interface], pinned: Sequence[str] = ()) ->
     return sorted(found)
 
 
-def _zeroconf_interfaces(interfaces: Sequence[Interface]) -> list[str | int]:
+def machine_addresses(settings: Settings, *, loopback: bool = False) -> MachineAddresses:
+    """This machine's addresses now: what to advertise (the chosen interfaces', or exactly
+    --advertise-address) and every own address. `loopback`: the agent runs on loopback alone
+    (`loopback_only` of its interfaces at start), so 127.0.0.1 may be advertised; otherwise a
+    reading taken while the LAN interface is down advertises nothing (never 127.0.0.1).
+    MdnsError if --interface names none that is up."""
+    available = list_interfaces()
+    chosen = choose_interfaces(settings.interfaces, available)
+    pinned = settings.advertise_addresses
+    advertised = addrs.canonical(
+        pinned or (a for iface in chosen for a in iface.addresses), loopback=loopback
+    )
+    return MachineAddresses(
+        advertised=advertised, own=frozenset(own_addresses(available, pinned))
+    )
+
+
+def zeroconf_interfaces(interfaces: Sequence[Interface]) -> list[str | int]:
     # zeroconf takes IPv4 addresses and, for IPv6, interface indexes. IPv6 on loopback does not
     # work in zeroconf (see its docs), so loopback is IPv4 only.
     result: list[str | int] = [a for iface in interfaces for a in iface.ipv4]
@@ -266,7 +284,7 @@ async def open_zeroconf(interfaces: Sequence[str] = ()) -> AsyncIterator[AsyncZe
     Enter it inside `trio_asyncio.open_loop()`."""
     chosen = choose_interfaces(interfaces, list_interfaces())
     # use_asyncio=True: attach to the trio-asyncio loop, fail at once without one.
-    zc = AsyncZeroconf(zc=Zeroconf(interfaces=_zeroconf_interfaces(chosen), use_asyncio=True))
+    zc = AsyncZeroconf(zc=Zeroconf(interfaces=zeroconf_interfaces(chosen), use_asyncio=True))
     try:
         yield zc
     finally:
@@ -299,6 +317,46 @@ def service_info(
         server=f"{name}.{settings.domain.strip('.')}.",
         parsed_addresses=list(addresses),
     )
+
+
+async def update_service(zc: AsyncZeroconf, info: ServiceInfo) -> None:
+    """Announce new records (new addresses) for our registered service, under the same name:
+    peers' browsers see an Updated entry, never a goodbye. Returns once the announcements
+    are sent."""
+    announced = await aio_as_trio(zc.async_update_service)(info)
+    await aio_as_trio(announced)
+
+
+# How long peers keep a record we withdrew: RFC 6762 10.1 has a receiver drop a record one
+# second after its goodbye (TTL 0), or after a cache-flush announcement of its successor.
+WITHDRAW_DELAY = 1.1
+
+
+def withdraw_addresses(zc: AsyncZeroconf, info: ServiceInfo, addresses: Sequence[str]) -> None:
+    """Send goodbyes (TTL 0) for A/AAAA records of `info`'s host name that we no longer have,
+    and nothing else: the service itself stays. Peers drop them within a second; announce the
+    new addresses after WITHDRAW_DELAY, so that a peer resolving the announcement no longer
+    sees the old ones (zeroconf reports a new address record as Updated, never a removed one).
+    Call on the trio thread inside trio-asyncio (zeroconf's loop runs there)."""
+    from zeroconf import DNSAddress, DNSOutgoing
+    from zeroconf.const import (
+        _CLASS_IN,
+        _CLASS_UNIQUE,
+        _FLAGS_AA,
+        _FLAGS_QR_RESPONSE,
+        _TYPE_A,
+        _TYPE_AAAA,
+    )
+
+    ips = [ip for ip in (addrs.parse(a) for a in addresses) if ip is not None]
+    if not ips or info.server is None:
+        return
+    out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+    for ip in ips:
+        record = DNSAddress(info.server, _TYPE_A if ip.version == 4 else _TYPE_AAAA,
+                            _CLASS_IN | _CLASS_UNIQUE, 0, ip.packed)
+        out.add_answer_at_time(record, 0)
+    zc.zeroconf.async_send(out)
 
 
 # --- entries from the LAN (untrusted) ------------------------------------------------------

@@ -89,6 +89,9 @@ class FakeLan:
                 await out.send(peer)
             await trio.sleep_forever()
 
+    async def readdress(self, addresses: Sequence[str]) -> None:
+        self.log.add(f"readdress {','.join(addresses)}")
+
 
 def fake_http(log: Recorder) -> Callable[..., Any]:
     async def serve(app: Any, host: str, port: int, *, task_status: Any) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+import attrs
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
@@ -77,3 +79,16 @@ def canonical(addresses: Iterable[str], *, loopback: bool = False) -> tuple[str,
 def same(a: Iterable[str], b: Iterable[str]) -> bool:
     """True if two address lists name the same usable addresses, whatever their order."""
     return canonical(a, loopback=True) == canonical(b, loopback=True)
+
+
+@attrs.frozen
+class MachineAddresses:
+    """This machine's addresses at one moment, as the address watcher reports them.
+
+    - advertised: what our mDNS record announces and our own Node lists (canonical order);
+    - own: every address of every interface, chosen or not (bridges too): what a probe must
+      never take for a peer.
+    """
+
+    advertised: tuple[str, ...]
+    own: frozenset[str]

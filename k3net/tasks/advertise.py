@@ -13,6 +13,7 @@ message.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 from trio_asyncio import aio_as_trio
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 _GOODBYE_TIMEOUT = 2.0
 
 
+# Asked when cancelled: False skips the goodbye (the record moves to another zeroconf).
+Goodbye = Callable[[], bool]
+
+
 class NameTakenError(Exception):
     """Another responder on the LAN already advertises this instance name."""
 
@@ -34,11 +39,13 @@ async def run(
     zc: AsyncZeroconf,
     info: ServiceInfo,
     *,
+    goodbye: Goodbye = lambda: True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Register `info`, report started once it is announced, then wait to be cancelled; on
     cancellation send the goodbye (bounded, shielded). A registration cancelled half-way sends
-    the goodbye too: peers may have seen our probes and announcements already."""
+    the goodbye too: peers may have seen our probes and announcements already. `goodbye()`
+    False skips it: the advertisement moves to a new zeroconf (tasks/presence.py)."""
     announced = False  # something of ours may be on the LAN
     try:
         try:
@@ -59,7 +66,7 @@ async def run(
         task_status.started()
         await trio.sleep_forever()
     finally:
-        if announced:
+        if announced and goodbye():
             with trio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
                 await _goodbye(zc, info)
 

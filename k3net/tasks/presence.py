@@ -1,0 +1,218 @@
+"""presence: this agent on the LAN's mDNS (the agent's `Lan`), following its addresses.
+
+    async with trio_asyncio.open_loop(), open_presence(settings, interfaces, metrics) as lan:
+        nursery.start_soon(lan.advertise, addresses)
+        await nursery.start(lan.browse, send_channel)
+        ...
+        await lan.readdress(new_addresses)      # this machine's addresses changed
+
+One zeroconf instance advertises our record (tasks/advertise.py) and browses for peers
+(tasks/browse.py). When this machine's addresses change (tasks/addresses.py, through the
+agent), `readdress`:
+
+- updates the record in place if what zeroconf is bound to is unchanged (its IPv4 addresses
+  and IPv6 interfaces: a new IPv6 privacy address, a pinned address): same name, new A/AAAA
+  records; peers see Updated, never a goodbye;
+- otherwise moves to a new zeroconf. zeroconf binds its IPv4 sockets to interface addresses, so
+  after a DHCP renewal with a new address its announcements can no longer leave the machine
+  ("Network is unreachable"). A new zeroconf is opened on the new addresses; our record is
+  taken out of the old one's registry without a packet, so that closing it sends no goodbye
+  (a goodbye would make peers write us PeerLeft) and it no longer answers for our name; then
+  advertise registers again on the new one (about 1.6 s of probing and announcing) and browse
+  starts again there (peers are found again from their answers; the table takes a PeerSeen of
+  a known peer as an update).
+
+Either way, addresses we lost are withdrawn first (goodbyes of those A/AAAA records only) and
+announced over WITHDRAW_DELAY later, because zeroconf reports a new address record to browsers
+as Updated but never one that went away: a peer resolving our announcement must no longer hold
+the old address, or its Node of us would keep it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import attrs
+import trio
+from trio_asyncio import aio_as_trio
+from zeroconf import ServiceInfo
+from zeroconf.asyncio import AsyncZeroconf
+
+from k3net import mdns
+from k3net.core.table import Message
+from k3net.metrics import Metrics
+from k3net.settings import Settings
+from k3net.tasks import advertise, browse
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class _Session:
+    """One zeroconf instance and what it is bound to; `moved` is set when we leave it."""
+
+    zc: AsyncZeroconf
+    specs: tuple[str | int, ...]
+    stack: contextlib.AsyncExitStack
+    moved: trio.Event = attrs.Factory(trio.Event)
+
+
+def _chosen(settings: Settings) -> list[mdns.Interface]:
+    return mdns.choose_interfaces(settings.interfaces, mdns.list_interfaces())
+
+
+class Presence:
+    """The agent's `Lan` on zeroconf, able to follow this machine's addresses. Build it with
+    `open_presence`."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, loopback: bool) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        # Only loopback interfaces (a test namespace): peers' loopback addresses are kept.
+        self.loopback = loopback
+        self.addresses: tuple[str, ...] = ()  # what our record announces
+        self._info: ServiceInfo | None = None  # our record as registered in the session
+        self._session: _Session | None = None
+        self._moving = trio.Lock()
+
+    @property
+    def session(self) -> _Session:
+        assert self._session is not None, "use open_presence"
+        return self._session
+
+    async def _open(self, interfaces: Sequence[mdns.Interface]) -> _Session:
+        stack = contextlib.AsyncExitStack()
+        zc = await stack.enter_async_context(mdns.open_zeroconf([i.name for i in interfaces]))
+        return _Session(zc, tuple(mdns.zeroconf_interfaces(interfaces)), stack)
+
+    # --- the Lan protocol ---------------------------------------------------------------
+
+    async def advertise(
+        self,
+        addresses: Sequence[str],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Advertise until cancelled (then say goodbye); move along with `readdress`."""
+        self.addresses = tuple(addresses)
+        while True:
+            session = self.session
+            info = self._info = mdns.service_info(self.settings, addresses=self.addresses)
+
+            def goodbye(moved: trio.Event = session.moved) -> bool:
+                return not moved.is_set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when, session.moved, nursery.cancel_scope)
+                await nursery.start(_advertise, session.zc, info, goodbye)
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+
+    async def browse(
+        self,
+        out: trio.MemorySendChannel[Message],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Send PeerSeen / PeerGone / PeerRejected to `out` until cancelled, on whichever
+        zeroconf is current; close `out` then."""
+        s = self.settings
+        async with out:
+            while True:
+                session = self.session
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_when, session.moved, nursery.cancel_scope)
+                    await nursery.start(
+                        _browse, session.zc, mdns.service_type(s.service, s.domain),
+                        s.node_name, out.clone(), self.metrics, self.loopback,
+                    )
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+
+    async def readdress(self, addresses: Sequence[str]) -> None:
+        """This machine now has `addresses` to advertise (module docstring)."""
+        async with self._moving:
+            addresses = tuple(addresses)
+            if not addresses or addresses == self.addresses:
+                return
+            old = self.session
+            gone = [a for a in self.addresses if a not in addresses]
+            self.addresses = addresses
+            try:
+                chosen = _chosen(self.settings)
+            except mdns.MdnsError as exc:
+                log.warning("mDNS interfaces unusable now (%s); keeping them", exc)
+                chosen = []
+            if not chosen or tuple(mdns.zeroconf_interfaces(chosen)) == old.specs:
+                await self._update_in_place(old, gone)
+                return
+            log.info("mDNS moves to this machine's new addresses (%s): registering again",
+                     ", ".join(addresses))
+            new = await self._open(chosen)
+            self._session = new
+            old.moved.set()  # advertise and browse leave the old zeroconf, without a goodbye
+            if self._info is not None:
+                # Out of the old registry now, before the new registration probes for our
+                # name (the old zeroconf would answer it) and before closing it (which would
+                # send a goodbye for what is registered). zeroconf's loop runs on this thread.
+                old.zc.zeroconf.registry.async_remove(self._info)
+            if gone:
+                await aio_as_trio(new.zc.zeroconf.async_wait_for_start)()
+                mdns.withdraw_addresses(new.zc, self._info or mdns.service_info(
+                    self.settings, addresses=addresses), gone)
+            await old.stack.aclose()
+
+    async def _update_in_place(self, session: _Session, gone: list[str]) -> None:
+        if gone and self._info is not None:
+            mdns.withdraw_addresses(session.zc, self._info, gone)
+            await trio.sleep(mdns.WITHDRAW_DELAY)
+        info = mdns.service_info(self.settings, addresses=self.addresses)
+        try:
+            await mdns.update_service(session.zc, info)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            # Not registered yet: the registration under way announces what it was given;
+            # the advertise loop takes the new addresses at its next registration.
+            log.warning("mDNS record not updated: %r", exc)
+            return
+        self._info = info
+        log.info("mDNS record now announces %s", ", ".join(self.addresses))
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _advertise(
+    zc: AsyncZeroconf, info: ServiceInfo, goodbye: advertise.Goodbye,
+    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    # started at once: registration goes on meanwhile (peers see us from the first packet)
+    task_status.started()
+    await advertise.run(zc, info, goodbye=goodbye)
+
+
+async def _browse(
+    zc: AsyncZeroconf, service_type: str, own_name: str, out: trio.MemorySendChannel[Message],
+    metrics: Metrics, loopback: bool,
+    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await browse.run(zc, service_type, own_name, out, metrics, loopback=loopback,
+                     task_status=task_status)
+
+
+@contextlib.asynccontextmanager
+async def open_presence(
+    settings: Settings, interfaces: Sequence[mdns.Interface], metrics: Metrics
+) -> AsyncIterator[Presence]:
+    """zeroconf on the chosen interfaces, closed (with any goodbyes left) when the block ends.
+    Enter it inside `trio_asyncio.open_loop()`."""
+    presence = Presence(settings, metrics, mdns.loopback_only(interfaces))
+    presence._session = await presence._open(interfaces)
+    try:
+        yield presence
+    finally:
+        with trio.CancelScope(shield=True):
+            await presence.session.stack.aclose()

@@ -1,0 +1,93 @@
+"""This machine's addresses followed live, in-process on trio's fake clock: the address
+watcher (tasks/addresses.py) and what the agent does with a change (own Node, /info, mDNS,
+the prober's own set). The real thing, on a namespace LAN: tests/test_real_hosts.py."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from k3net.agent import Agent
+from k3net.core.addresses import MachineAddresses
+from k3net.model import Node
+from k3net.tasks import addresses
+from tests.test_agent_inprocess import (
+    ME,
+    FakeLan,
+    Recorder,
+    RecordingStore,
+    fake_http,
+    settings,
+    wait_for_own,
+)
+
+FIRST = MachineAddresses(("192.168.1.2",), frozenset({"192.168.1.2", "192.168.122.1"}))
+MOVED = MachineAddresses(("192.168.1.9",), frozenset({"192.168.1.9", "192.168.122.1"}))
+
+
+class Machine:
+    """What mdns.machine_addresses would read, set by the test; a reading may fail."""
+
+    def __init__(self) -> None:
+        self.now = FIRST
+        self.fail = False
+        self.reads = 0
+
+    def __call__(self) -> MachineAddresses:
+        self.reads += 1
+        if self.fail:
+            raise OSError("interface gone for a moment")
+        return self.now
+
+
+async def test_watcher_sends_changes_only(autojump_clock: trio.testing.MockClock) -> None:
+    machine = Machine()
+    send, recv = trio.open_memory_channel[MachineAddresses](0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(addresses.run, machine, send, FIRST)
+        start = trio.current_time()
+        with trio.move_on_after(10):
+            await recv.receive()
+            raise AssertionError("no change, yet something was sent")
+        assert machine.reads >= 4  # it kept polling, every POLL_INTERVAL
+        machine.fail = True
+        await trio.sleep(3 * addresses.POLL_INTERVAL)  # failed readings: logged, not sent
+        machine.fail = False
+        machine.now = MOVED
+        changed_at = trio.current_time()
+        assert await recv.receive() == MOVED
+        assert trio.current_time() - changed_at <= addresses.POLL_INTERVAL
+        assert trio.current_time() - start > 10
+        nursery.cancel_scope.cancel()
+
+
+def _internal_ips(node: Node) -> list[str]:
+    return [a.address for a in node.status.addresses if a.type == "InternalIP"]
+
+
+async def test_agent_follows_a_readdress(autojump_clock: trio.testing.MockClock) -> None:
+    log = Recorder()
+    store = RecordingStore(log)
+    machine = Machine()
+    lan = FakeLan(log)
+    a = Agent(settings(), store=store, lan=lan, addresses=FIRST.advertised, own=sorted(FIRST.own),
+              machine=machine, serve=fake_http(log))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await wait_for_own(store, "True")
+        own = await store.get(ME)
+        assert own is not None and _internal_ips(own.node) == ["192.168.1.2"]
+        machine.now = MOVED
+        with trio.fail_after(3 * addresses.POLL_INTERVAL):
+            async with store.watch() as events:
+                async for _ in events:  # every write of our own Node, followed
+                    stored = await store.get(ME)
+                    assert stored is not None
+                    assert stored.node.ready_status == "True"  # never not-Ready meanwhile
+                    if _internal_ips(stored.node) == ["192.168.1.9"]:
+                        break
+        assert "readdress 192.168.1.9" in log.events  # the mDNS record follows
+        assert a.table.me.addresses == ("192.168.1.9",)
+        assert a._info_addrs == ["192.168.1.9"]  # what /info shows
+        a.stop()
+    assert a.addresses == ("192.168.1.9",)
