@@ -200,10 +200,13 @@ def test_two_clusters_with_different_keys_keep_separate_node_lists(
 
 
 def test_readdress_is_followed_without_going_not_ready(field: Agents) -> None:
+    # Until node-a learns the new address it cannot reach node-b: a ttl of 10 s leaves that
+    # room on a loaded machine (the move itself takes about 2 s: one poll, one registration).
+    timings = ("--peer-ttl", "10s", "--probe-interval", "1s")
     with Lan(2) as lan:
         a_host, b_host = lan.hosts
-        a = field.start(a_host, "node-a", *FAST)
-        b = field.start(b_host, "node-b", *FAST)
+        a = field.start(a_host, "node-a", *timings)
+        b = field.start(b_host, "node-b", *timings)
         _up(a, b)
         wait_for(lambda: a.ready("node-b") == ("True", "PeerAlive")
                  and b.ready("node-a") == ("True", "PeerAlive"), 15, what="both Ready")
