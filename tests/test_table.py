@@ -758,3 +758,59 @@ def test_own_addresses_changed_rewrite_own_node_at_once() -> None:
     assert writes(t.handle(SelfHeartbeat(), 1.0)) == []
     (update,) = writes(t.handle(OwnAddresses(("192.168.1.3",)), 2.0))
     assert isinstance(update.intent, Alive) and update.intent.addresses == ("192.168.1.3",)
+
+
+# --- peers found in the shared store (other subnets) ------------------------------------------
+
+
+def remote_put(status: str = "True") -> Put:
+    """peer-a's Node as its own agent on another subnet wrote it."""
+    other_agent = table(me=SelfInfo("peer-a", ("10.1.2.3",), 7946, 77))
+    (create,) = writes(other_agent.handle(SelfHeartbeat(), 0.0))
+    put = commit(create)
+    return put if status == "True" else with_status(put, status, "PeerLeft")
+
+
+def test_a_ready_managed_node_with_a_port_is_probed_as_a_peer() -> None:
+    t = table()
+    assert t.handle(remote_put(), 1.0) == [ProbeNow(ProbeTarget("peer-a", ("10.1.2.3",), 7946))]
+    assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "store")]
+    # judged like any peer: a refusal confirmed by a re-probe marks it at once
+    t.handle(result("refused", 5.0), 5.0)
+    assert [type(w.intent) for w in writes(t.handle(result("refused", 6.0), 6.0))] == [Refused]
+
+
+@pytest.mark.parametrize("put", [
+    foreign_put("peer-a"),  # the Go side's Node: unmanaged, no port
+    foreign_put("peer-a", managed=True),  # managed but no addresses
+    remote_put("False"),  # not Ready: its own agent brings it back when alive
+])
+def test_nodes_that_are_not_live_agents_are_never_probed(put: Put) -> None:
+    t = table()
+    assert t.handle(put, 1.0) == []
+    assert t.peers() == []
+
+
+def test_a_store_peer_that_goes_not_ready_is_no_longer_probed() -> None:
+    t = table()
+    put = remote_put()
+    t.handle(put, 1.0)
+    assert t.handle(with_status(put, "False", "PeerLeft"), 2.0) == [Forget("peer-a")]
+    assert t.peers() == []
+
+
+def test_a_peer_found_both_ways_is_probed_once_and_shown_as_mdns() -> None:
+    t = table()
+    t.handle(remote_put(), 1.0)
+    (probe,) = t.handle(PeerSeen("peer-a", ("10.1.2.3",), 7946, 77), 2.0)
+    assert isinstance(probe, ProbeNow)
+    assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "mdns")]
+    t.handle(remote_put(), 3.0)  # another store event adds nothing
+    assert len(t.peers()) == 1
+
+
+def test_own_node_is_never_a_peer() -> None:
+    t = table(me=SelfInfo("peer-a", ("10.1.2.3",), 7946, 77))
+    t.handle(remote_put(), 1.0)
+    assert t.handle(PeerSeen("peer-a", ("10.1.2.3",), 7946, 77, found_by="join"), 2.0) == []
+    assert t.peers() == []

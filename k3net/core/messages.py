@@ -11,12 +11,13 @@ from k3net.model import Node
 
 @attrs.frozen
 class PeerSeen:
-    """browse: an agent was added or updated on the LAN (already validated and resolved)."""
+    """browse (or join, scan): an agent was found on the LAN (already validated and resolved)."""
 
     name: str  # TXT `node`, else the instance name; a valid DNS-1123 subdomain
     addresses: tuple[str, ...]  # A/AAAA records as text, IPv4 first
     port: int  # TXT `port`, else the SRV port
     pid: int | None = None  # TXT `pid`, if it was a number
+    found_by: str = "mdns"  # how it was found: mdns, join (a --join address), scan (--scan)
 
 
 @attrs.frozen

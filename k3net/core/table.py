@@ -53,6 +53,14 @@ Positive evidence is fast, absence is slow. A probe answers with one outcome (se
 - `unauthenticated` (the peer answers but cannot prove the cluster key): never written; reported
   once per peer as a rejected entry.
 
+Peers are found over mDNS on this segment, from `--join` and `--scan` (`PeerSeen.found_by`), and
+in the shared store: a managed Node that is Ready and carries a port annotation and addresses is
+a peer too, so that agents on other subnets (mDNS stops at the router) are probed and judged like
+local ones, and a crash there is seen as fast. A store-found peer is followed only while its Node
+is Ready: a dead node costs no probes, and when its agent comes back it writes itself Ready and is
+found again. A Node the Go side wrote (unmanaged, no port) is never probed; nothing is probed
+twice, whichever ways it was found.
+
 Actions: `ProbeNow` (probe this peer, now or after a delay, and keep probing it every round),
 `Forget` (stop probing it), `Write` (hand an intent to the writer, with the Node as last seen in
 the store), `JoinLatency` (a peer's first mDNS sighting to its Node seen Ready), `Reject` (an
@@ -99,6 +107,8 @@ from k3net.model import ANN_PID, ANN_PORT, Node
 # A refused probe is checked again this much later before it is acted on: an agent restarting
 # in place is back within it, a dead one is not.
 REPROBE_DELAY = 1.0
+# How a peer was found, most direct first: a peer found several ways shows the most direct.
+FOUND_BY = ("mdns", "join", "scan", "store")
 # How many quick re-probes a peer that said goodbye but still answers gets before it is left to
 # the ordinary rounds (an mDNS record that expired while its agent runs).
 LEAVING_REPROBES = 5
@@ -161,6 +171,18 @@ class SelfInfo:
     pid: int
 
 
+@attrs.frozen
+class PeerView:
+    """One peer as the table knows it (for /peers and the page)."""
+
+    name: str
+    addresses: tuple[str, ...]
+    port: int
+    state: str
+    found_by: str
+    confirmed: bool
+
+
 class PeerState(enum.Enum):
     NEW = "new"  # announced, not reached yet
     ALIVE = "alive"  # its last probe reached it
@@ -177,6 +199,7 @@ class _Peer:
     port: int
     pid: int | None
     first_seen: float
+    found_by: str = "mdns"
     state: PeerState = PeerState.NEW
     confirmed: bool = False  # an agent proved to be this peer at least once
     contradicted: bool = False  # others saw it Ready after we wrote its refusal
@@ -261,15 +284,18 @@ class PeerTable:
     # --- the LAN ----------------------------------------------------------------------------
 
     def _seen(self, msg: PeerSeen, now: float) -> list[Action]:
+        if msg.name == self.me.name:
+            return []  # ourselves, reached through a join address or a scan
         peer = self._peers.get(msg.name)
         if peer is None:
             peer = self._peers[msg.name] = _Peer(
-                msg.name, msg.addresses, msg.port, msg.pid, first_seen=now
+                msg.name, msg.addresses, msg.port, msg.pid, first_seen=now, found_by=msg.found_by
             )
             view = self._views.get(msg.name)
             peer.joined = view is not None and view.stored.node.ready_status == "True"
         else:
             peer.addresses, peer.port, peer.pid = msg.addresses, msg.port, msg.pid
+            peer.found_by = min(peer.found_by, msg.found_by, key=FOUND_BY.index)
             if peer.state is PeerState.LEAVING:
                 peer.state = PeerState.NEW  # announced again: the goodbye is void
         return [ProbeNow(peer.target)]
@@ -405,9 +431,37 @@ class PeerTable:
                 actions.append(JoinLatency(peer.name, now - peer.first_seen))
             if peer.state is PeerState.REFUSED and ready and not was_ready:
                 peer.contradicted = True  # Ready again by others while we cannot reach it
-        if stored.name == self.me.name and not ready:
-            actions += self._heartbeat(now)  # someone marked us down while we run: correct it
+        if stored.name == self.me.name:
+            if not ready:
+                actions += self._heartbeat(now)  # someone marked us down while we run: correct it
+        else:
+            actions += self._found_in_store(stored.node, ready, now)
         return actions
+
+    def _found_in_store(self, node: Node, ready: bool, now: float) -> list[Action]:
+        """Follow a managed, Ready Node with a port and addresses as a peer (module docstring)."""
+        peer = self._peers.get(node.name)
+        if peer is not None and peer.found_by != "store":
+            return []  # found on the LAN: the LAN's word on its addresses and port wins
+        port = node.metadata.annotations.get(ANN_PORT, "")
+        addresses = _internal_ips(node)
+        usable = node.managed and ready and port.isdigit() and 0 < int(port) < 65536 and addresses
+        if not usable:
+            if peer is None or peer.state is PeerState.REFUSED:
+                return []  # (a refusal we wrote ourselves: keep the state, for contradictions)
+            del self._peers[node.name]
+            return [Forget(node.name)]
+        if peer is None:
+            pid_text = node.metadata.annotations.get(ANN_PID, "")
+            peer = self._peers[node.name] = _Peer(
+                node.name, addresses, int(port), int(pid_text) if pid_text.isdigit() else None,
+                first_seen=now, found_by="store", joined=True,
+            )
+            return [ProbeNow(peer.target)]
+        if (peer.addresses, peer.port) != (addresses, int(port)):
+            peer.addresses, peer.port = addresses, int(port)
+            return [ProbeNow(peer.target)]
+        return []
 
     # --- timers -----------------------------------------------------------------------------
 
@@ -488,6 +542,13 @@ class PeerTable:
         return [Write(intent, view.stored)]
 
     # --- read by /info and the metrics ----------------------------------------------------------
+
+    def peers(self) -> list[PeerView]:
+        """Every peer this agent follows, by name."""
+        return [
+            PeerView(p.name, p.addresses, p.port, p.state.value, p.found_by, p.confirmed)
+            for p in sorted(self._peers.values(), key=lambda p: p.name)
+        ]
 
     def self_up(self) -> bool:
         view = self._views.get(self.me.name)
