@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import attrs
+import cattrs
 
 
 class ConfigError(Exception):
@@ -50,35 +52,61 @@ def format_duration(seconds: float) -> str:
     return f"{int(minutes)}m{secs_text}" if minutes else secs_text
 
 
+# Types of the fields whose reading has rules of its own (see the hooks below).
+# Annotated: plain floats, ints and strings to the code and to mypy; cattrs reads the marks.
+GoDuration = Annotated[float, "go-duration"]  # a Go duration string; a bare number only if 0
+Seconds = Annotated[float, "seconds"]  # k3net's own keys: a Go duration, or seconds
+Port = Annotated[int, "port"]
+ConnLimit = Annotated[int, "conn-limit"]  # database/sql: 0 or less is no limit / no idle pool
+Endpoints = Annotated[tuple[str, ...], "endpoints"]
+
+
 @attrs.frozen
 class EtcdConfig:
-    # Tried in order; the first that answers is used, the next on failure.
-    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
-    # How long one connection attempt may take before the next endpoint is tried.
-    dial_timeout: float = 5.0
+    # Tried in order; the first that answers is used, the next on failure. `https://` endpoints
+    # use TLS (ca_file, cert_file, key_file below).
+    endpoints: Endpoints = ("http://127.0.0.1:2379",)
+    # How long one connection attempt may take before the next endpoint is tried; 0 means no
+    # limit, as in the Go client (a dial to a silent address then waits as long as its caller).
+    dial_timeout: GoDuration = 5.0
     username: str | None = None
     password: str | None = None
+    # k3net extension (TLS, for https:// endpoints): the CA bundle that signed the server's
+    # certificate (empty: the system's CAs), and a client certificate and key when etcd asks
+    # for one (--client-cert-auth). PEM files.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 @attrs.frozen
 class MySQLConfig:
     host: str = "127.0.0.1"
-    port: int = 3306
+    port: Port = 3306
     user: str = "root"
     password: str = ""
     database: str = "k3"
-    # Pool bounds, as the Go store's database/sql settings.
-    max_open_conns: int = 10
-    max_idle_conns: int = 5
+    # Pool bounds, as the Go store's database/sql settings: at most max_open_conns connections
+    # (0 or less: no limit), of which max_idle_conns stay open while unused (0 or less: none).
+    max_open_conns: ConnLimit = 10
+    max_idle_conns: ConnLimit = 5
     # k3net extension: connect through this unix socket instead of host:port. A socket reaches
     # the server from inside any network namespace, which TCP to 127.0.0.1 does not.
     socket: str | None = None
     # k3net extension: MySQL has no watch, so changes are found by polling. 500ms keeps other
     # agents' writes visible well inside a probe interval at the cost of one cheap query.
-    poll_interval: float = 0.5
+    poll_interval: Seconds = 0.5
+    # k3net extension (TLS): connect with TLS, verifying the server against this CA bundle
+    # (PEM); cert_file and key_file add a client certificate for servers that require one.
+    # Without ca_file the connection is plain, as the Go store's default DSN. A unix `socket`
+    # never leaves the machine and counts as secure (as MariaDB counts it): TLS is for TCP.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 StoreType = Literal["memory", "etcd", "mysql"]
+STORE_TYPES: tuple[StoreType, ...] = ("memory", "etcd", "mysql")
 
 
 @attrs.frozen
@@ -90,97 +118,198 @@ class StorageConfig:
 
 
 # --- reading the k3 YAML file -------------------------------------------------------------------
+#
+# As the Go components' loader (viper + mapstructure, weakly typed) reads the same file:
+# - keys in any case (`Storage:`, `Dial_Timeout:`): viper lower-cases every key;
+# - an empty value (`key:` or `key: ""`, an empty list or mapping) means the default;
+# - numbers may be quoted (`port: "3306"`), and a number where text belongs is that text;
+# - durations are Go durations (`5s`, `1m30s`); `dial_timeout: 0s` is no limit;
+# - `max_open_conns: 0`, `max_idle_conns: 0` (and less) are valid: no limit, no idle pool;
+# - unknown keys are ignored (other components' settings share the file).
+# Where Go would silently read something else than was meant, k3net refuses with one line:
+# a bare number as dial_timeout (Go: nanoseconds), a fractional port (Go: truncated), a boolean
+# where a number or text belongs, two keys that differ only in case.
 
 
-def _expect(value: Any, kinds: type | tuple[type, ...], where: str, path: Path) -> Any:
-    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise ConfigError(f"{path}: {where}: expected {_kind_name(kinds)}, got a boolean")
-    if not isinstance(value, kinds):
-        raise ConfigError(f"{path}: {where}: expected {_kind_name(kinds)}, got {value!r}")
-    return value
+class _Bad(ValueError):
+    """A value a hook refuses; the message becomes the one line after `path: key:`."""
 
 
-def _kind_name(kinds: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
+def _text(value: Any, _: Any = None) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _Bad(f"expected text, got {_show(value)}")
+    return value if isinstance(value, str) else str(value)
 
 
-def _duration_value(value: Any, where: str, path: Path) -> float:
+def _integer(value: Any) -> int:
+    if isinstance(value, bool):
+        raise _Bad(f"expected a number, got {_show(value)}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise _Bad(f"expected a whole number, got {value!r}")
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    raise _Bad(f"expected a number, got {_show(value)}")
+
+
+def _port(value: Any, _: Any = None) -> Port:
+    port = _integer(value)
+    if not 0 < port < 65536:
+        raise _Bad(f"out of range: {port}")
+    return port
+
+
+def _conn_limit(value: Any, _: Any = None) -> ConnLimit:
+    return max(_integer(value), 0)
+
+
+def _go_duration(value: Any, _: Any = None) -> GoDuration:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)  # a bare number is seconds
+        if value == 0:
+            return 0.0
+        raise _Bad(f"{value!r} has no unit (the Go components would read nanoseconds);"
+                   f" write e.g. {value}s")
+    return _duration_text(value)
+
+
+def _seconds(value: Any, _: Any = None) -> Seconds:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)  # a bare number is seconds (a k3net key: no Go reading to match)
     else:
-        try:
-            seconds = parse_duration(_expect(value, str, where, path))
-        except ValueError as exc:
-            raise ConfigError(f"{path}: {where}: {exc}") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(f"{path}: {where}: must be a positive duration")
+        seconds = _duration_text(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _Bad("must be more than 0")
     return seconds
 
 
-def _section(data: dict[str, Any], key: str, where: str, path: Path) -> dict[str, Any]:
-    value = data.get(key)
-    if value is None:
-        return {}
-    return _expect(value, dict, f"{where}.{key}", path)
+def _duration_text(value: Any) -> float:
+    if not isinstance(value, str):
+        raise _Bad(f"expected a duration such as 5s, got {_show(value)}")
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
 
 
-def _etcd(data: dict[str, Any], path: Path) -> EtcdConfig:
-    where = "storage.etcd"
-    kwargs: dict[str, Any] = {}
-    if "endpoints" in data:
-        endpoints = data["endpoints"]
-        if isinstance(endpoints, str):
-            endpoints = [endpoints]
-        endpoints = _expect(endpoints, list, f"{where}.endpoints", path)
-        if not endpoints:
-            raise ConfigError(f"{path}: {where}.endpoints: needs at least one endpoint")
-        for i, ep in enumerate(endpoints):
-            _expect(ep, str, f"{where}.endpoints[{i}]", path)
-            parse_endpoint(ep, f"{path}: {where}.endpoints[{i}]")
-        kwargs["endpoints"] = tuple(endpoints)
-    if data.get("dial_timeout") is not None:
-        kwargs["dial_timeout"] = _duration_value(data["dial_timeout"], f"{where}.dial_timeout", path)
-    for key in ("username", "password"):
-        if data.get(key) not in (None, ""):
-            kwargs[key] = str(_expect(data[key], (str, int), f"{where}.{key}", path))
-    return EtcdConfig(**kwargs)
+def _endpoints(value: Any, _: Any = None) -> Endpoints:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]  # viper: "a,b" is a list of two
+    if not isinstance(value, list):
+        raise _Bad(f"expected a list of endpoints, got {_show(value)}")
+    out = []
+    for i, item in enumerate(value):
+        try:
+            endpoint = _text(item)
+            parse_endpoint(endpoint, "")
+        except (_Bad, ConfigError) as exc:
+            raise _At(i, exc) from None
+        out.append(endpoint)
+    return tuple(out)
+
+
+class _At(ValueError):
+    """A refused item of a list: its index goes into the key path."""
+
+    def __init__(self, index: int, exc: Exception) -> None:
+        super().__init__(str(exc).removeprefix(": "))
+        self.index = index
+
+
+def _store_type(value: Any, _: Any = None) -> StoreType:
+    if value not in STORE_TYPES:
+        raise _Bad(f"unknown store {value!r} (use memory, etcd or mysql)")
+    kind: StoreType = value
+    return kind
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _is(kind: Any) -> Callable[[Any], bool]:
+    return lambda t: bool(t == kind)
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=False, detailed_validation=True)
+    converter.register_structure_hook(str, _text)
+    for kind, hook in (
+        (Port, _port), (ConnLimit, _conn_limit), (GoDuration, _go_duration),
+        (Seconds, _seconds), (Endpoints, _endpoints), (StoreType, _store_type),
+    ):
+        converter.register_structure_hook_func(_is(kind), hook)
+    return converter
+
+
+_converter = _make_converter()
+
+
+def _lower_keys(data: Any, where: str) -> Any:
+    """A mapping with lower-case keys and without empty values (which mean the default), as
+    viper reads it; nested mappings alike. Two keys that differ only in case are refused."""
+    if not isinstance(data, dict):
+        return data
+    out: dict[str, Any] = {}
+    seen: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).lower()
+        if name in seen:
+            raise ConfigError(f"{where}{name}: given twice ({seen[name]!r} and {key!r});"
+                              " keys are read without regard to case")
+        seen[name] = key
+        if value is None or value == "" or value == [] or value == {}:
+            continue
+        out[name] = _lower_keys(value, f"{where}{name}.")
+    return out
+
+
+def _one_line(exc: BaseException, path: Path) -> ConfigError:
+    """The first problem cattrs found, as `path: storage.key: what is wrong`."""
+    where, leaf = ["storage"], exc
+    while isinstance(leaf, BaseExceptionGroup):
+        inner = leaf.exceptions[0]
+        for note in getattr(inner, "__notes__", []):
+            match = re.search(r"@ attribute (\w+)", note)
+            if match:
+                where.append(match.group(1))
+        leaf = inner
+    if isinstance(leaf, _At):
+        where[-1] += f"[{leaf.index}]"
+    if isinstance(leaf, (_Bad, _At)):
+        text = str(leaf)
+    elif isinstance(leaf, AttributeError | TypeError | KeyError):
+        text = "expected a mapping"
+    else:
+        text = f"cannot read: {leaf}"
+    return ConfigError(f"{path}: {'.'.join(where)}: {text}")
 
 
 def parse_endpoint(endpoint: str, where: str) -> tuple[str, int]:
-    """`http://host:port` (or `host:port`) as (host, port); ConfigError naming `where` if not."""
-    match = re.fullmatch(r"(?:(https?)://)?(\[[0-9a-fA-F:]+\]|[^:/\s]+)(?::(\d+))?/?", endpoint)
+    """`http://host:port`, `https://host:port` (or `host:port`) as (host, port); ConfigError
+    naming `where` if not. Use `endpoint_uses_tls` for the scheme."""
+    match = _ENDPOINT.fullmatch(endpoint)
     if match is None:
         raise ConfigError(f"{where}: {endpoint!r} is not an endpoint like http://127.0.0.1:2379")
-    if match.group(1) == "https":
-        raise ConfigError(f"{where}: {endpoint!r}: TLS endpoints are not supported yet")
     port = int(match.group(3) or 2379)
     if not 0 < port < 65536:
         raise ConfigError(f"{where}: {endpoint!r}: port out of range")
     return match.group(2).strip("[]"), port
 
 
-def _mysql(data: dict[str, Any], path: Path) -> MySQLConfig:
-    where = "storage.mysql"
-    kwargs: dict[str, Any] = {}
-    for key in ("host", "user", "database", "socket"):
-        if data.get(key) is not None:
-            kwargs[key] = _expect(data[key], str, f"{where}.{key}", path)
-    if data.get("password") is not None:
-        kwargs["password"] = str(_expect(data["password"], (str, int), f"{where}.password", path))
-    for key in ("port", "max_open_conns", "max_idle_conns"):
-        if data.get(key) is not None:
-            value = _expect(data[key], int, f"{where}.{key}", path)
-            if value <= 0 or (key == "port" and value > 65535):
-                raise ConfigError(f"{path}: {where}.{key}: out of range: {value}")
-            kwargs[key] = value
-    if data.get("poll_interval") is not None:
-        seconds = _duration_value(data["poll_interval"], f"{where}.poll_interval", path)
-        if seconds <= 0:
-            raise ConfigError(f"{path}: {where}.poll_interval: must be more than 0")
-        kwargs["poll_interval"] = seconds
-    return MySQLConfig(**kwargs)
+_ENDPOINT = re.compile(r"(?:(https?)://)?(\[[0-9a-fA-F:]+\]|[^:/\s]+)(?::(\d+))?/?")
+
+
+def endpoint_uses_tls(endpoint: str) -> bool:
+    return endpoint.lower().startswith("https://")
 
 
 def load_storage(path: str | Path) -> StorageConfig:
@@ -203,18 +332,38 @@ def load_storage(path: str | Path) -> StorageConfig:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: bad YAML{at}: {problem}") from None
+    return storage_from_data(data, path)
+
+
+def storage_from_data(data: Any, path: str | Path) -> StorageConfig:
+    """The storage section of an already parsed config file (see load_storage)."""
+    path = Path(path)
     if data is None:
         data = {}
-    _expect(data, dict, "top level", path)
-    storage = data.get("storage") or {}
-    _expect(storage, dict, "storage", path)
-    kind = storage.get("type", "memory")
-    if kind not in ("memory", "etcd", "mysql"):
-        raise ConfigError(
-            f"{path}: storage.type: unknown store {kind!r} (use memory, etcd or mysql)"
-        )
-    return StorageConfig(
-        type=kind,
-        etcd=_etcd(_section(storage, "etcd", "storage", path), path),
-        mysql=_mysql(_section(storage, "mysql", "storage", path), path),
-    )
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level: expected a mapping, got {_show(data)}")
+    top = {str(k).lower(): (k, v) for k, v in data.items()}
+    storage = top.get("storage", (None, None))[1]
+    try:
+        storage = _lower_keys(storage or {}, "storage.")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not isinstance(storage, dict):
+        raise ConfigError(f"{path}: storage: expected a mapping, got {_show(storage)}")
+    for section in ("etcd", "mysql"):
+        if section in storage and not isinstance(storage[section], dict):
+            raise ConfigError(f"{path}: storage.{section}: expected a mapping,"
+                              f" got {_show(storage[section])}")
+    try:
+        config = _converter.structure(storage, StorageConfig)
+    except (cattrs.BaseValidationError, _Bad, _At) as exc:
+        raise _one_line(exc, path) from None
+    return _checked(config, path)
+
+
+def _checked(config: StorageConfig, path: Path) -> StorageConfig:
+    """Rules across fields."""
+    for section, tls in (("etcd", config.etcd), ("mysql", config.mysql)):
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise ConfigError(f"{path}: storage.{section}: cert_file and key_file go together")
+    return config

@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from k3net.harness.tls import Certs
+
 ETCD = "/usr/bin/etcd"
 ETCDCTL = "/usr/bin/etcdctl"
 MARIADBD = "/usr/sbin/mariadbd"
@@ -155,12 +157,15 @@ class EtcdServer(_Server):
     def __init__(
         self, data_dir: str | os.PathLike[str], client_host: str = "127.0.0.1",
         client_port: int = 23791, peer_port: int = 23801, netns: str | None = None,
+        tls: Certs | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.data_dir / "etcd.log")
         self.client_host, self.client_port, self.peer_port = client_host, client_port, peer_port
         self.netns = netns
+        # With certificates: clients connect over https and must show a client certificate.
+        self.tls = tls
 
     @property
     def address(self) -> str:
@@ -169,8 +174,8 @@ class EtcdServer(_Server):
 
     @property
     def endpoint(self) -> str:
-        """http://host:port, as the k3 config's storage.etcd.endpoints take it."""
-        return f"http://{self.address}"
+        """http(s)://host:port, as the k3 config's storage.etcd.endpoints take it."""
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     @property
     def _data(self) -> Path:
@@ -186,23 +191,47 @@ class EtcdServer(_Server):
             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"k3net-test={peer}", "--initial-cluster-state", "new",
-            "--logger", "zap", "--log-level", "error",
+            "--logger", "zap", "--log-level", "error", *self._tls_flags(),
         ])
+
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return ["--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key),
+                "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"]
+
+    def ctl_flags(self) -> list[str]:
+        """etcdctl flags that reach this server (with TLS: its CA and the client certificate)."""
+        flags = [f"--endpoints={self.endpoint if self.tls else self.address}"]
+        if self.tls is not None:
+            flags += [f"--cacert={self.tls.ca}", f"--cert={self.tls.client_cert}",
+                      f"--key={self.tls.client_key}"]
+        return flags
 
     def _answers(self) -> bool:
         return _quiet(self._in_netns([
-            ETCDCTL, f"--endpoints={self.address}", "--dial-timeout=1s", "--command-timeout=1s",
+            ETCDCTL, *self.ctl_flags(), "--dial-timeout=1s", "--command-timeout=1s",
             "endpoint", "health",
         ]), timeout=5)
 
 
 class MariaDBServer(_Server):
     """A MariaDB of its own: data in base_dir/data, unix socket base_dir/mysqld.sock, no TCP.
-    User root without a password. The data directory is made on the first start."""
+    User root without a password. The data directory is made on the first start.
+
+    With a `port` it also listens on 127.0.0.1:port, where `TCP_USER` / `TCP_PASSWORD` may
+    connect; with `tls` too (certificates from `k3net.harness.tls`) it requires TLS there (the
+    socket stays plain: MariaDB counts it as secure)."""
 
     name = "mariadb"
+    TCP_USER, TCP_PASSWORD = "k3tcp", "k3tcp-secret"
 
-    def __init__(self, base_dir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, base_dir: str | os.PathLike[str], *, tls: Certs | None = None, port: int = 0
+    ) -> None:
+        if tls is not None and not port:
+            raise ValueError("a TLS MariaDB needs a port")
+        self.tls, self.port = tls, port
         self.base_dir = Path(base_dir).resolve()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.base_dir / "mariadb.log")
@@ -231,11 +260,26 @@ class MariaDBServer(_Server):
             raise ServiceError(f"mariadb-install-db failed: {result.stderr.decode()[-2000:]}")
 
     def _command(self) -> list[str]:
+        network = ["--skip-networking"]
+        if self.port:
+            network = ["--bind-address=127.0.0.1", f"--port={self.port}", "--skip-name-resolve"]
+        if self.tls is not None:
+            network += [
+                f"--ssl-ca={self.tls.ca}", f"--ssl-cert={self.tls.server_cert}",
+                f"--ssl-key={self.tls.server_key}", "--require-secure-transport=ON",
+            ]
         return [
             MARIADBD, "--no-defaults", f"--datadir={self.data_dir}", f"--socket={self.socket}",
-            f"--pid-file={self.base_dir / 'mariadbd.pid'}", "--skip-networking", "--user=root",
+            f"--pid-file={self.base_dir / 'mariadbd.pid'}", *network, "--user=root",
             "--innodb-buffer-pool-size=16M", f"--log-error={self.log}",
         ]
+
+    def start(self) -> None:
+        super().start()
+        if self.port:
+            self.sql(f"CREATE USER IF NOT EXISTS '{self.TCP_USER}'@'127.0.0.1'"
+                     f" IDENTIFIED BY '{self.TCP_PASSWORD}';"
+                     f" GRANT ALL ON *.* TO '{self.TCP_USER}'@'127.0.0.1'")
 
     def _answers(self) -> bool:
         return _quiet(self._client(["-e", "SELECT 1"]), timeout=5)

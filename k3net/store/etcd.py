@@ -32,18 +32,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import aetcd
 import aetcd.exceptions
+import aetcd.rpc
+import aetcd.watcher
 import attrs
 import grpc
+import grpc.aio
 import trio
 from trio_asyncio import aio_as_trio
 
-from k3net.config import EtcdConfig, parse_endpoint
+from k3net.config import EtcdConfig, endpoint_uses_tls, parse_endpoint
 from k3net.convert import InvalidNode, node_from_json, node_to_json
 from k3net.model import Node
 from k3net.store.base import (
@@ -167,13 +172,11 @@ class _Connection:
         for endpoint in self._config.endpoints:
             host, port = parse_endpoint(endpoint, "storage.etcd.endpoints")
             password = self._config.password or "" if self._config.username else None
-            client = aetcd.Client(
-                host, port, username=self._config.username, password=password,
-                options=GRPC_OPTIONS,
-            )
+            client = _client(self._config, endpoint, host, port, password)
             answered = False
             try:
-                with trio.move_on_after(self._config.dial_timeout) as scope:
+                # dial_timeout 0 is no limit, as in the Go client: the caller's deadline rules.
+                with trio.move_on_after(self._config.dial_timeout or math.inf) as scope:
                     try:
                         # connect() only builds the channel (and authenticates); a read proves
                         # that this endpoint answers and lets us read Nodes.
@@ -196,6 +199,65 @@ class _Connection:
             return
         client, self._client = self._client, None
         await _close_client(client)
+
+
+def _client(
+    config: EtcdConfig, endpoint: str, host: str, port: int, password: str | None
+) -> aetcd.Client:
+    if not endpoint_uses_tls(endpoint):
+        return aetcd.Client(host, port, username=config.username, password=password,
+                            options=GRPC_OPTIONS)
+    return _TLSClient(host, port, username=config.username, password=password,
+                      options=GRPC_OPTIONS, credentials=_credentials(config))
+
+
+def _credentials(config: EtcdConfig) -> grpc.ChannelCredentials:
+    """TLS credentials from the config's PEM files; StoreUnavailable naming a file that cannot
+    be read (it may appear later, as a certificate being renewed does)."""
+    files = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        name = getattr(config, key)
+        if name is None:
+            continue
+        try:
+            files[key] = Path(name).read_bytes()
+        except OSError as exc:
+            raise StoreUnavailable(f"etcd: storage.etcd.{key} {name}: {exc.strerror}") from None
+    return grpc.ssl_channel_credentials(
+        root_certificates=files.get("ca_file"), private_key=files.get("key_file"),
+        certificate_chain=files.get("cert_file"),
+    )
+
+
+class _TLSClient(aetcd.Client):  # type: ignore[misc]
+    """An aetcd client on a TLS channel: aetcd itself only dials plain ones. Same stubs, same
+    authentication; only the channel differs."""
+
+    def __init__(self, *args: Any, credentials: grpc.ChannelCredentials, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        self.channel = grpc.aio.secure_channel(
+            f"{self._host}:{self._port}", self._credentials, options=list(self._options.items())
+        )
+        if self._username is not None and self._password is not None:
+            self.auth_stub = aetcd.rpc.AuthStub(self.channel)
+            response = await self.auth_stub.Authenticate(
+                aetcd.rpc.AuthenticateRequest(name=self._username, password=self._password),
+                timeout=self._timeout,
+            )
+            self.metadata = (("token", response.token),)
+        self.kvstub = aetcd.rpc.KVStub(self.channel)
+        self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
+        self.leasestub = aetcd.rpc.LeaseStub(self.channel)
+        self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(
+            aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+        )
+        self._connected.set()
 
 
 async def _check(client: aetcd.Client) -> None:

@@ -55,6 +55,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -357,8 +358,30 @@ async def _rows_by_id(cur: Cursor, ids: list[int]) -> list[tuple[Any, ...]]:
 
 
 async def _on_connection(pool: Any, work: Callable[..., Awaitable[T]], *args: Any) -> T:
-    async with pool.acquire() as conn, conn.cursor() as cur:
-        return await work(cur, *args)
+    async with pool.acquire() as conn:
+        if getattr(pool, "k3net_tls", False) and not conn._secure:
+            # aiomysql quietly stays plain with a server that offers no TLS: refuse that.
+            conn.close()
+            raise TLSRefused("the server did not start TLS (storage.mysql.ca_file is set)")
+        async with conn.cursor() as cur:
+            return await work(cur, *args)
+
+
+class TLSRefused(pymysql.err.OperationalError):
+    """TLS was asked for and the server did not start it (a library-level failure)."""
+
+
+def tls_context(config: MySQLConfig) -> ssl.SSLContext | None:
+    """The TLS context for `config` (None without ca_file): the server is verified against
+    ca_file, and its name too when connecting by host (a unix socket has no name to check)."""
+    if config.ca_file is None:
+        return None
+    context = ssl.create_default_context(cafile=config.ca_file)
+    if config.cert_file is not None:
+        context.load_cert_chain(config.cert_file, config.key_file)
+    if config.socket:
+        context.check_hostname = False
+    return context
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -401,11 +424,14 @@ class MySQLStore:
         where: dict[str, Any] = (
             {"unix_socket": c.socket} if c.socket else {"host": c.host, "port": c.port}
         )
-        return await aiomysql.create_pool(
+        tls = tls_context(c)
+        pool = await aiomysql.create_pool(
             minsize=0, maxsize=c.max_open_conns, user=c.user, password=c.password, db=c.database,
             autocommit=True, charset="utf8mb4", client_flag=CLIENT.FOUND_ROWS,
-            connect_timeout=CONNECT_SECONDS, init_command=SESSION_INIT, **where,
+            connect_timeout=CONNECT_SECONDS, init_command=SESSION_INIT, ssl=tls, **where,
         )
+        pool.k3net_tls = tls is not None
+        return pool
 
     async def get(self, name: str) -> Stored:
         return _node_row(await self._run(_get, name))
