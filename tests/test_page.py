@@ -23,7 +23,7 @@ import trio
 from k3net.harness import browser as browser_mod
 from k3net.harness.agents import AgentProc, ready
 from k3net.harness.browser import Browser, screenshot_page
-from k3net.harness.netns import Lan
+from k3net.harness.netns import Lan, LoopbackHost
 from k3net.harness.nsclient import wait_for
 from k3net.model import ANN_LAST_SEEN
 from k3net.web.page import ASSETS, CSP
@@ -504,3 +504,66 @@ async def test_timeline_span_is_chosen_and_kept_in_the_address(nursery: trio.Nur
     heading = await trio.to_thread.run_sync(b.js, "return document.getElementById('tl-h').textContent")
     assert heading == "Last 5 minutes"
     await web.stop()
+
+
+async def test_text_from_the_store_is_never_markup(web: Web, local_browser: Browser) -> None:
+    """Reasons and messages come from whatever wrote the store: shown as text, never run."""
+    b = local_browser
+    evil = '<img src=x onerror="window.__xss=1"><b>bold</b>'
+    await web.store.create(make_node("node-b", reason="<i>Odd</i>", message=evil))
+    await open_page(b, web)
+    page = await page_until(b, lambda p: "node-b" in p["rows"], "node-b")
+    assert page["rows"]["node-b"]["reason"] == "<i>Odd</i>" + evil
+    injected = await trio.to_thread.run_sync(b.js, """
+        return [window.__xss === undefined, document.querySelectorAll('#rows img, #rows i').length];""")
+    assert injected == [True, 0]
+
+
+async def test_a_page_that_fell_behind_resumes_without_losing_messages(
+        nursery: trio.Nursery, local_browser: Browser) -> None:
+    """A subscriber whose queue fills is dropped (4008); the page resumes with since/epoch and
+    gets exactly what it missed from the agent's history, not a snapshot."""
+    b = local_browser
+    web = await start_web(nursery, queue_size=1)
+    await open_page(b, web)
+    await page_until(b, lambda p: p["conn"] == "live", "live")
+    for i in range(40):  # no checkpoint in between: the page's queue of 1 overflows
+        web.hub.rejected(f"Bad_{i}", "invalid-name", "not a DNS-1123 subdomain")
+    page = await page_until(b, lambda p: p["agent"]["a-rejected"].startswith("40 "),
+                            "all 40 rejections")
+    assert "Bad_39" in page["agent"]["a-rejected"]
+    stats = await trio.to_thread.run_sync(b.js, "return window.k3page.stats")
+    assert stats["snapshots"] == 0 and stats["reconnects"] >= 1
+    dropped = web.metrics.registry.get_sample_value("k3net_event_subscribers_dropped_total")
+    assert dropped is not None and dropped >= 1
+    await web.stop()
+
+
+@pytest.mark.netns
+@pytest.mark.usefixtures("netns_ok")
+def test_page_says_so_when_the_agent_hangs(agents: Any) -> None:
+    """An agent that stops answering (SIGSTOP: its connections stay open, nothing is sent)
+    is shown as disconnected once two /info polls fail; after SIGCONT the page is live again."""
+    require(browser_mod.available(), "needs Debian chromium and chromium-driver")
+    with LoopbackHost() as host:
+        a = agents.start(host, "node-a")
+        a.wait_ready()
+        with Browser(host.name) as br:
+            br.get(a.url + "/")
+            lan_page_until(br, lambda p: p["conn"] == "live" and "node-a" in p["rows"], 15,
+                           "the page live")
+            a.signal(signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                page = lan_page_until(br, lambda p: p["conn"] == "down", 30,
+                                      "the page saying the agent does not answer")
+                noticed = time.monotonic() - t0
+                assert page["banner"] and "does not answer" in page["banner"]
+                assert "not answering" in page["agent"]["a-store"]
+            finally:
+                a.signal(signal.SIGCONT)
+            t1 = time.monotonic()
+            lan_page_until(br, lambda p: p["conn"] == "live" and p["banner"] is None, 30,
+                           "the page live again")
+            print(f"\nmeasured: hung agent shown disconnected after {noticed:.1f}s, "
+                  f"live again {time.monotonic() - t1:.1f}s after SIGCONT")

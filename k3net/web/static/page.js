@@ -11,6 +11,7 @@
   const HOUR = 3600e3;
   const INFO_EVERY = 5000; // ms between /info + /readyz polls (the agent panel)
   const SEEN_EVERY = 10000; // ms between /events/snapshot polls (lastSeen only)
+  const FETCH_DEADLINE = 4000; // ms an HTTP request may take (a LAN answers in a few ms)
   const BACKOFF = [250, 500, 1000, 2000, 4000, 5000]; // ms before reconnect attempt n
   const TL_ROWS = 40; // timeline rows shown (most eventful nodes first)
   const TL_EVENTS = 300; // events kept per node
@@ -33,7 +34,7 @@
     dirty: new Set(), flash: new Set(), order: false, scheduled: false,
     timeline: new Map(), span: HOUR, seenDue: false, tlDirty: true, tlAt: 0, tlTimer: 0,
     foundBy: false, rejected: 0, lastRejected: null,
-    info: null, readyz: null,
+    info: null, readyz: null, polling: null,
     stats: { messages: 0, snapshots: 0, reconnects: 0, renders: 0, firstMessageAt: null,
              firstRenderAt: null, firstFrameAt: null, lastRenderMs: 0, maxRenderMs: 0,
              lastFlushAt: null, lastMessageAt: null },
@@ -77,8 +78,11 @@
     u.search = query;
     return u.href;
   }
+  // Every request has a deadline: an agent that hangs (stopped, or its machine gone) must turn
+  // into a failure the page can show, not a request that never ends.
+  const get = (path) => fetch(url(path), { cache: "no-store", signal: AbortSignal.timeout(FETCH_DEADLINE) });
   async function getJSON(path) {
-    const r = await fetch(url(path), { cache: "no-store" });
+    const r = await get(path);
     if (!r.ok) throw new Error(`${path}: ${r.status}`);
     return r.json();
   }
@@ -597,6 +601,12 @@
   // --- this agent ---------------------------------------------------------------------------
 
   async function pollInfo() {
+    if (st.polling) return st.polling; // one poll at a time: a slow agent must not pile them up
+    st.polling = pollInfoOnce();
+    try { return await st.polling; } finally { st.polling = null; }
+  }
+
+  async function pollInfoOnce() {
     let info = null;
     try {
       info = await getJSON("info");
@@ -613,7 +623,7 @@
       if (st.infoFails >= 2 && st.ws) dropConnection("the agent does not answer");
     }
     try {
-      const r = await fetch(url("readyz"), { cache: "no-store" });
+      const r = await get("readyz");
       st.readyz = { ok: r.ok, text: (await r.text()).trim() };
     } catch {
       st.readyz = null;
