@@ -62,6 +62,14 @@ def bench(session: nox.Session) -> None:
     session.run("python", "scripts/bench.py", *session.posargs)
 
 
+@nox.session(name="bench-outage", default=False)
+def bench_outage(session: nox.Session) -> None:
+    """Store outages (network namespaces, root): time from the store's return until it holds
+    the true state again, for etcd and MariaDB. `nox -s bench-outage -- --rounds 5`."""
+    _install(session, "test")
+    session.run("python", "scripts/bench_outage.py", *session.posargs)
+
+
 @nox.session(name="bench-page", default=False)
 def bench_page(session: nox.Session) -> None:
     """The cluster page: weight, and first render of a 500-Node snapshot in Debian's headless

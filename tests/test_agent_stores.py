@@ -4,7 +4,6 @@ components read it, never through k3net."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 from collections.abc import Callable
@@ -16,7 +15,7 @@ import pytest
 from k3net.harness.agents import AgentFactory, ready
 from k3net.harness.netns import Lan, LoopbackHost
 from k3net.harness.nsclient import wait_for
-from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
+from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, RawMariaDB, write_config
 from k3net.harness.services import EtcdServer, MariaDBServer
 from tests.conftest import require
 
@@ -108,15 +107,6 @@ def test_agents_share_etcd_and_respect_other_writers(agents: AgentFactory, tmp_p
             assert procs[0].proc.wait(3) == 0
 
 
-def _mysql_rows(socket: str, database: str, run_sql: Any) -> dict[str, dict[str, Any]]:
-    out = run_sql(f"SELECT name, status FROM {database}.k8s_core_v1_node WHERE deleted_at IS NULL")
-    rows = {}
-    for line in out.splitlines():
-        name, status = line.split("\t", 1)
-        rows[name] = {"status": json.loads(status)}
-    return rows
-
-
 def test_agents_share_mariadb(agents: AgentFactory, tmp_path: Path) -> None:
     require(shutil.which("mariadb-install-db") is not None, "needs MariaDB (mariadb-server)")
     with MariaDBServer(tmp_path / "db") as db, Lan(3) as lan:
@@ -134,14 +124,16 @@ def test_agents_share_mariadb(agents: AgentFactory, tmp_path: Path) -> None:
         for proc in procs:
             proc.wait_ready()
 
+        raw = RawMariaDB(db.sql, "k3")
+
         def all_ready() -> bool:
-            rows = _mysql_rows(db.socket, "k3", db.sql)
+            rows = raw.nodes()
             return all(ready(rows.get(n)) == ("True", "PeerAlive") for n in names)
 
         wait_for(all_ready, 10, what="every node Ready in MariaDB")
         procs[2].signal(signal.SIGTERM)
-        wait_for(lambda: ready(_mysql_rows(db.socket, "k3", db.sql).get("node-c"))
-                 == ("False", "PeerLeft"), 3, what="node-c PeerLeft in MariaDB")
+        wait_for(lambda: raw.ready("node-c") == ("False", "PeerLeft"), 3,
+                 what="node-c PeerLeft in MariaDB")
 
 
 def _outage(agents: AgentFactory, store_config: dict[str, Any], stop: Callable[[], None],
@@ -195,12 +187,9 @@ def test_agent_survives_mariadb_outage(agents: AgentFactory, tmp_path: Path) -> 
     with MariaDBServer(tmp_path / "db") as db, LoopbackHost() as host:
         db.sql("CREATE DATABASE k3")
 
-        def read_ready(name: str) -> tuple[str, str] | None:
-            return ready(_mysql_rows(db.socket, "k3", db.sql).get(name))
-
         _outage(
             agents,
             {"type": "mysql", "mysql": {"socket": db.socket, "database": "k3",
                                         "poll_interval": "200ms"}},
-            db.stop, db.start, read_ready, host, tmp_path,
+            db.stop, db.start, RawMariaDB(db.sql, "k3").ready, host, tmp_path,
         )

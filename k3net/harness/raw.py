@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from k3net.harness.agents import ready
 from k3net.harness.netns import Host
 
 PREFIX = "/kubernetes//v1/Node/"
+TABLE = "k8s_core_v1_node"
 ETCD_PORT, ETCD_PEER_PORT = 23795, 23805
 
 
@@ -43,6 +45,27 @@ class RawEtcd:
     def ready(self, name: str) -> tuple[str, str] | None:
         entry = self.nodes().get(name)
         return ready(entry[0]) if entry else None
+
+
+class RawMariaDB:
+    """The Node table read with plain SQL as root, through `run_sql` (for example
+    `MariaDBServer.sql`): what the Go store's rows hold, never through k3net."""
+
+    def __init__(self, run_sql: Callable[[str], str], database: str) -> None:
+        self.run_sql, self.database = run_sql, database
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        """name -> {"status": the status column} of every row not soft-deleted."""
+        out = self.run_sql(f"SELECT name, status FROM {self.database}.{TABLE} "
+                           "WHERE deleted_at IS NULL")
+        rows = {}
+        for line in out.splitlines():
+            name, status = line.split("\t", 1)
+            rows[name] = {"status": json.loads(status)}
+        return rows
+
+    def ready(self, name: str) -> tuple[str, str] | None:
+        return ready(self.nodes().get(name))
 
 
 def write_config(path: Path, storage: dict[str, Any]) -> Path:
