@@ -168,7 +168,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("service", str, "_k3._tcp", metavar="NAME", help="DNS-SD service type"),
     Flag("domain", str, "local.", metavar="NAME", help="mDNS domain"),
     Flag("interface", _interfaces, None, metavar="NAME", repeat=True,
-         derived="every multicast-capable one",
+         derived="the LAN interfaces: not container/VM bridges, bridge ports or tunnels",
          help="network interface for mDNS; repeat for several"),
     Flag("node-name", node_name, None, metavar="NAME", legacy_env=("NODE_NAME",),
          derived="the host name", help="this node's name (mDNS instance and Node name)"),
