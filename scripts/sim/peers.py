@@ -4,8 +4,10 @@ namespace host. Run inside a network namespace only.
     peers.py --address 10.77.0.2 --count 125 --first-port 20000 --prefix peer-1 \\
              --accept-log /tmp/accepts-1.json
 
-Each simulated peer is a TCP listener on `address:port` (what k3net probes) and an mDNS service
-`<prefix>-<i>._k3._tcp.local.` with TXT node/port/pid, as a real agent announces itself. Every
+Each simulated peer is a TCP listener on `address:port` (what k3net probes) that answers
+`GET /info` as an agent does (`{"node": "<prefix>-<i>", "pid": ...}`, so the agent's identity
+probes confirm it), and an mDNS service `<prefix>-<i>._k3._tcp.local.` with TXT node/port/pid,
+as a real agent announces itself. Every
 peer of the process shares the address, with its own port. The process prints JSON lines:
 {"event": "listening", "t"}, then {"event": "registered", "t", "count"} once every service is
 registered; it runs until SIGTERM/SIGINT (at most --lifetime seconds), then writes the times of
@@ -32,6 +34,8 @@ SERVICE = "_k3._tcp.local."
 # apart, then announces it; a few hundred at once are a few thousand small packets over ~2 s.
 REGISTER_CONCURRENCY = 128
 CLOSE_TIMEOUT = 10.0
+# A probe that sends no request within this is dropped (the agent's probe timeout is 700ms).
+ANSWER_TIMEOUT = 2.0
 
 
 def say(**fields: object) -> None:
@@ -48,7 +52,19 @@ async def run(args: argparse.Namespace) -> list[float]:
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepts.append(time.monotonic())
-        writer.close()
+        port = writer.get_extra_info("sockname")[1]
+        body = json.dumps({"node": f"{args.prefix}-{port - args.first_port}",
+                           "pid": os.getpid()}).encode()
+        try:
+            # The request ends with an empty line; an agent's is ~150 bytes.
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_TIMEOUT)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass
+        finally:
+            writer.close()
 
     servers = []
     for i in range(args.count):
