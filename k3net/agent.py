@@ -37,11 +37,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import attrs
 import trio
 
 from k3net.core.addresses import MachineAddresses
-from k3net.core.messages import SelfHeartbeat, Tick
+from k3net.core.messages import OwnAddresses, SelfHeartbeat, Tick
 from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
 from k3net.events import EventHub
 from k3net.health import StoreHealth
@@ -232,8 +231,8 @@ class Agent:
     ) -> None:
         """This machine's addresses changed (tasks/addresses.py): the prober ignores the new own
         set at once; new advertised addresses go to our mDNS record (tasks/presence.py: peers
-        see Updated, never a goodbye), /info, and our own Node (rewritten by the heartbeat sent
-        here, without going not-Ready)."""
+        see Updated, never a goodbye), /info, and our own Node (the table rewrites it at once,
+        without going not-Ready)."""
         async with changes, table:
             async for change in changes:
                 prober.set_own(change.own)
@@ -245,9 +244,7 @@ class Agent:
                     continue
                 self.addresses = change.advertised
                 self._info_addrs[:] = change.advertised
-                self.table.me = attrs.evolve(self.table.me, addresses=change.advertised)
-                if self.settings.register_self:
-                    await table.send(SelfHeartbeat())
+                await table.send(OwnAddresses(change.advertised))
                 await self.lan.readdress(change.advertised)
 
     async def _run_writer(
