@@ -567,3 +567,25 @@ def test_page_says_so_when_the_agent_hangs(agents: Any) -> None:
                            "the page live again")
             print(f"\nmeasured: hung agent shown disconnected after {noticed:.1f}s, "
                   f"live again {time.monotonic() - t1:.1f}s after SIGCONT")
+
+
+async def test_page_shows_last_seen_refreshes_that_are_not_streamed(
+        web: Web, local_browser: Browser) -> None:
+    """A heartbeat changes only lastSeen: no /events message. A page that replayed the history
+    (the `joined` message has the old lastSeen) still shows the current one."""
+    b = local_browser
+    stored = await web.store.create(make_node("node-b"))
+    fresh = make_node("node-b", last_seen=dt.datetime.now(dt.UTC))
+    await web.store.update(fresh, stored.version)
+    want = fresh.metadata.annotations[ANN_LAST_SEEN]
+    await hub_reached(web, 1)
+    await open_page(b, web)
+
+    async def shown() -> bool:
+        return await trio.to_thread.run_sync(b.js, """
+            const td = document.querySelector('tr[data-node="node-b"] .c-lastSeen');
+            return td ? td.title : null;""") == want
+
+    with trio.fail_after(10):
+        await eventually(shown)
+    assert web.hub.seq == 1  # the refresh was no event
