@@ -141,12 +141,18 @@ class Agent:
         self.metrics.watch_health(self.health)
         self._stop = trio.Event()
         self._stop_by = float("inf")
+        # Set once the mDNS advertisement is registered (the /readyz `mdns` check, READY=1).
+        self.advertised = trio.Event()
 
     def stop(self) -> None:
         """Begin the shutdown (module docstring); `run` returns within SHUTDOWN_DEADLINE."""
         if not self._stop.is_set():
             self._stop_by = trio.current_time() + SHUTDOWN_DEADLINE
             self._stop.set()
+
+    async def wait_stopping(self) -> None:
+        """Return once `stop()` was called."""
+        await self._stop.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
@@ -199,7 +205,7 @@ class Agent:
         s = self.settings
         # First, since mDNS registration takes its time (about 1.6 s of probing and announcing,
         # and peers see us from the first packet): the rest starts meanwhile.
-        producers.start_soon(self.lan.advertise, self.addresses)
+        producers.start_soon(self._advertise)
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
                         key=s.cluster_key, own=Own.of(self.own, s.listen_port))
         foreign = ForeignTally()  # values under the Node prefix that are not Nodes, for /metrics
@@ -247,6 +253,11 @@ class Agent:
                 await table.send(OwnAddresses(change.advertised))
                 await self.lan.readdress(change.advertised)
 
+    async def _advertise(self) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.lan.advertise, self.addresses)
+            self.advertised.set()
+
     async def _run_writer(
         self, writer: Writer, inbox: trio.MemoryReceiveChannel[Write], done: trio.Event
     ) -> None:
@@ -266,6 +277,7 @@ class Agent:
         state = AppState(
             settings=s, store=self.store, hub=self.hub, metrics=self.metrics, health=self.health,
             started_at=time.time(), addrs=self._info_addrs, self_up=self.table.self_up,
+            mdns_up=self.advertised.is_set,
         )
         try:
             with scope:
@@ -304,9 +316,19 @@ async def _machine(settings: Settings) -> AsyncIterator[Agent]:
 
 
 async def serve(settings: Settings) -> None:
-    """Run the agent on this machine until SIGINT or SIGTERM."""
+    """Run the agent on this machine until SIGINT or SIGTERM; tell a supervisor (systemd's
+    notify socket, if any) when it is ready and when it stops."""
+    from k3net import notify
+
+    notifier = notify.Notifier.from_environ()
     async with _machine(settings) as agent, trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, agent)
+        if notifier is not None:
+            nursery.start_soon(functools.partial(
+                notify.run, notifier, agent.advertised.wait, agent.wait_stopping,
+                status=f"serving on port {settings.listen_port}",
+                watchdog=notify.watchdog_interval(os.environ, os.getpid()),
+            ))
         await agent.run()
         nursery.cancel_scope.cancel()
 

@@ -1,5 +1,10 @@
 """The agent's Prometheus metrics. One `Metrics` per agent, on its own registry, so that several
-agents in one process (tests) do not mix their numbers."""
+agents in one process (tests) do not mix their numbers.
+
+Besides k3net's own series: `process_*` (CPU, memory, open files, start time) and `python_info`,
+as every Prometheus client exports them, and `k3net_build_info{version, commit}` = 1 for
+dashboards that show which build runs where. Counters and histograms do not export `*_created`
+series (they double the series count and nothing reads them here)."""
 
 from __future__ import annotations
 
@@ -7,7 +12,20 @@ import functools
 from collections.abc import Mapping, Sized
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from k3net import version
+
+prometheus_client.disable_created_metrics()
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _JOIN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -21,6 +39,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("k3net_build", "The k3net build this agent runs (commit: unknown if not known).",
+             registry=r).info({"version": version.version(), "commit": version.commit() or "unknown"})
         self.peers = Gauge(
             "k3net_peers", "Peers this agent knows, by state of their stored Node.",
             ["state"], registry=r,

@@ -151,7 +151,7 @@ async def test_healthz(web: Web) -> None:
 async def test_readyz_follows_store_health(web: Web) -> None:
     web.health.down("connection refused")
     status, _, body = await get(web.url("/readyz"))
-    assert (status, body) == (503, b"store unavailable: connection refused\n")
+    assert (status, body) == (503, b"[-]store failed: connection refused\nreadyz check failed\n")
     web.health.up()
     assert (await get(web.url("/readyz")))[:3:2] == (200, b"ok\n")
 

@@ -3,8 +3,9 @@
 | path | answer |
 |---|---|
 | `GET /` | the cluster page (`k3net.web.page`; its assets under `/static/`) |
-| `GET /healthz` | `200 ok` while the process runs |
-| `GET /readyz` | `200 ok` when the store answers, else `503 store unavailable: <reason>` |
+| `GET /healthz` | `200 ok` while the process runs (as the Go agent) |
+| `GET /livez` | `200 ok` while the process serves; `?verbose`, `?exclude=` (see `k3net.web.checks`) |
+| `GET /readyz` | `200 ok` when the checks `store`, `mdns`, `http` pass, else 503 naming the failed ones; `?verbose`, `?exclude=`, `/readyz/<check>` (and `/livez/<check>`) |
 | `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, commit, store, subscribers, epoch |
 | `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
 | `GET /metrics` | Prometheus text format |
@@ -40,6 +41,7 @@ from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import Store, StoreError
+from k3net.web import checks
 from k3net.web.page import Asset, load_assets, not_modified
 
 Scope = dict[str, Any]
@@ -58,6 +60,11 @@ def _never_up() -> bool:
     return False
 
 
+def _no_mdns() -> bool:
+    # An app served without an mDNS advertisement (tests, benchmarks) has none to wait for.
+    return True
+
+
 @attrs.define
 class AppState:
     """What the endpoints read. The agent builds one and keeps updating what changes."""
@@ -73,6 +80,8 @@ class AppState:
     addrs: list[str] = attrs.Factory(list)
     # True once this agent's own Node is written Ready (read on every /info).
     self_up: Callable[[], bool] = _never_up
+    # True while this agent's mDNS advertisement is registered (the /readyz `mdns` check).
+    mdns_up: Callable[[], bool] = _no_mdns
 
 
 class QueryError(ValueError):
@@ -105,7 +114,6 @@ class App:
         self._assets = load_assets()
         self._routes: dict[str, Callable[[], Awaitable[tuple[int, str, bytes]]]] = {
             "/healthz": self._healthz,
-            "/readyz": self._readyz,
             "/info": self._info,
             "/nodes": self._nodes,
             "/metrics": self._metrics,
@@ -134,9 +142,15 @@ class App:
             await _send_asset(scope, send, asset)
             return
         handler = self._routes.get(path)
-        if handler is None and path == "/events":
+        health = path in ("/livez", "/readyz") or path.startswith(("/livez/", "/readyz/"))
+        if handler is None and health and method in ("GET", "HEAD"):
+            endpoint, _, only = path[1:].partition("/")
+            status, ctype, body = checks.answer(
+                endpoint, self._checks(endpoint), scope.get("query_string", b""), only or None
+            )
+        elif handler is None and path == "/events":
             status, ctype, body = 426, "text/plain", b"/events is a websocket\n"
-        elif handler is None and asset is None:
+        elif handler is None and asset is None and not health:
             status, ctype, body = 404, "text/plain", b"not found\n"
         elif method not in ("GET", "HEAD"):
             status, ctype, body = 405, "text/plain", b"method not allowed\n"
@@ -158,11 +172,15 @@ class App:
     async def _healthz(self) -> tuple[int, str, bytes]:
         return 200, "text/plain; charset=utf-8", b"ok\n"
 
-    async def _readyz(self) -> tuple[int, str, bytes]:
-        health = self.state.health
-        if health.ok:
-            return 200, "text/plain; charset=utf-8", b"ok\n"
-        return 503, "text/plain; charset=utf-8", f"store unavailable: {health.reason}\n".encode()
+    def _checks(self, endpoint: str) -> dict[str, checks.Check]:
+        if endpoint == "livez":
+            return {"ping": lambda: None}  # answering is the check: the store is no reason to restart
+        s = self.state
+        return {
+            "store": lambda: None if s.health.ok else s.health.reason,
+            "mdns": lambda: None if s.mdns_up() else "advertisement not registered",
+            "http": lambda: "shutting down" if self._stopping else None,
+        }
 
     async def _info(self, query: bytes = b"") -> tuple[int, str, bytes]:
         """Who we are. Peers' probes ask this with `?nonce=...`; with a cluster key the answer

@@ -4,7 +4,7 @@
 Nothing is loaded from anywhere else: the machines k3net runs on often have no internet, so the
 page uses no framework and no CDN, and its Content-Security-Policy says so (a browser refuses
 any script, style or connection that is not this agent's own). The page itself is fed by the
-`/events` websocket (see `k3net.events`) and polls `/info`, `/readyz` and `/events/snapshot`.
+`/events` websocket (see `k3net.events`) and polls `/info`, `/readyz/store` and `/events/snapshot`.
 
 It needs no login: it shows only what mDNS already announces on the LAN (names, addresses,
 ports) and what those agents wrote into the store.

@@ -623,8 +623,9 @@
       if (st.infoFails >= 2 && st.ws) dropConnection("the agent does not answer");
     }
     try {
-      const r = await get("readyz");
-      st.readyz = { ok: r.ok, text: (await r.text()).trim() };
+      // The store's own check: /readyz also waits for the mDNS advertisement after a restart.
+      const r = await get("readyz/store");
+      st.readyz = { ok: r.ok, text: (await r.text()).trim().replace(/^\[-\]store failed: /, "") };
     } catch {
       st.readyz = null;
     }
