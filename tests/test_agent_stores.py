@@ -151,7 +151,8 @@ def _outage(agents: AgentFactory, store_config: dict[str, Any], stop: Callable[[
     b.wait_ready()
     wait_for(lambda: read_ready("node-a") == ("True", "PeerAlive")
              and read_ready("node-b") == ("True", "PeerAlive"), 10, what="both Ready")
-    assert a.client.get(a.url + "/readyz")[0] == 200
+    # Peers can find us before our own registration completes: ready waits for it too.
+    wait_for(lambda: a.client.get(a.url + "/readyz")[0] == 200, 10, what="/readyz 200")
 
     stop()
     wait_for(lambda: a.client.get(a.url + "/readyz")[0] == 503, 10, what="/readyz 503")
