@@ -589,3 +589,31 @@ async def test_page_shows_last_seen_refreshes_that_are_not_streamed(
     with trio.fail_after(10):
         await eventually(shown)
     assert web.hub.seq == 1  # the refresh was no event
+
+
+@pytest.mark.netns
+@pytest.mark.usefixtures("netns_ok")
+def test_page_fits_a_phone_screen(agents: Any) -> None:
+    """At 360 pixels wide each Node is a card with labelled fields, and nothing scrolls
+    sideways (served by a real agent inside a namespace, so no mDNS leaves it)."""
+    require(browser_mod.available(), "needs Debian chromium and chromium-driver")
+    with LoopbackHost() as host:
+        a = agents.start(host, "a-rather-long-node-name-for-a-phone-screen.example")
+        a.wait_ready()
+        with Browser(host.name) as br:
+            br.emulate(360, 760)
+            br.get(a.url + "/")
+            lan_page_until(br, lambda p: p["conn"] == "live" and len(p["rows"]) == 1, 15,
+                           "the page live")
+            layout = br.js("""
+                const td = document.querySelector('#rows td.c-ready');
+                const table = document.querySelector('.scroll');
+                return {overflow: document.documentElement.scrollWidth
+                                  - document.documentElement.clientWidth,
+                        table_overflow: table.scrollWidth - table.clientWidth,
+                        width: document.documentElement.clientWidth,
+                        label: getComputedStyle(td, '::before').content,
+                        display: getComputedStyle(td.parentElement).display};""")
+    assert layout["width"] == 360
+    assert layout["overflow"] <= 0 and layout["table_overflow"] <= 0
+    assert layout["display"] == "block" and layout["label"] == '"Ready"'

@@ -99,6 +99,13 @@ class Browser:
         """What the page shows now (see _READ_PAGE)."""
         return self.js(_READ_PAGE)  # type: ignore[no-any-return]
 
+    def emulate(self, width: int, height: int, *, mobile: bool = True) -> None:
+        """Lay pages out as on a device of this size (a phone: `mobile`), whatever the
+        window's size (headless chromium keeps windows at least 500 pixels wide)."""
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}
+        self.call(lambda: self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                                      metrics))
+
     def console_errors(self) -> list[str]:
         """The browser console's error lines (a CSP refusal or a script error shows here)."""
         entries = self.call(lambda: self.driver.get_log("browser"))

@@ -326,7 +326,7 @@
     }
     if (st.order) reorder();
     if (st.seenDue && st.nodes.size) { st.seenDue = false; setTimeout(pollSeen, 200); }
-    if (st.flash.size) {
+    if (st.flash.size && !matchMedia("(prefers-reduced-motion: reduce)").matches) {
       const flash = getComputedStyle(document.body).getPropertyValue("--flash").trim() || "#fff0a0";
       for (const name of st.flash) {
         const n = st.nodes.get(name);
