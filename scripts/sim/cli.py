@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from k3net.config import parse_duration
-from k3net.harness.netns import Lan
+from k3net.harness.netns import VIRBR, Lan
 from sim.common import Interrupted, begin_run, k3net_revision, log, write_json
 from sim.fleet import Fleet
 from sim.report import report
@@ -21,6 +21,17 @@ from sim.stores import SimStore
 # Modules that register scenarios (and their rows), in the order their scenarios run.
 SCENARIO_MODULES = ["sim.clean_lan"]
 SUBNET = "10.77.0.0/24"
+# --field: host 1's second LAN address, above every host's first (--hosts is at most 60) and
+# below the store's address (the subnet's last).
+SECOND_ADDRESS = "10.77.0.201/24"
+
+
+def shape_field(lan: Lan) -> str:
+    """Give the LAN what real servers carry (design section 5); says what it did."""
+    lan.add_shared_bridge(*VIRBR)
+    lan[1].add_address(SECOND_ADDRESS)
+    return (f"field: {VIRBR[0]} {VIRBR[1]} on every host, host 1 (node-1) also has "
+            f"{SECOND_ADDRESS}")
 
 
 def load_scenarios() -> None:
@@ -49,6 +60,10 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
                         "one (the outage scenario is then skipped)")
     parser.add_argument("--screenshot", default="results/page.png",
                         help="PNG of a live agent's cluster page at the end ('' for none)")
+    parser.add_argument("--field", action="store_true",
+                        help="a field LAN, as real servers are: every host also carries "
+                        f"{VIRBR[0]} {VIRBR[1]} (with carrier, as with a running VM) and "
+                        f"host 1 has a second LAN address ({SECOND_ADDRESS})")
     parser.add_argument("--keep-logs", default="results/lan-logs",
                         help="copy the agents' logs here (default results/lan-logs)")
     args = parser.parse_args(argv)
@@ -100,6 +115,10 @@ def main(argv: list[str] | None = None, description: str = "") -> int:
         with contextlib.ExitStack() as stack:
             lan = stack.enter_context(Lan(args.hosts, SUBNET))
             log(f"LAN: {args.hosts} hosts on {SUBNET}, namespaces {lan.prefix}-*")
+            results["lan"] = "clean"
+            if args.field:
+                results["lan"] = shape_field(lan)
+                log(f"field LAN: {results['lan']}")
             store = SimStore(args.store, workdir, lan, SUBNET, args.mysql_socket)
             stack.callback(store.close)
             results["store_where"] = store.where or "each agent's own memory store"

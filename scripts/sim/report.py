@@ -62,7 +62,8 @@ def report(results: dict[str, Any], args: argparse.Namespace, store: str) -> str
     for name in SCENARIOS:
         if name in results and name in ROWS:
             table += ROWS[name](results, ctx)
-    print(f"\nk3net {results.get('k3net', '')} on a simulated LAN: {args.hosts} hosts, "
+    field = " (field LAN)" if results.get("lan", "clean") != "clean" else ""
+    print(f"\nk3net {results.get('k3net', '')} on a simulated LAN{field}: {args.hosts} hosts, "
           f"store {store}", flush=True)
     return print_table(HEADERS, table)
 
