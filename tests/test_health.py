@@ -24,7 +24,12 @@ async def web(nursery: trio.Nursery) -> AsyncIterator[Web]:
 
 
 def table(**problems: str | None) -> dict[str, checks.Check]:
-    return {name: (lambda p=problem: p) for name, problem in problems.items()}
+    return {name: _answers(problem) for name, problem in problems.items()}
+
+
+def _answers(problem: str | None) -> checks.Check:
+    """A check that always finds `problem` (None: healthy)."""
+    return lambda: problem
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
 
 def messages(sock: socket.socket, until: str) -> list[str]:
     """Datagrams received, up to and including the first containing `until`."""
-    got = []
+    got: list[str] = []
     while not got or until not in got[-1]:
         got.append(sock.recv(4096).decode())
     return got
