@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -48,6 +49,7 @@ import grpc.aio
 import trio
 from trio_asyncio import aio_as_trio
 
+from k3net.backoff import DEFAULT_BACKOFF
 from k3net.config import EtcdConfig, endpoint_uses_tls, parse_endpoint
 from k3net.convert import InvalidNode, node_from_json, node_to_json
 from k3net.model import Node
@@ -78,11 +80,13 @@ GRPC_OPTIONS = {
     "grpc.keepalive_timeout_ms": 5_000,
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.http2.max_pings_without_data": 0,
+    # One page of 500 Nodes of up to 64 kB each (gRPC's default is 4 MiB).
+    "grpc.max_receive_message_length": 32 * 1024 * 1024,
 }
-# A broken watch retries after 0.2 s, doubling up to 2 s: quick after a restart, gentle during
-# a long outage.
-WATCH_BACKOFF_MIN = 0.2
-WATCH_BACKOFF_MAX = 2.0  # so that the agent holds the true state within 5 s of the store returning
+# Nodes per page when listing: 500 Nodes of a few kB each make a response of a few MB, well
+# inside the receive limit below (a k3 Node is 1-3 kB; a Go-written one with many images more).
+PAGE_SIZE = 500
+_PREFIX_END = PREFIX[:-1].encode() + bytes([ord(PREFIX[-1]) + 1])  # the end of the prefix range
 # Closing a client or cancelling a watch during shutdown may take at most this long.
 CLOSE_TIMEOUT = 2.0
 
@@ -285,8 +289,8 @@ class EtcdStore:
         return (await self.scan()).nodes
 
     async def scan(self) -> Scan:
-        result = await self._conn.call(lambda c: c.get_prefix(PREFIX.encode()))
-        return _scan(result)
+        kvs, _ = await _read_all(self._conn)
+        return _scan(kvs)
 
     async def create(self, node: Node) -> Stored:
         key, value = node_key(node.metadata.name), _value(node)
@@ -370,13 +374,38 @@ def _lost_race(name: str, version: str, responses: Any) -> NoReturn:
     raise Conflict(f"{name} is at version {kv.mod_revision}, not {version}")
 
 
+async def _read_all(conn: _Connection) -> tuple[list[Any], int]:
+    """Every key-value under the prefix, read in pages at one revision (a consistent snapshot),
+    and that revision. One response for everything would outgrow gRPC's message limit at a few
+    thousand Nodes."""
+    first = await conn.call(_range_page, PREFIX.encode(), 0)
+    revision = first.header.revision
+    kvs = list(first.kvs)
+    more = first.more
+    while more:
+        page = await conn.call(_range_page, kvs[-1].key + b"\0", revision)
+        kvs.extend(page.kvs)
+        more = page.more
+    return kvs, revision
+
+
+async def _range_page(client: aetcd.Client, start: bytes, revision: int) -> Any:
+    """Up to PAGE_SIZE key-values from `start` to the end of the prefix, at `revision` (0: the
+    newest). aetcd's get_prefix has no limit nor revision, so the request is made here."""
+    await client.connect()
+    request = aetcd.rpc.RangeRequest(
+        key=start, range_end=_PREFIX_END, limit=PAGE_SIZE, revision=revision
+    )
+    return await client.kvstub.Range(request, timeout=client._timeout, metadata=client.metadata)
+
+
 def _foreign(kv: Any, reason: object) -> Foreign:
     key = kv.key.decode(errors="replace")
     return foreign(key.removeprefix(PREFIX), key, reason)
 
 
 def _scan(result: Any) -> Scan:
-    """The Nodes and the foreign values of a get_prefix result, each sorted by name."""
+    """The Nodes and the foreign values among key-values, each sorted by name."""
     nodes, others = [], []
     for kv in result:
         try:
@@ -405,18 +434,20 @@ class _Watch:
         self._handle: Any = None  # aetcd Watch, while one is open
 
     async def events(self) -> AsyncGenerator[WatchEvent, None]:
-        backoff = WATCH_BACKOFF_MIN
+        failures = 0
+        rng = random.Random()
         while True:
             try:
-                result = await self._conn.call(lambda c: c.get_prefix(PREFIX.encode()))
-                scan = _scan(result)
+                kvs, revision = await _read_all(self._conn)
+                scan = _scan(kvs)
+                del kvs  # 10,000 Nodes are megabytes: not kept while the watch runs
                 if scan.foreign:
                     log.warning("etcd: %d values under %s are not Nodes (first: %s: %s)",
                                 len(scan.foreign), PREFIX, scan.foreign[0].key,
                                 scan.foreign[0].reason)
                 yield Snapshot(tuple(scan.nodes), tuple(scan.foreign))
-                backoff = WATCH_BACKOFF_MIN
-                self._handle = await self._conn.call(_watch_from, result.header.revision + 1)
+                failures = 0
+                self._handle = await self._conn.call(_watch_from, revision + 1)
                 iterator = self._handle.__aiter__()
                 while True:
                     event = await self._conn.call(_next_event, iterator)
@@ -424,14 +455,15 @@ class _Watch:
                         raise StoreUnavailable("etcd: the watch ended")
                     yield _watch_event(event)
             except StoreUnavailable as exc:
-                log.warning("etcd watch lost (%s); retrying in %.1fs", exc, backoff)
+                delay = DEFAULT_BACKOFF.delay(failures, rng)
+                failures += 1
+                log.warning("etcd watch lost (%s); retrying in %.1fs", exc, delay)
                 yield Lost(str(exc))
                 # Closing the client ends its watch stream; the handle must not be cancelled
                 # on its own (aetcd fails on a closed client's watch).
                 self._handle = None
                 await self._conn.drop()
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+                await trio.sleep(delay)
 
     async def _cancel_handle(self) -> None:
         """Cancel the open watch. Only while its client is live: whenever the connection is

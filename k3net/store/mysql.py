@@ -13,7 +13,19 @@ status survive; the phase column wins over status.phase when both are set). Ever
 `spec` and `status` survives a round trip. Unknown top-level keys and unknown metadata keys do
 NOT: the table has no column for them. uid and created_at are set at create and never changed
 (as in Kubernetes); a Node created without a uid gets `node-<name>`, without a creation time the
-current time. Times are stored in UTC.
+current time.
+
+Times, as the Go store's driver writes them (its DSN has `loc=Local`): a `datetime` column holds
+the writer's local wall-clock time, without a zone. k3net writes this machine's local time and
+reads a stored time as local time too (on a UTC machine that is UTC). Every machine sharing a
+MySQL store should therefore run in the same time zone, as with the Go store; a time that does
+not exist or repeats locally (a daylight-saving switch) is read as Python's `astimezone` does.
+
+Names match exactly: `name` has the table's case-insensitive collation, so every lookup also
+compares the bytes, and `Worker1` (written by the Go side) is not `worker1`. A uid longer than
+its column (a name of 251 characters or more gives `node-<name>`) or taken by a name that
+differs only in case is stored as `node-<sha256 of the name>` instead (so every valid name can
+be created; the uid is the store's to choose, as in Kubernetes).
 
 Soft delete: a row with deleted_at set does not exist for get, list and watch; delete sets it,
 and a Node of that name can be created again (a deleted row still holding the same uid is
@@ -55,6 +67,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import random
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -66,6 +79,7 @@ import trio
 from pymysql.constants import CLIENT, ER
 from trio_asyncio import aio_as_trio
 
+from k3net.backoff import DEFAULT_BACKOFF
 from k3net.config import MySQLConfig
 from k3net.convert import InvalidNode, node_from_dict, node_to_dict
 from k3net.model import Node
@@ -115,6 +129,9 @@ COLUMNS = (
     " phase, spec, status"
 )
 LIVE = "deleted_at IS NULL"
+# Exactly this name: the first test uses the index (case-insensitive collation), the second
+# compares the bytes, so `Worker1` and `worker1` are two Nodes.
+SAME_NAME = "name = %(name)s AND BINARY name = %(name)s"
 
 # Server-side bounds for every statement of our sessions. A statement (or a wait for a row lock)
 # that takes this long has failed anyway; without a bound, a query the caller cancelled could
@@ -132,9 +149,6 @@ CONNECT_SECONDS = 5
 CREATE_LOCK_SECONDS = 3
 # Closing the pool or a watch during shutdown may take at most this long.
 CLOSE_SECONDS = 2.0
-# A failed poll retries after 0.2 s, doubling up to 2 s.
-WATCH_BACKOFF_MIN = 0.2
-WATCH_BACKOFF_MAX = 2.0  # so that the agent holds the true state within 5 s of the store returning
 
 LIBRARY_ERRORS = (pymysql.err.MySQLError, OSError, asyncio.TimeoutError, asyncio.CancelledError)
 
@@ -156,9 +170,31 @@ def _utc_now() -> dt.datetime:
 
 
 def _db_time(value: dt.datetime) -> dt.datetime:
-    """An aware time as the naive UTC datetime(3) the columns hold."""
-    value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    """An aware time as the naive local datetime(3) the columns hold (the Go store's loc=Local)."""
+    value = value.astimezone().replace(tzinfo=None)
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _from_db_time(value: Any) -> dt.datetime | None:
+    """A datetime column's naive local time as an aware UTC time; None for NULL or a value that
+    is not a time (MySQL's zero date comes back as text)."""
+    if not isinstance(value, dt.datetime):
+        return None
+    return value.astimezone(dt.UTC)  # a naive datetime is taken as local time
+
+
+UID_CHARS = 255  # the uid column is varchar(255)
+
+
+def default_uid(name: str) -> str:
+    """`node-<name>`, the uid a Node gets when created, if it fits the column."""
+    uid = f"node-{name}"
+    return uid if len(uid) <= UID_CHARS else hashed_uid(name)
+
+
+def hashed_uid(name: str) -> str:
+    """A uid for `name` that fits the column and no other name (of any case) shares."""
+    return "node-" + hashlib.sha256(name.encode()).hexdigest()
 
 
 def next_version(previous: str | None, now: dt.datetime) -> str:
@@ -189,7 +225,7 @@ def _row_values(node: Node) -> dict[str, Any]:
     return {
         "name": meta.name,
         "namespace": meta.namespace,
-        "uid": meta.uid or f"node-{meta.name}",
+        "uid": meta.uid or default_uid(meta.name),
         "labels": json.dumps(meta.labels),
         "annotations": json.dumps(meta.annotations),
         "phase": node.status.phase,
@@ -220,8 +256,9 @@ def stored_from_row(row: tuple[Any, ...]) -> Stored:
         "spec": _json_column(spec, "spec") or {},
         "status": status_data,
     })
-    if created_at is not None:
-        node.metadata.creation_timestamp = created_at.replace(tzinfo=dt.UTC)
+    created = _from_db_time(created_at)
+    if created is not None:
+        node.metadata.creation_timestamp = created
     return Stored(node=node, version=version or "")
 
 
@@ -247,7 +284,8 @@ def _lock_name(name: str) -> str:
 
 async def _select_live(cur: Cursor, name: str) -> tuple[Any, ...] | None:
     await cur.execute(
-        f"SELECT {COLUMNS} FROM {TABLE} WHERE name = %s AND {LIVE} ORDER BY id LIMIT 1", (name,)
+        f"SELECT {COLUMNS} FROM {TABLE} WHERE {SAME_NAME} AND {LIVE} ORDER BY id LIMIT 1",
+        {"name": name},
     )
     row: tuple[Any, ...] | None = await cur.fetchone()
     return row
@@ -279,22 +317,32 @@ async def _create(cur: Cursor, node: Node) -> tuple[Any, ...]:
         values = _row_values(node)
         now = _utc_now()
         created = node.metadata.creation_timestamp or now
-        # A soft-deleted row keeps its uid, which is unique: it must go before the uid is reused.
-        await cur.execute(f"DELETE FROM {TABLE} WHERE uid = %s AND deleted_at IS NOT NULL",
-                          (values["uid"],))
-        try:
+        uids = [values["uid"]]
+        if values["uid"] in (f"node-{name}", default_uid(name)):
+            # k3net's own form of uid: too long for the column, or taken by a name that differs
+            # only in case (the column's collation ignores case): the hashed form instead.
+            uids = list(dict.fromkeys([default_uid(name), hashed_uid(name)]))
+        for uid in uids:
+            # A soft-deleted row keeps its uid, which is unique: it goes before the uid is reused.
             await cur.execute(
-                f"INSERT INTO {TABLE} (name, namespace, uid, resource_version, labels, annotations,"
-                " created_at, updated_at, phase, spec, status)"
-                " VALUES (%(name)s, %(namespace)s, %(uid)s, %(version)s, %(labels)s,"
-                " %(annotations)s, %(created)s, %(updated)s, %(phase)s, %(spec)s, %(status)s)",
-                {**values, "version": next_version(None, now), "created": _db_time(created),
-                 "updated": _db_time(now)},
+                f"DELETE FROM {TABLE} WHERE uid = %s AND BINARY uid = %s AND deleted_at IS NOT NULL",
+                (uid, uid),
             )
-        except pymysql.err.IntegrityError as exc:
-            if exc.args and exc.args[0] == ER.DUP_ENTRY:
-                raise Conflict(f"{name}: uid {values['uid']} is taken") from exc
-            raise
+            try:
+                await cur.execute(
+                    f"INSERT INTO {TABLE} (name, namespace, uid, resource_version, labels,"
+                    " annotations, created_at, updated_at, phase, spec, status)"
+                    " VALUES (%(name)s, %(namespace)s, %(uid)s, %(version)s, %(labels)s,"
+                    " %(annotations)s, %(created)s, %(updated)s, %(phase)s, %(spec)s, %(status)s)",
+                    {**values, "uid": uid, "version": next_version(None, now),
+                     "created": _db_time(created), "updated": _db_time(now)},
+                )
+                break
+            except pymysql.err.IntegrityError as exc:
+                if not (exc.args and exc.args[0] == ER.DUP_ENTRY):
+                    raise
+                if uid == uids[-1]:
+                    raise Conflict(f"{name}: uid {uid} is taken") from exc
         return await _get(cur, name)
     finally:
         if not cur.connection.closed:  # a dropped connection released the lock already
@@ -324,8 +372,8 @@ async def _update(cur: Cursor, node: Node, version: str) -> tuple[Any, ...]:
 async def _delete(cur: Cursor, name: str, version: str | None) -> None:
     if version is None:
         await cur.execute(
-            f"UPDATE {TABLE} SET deleted_at = %s WHERE name = %s AND {LIVE}",
-            (_db_time(_utc_now()), name),
+            f"UPDATE {TABLE} SET deleted_at = %(now)s WHERE {SAME_NAME} AND {LIVE}",
+            {"now": _db_time(_utc_now()), "name": name},
         )
         if cur.rowcount == 0:
             raise NotFound(name)
@@ -463,7 +511,8 @@ class MySQLStore:
     async def _poll(self) -> AsyncGenerator[WatchEvent, None]:
         known: dict[str, tuple[Any, ...]] = {}  # name -> fingerprint of the row last yielded
         resync = True
-        backoff = WATCH_BACKOFF_MIN
+        failures = 0
+        rng = random.Random()
         while True:
             try:
                 if resync:
@@ -479,14 +528,15 @@ class MySQLStore:
                 else:
                     for event in await self._changes(known):
                         yield event
-                backoff = WATCH_BACKOFF_MIN
+                failures = 0
                 await trio.sleep(self._config.poll_interval)
             except StoreUnavailable as exc:
-                log.warning("mysql watch: poll failed (%s); retrying in %.1fs", exc, backoff)
+                delay = DEFAULT_BACKOFF.delay(failures, rng)
+                failures += 1
+                log.warning("mysql watch: poll failed (%s); retrying in %.1fs", exc, delay)
                 yield Lost(str(exc))
                 resync = True
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+                await trio.sleep(delay)
 
     async def _changes(self, known: dict[str, tuple[Any, ...]]) -> Events:
         """Put/Deleted for what changed since `known`, which is updated to match."""

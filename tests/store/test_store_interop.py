@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from k3net.convert import node_to_dict
 from k3net.store.base import NotFound, Put, Snapshot
 from k3net.store.etcd import EtcdStore
-from k3net.store.mysql import MySQLStore
+from k3net.store.mysql import MySQLStore, hashed_uid
 from tests.store.conftest import RawEtcd, RawMySQL
 from tests.store.test_store_contract import CREATED, make_node, next_event
 
@@ -219,3 +221,70 @@ async def test_mysql_watch_sees_writers_that_keep_the_version(
         event = await next_event(events)
         assert isinstance(event, Put)
         assert event.stored.node.status.phase == "Pending" and event.stored.version == "17"
+
+
+@pytest.mark.mysql
+async def test_mysql_names_match_exactly(mysql_store: MySQLStore, raw_mysql: RawMySQL) -> None:
+    """The Go side wrote `Worker1` (uid node-Worker1); k3net's `worker1` is another Node, even
+    though the table's collation ignores case (for name and uid alike)."""
+    await raw_mysql.create_go_table()
+    await insert_go_row(raw_mysql, name="Worker1", uid="node-Worker1")
+    with pytest.raises(NotFound):
+        await mysql_store.get("worker1")
+    ours = await mysql_store.create(make_node("worker1"))
+    # node-worker1 would collide with node-Worker1 in the unique uid index: hashed instead.
+    assert ours.node.metadata.uid == hashed_uid("worker1")
+    theirs = await mysql_store.get("Worker1")
+    assert theirs.node.metadata.uid == "node-Worker1"
+    assert (await mysql_store.get("worker1")) == ours
+    assert [s.name for s in await mysql_store.list()] == ["Worker1", "worker1"]
+    updated = await mysql_store.update(make_node("worker1", step="2"), ours.version)
+    await mysql_store.delete("worker1", updated.version)
+    assert (await mysql_store.get("Worker1")) == theirs
+    assert await raw_mysql.sql(
+        "SELECT BINARY name, deleted_at IS NULL FROM k8s_core_v1_node ORDER BY id"
+    ) == [(b"Worker1", 1), (b"worker1", 0)]
+
+
+@pytest.mark.mysql
+async def test_mysql_longest_valid_name(mysql_store: MySQLStore, raw_mysql: RawMySQL) -> None:
+    """253 characters (the DNS-1123 limit): `node-<name>` would not fit uid's varchar(255)."""
+    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    assert len(name) == 253
+    created = await mysql_store.create(make_node(name))
+    assert created.name == name and len(created.node.metadata.uid or "") <= 255
+    async with mysql_store.watch() as events:
+        assert await next_event(events) == Snapshot((created,))
+        updated = await mysql_store.update(make_node(name, step="2"), created.version)
+        assert await next_event(events) == Put(updated)
+    await mysql_store.delete(name, updated.version)
+    again = await mysql_store.create(make_node(name))  # the tombstone's uid does not block it
+    assert await mysql_store.list() == [again]
+
+
+@pytest.fixture
+def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process runs in India (+05:30, no daylight saving) for the test."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.mysql
+async def test_mysql_times_are_local_as_the_go_store_writes_them(
+    mysql_store: MySQLStore, raw_mysql: RawMySQL, local_zone: None
+) -> None:
+    """The Go store's DSN has loc=Local: datetime columns hold local wall-clock time."""
+    await raw_mysql.create_go_table()
+    await insert_go_row(raw_mysql, created_at=dt.datetime(2026, 11, 29, 15, 51, 14))
+    stored = await mysql_store.get("go-node")
+    assert stored.node.metadata.creation_timestamp == dt.datetime(
+        2026, 11, 29, 10, 21, 14, tzinfo=dt.UTC)
+
+    before = dt.datetime.now().replace(microsecond=0)  # local, naive: as the column holds it
+    await mysql_store.create(make_node("k3net-node"))  # created 2026-11-29T10:21:14Z
+    row = await select_row(raw_mysql, "k3net-node")
+    assert row["created_at"] == dt.datetime(2026, 11, 29, 15, 51, 14)
+    assert before <= row["updated_at"] <= dt.datetime.now()
