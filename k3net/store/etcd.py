@@ -86,6 +86,8 @@ GRPC_OPTIONS = {
 # Nodes per page when listing: 500 Nodes of a few kB each make a response of a few MB, well
 # inside the receive limit below (a k3 Node is 1-3 kB; a Go-written one with many images more).
 PAGE_SIZE = 500
+# Lists that may run at once on the read connection; more wait for their turn.
+READ_CONCURRENCY = 2
 _PREFIX_END = PREFIX[:-1].encode() + bytes([ord(PREFIX[-1]) + 1])  # the end of the prefix range
 # Closing a client or cancelling a watch during shutdown may take at most this long.
 CLOSE_TIMEOUT = 2.0
@@ -275,6 +277,10 @@ class EtcdStore:
     def __init__(self, config: EtcdConfig) -> None:
         self._config = config
         self._conn = _Connection(config)
+        # Lists (/nodes, `k3net nodes`: megabytes with many Nodes) run on a connection of their
+        # own, READ_CONCURRENCY at once, so a burst of them cannot crowd the writer's channel.
+        self._read_conn = _Connection(config)
+        self._reads = trio.CapacityLimiter(READ_CONCURRENCY)
 
     async def get(self, name: str) -> Stored:
         kv = await self._conn.call(lambda c: c.get(node_key(name)))
@@ -289,8 +295,9 @@ class EtcdStore:
         return (await self.scan()).nodes
 
     async def scan(self) -> Scan:
-        kvs, _ = await _read_all(self._conn)
-        return _scan(kvs)
+        async with self._reads:
+            kvs, _ = await _read_all(self._read_conn)
+            return _scan(kvs)
 
     async def create(self, node: Node) -> Stored:
         key, value = node_key(node.metadata.name), _value(node)
@@ -356,6 +363,7 @@ class EtcdStore:
 
     async def aclose(self) -> None:
         await self._conn.drop()
+        await self._read_conn.drop()
 
 
 def _revision(name: str, version: str) -> int:

@@ -43,19 +43,28 @@ for a live row of that name and inserts while holding a per-name server lock (GE
 of concurrent creates exactly one wins; the unique uid is a second guard against writers that
 do not take the lock. Every query is parameterized.
 
-Watch: MySQL cannot push changes, so the watch polls every `config.poll_interval`: a Snapshot
-first, then, each round, the fingerprint (id, resource_version, updated_at) of every live row;
-changed rows are read in full and yielded as Put in the order they were written (updated_at,
-then resource_version), rows gone as Deleted. Several writes to one Node between two polls
-arrive as one Put of the last state. After an outage the next successful poll yields a fresh
-Snapshot.
+Watch: MySQL cannot push changes, so the watch polls every `config.poll_interval`, on its own
+connection: a Snapshot first, then each round a quick poll that asks only for rows written,
+soft-deleted or inserted since the previous round (by updated_at, deleted_at and id, through
+indexes: an idle table costs no row), less WINDOW_MARGIN; changed rows are read in full and
+yielded as Put in the order they were written (updated_at, then resource_version), rows gone
+as Deleted. Every FULL_PASS_SECONDS a pass over every live row's fingerprint (id,
+resource_version, updated_at) finds what the quick poll cannot see: rows deleted for good,
+writers whose clock is far behind. k3net's own writes take updated_at from the server's clock
+(in local time), so every agent's write is seen by the quick poll. Several writes to one Node
+between two polls arrive as one Put of the last state. After an outage the next successful
+poll yields a fresh Snapshot. The index on updated_at is added to the table if missing.
+
+Pools: the writer's calls (get, create, update, delete) have up to max_open_conns connections
+of their own; lists (/nodes, `k3net nodes`) READ_CONNECTIONS others, that many at once; the
+watch one more. No reader can take a connection the writer needs.
 
 Limits: statements are bounded on the server (MariaDB's max_statement_time, and lock waits),
 because a query cancelled from trio drops the connection while the server keeps running it.
 Rows that are not a Node (invalid JSON, wrong types) are reported as `Foreign` by scan and the
 watch and left out of list; get of such a row raises ForeignValue, and update refuses to write
-over one (see `k3net.store.base`). The pool keeps up to max_open_conns
-connections; max_idle_conns has no equivalent in aiomysql and is ignored. Every aiomysql,
+over one (see `k3net.store.base`). max_idle_conns has no equivalent in
+aiomysql and is ignored. Every aiomysql,
 PyMySQL, OSError and asyncio error becomes StoreUnavailable here, nowhere else. Use this store
 inside `trio_asyncio.open_loop()`.
 """
@@ -74,6 +83,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiomysql
+import attrs
 import pymysql
 import trio
 from pymysql.constants import CLIENT, ER
@@ -103,6 +113,11 @@ log = logging.getLogger(__name__)
 
 TABLE = "k8s_core_v1_node"
 
+# The watch's quick poll reads rows by updated_at. The Go ORM does not index it: k3net adds this
+# index to the table (to one it creates, and once to one the Go side created). An index is
+# invisible to the ORM; without it (no privilege) the poll still works, reading more rows.
+UPDATED_INDEX = "idx_k3net_updated_at"
+
 CREATE_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
   id bigint unsigned NOT NULL AUTO_INCREMENT,
@@ -121,7 +136,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
   PRIMARY KEY (id),
   UNIQUE KEY idx_{TABLE}_uid (uid),
   KEY idx_{TABLE}_name (name),
-  KEY idx_{TABLE}_deleted_at (deleted_at)
+  KEY idx_{TABLE}_deleted_at (deleted_at),
+  KEY {UPDATED_INDEX} (updated_at)
 )"""
 
 COLUMNS = (
@@ -149,6 +165,17 @@ CONNECT_SECONDS = 5
 CREATE_LOCK_SECONDS = 3
 # Closing the pool or a watch during shutdown may take at most this long.
 CLOSE_SECONDS = 2.0
+
+# Lists (/nodes, `k3net nodes`) run on a pool of their own, this many at once: a burst of them
+# waits for each other, never for the writer's connections.
+READ_CONNECTIONS = 2
+# The quick poll reads rows written since the previous poll less this margin: a transaction that
+# took its time before committing, a writer whose clock is a little behind the server's.
+WINDOW_MARGIN = dt.timedelta(seconds=2)
+# And a full pass over every live row's fingerprint this often catches the rest (rows deleted
+# for good, writers far behind in time). A minute bounds how late such a change is seen while
+# keeping its cost (a few small columns per Node) well below the quick polls' budget.
+FULL_PASS_SECONDS = 60.0
 
 LIBRARY_ERRORS = (pymysql.err.MySQLError, OSError, asyncio.TimeoutError, asyncio.CancelledError)
 
@@ -181,6 +208,20 @@ def _from_db_time(value: Any) -> dt.datetime | None:
     if not isinstance(value, dt.datetime):
         return None
     return value.astimezone(dt.UTC)  # a naive datetime is taken as local time
+
+
+# updated_at and deleted_at come from the server's clock, in this machine's local time (the
+# Go store's loc=Local): one clock for every k3net writer, so the watch's quick poll, which
+# reads rows by updated_at, cannot miss a write for a writer's clock being behind.
+SERVER_NOW = "CONVERT_TZ(UTC_TIMESTAMP(3), '+00:00', %(tz)s)"
+
+
+def _utc_offset() -> str:
+    """This machine's UTC offset now, as MySQL takes it without time-zone tables: `+05:30`."""
+    offset = dt.datetime.now().astimezone().utcoffset() or dt.timedelta()
+    minutes = int(offset.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 UID_CHARS = 255  # the uid column is varchar(255)
@@ -333,9 +374,10 @@ async def _create(cur: Cursor, node: Node) -> tuple[Any, ...]:
                     f"INSERT INTO {TABLE} (name, namespace, uid, resource_version, labels,"
                     " annotations, created_at, updated_at, phase, spec, status)"
                     " VALUES (%(name)s, %(namespace)s, %(uid)s, %(version)s, %(labels)s,"
-                    " %(annotations)s, %(created)s, %(updated)s, %(phase)s, %(spec)s, %(status)s)",
+                    f" %(annotations)s, %(created)s, {SERVER_NOW}, %(phase)s, %(spec)s,"
+                    " %(status)s)",
                     {**values, "uid": uid, "version": next_version(None, now),
-                     "created": _db_time(created), "updated": _db_time(now)},
+                     "created": _db_time(created), "tz": _utc_offset()},
                 )
                 break
             except pymysql.err.IntegrityError as exc:
@@ -358,9 +400,9 @@ async def _update(cur: Cursor, node: Node, version: str) -> tuple[Any, ...]:
     await cur.execute(
         f"UPDATE {TABLE} SET namespace = %(namespace)s, labels = %(labels)s,"
         " annotations = %(annotations)s, phase = %(phase)s, spec = %(spec)s, status = %(status)s,"
-        " resource_version = %(new)s, updated_at = %(updated)s"
+        f" resource_version = %(new)s, updated_at = {SERVER_NOW}"
         f" WHERE id = %(id)s AND COALESCE(resource_version, '') = %(old)s AND {LIVE}",
-        {**values, "new": next_version(version, now), "updated": _db_time(now), "id": row[0],
+        {**values, "new": next_version(version, now), "tz": _utc_offset(), "id": row[0],
          "old": version},
     )
     if cur.rowcount == 0:
@@ -372,8 +414,8 @@ async def _update(cur: Cursor, node: Node, version: str) -> tuple[Any, ...]:
 async def _delete(cur: Cursor, name: str, version: str | None) -> None:
     if version is None:
         await cur.execute(
-            f"UPDATE {TABLE} SET deleted_at = %(now)s WHERE {SAME_NAME} AND {LIVE}",
-            {"now": _db_time(_utc_now()), "name": name},
+            f"UPDATE {TABLE} SET deleted_at = {SERVER_NOW} WHERE {SAME_NAME} AND {LIVE}",
+            {"tz": _utc_offset(), "name": name},
         )
         if cur.rowcount == 0:
             raise NotFound(name)
@@ -381,9 +423,9 @@ async def _delete(cur: Cursor, name: str, version: str | None) -> None:
     row = await _get(cur, name)
     _node_row(row)  # someone else's row stays, whatever its resource_version
     await cur.execute(
-        f"UPDATE {TABLE} SET deleted_at = %s"
-        f" WHERE id = %s AND COALESCE(resource_version, '') = %s AND {LIVE}",
-        (_db_time(_utc_now()), row[0], version),
+        f"UPDATE {TABLE} SET deleted_at = {SERVER_NOW}"
+        f" WHERE id = %(id)s AND COALESCE(resource_version, '') = %(version)s AND {LIVE}",
+        {"tz": _utc_offset(), "id": row[0], "version": version},
     )
     if cur.rowcount == 0:
         current = await _get(cur, name)  # NotFound if it went away meanwhile
@@ -396,6 +438,47 @@ async def _fingerprints(cur: Cursor) -> list[tuple[Any, ...]]:
     )
     rows: list[tuple[Any, ...]] = list(await cur.fetchall())
     return rows
+
+
+async def _server_now(cur: Cursor) -> dt.datetime:
+    """The server's clock, as this machine's local time (naive, as the columns hold times)."""
+    await cur.execute("SELECT UTC_TIMESTAMP(3)")
+    (now,) = await cur.fetchone()
+    local: dt.datetime = now.replace(tzinfo=dt.UTC).astimezone().replace(tzinfo=None)
+    return local
+
+
+async def _snapshot(cur: Cursor) -> tuple[dt.datetime, list[tuple[Any, ...]]]:
+    now = await _server_now(cur)
+    return now, await _list(cur)
+
+
+async def _recent(
+    cur: Cursor, since: dt.datetime, max_id: int
+) -> tuple[dt.datetime, list[tuple[Any, ...]]]:
+    """The server's time now, and (id, name, resource_version, updated_at, deleted_at) of
+    every row written or deleted since `since`, or inserted above `max_id`: three index range
+    reads (updated_at, deleted_at, id) that find nothing on an idle table."""
+    now = await _server_now(cur)
+    columns = "id, name, resource_version, updated_at, deleted_at"
+    await cur.execute(
+        f"SELECT {columns} FROM {TABLE} WHERE updated_at >= %(since)s"
+        f" UNION SELECT {columns} FROM {TABLE} WHERE deleted_at >= %(since)s"
+        f" UNION SELECT {columns} FROM {TABLE} WHERE id > %(max_id)s",
+        {"since": since, "max_id": max_id},
+    )
+    rows: list[tuple[Any, ...]] = list(await cur.fetchall())
+    return now, rows
+
+
+async def _live_fingerprints(cur: Cursor, names: list[str]) -> list[tuple[Any, ...]]:
+    marks = ", ".join(["%s"] * len(names))
+    await cur.execute(
+        f"SELECT id, name, resource_version, updated_at FROM {TABLE}"
+        f" WHERE name IN ({marks}) AND {LIVE}", names,
+    )
+    wanted = set(names)  # IN follows the column's case-insensitive collation: exact names only
+    return [row for row in await cur.fetchall() if row[1] in wanted]
 
 
 async def _rows_by_id(cur: Cursor, ids: list[int]) -> list[tuple[Any, ...]]:
@@ -435,46 +518,64 @@ def tls_context(config: MySQLConfig) -> ssl.SSLContext | None:
 # --- the store ------------------------------------------------------------------------------
 
 
+@attrs.define
+class PollStats:
+    """What the watch's polls cost, counted by the store (the benchmark reads it)."""
+
+    polls: int = 0  # quick polls (the window query)
+    full_passes: int = 0  # fingerprint passes over every live row
+    rows_read: int = 0  # rows fetched by quick polls and full passes, snapshots excluded
+
+
 class MySQLStore:
     kind = "mysql"
 
     def __init__(self, config: MySQLConfig) -> None:
         self._config = config
-        self._pool: Any = None  # aiomysql.Pool, made on first use
+        # Three pools, so that no reader can starve the writer: "write" (get, create, update,
+        # delete: the agent's writer) holds up to max_open_conns connections; "read" (list and
+        # scan: /nodes, `k3net nodes`) holds READ_CONNECTIONS and lets that many lists run at
+        # once; "poll" is the watch's own connection. Made on first use.
+        self._pools: dict[str, Any] = {}
+        self._reads = trio.CapacityLimiter(READ_CONNECTIONS)
         self._table_ready = False
         self._lock = trio.Lock()
+        self.poll_stats = PollStats()
 
-    async def _run(self, work: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run `work(cursor, *args)` on a pooled connection; library errors are
+    async def _run(self, work: Callable[..., Awaitable[T]], *args: Any, pool: str = "write") -> T:
+        """Run `work(cursor, *args)` on a connection of `pool`; library errors are
         StoreUnavailable, k3net's own errors pass through."""
-        pool = await self._ready_pool()
+        ready = await self._ready_pool(pool)
         try:
-            return await aio_as_trio(_on_connection)(pool, work, *args)
+            return await aio_as_trio(_on_connection)(ready, work, *args)
         except LIBRARY_ERRORS as exc:
             if isinstance(exc, pymysql.err.ProgrammingError) and exc.args[:1] == (ER.NO_SUCH_TABLE,):
                 self._table_ready = False  # dropped behind our back: create it again next time
             raise StoreUnavailable(f"mysql: {describe(exc)}") from exc
 
-    async def _ready_pool(self) -> Any:
+    async def _ready_pool(self, name: str) -> Any:
         async with self._lock:
             try:
-                if self._pool is None:
-                    self._pool = await aio_as_trio(self._create_pool)()
+                if name not in self._pools:
+                    size = {"write": self._config.max_open_conns, "read": READ_CONNECTIONS,
+                            "poll": 1}[name]
+                    self._pools[name] = await aio_as_trio(self._create_pool)(size)
+                pool = self._pools[name]
                 if not self._table_ready:
-                    await aio_as_trio(_on_connection)(self._pool, _create_table)
+                    await aio_as_trio(_on_connection)(pool, _create_table)
                     self._table_ready = True
             except LIBRARY_ERRORS as exc:
                 raise StoreUnavailable(f"mysql: {describe(exc)}") from exc
-            return self._pool
+            return pool
 
-    async def _create_pool(self) -> Any:
+    async def _create_pool(self, size: int) -> Any:
         c = self._config
         where: dict[str, Any] = (
             {"unix_socket": c.socket} if c.socket else {"host": c.host, "port": c.port}
         )
         tls = tls_context(c)
         pool = await aiomysql.create_pool(
-            minsize=0, maxsize=c.max_open_conns, user=c.user, password=c.password, db=c.database,
+            minsize=0, maxsize=size, user=c.user, password=c.password, db=c.database,
             autocommit=True, charset="utf8mb4", client_flag=CLIENT.FOUND_ROWS,
             connect_timeout=CONNECT_SECONDS, init_command=SESSION_INIT, ssl=tls, **where,
         )
@@ -488,7 +589,8 @@ class MySQLStore:
         return (await self.scan()).nodes
 
     async def scan(self) -> Scan:
-        return _scan(await self._run(_list))
+        async with self._reads:
+            return _scan(await self._run(_list, pool="read"))
 
     async def create(self, node: Node) -> Stored:
         return stored_from_row(await self._run(_create, node))
@@ -509,24 +611,27 @@ class MySQLStore:
                 await events.aclose()
 
     async def _poll(self) -> AsyncGenerator[WatchEvent, None]:
-        known: dict[str, tuple[Any, ...]] = {}  # name -> fingerprint of the row last yielded
-        resync = True
+        state: _PollState | None = None  # None: the next poll reads a full Snapshot
         failures = 0
         rng = random.Random()
         while True:
             try:
-                if resync:
-                    rows = await self._run(_list)
-                    known = _first_per_name((r[0], r[1], r[4], r[8]) for r in rows)
-                    resync = False
+                if state is None:
+                    now, rows = await self._run(_snapshot, pool="poll")
+                    state = _PollState(
+                        known=_first_per_name(_fingerprint(r) for r in rows),
+                        since=now - WINDOW_MARGIN, max_id=max((r[0] for r in rows), default=0),
+                        full_pass_at=trio.current_time() + FULL_PASS_SECONDS,
+                    )
                     scan = _scan(rows)
+                    del rows
                     if scan.foreign:
                         log.warning("mysql: %d rows of %s are not Nodes (first: %s: %s)",
                                     len(scan.foreign), TABLE, scan.foreign[0].key,
                                     scan.foreign[0].reason)
                     yield Snapshot(tuple(scan.nodes), tuple(scan.foreign))
                 else:
-                    for event in await self._changes(known):
+                    for event in await self._changes(state):
                         yield event
                 failures = 0
                 await trio.sleep(self._config.poll_interval)
@@ -535,17 +640,64 @@ class MySQLStore:
                 failures += 1
                 log.warning("mysql watch: poll failed (%s); retrying in %.1fs", exc, delay)
                 yield Lost(str(exc))
-                resync = True
+                state = None
                 await trio.sleep(delay)
 
-    async def _changes(self, known: dict[str, tuple[Any, ...]]) -> Events:
-        """Put/Deleted for what changed since `known`, which is updated to match."""
-        current = _first_per_name(await self._run(_fingerprints))
-        changed = [fp[0] for name, fp in current.items() if known.get(name) != fp]
-        rows = await self._run(_rows_by_id, changed) if changed else []
+    async def _changes(self, state: _PollState) -> Events:
+        """Put/Deleted for what changed since the last poll; `state` is updated to match.
+
+        The quick poll asks only for rows written, soft-deleted or inserted since the last
+        poll (less a margin for clocks and transactions in flight): with the updated_at index,
+        an idle table costs no row at all. Every FULL_PASS_SECONDS a pass over every live row's
+        fingerprint also finds what the quick poll cannot see: rows removed for good, and
+        writers that set an older updated_at (a clock behind) or none."""
+        stats = self.poll_stats
+        if trio.current_time() >= state.full_pass_at:
+            state.full_pass_at = trio.current_time() + FULL_PASS_SECONDS
+            everything = await self._run(_fingerprints, pool="poll")
+            stats.full_passes += 1
+            stats.rows_read += len(everything)
+            return await self._diff(state, _first_per_name(everything), complete=True)
+        now, recent = await self._run(_recent, state.since, state.max_id, pool="poll")
+        stats.polls += 1
+        stats.rows_read += len(recent)
+        state.since = now - WINDOW_MARGIN
+        state.max_id = max([state.max_id, *(r[0] for r in recent)])
+        if not recent:
+            return []
+        live = [r[:4] for r in recent if r[4] is None]
+        gone = {r[1] for r in recent if r[4] is not None and r[1] in state.known
+                and state.known[r[1]][0] == r[0]}
+        # A name whose Node row was deleted: another live row of that name may now be its Node.
+        if gone:
+            others = await self._run(_live_fingerprints, sorted(gone), pool="poll")
+            stats.rows_read += len(others)
+            live += others
+        current: dict[str, Any] = _first_per_name(live)
+        for name in gone - set(current):
+            current[name] = None  # no live row left
+        return await self._diff(state, current, complete=False, gone=gone)
+
+    async def _diff(
+        self, state: _PollState, current: dict[str, Any], *, complete: bool,
+        gone: set[str] | frozenset[str] = frozenset(),
+    ) -> Events:
+        """Events for the fingerprints in `current` (every live row's if `complete`, else the
+        recent ones, None for a name without a live row) against what was yielded before."""
+        known = state.known
+        changed = []
+        for name, fp in current.items():
+            old = known.get(name)
+            if fp is None or fp == old:
+                continue
+            if old is not None and not complete and fp[0] > old[0] and name not in gone:
+                continue  # a newer duplicate row of a name: the lowest id stays its Node
+            changed.append(fp[0])
+        rows = await self._run(_rows_by_id, changed, pool="poll") if changed else []
+        self.poll_stats.rows_read += len(rows)
         events: Events = []
         for row in sorted(rows, key=_write_order):
-            known[row[1]] = (row[0], row[1], row[4], row[8])
+            known[row[1]] = _fingerprint(row)
             try:
                 events.append(Put(stored_from_row(row)))
             except InvalidNode as exc:
@@ -553,22 +705,38 @@ class MySQLStore:
                 log.warning("mysql: %s (%s) is no longer a Node: %s", item.key, item.name,
                             item.reason)
                 events.append(Deleted(item.name, foreign=item))
-        for name in sorted(set(known) - set(current)):
+        if complete:
+            vanished = set(known) - set(current)
+        else:
+            vanished = {name for name, fp in current.items() if fp is None and name in known}
+        for name in sorted(vanished):
             del known[name]
             events.append(Deleted(name))
         return events
 
     async def aclose(self) -> None:
-        pool, self._pool = self._pool, None
+        pools, self._pools = self._pools, {}
         self._table_ready = False
-        if pool is None:
-            return
         with trio.move_on_after(CLOSE_SECONDS, shield=True):
-            try:
-                pool.close()
-                await aio_as_trio(pool.wait_closed)()
-            except LIBRARY_ERRORS as exc:
-                log.debug("closing the mysql pool: %s", describe(exc))
+            for pool in pools.values():
+                try:
+                    pool.close()
+                    await aio_as_trio(pool.wait_closed)()
+                except LIBRARY_ERRORS as exc:
+                    log.debug("closing a mysql pool: %s", describe(exc))
+
+
+@attrs.define
+class _PollState:
+    known: dict[str, tuple[Any, ...]]  # name -> fingerprint of the row last yielded
+    since: dt.datetime  # the next quick poll reads rows written from here on (local time)
+    max_id: int  # and rows inserted above this id
+    full_pass_at: float  # trio time of the next full pass
+
+
+def _fingerprint(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(id, name, resource_version, updated_at) of a row of COLUMNS."""
+    return (row[0], row[1], row[4], row[8])
 
 
 async def _create_table(cur: Cursor) -> None:
@@ -576,6 +744,15 @@ async def _create_table(cur: Cursor) -> None:
     await cur.execute("SHOW TABLES LIKE %s", (TABLE,))
     if not await cur.fetchall():
         await cur.execute(CREATE_TABLE)
+        return
+    await cur.execute(f"SHOW INDEX FROM {TABLE} WHERE Column_name = 'updated_at'")
+    if await cur.fetchall():
+        return
+    try:
+        await cur.execute(f"CREATE INDEX {UPDATED_INDEX} ON {TABLE} (updated_at)")
+    except pymysql.err.MySQLError as exc:
+        log.warning("mysql: cannot index %s.updated_at (%s): every poll reads more rows",
+                    TABLE, describe(exc))
 
 
 def _first_per_name(fingerprints: Any) -> dict[str, tuple[Any, ...]]:

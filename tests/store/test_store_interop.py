@@ -214,9 +214,9 @@ async def test_mysql_watch_sees_writers_that_keep_the_version(
         snapshot = await next_event(events)
         assert isinstance(snapshot, Snapshot) and [s.name for s in snapshot.items] == ["go-node"]
         status = {**GO_NODE["status"], "phase": "Pending"}
-        await raw_mysql.sql(
-            "UPDATE k8s_core_v1_node SET phase = 'Pending', status = %s, updated_at = %s"
-            " WHERE name = 'go-node'", (json.dumps(status), dt.datetime(2026, 11, 29, 10, 30)),
+        await raw_mysql.sql(  # the Go ORM sets updated_at on every save
+            "UPDATE k8s_core_v1_node SET phase = 'Pending', status = %s, updated_at = NOW(3)"
+            " WHERE name = 'go-node'", (json.dumps(status),),
         )
         event = await next_event(events)
         assert isinstance(event, Put)
