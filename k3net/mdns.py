@@ -300,9 +300,17 @@ def service_info(
     *,
     addresses: Sequence[str] | None = None,
     pid: int | None = None,
+    generation: int = 0,
 ) -> ServiceInfo:
     """What this agent advertises: instance `<node>.<service>.<domain>`, the listen port, TXT
-    node/port/pid, and the chosen interfaces' addresses (computed if `addresses` is None)."""
+    node/port/pid, and the chosen interfaces' addresses (computed if `addresses` is None).
+
+    TXT `addrs` counts the changes of our address list since the agent started (`generation`).
+    Browsers (zeroconf's at least) report a new address record as Updated but never one that
+    went away; a TXT that changes with every new list, removals too, makes each one an Updated
+    that peers re-resolve. A counter, not a digest of the list: going back to an earlier list
+    must change the TXT too, while peers may still hold the earlier TXT. The Go agent ignores
+    TXT keys it does not know."""
     if addresses is None:
         addresses = advertised_addresses(
             choose_interfaces(settings.interfaces, list_interfaces())
@@ -313,7 +321,8 @@ def service_info(
         type_,
         f"{name}.{type_}",
         port=port,
-        properties={"node": name, "port": str(port), "pid": str(pid or os.getpid())},
+        properties={"node": name, "port": str(port), "pid": str(pid or os.getpid()),
+                    "addrs": str(generation)},
         server=f"{name}.{settings.domain.strip('.')}.",
         parsed_addresses=list(addresses),
     )

@@ -160,8 +160,12 @@ def test_service_info_round_trips_through_peer_from_info() -> None:
     assert info.type == TYPE
     assert info.name == "node-a." + TYPE
     assert info.server == "node-a.local."
-    assert info.decoded_properties == {"node": "node-a", "port": "7946", "pid": "321"}
+    # node/port/pid as the Go agent; `addrs` counts our address changes (Go ignores it)
+    assert info.decoded_properties == {"node": "node-a", "port": "7946", "pid": "321",
+                                       "addrs": "0"}
     assert mdns.peer_from_info(info) == PeerSeen("node-a", ("10.1.0.5", "fd00::5"), 7946, 321)
+    later = mdns.service_info(settings, addresses=["10.1.0.5"], pid=321, generation=2)
+    assert later.decoded_properties["addrs"] == "2"
 
 
 def test_peer_from_info_reads_the_instance_label() -> None:

@@ -248,3 +248,22 @@ def test_a_blocked_first_address_does_not_hide_a_second(field: Agents) -> None:
         wait_for(lambda: a.probes("confirmed") > confirmed + 3, 10, what="probes go on")
         assert a.probes("refused") == refused  # the second address answers every probe
         assert a.ready("node-b") == ("True", "PeerAlive")
+
+
+def test_new_ipv6_address_is_announced_in_place(field: Agents) -> None:
+    with Lan(2) as lan:
+        a_host, b_host = lan.hosts
+        a = field.start(a_host, "node-a", "--peer-ttl", "10s", "--probe-interval", "1s")
+        b = field.start(b_host, "node-b", "--peer-ttl", "10s", "--probe-interval", "1s")
+        _up(a, b)
+        wait_for(lambda: a.ready("node-b") == ("True", "PeerAlive"), 15, what="node-b Ready")
+        # A new IPv6 address on the same interface (a privacy address, a new prefix): zeroconf
+        # stays bound as it was, so the record is updated in place, without a new registration.
+        b_host.ip("-6", "addr", "add", "fd00:77::2/64", "dev", "eth0", "nodad")
+        wait_for(lambda: a.internal_ips("node-b") == [b_host.address, "fd00:77::2"], 15,
+                 what="the IPv6 address in node-a's Node of node-b")
+        b_host.ip("-6", "addr", "del", "fd00:77::2/64", "dev", "eth0")
+        wait_for(lambda: a.internal_ips("node-b") == [b_host.address], 15,
+                 what="the withdrawn IPv6 address gone from node-a's Node of node-b")
+        assert a.ready("node-b") == ("True", "PeerAlive")
+        assert "registering again" not in b.log()  # updated in place

@@ -73,6 +73,7 @@ class Presence:
         # Only loopback interfaces (a test namespace): peers' loopback addresses are kept.
         self.loopback = loopback
         self.addresses: tuple[str, ...] = ()  # what our record announces
+        self.generation = 0  # changes of `addresses` so far: TXT `addrs` (mdns.service_info)
         self._info: ServiceInfo | None = None  # our record as registered in the session
         self._session: _Session | None = None
         self._moving = trio.Lock()
@@ -95,11 +96,14 @@ class Presence:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Advertise until cancelled (then say goodbye); move along with `readdress`."""
+        """Advertise until cancelled (then say goodbye); move along with `readdress`. Reports
+        started once our record is registered (the first time)."""
         self.addresses = tuple(addresses)
         while True:
             session = self.session
-            info = self._info = mdns.service_info(self.settings, addresses=self.addresses)
+            info = self._info = mdns.service_info(
+                self.settings, addresses=self.addresses, generation=self.generation
+            )
 
             def goodbye(moved: trio.Event = session.moved) -> bool:
                 return not moved.is_set()
@@ -140,6 +144,7 @@ class Presence:
             old = self.session
             gone = [a for a in self.addresses if a not in addresses]
             self.addresses = addresses
+            self.generation += 1
             try:
                 chosen = _chosen(self.settings)
             except mdns.MdnsError as exc:
@@ -161,14 +166,16 @@ class Presence:
             if gone:
                 await aio_as_trio(new.zc.zeroconf.async_wait_for_start)()
                 mdns.withdraw_addresses(new.zc, self._info or mdns.service_info(
-                    self.settings, addresses=addresses), gone)
+                    self.settings, addresses=addresses, generation=self.generation), gone)
             await old.stack.aclose()
 
     async def _update_in_place(self, session: _Session, gone: list[str]) -> None:
         if gone and self._info is not None:
             mdns.withdraw_addresses(session.zc, self._info, gone)
             await trio.sleep(mdns.WITHDRAW_DELAY)
-        info = mdns.service_info(self.settings, addresses=self.addresses)
+        info = mdns.service_info(
+            self.settings, addresses=self.addresses, generation=self.generation
+        )
         try:
             await mdns.update_service(session.zc, info)
         except (KeyError, ValueError, RuntimeError) as exc:
@@ -189,9 +196,8 @@ async def _advertise(
     zc: AsyncZeroconf, info: ServiceInfo, goodbye: advertise.Goodbye,
     *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    # started at once: registration goes on meanwhile (peers see us from the first packet)
-    task_status.started()
-    await advertise.run(zc, info, goodbye=goodbye)
+    # started once registered (probing and announcing, about 1.6 s): /readyz waits for it
+    await advertise.run(zc, info, goodbye=goodbye, task_status=task_status)
 
 
 async def _browse(
