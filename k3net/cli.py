@@ -153,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(peers, "probe-timeout")
     add_output(peers)
 
+    prune = sub.add_parser(
+        "prune", help="remove managed Nodes not Ready for longer than --older-than",
+        description="Delete the Nodes that k3net manages and that have not been Ready for "
+        "longer than --older-than, each with compare-and-swap (a Node brought back meanwhile "
+        "stays). Nodes not labelled k3.network/managed=true are never touched.",
+    )
+    prune.add_argument("--older-than", required=True, type=_duration, metavar="DUR",
+                       help="not Ready for longer than this (Go duration, e.g. 72h)")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    add_flag(prune, "config", help="the k3 config naming the store (env $K3NET_CONFIG, "
+             "$CONFIG_PATH); required")
+    add_output(prune)
+
     watch = sub.add_parser("watch", help="follow an agent's /events stream")
     watch.add_argument("url", nargs="?", default=DEFAULT_EVENTS_URL, help="(default: %(default)s)")
     add_output(watch)
@@ -246,8 +259,18 @@ def _watch(args: argparse.Namespace) -> int:
     return watch.main(args.url, args.output)
 
 
+def _prune(args: argparse.Namespace) -> int:
+    config = _value(args, "config")
+    if not config:
+        raise ConfigError("prune works on the store: give --config PATH (or set $K3NET_CONFIG)")
+    from k3net.commands import prune
+    from k3net.config import load_storage
+
+    return prune.main(load_storage(config), args.older_than, args.dry_run, args.output)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _run, "nodes": _nodes, "peers": _peers, "watch": _watch,
+    "run": _run, "nodes": _nodes, "peers": _peers, "watch": _watch, "prune": _prune,
 }
 
 

@@ -1,0 +1,80 @@
+"""`k3net prune` on every backend: only old managed not-Ready Nodes go, and a Node an agent
+brings back between the read and the delete stays (compare-and-swap)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+
+import pytest
+import trio
+
+from k3net.commands.prune import apply, plan, prune
+from k3net.commands.prune import main as prune_main
+from k3net.config import EtcdConfig, MySQLConfig, StorageConfig
+from k3net.store.base import Store
+from tests.test_events import T0, make_node
+
+DAYS_LATER = T0 + dt.timedelta(days=4)
+OLDER_THAN = 72 * 3600.0
+
+
+async def fill(store: Store) -> None:
+    await store.create(make_node("gone", ready="Unknown", reason="PeerExpired"))
+    await store.create(make_node("left", ready="False", reason="PeerLeft"))
+    await store.create(make_node("alive"))
+    await store.create(make_node("controller-s", ready="False", reason="KubeletDown",
+                                 managed=False))
+
+
+async def names(store: Store) -> list[str]:
+    return [s.name for s in await store.list()]
+
+
+async def test_prune_removes_only_old_managed_not_ready_nodes(store: Store) -> None:
+    await fill(store)
+    outcomes = await prune(store, DAYS_LATER, OLDER_THAN, dry_run=False)
+    assert {o.verdict.name: o.result for o in outcomes} == {
+        "alive": "kept", "controller-s": "kept", "gone": "deleted", "left": "deleted"}
+    assert await names(store) == ["alive", "controller-s"]
+
+
+async def test_dry_run_deletes_nothing(store: Store) -> None:
+    await fill(store)
+    outcomes = await prune(store, DAYS_LATER, OLDER_THAN, dry_run=True)
+    assert sorted(o.verdict.name for o in outcomes if o.result == "would-delete") == [
+        "gone", "left"]
+    assert await names(store) == ["alive", "controller-s", "gone", "left"]
+
+
+async def test_a_node_brought_back_meanwhile_stays(store: Store) -> None:
+    await fill(store)
+    verdicts = plan(await store.list(), DAYS_LATER, OLDER_THAN)
+    # Between prune's read and its delete, an agent finds the machine again and writes it Ready.
+    stored = await store.get("gone")
+    await store.update(make_node("gone", reason="PeerAlive"), stored.version)
+    # And someone else removes "left" first.
+    await store.delete("left")
+    outcomes = await apply(store, verdicts, dry_run=False)
+    assert {o.verdict.name: o.result for o in outcomes} == {
+        "alive": "kept", "controller-s": "kept", "gone": "changed", "left": "gone"}
+    back = await store.get("gone")
+    assert back.node.ready_status == "True"
+
+
+async def test_prune_command_on_the_shared_store(
+    store: Store, backend: EtcdConfig | MySQLConfig | None
+) -> None:
+    """`k3net prune` as run from a shell: its own trio run (here in a thread), its own
+    connection to the store the agents share, output that parses."""
+    if backend is None:
+        pytest.skip("the memory store is not shared with another process")
+    storage = (StorageConfig(type="etcd", etcd=backend) if isinstance(backend, EtcdConfig)
+               else StorageConfig(type="mysql", mysql=backend))
+    await fill(store)  # not Ready since T0, a day or more before the wall clock of this run
+    out = io.StringIO()
+    assert await trio.to_thread.run_sync(prune_main, storage, 3600.0, False, "json", out) == 0
+    assert {d["name"]: d["result"] for d in json.loads(out.getvalue())} == {
+        "alive": "kept", "controller-s": "kept", "gone": "deleted", "left": "deleted"}
+    assert await names(store) == ["alive", "controller-s"]
