@@ -47,7 +47,7 @@ from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
-from k3net.tasks import addresses, watch
+from k3net.tasks import addresses, prune, watch
 from k3net.tasks import table as table_task
 from k3net.tasks.probe import Own, Prober
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
@@ -223,6 +223,8 @@ class Agent:
                 tick, table_send.clone(), SelfHeartbeat(), heartbeat_interval(s.peer_ttl)
             )
         await producers.start(self.lan.browse, table_send.clone())
+        if s.prune_after:
+            await producers.start(prune.run, self.store, s.prune_after)
         if self.machine is not None:
             changes_send, changes_recv = trio.open_memory_channel[MachineAddresses](0)
             first = MachineAddresses(self.addresses, frozenset(self.own))
@@ -315,14 +317,19 @@ async def _machine(settings: Settings) -> AsyncIterator[Agent]:
                     machine=read, metrics=metrics)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
     """Run the agent on this machine until SIGINT or SIGTERM; tell a supervisor (systemd's
-    notify socket, if any) when it is ready and when it stops."""
+    notify socket, if any) when it is ready and when it stops; on SIGHUP, `reload` the settings
+    (k3net.reload)."""
     from k3net import notify
+    from k3net import reload as reloading
+    from k3net.logs import configure
 
     notifier = notify.Notifier.from_environ()
     async with _machine(settings) as agent, trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, agent)
+        if reload is not None:
+            await nursery.start(reloading.run, settings, reload, configure)
         if notifier is not None:
             nursery.start_soon(functools.partial(
                 notify.run, notifier, agent.advertised.wait, agent.wait_stopping,
@@ -341,7 +348,7 @@ async def _stop_on_signal(agent: Agent) -> None:
             return
 
 
-def main(settings: Settings) -> int:
+def main(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
     """Run the agent until SIGINT/SIGTERM (exit 0). An error of the environment (a port taken,
     an mDNS name in use, an interface gone) ends it with one line per error and exit code 1;
     anything else is a bug and is logged with its traceback."""
@@ -352,7 +359,7 @@ def main(settings: Settings) -> int:
     errors: list[BaseException] = []
     try:
         try:
-            clock.run(serve, settings)
+            clock.run(serve, settings, reload)
         except* (MdnsError, NameTakenError, OSError) as group:
             errors.extend(_leaves(group))
     except BaseException as exc:  # a bug: the traceback is worth having

@@ -225,7 +225,8 @@ def _run(args: argparse.Namespace) -> int:
     from k3net.agent import main as agent_main
 
     log.info("k3net %s", describe(settings))
-    return agent_main(settings)
+    # SIGHUP reads the config file again, with the same command line (k3net.reload).
+    return agent_main(settings, reload=lambda: settings_from_args(args))
 
 
 def _nodes(args: argparse.Namespace) -> int:

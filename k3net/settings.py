@@ -186,6 +186,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("cluster-key-file", str, None, metavar="PATH", derived="none: open, as the Go agent",
          help="shared secret of this cluster (chmod 600, at least 16 bytes): only agents that "
          "prove it are written, and this agent proves it to them; the key never travels"),
+    Flag("prune-after", duration_or_off, "off", metavar="DUR",
+         help="delete managed Nodes not Ready for longer than this, with compare-and-swap "
+         "(as k3net prune --older-than DUR); off keeps them for ever"),
     Flag("log-level", _choice("debug", "info", "warning", "error"), "info", metavar="LEVEL",
          help="debug, info, warning or error"),
     Flag("log-format", _choice("text", "json"), "text", metavar="FORMAT",
@@ -233,6 +236,8 @@ class Settings:
     cluster_key: bytes | None = attrs.field(default=None, repr=False)
     storage: StorageConfig = StorageConfig()
     config_path: str | None = None
+    # Managed Nodes not Ready for this long are deleted (0: never): see k3net.tasks.prune.
+    prune_after: float = default("prune-after")
     log_level: str = default("log-level")
     log_format: str = default("log-format")
 
@@ -340,6 +345,7 @@ def resolve(
         cluster_key=_cluster_key(values["cluster-key-file"]),
         storage=storage,
         config_path=config_path,
+        prune_after=values["prune-after"],
         log_level=values["log-level"],
         log_format=values["log-format"],
     )

@@ -7,12 +7,16 @@ import json
 
 import attrs
 import pytest
+import trio
+import trio.testing
 import yaml
 
 from k3net import cli
 from k3net.commands.prune import Outcome, Verdict, format_outcomes, judge, plan
 from k3net.model import Node
 from k3net.store.base import Stored
+from k3net.store.memory import MemoryStore
+from k3net.tasks import prune as prune_task
 from tests.test_events import T0, make_node
 
 HOUR = 3600.0
@@ -104,3 +108,28 @@ def test_prune_needs_a_store(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     assert cli.main(["prune", "--older-than", "72h"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "--config" in err
+
+
+@pytest.mark.parametrize(("after", "every"), [(72 * HOUR, HOUR), (HOUR, 360.0), (60.0, 60.0)])
+def test_the_agent_looks_every_tenth_of_prune_after_within_bounds(after: float, every: float) -> None:
+    assert prune_task.interval(after) == every
+
+
+async def test_the_agents_prune_task_removes_old_managed_nodes() -> None:
+    store = MemoryStore()
+    # Not Ready since T0: a day or more before the wall clock of this run.
+    await store.create(make_node("gone", ready="Unknown", reason="PeerExpired"))
+    await store.create(make_node("alive"))
+    await store.create(make_node("theirs", ready="False", managed=False))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(prune_task.run, store, HOUR)
+        await trio.testing.wait_all_tasks_blocked()  # the first pass is done, the task sleeps
+        assert [s.name for s in await store.list()] == ["alive", "theirs"]
+        nursery.cancel_scope.cancel()
+
+
+def test_prune_after_is_off_unless_asked() -> None:
+    from k3net.settings import Settings, resolve
+
+    assert Settings(node_name="n").prune_after == 0
+    assert resolve({"prune-after": 3 * 86400.0}, {"NODE_NAME": "n"}).prune_after == 3 * 86400.0

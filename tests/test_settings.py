@@ -41,6 +41,7 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("K3NET_PROBE_INTERVAL", "2s", "probe_interval", 2.0),
     ("K3NET_PROBE_TIMEOUT", "250ms", "probe_timeout", 0.25),
     ("K3NET_REGISTER_SELF", "false", "register_self", False),
+    ("K3NET_PRUNE_AFTER", "72h", "prune_after", 72 * 3600.0),
     ("K3NET_LOG_LEVEL", "debug", "log_level", "debug"),
     ("K3NET_LOG_FORMAT", "json", "log_format", "json"),
     ("K3NET_ADVERTISE_ADDRESS", "10.0.0.9,fd00::1", "advertise_addresses", ("10.0.0.9", "fd00::1")),
