@@ -5,7 +5,9 @@ prober tests, and as a process inside a test network namespace:
     python tests/fakeagent.py --name node-g --listen 10.77.0.3:7946 [--advertise --iface eth0]
         [--key-file PATH] [--silent]
 
-`--advertise` also announces it over mDNS as the Go agent does (TXT node/port/pid). `--key-file`
+`--advertise` also announces it over mDNS as the Go agent does (TXT node/port/pid);
+`--goodbye-first S` makes it stop as the Go agent does: the mDNS goodbye first, the listener closed
+S seconds later (`--listener-first S`: the other way round). `--key-file`
 makes it answer as a k3net agent with that cluster key would (`proof`); `--silent` accepts
 connections and never answers. It prints {"event": "listening"} and, with --advertise,
 {"event": "registered"}, then runs until SIGTERM.
@@ -93,18 +95,36 @@ async def _main(args: argparse.Namespace) -> None:
     agent = FakeAgent(args.name, key=key, silent=args.silent)
     host, _, port_text = args.listen.rpartition(":")
     port = int(port_text)
+    listening = trio.CancelScope()  # cancelled: the listener is closed (connects refused)
+
+    async def serve() -> None:
+        with listening:
+            await trio.serve_listeners(agent.handle, listeners)
+
     async with trio.open_nursery() as nursery:
         listeners = await trio.open_tcp_listeners(port, host=host or None)
-        nursery.start_soon(trio.serve_listeners, agent.handle, listeners)
+        nursery.start_soon(serve)
         _emit("listening")
         if args.advertise:
             settings = Settings(node_name=args.name, listen_port=port, interfaces=tuple(args.iface))
-            async with trio_asyncio.open_loop(), mdns.open_zeroconf(settings.interfaces) as zc:
-                await nursery.start(advertise.run, zc, mdns.service_info(settings))
+            async with (trio_asyncio.open_loop(), mdns.open_zeroconf(settings.interfaces) as zc,
+                        trio.open_nursery() as announcing):
+                await announcing.start(advertise.run, zc, mdns.service_info(settings))
                 _emit("registered")
                 await _until_signal()
+                if args.listener_first is not None:
+                    listening.cancel()
+                    _emit("listener-closed")
+                    await trio.sleep(args.listener_first)
+                announcing.cancel_scope.cancel()  # advertise.run sends the goodbye on its way out
+            _emit("goodbye-sent")
+            if args.goodbye_first is not None:
+                await trio.sleep(args.goodbye_first)
         else:
             await _until_signal()
+        if not listening.cancel_called:
+            listening.cancel()
+            _emit("listener-closed")
         nursery.cancel_scope.cancel()
 
 
@@ -122,6 +142,11 @@ def main() -> None:
     parser.add_argument("--iface", action="append", default=[])
     parser.add_argument("--key-file")
     parser.add_argument("--silent", action="store_true")
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument("--goodbye-first", type=float, metavar="S",
+                       help="on SIGTERM: mDNS goodbye, then the listener closed S seconds later")
+    order.add_argument("--listener-first", type=float, metavar="S",
+                       help="on SIGTERM: listener closed, then the mDNS goodbye S seconds later")
     args = parser.parse_args()
     from k3net import clock
 
