@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from k3net.harness.agents import AgentProc
@@ -25,6 +26,8 @@ class Fleet:
         self.agents: dict[int, AgentProc] = {}
         self.incarnation = 0
         self.logs: list[Path] = []  # every agent log of the run, for discovery times
+        # Flags agent i gets besides the fleet's own (a scenario's LAN shape may need some).
+        self.extra_args: Callable[[int], Sequence[str]] = lambda i: ()
 
     @property
     def names(self) -> list[str]:
@@ -34,7 +37,7 @@ class Fleet:
         self.incarnation += 1
         log_dir = self.log_dir / f"run{self.incarnation:02d}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        args = ["--log-format", "json"]
+        args = ["--log-format", "json", *self.extra_args(i)]
         if ttl is not None:
             args += ["--peer-ttl", f"{ttl:g}s"]
         agent = AgentProc(self.lan[i], f"node-{i}", PORT, log_dir, *args, config=self.store.config)
