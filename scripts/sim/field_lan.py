@@ -64,8 +64,8 @@ DEFAULT_PROBE = DEFAULT_TTL / 6
 DEFAULT_KILLS = 6
 CRASH_DEFAULT_P50_GOAL, CRASH_DEFAULT_MAX_GOAL = 5.0, 17.0
 # How long after a Node went not-Ready we keep watching that nothing (the bridge, a second
-# address) makes it Ready again: two probe intervals.
-HOLD_INTERVALS = 2
+# address) makes it Ready again: two probe intervals, at most 15 s (one at the defaults).
+HOLD_INTERVALS, HOLD_MAX = 2, 15.0
 # asymmetric: the firewall stays for this many peer-ttls.
 ASYMMETRIC_TTLS = 4
 # readdress: the move must show within this (bounded), then the LAN is watched for 2 x peer-ttl.
@@ -150,7 +150,7 @@ def _kill_samples(sim: Sim, kills: int, ttl: float) -> dict[str, Any]:
         samples.append(None if t is None else t - t0)
         states.append(watcher.snapshot().ready(name))
         if t is not None:
-            time.sleep(HOLD_INTERVALS * probe)  # does anything make it Ready again?
+            time.sleep(min(HOLD_INTERVALS * probe, HOLD_MAX))  # does anything make it Ready again?
             back += [transition(tr) for tr in watcher.transitions(t, nodes={name})
                      if tr.new and tr.new[0] == "True"]
         log(f"  kill {k + 1}/{kills}: {name} {fmt_s(samples[-1])} {states[-1]}")
