@@ -61,7 +61,7 @@ BRIDGE = VIRBR[1].split("/")[0]
 SECOND_ADDRESS = "10.77.0.100/24"
 DEFAULT_PROBE = DEFAULT_TTL / 6
 # crash-defaults: kills per run (at least this many, or 2 x --repeat), and the goals of issue 9.
-DEFAULT_KILLS = 6
+DEFAULT_KILLS = 10
 CRASH_DEFAULT_P50_GOAL, CRASH_DEFAULT_MAX_GOAL = 5.0, 17.0
 # How long after a Node went not-Ready we keep watching that nothing (the bridge, a second
 # address) makes it Ready again: two probe intervals, at most 15 s (one at the defaults).

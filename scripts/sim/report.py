@@ -115,7 +115,8 @@ def _to_not_ready(key: str, label: str, results: dict[str, Any], ctx: Context) -
 
 @rows("crash")
 def _crash(results: dict[str, Any], ctx: Context) -> list[Row]:
-    return [_to_not_ready("crash", "crash: SIGKILL -> Unknown", results, ctx)]
+    reasons = ",".join(sorted({str(s[1]) for s in results["crash"]["state"] if s}))
+    return [_to_not_ready("crash", f"crash: SIGKILL -> not-Ready ({reasons})", results, ctx)]
 
 
 @rows("linkcut")
