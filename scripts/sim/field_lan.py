@@ -117,10 +117,20 @@ def run_fleet(sim: Sim, mode: str, ttl: float | None) -> None:
     sim.fleet.start_all(ttl)
     for agent in sim.fleet.agents.values():
         agent.wait_ready()
+    _rewatch(sim)
     if sim.wait_all_ready(60) is None:
         raise RuntimeError(f"not every Node Ready within 60 s: {sim.ensure_watcher().snapshot().nodes}")
     _running[id(sim)] = (mode, ttl)
     time.sleep(SETTLE)  # every agent discovered and probed every peer
+
+
+def _rewatch(sim: Sim) -> None:
+    """With the memory store the watcher reads agent 0's /nodes through that agent's client:
+    a new agent 0 needs a new watcher (its store starts empty, too)."""
+    if sim.store.kind == "memory" and sim.watcher is not None:
+        sim.watcher.stop()
+        sim.watcher = None
+        sim.ensure_watcher()
 
 
 def _mode(sim: Sim) -> str:
@@ -431,6 +441,9 @@ def two_clusters(sim: Sim) -> None:
     # fleet (on the run's shared store, without a key) is stopped meanwhile.
     sim.fleet_up = False
     _running.pop(id(sim), None)
+    if sim.store.kind == "memory" and sim.watcher is not None:
+        sim.watcher.stop()  # it reads agent 0, stopped now; the next fleet gets a new one
+        sim.watcher = None
     sim.fleet.stop_all()
     workdir = sim.fleet.log_dir.parent / "two-clusters"
     workdir.mkdir(parents=True, exist_ok=True)
