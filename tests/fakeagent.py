@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -85,16 +86,24 @@ def _emit(event: str, **fields: object) -> None:
 
 
 async def _main(args: argparse.Namespace) -> None:
+    key = identity.read_key_file(args.key_file) if args.key_file else None
+    agent = FakeAgent(args.name, key=key, silent=args.silent)
+    host, _, port_text = args.listen.rpartition(":")
+    port = int(port_text)
+    # SIGTERM is ours from the start: one that comes right after "registered" is printed must
+    # still stop the agent in the order asked, not kill it.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        await _serve(args, agent, host, port, signals)
+
+
+async def _serve(args: argparse.Namespace, agent: FakeAgent, host: str, port: int,
+                 signals: AsyncIterator[int]) -> None:
     import trio_asyncio
 
     from k3net import mdns
     from k3net.settings import Settings
     from k3net.tasks import advertise
 
-    key = identity.read_key_file(args.key_file) if args.key_file else None
-    agent = FakeAgent(args.name, key=key, silent=args.silent)
-    host, _, port_text = args.listen.rpartition(":")
-    port = int(port_text)
     listening = trio.CancelScope()  # cancelled: the listener is closed (connects refused)
 
     async def serve() -> None:
@@ -111,7 +120,7 @@ async def _main(args: argparse.Namespace) -> None:
                         trio.open_nursery() as announcing):
                 await announcing.start(advertise.run, zc, mdns.service_info(settings))
                 _emit("registered")
-                await _until_signal()
+                await _until_signal(signals)
                 if args.listener_first is not None:
                     listening.cancel()
                     _emit("listener-closed")
@@ -121,17 +130,16 @@ async def _main(args: argparse.Namespace) -> None:
             if args.goodbye_first is not None:
                 await trio.sleep(args.goodbye_first)
         else:
-            await _until_signal()
+            await _until_signal(signals)
         if not listening.cancel_called:
             listening.cancel()
             _emit("listener-closed")
         nursery.cancel_scope.cancel()
 
 
-async def _until_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            return
+async def _until_signal(signals: AsyncIterator[int]) -> None:
+    async for _ in signals:
+        return
 
 
 def main() -> None:

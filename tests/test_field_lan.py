@@ -286,15 +286,22 @@ def _wait_event(proc: subprocess.Popen[str], event: str, timeout: float) -> None
     raise AssertionError(f"the fake agent did not report {event!r} within {timeout}s")
 
 
-@pytest.mark.parametrize("order", ["--goodbye-first", "--listener-first"])
-def test_go_style_goodbye_order_gives_peer_left(agents: AgentFactory, order: str) -> None:
+@pytest.mark.parametrize(("order", "gap"), [
+    # The Go agent's order: the goodbye, then its listener a while later (it still answers).
+    ("--goodbye-first", "1.5"),
+    # The other order, with the goodbye before the refusal's re-probe (1 s) could confirm a
+    # crash. (A goodbye that comes after a confirmed refusal leaves the Node False/PeerRefused:
+    # the writer never rewrites a departure that is recorded already.)
+    ("--listener-first", "0.3"),
+])
+def test_go_style_goodbye_order_gives_peer_left(agents: AgentFactory, order: str, gap: str) -> None:
     with Lan(2) as lan:
         a_host, g_host = lan.hosts
         # peer-ttl 30s: neither expiry nor the refusal's re-probe path can explain PeerLeft.
         a = agents.start(a_host, "node-a", "--peer-ttl", "30s", "--probe-interval", "1s")
         go = g_host.popen([sys.executable, str(ROOT / "tests" / "fakeagent.py"), "--name", "go-peer",
                            "--listen", f"{g_host.address}:{PORT}", "--advertise",
-                           "--iface", g_host.interface, order, "1.5"],
+                           "--iface", g_host.interface, order, gap],
                           stdout=subprocess.PIPE, text=True)
         try:
             a.wait_ready()
@@ -302,7 +309,7 @@ def test_go_style_goodbye_order_gives_peer_left(agents: AgentFactory, order: str
                      what="the Go-style peer Ready at node-a")
             # Peers see it while it still announces; its SIGTERM handler is set once it is done.
             _wait_event(go, "registered", 15)
-            go.terminate()  # SIGTERM: goodbye and listener, 1.5 s apart in the order asked
+            go.terminate()  # SIGTERM: goodbye and listener, `gap` s apart in the order asked
             stopped = time.monotonic()
             wait_for(lambda: _status(a, "go-peer") == ("False", "PeerLeft"), 10,
                      what="the Go-style peer False/PeerLeft at node-a")
