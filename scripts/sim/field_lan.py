@@ -14,7 +14,8 @@
 
 The field shape (`field_shape`) stays once made: the bridge on every host, with a veth on it as a
 running guest would have, and the second address (10.77.0.100, which sorts before the host's
-first address as text and after it as a number). In `field` and `crash-defaults` every agent
+first address as text and after it as a number). With `--field` the whole run is on a field LAN
+from the start (sim/cli.py's shape, host 1 with the second address) and these scenarios use it. In `field` and `crash-defaults` every agent
 listens on all addresses of its port (the default `:7946`, so that 192.168.122.1:7946 on any host
 reaches that host's OWN agent) and announces its LAN addresses AND the bridge's, as the Go agent
 does (it announces every interface): each probe then has an address that leads back to the
@@ -84,6 +85,10 @@ _shaped: set[int] = set()
 def field_shape(sim: Sim) -> None:
     """The shared bridge on every host, a second LAN address on the last one (once per run)."""
     if id(sim) in _shaped:
+        return
+    if getattr(sim.args, "field", False):  # --field shaped the whole run's LAN already
+        _shaped.add(id(sim))
+        sim.results["field_lan"] = {"shape": sim.results.get("lan", "--field")}
         return
     sim.lan.add_shared_bridge()
     sim.lan[sim.n - 1].add_address(SECOND_ADDRESS)
