@@ -29,6 +29,10 @@ Scenarios (`--scenario` takes one name, several separated by commas, or `all`):
   steady    store writes per node per minute over --steady seconds at DEFAULT timings (etcd:
             per-key version and header revision; mysql: resource_version changes; memory: n/a)
 
+Field LAN scenarios (sim/field_lan.py, issue 9): field (a shared VM bridge on every host, a second
+LAN address: SIGKILL -> not-Ready, steady writes at the defaults), crash-defaults (SIGKILL at
+peer-ttl 90s / probe 15s), readdress, asymmetric (one-way TCP reject), two-clusters (two keys).
+
 Failure scenarios run at short timings (--peer-ttl, default 6s, so probes every 1s); steady state
 restarts every agent at the defaults (peer-ttl 90s). The output says which timings each used.
 """
