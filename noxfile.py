@@ -77,3 +77,13 @@ def bench_page(session: nox.Session) -> None:
     `nox -s bench-page -- --nodes 500 --repeats 5`."""
     _install(session, "test")
     session.run("python", "scripts/bench_page.py", *session.posargs)
+
+
+@nox.session(name="bench-store", default=False)
+def bench_store(session: nox.Session) -> None:
+    """One agent following 10,000 Nodes in a private etcd and a private MariaDB (network
+    namespace, root): start to first snapshot, RSS, watch-event p99, rows an idle MySQL poll
+    reads. Writes docs/bench-store.md. `nox -s bench-store -- --nodes 10000 --idle 10`."""
+    _install(session, "test")
+    session.run("python", "scripts/bench_store.py", "--record", "docs/bench-store.md",
+                *session.posargs)

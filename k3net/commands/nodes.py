@@ -223,12 +223,16 @@ class StoreSource:
         try:
             async with self.opener() as store:
                 with trio.fail_after(DEADLINE):
-                    return [s.node for s in await store.list()]
+                    scan = await store.scan()
         except trio.TooSlowError:
             raise CommandError(f"the {self.kind} store did not answer within {DEADLINE:g}s") \
                 from None
         except StoreError as exc:
             raise CommandError(f"{self.kind} store unavailable: {exc}") from None
+        for item in scan.foreign:  # someone else's data under the Node prefix: shown, kept
+            print(f"k3net nodes: {item.key} is not a Node ({item.reason}); left as it is",
+                  file=sys.stderr)
+        return [s.node for s in scan.nodes]
 
     async def watch(self, on_change: OnChange) -> None:
         async with self.opener() as store, store.watch() as events:

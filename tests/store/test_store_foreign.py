@@ -192,3 +192,20 @@ async def test_memory_store_has_no_foreign_data() -> None:
     scan = await store.scan()
     assert [s.name for s in scan.nodes] == ["a"] and scan.foreign == []
     await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.etcd
+async def test_k3net_nodes_shows_foreign_values(
+    etcd_store: EtcdStore, raw_etcd: RawEtcd, etcd_settings: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from k3net.commands.nodes import StoreSource
+    from k3net.config import StorageConfig
+
+    await etcd_store.create(make_node("good"))
+    await raw_etcd.put(PREFIX + "broken", "{not json")
+    source = StoreSource.from_config(StorageConfig(type="etcd", etcd=etcd_settings))
+    assert [n.metadata.name for n in await source.list()] == ["good"]
+    err = capsys.readouterr().err
+    assert f"{PREFIX}broken is not a Node (not JSON" in err and "left as it is" in err
+    assert await raw_etcd.get(PREFIX + "broken") == b"{not json"
