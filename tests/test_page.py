@@ -218,6 +218,7 @@ async def test_page_table_sort_filter_and_in_place_updates(web: Web, local_brows
     assert page["rows"]["k3-ctl"]["managed"] == "no" and page["rows"]["k3-ctl"]["port"] == "–"
     assert page["rows"]["node-10"]["addresses"] == "10.77.0.10"
     assert page["agent"]["a-store"] == "memory: answers"
+    assert page["agent"]["a-ready"] == "ready (store, mdns, http)"
     assert page["agent"]["a-node"].startswith("node-a")
 
     # Sort by Ready (not Ready first), then reversed.
@@ -395,6 +396,7 @@ def test_page_on_a_lan_follows_the_cluster(agents: Any) -> None:  # noqa: PLR091
             assert set(page["rows"]) == set(names[:3])
             assert page["rows"]["node-b"]["addresses"] == lan[1].address
             assert page["agent"]["a-store"] == "memory: answers"
+            assert page["agent"]["a-ready"] == "ready (store, mdns, http)"
 
             # A SIGTERMed peer turns not-Ready on the page soon after the store.
             c.signal(signal.SIGTERM)
@@ -617,3 +619,16 @@ def test_page_fits_a_phone_screen(agents: Any) -> None:
     assert layout["width"] == 360
     assert layout["overflow"] <= 0 and layout["table_overflow"] <= 0
     assert layout["display"] == "block" and layout["label"] == '"Ready"'
+
+
+async def test_page_shows_the_store_down_and_back(web: Web, local_browser: Browser) -> None:
+    b = local_browser
+    web.health.down("etcd at 127.0.0.1:2379: connection refused")
+    await open_page(b, web)
+    page = await page_until(b, lambda p: "connection refused" in p["agent"]["a-store"],
+                            "the store down")
+    assert page["agent"]["a-store"].startswith("memory: ")
+    assert page["agent"]["a-ready"].startswith("not ready: store ")
+    web.health.up()
+    await page_until(b, lambda p: p["agent"]["a-store"] == "memory: answers",
+                     "the store back (next /readyz poll)")

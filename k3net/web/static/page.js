@@ -623,9 +623,17 @@
       if (st.infoFails >= 2 && st.ws) dropConnection("the agent does not answer");
     }
     try {
-      // The store's own check: /readyz also waits for the mDNS advertisement after a restart.
-      const r = await get("readyz/store");
-      st.readyz = { ok: r.ok, text: (await r.text()).trim().replace(/^\[-\]store failed: /, "") };
+      // Every check, `[+]name ok` or `[-]name failed: reason`: the store's own check for the
+      // Store line (/readyz also waits for the mDNS advertisement after a restart), and all of
+      // them for Readiness. An agent without ?verbose answers `ok` or one line.
+      const r = await get("readyz?verbose");
+      const text = (await r.text()).trim();
+      const checks = {};
+      for (const line of text.split("\n")) {
+        const m = /^\[([+-])\](\S+) (.*)$/.exec(line.trim());
+        if (m) checks[m[2]] = m[1] === "+" ? null : m[3].replace(/^failed: /, "");
+      }
+      st.readyz = { ok: r.ok, text, checks };
     } catch {
       st.readyz = null;
     }
@@ -644,12 +652,26 @@
     if (!answering) {
       setText(store, (info && info.store ? info.store + ": " : "") + "agent not answering");
       store.className = "bad";
-    } else if (st.readyz && st.readyz.ok) {
-      setText(store, `${info.store || "?"}: answers`);
-      store.className = "good";
+    } else if (!st.readyz) {
+      setText(store, `${info.store || "?"}: unknown`);
+      store.className = "";
     } else {
-      setText(store, `${info.store || "?"}: ${st.readyz ? st.readyz.text : "unknown"}`);
-      store.className = "bad";
+      const c = st.readyz.checks;
+      const problem = "store" in c ? c.store : (st.readyz.ok ? null : st.readyz.text);
+      setText(store, `${info.store || "?"}: ${problem === null ? "answers" : problem}`);
+      store.className = problem === null ? "good" : "bad";
+    }
+    const ready = $("a-ready");
+    if (!answering || !st.readyz) {
+      setText(ready, "–");
+      ready.className = "";
+    } else {
+      const names = Object.keys(st.readyz.checks);
+      const failed = names.filter((n) => st.readyz.checks[n] !== null);
+      setText(ready, st.readyz.ok ? `ready${names.length ? " (" + names.join(", ") + ")" : ""}`
+        : "not ready: " + (failed.length ? failed.map((n) => `${n} ${st.readyz.checks[n]}`).join("; ")
+          : st.readyz.text));
+      ready.className = st.readyz.ok ? "good" : "bad";
     }
     setText($("a-subs"), info && info.subscribers != null ? String(info.subscribers) : "–");
     setText($("a-self"), info ? (info.selfUp ? "Ready" : "not Ready yet") : "–");
