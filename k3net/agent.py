@@ -1,6 +1,7 @@
 """The agent: wiring only. Channels, nurseries and the start-up and shutdown order.
 
     lan.browse --PeerSeen/PeerGone/PeerRejected--+
+    join, scan --PeerSeen (found_by join, scan)--+
     prober  ----ProbeResult----------------------+
     watch   ----Snapshot/Put/Deleted/Lost--------+--> table --Write--> writer --> store
     tick    ----Tick / SelfHeartbeat-------------+      |
@@ -47,9 +48,10 @@ from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
-from k3net.tasks import addresses, prune, watch
+from k3net.tasks import addresses, join, prune, scan, watch
 from k3net.tasks import table as table_task
 from k3net.tasks.probe import Own, Prober
+from k3net.tasks.scan import Scanner
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
 from k3net.web.app import AppState, make_app
@@ -225,6 +227,18 @@ class Agent:
         await producers.start(self.lan.browse, table_send.clone())
         if s.prune_after:
             await producers.start(prune.run, self.store, s.prune_after)
+        # Beyond this segment (mDNS stops at the router): --join addresses and --scan ranges.
+        if s.join:
+            await producers.start(functools.partial(
+                join.run, s.join, port=s.listen_port, key=s.cluster_key, timeout=s.probe_timeout,
+                me=s.node_name, metrics=self.metrics), table_send.clone())
+        if s.scan:
+            scanner = Scanner(s.scan, port=s.listen_port, key=s.cluster_key,
+                              timeout=s.probe_timeout, rate=s.scan_rate,
+                              own=lambda: prober.own.addresses, me=s.node_name,
+                              metrics=self.metrics)
+            await producers.start(functools.partial(scan.run, scanner, interval=s.scan_interval),
+                                  table_send.clone())
         if self.machine is not None:
             changes_send, changes_recv = trio.open_memory_channel[MachineAddresses](0)
             first = MachineAddresses(self.addresses, frozenset(self.own))
@@ -280,6 +294,7 @@ class Agent:
             settings=s, store=self.store, hub=self.hub, metrics=self.metrics, health=self.health,
             started_at=time.time(), addrs=self._info_addrs, self_up=self.table.self_up,
             mdns_up=self.advertised.is_set,
+            peers=self.table.peers,
         )
         try:
             with scope:

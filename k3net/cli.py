@@ -145,7 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
              "an agent (env $K3NET_CONFIG, $CONFIG_PATH)")
     add_output(nodes)
 
-    peers = sub.add_parser("peers", help="browse the LAN once and list the agents found")
+    peers = sub.add_parser(
+        "peers", help="browse the LAN once and list the agents found, or (--server) the peers an "
+        "agent follows and how each was found")
+    peers.add_argument("--server", metavar="URL", nargs="?", const=DEFAULT_SERVER,
+                       help="ask this agent (alone: the local one, %(const)s) for the peers it "
+                       "follows, with how each was found (mdns, join, scan, store), instead of "
+                       "browsing mDNS from here")
     for name in ("service", "domain", "interface"):
         add_flag(peers, name)
     peers.add_argument("--timeout", default="3s", type=_duration, metavar="DUR",
@@ -247,6 +253,8 @@ def _nodes(args: argparse.Namespace) -> int:
 def _peers(args: argparse.Namespace) -> int:
     from k3net.commands import peers
 
+    if args.server:
+        return peers.main_agent(args.server, args.output)
     return peers.main(
         service=_value(args, "service"), domain=_value(args, "domain"),
         interfaces=_value(args, "interface"), timeout=args.timeout,

@@ -102,6 +102,16 @@ class Metrics:
             " written over), as the store watch last reported them.", registry=r,
         )
 
+        self.discovery_probes = Counter(
+            "k3net_discovery_probes",
+            "Addresses asked who they are by --join and --scan, by source (join, scan) and result"
+            " (found, not-agent, unauthenticated, invalid-name, refused, unreachable, timeout).",
+            ["via", "result"], registry=r,
+        )
+        self.scan_seconds = Gauge(
+            "k3net_scan_seconds", "How long the last --scan of every range took.", registry=r,
+        )
+
     def watch_table(self, counts: Mapping[str, int]) -> None:
         """Read the peer gauge from the table's counts at scrape time: no work per event."""
         for state in ("ready", "not_ready", "unknown"):

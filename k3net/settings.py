@@ -19,7 +19,7 @@ import ipaddress
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -31,6 +31,9 @@ from k3net.config import (
     parse_duration,
 )
 from k3net.core.names import name_problem
+
+if TYPE_CHECKING:
+    from k3net.core.discovery import JoinAddress, Network
 
 # --- value parsers: text in, value out, ValueError with a readable message ----------------------
 
@@ -107,6 +110,31 @@ def advertise_addresses(text: str) -> tuple[str, ...]:
             raise ValueError(f"{part!r} is a {problem} address, which no peer can reach")
         out.append(str(ip))
     return tuple(dict.fromkeys(out))
+
+
+def join_addresses(text: str) -> tuple[JoinAddress, ...]:
+    """Join addresses (HOST, HOST:PORT, [IPv6]:PORT) separated by commas or spaces."""
+    from k3net.core.discovery import parse_joins
+
+    return parse_joins(text)
+
+
+def scan_ranges(text: str) -> tuple[Network, ...]:
+    """Scan ranges (CIDR blocks of at most a /22) separated by commas or spaces."""
+    from k3net.core.discovery import parse_scans
+
+    return parse_scans(text)
+
+
+def scan_rate(text: str) -> float:
+    """Connection attempts per second: a number from 1 to 10000."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"invalid rate {text!r} (use a number of attempts per second)") from None
+    if not 1 <= value <= 10000:
+        raise ValueError(f"rate out of range: {text!r} (1 to 10000 per second)")
+    return value
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -189,6 +217,21 @@ FLAGS: tuple[Flag, ...] = (
     Flag("prune-after", duration_or_off, "off", metavar="DUR",
          help="delete managed Nodes not Ready for longer than this, with compare-and-swap "
          "(as k3net prune --older-than DUR); off keeps them for ever"),
+    Flag("join", join_addresses, None, metavar="HOST[:PORT]", repeat=True,
+         derived="none",
+         help="an agent to ask who it is and follow as a peer, beyond mDNS's reach (another "
+         "subnet); the port defaults to ours. Retried with backoff until it answers, never "
+         "fatal; repeat for several"),
+    Flag("scan", scan_ranges, None, metavar="CIDR", repeat=True, derived="none: no scan",
+         help="probe our port on EVERY address of this range each scan interval and follow the "
+         "agents that answer (sends traffic to the whole range; at most a /22 per entry); "
+         "repeat for several"),
+    Flag("scan-interval", positive_duration, "1m", metavar="DUR",
+         help="time between two --scan passes: a new agent on a scanned range is found within "
+         "it, at one connection attempt per address each time"),
+    Flag("scan-rate", scan_rate, "100", metavar="N",
+         help="--scan starts at most this many connection attempts per second (a /24 takes "
+         "about 2.5 s at 100)"),
     Flag("log-level", _choice("debug", "info", "warning", "error"), "info", metavar="LEVEL",
          help="debug, info, warning or error"),
     Flag("log-format", _choice("text", "json"), "text", metavar="FORMAT",
@@ -234,6 +277,17 @@ class Settings:
     # behaviour: with it, only peers whose /info answer proves the key are written, and our
     # /info proves it. Never shown (repr=False), never logged, never stored.
     cluster_key: bytes | None = attrs.field(default=None, repr=False)
+    # Agents to ask who they are and follow as peers (--join): how subnets that mDNS does not
+    # join see each other with the memory store. The port None means our listen port.
+    join: tuple[JoinAddress, ...] = ()
+    # Address ranges to scan on our listen port every scan_interval (--scan), at scan_rate
+    # connection attempts per second at most. Opt-in: it sends traffic to every address there.
+    scan: tuple[Network, ...] = ()
+    # A minute: a newcomer on a scanned range is found within it, and a /24 costs about four
+    # connection attempts per second on average per scanning agent.
+    scan_interval: float = default("scan-interval")
+    # 100 attempts per second: a /24 in about 2.5 s, a /22 in about 10 s, never a burst.
+    scan_rate: float = default("scan-rate")
     storage: StorageConfig = StorageConfig()
     config_path: str | None = None
     # Managed Nodes not Ready for this long are deleted (0: never): see k3net.tasks.prune.
@@ -343,6 +397,10 @@ def resolve(
         advertise_addresses=_parse(FLAG_BY_NAME["advertise-address"],
                                    ",".join(values["advertise-address"]), "--advertise-address"),
         cluster_key=_cluster_key(values["cluster-key-file"]),
+        join=_parse(FLAG_BY_NAME["join"], ",".join(str(v) for v in values["join"]), "--join"),
+        scan=_parse(FLAG_BY_NAME["scan"], ",".join(str(v) for v in values["scan"]), "--scan"),
+        scan_interval=values["scan-interval"],
+        scan_rate=values["scan-rate"],
         storage=storage,
         config_path=config_path,
         prune_after=values["prune-after"],

@@ -3,6 +3,7 @@ precedence flag > environment > config file > default, Go's single-dash flag for
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from k3net import cli, version
 from k3net.config import ConfigError
+from k3net.core.discovery import JoinAddress
 from k3net.settings import FLAGS, Settings, go_flags
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +47,11 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("K3NET_LOG_LEVEL", "debug", "log_level", "debug"),
     ("K3NET_LOG_FORMAT", "json", "log_format", "json"),
     ("K3NET_ADVERTISE_ADDRESS", "10.0.0.9,fd00::1", "advertise_addresses", ("10.0.0.9", "fd00::1")),
+    ("K3NET_JOIN", "10.79.2.2,node-c:7000", "join",
+     (JoinAddress("10.79.2.2"), JoinAddress("node-c", 7000))),
+    ("K3NET_SCAN", "10.79.2.0/24", "scan", (ipaddress.ip_network("10.79.2.0/24"),)),
+    ("K3NET_SCAN_INTERVAL", "5m", "scan_interval", 300.0),
+    ("K3NET_SCAN_RATE", "20", "scan_rate", 20.0),
 ]
 
 

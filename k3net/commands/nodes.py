@@ -257,7 +257,7 @@ class StoreSource:
                     await on_change(sorted(known.values(), key=lambda n: n.name), changed)
 
 
-def _http_get(url: str) -> tuple[int, bytes]:
+def http_get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url) as response:  # noqa: S310 (http only, see AgentSource)
             return response.status, response.read()
@@ -288,7 +288,7 @@ class AgentSource:
         try:
             with trio.fail_after(DEADLINE):
                 status, body = await trio.to_thread.run_sync(
-                    _http_get, url, abandon_on_cancel=True
+                    http_get, url, abandon_on_cancel=True
                 )
         except trio.TooSlowError:
             raise CommandError(f"the agent at {self.base} did not answer within {DEADLINE:g}s") \

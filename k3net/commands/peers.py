@@ -6,7 +6,19 @@
     node-a   10.77.0.1           7946   1234   confirmed 0.4ms
     node-b   10.77.0.2,fd00::2   7946   1240   failed: timed out after 0.7s
 
-`-o wide` adds the address the probe reached. Entry point for the CLI:
+`-o wide` adds the address the probe reached.
+
+    k3net peers --server [URL] [-o table|wide|json|yaml]
+
+asks a running agent instead (default the local one, http://127.0.0.1:7946) for the peers it
+follows, through its /peers, with how each was found: `mdns` (this segment), `join` (a --join
+address), `scan` (a --scan range), `store` (its Node in the shared store, e.g. on another
+subnet). That is the agent's view, beyond what one mDNS browse from here can see:
+
+    NAME     ADDRESSES   PORT   STATE   FOUND-BY   CONFIRMED
+    node-c   10.79.2.2   7946   alive   store      yes
+
+Entry point for the CLI:
 `main(service, domain, interfaces, timeout, probe_timeout, output)`; mDNS that cannot start
 is a CommandError, which the top level reports in one line. The lookup itself, `discover`, must
 run under trio-asyncio (`trio_asyncio.open_loop()`).
@@ -15,7 +27,9 @@ run under trio-asyncio (`trio_asyncio.open_loop()`).
 from __future__ import annotations
 
 import functools
+import json
 import sys
+import urllib.error
 from collections.abc import Sequence
 
 import attrs
@@ -120,6 +134,87 @@ def format_peers(peers: Sequence[PeerInfo], output: str = "table") -> str:
             row.append(p.probe.address or "<none>")
         rows.append(row)
     return table(header, rows)
+
+
+# --- asking an agent: its /peers --------------------------------------------------------------
+
+
+@attrs.frozen
+class FollowedPeer:
+    """One peer as an agent's table follows it (an item of its /peers)."""
+
+    name: str
+    addresses: tuple[str, ...]
+    port: int
+    state: str  # new, alive, suspect, refused, leaving, unauthenticated
+    found_by: str  # mdns, join, scan, store
+    confirmed: bool  # an agent proved to be this peer at least once
+
+
+def peers_from_answer(base: str, status: int, body: bytes) -> list[FollowedPeer]:
+    """An agent's /peers answer as FollowedPeers; CommandError (one line) if it is not one."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if status == 404:
+        raise CommandError(f"the agent at {base} has no /peers (an older k3net?); "
+                           "browse the LAN instead: k3net peers without --server")
+    if status != 200:
+        raise CommandError(f"the agent at {base} answered {status}: "
+                           f"{body[:200].decode(errors='replace').strip()}")
+    items = data.get("peers") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise CommandError(f"{base}/peers: not a list of peers (is this a k3net agent?)")
+    out = []
+    for item in items:
+        try:
+            out.append(FollowedPeer(
+                str(item["name"]), tuple(str(a) for a in item["addresses"]), int(item["port"]),
+                str(item["state"]), str(item["foundBy"]), bool(item["confirmed"]),
+            ))
+        except (KeyError, TypeError, ValueError):
+            print(f"k3net peers: skipped an item of {base}/peers: {str(item)[:200]}",
+                  file=sys.stderr)
+    return sorted(out, key=lambda p: p.name)
+
+
+def format_followed(peers: Sequence[FollowedPeer], output: str = "table") -> str:
+    """An agent's peers as a table (FOUND-BY: how each was found), or a list as JSON/YAML."""
+    if output in ("json", "yaml"):
+        return dump([{"name": p.name, "addresses": list(p.addresses), "port": p.port,
+                      "state": p.state, "foundBy": p.found_by, "confirmed": p.confirmed}
+                     for p in peers], output)
+    header = ["NAME", "ADDRESSES", "PORT", "STATE", "FOUND-BY", "CONFIRMED"]
+    rows = [[p.name, ",".join(p.addresses) or "<none>", str(p.port), p.state, p.found_by,
+             "yes" if p.confirmed else "no"] for p in peers]
+    return table(header, rows)
+
+
+async def ask_agent(server: str) -> list[FollowedPeer]:
+    """GET /peers of the agent at `server`, within the deadline `k3net nodes` uses."""
+    from k3net.commands.nodes import DEADLINE, AgentSource, http_get
+
+    base = AgentSource(server).base
+    try:
+        with trio.fail_after(DEADLINE):
+            status, body = await trio.to_thread.run_sync(
+                http_get, base + "/peers", abandon_on_cancel=True)
+    except trio.TooSlowError:
+        raise CommandError(f"the agent at {base} did not answer within {DEADLINE:g}s") from None
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CommandError(f"no k3net agent answers at {base} ({reason}): start one with "
+                           "`k3net run`, point --server at one, or browse the LAN without "
+                           "--server") from None
+    return peers_from_answer(base, status, body)
+
+
+def main_agent(server: str, output: str) -> int:
+    """`k3net peers --server`: print the peers the agent follows."""
+    peers = trio.run(ask_agent, server)
+    sys.stdout.write(format_followed(peers, output))
+    return 0
 
 
 def main(

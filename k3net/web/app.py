@@ -7,6 +7,7 @@
 | `GET /livez` | `200 ok` while the process serves; `?verbose`, `?exclude=` (see `k3net.web.checks`) |
 | `GET /readyz` | `200 ok` when the checks `store`, `mdns`, `http` pass, else 503 naming the failed ones; `?verbose`, `?exclude=`, `/readyz/<check>` (and `/livez/<check>`) |
 | `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, commit, store, subscribers, epoch |
+| `GET /peers` | the peers this agent follows: name, addresses, port, state, foundBy (mdns, join, scan, store), confirmed |
 | `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
 | `GET /metrics` | Prometheus text format |
 | `GET /events/snapshot` | the event hub's current view: the snapshot message /events starts with |
@@ -36,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from k3net import version
 from k3net.convert import format_time, node_list
 from k3net.core import identity
+from k3net.core.table import PeerView
 from k3net.events import EventHub, Subscription
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -65,6 +67,10 @@ def _no_mdns() -> bool:
     return True
 
 
+def _no_peers() -> list[PeerView]:
+    return []
+
+
 @attrs.define
 class AppState:
     """What the endpoints read. The agent builds one and keeps updating what changes."""
@@ -82,6 +88,8 @@ class AppState:
     self_up: Callable[[], bool] = _never_up
     # True while this agent's mDNS advertisement is registered (the /readyz `mdns` check).
     mdns_up: Callable[[], bool] = _no_mdns
+    # The peers the agent's table follows now (read on every /peers).
+    peers: Callable[[], list[PeerView]] = _no_peers
 
 
 class QueryError(ValueError):
@@ -116,6 +124,7 @@ class App:
             "/healthz": self._healthz,
             "/info": self._info,
             "/nodes": self._nodes,
+            "/peers": self._peers,
             "/metrics": self._metrics,
             "/events/snapshot": self._snapshot,
         }
@@ -221,6 +230,13 @@ class App:
         except StoreError as exc:
             return _status_503(f"store unavailable: {exc}")
         return _json(200, node_list(s.node for s in stored))
+
+    async def _peers(self) -> tuple[int, str, bytes]:
+        return _json(200, {"peers": [
+            {"name": p.name, "addresses": list(p.addresses), "port": p.port, "state": p.state,
+             "foundBy": p.found_by, "confirmed": p.confirmed}
+            for p in self.state.peers()
+        ]})
 
     async def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.state.metrics.registry)
