@@ -19,7 +19,7 @@ from sim.scenarios import SCENARIOS, Sim
 from sim.stores import SimStore
 
 # Modules that register scenarios (and their rows), in the order their scenarios run.
-SCENARIO_MODULES = ["sim.clean_lan", "sim.field_lan"]
+SCENARIO_MODULES = ["sim.clean_lan", "sim.field_lan", "sim.subnets"]
 SUBNET = "10.77.0.0/24"
 # --field: host 1's second LAN address, above every host's first (--hosts is at most 60) and
 # below the store's address (the subnet's last).
