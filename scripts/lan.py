@@ -28,6 +28,9 @@ Scenarios (`--scenario` takes one name, several separated by commas, or `all`):
             the store's return until it holds the true state, and transitions lost (etcd, mysql)
   steady    store writes per node per minute over --steady seconds at DEFAULT timings (etcd:
             per-key version and header revision; mysql: resource_version changes; memory: n/a)
+  subnets   two subnets behind a router (mDNS does not cross it) sharing an etcd in the router
+            namespace: crash and leave across the router vs within a segment, probes per
+            second, and the cost of a /24 --scan (its own network and etcd, whatever --store)
 
 Field LAN scenarios (sim/field_lan.py, issue 9): field (a shared VM bridge on every host, a second
 LAN address: SIGKILL -> not-Ready, steady writes at the defaults), crash-defaults (SIGKILL at
