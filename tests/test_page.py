@@ -321,6 +321,37 @@ async def test_page_found_by_column_and_rejected_entries(web: Web, local_browser
         await eventually(column_shown)
 
 
+async def test_page_shows_how_the_agent_found_each_peer(web: Web, local_browser: Browser
+                                                        ) -> None:
+    """The Found-by column from the agent's /peers (mdns, join, scan, store), kept when a
+    Node's event comes without it."""
+    from k3net.core.table import PeerView
+
+    b = local_browser
+    await write_nodes(web.store, make_node("node-b"), make_node("node-c"))
+    web.state.peers = lambda: [
+        PeerView("node-b", ("10.77.0.3",), 7946, "alive", "mdns", True),
+        PeerView("node-c", ("10.79.2.2",), 7946, "alive", "store", True)]
+    await open_page(b, web)
+
+    async def found_by() -> dict[str, str] | None:
+        cells = await trio.to_thread.run_sync(b.js, """
+            if (document.querySelector('th[data-key=foundBy]').hidden) return null;
+            const out = {};
+            for (const tr of document.querySelectorAll('tr[data-node]'))
+              out[tr.dataset.node] = tr.querySelector('.c-foundBy').textContent;
+            return out;""")
+        return cells if cells and cells.get("node-c") == "store" else None
+
+    with trio.fail_after(10):
+        assert (await eventually(found_by))["node-b"] == "mdns"
+    stored = await web.store.get("node-c")
+    await web.store.update(make_node("node-c", ready="False", reason="PeerRefused"),
+                           stored.version)
+    await page_until(b, lambda p: p["rows"].get("node-c", {}).get("ready") == "False", "node-c")
+    assert (await found_by() or {}).get("node-c") == "store"
+
+
 async def test_page_reconnects_and_resumes_after_a_drop(nursery: trio.Nursery,
                                                         local_browser: Browser) -> None:
     """The agent's listener goes away and comes back on the same port (same hub: a dropped

@@ -281,6 +281,8 @@
       st.nodes.set(e.node, n);
       st.order = true;
     } else {
+      // How a peer was found comes from /peers (pollPeers), not with the Node's events: keep it.
+      if (e.foundBy == null && n.e.foundBy != null) e = { ...e, foundBy: n.e.foundBy };
       if (sortValue(n.e, st.sort.key) !== sortValue(e, st.sort.key)) st.order = true;
       n.e = e;
     }
@@ -706,6 +708,18 @@
       }
     }
     schedule();
+    pollPeers();
+  }
+
+  // How this agent found each peer (mdns, join, scan, store), from its /peers; an agent without
+  // /peers (older) leaves the column hidden.
+  async function pollPeers() {
+    let answer;
+    try { answer = await getJSON("peers"); } catch { return; }
+    for (const p of answer.peers || []) {
+      const n = st.nodes.get(p.name);
+      if (n && n.e.foundBy !== p.foundBy) upsert({ ...n.e, foundBy: String(p.foundBy) }, false);
+    }
   }
 
   // Once a second: the "ago" column, the uptime, the countdown; the timeline as time moves.
