@@ -422,3 +422,25 @@ async def test_closing_an_idle_writer_returns_at_once(autojump_clock: trio.testi
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run, recv)
             await send.aclose()
+
+
+async def test_a_departure_judged_on_a_stale_copy_is_checked_against_the_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The table's copy still shows the peer's last departure (False) while our own Alive write
+    since (or another agent's) made it Ready again: the goodbye must still be written, not
+    dropped as 'recorded already'."""
+    mem = MemoryStore()
+    first = await seed(mem, "peer-a")
+    left = render(first.node, Left("peer-a"), now())
+    assert left is not None
+    stale = await mem.update(left, first.version)  # the table saw this: False/PeerLeft
+    back = render(stale.node, alive("peer-a", seen_ready="False"), now())
+    assert back is not None
+    await mem.update(back, stale.version)  # the peer came back: Ready, not yet seen by the table
+    async with running(mem) as (_, inbox):
+        await inbox.send(Write(Left("peer-a"), stale))
+        await settle()
+    stored = await mem.get("peer-a")
+    assert stored.node.ready_status == "False"
+    assert stored.node.condition() is not None and stored.node.condition().reason == "PeerLeft"  # type: ignore[union-attr]

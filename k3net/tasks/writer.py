@@ -109,14 +109,21 @@ class Writer:
     async def _apply(self, write: Write) -> None:
         base: Stored | None = write.base
         name = write.intent.name
+        read = False  # `base` was read from the store by this writer, not taken from the table
         if base is None and not isinstance(write.intent, Alive):
             # Only Alive creates a Node; anything else needs the Node as stored, which the
             # table may not have seen yet (the watch's first snapshot is still on its way).
-            base = await self._get(name)
+            base, read = await self._get(name), True
         for _ in range(MAX_CONFLICTS):
             node = render(base.node if base else None, write.intent, dt.datetime.now(dt.UTC))
             if node is None:
-                return
+                if read or isinstance(write.intent, Alive):
+                    return
+                # The table's copy may predate a write of ours that it has not seen yet (the
+                # watch is a poll behind, or the store was away): a departure that looks
+                # recorded already is checked against the store once before it is dropped.
+                base, read = await self._get(name), True
+                continue
             try:
                 if base is None:
                     stored = await self._call("create", self.store.create(node))
@@ -124,7 +131,7 @@ class Writer:
                     stored = await self._call("update", self.store.update(node, base.version))
             except (Conflict, NotFound):
                 self.metrics.store_conflicts.inc()
-                base = await self._get(name)
+                base, read = await self._get(name), True
                 continue
             cause = type(write.intent).__name__.lower()
             self.metrics.writes.labels(cause=cause).inc()
