@@ -342,8 +342,11 @@ def storage_from_data(data: Any, path: str | Path) -> StorageConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level: expected a mapping, got {_show(data)}")
-    top = {str(k).lower(): (k, v) for k, v in data.items()}
-    storage = top.get("storage", (None, None))[1]
+    found = [(k, v) for k, v in data.items() if str(k).lower() == "storage"]
+    if len(found) > 1:
+        raise ConfigError(f"{path}: storage: given twice ({found[0][0]!r} and {found[1][0]!r});"
+                          " keys are read without regard to case")
+    storage = found[0][1] if found else None
     try:
         storage = _lower_keys(storage or {}, "storage.")
     except ConfigError as exc:

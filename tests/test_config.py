@@ -147,6 +147,8 @@ def test_directory_is_a_config_error(tmp_path: Path) -> None:
                      id="key-twice-in-two-cases"),
         pytest.param("storage:\n  etcd:\n    cert_file: /c.pem\n", "storage.etcd",
                      id="cert-without-key"),
+        pytest.param("Storage:\n  type: etcd\nstorage:\n  type: mysql\n", "storage",
+                     id="section-twice-in-two-cases"),
         pytest.param("storage:\n  mysql:\n    poll_interval: 0\n", "storage.mysql.poll_interval",
                      id="poll-interval-zero"),
     ],
