@@ -40,19 +40,22 @@ async def run(
     info: ServiceInfo,
     *,
     goodbye: Goodbye = lambda: True,
+    ours: bool = False,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Register `info`, report started once it is announced, then wait to be cancelled; on
     cancellation send the goodbye (bounded, shielded). A registration cancelled half-way sends
     the goodbye too: peers may have seen our probes and announcements already. `goodbye()`
-    False skips it: the advertisement moves to a new zeroconf (tasks/presence.py)."""
+    False skips it: the advertisement moves to a new zeroconf (tasks/presence.py). `ours`: the
+    name was registered by this agent a moment ago (a move to new addresses), so a record of it
+    still cached or heard on the LAN is our own and no conflict; no probing for the name."""
     announced = False  # something of ours may be on the LAN
     try:
         try:
             # zeroconf returns a task that completes when probing and announcing are done.
             announced = True
             registered = await aio_as_trio(zc.async_register_service)(
-                info, allow_name_change=False
+                info, allow_name_change=False, cooperating_responders=ours
             )
             await aio_as_trio(registered)
         except NonUniqueNameException:

@@ -99,6 +99,7 @@ class Presence:
         """Advertise until cancelled (then say goodbye); move along with `readdress`. Reports
         started once our record is registered (the first time)."""
         self.addresses = tuple(addresses)
+        moved = False  # after a move the name is ours already (advertise.run's `ours`)
         while True:
             session = self.session
             info = self._info = mdns.service_info(
@@ -110,9 +111,10 @@ class Presence:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_when, session.moved, nursery.cancel_scope)
-                await nursery.start(_advertise, session.zc, info, goodbye)
+                await nursery.start(_advertise, session.zc, info, goodbye, moved)
                 task_status.started()
                 task_status = trio.TASK_STATUS_IGNORED
+            moved = True
 
     async def browse(
         self,
@@ -193,11 +195,11 @@ async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
 
 
 async def _advertise(
-    zc: AsyncZeroconf, info: ServiceInfo, goodbye: advertise.Goodbye,
+    zc: AsyncZeroconf, info: ServiceInfo, goodbye: advertise.Goodbye, ours: bool,
     *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     # started once registered (probing and announcing, about 1.6 s): /readyz waits for it
-    await advertise.run(zc, info, goodbye=goodbye, task_status=task_status)
+    await advertise.run(zc, info, goodbye=goodbye, ours=ours, task_status=task_status)
 
 
 async def _browse(
