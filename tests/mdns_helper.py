@@ -1,6 +1,6 @@
 """A process for the mDNS end-to-end tests; run it inside a test network namespace only.
 
-    python tests/mdns_helper.py advertise --name node-a --port 7001 [--iface lo]
+    python tests/mdns_helper.py advertise --name node-a --port 7001 [--iface lo] [--move-to ADDR]
     python tests/mdns_helper.py browse --own-name self [--iface lo]
     python tests/mdns_helper.py peers [--iface lo]        (k3net.commands.peers.main, JSON output)
 
@@ -9,6 +9,7 @@ every process of the machine, so the test can subtract them):
 
     {"event": "starting"}            advertise: about to register
     {"event": "registered"}          advertise: announced (advertise.run started)
+    {"event": "moved"}               advertise --move-to: the new address announced
     {"event": "browsing"}            browse: the browser runs
     {"event": "PeerSeen", "name": ..., "addresses": [...], "port": ..., "pid": ...}
     {"event": "PeerGone", "name": ...} / {"event": "PeerRejected", "instance": ..., "reason": ...}
@@ -66,6 +67,13 @@ async def advertise_main(args: argparse.Namespace) -> None:
             emit("starting")
             await nursery.start(advertise.run, zc, info)
             emit("registered", addresses=info.parsed_addresses())
+            if args.move_to:
+                # A careless sender: the new address announced first, the old one's goodbye
+                # after it (k3net itself sends the goodbye first: tasks/presence.py).
+                moved = mdns.service_info(settings, addresses=[args.move_to], generation=1)
+                await mdns.update_service(zc, moved)
+                mdns.withdraw_addresses(zc, info, info.parsed_addresses())
+                emit("moved", addresses=moved.parsed_addresses())
     emit("stopped")
 
 
@@ -93,6 +101,8 @@ def main() -> None:
     adv.add_argument("--port", type=int, required=True)
     adv.add_argument("--iface", action="append", default=[])
     adv.add_argument("--listen", action="store_true", help="accept TCP on 127.0.0.1:port")
+    adv.add_argument("--move-to", metavar="ADDR",
+                     help="once registered, announce ADDR, then withdraw the first addresses")
     brw = sub.add_parser("browse")
     brw.add_argument("--own-name", default="")
     brw.add_argument("--iface", action="append", default=[])

@@ -6,14 +6,14 @@ from __future__ import annotations
 import trio
 from zeroconf import ServiceStateChange
 
-from k3net.tasks.browse import PendingChanges
+from k3net.tasks.browse import Change, PendingChanges, SecondLooks
 
 ADDED, UPDATED, REMOVED = (
     ServiceStateChange.Added, ServiceStateChange.Updated, ServiceStateChange.Removed,
 )
 
 
-async def drain(pending: PendingChanges) -> list[tuple[str, ServiceStateChange]]:
+async def drain(pending: PendingChanges) -> list[tuple[str, Change]]:
     out = []
     while len(pending):
         out.append(await pending.get())
@@ -47,7 +47,7 @@ async def test_only_new_instances_beyond_the_limit_are_dropped() -> None:
 
 async def test_get_waits_for_a_change() -> None:
     pending = PendingChanges(limit=10)
-    got: list[tuple[str, ServiceStateChange]] = []
+    got: list[tuple[str, Change]] = []
 
     async def consumer() -> None:
         got.append(await pending.get())
@@ -58,3 +58,33 @@ async def test_get_waits_for_a_change() -> None:
         assert got == []
         pending.put("a", ADDED)
     assert got == [("a", ADDED)]
+
+
+async def test_a_second_look_never_replaces_a_waiting_change() -> None:
+    pending = PendingChanges(limit=10)
+    pending.put("a", REMOVED)
+    pending.put("a", "second look")  # the goodbye must not turn into a look at the cache
+    pending.put("b", "second look")
+    assert await drain(pending) == [("a", REMOVED), ("b", "second look")]
+
+
+async def test_second_looks_come_once_each_after_the_delay(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pending = PendingChanges(limit=10)
+    looks = SecondLooks(pending, delay=1.2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(looks.run)
+        looks.schedule("a")
+        await trio.sleep(0.5)
+        looks.schedule("b")
+        looks.schedule("a")  # changed again: its look moves to 1.2 s from now
+        await trio.sleep(1.0)
+        assert await drain(pending) == []
+        await trio.sleep(0.3)  # 1.8 s: both were due at 1.7 s, b first (a moved behind it)
+        assert await drain(pending) == [("b", "second look"), ("a", "second look")]
+        looks.schedule("c")
+        looks.cancel("c")  # removed before its look
+        await trio.sleep(5)
+        assert await drain(pending) == [] and len(looks) == 0
+        nursery.cancel_scope.cancel()

@@ -354,6 +354,26 @@ def test_peer_seen_then_goodbye(lo_host: LoopbackHost, capsys: pytest.CaptureFix
 
 
 @netns
+def test_an_old_address_withdrawn_after_the_new_one_is_announced_is_dropped(
+    lo_host: LoopbackHost,
+) -> None:
+    # The sender announces its new address and only then says goodbye to the old one: the
+    # browser resolves both at the announcement and zeroconf reports no change for the goodbye.
+    browser = start(lo_host, "browse", "--own-name", "me")
+    browser.wait_for(event("browsing"))
+    adv = start(lo_host, "advertise", "--name", "node-m", "--port", "7301",
+                "--move-to", "127.0.0.9")
+    adv.wait_for(event("moved"))
+    browser.wait_for(lambda r: r["event"] == "PeerSeen" and r["name"] == "node-m"
+                     and "127.0.0.9" in r["addresses"])
+    last = browser.wait_for(lambda r: r["event"] == "PeerSeen" and r["name"] == "node-m"
+                            and r["addresses"] == ["127.0.0.9"], timeout=5)
+    # And it stays that way: nothing brings the old address back.
+    later = [r for r in browser.drain(2.0) if r["event"] == "PeerSeen" and r["t"] > last["t"]]
+    assert all(r["addresses"] == ["127.0.0.9"] for r in later), later
+
+
+@netns
 def test_invalid_name_rejected_and_own_name_ignored(lo_host: LoopbackHost) -> None:
     browser = start(lo_host, "browse", "--own-name", "me")
     browser.wait_for(event("browsing"))

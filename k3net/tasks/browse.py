@@ -12,11 +12,19 @@ then Removed is just Removed). Only more distinct instances than `_MAX_PENDING` 
 counted and logged. One resolver loop takes them in order: Added/Updated are resolved (mostly
 from zeroconf's cache, which the browse answers already filled) and validated by
 `mdns.peer_from_info`; Removed (a goodbye, or records that expired) becomes PeerGone.
+
+A peer's old address can outlive the announcement of its new one by up to a second: RFC 6762
+10.2 keeps a cache-flushed record one more second, and a goodbye for the old address may come
+just after the new announcement. zeroconf reports neither as a change, so a resolution made at
+the announcement would keep the old address until the record's TTL (minutes). Every Added or
+Updated that was sent on is therefore resolved once more from the cache `SECOND_LOOK` seconds
+later (`SecondLooks`), and sent again only if what it resolves to changed.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import trio
 from trio_asyncio import aio_as_trio
@@ -38,6 +46,9 @@ _MAX_PENDING = 4096
 _RESOLVE_TIMEOUT_MS = 3000
 # Bounds the browser's cancellation at shutdown.
 _CANCEL_TIMEOUT = 1.0
+# After an Added/Updated, when to resolve the entry again (module docstring): past the one second
+# an RFC 6762 responder keeps a flushed or withdrawn record.
+SECOND_LOOK = 1.2
 
 _KINDS = {
     ServiceStateChange.Added: "added",
@@ -46,6 +57,8 @@ _KINDS = {
 }
 
 Message = PeerSeen | PeerGone | PeerRejected
+# A pending change: zeroconf's, or a second look (`SecondLooks`).
+Change = ServiceStateChange | Literal["second look"]
 
 
 def _label(instance: str, service_type: str) -> str:
@@ -68,6 +81,7 @@ async def run(
     `loopback` keeps peers' loopback addresses (`mdns.loopback_only`). Closes `out` when it
     returns."""
     pending = PendingChanges(_MAX_PENDING)
+    second_looks = SecondLooks(pending, SECOND_LOOK)
 
     def on_change(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -84,11 +98,14 @@ async def run(
     async with out:
         browser = AsyncServiceBrowser(zc.zeroconf, service_type, handlers=[on_change])
         try:
-            task_status.started()
-            resolver = _Resolver(zc, service_type, own_name, out, metrics, loopback)
-            while True:
-                instance, change = await pending.get()
-                await resolver.handle(instance, change)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(second_looks.run)
+                task_status.started()
+                resolver = _Resolver(zc, service_type, own_name, out, metrics, loopback,
+                                     second_looks)
+                while True:
+                    instance, change = await pending.get()
+                    await resolver.handle(instance, change)
         finally:
             with trio.move_on_after(_CANCEL_TIMEOUT, shield=True):
                 await aio_as_trio(browser.async_cancel)()
@@ -100,26 +117,67 @@ class PendingChanges:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._changes: dict[str, ServiceStateChange] = {}
+        self._changes: dict[str, Change] = {}
         self._wakeup = trio.Event()
 
     def __len__(self) -> int:
         return len(self._changes)
 
-    def put(self, instance: str, change: ServiceStateChange) -> bool:
-        """Note a change; False if it had to be dropped (too many distinct instances)."""
-        if instance not in self._changes and len(self._changes) >= self.limit:
+    def put(self, instance: str, change: Change) -> bool:
+        """Note a change; False if it had to be dropped (too many distinct instances). A second
+        look never replaces a change still waiting: handling that one looks anyway."""
+        if instance in self._changes:
+            if change != "second look":
+                self._changes[instance] = change  # keeps its place
+            return True
+        if len(self._changes) >= self.limit:
             return False
-        self._changes[instance] = change  # an instance already waiting keeps its place
+        self._changes[instance] = change
         self._wakeup.set()
         return True
 
-    async def get(self) -> tuple[str, ServiceStateChange]:
+    async def get(self) -> tuple[str, Change]:
         while not self._changes:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
         instance = next(iter(self._changes))
         return instance, self._changes.pop(instance)
+
+
+class SecondLooks:
+    """Entries to resolve once more `delay` seconds after they changed (module docstring): each
+    is put back into `pending` as a "second look" when its time comes. One timer per entry at
+    most; a new change of an entry moves its look later."""
+
+    def __init__(self, pending: PendingChanges, delay: float) -> None:
+        self.pending = pending
+        self.delay = delay
+        # instance -> when; one delay for all, so insertion order is the order of the times.
+        self._due: dict[str, float] = {}
+        self._wakeup = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def schedule(self, instance: str) -> None:
+        self._due.pop(instance, None)
+        self._due[instance] = trio.current_time() + self.delay
+        self._wakeup.set()
+
+    def cancel(self, instance: str) -> None:
+        self._due.pop(instance, None)
+
+    async def run(self) -> None:
+        while True:
+            if not self._due:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                continue
+            instance, when = next(iter(self._due.items()))
+            await trio.sleep_until(when)
+            if self._due.get(instance) == when:  # not moved or cancelled meanwhile
+                del self._due[instance]
+                self.pending.put(instance, "second look")
 
 
 class _Resolver:
@@ -133,8 +191,10 @@ class _Resolver:
         out: trio.MemorySendChannel[Message],
         metrics: Metrics,
         loopback: bool = False,
+        second_looks: SecondLooks | None = None,
     ) -> None:
         self.zc = zc
+        self.second_looks = second_looks
         self.loopback = loopback
         self.service_type = service_type
         self.own_name = own_name
@@ -143,14 +203,19 @@ class _Resolver:
         # instance (lower case) -> its peer name, or None for an entry we ignore (rejected, or
         # ourselves), so that its Removed is ignored too.
         self.peer_names: dict[str, str | None] = {}
+        # instance (lower case) -> the last PeerSeen sent for it, for second looks.
+        self.last_seen: dict[str, PeerSeen] = {}
 
-    async def handle(self, instance: str, change: ServiceStateChange) -> None:
+    async def handle(self, instance: str, change: Change) -> None:
         label = _label(instance, self.service_type)
         if change is ServiceStateChange.Removed:
             await self._removed(instance, label)
             return
         if label == self.own_name:
             return  # our own advertisement; skip resolving it
+        if change == "second look":
+            await self._look_again(instance)
+            return
         info = AsyncServiceInfo(self.service_type, instance)
         if not await aio_as_trio(info.async_request)(self.zc.zeroconf, _RESOLVE_TIMEOUT_MS):
             log.info("mDNS entry %s did not resolve within %d ms; skipped",
@@ -167,10 +232,32 @@ class _Resolver:
             self.peer_names[instance.lower()] = None
             return
         self.peer_names[instance.lower()] = message.name
+        self.last_seen[instance.lower()] = message
+        if self.second_looks is not None:
+            self.second_looks.schedule(instance)
         await self.out.send(message)
+
+    async def _look_again(self, instance: str) -> None:
+        """Resolve from the cache only (no query) and send what changed since the last send."""
+        key = instance.lower()
+        last = self.last_seen.get(key)
+        if last is None:
+            return  # removed or rejected meanwhile
+        info = AsyncServiceInfo(self.service_type, instance)
+        if not info.load_from_cache(self.zc.zeroconf):
+            return  # the records are going: a Removed follows, or the next announcement
+        message = peer_from_info(info, loopback=self.loopback)
+        if isinstance(message, PeerSeen) and message != last and message.name == last.name:
+            log.info("mDNS entry %s now resolves to %s (was %s)", instance,
+                     ", ".join(message.addresses), ", ".join(last.addresses))
+            self.last_seen[key] = message
+            await self.out.send(message)
 
     async def _removed(self, instance: str, label: str) -> None:
         key = instance.lower()
+        self.last_seen.pop(key, None)
+        if self.second_looks is not None:
+            self.second_looks.cancel(instance)
         if key in self.peer_names:
             name = self.peer_names.pop(key)
         elif is_valid_name(label):

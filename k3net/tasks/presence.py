@@ -22,10 +22,12 @@ agent), `readdress`:
   starts again there (peers are found again from their answers; the table takes a PeerSeen of
   a known peer as an update).
 
-Either way, addresses we lost are withdrawn first (goodbyes of those A/AAAA records only) and
-announced over WITHDRAW_DELAY later, because zeroconf reports a new address record to browsers
-as Updated but never one that went away: a peer resolving our announcement must no longer hold
-the old address, or its Node of us would keep it.
+Either way, addresses we lost are withdrawn first (goodbyes of those A/AAAA records only), before
+the new ones are announced (in place: WITHDRAW_DELAY later), because zeroconf reports a new
+address record to browsers as Updated but never one that went away: a peer resolving our
+announcement must no longer hold the old address, or its Node of us would keep it. Peers'
+browsers also look at every change again a second later (tasks/browse.py), for senders that do
+not keep this order.
 """
 
 from __future__ import annotations
@@ -158,17 +160,20 @@ class Presence:
             log.info("mDNS moves to this machine's new addresses (%s): registering again",
                      ", ".join(addresses))
             new = await self._open(chosen)
-            self._session = new
-            old.moved.set()  # advertise and browse leave the old zeroconf, without a goodbye
             if self._info is not None:
-                # Out of the old registry now, before the new registration probes for our
-                # name (the old zeroconf would answer it) and before closing it (which would
-                # send a goodbye for what is registered). zeroconf's loop runs on this thread.
+                # Out of the old registry first: the old zeroconf must no longer answer for
+                # our name with the old addresses, nor send a goodbye when it closes.
+                # zeroconf's loop runs on this thread.
                 old.zc.zeroconf.registry.async_remove(self._info)
             if gone:
+                # The goodbyes of the lost addresses go out before advertise announces on
+                # the new zeroconf (it starts on `moved`): a peer that heard them the other
+                # way round would resolve both addresses and never hear of the old one again.
                 await aio_as_trio(new.zc.zeroconf.async_wait_for_start)()
                 mdns.withdraw_addresses(new.zc, self._info or mdns.service_info(
                     self.settings, addresses=addresses, generation=self.generation), gone)
+            self._session = new
+            old.moved.set()  # advertise and browse leave the old zeroconf, without a goodbye
             await old.stack.aclose()
 
     async def _update_in_place(self, session: _Session, gone: list[str]) -> None:
