@@ -15,6 +15,11 @@ fake clock. `main` builds the real ones.
 Every producer holds its own clone of the table's channel, so the table's loop ends by itself
 when the last producer stops. Start-up: the writer and the table first, then HTTP (so that a
 peer that sees our advertisement can probe us), then the producers, mDNS advertisement first.
+`use_store()` moves a running agent to another store (a SIGHUP that changed the storage config):
+the old store's watch stops, the table writes what it knows into the new store (our own Node
+and every peer that answers, Ready), then the new store's watch starts; mDNS and the probes go
+on meanwhile, so no peer sees a goodbye and no Node goes not-Ready.
+
 `stop()` (SIGINT/SIGTERM in `main`) shuts down in this order:
 
 1. close /events subscribers (1001) and stop the HTTP listener, so that a peer probing us after
@@ -41,7 +46,7 @@ from typing import Any, Protocol
 import trio
 
 from k3net.core.addresses import MachineAddresses
-from k3net.core.messages import OwnAddresses, SelfHeartbeat, Tick
+from k3net.core.messages import OwnAddresses, SelfHeartbeat, StoreChanged, Tick
 from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
 from k3net.events import EventHub
 from k3net.health import StoreHealth
@@ -63,6 +68,9 @@ log = logging.getLogger("k3net.agent")
 SHUTDOWN_DEADLINE = 2.7
 # How long the stopping HTTP listener may take before the goodbye is sent anyway.
 LISTENER_STOP_DEADLINE = 0.5
+# How long a move to another store waits for the table's Nodes to be written there before the
+# new store's watch starts anyway (a new store that is down is an outage like any other).
+CARRY_OVER_DEADLINE = 5.0
 
 
 class Lan(Protocol):
@@ -127,11 +135,11 @@ class Agent:
         # Reads this machine's addresses now (mdns.machine_addresses), polled by
         # tasks/addresses.py so that they are followed live; None: they never change.
         self.machine = machine
-        self._info_addrs = list(self.addresses)  # what /info shows, kept current
         self.serve = serve
         self.metrics = metrics or Metrics()
         self.health = StoreHealth()
         self.hub = EventHub(self.metrics)
+        self.writer = Writer(self.store, self.metrics, self.health)
         self.table = PeerTable(
             peer_ttl=settings.peer_ttl,
             refresh_interval=settings.refresh_interval,
@@ -145,6 +153,16 @@ class Agent:
         self._stop_by = float("inf")
         # Set once the mDNS advertisement is registered (the /readyz `mdns` check, READY=1).
         self.advertised = trio.Event()
+        # What the HTTP endpoints read; kept current here (addresses, store).
+        self.web = AppState(
+            settings=settings, store=store, hub=self.hub, metrics=self.metrics,
+            health=self.health, started_at=time.time(), addrs=list(self.addresses),
+            self_up=self.table.self_up, mdns_up=self.advertised.is_set, peers=self.table.peers,
+        )
+        # _follow_store's cue to move to self.store, and its answer once it has.
+        self._store_moved = trio.Event()
+        self._store_followed = trio.Event()
+        self._moving = trio.Lock()
 
     def stop(self) -> None:
         """Begin the shutdown (module docstring); `run` returns within SHUTDOWN_DEADLINE."""
@@ -156,9 +174,21 @@ class Agent:
         """Return once `stop()` was called."""
         await self._stop.wait()
 
+    async def use_store(self, store: Store) -> Store:
+        """Move the running agent to `store` (module docstring); returns the store it leaves,
+        for the caller to close, once nothing uses it any more."""
+        async with self._moving:
+            old, self.store = self.store, store
+            await self.writer.use_store(store)
+            self.web.store = store
+            followed = self._store_followed = trio.Event()
+            self._store_moved.set()
+            await followed.wait()
+            return old
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
-        writer = Writer(self.store, self.metrics, self.health)
+        writer = self.writer
         write_send, write_recv = trio.open_memory_channel[Write](0)
         probe_send, probe_recv = trio.open_memory_channel[ProbeNow | Forget](0)
         table_send, table_recv = trio.open_memory_channel[Message](0)
@@ -217,7 +247,7 @@ class Agent:
             self.hub.observe(event)
             foreign.observe(event)
 
-        await producers.start(watch.run, self.store, table_send.clone(), observe, self.health)
+        await producers.start(self._follow_store, table_send.clone(), observe)
         await producers.start(prober.run, probe_recv, table_send.clone())
         await producers.start(tick, table_send.clone(), Tick(), expire_interval(s.peer_ttl))
         if s.register_self:
@@ -225,8 +255,6 @@ class Agent:
                 tick, table_send.clone(), SelfHeartbeat(), heartbeat_interval(s.peer_ttl)
             )
         await producers.start(self.lan.browse, table_send.clone())
-        if s.prune_after:
-            await producers.start(prune.run, self.store, s.prune_after)
         # Beyond this segment (mDNS stops at the router): --join addresses and --scan ranges.
         if s.join:
             await producers.start(functools.partial(
@@ -265,9 +293,38 @@ class Agent:
                 if change.advertised == self.addresses:
                     continue
                 self.addresses = change.advertised
-                self._info_addrs[:] = change.advertised
+                self.web.addrs = list(change.advertised)
                 await table.send(OwnAddresses(change.advertised))
                 await self.lan.readdress(change.advertised)
+
+    async def _follow_store(
+        self,
+        table: trio.MemorySendChannel[Message],
+        observe: Callable[[WatchEvent], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The store's watch (and prune, with --prune-after) on whichever store is current;
+        on a move (`use_store`) the table carries its knowledge over in between."""
+        async with table:
+            while True:
+                store, moved = self.store, self._store_moved
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_when, moved, nursery.cancel_scope)
+                    await nursery.start(watch.run, store, table.clone(), observe, self.health)
+                    if self.settings.prune_after:
+                        await nursery.start(prune.run, store, self.settings.prune_after)
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                self._store_moved = trio.Event()
+                handed = trio.Event()
+                await table.send(StoreChanged(handed_over=handed.set))
+                with trio.move_on_after(CARRY_OVER_DEADLINE) as waited:
+                    await handed.wait()
+                    await self.writer.wait_idle()
+                log.info("store: moved to %s%s", self.store.kind,
+                         "; its writes are still pending" if waited.cancelled_caught else "")
+                self._store_followed.set()
 
     async def _advertise(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -290,16 +347,10 @@ class Agent:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         s = self.settings
-        state = AppState(
-            settings=s, store=self.store, hub=self.hub, metrics=self.metrics, health=self.health,
-            started_at=time.time(), addrs=self._info_addrs, self_up=self.table.self_up,
-            mdns_up=self.advertised.is_set,
-            peers=self.table.peers,
-        )
         try:
             with scope:
                 await self.serve(
-                    make_app(state), s.listen_host, s.listen_port, task_status=task_status
+                    make_app(self.web), s.listen_host, s.listen_port, task_status=task_status
                 )
         finally:
             done.set()
@@ -310,11 +361,12 @@ class Agent:
 
 @asynccontextmanager
 async def _machine(settings: Settings) -> AsyncIterator[Agent]:
-    """An Agent on this machine's store, mDNS and addresses."""
+    """An Agent on this machine's store, mDNS and addresses. Closes whichever store the agent
+    ends on (`use_store` hands back the ones it leaves)."""
     import trio_asyncio
 
     from k3net import mdns
-    from k3net.store import open_store
+    from k3net.store import make_store
     from k3net.tasks.presence import open_presence
 
     interfaces = mdns.choose_interfaces(settings.interfaces, mdns.list_interfaces())
@@ -325,26 +377,37 @@ async def _machine(settings: Settings) -> AsyncIterator[Agent]:
     metrics = Metrics()
     async with (
         trio_asyncio.open_loop(),
-        open_store(settings.storage) as store,
         open_presence(settings, interfaces, metrics) as lan,
     ):
-        yield Agent(settings, store=store, lan=lan, addresses=now.advertised, own=sorted(now.own),
-                    machine=read, metrics=metrics)
+        agent = Agent(settings, store=make_store(settings.storage), lan=lan,
+                      addresses=now.advertised, own=sorted(now.own), machine=read,
+                      metrics=metrics)
+        try:
+            yield agent
+        finally:
+            await agent.store.aclose()
 
 
 async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
     """Run the agent on this machine until SIGINT or SIGTERM; tell a supervisor (systemd's
     notify socket, if any) when it is ready and when it stops; on SIGHUP, `reload` the settings
-    (k3net.reload)."""
+    (k3net.reload), moving to another store if the config names one."""
     from k3net import notify
     from k3net import reload as reloading
+    from k3net.config import StorageConfig
     from k3net.logs import configure
+    from k3net.store import make_store
 
     notifier = notify.Notifier.from_environ()
     async with _machine(settings) as agent, trio.open_nursery() as nursery:
+
+        async def use_storage(storage: StorageConfig) -> None:
+            old = await agent.use_store(make_store(storage))
+            await old.aclose()
+
         nursery.start_soon(_stop_on_signal, agent)
         if reload is not None:
-            await nursery.start(reloading.run, settings, reload, configure)
+            await nursery.start(reloading.run, settings, reload, configure, use_storage)
         if notifier is not None:
             nursery.start_soon(functools.partial(
                 notify.run, notifier, agent.advertised.wait, agent.wait_stopping,
@@ -353,6 +416,11 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
             ))
         await agent.run()
         nursery.cancel_scope.cancel()
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _stop_on_signal(agent: Agent) -> None:

@@ -88,6 +88,6 @@ async def test_agent_follows_a_readdress(autojump_clock: trio.testing.MockClock)
                         break
         assert "readdress 192.168.1.9" in log.events  # the mDNS record follows
         assert a.table.me.addresses == ("192.168.1.9",)
-        assert a._info_addrs == ["192.168.1.9"]  # what /info shows
+        assert a.web.addrs == ["192.168.1.9"]  # what /info shows
         a.stop()
     assert a.addresses == ("192.168.1.9",)

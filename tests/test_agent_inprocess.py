@@ -8,6 +8,7 @@ HTTP down, then the mDNS goodbye, then this agent's own Node False/AgentShutdown
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import trio.testing
 
 from k3net.agent import SHUTDOWN_DEADLINE, Agent
 from k3net.core.messages import PeerSeen
+from k3net.core.nodes import Alive, render
 from k3net.core.table import Message
 from k3net.model import Node
 from k3net.settings import Settings
@@ -198,3 +200,31 @@ async def test_a_crashing_task_ends_the_agent_with_its_error(
     with pytest.RaisesGroup(pytest.RaisesExc(OSError, match="interface vanished"), flatten_subgroups=True):
         await a.run()
     assert "goodbye" in log.events and "http down" in log.events
+
+
+async def test_a_move_to_another_store_carries_the_own_node_over_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log = Recorder()
+    first, second = RecordingStore(log), RecordingStore(log)
+    a = agent(log, first)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await wait_for_own(first, "True")
+        moved_at = trio.current_time()
+        assert await a.use_store(second) is first
+        # Ready in the new store before use_store returns: no heartbeat interval waited for.
+        assert await own_status(second) == "True"
+        assert trio.current_time() - moved_at < 0.1
+        assert a.web.store is second  # what /nodes, /info and /readyz read
+        # The new store is the one followed now: someone else's Node there is seen.
+        node_z = render(None, Alive("node-z", ("192.168.1.9",), 7946, None),
+                        dt.datetime.now(dt.UTC))
+        assert node_z is not None
+        await second.create(node_z)
+        await trio.sleep(1)
+        assert "node-z" in {n["node"] for n in a.hub.snapshot()["nodes"]}
+        a.stop()
+    assert "goodbye" in log.events and log.events.count("advertise 192.168.1.2") == 1
+    assert await own_status(second) == "False"  # the shutdown goes to the new store
+    assert await own_status(first) == "True"  # and the old one is left as it was

@@ -1,6 +1,6 @@
-"""SIGHUP reloads the config file: the log level and format at once, everything else on restart
-(said so in the log), a bad config refused with one line; the agent keeps running, keeps its
-mDNS registration and sends no goodbye."""
+"""SIGHUP reloads the config file: the log level and format and the store at once, everything
+else on restart (said so in the log), a bad config refused with one line; the agent keeps
+running, keeps its mDNS registration and sends no goodbye, and no Node flaps."""
 
 from __future__ import annotations
 
@@ -10,24 +10,39 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from k3net import reload
-from k3net.config import ConfigError
-from k3net.harness.netns import LoopbackHost
+from k3net.config import ConfigError, EtcdConfig, MySQLConfig, StorageConfig
+from k3net.harness.agents import AgentFactory, ready
+from k3net.harness.netns import Lan, LoopbackHost
 from k3net.harness.nsclient import NetnsClient, wait_for
+from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
+from k3net.harness.services import EtcdServer
 from k3net.settings import Settings
 
 OLD = Settings(node_name="n1")
 
 
 def test_changes_split_live_and_restart() -> None:
-    new = Settings(node_name="n1", log_level="debug", peer_ttl=30.0, listen_port=7000)
+    etcd = StorageConfig(type="etcd")
+    new = Settings(node_name="n1", log_level="debug", peer_ttl=30.0, listen_port=7000,
+                   storage=etcd)
     live, later = reload.changes(OLD, new)
-    assert live == {"log_level": ("info", "debug")}
+    assert live == {"log_level": ("info", "debug"), "storage": (StorageConfig(), etcd)}
     assert later == {"peer_ttl": (90.0, 30.0), "listen_port": (7946, 7000)}
+
+
+def test_the_log_names_a_store_by_where_it_is_never_its_password() -> None:
+    mysql = StorageConfig(type="mysql", mysql=MySQLConfig(host="db1", password="hunter2"))
+    assert reload.show("storage", mysql) == "mysql root@db1:3306/k3"
+    etcd = StorageConfig(type="etcd", etcd=EtcdConfig(endpoints=("https://e1:2379",),
+                                                      password="hunter2"))
+    assert reload.show("storage", etcd) == "etcd https://e1:2379"
+    assert reload.show("cluster_key", b"hunter2") == "a key"
 
 
 def test_reconsider_applies_the_log_level_and_keeps_the_rest(
@@ -82,10 +97,10 @@ def test_sighup_reloads_without_dropping_the_registration(tmp_path: Path) -> Non
             wait_for(lambda: client.get(url + "/readyz")[0] == 200, 30, what="agent ready")
             started = json.loads(client.get(url + "/info")[1])["startedAt"]
 
-            write(config, "etcd", "debug")
+            config.write_text(json.dumps({"network": {"log-level": "debug", "probe-interval": "3s"}}))
             proc.send_signal(signal.SIGHUP)
             wait_for(lambda: log_has("SIGHUP: log-level info -> debug"), 10, what="reload")
-            assert log_has("storage changed") and log_has("takes effect on restart")
+            assert log_has("probe-interval changed") and log_has("takes effect on restart")
             # The own Node's heartbeat (every second at peer-ttl 3s) is logged at debug level.
             wait_for(lambda: log_has(" DEBUG "), 10, what="debug lines after the reload")
 
@@ -103,3 +118,58 @@ def test_sighup_reloads_without_dropping_the_registration(tmp_path: Path) -> Non
         assert proc.wait(10) == 0
     refused = [line for line in log_path.read_text().splitlines() if "config refused" in line]
     assert len(refused) == 1
+
+
+@pytest.mark.netns
+@pytest.mark.usefixtures("netns_ok", "etcd_ok")
+def test_sighup_moves_to_another_store_without_a_flap(agents: AgentFactory,
+                                                       tmp_path: Path) -> None:
+    # Two agents on a LAN, each on its own memory store; node-a is told to use etcd instead.
+    timings = ("--peer-ttl", "3s", "--probe-interval", "500ms")
+    with Lan(2) as lan, EtcdServer(tmp_path / "etcd", client_host=lan[0].address,
+                                   client_port=ETCD_PORT, peer_port=ETCD_PEER_PORT,
+                                   netns=lan[0].name) as etcd:
+        raw = RawEtcd(lan[0], etcd.address)
+        config = write_config(tmp_path / "a.yaml", {"type": "memory"})
+        a = agents.start(lan[0], "node-a", *timings, config=config)
+        b = agents.start(lan[1], "node-b", *timings)
+        a.wait_ready()
+        b.wait_ready()
+        wait_for(lambda: ready(a.nodes().get("node-b")) == ("True", "PeerAlive")
+                 and ready(b.nodes().get("node-a")) == ("True", "PeerAlive"), 15,
+                 what="each Ready in the other's store")
+        assert raw.nodes() == {}
+
+        write_config(config, {"type": "etcd", "etcd": {"endpoints": [etcd.endpoint]}})
+        a.signal(signal.SIGHUP)
+        seen_at_b: set[tuple[str, str] | None] = set()
+        seen_in_etcd: set[tuple[str, str] | None] = set()
+
+        def moved() -> bool:
+            seen_at_b.add(ready(b.nodes().get("node-a")))
+            nodes = raw.nodes()
+            seen_in_etcd.update(ready(node) for node, _ in nodes.values())
+            return (ready(nodes.get("node-a", ({}, 0))[0]) == ("True", "AgentReady")
+                    and ready(nodes.get("node-b", ({}, 0))[0]) == ("True", "PeerAlive"))
+
+        wait_for(moved, 10, interval=0.1, what="node-a and node-b Ready in etcd")
+        assert "store: moved to etcd" in a.log()
+        assert a.get_json("/info")["store"] == "etcd"
+        assert {n["metadata"]["name"] for n in a.get_json("/nodes")["items"]} == {"node-a",
+                                                                                 "node-b"}
+        # Past two peer-ttls on the new store: the Nodes stay Ready there, and node-b, which
+        # never heard a goodbye, kept node-a Ready all along.
+        deadline = time.monotonic() + 6.5
+        while time.monotonic() < deadline:
+            moved()
+            time.sleep(0.2)
+        assert seen_at_b == {("True", "PeerAlive")}, seen_at_b
+        assert seen_in_etcd <= {("True", "AgentReady"), ("True", "PeerAlive")}, seen_in_etcd
+        assert "said goodbye" not in b.log() and "sent mDNS goodbye" not in a.log()
+        assert a.client.get(a.url + "/readyz")[0] == 200  # the new store answers
+
+        # node-a now works on etcd: its own shutdown is written there.
+        a.signal(signal.SIGTERM)
+        wait_for(lambda: ready(raw.nodes().get("node-a", ({}, 0))[0])
+                 == ("False", "AgentShutdown"), 5, what="node-a's shutdown in etcd")
+        assert a.proc.wait(5) == 0

@@ -25,6 +25,7 @@ from k3net.core.messages import (
     SelfHeartbeat,
     Snapshot,
     Stopping,
+    StoreChanged,
     Stored,
     Tick,
 )
@@ -814,3 +815,26 @@ def test_own_node_is_never_a_peer() -> None:
     t.handle(remote_put(), 1.0)
     assert t.handle(PeerSeen("peer-a", ("10.1.2.3",), 7946, 77, found_by="join"), 2.0) == []
     assert t.peers() == []
+
+
+# --- moving to another store -------------------------------------------------------------------
+
+
+def test_a_move_to_another_store_writes_what_the_table_knows_there() -> None:
+    t = table()
+    joined(t, PEER, 0.0)
+    joined(t, OTHER, 0.0)
+    t.handle(fail(OTHER), 1.0)
+    t.handle(ProbeResult(OTHER.name, "refused", 0.001, error="refused"), 1.0)  # SUSPECT now
+    moved = writes(t.handle(StoreChanged(), 2.0))
+    # Our own Node and the peer that answers, created there (no base from the old store);
+    # nothing for the peer whose last probe failed: its next probe decides.
+    assert [(w.intent.name, type(w.intent), w.base) for w in moved] == [
+        ("me", Alive, None), ("peer-a", Alive, None)]
+    assert all(isinstance(w.intent, Alive) and w.intent.refresh for w in moved)
+    assert t.counts == {"ready": 0, "not_ready": 0, "unknown": 0}
+    # Nothing expires before the new store's first Snapshot, however long it takes.
+    assert writes(t.handle(Tick(), 2.0 + 10 * TTL)) == []
+    put = commit(moved[1], wall=3.0)
+    t.handle(Snapshot((put.stored,)), 2.0 + 10 * TTL)
+    assert t.counts["ready"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import attrs
@@ -70,6 +71,14 @@ class OwnAddresses:
     """addresses: this machine's advertised addresses changed (DHCP, IPv6 privacy address)."""
 
     addresses: tuple[str, ...]
+
+
+@attrs.frozen
+class StoreChanged:
+    """The agent moved to another store (a reload); the new store's watch follows. The table's
+    loop calls `handed_over` once the writer has every write the table carried over."""
+
+    handed_over: Callable[[], object] = lambda: None
 
 
 @attrs.frozen

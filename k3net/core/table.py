@@ -23,6 +23,8 @@ While the watch has lost the store (`Lost`, until the next `Snapshot`) nothing e
 is stale. When the store is back within peer-ttl, every age is shifted by the time lost (nobody
 could refresh a lastSeen meanwhile, but the time before the outage still counts); after a longer
 outage every age starts again, so that an outage does not mark every peer Unknown at once.
+When the agent moves to another store (`StoreChanged`, a reload) the view is emptied the same
+way and what this agent knows is written there at once (`_store_changed`).
 
 Positive evidence is fast, absence is slow. A probe answers with one outcome (see
 `ProbeResult`); what each means for a peer, by the peer's state:
@@ -86,6 +88,7 @@ from k3net.core.messages import (
     SelfHeartbeat,
     Snapshot,
     Stopping,
+    StoreChanged,
     Stored,
     Tick,
     WatchEvent,
@@ -115,7 +118,7 @@ LEAVING_REPROBES = 5
 
 Message = (
     PeerSeen | PeerGone | PeerRejected | ProbeResult | Tick | SelfHeartbeat | OwnAddresses
-    | Stopping | WatchEvent
+    | StoreChanged | Stopping | WatchEvent
 )
 
 
@@ -276,6 +279,8 @@ class PeerTable:
             case OwnAddresses():
                 self.me = attrs.evolve(self.me, addresses=msg.addresses)
                 return self._heartbeat(now)
+            case StoreChanged():
+                return self._store_changed(now)
             case Stopping():
                 return self._stop()
             case _:
@@ -395,6 +400,23 @@ class PeerTable:
             if view is not None:
                 self.counts[_state_of(view.stored.node)] -= 1
         return []
+
+    def _store_changed(self, now: float) -> list[Action]:
+        """The agent moved to another store. What was read from the old one means nothing there:
+        the view is empty and nothing expires until the new store's Snapshot. What this agent
+        knows is carried over at once: our own Node and every peer that answers now are
+        written Ready (created, or refreshed where the new store has them already), so no Node
+        there goes through not-Ready or missing while the new watch starts."""
+        self._views.clear()
+        for state in self.counts:
+            self.counts[state] = 0
+        self.store_live, self._lost_at = False, now
+        actions = self._heartbeat(now)
+        for peer in self._peers.values():
+            if peer.state is PeerState.ALIVE:
+                actions += self._alive(peer.name, peer.addresses, peer.port, peer.pid,
+                                       PEER_ALIVE, now)
+        return actions
 
     def _snapshot(self, event: Snapshot, now: float) -> list[Action]:
         fresh = {s.name for s in event.items}

@@ -27,28 +27,32 @@ from k3net.store.base import (
 __all__ = [
     "Conflict", "Deleted", "Foreign", "ForeignTally", "ForeignValue", "Lost", "NotFound", "Put",
     "Scan", "Snapshot", "Store", "StoreError", "StoreUnavailable", "Stored", "WatchEvent",
-    "open_store",
+    "make_store", "open_store",
 ]
+
+
+def make_store(config: StorageConfig) -> Store:
+    """The configured backend, not connected yet: a backend whose server is down is made all
+    the same, and its calls raise StoreUnavailable until the server is back. The etcd and MySQL
+    backends need a running trio-asyncio loop (`trio_asyncio.open_loop()`). Close it with
+    `aclose()`."""
+    if config.type == "etcd":
+        from k3net.store.etcd import EtcdStore
+
+        return EtcdStore(config.etcd)
+    if config.type == "mysql":
+        from k3net.store.mysql import MySQLStore
+
+        return MySQLStore(config.mysql)
+    from k3net.store.memory import MemoryStore
+
+    return MemoryStore()
 
 
 @asynccontextmanager
 async def open_store(config: StorageConfig) -> AsyncIterator[Store]:
-    """The configured backend. Does not wait for the store to answer: a backend whose server is
-    down still opens, and its calls raise StoreUnavailable until the server is back. The etcd and
-    MySQL backends need a running trio-asyncio loop (`trio_asyncio.open_loop()`)."""
-    store: Store
-    if config.type == "etcd":
-        from k3net.store.etcd import EtcdStore
-
-        store = EtcdStore(config.etcd)
-    elif config.type == "mysql":
-        from k3net.store.mysql import MySQLStore
-
-        store = MySQLStore(config.mysql)
-    else:
-        from k3net.store.memory import MemoryStore
-
-        store = MemoryStore()
+    """`make_store`, closed on the way out."""
+    store = make_store(config)
     try:
         yield store
     finally:

@@ -13,7 +13,7 @@ import logging
 
 import trio
 
-from k3net.core.messages import PeerGone, Stopping
+from k3net.core.messages import PeerGone, Stopping, StoreChanged
 from k3net.core.table import (
     Action,
     Forget,
@@ -64,4 +64,6 @@ async def run(
                 if isinstance(msg, PeerGone):
                     log.info("peer %s said goodbye", msg.name)
                 await carry_out(table.handle(msg, trio.current_time()))
+                if isinstance(msg, StoreChanged):
+                    msg.handed_over()
         await carry_out(table.handle(Stopping(), trio.current_time()))

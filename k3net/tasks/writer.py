@@ -9,6 +9,9 @@ bounded by the number of Nodes, and nothing is dropped.
 
 When the table closes its end of the channel (the agent is stopping), the writer writes what is
 still pending and returns; the caller bounds that with a deadline.
+
+`use_store` moves the writer to another store between two writes (a reload), never during one;
+`wait_idle` returns once nothing is pending.
 """
 
 from __future__ import annotations
@@ -51,11 +54,22 @@ class Writer:
         self._pending: dict[str, Write] = {}
         self._wakeup = trio.Event()
         self._inbox_open = True
+        self._writing = trio.Lock()  # held for each write: a store change waits for it
+        self._idle = trio.Event()  # set while nothing is pending
 
     @property
     def backlog(self) -> int:
         """Nodes with a write still to be made."""
         return len(self._pending)
+
+    async def use_store(self, store: Store) -> None:
+        """Write to `store` from the next write on; returns once the write under way is done."""
+        async with self._writing:
+            self.store = store
+
+    async def wait_idle(self) -> None:
+        """Return once every write handed over so far is written (or there is none)."""
+        await self._idle.wait()
 
     async def run(
         self,
@@ -73,6 +87,8 @@ class Writer:
             async for write in inbox:
                 self._pending.pop(write.intent.name, None)  # the newest goes to the back
                 self._pending[write.intent.name] = write
+                if self._idle.is_set():
+                    self._idle = trio.Event()
                 self._wakeup.set()
         self._inbox_open = False
         self._wakeup.set()
@@ -81,6 +97,7 @@ class Writer:
         failures = 0
         while True:
             if not self._pending:
+                self._idle.set()
                 if not self._inbox_open:
                     return
                 self._wakeup = trio.Event()
@@ -89,7 +106,8 @@ class Writer:
             name = next(iter(self._pending))
             write = self._pending.pop(name)
             try:
-                await self._apply(write)
+                async with self._writing:
+                    await self._apply(write)
             except ForeignValue as exc:  # someone else's data: never written over, never fatal
                 log.warning("not writing %s: %s", name, exc)
             except (StoreUnavailable, _TooManyConflicts) as exc:
