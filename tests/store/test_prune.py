@@ -6,13 +6,19 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+from pathlib import Path
 
+import pytest
 import trio
 
 from k3net.commands.prune import apply, plan, prune
 from k3net.commands.prune import main as prune_main
 from k3net.config import EtcdConfig, MySQLConfig, StorageConfig
+from k3net.harness.agents import AgentFactory
+from k3net.harness.netns import LoopbackHost
+from k3net.harness.raw import write_config
 from k3net.store.base import Store
+from k3net.store.mysql import MySQLStore
 from tests.test_events import T0, make_node
 
 DAYS_LATER = T0 + dt.timedelta(days=4)
@@ -81,3 +87,39 @@ async def test_prune_command_on_the_shared_store(
     assert {d["name"]: d["result"] for d in json.loads(out.getvalue())} == expected
     if backend is not None:
         assert await names(store) == ["alive", "controller-s"]
+
+
+@pytest.mark.mysql
+@pytest.mark.netns
+@pytest.mark.usefixtures("netns_ok")
+async def test_prune_races_safely_with_a_real_agent_that_brings_a_node_back(
+    mysql_store: MySQLStore, mysql_settings: MySQLConfig, agents: AgentFactory, tmp_path: Path,
+) -> None:
+    """A machine comes back while prune runs: prune read its Node as dead, its agent (its own
+    process, on the same MariaDB) writes it Ready before prune's delete; the Node stays."""
+    store = mysql_store
+    await store.create(make_node("node-b", ready="Unknown", reason="PeerExpired"))
+    await store.create(make_node("node-x", ready="Unknown", reason="PeerExpired"))
+    verdicts = plan(await store.list(), DAYS_LATER, OLDER_THAN)
+    assert [(v.name, v.action) for v in verdicts] == [("node-b", "delete"), ("node-x", "delete")]
+
+    config = write_config(tmp_path / "k3.yaml", {
+        "type": "mysql", "mysql": {"socket": mysql_settings.socket, "user": "root",
+                                   "database": mysql_settings.database, "poll_interval": "200ms"},
+    })
+    with LoopbackHost() as host:
+        agent = agents.start(host, "node-b", "--peer-ttl", "3s", port=7131, config=config)
+        with trio.fail_after(20):
+            while True:
+                back = await store.get("node-b")
+                if back.node.ready_status == "True":
+                    break
+                assert agent.proc.poll() is None, agent.log()
+                await trio.sleep(0.1)
+
+        outcomes = await apply(store, verdicts, dry_run=False)
+        assert {o.verdict.name: o.result for o in outcomes} == {
+            "node-b": "changed", "node-x": "deleted"}
+        assert await names(store) == ["node-b"]
+        assert (await store.get("node-b")).node.condition().reason == "AgentReady"  # type: ignore[union-attr]
+        assert agent.stop() == 0
