@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,38 @@ def test_agent_survives_mariadb_outage(agents: AgentFactory, tmp_path: Path) -> 
                                         "poll_interval": "200ms"}},
             db.stop, db.start, RawMariaDB(db.sql, "k3").ready, host, tmp_path,
         )
+
+
+def test_a_store_that_blips_more_often_than_peer_ttl_still_expires_a_dead_node(
+    agents: AgentFactory, tmp_path: Path,
+) -> None:
+    # A dead machine's Node (managed, Ready, no port: nobody can probe it, only expiry judges
+    # it) in an etcd that restarts more often than peer-ttl. Every restart is a watch
+    # reconnect; the time before each one still counts, so the Node expires all the same.
+    dead = {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-dead", "uid": "node-node-dead",
+                     "labels": {"k3.network/managed": "true"},
+                     "annotations": {"k3.network/lastSeen": "2026-01-01T00:00:00.000000Z"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "PeerAlive"}]},
+    }
+    with LoopbackHost() as host, EtcdServer(tmp_path / "etcd", client_port=ETCD_PORT,
+                                            peer_port=ETCD_PEER_PORT, netns=host.name) as etcd:
+        raw = RawEtcd(host, etcd.address)
+        raw.put("node-dead", dead)
+        config = write_config(tmp_path / "k3.yaml", {
+            "type": "etcd", "etcd": {"endpoints": [etcd.endpoint], "dial_timeout": "1s"},
+        })
+        a = agents.start(host, "node-a", "--peer-ttl", "4s", config=config)
+        a.wait_ready()
+        deadline = time.monotonic() + 40
+        blips = 0
+        while raw.ready("node-dead") == ("True", "PeerAlive"):
+            assert time.monotonic() < deadline, f"node-dead still Ready after {blips} blips"
+            time.sleep(2.0)  # up for 2 s (half of peer-ttl), then a restart
+            etcd.stop(crash=True)
+            etcd.start()
+            blips += 1
+        assert raw.ready("node-dead") == ("Unknown", "PeerExpired")
+        assert blips >= 2, "the store must have blipped while the Node aged"
+        assert "store watch resumed" in a.log()
