@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import signal
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.common import (
-    Interrupted,
+    Reported,
     begin_run,
     fmt_s,
     k3net_revision,
@@ -160,22 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = begin_run("k3outage-")
     results: dict[str, Any] = {"k3net": k3net_revision(), "peer_ttl": TTL, "stores": []}
-    code = 0
-    try:
+    with Reported(results, workdir) as run:
         for kind in args.store:
             log(f"{kind}: {args.rounds} outages of {args.outage:g}s")
             results["stores"].append(run_store(kind, args.rounds, args.outage, workdir,
                                                Path(args.keep_logs) if args.keep_logs else None))
-    except Interrupted as exc:
-        log(f"interrupted ({exc}): cleaning up")
-        results["error"] = f"interrupted by {exc}"
-        code = 130
-    except Exception as exc:  # report what we have, then fail
-        log(f"failed: {type(exc).__name__}: {exc}")
-        results["error"] = f"{type(exc).__name__}: {exc}"
-        code = 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     rows = []
     for s in results["stores"]:
         for label, key in (("store back -> true state", "true_state_after_store_back"),
@@ -189,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                                    rows)
     path = write_json(args.out, results)
     log(f"results in {path}")
-    return code
+    return run.code
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ HTTP down, then the mDNS goodbye, then this agent's own Node False/AgentShutdown
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -132,16 +133,24 @@ async def wait_for_own(store: MemoryStore, status: str, limit: float = 30.0) -> 
                     return
 
 
+@asynccontextmanager
+async def running(a: Agent, store: MemoryStore) -> AsyncIterator[None]:
+    """`a` started, with its own Node Ready in `store`; the body ends with `a.stop()` (or its
+    own); the block returns once `a.run` has."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await wait_for_own(store, "True")
+        yield
+        a.stop()
+
+
 async def test_start_up_order_http_before_the_advertisement(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     log = Recorder()
     store = RecordingStore(log)
-    a = agent(log, store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(a.run)
-        await wait_for_own(store, "True")
-        a.stop()
+    async with running(agent(log, store), store):
+        pass
     assert log.index("http up") < log.index("advertise 192.168.1.2")
     assert log.index("advertise") < log.index(f"write {ME} True/AgentReady")
 
@@ -151,12 +160,8 @@ async def test_shutdown_order_http_goodbye_own_node_exit(
 ) -> None:
     log = Recorder()
     store = RecordingStore(log)
-    a = agent(log, store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(a.run)
-        await wait_for_own(store, "True")
+    async with running(agent(log, store), store):
         log.add("stop")
-        a.stop()
     log.add("exit")
     order = [log.index(e) for e in
              ("stop", "http down", "goodbye", f"write {ME} False/AgentShutdown", "exit")]
@@ -169,13 +174,9 @@ async def test_shutdown_with_the_store_down_ends_within_the_deadline(
 ) -> None:
     log = Recorder()
     store = RecordingStore(log)
-    a = agent(log, store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(a.run)
-        await wait_for_own(store, "True")
+    async with running(agent(log, store), store):
         store.down = True
         stopped_at = trio.current_time()
-        a.stop()
     took = trio.current_time() - stopped_at
     assert SHUTDOWN_DEADLINE - 0.01 <= took <= SHUTDOWN_DEADLINE + 0.01
     assert "goodbye" in log.events  # the goodbye does not wait for the store
@@ -208,9 +209,7 @@ async def test_a_move_to_another_store_carries_the_own_node_over_at_once(
     log = Recorder()
     first, second = RecordingStore(log), RecordingStore(log)
     a = agent(log, first)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(a.run)
-        await wait_for_own(first, "True")
+    async with running(a, first):
         moved_at = trio.current_time()
         assert await a.use_store(second) is first
         # Ready in the new store before use_store returns: no heartbeat interval waited for.
@@ -224,7 +223,6 @@ async def test_a_move_to_another_store_carries_the_own_node_over_at_once(
         await second.create(node_z)
         await trio.sleep(1)
         assert "node-z" in {n["node"] for n in a.hub.snapshot()["nodes"]}
-        a.stop()
     assert "goodbye" in log.events and log.events.count("advertise 192.168.1.2") == 1
     assert await own_status(second) == "False"  # the shutdown goes to the new store
     assert await own_status(first) == "True"  # and the old one is left as it was

@@ -12,7 +12,7 @@ from typing import Any
 
 from k3net.config import parse_duration
 from k3net.harness.netns import VIRBR, Lan
-from sim.common import Interrupted, begin_run, k3net_revision, log, write_json
+from sim.common import Reported, begin_run, k3net_revision, log, write_json
 from sim.fleet import Fleet
 from sim.report import report
 from sim.scenarios import SCENARIOS, Sim
@@ -110,44 +110,32 @@ def main(argv: list[str] | None = None, description: str = "") -> int:
         "short_timings": f"peer-ttl {args.peer_ttl:g}s, probe-interval {args.peer_ttl / 6:g}s",
         "default_timings": "peer-ttl 90s, probe-interval 15s (steady state only)",
     }
-    code = 0
-    try:
-        with contextlib.ExitStack() as stack:
-            lan = stack.enter_context(Lan(args.hosts, SUBNET))
-            log(f"LAN: {args.hosts} hosts on {SUBNET}, namespaces {lan.prefix}-*")
-            results["lan"] = "clean"
-            if args.field:
-                results["lan"] = shape_field(lan)
-                log(f"field LAN: {results['lan']}")
-            store = SimStore(args.store, workdir, lan, SUBNET, args.mysql_socket)
-            stack.callback(store.close)
-            results["store_where"] = store.where or "each agent's own memory store"
-            log(f"store: {results['store_where']}")
-            fleet = Fleet(lan, store, workdir / "logs")
-            stack.callback(_keep_logs, workdir / "logs", args.keep_logs)
-            stack.callback(fleet.stop_all)
-            sim = Sim(args, lan, store, fleet, None)
-            stack.callback(_stop_watcher, sim)
-            sim.results = results
-            if args.store != "memory":
-                sim.ensure_watcher()
-            run_scenarios(sim, args.scenarios)
-            screenshot(sim, args.screenshot, time.monotonic() - started)
-    except Interrupted as exc:
-        log(f"interrupted ({exc}): cleaning up")
-        results["error"] = f"interrupted by {exc}"
-        code = 130
-    except Exception as exc:  # report what we have, then fail
-        log(f"failed: {type(exc).__name__}: {exc}")
-        results["error"] = f"{type(exc).__name__}: {exc}"
-        code = 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with Reported(results, workdir) as run, contextlib.ExitStack() as stack:
+        lan = stack.enter_context(Lan(args.hosts, SUBNET))
+        log(f"LAN: {args.hosts} hosts on {SUBNET}, namespaces {lan.prefix}-*")
+        results["lan"] = "clean"
+        if args.field:
+            results["lan"] = shape_field(lan)
+            log(f"field LAN: {results['lan']}")
+        store = SimStore(args.store, workdir, lan, SUBNET, args.mysql_socket)
+        stack.callback(store.close)
+        results["store_where"] = store.where or "each agent's own memory store"
+        log(f"store: {results['store_where']}")
+        fleet = Fleet(lan, store, workdir / "logs")
+        stack.callback(_keep_logs, workdir / "logs", args.keep_logs)
+        stack.callback(fleet.stop_all)
+        sim = Sim(args, lan, store, fleet, None)
+        stack.callback(_stop_watcher, sim)
+        sim.results = results
+        if args.store != "memory":
+            sim.ensure_watcher()
+        run_scenarios(sim, args.scenarios)
+        screenshot(sim, args.screenshot, time.monotonic() - started)
     results["runtime_seconds"] = round(time.monotonic() - started, 1)
     results["table"] = report(results, args, results.get("store_where", args.store))
     path = write_json(args.out, results)
     log(f"results in {path}; runtime {results['runtime_seconds']:g}s")
-    return code
+    return run.code
 
 
 def screenshot(sim: Sim, dest: str, elapsed: float) -> None:

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -50,6 +51,39 @@ def begin_run(prefix: str) -> Path:
         log(f"removed {len(removed)} namespaces left by dead runs")
     install_signal_handlers()
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+class Reported:
+    """The body of a simulation's main:
+
+        with Reported(results, workdir) as run:
+            ...
+        return run.code
+
+    an interruption or an error ends the body, is logged and noted as `results["error"]`, and
+    sets the exit code (130, 1); the work directory is removed either way."""
+
+    def __init__(self, results: dict[str, Any], workdir: Path) -> None:
+        self.results = results
+        self.workdir = workdir
+        self.code = 0
+
+    def __enter__(self) -> Reported:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if isinstance(exc, Interrupted):
+            log(f"interrupted ({exc}): cleaning up")
+            self.results["error"] = f"interrupted by {exc}"
+            self.code = 130
+            return True
+        if isinstance(exc, Exception):  # report what we have, then fail
+            log(f"failed: {type(exc).__name__}: {exc}")
+            self.results["error"] = f"{type(exc).__name__}: {exc}"
+            self.code = 1
+            return True
+        return False
 
 
 # --- numbers ----------------------------------------------------------------------------------
