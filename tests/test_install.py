@@ -67,6 +67,7 @@ def test_installed_k3net_version(venv: Path, tmp_path: Path) -> None:
                 ".parent)", cwd=tmp_path, env=clean_env()).stdout.strip()
     assert Path(where).is_relative_to(venv.parent), where  # the wheel's copy, not this tree
     assert (Path(where) / "web" / "static").is_dir()  # the page's assets are in the wheel
+    assert not (Path(where) / "harness").exists()  # the test harness is not
 
 
 @pytest.mark.netns
