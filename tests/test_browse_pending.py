@@ -4,9 +4,10 @@ latest change of each instance, and only a flood of distinct instances is droppe
 from __future__ import annotations
 
 import trio
-from zeroconf import ServiceStateChange
+from zeroconf import DNSPointer, RecordUpdate, ServiceStateChange
+from zeroconf.const import _CLASS_IN, _TYPE_PTR
 
-from k3net.tasks.browse import Change, PendingChanges, SecondLooks
+from k3net.tasks.browse import Change, Goodbyes, PendingChanges, SecondLooks
 
 ADDED, UPDATED, REMOVED = (
     ServiceStateChange.Added, ServiceStateChange.Updated, ServiceStateChange.Removed,
@@ -88,3 +89,20 @@ async def test_second_looks_come_once_each_after_the_delay(
         await trio.sleep(5)
         assert await drain(pending) == [] and len(looks) == 0
         nursery.cancel_scope.cancel()
+
+
+def _ptr(instance: str, ttl: int, service: str = "_k3._tcp.local.") -> RecordUpdate:
+    return RecordUpdate(DNSPointer(service, _TYPE_PTR, _CLASS_IN, ttl, instance), None)
+
+
+def test_only_a_ptr_with_ttl_0_of_our_service_is_a_goodbye() -> None:
+    goodbyes = Goodbyes("_k3._tcp.local.")
+    goodbyes.async_update_records(None, 0.0, [  # type: ignore[arg-type]
+        _ptr("node-a._k3._tcp.local.", 0),  # a goodbye
+        _ptr("node-b._k3._tcp.local.", 4500),  # an announcement (its expiry comes this way too)
+        _ptr("printer._ipp._tcp.local.", 0, "_ipp._tcp.local."),  # another service's goodbye
+    ])
+    assert goodbyes.take("Node-A._k3._tcp.local.")
+    assert not goodbyes.take("node-a._k3._tcp.local.")  # taken: the next Removed is an expiry
+    assert not goodbyes.take("node-b._k3._tcp.local.")
+    assert not goodbyes.take("printer._ipp._tcp.local.")

@@ -290,9 +290,10 @@ def _wait_event(proc: subprocess.Popen[str], event: str, timeout: float) -> None
     # The Go agent's order: the goodbye, then its listener a while later (it still answers).
     ("--goodbye-first", "1.5"),
     # The other order, with the goodbye before the refusal's re-probe (1 s) could confirm a
-    # crash. (A goodbye that comes after a confirmed refusal leaves the Node False/PeerRefused:
-    # the writer never rewrites a departure that is recorded already.)
+    # crash,
     ("--listener-first", "0.3"),
+    # and after it: the Node is False/PeerRefused for a while, and the goodbye makes it PeerLeft.
+    ("--listener-first", "2.5"),
 ])
 def test_go_style_goodbye_order_gives_peer_left(agents: AgentFactory, order: str, gap: str) -> None:
     with Lan(2) as lan:

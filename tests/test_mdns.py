@@ -348,6 +348,7 @@ def test_peer_seen_then_goodbye(lo_host: LoopbackHost, capsys: pytest.CaptureFix
     stop_at = time.monotonic()
     adv.proc.send_signal(signal.SIGTERM)
     gone = browser.wait_for(event("PeerGone", name="node-a"), timeout=3)
+    assert gone["goodbye"] is True  # a goodbye, not a record that expired
     report(capsys, f"goodbye (SIGTERM -> PeerGone): {gone['t'] - stop_at:.3f}s")
     assert adv.proc.wait(5) == 0
     adv.wait_for(event("stopped"))
@@ -405,6 +406,7 @@ def test_discovery_across_a_lan(lan2: Lan, capsys: pytest.CaptureFixture[str]) -
     stop_at = time.monotonic()
     adv.proc.send_signal(signal.SIGTERM)
     gone = browser.wait_for(event("PeerGone", name="node-a"), timeout=3)
+    assert gone["goodbye"] is True  # a goodbye, not a record that expired
     report(capsys, f"goodbye across veth LAN: {gone['t'] - stop_at:.3f}s")
 
 

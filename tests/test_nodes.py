@@ -215,6 +215,7 @@ def test_left_marks_ready_false_at_once() -> None:
         ("Unknown", "PeerExpired", True),
         ("False", "PeerLeft", False),
         ("False", "AgentShutdown", False),
+        ("False", "PeerRefused", True),  # a guess made when its listener went first
     ],
 )
 def test_left_only_when_not_already_false(status: str, reason: str, written: bool) -> None:
@@ -295,6 +296,13 @@ def test_probe_decided_before_a_departure_does_not_undo_it() -> None:
     assert ready(stored(render(departed, alive(reason=AGENT_READY, seen_ready="True"),
                                at(32))))["status"] == "True"
     assert ready(stored(render(departed, alive(seen_ready="False"), at(32))))["status"] == "True"
+
+
+def test_own_shutdown_replaces_a_refusal_written_while_it_stopped() -> None:
+    refused = stored(with_ready("False", "PeerRefused"))
+    node = render(refused, Shutdown(NAME), at(10))
+    assert node is not None
+    assert (ready(node)["status"], ready(node)["reason"]) == ("False", "AgentShutdown")
 
 
 def test_departure_is_recorded_once() -> None:

@@ -443,6 +443,46 @@ def test_goodbye_of_a_peer_known_only_from_the_store() -> None:
     assert t.handle(fail(), 1.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
 
 
+def test_an_expired_record_of_a_dead_peer_ends_following_it_and_writes_nothing() -> None:
+    """zeroconf reports a record that expired unanswered as Removed too; long after a crash
+    (the record lives for over an hour) it must not turn the Node into PeerLeft."""
+    t = table()
+    joined(t)
+    assert t.handle(PeerGone("peer-a", goodbye=False), 5.0) == [ProbeNow(TARGET)]
+    assert t.handle(fail(), 5.1) == [Forget("peer-a")]
+    assert t.handle(fail(), 6.0) == []  # forgotten
+
+
+def test_an_expired_record_of_a_peer_that_still_answers_keeps_it() -> None:
+    t = table()
+    joined(t)
+    t.handle(PeerGone("peer-a", goodbye=False), 5.0)
+    assert writes(t.handle(ok(started=5.0), 5.01)) == []
+    assert [p.name for p in t.peers()] == ["peer-a"]
+
+
+def test_an_expired_record_of_a_peer_found_otherwise_does_nothing() -> None:
+    t = table()
+    t.handle(joined(table()), 0.0)  # found in the store
+    assert t.handle(PeerGone("peer-a", goodbye=False), 1.0) == []
+    assert t.handle(PeerGone("nobody", goodbye=False), 1.0) == []
+
+
+def test_a_goodbye_after_a_refusal_is_written_as_left() -> None:
+    """Its listener closed over a second before its goodbye: peers wrote PeerRefused first;
+    the goodbye is the better word and replaces it."""
+    t = table()
+    put = joined(t)
+    refused = ProbeResult("peer-a", "refused", 0.001, error="refused")
+    t.handle(refused, 5.0)
+    put = commit(only_write(t.handle(refused, 6.0)), wall=6.0)
+    t.handle(put, 6.0)
+    assert t.handle(PeerGone("peer-a"), 7.0) == [ProbeNow(TARGET)]
+    left = only_write([a for a in t.handle(refused, 7.1) if isinstance(a, Write)])
+    node = render(put.stored.node, left.intent, WALL0 + dt.timedelta(seconds=7.1))
+    assert node is not None and node.condition().reason == "PeerLeft"  # type: ignore[union-attr]
+
+
 def test_goodbye_of_something_unknown_does_nothing() -> None:
     t = table()
     assert t.handle(PeerGone("nobody"), 0.0) == []

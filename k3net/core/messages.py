@@ -23,9 +23,11 @@ class PeerSeen:
 
 @attrs.frozen
 class PeerGone:
-    """browse: an agent said goodbye (mDNS Removed)."""
+    """browse: an agent's mDNS record went away (Removed): it said goodbye (`goodbye`), or the
+    record expired with nobody answering for it, which proves nothing about the agent."""
 
     name: str
+    goodbye: bool = True
 
 
 @attrs.frozen

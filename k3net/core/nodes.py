@@ -193,8 +193,11 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         isinstance(intent, (Left, Shutdown))
         and existing is not None
         and existing.ready_status == "False"
+        and _ready_reason(existing) != PEER_REFUSED
     ):
-        return None  # its departure is recorded already (PeerLeft by a peer, or AgentShutdown)
+        # Its departure is recorded already (PeerLeft by a peer, or AgentShutdown). A refusal
+        # is only what peers guessed when its listener closed first: the goodbye replaces it.
+        return None
 
     node = _new_node(intent.name, now) if existing is None else _copy(existing)
     _own(node, intent.name)
@@ -229,6 +232,11 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
     if existing is not None and node_to_dict(node) == node_to_dict(existing):
         return None
     return node
+
+
+def _ready_reason(node: Node) -> str | None:
+    cond = node.condition(CONDITION_READY)
+    return cond.reason if cond is not None else None
 
 
 def _copy(node: Node) -> Node:

@@ -51,7 +51,11 @@ Positive evidence is fast, absence is slow. A probe answers with one outcome (se
   confirms the peer itself. At most one such transition, however long the firewall stays.
 - A goodbye (`PeerGone`) makes the peer LEAVING until it announces itself again: its next failed
   probe, of any kind, is decisive (False/PeerLeft), in whichever order its listener and its mDNS
-  record went away. While it still answers it is re-probed quickly, a few times.
+  record went away (PeerLeft replaces a PeerRefused written when the listener went first). While
+  it still answers it is re-probed quickly, a few times. An mDNS record that expired unanswered
+  (`PeerGone(goodbye=False)`) is no goodbye: the peer is LEAVING the same way, but its failed
+  probe only ends our following it; nothing is written (a crashed node's record expires long
+  after its Node went not-Ready, and must not turn it into PeerLeft).
 - `unauthenticated` (the peer answers but cannot prove the cluster key): never written; reported
   once per peer as a rejected entry.
 
@@ -208,6 +212,7 @@ class _Peer:
     contradicted: bool = False  # others saw it Ready after we wrote its refusal
     left_at: float = -math.inf  # when its goodbye arrived
     reprobes: int = 0  # quick re-probes left while LEAVING
+    goodbye: bool = True  # LEAVING after a goodbye (False: its mDNS record expired)
     joined: bool = False  # its Node was seen Ready (join latency reported)
 
     @property
@@ -307,6 +312,8 @@ class PeerTable:
 
     def _gone(self, msg: PeerGone, now: float) -> list[Action]:
         peer = self._peers.get(msg.name)
+        if not msg.goodbye and (peer is None or peer.found_by != "mdns"):
+            return []  # an expired record says nothing of a peer mDNS did not find here
         if peer is None:
             view = self._views.get(msg.name)
             port = view.stored.node.metadata.annotations.get(ANN_PORT, "") if view else ""
@@ -319,6 +326,7 @@ class PeerTable:
                 msg.name, _internal_ips(node), int(port), pid, first_seen=now, joined=True
             )
         peer.state, peer.left_at, peer.reprobes = PeerState.LEAVING, now, LEAVING_REPROBES
+        peer.goodbye = msg.goodbye
         return [ProbeNow(peer.target)]
 
     def _probed(self, result: ProbeResult, now: float) -> list[Action]:
@@ -374,6 +382,10 @@ class PeerTable:
 
     def _left(self, peer: _Peer) -> list[Action]:
         del self._peers[peer.name]
+        if not peer.goodbye:
+            # Its record expired and it does not answer: no longer followed, and no departure
+            # written (nobody said goodbye; expiry and refusals judge the Node).
+            return [Forget(peer.name)]
         view = self._views.get(peer.name)
         if view is None:
             # Its Node may be in the store already, not yet in our view (the watch lags our own

@@ -11,7 +11,9 @@ instance that changes again before it is handled keeps its place with its newest
 then Removed is just Removed). Only more distinct instances than `_MAX_PENDING` are dropped,
 counted and logged. One resolver loop takes them in order: Added/Updated are resolved (mostly
 from zeroconf's cache, which the browse answers already filled) and validated by
-`mdns.peer_from_info`; Removed (a goodbye, or records that expired) becomes PeerGone.
+`mdns.peer_from_info`; Removed becomes PeerGone, saying whether it was a goodbye (a PTR record
+with TTL 0, noted by `Goodbyes`) or a record that expired with nobody answering for it, which
+zeroconf reports the same way but which proves nothing about the agent.
 
 A peer's old address can outlive the announcement of its new one by up to a second: RFC 6762
 10.2 keeps a cache-flushed record one more second, and a goodbye for the old address may come
@@ -24,12 +26,13 @@ later (`SecondLooks`), and sent again only if what it resolves to changed.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import trio
 from trio_asyncio import aio_as_trio
-from zeroconf import ServiceStateChange, Zeroconf
+from zeroconf import RecordUpdateListener, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+from zeroconf.const import _TYPE_PTR
 
 from k3net.core.messages import PeerGone, PeerRejected, PeerSeen
 from k3net.core.names import is_valid_name
@@ -96,17 +99,20 @@ async def run(
                         _MAX_PENDING, kind, name)
 
     async with out:
+        goodbyes = Goodbyes(service_type)
+        zc.zeroconf.async_add_listener(goodbyes, None)  # before the browser: same packets
         browser = AsyncServiceBrowser(zc.zeroconf, service_type, handlers=[on_change])
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(second_looks.run)
                 task_status.started()
                 resolver = _Resolver(zc, service_type, own_name, out, metrics, loopback,
-                                     second_looks)
+                                     second_looks, goodbyes)
                 while True:
                     instance, change = await pending.get()
                     await resolver.handle(instance, change)
         finally:
+            zc.zeroconf.async_remove_listener(goodbyes)
             with trio.move_on_after(_CANCEL_TIMEOUT, shield=True):
                 await aio_as_trio(browser.async_cancel)()
 
@@ -142,6 +148,34 @@ class PendingChanges:
             await self._wakeup.wait()
         instance = next(iter(self._changes))
         return instance, self._changes.pop(instance)
+
+
+class Goodbyes(RecordUpdateListener):
+    """The instances of one service type whose PTR record came with TTL 0: a goodbye (RFC 6762
+    10.1). Its Removed is then a departure; any other Removed is a record that expired. zeroconf
+    calls this on the trio thread (trio-asyncio), with each packet's records."""
+
+    def __init__(self, service_type: str) -> None:
+        self.service_type = service_type.lower()
+        self._instances: set[str] = set()
+
+    def async_update_records(self, zc: Zeroconf, now: float, records: list[Any]) -> None:
+        for update in records:
+            record = update.new
+            if (record.type == _TYPE_PTR and record.ttl == 0
+                    and record.name.lower() == self.service_type):
+                self._instances.add(record.alias.lower())
+
+    def async_update_records_complete(self) -> None:
+        pass
+
+    def take(self, instance: str) -> bool:
+        """True if `instance` said goodbye since the last call for it."""
+        key = instance.lower()
+        if key in self._instances:
+            self._instances.discard(key)
+            return True
+        return False
 
 
 class SecondLooks:
@@ -192,9 +226,11 @@ class _Resolver:
         metrics: Metrics,
         loopback: bool = False,
         second_looks: SecondLooks | None = None,
+        goodbyes: Goodbyes | None = None,
     ) -> None:
         self.zc = zc
         self.second_looks = second_looks
+        self.goodbyes = goodbyes
         self.loopback = loopback
         self.service_type = service_type
         self.own_name = own_name
@@ -264,6 +300,7 @@ class _Resolver:
             name = label  # never resolved: the instance label is all we have
         else:
             name = None
+        goodbye = self.goodbyes is None or self.goodbyes.take(instance)
         if name is None or name == self.own_name:
             return
-        await self.out.send(PeerGone(name))
+        await self.out.send(PeerGone(name, goodbye=goodbye))

@@ -62,7 +62,8 @@ async def run(
             task_status.started()
             async for msg in inbox:
                 if isinstance(msg, PeerGone):
-                    log.info("peer %s said goodbye", msg.name)
+                    log.info("peer %s %s", msg.name, "said goodbye" if msg.goodbye
+                             else "is no longer announced (its mDNS record expired)")
                 await carry_out(table.handle(msg, trio.current_time()))
                 if isinstance(msg, StoreChanged):
                     msg.handed_over()
