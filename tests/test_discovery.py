@@ -23,8 +23,10 @@ from k3net.commands.peers import FollowedPeer, format_followed, peers_from_answe
 from k3net.core.discovery import (
     Found,
     JoinAddress,
+    Listed,
     NotFound,
     found_in_answer,
+    listed_peers,
     parse_join,
     parse_scan,
     scan_addresses,
@@ -280,6 +282,41 @@ async def test_join_of_this_agent_sends_nothing(nursery: trio.Nursery) -> None:
             await trio.sleep(0.01)
     with pytest.raises(trio.WouldBlock):
         recv.receive_nowait()
+
+
+async def test_join_passes_on_the_peers_the_found_agent_reaches(nursery: trio.Nursery) -> None:
+    """Transitive: node-c, found at the join address, reaches node-b now; node-d it has not
+    reached, and node-a is this agent. Only node-b is passed on, to be probed here."""
+    views = [PeerView("node-b", ("10.79.1.3",), 7946, "alive", "mdns", True),
+             PeerView("node-d", ("10.79.1.4",), 7946, "new", "mdns", False),
+             PeerView("node-a", ("10.79.1.2",), 7946, "alive", "join", True)]
+    port = await _serve_agent(nursery, "node-c", peers=views)
+    send, recv = trio.open_memory_channel[Message](0)
+    await nursery.start(lambda task_status: join.run(
+        [JoinAddress("127.0.0.1", port)], send, port=7946, key=None, timeout=2.0, me="node-a",
+        metrics=Metrics(), recheck=60.0, task_status=task_status))
+    with trio.fail_after(10):
+        got = [await recv.receive(), await recv.receive()]
+    assert [m.name for m in got if isinstance(m, PeerSeen)] == ["node-c", "node-b"]
+    assert got[1] == PeerSeen("node-b", ("10.79.1.3",), 7946, None, found_by="join")
+
+
+def test_listed_peers_takes_only_what_is_reached_and_well_formed() -> None:
+    def body(*entries: object) -> bytes:
+        return json.dumps({"peers": list(entries)}).encode()
+
+    good = {"name": "node-b", "addresses": ["10.0.0.3", "127.0.0.1"], "port": 7946,
+            "state": "alive", "foundBy": "mdns", "confirmed": True}
+    assert listed_peers(200, body(good)) == [Listed("node-b", ("10.0.0.3",), 7946)]
+    assert listed_peers(200, body(good), loopback=True) == [
+        Listed("node-b", ("10.0.0.3", "127.0.0.1"), 7946)]
+    for bad in ({**good, "state": "refused"}, {**good, "confirmed": False},
+                {**good, "name": "Bad_Name"}, {**good, "port": 70000}, {**good, "port": True},
+                {**good, "addresses": ["127.0.0.1"]}, {**good, "addresses": "10.0.0.3"}, "x"):
+        assert listed_peers(200, body(bad)) == [], bad
+    assert listed_peers(404, body(good)) == []
+    assert listed_peers(200, b"<html>") == []
+    assert listed_peers(200, b'{"peers": 3}') == []
 
 
 # --- /peers and `k3net peers --server` -----------------------------------------------------------

@@ -878,3 +878,24 @@ def test_a_move_to_another_store_writes_what_the_table_knows_there() -> None:
     put = commit(moved[1], wall=3.0)
     t.handle(Snapshot((put.stored,)), 2.0 + 10 * TTL)
     assert t.counts["ready"] == 1
+
+
+
+# --- several ways to find one peer -------------------------------------------------------------
+
+
+def test_a_peer_followed_through_mdns_keeps_its_mdns_word() -> None:
+    t = table()
+    joined(t)
+    told = PeerSeen("peer-a", ("10.9.9.9",), 7000, None, found_by="join")
+    assert t.handle(told, 1.0) == []  # nothing new to probe: it is followed already
+    (view,) = t.peers()
+    assert (view.addresses, view.port, view.found_by) == (PEER.addresses, PEER.port, "mdns")
+
+
+def test_only_mdns_voids_a_goodbye() -> None:
+    t = table()
+    put = joined(t)
+    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerSeen("peer-a", PEER.addresses, PEER.port, None, found_by="join"), 5.1)
+    assert t.handle(fail(), 5.2) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]

@@ -13,6 +13,11 @@ mDNS stops at the router. Two ways reach agents it does not:
 Whatever answers is judged by its `/info` answer (`found_in_answer`): an agent names itself
 (`node`), its port and its addresses, and, with a cluster key, proves the key for the name it
 claims (`k3net.core.identity`). Only then is it a peer.
+
+Joining is transitive, as in Serf: an agent found at a join address is also asked for the peers
+it reaches (`/peers`, read by `listed_peers`), and those are handed to the table as well, so one
+join address brings in that agent's whole segment. They are candidates only: each is probed
+with the identity check before anything is written about it.
 """
 
 from __future__ import annotations
@@ -199,3 +204,45 @@ def found_in_answer(
         claimed, where, their_port,
         pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None, address,
     )
+
+
+# At most this many peers are taken from one agent's /peers (a LAN's agents, with room).
+MAX_LISTED = 4096
+
+
+@attrs.frozen
+class Listed:
+    """A peer another agent reaches now, from its `/peers`: a candidate for our probes."""
+
+    name: str
+    addresses: tuple[str, ...]
+    port: int
+
+
+def listed_peers(status: int | None, body: bytes, *, loopback: bool = False) -> list[Listed]:
+    """The peers a `/peers` answer lists as reached now (state `alive`, confirmed), each with a
+    valid name, port and at least one usable address; anything else in it is skipped.
+    `loopback`: the answer came from a loopback address (agents of one host), so loopback
+    addresses are kept."""
+    try:
+        data = json.loads(body) if status == 200 else None
+    except (ValueError, UnicodeDecodeError):
+        return []
+    entries = data.get("peers") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return []
+    found: list[Listed] = []
+    for entry in entries[:MAX_LISTED]:
+        if not isinstance(entry, dict) or entry.get("state") != "alive" \
+                or entry.get("confirmed") is not True:
+            continue
+        name, port, listed = entry.get("name"), entry.get("port"), entry.get("addresses")
+        if not isinstance(name, str) or name_problem(name) is not None:
+            continue
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            continue
+        texts = [a for a in listed if isinstance(a, str)] if isinstance(listed, list) else []
+        where = addrs.canonical(texts[:64], loopback=loopback)
+        if where:
+            found.append(Listed(name, tuple(where), port))
+    return found

@@ -70,9 +70,14 @@ def proof(key: bytes, nonce: bytes, node: str) -> str:
 
 def request(host: str, port: int, nonce: bytes) -> bytes:
     """The probe's HTTP/1.1 request for `host:port` (an IP address as text)."""
+    return get(host, port, f"/info?nonce={nonce.hex()}")
+
+
+def get(host: str, port: int, target: str) -> bytes:
+    """An HTTP/1.1 `GET target` of `host:port` (an IP address as text), closing after it."""
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return (
-        f"GET /info?nonce={nonce.hex()} HTTP/1.1\r\n"
+        f"GET {target} HTTP/1.1\r\n"
         f"Host: {authority}\r\n"
         "User-Agent: k3net-probe\r\n"
         "Accept: application/json\r\n"

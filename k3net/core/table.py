@@ -303,10 +303,14 @@ class PeerTable:
             )
             view = self._views.get(msg.name)
             peer.joined = view is not None and view.stored.node.ready_status == "True"
+        elif FOUND_BY.index(msg.found_by) > FOUND_BY.index(peer.found_by):
+            # Followed already through a more direct source (mDNS here, over what another
+            # agent or a scan reports): its word on addresses and port stands, its probes go on.
+            return []
         else:
             peer.addresses, peer.port, peer.pid = msg.addresses, msg.port, msg.pid
-            peer.found_by = min(peer.found_by, msg.found_by, key=FOUND_BY.index)
-            if peer.state is PeerState.LEAVING:
+            peer.found_by = msg.found_by
+            if peer.state is PeerState.LEAVING and msg.found_by == "mdns":
                 peer.state = PeerState.NEW  # announced again: the goodbye is void
         return [ProbeNow(peer.target)]
 

@@ -7,6 +7,11 @@ probes and judges it like any peer. The address is asked again every `recheck` s
 peer the table forgot (it left, then came back) or one that moved is found again; a peer the
 table still follows costs one extra probe per recheck.
 
+Joining is transitive (`k3net.core.discovery`): each time, the agent found is also asked for the
+peers it reaches (`/peers`), and those go to the table as `PeerSeen(found_by="join")` too, to be
+probed like any other. The first asks come quickly (2 s, 4 s, 8 s, ... up to `recheck`), since
+agents that start together know few peers at first.
+
 An address where no agent answers (not up yet, a typo, a firewall) is retried with
 `k3net.backoff.Backoff` (1 s doubling to 30 s, Consul's retry interval), forever, in the
 background: it is never fatal and the agent runs on meanwhile. It is logged once when it stops
@@ -28,7 +33,7 @@ from k3net.core.discovery import Found, JoinAddress, NotFound
 from k3net.core.messages import PeerSeen
 from k3net.core.table import Message
 from k3net.metrics import Metrics
-from k3net.tasks.whois import Outcome, Unreachable, whois
+from k3net.tasks.whois import Outcome, Unreachable, peers_of, whois
 
 log = logging.getLogger("k3net.join")
 
@@ -38,6 +43,9 @@ RECHECK = 30.0
 # Retries of an address where no agent answers: 1 s, 2 s, 4 s ... up to 30 s (with jitter), so
 # that agents started together find each other within seconds and a dead address costs little.
 RETRY = Backoff(base=1.0, cap=30.0)
+# After an agent is found, it is asked again (and for its peers) this long later, doubling up to
+# `recheck`.
+FIRST_RECHECK = 2.0
 
 
 async def ask(join: JoinAddress, port: int, *, key: bytes | None,
@@ -97,8 +105,9 @@ async def _follow(
     timeout: float, me: str, metrics: Metrics, recheck: float,  # noqa: ASYNC109
     retry: Backoff, rng: random.Random,
 ) -> None:
-    failures = 0
+    failures = finds = 0
     known: Found | None = None
+    listed: set[str] = set()  # names learned through this agent's /peers, for the log
     while True:
         outcome = await ask(join, port, key=key, timeout=timeout)
         metrics.discovery_probes.labels(via="join", result=_result(outcome)).inc()
@@ -109,11 +118,15 @@ async def _follow(
             elif known != outcome or failures:
                 log.info("join %s: found agent %s (port %d, %s)", join, outcome.name,
                          outcome.port, ", ".join(outcome.addresses))
+            if failures:
+                finds = 0
             failures, known = 0, outcome
             if outcome.name != me:
                 await out.send(PeerSeen(outcome.name, outcome.addresses, outcome.port,
                                         outcome.pid, found_by="join"))
-            await trio.sleep(recheck)
+            await _pass_on_peers(join, outcome, join.port or port, out, me, timeout, listed)
+            await trio.sleep(min(recheck, FIRST_RECHECK * 2 ** finds))
+            finds += 1
             continue
         if failures == 0:
             log.warning("join %s: no agent there now (%s); retrying in the background "
@@ -124,3 +137,22 @@ async def _follow(
         delay = retry.delay(failures, rng)
         failures += 1
         await trio.sleep(delay)
+
+
+async def _pass_on_peers(
+    join: JoinAddress, found: Found, port: int, out: trio.MemorySendChannel[Message], me: str,
+    timeout: float, listed: set[str],  # noqa: ASYNC109
+) -> None:
+    """The peers `found` (which answered at its `address` and `port`) reaches, to the table
+    (module docstring)."""
+    peers = []
+    with trio.move_on_after(timeout):
+        peers = await peers_of(found.address, port)
+    new = sorted({p.name for p in peers} - listed - {me, found.name})
+    if new:
+        log.info("join %s: %s reaches %s", join, found.name, ", ".join(new))
+        listed.update(new)
+    for peer in peers:
+        if peer.name not in (me, found.name):
+            await out.send(PeerSeen(peer.name, peer.addresses, peer.port, None,
+                                    found_by="join"))

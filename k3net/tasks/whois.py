@@ -15,10 +15,13 @@ import socket
 import attrs
 import trio
 
-from k3net.core.discovery import Found, NotFound, found_in_answer
-from k3net.core.identity import NONCE_BYTES, AnswerReader, request
+from k3net.core import addresses as addrs
+from k3net.core.discovery import Found, Listed, NotFound, found_in_answer, listed_peers
+from k3net.core.identity import NONCE_BYTES, AnswerReader, get, request
 
 _READ_SIZE = 4096
+# The largest /peers answer read: MAX_LISTED peers of about 150 bytes each, with room.
+_PEERS_LIMIT = 1024 * 1024
 
 
 @attrs.frozen
@@ -55,3 +58,23 @@ async def whois(address: str, port: int, *, key: bytes | None) -> Outcome:
         return NotFound("not-agent", f"{address}:{port}: {reader.error or 'no complete answer'}")
     return found_in_answer(reader.status, reader.body, address=address, port=port, nonce=nonce,
                            key=key)
+
+
+async def peers_of(address: str, port: int) -> list[Listed]:
+    """The peers the agent at `address:port` reaches now (its `/peers`); [] if it cannot say."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    reader = AnswerReader(limit=_PEERS_LIMIT)
+    with trio.socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            await sock.connect((address, port))
+            stream = trio.SocketStream(sock)
+            await stream.send_all(get(address, port, "/peers"))
+            while not reader.feed(await stream.receive_some(_READ_SIZE)):
+                pass
+        except (OSError, trio.BrokenResourceError):
+            return []
+    if reader.error is not None or not reader.complete:
+        return []
+    asked = addrs.parse(address)
+    return listed_peers(reader.status, reader.body,
+                        loopback=asked is not None and asked.is_loopback)
