@@ -38,6 +38,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the built wheel installed; its bin/ directory."""
     work = tmp_path_factory.mktemp("install")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    # setuptools builds in the tree and keeps what an earlier build left in build/: start clean,
+    # or the wheel holds files this version no longer ships.
+    shutil.rmtree(REPO / "build", ignore_errors=True)
     run(*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", work / "dist",
         REPO)
     [wheel] = (work / "dist").glob("k3net-*.whl")
