@@ -36,7 +36,11 @@ PRECEDENCE = """\
 Each flag can also be set by the environment variable shown (K3NET_ and the flag's name) or in
 the config file's network: section, by the flag's name. The first found wins: flag, then
 environment, then config file, then the default. Go's single-dash forms work too:
--listen :7946, -peer-ttl 90s, -register-self=false."""
+-listen :7946, -peer-ttl 90s, -register-self=false.
+
+SIGHUP (systemctl reload) reads the config file again: the log level and format and the store
+change at once, without an mDNS goodbye or a Node going not-Ready; other changes wait for a
+restart (the log says which). SIGINT and SIGTERM stop the agent cleanly."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -197,6 +197,7 @@ def test_run_help_shows_each_default_and_variable(capsys: pytest.CaptureFixture[
     for legacy in ("$NODE_NAME", "$CONFIG_PATH"):
         assert legacy in out
     assert "flag, then environment, then config file, then the default" in out
+    assert "SIGHUP (systemctl reload) reads the config file again" in out
 
 
 def test_settings_defaults_are_the_flag_defaults() -> None:
