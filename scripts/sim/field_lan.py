@@ -34,6 +34,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import subprocess
@@ -67,6 +68,8 @@ CRASH_DEFAULT_P50_GOAL, CRASH_DEFAULT_MAX_GOAL = 5.0, 17.0
 # How long after a Node went not-Ready we keep watching that nothing (the bridge, a second
 # address) makes it Ready again: two probe intervals, at most 15 s (one at the defaults).
 HOLD_INTERVALS, HOLD_MAX = 2, 15.0
+# The kills' random phases (_kill_samples) are the same in every run.
+KILL_SEED = 9
 # asymmetric: the firewall stays for this many peer-ttls.
 ASYMMETRIC_TTLS = 4
 # readdress: the move must show within this (bounded), then the LAN is watched for 2 x peer-ttl.
@@ -156,9 +159,15 @@ def _kill_samples(sim: Sim, kills: int, ttl: float) -> dict[str, Any]:
     probe = ttl / 6
     samples: list[float | None] = []
     states, back = [], []
+    rng = random.Random(KILL_SEED)
     for k in range(kills):
         i = sim.victim(k)
         name = f"node-{i}"
+        # Each kill at a random point of the probe interval: without it the kills come at a
+        # fixed period (detection + hold + restart), a whole number of intervals at the
+        # defaults, so each victim is killed at the same phase of the probes every time and the
+        # samples are one sample repeated.
+        time.sleep(rng.uniform(0, probe))
         t0 = time.monotonic()
         sim.fleet.stop(i, signal.SIGKILL)
         t = watcher.wait_until(not_ready(name), ttl + probe + 10)
