@@ -399,6 +399,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     from k3net.store import make_store
 
     notifier = notify.Notifier.from_environ()
+    _raise_file_limit()
     async with _machine(settings) as agent, trio.open_nursery() as nursery:
 
         async def use_storage(storage: StorageConfig) -> None:
@@ -416,6 +417,20 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
             ))
         await agent.run()
         nursery.cancel_scope.cancel()
+
+
+def _raise_file_limit(want: int = 65536) -> None:
+    """Held connections and probes take a file descriptor each: lift the soft limit (often 1024)
+    towards the hard one, as the Go runtime does for its programs."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("file descriptor limit stays at %d: %s", soft, exc)
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:

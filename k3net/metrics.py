@@ -51,6 +51,14 @@ class Metrics:
             "k3net_probes", "Probes of peers, by result (confirmed, wrong-node, unauthenticated, refused,"
             " timeout, unverified).", ["result"], registry=r,
         )
+        self.held = Gauge(
+            "k3net_held_connections", "Connections held open to peers' /hold now (tasks/probe.py).",
+            registry=r,
+        )
+        self.held_closed = Counter(
+            "k3net_held_connections_closed", "Held connections that a peer closed, each answered by"
+            " a probe at once.", registry=r,
+        )
         self.probe_latency = Histogram(
             "k3net_probe_latency_seconds", "Time a probe took (connect, ask /info, read the answer).",
             buckets=_LATENCY_BUCKETS, registry=r,

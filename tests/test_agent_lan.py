@@ -82,3 +82,26 @@ def test_peer_that_comes_back_is_ready_again(agents: AgentFactory) -> None:
         lan[1].link_up()
         wait_for(lambda: ready(a.nodes()["node-b"]) == ("True", "PeerAlive"), 6,
                  what="node-b Ready again once its link is back")
+
+
+def test_a_crash_is_seen_through_the_held_connection_long_before_the_next_probe(
+    agents: AgentFactory,
+) -> None:
+    # Probes every 10 minutes: only the connection node-a holds open to node-b's /hold, which
+    # node-b's kernel closes when its process dies, can make node-a probe it within the wait.
+    slow = ("--probe-interval", "10m")
+    with Lan(2) as lan:
+        a = agents.start(lan[0], "node-a", *slow)
+        b = agents.start(lan[1], "node-b", *slow)
+        a.wait_ready()
+        b.wait_ready()
+        wait_for(lambda: ready(a.nodes().get("node-b")) == ("True", "PeerAlive"), 15,
+                 what="node-b Ready at node-a")
+        wait_for(lambda: a.metric("k3net_held_connections") == 1, 10,
+                 what="node-a holding a connection to node-b")
+        b.signal(signal.SIGKILL)
+        b.proc.wait(5)
+        wait_for(lambda: ready(a.nodes().get("node-b")) == ("False", "PeerRefused"), 20,
+                 what="node-b False/PeerRefused at node-a")
+        assert a.metric("k3net_held_connections_closed_total") == 1
+        assert a.metric("k3net_held_connections") == 0

@@ -428,3 +428,43 @@ async def test_listen_addresses(host: str, family: int | None) -> None:
         if host == "":  # every address: IPv4 too (through a dual-stack socket if IPv6 is on)
             stream = await trio.open_tcp_stream("127.0.0.1", sock.getsockname()[1])
             await stream.aclose()
+
+
+async def test_hold_stays_open_until_the_agent_stops(nursery: trio.Nursery) -> None:
+    """Peers hold /hold open (k3net.tasks.probe): it answers 200 and then nothing while the
+    agent runs, and ends when the server stops, within its grace."""
+    w = await start_web(nursery)
+    stream = await trio.open_tcp_stream("127.0.0.1", w.port)
+    await stream.send_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = b""
+    with trio.fail_after(5):
+        while b"held\n" not in head:  # the head comes with a first piece of the body
+            head += await stream.receive_some(4096)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    with trio.move_on_after(1.0) as idle:  # nothing more while it runs
+        assert await stream.receive_some(4096) == b"never"
+    assert idle.cancelled_caught
+    with trio.fail_after(5):
+        await w.stop()
+        rest = b""
+        while chunk := await stream.receive_some(4096):
+            rest += chunk
+    assert rest.endswith(b"0\r\n\r\n")  # the response ended, then the connection closed
+    await stream.aclose()
+
+
+async def test_hold_is_refused_while_stopping() -> None:
+    app = make_app(AppState(
+        settings=Settings(node_name="node-a"), store=MemoryStore(), hub=EventHub(Metrics()),
+        metrics=Metrics(), health=StoreHealth(), started_at=time.time()))
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    app.shutdown()
+    await app({"type": "http", "path": "/hold", "method": "GET"}, receive, send)
+    assert sent[0]["status"] == 503 and sent[1]["body"] == b"shutting down\n"

@@ -22,10 +22,20 @@ non-agent there is ignored. A peer with nothing but such addresses gets `timeout
 The table asks for a probe at once when a peer appears or says goodbye (`ProbeNow`), or after a
 delay (a re-probe that confirms a refusal); besides, every peer is probed once per interval at a
 phase of its own (see `Prober`).
+
+Held connections: once a peer is confirmed at an address, a connection to its `GET /hold` is
+kept open there (an agent answers it and sends nothing more while it runs). When the peer's
+process dies, its kernel closes that connection at once, and the peer is probed at once: a crash
+on a living host is seen in about a second (the probe, then the table's re-probe), whatever the
+probe interval, even by an agent that is the only one to probe it. A link cut or a dead host
+closes nothing; the probes and expiry decide as before. A peer that does not answer /hold (a Go
+agent) is only probed. At most `MAX_HELD` peers are held, so an agent of a large LAN keeps its
+file descriptors.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 import socket
@@ -35,13 +45,19 @@ import attrs
 import trio
 
 from k3net.core import addresses as addrs
-from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, judge_reader, request
+from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, get, judge_reader, request
 from k3net.core.messages import ProbeOutcome, ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
 
+log = logging.getLogger("k3net.probe")
+
 # Bytes asked of the socket at a time: a whole /info answer fits in one read.
 _READ_SIZE = 4096
+
+# Peers whose /hold is held open at most (module docstring): one file descriptor each here and
+# one at the peer.
+MAX_HELD = 256
 
 # Most telling first (module docstring); refused and timeout are decided apart.
 _RANK: dict[str, int] = {"confirmed": 0, "unauthenticated": 1, "wrong-node": 2, "unverified": 3}
@@ -206,6 +222,11 @@ class Prober:
         self._schedules: dict[str, trio.CancelScope] = {}
         self._limiter = trio.CapacityLimiter(limit)
         self._inflight: set[str] = set()
+        # Held connections by peer: where, and the scope that releases it (module docstring);
+        # and the targets that do not answer /hold.
+        self._held: dict[str, tuple[str, int, trio.CancelScope]] = {}
+        self._no_hold: set[ProbeTarget] = set()
+        self._nursery: trio.Nursery | None = None
 
     def set_own(self, addresses: Iterable[str]) -> None:
         """This machine's addresses changed (the address watcher): probes from now on ignore
@@ -220,6 +241,7 @@ class Prober:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with results, trio.open_nursery() as nursery:
+            self._nursery = nursery
             task_status.started()
             async with inbox:
                 async for msg in inbox:
@@ -228,8 +250,13 @@ class Prober:
                         schedule = self._schedules.pop(msg.name, None)
                         if schedule is not None:
                             schedule.cancel()
+                        self._release(msg.name)
                         continue
                     name = msg.target.name
+                    held = self._held.get(name)
+                    if held is not None and (held[0] not in msg.target.addresses
+                                             or held[1] != msg.target.port):
+                        self._release(name)  # it moved: held again once confirmed there
                     self.targets[name] = msg.target
                     if name not in self._schedules:
                         self._schedules[name] = scope = trio.CancelScope()
@@ -279,7 +306,77 @@ class Prober:
             self._inflight.discard(target.name)
         self.metrics.probes.labels(result=result.outcome).inc()
         self.metrics.probe_latency.observe(result.latency)
+        if result.outcome == "confirmed" and result.address:
+            self._maybe_hold(target, result.address, results)
         try:
             await results.send(result)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the table is gone: the agent is stopping
+
+    # --- held connections (module docstring) ------------------------------------------------
+
+    def _maybe_hold(self, target: ProbeTarget, address: str,
+                    results: trio.MemorySendChannel[ProbeResult]) -> None:
+        name = target.name
+        if (self._nursery is None or name in self._held or target in self._no_hold
+                or self.targets.get(name) != target or len(self._held) >= MAX_HELD):
+            return
+        scope = trio.CancelScope()
+        self._held[name] = (address, target.port, scope)
+        self.metrics.held.set(len(self._held))
+        self._nursery.start_soon(self._hold, target, address, scope, results)
+
+    def _release(self, name: str) -> None:
+        held = self._held.pop(name, None)
+        if held is not None:
+            held[2].cancel()
+            self.metrics.held.set(len(self._held))
+        self._no_hold = {t for t in self._no_hold if t.name != name}
+
+    async def _hold(self, target: ProbeTarget, address: str, scope: trio.CancelScope,
+                    results: trio.MemorySendChannel[ProbeResult]) -> None:
+        """Hold `target`'s /hold open at `address`; when the peer closes it, probe at once."""
+        held = False
+        with scope:
+            held = await self._held_until_closed(target, address)
+        if self._held.get(target.name, (None, None, None))[2] is scope:
+            del self._held[target.name]
+            self.metrics.held.set(len(self._held))
+        if scope.cancelled_caught:
+            return  # released: forgotten, or moved
+        if not held:
+            log.debug("no held connection to %s at %s: probes only", target.name, address)
+            self._no_hold.add(target)  # no /hold there (a Go agent): probes only
+            return
+        log.debug("held connection to %s at %s closed: probing it now", target.name, address)
+        self.metrics.held_closed.inc()
+        now = self.targets.get(target.name)
+        if now is not None and target.name not in self._inflight:
+            await self._probe(now, results)
+
+    async def _held_until_closed(self, target: ProbeTarget, address: str) -> bool:
+        """False if no hold could be set up (nothing there, or no /hold); True once a hold that
+        was set up has been closed by the peer."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with trio.socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                with trio.fail_after(self.timeout):
+                    await sock.connect((address, target.port))
+                    stream = trio.SocketStream(sock)
+                    await stream.send_all(get(address, target.port, "/hold"))
+                    head = b""
+                    while b"\r\n" not in head and len(head) < _READ_SIZE:
+                        chunk = await stream.receive_some(_READ_SIZE)
+                        if not chunk:
+                            return False
+                        head += chunk
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError):
+                return False
+            if not head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")):
+                return False
+            try:
+                while await stream.receive_some(_READ_SIZE):
+                    pass  # nothing more is sent while the peer runs
+            except (OSError, trio.BrokenResourceError):
+                pass  # reset: closed all the same
+        return True

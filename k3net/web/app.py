@@ -7,6 +7,7 @@
 | `GET /livez` | `200 ok` while the process serves; `?verbose`, `?exclude=` (see `k3net.web.checks`) |
 | `GET /readyz` | `200 ok` when the checks `store`, `mdns`, `http` pass, else 503 naming the failed ones; `?verbose`, `?exclude=`, `/readyz/<check>` (and `/livez/<check>`) |
 | `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, commit, store, subscribers, epoch |
+| `GET /hold` | `200` and then nothing while the agent runs: peers hold it open, and see its end at once when this process dies (`k3net.tasks.probe`); 503 past `MAX_HOLDS` |
 | `GET /peers` | the peers this agent follows: name, addresses, port, state, foundBy (mdns, join, scan, store), confirmed |
 | `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
 | `GET /metrics` | Prometheus text format |
@@ -110,6 +111,11 @@ def parse_events_query(query: bytes) -> tuple[int | None, str | None]:
     return since, epoch
 
 
+# Held /hold requests at most (one file descriptor each); more are refused with 503, and those
+# peers rely on their probes alone.
+MAX_HOLDS = 512
+
+
 class App:
     """The ASGI application. `shutdown()` (called by `k3net.web.serve.run` when it stops)
     ends every /events stream with 1001, so that hypercorn does not wait for them. The hub is
@@ -118,6 +124,7 @@ class App:
     def __init__(self, state: AppState) -> None:
         self.state = state
         self._streams: set[Subscription] = set()
+        self._holds: set[trio.Event] = set()  # set to end a /hold (shutdown)
         self._stopping = False
         self._assets = load_assets()
         self._routes: dict[str, Callable[[], Awaitable[tuple[int, str, bytes]]]] = {
@@ -133,10 +140,15 @@ class App:
         self._stopping = True
         for sub in self._streams:
             sub.shutdown()
+        for hold in self._holds:
+            hold.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._http(scope, send)
+            if scope["path"] == "/hold" and scope["method"] == "GET":
+                await self._hold(receive, send)
+            else:
+                await self._http(scope, send)
         elif scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -177,6 +189,36 @@ class App:
             headers.append((b"allow", b"GET, HEAD"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    async def _hold(self, receive: Receive, send: Send) -> None:
+        """Answer 200 and send nothing more until the client goes or this agent stops."""
+        if self._stopping or len(self._holds) >= MAX_HOLDS:
+            body = b"shutting down\n" if self._stopping else b"too many held connections\n"
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        done = trio.Event()
+        self._holds.add(done)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/plain"), (b"cache-control", b"no-store"),
+                (b"connection", b"close")]})
+            # hypercorn sends the head with the first piece of the body.
+            await send({"type": "http.response.body", "body": b"held\n", "more_body": True})
+
+            async def client_gone() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client_gone)
+                await done.wait()
+                nursery.cancel_scope.cancel()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self._holds.discard(done)
 
     async def _healthz(self) -> tuple[int, str, bytes]:
         return 200, "text/plain; charset=utf-8", b"ok\n"
