@@ -899,3 +899,18 @@ def test_only_mdns_voids_a_goodbye() -> None:
     t.handle(PeerGone("peer-a"), 5.0)
     t.handle(PeerSeen("peer-a", PEER.addresses, PEER.port, None, found_by="join"), 5.1)
     assert t.handle(fail(), 5.2) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
+
+
+def test_a_second_refusal_sooner_than_the_reprobe_confirms_nothing() -> None:
+    """A held connection's close starts a probe at once; a scheduled probe may follow within
+    milliseconds. An agent restarting in place is back within REPROBE_DELAY: only a refusal
+    that long after the first is decisive."""
+    t = table()
+    put = joined(t)
+    refused = ProbeResult("peer-a", "refused", 0.001, error="refused")
+    assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
+    assert t.handle(refused, 10.05) == []  # too soon: nothing written
+    assert writes(t.handle(ok(started=10.9), 10.9)) == []  # back: restarted in place
+    assert t.handle(refused, 20.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]  # anew
+    assert writes(t.handle(refused, 20.0 + REPROBE_DELAY)) == [
+        Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)]

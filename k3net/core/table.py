@@ -43,7 +43,9 @@ Positive evidence is fast, absence is slow. A probe answers with one outcome (se
       nothing (see `_alive`).
 
 - A refusal is confirmed by a quick re-probe (`REPROBE_DELAY` later) before anything is written:
-  then the Node goes False/PeerRefused at once, whatever peer-ttl is. A timeout proves nothing
+  then the Node goes False/PeerRefused at once, whatever peer-ttl is. A second refusal sooner
+  than that (a scheduled probe right after one that a held connection's close started)
+  confirms nothing: an agent restarting in place must have its second. A timeout proves nothing
   (a lost packet, a busy host): only expiry at peer-ttl decides.
 - One agent that cannot reach a node others reach (a firewall that rejects only it) must not make
   the Node flap: if the Node is Ready again after this agent wrote its refusal while its own
@@ -213,6 +215,7 @@ class _Peer:
     left_at: float = -math.inf  # when its goodbye arrived
     reprobes: int = 0  # quick re-probes left while LEAVING
     goodbye: bool = True  # LEAVING after a goodbye (False: its mDNS record expired)
+    suspect_at: float = -math.inf  # when its first refusal made it SUSPECT
     joined: bool = False  # its Node was seen Ready (join latency reported)
 
     @property
@@ -355,8 +358,10 @@ class PeerTable:
         if peer.state is not PeerState.SUSPECT:
             if peer.state is PeerState.REFUSED:
                 return []
-            peer.state = PeerState.SUSPECT
+            peer.state, peer.suspect_at = PeerState.SUSPECT, now
             return [ProbeNow(peer.target, delay=REPROBE_DELAY)]
+        if now - peer.suspect_at < REPROBE_DELAY:
+            return []  # too soon to confirm (an agent restarting in place): the re-probe decides
         peer.state = PeerState.REFUSED
         view = self._views.get(peer.name)
         if (
