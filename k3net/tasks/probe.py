@@ -58,6 +58,11 @@ _READ_SIZE = 4096
 # Peers whose /hold is held open at most (module docstring): one file descriptor each here and
 # one at the peer.
 MAX_HELD = 256
+# What an agent's /hold sends first (k3net.web.app), after its head.
+_HOLD_MARK = b"held\n"
+# A hold that ends sooner than this after it was set up is not tried again for that target:
+# probes only (a peer that closes at once must not be asked in a loop).
+MIN_HOLD = 5.0
 
 # Most telling first (module docstring); refused and timeout are decided apart.
 _RANK: dict[str, int] = {"confirmed": 0, "unauthenticated": 1, "wrong-node": 2, "unverified": 3}
@@ -253,6 +258,8 @@ class Prober:
                         self._release(msg.name)
                         continue
                     name = msg.target.name
+                    if msg.delay == 0:
+                        self._no_hold.discard(msg.target)  # seen anew (restarted?): try again
                     held = self._held.get(name)
                     if held is not None and (held[0] not in msg.target.addresses
                                              or held[1] != msg.target.port):
@@ -337,6 +344,7 @@ class Prober:
                     results: trio.MemorySendChannel[ProbeResult]) -> None:
         """Hold `target`'s /hold open at `address`; when the peer closes it, probe at once."""
         held = False
+        began = trio.current_time()
         with scope:
             held = await self._held_until_closed(target, address)
         if self._held.get(target.name, (None, None, None))[2] is scope:
@@ -350,6 +358,8 @@ class Prober:
             return
         log.debug("held connection to %s at %s closed: probing it now", target.name, address)
         self.metrics.held_closed.inc()
+        if trio.current_time() - began < MIN_HOLD:
+            self._no_hold.add(target)  # closed at once: probes only, never a loop of holds
         now = self.targets.get(target.name)
         if now is not None and target.name not in self._inflight:
             await self._probe(now, results)
@@ -365,14 +375,16 @@ class Prober:
                     stream = trio.SocketStream(sock)
                     await stream.send_all(get(address, target.port, "/hold"))
                     head = b""
-                    while b"\r\n" not in head and len(head) < _READ_SIZE:
+                    # An agent's hold: 200, then a first piece of the body that says so. Any
+                    # other answer (a Go agent's 404, a web server's page) is no hold.
+                    while _HOLD_MARK not in head and len(head) < _READ_SIZE:
                         chunk = await stream.receive_some(_READ_SIZE)
                         if not chunk:
                             return False
                         head += chunk
             except (OSError, trio.BrokenResourceError, trio.TooSlowError):
                 return False
-            if not head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")):
+            if not head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")) or _HOLD_MARK not in head:
                 return False
             try:
                 while await stream.receive_some(_READ_SIZE):
