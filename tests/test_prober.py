@@ -440,3 +440,35 @@ async def test_closing_the_inbox_stops_the_prober(autojump_clock: trio.testing.M
             await inbox_send.aclose()
         # run() returned and closed its results channel
         assert [r async for r in results_recv] == []
+
+
+async def test_a_server_that_answers_200_to_anything_is_not_held_in_a_loop() -> None:
+    """A web server that answers every path with 200 and closes is no agent's /hold: it must not
+    be held, closed and probed again in a loop (held connections, k3net.tasks.probe)."""
+    accepted = 0
+
+    async def answer_anything(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        async with stream:
+            await stream.receive_some(4096)
+            body = b'{"node": "node-w", "pid": 7}'
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (len(body), body))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, answer_anything, 0,
+                                                          host=LOOPBACK))
+        port = listeners[0].socket.getsockname()[1]
+        metrics = Metrics()
+        prober = Prober(interval=600, timeout=TIMEOUT, metrics=metrics)
+        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+        results, out = trio.open_memory_channel[ProbeResult](10)
+        await nursery.start(prober.run, inbox, results)
+        await asks.send(ProbeNow(ProbeTarget("node-w", (LOOPBACK,), port)))
+        with trio.fail_after(5):
+            assert (await out.receive()).outcome == "confirmed"
+        await trio.sleep(2)
+        assert accepted <= 3, accepted  # the probe, one try at a hold, no loop
+        assert metrics.registry.get_sample_value("k3net_held_connections") == 0
+        nursery.cancel_scope.cancel()
