@@ -49,6 +49,7 @@ from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, get, judge_re
 from k3net.core.messages import ProbeOutcome, ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
+from k3net.tasks.whois import exchange
 
 log = logging.getLogger("k3net.probe")
 
@@ -109,11 +110,8 @@ async def _ask(
             except OSError as exc:
                 return _Tried(address, error=f"{address}: {exc.strerror or exc}")
             connected = True
-            stream = trio.SocketStream(sock)
             try:
-                await stream.send_all(request(address, port, nonce))
-                while not reader.feed(await stream.receive_some(_READ_SIZE)):
-                    pass
+                await exchange(trio.SocketStream(sock), request(address, port, nonce), reader)
             except (OSError, trio.BrokenResourceError) as exc:
                 reader.error = f"connection broke: {exc}"
             return _Tried(address, judge_reader(reader, probed=name, nonce=nonce, key=key))

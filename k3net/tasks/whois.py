@@ -35,6 +35,14 @@ class Unreachable:
 Outcome = Found | NotFound | Unreachable
 
 
+async def exchange(stream: trio.SocketStream, message: bytes, reader: AnswerReader) -> None:
+    """Send one HTTP request and feed the answer to `reader` until it has what it needs (the
+    probes, whois and /peers all ask this way)."""
+    await stream.send_all(message)
+    while not reader.feed(await stream.receive_some(_READ_SIZE)):
+        pass
+
+
 async def whois(address: str, port: int, *, key: bytes | None) -> Outcome:
     """Connect to `address:port` (an IP address as text), ask /info, judge the answer."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -47,11 +55,8 @@ async def whois(address: str, port: int, *, key: bytes | None) -> Outcome:
             return Unreachable(True, f"{address}:{port}: connection refused")
         except OSError as exc:
             return Unreachable(False, f"{address}:{port}: {exc.strerror or exc}")
-        stream = trio.SocketStream(sock)
         try:
-            await stream.send_all(request(address, port, nonce))
-            while not reader.feed(await stream.receive_some(_READ_SIZE)):
-                pass
+            await exchange(trio.SocketStream(sock), request(address, port, nonce), reader)
         except (OSError, trio.BrokenResourceError) as exc:
             return NotFound("not-agent", f"{address}:{port}: connection broke: {exc}")
     if reader.error is not None or not reader.complete:
@@ -67,10 +72,7 @@ async def peers_of(address: str, port: int) -> list[Listed]:
     with trio.socket.socket(family, socket.SOCK_STREAM) as sock:
         try:
             await sock.connect((address, port))
-            stream = trio.SocketStream(sock)
-            await stream.send_all(get(address, port, "/peers"))
-            while not reader.feed(await stream.receive_some(_READ_SIZE)):
-                pass
+            await exchange(trio.SocketStream(sock), get(address, port, "/peers"), reader)
         except (OSError, trio.BrokenResourceError):
             return []
     if reader.error is not None or not reader.complete:
