@@ -144,6 +144,18 @@ def shared_etcd(etcd_ok: None, tmp_path: Path) -> Iterator[Any]:
 # --- tests -----------------------------------------------------------------------------------
 
 
+
+def _start_everywhere(agents: AgentFactory, lan: Lan, names: list[str], ttl: float,
+                      config: Path) -> list[AgentProc]:
+    """One agent per host, listening on all addresses (as the Go agent does), on the shared
+    store, at peer-ttl `ttl` and probes every second; each ready."""
+    procs = [agents.start(host, name, *EVERYWHERE, "--peer-ttl", f"{ttl:g}s",
+                          "--probe-interval", "1s", config=config)
+             for host, name in zip(lan.hosts, names, strict=True)]
+    for proc in procs:
+        proc.wait_ready()
+    return procs
+
 def test_sigkilled_agent_on_a_bridged_lan_is_refused_not_kept_ready(agents: AgentFactory) -> None:
     # peer-ttl 30s: expiry cannot explain anything this test sees; only the refusal can.
     timings = ("--peer-ttl", "30s", "--probe-interval", "1s")
@@ -194,11 +206,7 @@ def test_two_lan_addresses_and_a_bridge_cause_no_write_churn(
         # A second LAN address that sorts before the first as text and after it as a number.
         lan[2].add_address("10.77.0.100/24")
         names = ["node-a", "node-b", "node-c"]
-        procs = [agents.start(host, name, *EVERYWHERE, "--peer-ttl", f"{ttl:g}s",
-                              "--probe-interval", "1s", config=etcd.config)
-                 for host, name in zip(lan.hosts, names, strict=True)]
-        for proc in procs:
-            proc.wait_ready()
+        procs = _start_everywhere(agents, lan, names, ttl, etcd.config)
 
         def all_ready() -> bool:
             return all(etcd.raw.ready(n) == ("True", "AgentReady") for n in names)
@@ -238,11 +246,7 @@ def test_one_way_reject_makes_a_node_blip_at_most_once(
         a_host, b_host, c_host = lan.hosts
         etcd = shared_etcd(c_host)
         names = ["node-a", "node-b", "node-c"]
-        procs = [agents.start(host, name, *EVERYWHERE, "--peer-ttl", f"{ttl:g}s",
-                              "--probe-interval", "1s", config=etcd.config)
-                 for host, name in zip(lan.hosts, names, strict=True)]
-        for proc in procs:
-            proc.wait_ready()
+        procs = _start_everywhere(agents, lan, names, ttl, etcd.config)
         a, b, c = procs
         wait_for(lambda: all(etcd.raw.ready(n) == ("True", "AgentReady") for n in names), 15,
                  what="every Node Ready in etcd")

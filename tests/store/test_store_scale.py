@@ -12,7 +12,7 @@ from trio_asyncio import aio_as_trio
 
 from k3net.convert import node_to_dict
 from k3net.store import etcd as etcd_backend
-from k3net.store.base import Put, Snapshot
+from k3net.store.base import Put, Snapshot, Store
 from k3net.store.etcd import PREFIX, EtcdStore
 from k3net.store.mysql import TABLE, MySQLStore
 from tests.store.conftest import RawEtcd, RawMySQL
@@ -37,6 +37,18 @@ async def preload_etcd(raw: RawEtcd, count: int) -> None:
 
 
 @pytest.mark.etcd
+
+async def snapshot_then_follows(store: Store) -> None:
+    """The watch's first Snapshot holds all MANY Nodes, and it follows on right after it: the
+    next write arrives."""
+    async with store.watch() as events:
+        with trio.fail_after(60):
+            snapshot = await events.__anext__()
+        assert isinstance(snapshot, Snapshot) and len(snapshot.items) == MANY
+        first = snapshot.items[0]
+        later = await store.update(make_node(first.name, step="2"), first.version)
+        assert await next_event(events) == Put(later)
+
 async def test_etcd_lists_and_watches_10000_nodes(
     etcd_store: EtcdStore, raw_etcd: RawEtcd
 ) -> None:
@@ -46,14 +58,7 @@ async def test_etcd_lists_and_watches_10000_nodes(
         scan = await etcd_store.scan()
     assert len(scan.nodes) == MANY and [f.name for f in scan.foreign] == ["node-05000x"]
     assert [s.name for s in scan.nodes] == [f"node-{i:05d}" for i in range(MANY)]
-    async with etcd_store.watch() as events:
-        with trio.fail_after(60):
-            snapshot = await events.__anext__()
-        assert isinstance(snapshot, Snapshot) and len(snapshot.items) == MANY
-        # The watch starts right after the snapshot's revision: the next write arrives.
-        first = snapshot.items[0]
-        later = await etcd_store.update(make_node(first.name, step="2"), first.version)
-        assert await next_event(events) == Put(later)
+    await snapshot_then_follows(etcd_store)
 
 
 @pytest.mark.etcd
@@ -101,13 +106,7 @@ async def test_mysql_lists_and_watches_10000_nodes(
     with trio.fail_after(60):
         nodes = await mysql_store.list()
     assert [s.name for s in nodes] == [f"node-{i:05d}" for i in range(MANY)]
-    async with mysql_store.watch() as events:
-        with trio.fail_after(60):
-            snapshot = await events.__anext__()
-        assert isinstance(snapshot, Snapshot) and len(snapshot.items) == MANY
-        first = snapshot.items[0]
-        later = await mysql_store.update(make_node(first.name, step="2"), first.version)
-        assert await next_event(events) == Put(later)
+    await snapshot_then_follows(mysql_store)
 
 
 def _insert_many(raw: RawMySQL, rows: list[tuple[Any, ...]]) -> None:
