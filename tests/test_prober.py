@@ -19,7 +19,7 @@ import trio.testing
 from k3net.core.messages import ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
-from k3net.tasks.probe import Own, Prober, probe_peer, probe_with_timeout
+from k3net.tasks.probe import MIN_HOLD, Own, Prober, probe_peer, probe_with_timeout
 from tests.fakeagent import FakeAgent
 
 LOOPBACK = "127.0.0.1"
@@ -472,3 +472,77 @@ async def test_a_server_that_answers_200_to_anything_is_not_held_in_a_loop() -> 
         assert accepted <= 3, accepted  # the probe, one try at a hold, no loop
         assert metrics.registry.get_sample_value("k3net_held_connections") == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_hold_that_closes_during_a_probe_is_followed_by_a_probe_of_its_own() -> None:
+    """A peer crashes while a probe of it is under way: the broken probe proves nothing, so the
+    close of the held connection must still bring a probe of its own, which finds the port
+    refused (held connections, k3net.tasks.probe)."""
+    slow = trio.Event()  # set: /info waits for the crash instead of answering
+    crashed = trio.Event()
+    hold_closed = trio.Event()
+    waiting = trio.Event()  # a slow /info is under way
+
+    async def agent(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = await stream.receive_some(4096)
+            if request.startswith(b"GET /hold "):
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      b"5\r\nheld\n\r\n")
+                await crashed.wait()
+                return
+            if slow.is_set():
+                waiting.set()
+                await crashed.wait()
+                await hold_closed.wait()  # this probe's connection breaks after the hold's
+                await trio.sleep(0.2)
+                return
+            body = b'{"node": "node-h", "pid": 7}'
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (len(body), body))
+
+    async with trio.open_nursery() as nursery:
+        listening = trio.CancelScope()
+
+        async def serve(task_status: trio.TaskStatus[int]) -> None:
+            with listening:
+                listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+                task_status.started(listeners[0].socket.getsockname()[1])
+                # The connections live on when the listener closes, as a dying process's do
+                # for a moment: each ends when its handler says.
+                await trio.serve_listeners(agent, listeners, handler_nursery=nursery)
+
+        port = await nursery.start(serve)
+        metrics = Metrics()
+        prober = Prober(interval=600, timeout=30.0, metrics=metrics)
+        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+        results, out = trio.open_memory_channel[ProbeResult](10)
+        await nursery.start(prober.run, inbox, results)
+        peer = ProbeTarget("node-h", (LOOPBACK,), port)
+        await asks.send(ProbeNow(peer))
+        with trio.fail_after(5):
+            assert (await out.receive()).outcome == "confirmed"
+            await _held(metrics, 1)
+        slow.set()
+        await asks.send(ProbeNow(peer))
+        with trio.fail_after(5):
+            await waiting.wait()
+        await trio.sleep(MIN_HOLD)  # a hold that lasted: its close is worth a probe
+        listening.cancel()  # the process dies: its port is closed, its connections with it
+        crashed.set()
+        with trio.fail_after(5):
+            await _held(metrics, 0)
+        hold_closed.set()
+        outcomes = []
+        with trio.move_on_after(3):
+            while "refused" not in outcomes:
+                outcomes.append((await out.receive()).outcome)
+        assert "refused" in outcomes, outcomes
+        assert metrics.registry.get_sample_value("k3net_held_connections_closed_total") == 1
+        nursery.cancel_scope.cancel()
+
+
+async def _held(metrics: Metrics, count: int) -> None:
+    """Wait until the prober holds `count` connections."""
+    while metrics.registry.get_sample_value("k3net_held_connections") != count:  # noqa: ASYNC110
+        await trio.sleep(0.01)  # (the gauge has no hook to wait on)

@@ -39,6 +39,7 @@ import logging
 import random
 import secrets
 import socket
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -224,7 +225,7 @@ class Prober:
         self.targets: dict[str, ProbeTarget] = {}
         self._schedules: dict[str, trio.CancelScope] = {}
         self._limiter = trio.CapacityLimiter(limit)
-        self._inflight: set[str] = set()
+        self._inflight: Counter[str] = Counter()  # probes under way, by peer
         # Held connections by peer: where, and the scope that releases it (module docstring);
         # and the targets that do not answer /hold.
         self._held: dict[str, tuple[str, int, trio.CancelScope]] = {}
@@ -300,7 +301,7 @@ class Prober:
     async def _probe(
         self, target: ProbeTarget, results: trio.MemorySendChannel[ProbeResult]
     ) -> None:
-        self._inflight.add(target.name)
+        self._inflight[target.name] += 1
         try:
             async with self._limiter:
                 result = await probe_peer(
@@ -308,7 +309,9 @@ class Prober:
                     key=self.key, own=self.own,
                 )
         finally:
-            self._inflight.discard(target.name)
+            self._inflight[target.name] -= 1
+            if not self._inflight[target.name]:
+                del self._inflight[target.name]
         self.metrics.probes.labels(result=result.outcome).inc()
         self.metrics.probe_latency.observe(result.latency)
         if result.outcome == "confirmed" and result.address:
@@ -358,8 +361,10 @@ class Prober:
         self.metrics.held_closed.inc()
         if trio.current_time() - began < MIN_HOLD:
             self._no_hold.add(target)  # closed at once: probes only, never a loop of holds
+        # Probed even if a probe is under way: that one began before the close, and may end
+        # without a word about it (a connection the crash broke proves nothing).
         now = self.targets.get(target.name)
-        if now is not None and target.name not in self._inflight:
+        if now is not None:
             await self._probe(now, results)
 
     async def _held_until_closed(self, target: ProbeTarget, address: str) -> bool:
