@@ -909,8 +909,25 @@ def test_a_second_refusal_sooner_than_the_reprobe_confirms_nothing() -> None:
     put = joined(t)
     refused = ProbeResult("peer-a", "refused", 0.001, error="refused")
     assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
-    assert t.handle(refused, 10.05) == []  # too soon: nothing written
+    # too soon: nothing written; the re-probe is asked for its time again
+    assert t.handle(refused, 10.05) == [ProbeNow(TARGET, delay=10.0 + REPROBE_DELAY - 10.05)]
     assert writes(t.handle(ok(started=10.9), 10.9)) == []  # back: restarted in place
     assert t.handle(refused, 20.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]  # anew
     assert writes(t.handle(refused, 20.0 + REPROBE_DELAY)) == [
+        Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)]
+
+
+def test_a_refusal_is_confirmed_even_when_the_peer_moves_before_its_reprobe() -> None:
+    """mDNS reports a new address between the first refusal and its re-probe: the prober drops
+    the re-probe of the old target and probes the new one at once, too soon to confirm. The
+    refusal must still be confirmed a re-probe delay after the first, not at the next round."""
+    t = table()
+    put = joined(t)
+    refused = ProbeResult("peer-a", "refused", 0.001, error="refused")
+    assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
+    moved = PeerSeen("peer-a", ("192.168.1.10", "fd00::10"), 7946, 4242)
+    probe_now = ProbeNow(ProbeTarget("peer-a", moved.addresses, 7946))
+    assert t.handle(moved, 10.2) == [probe_now]
+    assert t.handle(refused, 10.25) == [ProbeNow(probe_now.target, delay=10.0 + REPROBE_DELAY - 10.25)]
+    assert writes(t.handle(refused, 10.0 + REPROBE_DELAY)) == [
         Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)]

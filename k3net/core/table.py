@@ -361,7 +361,9 @@ class PeerTable:
             peer.state, peer.suspect_at = PeerState.SUSPECT, now
             return [ProbeNow(peer.target, delay=REPROBE_DELAY)]
         if now - peer.suspect_at < REPROBE_DELAY:
-            return []  # too soon to confirm (an agent restarting in place): the re-probe decides
+            # Too soon to confirm (an agent restarting in place): a re-probe decides, asked
+            # again for its time in case the first was dropped (the peer's target changed).
+            return [ProbeNow(peer.target, delay=peer.suspect_at + REPROBE_DELAY - now)]
         peer.state = PeerState.REFUSED
         view = self._views.get(peer.name)
         if (
