@@ -45,7 +45,8 @@ Positive evidence is fast, absence is slow. A probe answers with one outcome (se
 - A refusal is confirmed by a quick re-probe (`REPROBE_DELAY` later) before anything is written:
   then the Node goes False/PeerRefused at once, whatever peer-ttl is. A second refusal sooner
   than that (a scheduled probe right after one that a held connection's close started)
-  confirms nothing: an agent restarting in place must have its second. A timeout proves nothing
+  confirms nothing: an agent restarting in place must have its second (and the re-probe is asked
+  for again, at its time, in case the prober dropped it for a newer target). A timeout proves nothing
   (a lost packet, a busy host): only expiry at peer-ttl decides.
 - One agent that cannot reach a node others reach (a firewall that rejects only it) must not make
   the Node flap: if the Node is Ready again after this agent wrote its refusal while its own
