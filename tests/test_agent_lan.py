@@ -105,3 +105,28 @@ def test_a_crash_is_seen_through_the_held_connection_long_before_the_next_probe(
                  what="node-b False/PeerRefused at node-a")
         assert a.metric("k3net_held_connections_closed_total") == 1
         assert a.metric("k3net_held_connections") == 0
+
+
+def test_an_ipv6_only_lan(agents: AgentFactory) -> None:
+    """A LAN with no IPv4 at all (unique local addresses, as an IPv6-only site or a lab hands
+    out): agents find each other over IPv6 mDNS, list their IPv6 address, hold and probe over
+    IPv6, and see a crash there in seconds."""
+    with Lan(3, subnet="fd77::/64") as lan:
+        names = ["node-a", "node-b", "node-c"]
+        procs = [agents.start(host, name, "--probe-interval", "10m")
+                 for host, name in zip(lan.hosts, names, strict=True)]
+        for proc in procs:
+            proc.wait_ready()
+        a, b, c = procs
+        for proc in procs:
+            wait_for(partial(_all_ready, proc, names), 15, what=f"all Ready at {proc.name}")
+        internal = [x["address"] for x in a.nodes()["node-b"]["status"]["addresses"]
+                    if x["type"] == "InternalIP"]
+        assert internal == [lan[1].address]
+        wait_for(lambda: a.metric("k3net_held_connections") == 2, 10,
+                 what="node-a holding node-b and node-c")
+        c.signal(signal.SIGKILL)
+        c.proc.wait(5)
+        for proc in (a, b):
+            wait_for(partial(_ready_is, proc, "node-c", ("False", "PeerRefused")), 5,
+                     what=f"node-c PeerRefused at {proc.name}")

@@ -24,11 +24,12 @@ class AgentProc:
         self.name = name
         self.port = port
         self.address = host.address
+        listen_host = f"[{host.address}]" if ":" in host.address else host.address
         self.log_path = log_dir / f"{name}.log"
         argv = [
             sys.executable, "-m", "k3net", "run",
             "--node-name", name,
-            "--listen", f"{host.address}:{port}",
+            "--listen", f"{listen_host}:{port}",
             "--interface", host.interface,
             "--log-level", "debug",
             *args,
@@ -42,7 +43,8 @@ class AgentProc:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}:{self.port}"
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
 
     def get_json(self, path: str) -> Any:
         return self.client.get_json(self.url + path)

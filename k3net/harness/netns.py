@@ -287,7 +287,8 @@ class LoopbackHost(_Namespaces, Host):
 class Lan(_Namespaces):
     """`n_hosts` namespaces joined by a bridge that lives in a namespace of its own. Host i
     (from 0) has `eth0` with the (i+1)-th address of `subnet`, multicast on, and a route for
-    224.0.0.0/4 on eth0."""
+    224.0.0.0/4 on eth0. An IPv6 `subnet` (as `fd77::/64`) makes an IPv6-only LAN: no IPv4
+    address anywhere, only that one and the kernel's link-local address."""
 
     def __init__(self, n_hosts: int, subnet: str = "10.77.0.0/24") -> None:
         super().__init__()
@@ -306,7 +307,10 @@ class Lan(_Namespaces):
                     "peer", "name", "eth0", "netns", name)
                 _ip("-n", br, "link", "set", f"v{i}", "master", "br0")
                 _ip("-n", br, "link", "set", f"v{i}", "up")
-                _ip("-n", name, "addr", "add", f"{address}/{network.prefixlen}", "dev", "eth0")
+                # (No duplicate address detection: the test LAN's addresses are unique, and
+                # an address still tentative could not be bound at once.)
+                _ip("-n", name, "addr", "add", f"{address}/{network.prefixlen}", "dev", "eth0",
+                    *(("nodad",) if network.version == 6 else ()))
                 host = Host(name, str(address), "eth0")
                 host.link_up()
                 self.hosts.append(host)
