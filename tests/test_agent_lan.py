@@ -130,3 +130,32 @@ def test_an_ipv6_only_lan(agents: AgentFactory) -> None:
         for proc in (a, b):
             wait_for(partial(_ready_is, proc, "node-c", ("False", "PeerRefused")), 5,
                      what=f"node-c PeerRefused at {proc.name}")
+
+
+def test_a_lan_that_loses_packets_keeps_every_node_ready(agents: AgentFactory) -> None:
+    """A LAN that drops a fifth of its frames (a busy Wi-Fi, a bad cable): a lost SYN costs a
+    probe a second, longer than its timeout, so without a second connection attempt a third of
+    the probes fail, and healthy nodes expire now and then. Every Node must stay Ready."""
+    with Lan(3) as lan:
+        names = ["node-a", "node-b", "node-c"]
+        procs = [agents.start(host, name, "--peer-ttl", "6s", "--probe-interval", "1s")
+                 for host, name in zip(lan.hosts, names, strict=True)]
+        for proc in procs:
+            proc.wait_ready()
+        for proc in procs:
+            wait_for(partial(_all_ready, proc, names), 15, what=f"all Ready at {proc.name}")
+        lan.lose(20)
+        not_ready: set[tuple[str, str, str]] = set()
+        until = time.monotonic() + 25
+        while time.monotonic() < until:
+            for proc in procs:
+                for name, node in proc.nodes().items():
+                    status, reason = ready(node) or ("?", "?")
+                    if status != "True":
+                        not_ready.add((proc.name, name, reason))
+            time.sleep(0.3)
+        lan.lose(0)
+        probes = {r: sum(p.metric("k3net_probes_total", result=r) for p in procs)
+                  for r in ("confirmed", "timeout", "unverified")}
+        assert not_ready == set(), (not_ready, probes)
+        print(f"\nmeasured: 20% loss, probes {probes}")

@@ -546,3 +546,45 @@ async def _held(metrics: Metrics, count: int) -> None:
     """Wait until the prober holds `count` connections."""
     while metrics.registry.get_sample_value("k3net_held_connections") != count:  # noqa: ASYNC110
         await trio.sleep(0.01)  # (the gauge has no hook to wait on)
+
+
+async def test_a_lost_first_syn_does_not_fail_the_probe() -> None:
+    """The kernel sends a lost SYN again only after a second, longer than the probe timeout: a
+    LAN that drops one packet must not fail the probe. Here the listener's accept queue is full
+    when the probe starts, so its first SYN is dropped (as a lossy LAN would), and there is room
+    again 0.1 s later: only a second connection attempt can be answered within the timeout."""
+    agent = FakeAgent("node-l")
+    server = trio.socket.socket()
+    await server.bind((LOOPBACK, 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(8):  # fill the accept queue: later SYNs are dropped
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            client.connect((LOOPBACK, port))
+        except BlockingIOError:
+            pass
+        fillers.append(client)
+    filler_ports = {c.getsockname()[1] for c in fillers}
+
+    async def serve(nursery: trio.Nursery) -> None:
+        await trio.sleep(0.1)
+        while True:
+            conn, peer = await server.accept()
+            if peer[1] in filler_ports:
+                conn.close()
+            else:
+                nursery.start_soon(agent.handle, trio.SocketStream(conn))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve, nursery)
+            result = await probe_peer("node-l", [LOOPBACK], port, TIMEOUT)
+            nursery.cancel_scope.cancel()
+    finally:
+        server.close()
+        for client in fillers:
+            client.close()
+    assert result.outcome == "confirmed", result

@@ -330,6 +330,20 @@ class Lan(_Namespaces):
         for host in self.hosts:
             host.add_bridge(name, address)
 
+    def lose(self, percent: int) -> None:
+        """The LAN drops `percent` % of the frames it forwards, at random, in both directions
+        (a busy Wi-Fi, a bad cable); 0 makes it lossless again. Needs Debian's `nftables`."""
+        script = f"add table bridge {_NFT_TABLE}\ndelete table bridge {_NFT_TABLE}\n"
+        if percent:
+            script += (f"add table bridge {_NFT_TABLE}\n"
+                       f"add chain bridge {_NFT_TABLE} drops "
+                       "{ type filter hook forward priority 0 ; policy accept ; }\n"
+                       f"add rule bridge {_NFT_TABLE} drops numgen random mod 100 < {percent} drop\n")
+        done = subprocess.run(["ip", "netns", "exec", self.bridge_namespace, "nft", "-f", "-"],
+                              input=script, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise NetnsError(f"nft in {self.bridge_namespace}: {done.stderr.strip()}")
+
 
 class RoutedLan(_Namespaces):
     """Several subnets joined by a router: a router namespace holds one bridge per subnet, with

@@ -38,9 +38,9 @@ from __future__ import annotations
 import logging
 import random
 import secrets
-import socket
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import attrs
 import trio
@@ -50,7 +50,7 @@ from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, get, judge_re
 from k3net.core.messages import ProbeOutcome, ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
-from k3net.tasks.whois import exchange
+from k3net.tasks.tcp import connect, exchange
 
 log = logging.getLogger("k3net.probe")
 
@@ -65,6 +65,9 @@ _HOLD_MARK = b"held\n"
 # A hold that ends sooner than this after it was set up is not tried again for that target:
 # probes only (a peer that closes at once must not be asked in a loop).
 MIN_HOLD = 5.0
+
+# How a held connection ended (Prober._held_until_closed).
+_HoldEnd = Literal["closed", "refused", "failed", "no-hold"]
 
 # Most telling first (module docstring); refused and timeout are decided apart.
 _RANK: dict[str, int] = {"confirmed": 0, "unauthenticated": 1, "wrong-node": 2, "unverified": 3}
@@ -99,23 +102,22 @@ async def _ask(
 ) -> _Tried:
     """Connect to one address, ask /info, judge the answer; all within `timeout`. A connection
     that was accepted but never answered is an answer of its own (unverified)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     connected = False
     reader = AnswerReader()
-    with trio.socket.socket(family, socket.SOCK_STREAM) as sock:
-        with trio.move_on_after(timeout):
-            try:
-                await sock.connect((address, port))
-            except ConnectionRefusedError:
-                return _Tried(address, refused=True, error=f"{address}: connection refused")
-            except OSError as exc:
-                return _Tried(address, error=f"{address}: {exc.strerror or exc}")
-            connected = True
+    with trio.move_on_after(timeout):
+        try:
+            sock = await connect(address, port)
+        except ConnectionRefusedError:
+            return _Tried(address, refused=True, error=f"{address}: connection refused")
+        except OSError as exc:
+            return _Tried(address, error=f"{address}: {exc.strerror or exc}")
+        connected = True
+        with sock:
             try:
                 await exchange(trio.SocketStream(sock), request(address, port, nonce), reader)
             except (OSError, trio.BrokenResourceError) as exc:
                 reader.error = f"connection broke: {exc}"
-            return _Tried(address, judge_reader(reader, probed=name, nonce=nonce, key=key))
+        return _Tried(address, judge_reader(reader, probed=name, nonce=nonce, key=key))
     if connected:
         return _Tried(address, Answer(
             "unverified", detail=f"{address}: accepted, but no answer within {timeout:g}s"))
@@ -344,38 +346,52 @@ class Prober:
     async def _hold(self, target: ProbeTarget, address: str, scope: trio.CancelScope,
                     results: trio.MemorySendChannel[ProbeResult]) -> None:
         """Hold `target`'s /hold open at `address`; when the peer closes it, probe at once."""
-        held = False
+        ended: _HoldEnd = "failed"
         began = trio.current_time()
         with scope:
-            held = await self._held_until_closed(target, address)
+            ended = await self._held_until_closed(target, address)
         if self._held.get(target.name, (None, None, None))[2] is scope:
             del self._held[target.name]
             self.metrics.held.set(len(self._held))
         if scope.cancelled_caught:
             return  # released: forgotten, or moved
-        if not held:
+        if ended == "no-hold":
             log.debug("no held connection to %s at %s: probes only", target.name, address)
             self._no_hold.add(target)  # no /hold there (a Go agent): probes only
             return
-        log.debug("held connection to %s at %s closed: probing it now", target.name, address)
-        self.metrics.held_closed.inc()
-        if trio.current_time() - began < MIN_HOLD:
-            self._no_hold.add(target)  # closed at once: probes only, never a loop of holds
+        if ended == "failed":
+            # No answer in time (a LAN losing packets, a busy peer): no evidence of anything.
+            # Tried again after the next confirmed probe.
+            log.debug("could not hold a connection to %s at %s", target.name, address)
+            return
+        if ended == "closed":
+            log.debug("held connection to %s at %s closed: probing it now", target.name, address)
+            self.metrics.held_closed.inc()
+            if trio.current_time() - began < MIN_HOLD:
+                self._no_hold.add(target)  # closed at once: probes only, never a loop of holds
+        else:
+            log.debug("hold refused by %s at %s: probing it now", target.name, address)
         # Probed even if a probe is under way: that one began before the close, and may end
         # without a word about it (a connection the crash broke proves nothing).
         now = self.targets.get(target.name)
         if now is not None:
             await self._probe(now, results)
 
-    async def _held_until_closed(self, target: ProbeTarget, address: str) -> bool:
-        """False if no hold could be set up (nothing there, or no /hold); True once a hold that
-        was set up has been closed by the peer."""
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        with trio.socket.socket(family, socket.SOCK_STREAM) as sock:
+    async def _held_until_closed(self, target: ProbeTarget, address: str) -> _HoldEnd:
+        """How a hold of `target` at `address` ended: `closed` by the peer once set up; or never
+        set up: `refused` (nothing listens any more: it died since its probe), `failed` (no
+        answer in time), `no-hold` (something answered, but not with an agent's hold)."""
+        try:
+            with trio.fail_after(self.timeout):
+                sock = await connect(address, target.port)
+        except ConnectionRefusedError:
+            return "refused"
+        except (OSError, trio.TooSlowError):
+            return "failed"
+        with sock:
+            stream = trio.SocketStream(sock)
             try:
                 with trio.fail_after(self.timeout):
-                    await sock.connect((address, target.port))
-                    stream = trio.SocketStream(sock)
                     await stream.send_all(get(address, target.port, "/hold"))
                     head = b""
                     # An agent's hold: 200, then a first piece of the body that says so. Any
@@ -383,15 +399,17 @@ class Prober:
                     while _HOLD_MARK not in head and len(head) < _READ_SIZE:
                         chunk = await stream.receive_some(_READ_SIZE)
                         if not chunk:
-                            return False
+                            return "no-hold"
                         head += chunk
-            except (OSError, trio.BrokenResourceError, trio.TooSlowError):
-                return False
+            except (OSError, trio.BrokenResourceError):
+                return "no-hold"
+            except trio.TooSlowError:
+                return "failed"
             if not head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")) or _HOLD_MARK not in head:
-                return False
+                return "no-hold"
             try:
                 while await stream.receive_some(_READ_SIZE):
                     pass  # nothing more is sent while the peer runs
             except (OSError, trio.BrokenResourceError):
                 pass  # reset: closed all the same
-        return True
+        return "closed"

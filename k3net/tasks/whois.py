@@ -10,7 +10,6 @@ probe.
 from __future__ import annotations
 
 import secrets
-import socket
 
 import attrs
 import trio
@@ -18,8 +17,8 @@ import trio
 from k3net.core import addresses as addrs
 from k3net.core.discovery import Found, Listed, NotFound, found_in_answer, listed_peers
 from k3net.core.identity import NONCE_BYTES, AnswerReader, get, request
+from k3net.tasks.tcp import ATTEMPTS, connect, exchange
 
-_READ_SIZE = 4096
 # The largest /peers answer read: MAX_LISTED peers of about 150 bytes each, with room.
 _PEERS_LIMIT = 1024 * 1024
 
@@ -35,26 +34,19 @@ class Unreachable:
 Outcome = Found | NotFound | Unreachable
 
 
-async def exchange(stream: trio.SocketStream, message: bytes, reader: AnswerReader) -> None:
-    """Send one HTTP request and feed the answer to `reader` until it has what it needs (the
-    probes, whois and /peers all ask this way)."""
-    await stream.send_all(message)
-    while not reader.feed(await stream.receive_some(_READ_SIZE)):
-        pass
-
-
-async def whois(address: str, port: int, *, key: bytes | None) -> Outcome:
-    """Connect to `address:port` (an IP address as text), ask /info, judge the answer."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+async def whois(address: str, port: int, *, key: bytes | None, attempts: int = ATTEMPTS
+                ) -> Outcome:
+    """Connect to `address:port` (an IP address as text), ask /info, judge the answer.
+    `attempts`: connection attempts at most (`k3net.tasks.tcp`)."""
     nonce = secrets.token_bytes(NONCE_BYTES)
     reader = AnswerReader()
-    with trio.socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            await sock.connect((address, port))
-        except ConnectionRefusedError:
-            return Unreachable(True, f"{address}:{port}: connection refused")
-        except OSError as exc:
-            return Unreachable(False, f"{address}:{port}: {exc.strerror or exc}")
+    try:
+        sock = await connect(address, port, attempts=attempts)
+    except ConnectionRefusedError:
+        return Unreachable(True, f"{address}:{port}: connection refused")
+    except OSError as exc:
+        return Unreachable(False, f"{address}:{port}: {exc.strerror or exc}")
+    with sock:
         try:
             await exchange(trio.SocketStream(sock), request(address, port, nonce), reader)
         except (OSError, trio.BrokenResourceError) as exc:
@@ -67,14 +59,12 @@ async def whois(address: str, port: int, *, key: bytes | None) -> Outcome:
 
 async def peers_of(address: str, port: int) -> list[Listed]:
     """The peers the agent at `address:port` reaches now (its `/peers`); [] if it cannot say."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     reader = AnswerReader(limit=_PEERS_LIMIT)
-    with trio.socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            await sock.connect((address, port))
+    try:
+        with await connect(address, port) as sock:
             await exchange(trio.SocketStream(sock), get(address, port, "/peers"), reader)
-        except (OSError, trio.BrokenResourceError):
-            return []
+    except (OSError, trio.BrokenResourceError):
+        return []
     if reader.error is not None or not reader.complete:
         return []
     asked = addrs.parse(address)
