@@ -588,3 +588,40 @@ async def test_a_lost_first_syn_does_not_fail_the_probe() -> None:
         for client in fillers:
             client.close()
     assert result.outcome == "confirmed", result
+
+
+async def test_a_hold_that_got_no_answer_in_time_is_tried_again() -> None:
+    """A hold whose answer is lost (a lossy LAN, a busy peer) says nothing about the peer: it
+    is tried again after the next confirmed probe, unlike a peer that has no /hold at all."""
+    holds = 0
+
+    async def agent(stream: trio.SocketStream) -> None:
+        nonlocal holds
+        async with stream:
+            request = await stream.receive_some(4096)
+            if request.startswith(b"GET /hold "):
+                holds += 1
+                if holds > 1:  # the first gets no answer in time
+                    await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                                          b"\r\n5\r\nheld\n\r\n")
+                await trio.sleep_forever()
+            body = b'{"node": "node-s", "pid": 7}'
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (len(body), body))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, agent, 0, host=LOOPBACK))
+        port = listeners[0].socket.getsockname()[1]
+        metrics = Metrics()
+        prober = Prober(interval=2.0, timeout=TIMEOUT, metrics=metrics)
+        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+        results, out = trio.open_memory_channel[ProbeResult](100)
+        await nursery.start(prober.run, inbox, results)
+        await asks.send(ProbeNow(ProbeTarget("node-s", (LOOPBACK,), port)))
+        with trio.move_on_after(6):  # three scheduled probes
+            while holds < 2:  # noqa: ASYNC110 (the fake agent has no hook)
+                await trio.sleep(0.05)
+        assert holds == 2  # tried again after a scheduled probe, and held
+        await trio.sleep(TIMEOUT + 0.5)
+        assert metrics.registry.get_sample_value("k3net_held_connections") == 1
+        nursery.cancel_scope.cancel()
