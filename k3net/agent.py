@@ -249,7 +249,8 @@ class Agent:
 
         await producers.start(self._follow_store, table_send.clone(), observe)
         await producers.start(prober.run, probe_recv, table_send.clone())
-        await producers.start(tick, table_send.clone(), Tick(), expire_interval(s.peer_ttl))
+        every = expire_interval(s.peer_ttl)
+        await producers.start(tick, table_send.clone(), Tick(every), every)
         if s.register_self:
             await producers.start(
                 tick, table_send.clone(), SelfHeartbeat(), heartbeat_interval(s.peer_ttl)

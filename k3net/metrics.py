@@ -87,6 +87,11 @@ class Metrics:
             "k3net_rejected_peers", "mDNS entries dropped and never written, by reason.",
             ["reason"], registry=r,
         )
+        self.paused = Counter(
+            "k3net_paused_seconds", "Time this agent did not run (a stopped process, a paused VM,"
+            " an overloaded host), seen from its late timers; no Node ages meanwhile.",
+            registry=r,
+        )
         self.subscribers = Gauge(
             "k3net_event_subscribers", "Open /events websocket subscribers.", registry=r,
         )

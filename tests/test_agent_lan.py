@@ -159,3 +159,27 @@ def test_a_lan_that_loses_packets_keeps_every_node_ready(agents: AgentFactory) -
                   for r in ("confirmed", "timeout", "unverified")}
         assert not_ready == set(), (not_ready, probes)
         print(f"\nmeasured: 20% loss, probes {probes}")
+
+
+def test_a_paused_agent_does_not_expire_its_peers_when_it_wakes_up(agents: AgentFactory) -> None:
+    """An agent that did not run for a while (SIGSTOP here; a paused or migrated VM, a host
+    swapping hard) saw nothing meanwhile. Its peers rightly mark it expired; but on waking up
+    it must not expire them in turn: they never stopped."""
+    with Lan(3) as lan:
+        names = ["node-a", "node-b", "node-c"]
+        procs = [agents.start(host, name, "--peer-ttl", "6s", "--probe-interval", "1s")
+                 for host, name in zip(lan.hosts, names, strict=True)]
+        for proc in procs:
+            proc.wait_ready()
+        a, b, c = procs
+        for proc in procs:
+            wait_for(partial(_all_ready, proc, names), 15, what=f"all Ready at {proc.name}")
+        b.signal(signal.SIGSTOP)
+        wait_for(partial(_ready_is, a, "node-b", ("Unknown", "PeerExpired")), 10,
+                 what="node-b expired at node-a while it is stopped")
+        time.sleep(3)  # stopped for more than peer-ttl in all
+        b.signal(signal.SIGCONT)
+        for proc in procs:
+            wait_for(partial(_all_ready, proc, names), 10, what=f"all Ready at {proc.name}")
+        assert b.metric("k3net_node_writes_total", cause="expired") == 0
+        assert b.metric("k3net_paused_seconds_total") >= 6

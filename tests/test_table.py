@@ -43,9 +43,11 @@ from k3net.core.nodes import (
 )
 from k3net.core.table import (
     LEAVING_REPROBES,
+    PAUSE,
     REPROBE_DELAY,
     Forget,
     JoinLatency,
+    Paused,
     PeerTable,
     ProbeNow,
     ProbeTarget,
@@ -931,3 +933,62 @@ def test_a_refusal_is_confirmed_even_when_the_peer_moves_before_its_reprobe() ->
     assert t.handle(refused, 10.25) == [ProbeNow(probe_now.target, delay=10.0 + REPROBE_DELAY - 10.25)]
     assert writes(t.handle(refused, 10.0 + REPROBE_DELAY)) == [
         Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)]
+
+
+def ticks(t: PeerTable, start: float, end: float, every: float = 1.0) -> list[Any]:
+    """The expire timer's Ticks from `start` to `end`, as the agent sends them; their actions."""
+    actions: list[Any] = []
+    now = start
+    while now <= end:
+        actions += t.handle(Tick(every), now)
+        now += every
+    return actions
+
+
+def test_a_paused_agent_does_not_expire_peers_it_only_failed_to_look_at() -> None:
+    """SIGSTOP, a paused VM: for 60 s this agent neither probed nor watched. On waking up its
+    peers' ages have not grown by that time: no expiry now, only a peer-ttl of its own
+    absence of evidence later."""
+    t = table()
+    put = joined(t, now=0.0)
+    assert writes(ticks(t, 1.0, 50.0)) == []
+    # paused from 50 s to 110 s: the next Tick, due at 51 s, comes at 110 s
+    assert t.handle(Tick(1.0), 110.0) == [Paused(59.0)]
+    # Its age is 50 s, not 110 s: it expires at 90 s of age, 149 s on the clock.
+    assert writes(ticks(t, 111.0, 148.0)) == []
+    assert ticks(t, 149.0, 149.0) == [Write(Expired("peer-a", last_seen(put.stored.node)),
+                                            put.stored)]
+
+
+def test_a_pause_longer_than_peer_ttl_starts_every_age_again() -> None:
+    t = table()
+    put = joined(t, now=0.0)
+    ticks(t, 1.0, 10.0)
+    assert t.handle(Tick(1.0), 500.0) == [Paused(489.0)]
+    assert writes(ticks(t, 501.0, 589.0)) == []
+    assert writes(ticks(t, 590.0, 590.0)) == [Write(Expired("peer-a", last_seen(put.stored.node)),
+                                                    put.stored)]
+
+
+def test_timers_that_are_merely_late_are_no_pause() -> None:
+    t = table()
+    joined(t, now=0.0)
+    assert t.handle(Tick(1.0), 10.0) == []
+    assert t.handle(Tick(1.0), 11.0 + PAUSE) == []  # late by PAUSE: a busy loop, no pause
+    assert writes(ticks(t, 13.0, 89.0)) == []
+    assert len(writes(ticks(t, 90.0, 90.0))) == 1  # ages were not shifted
+
+
+def test_a_pause_during_a_store_outage_is_not_counted_twice() -> None:
+    t = table()
+    put = joined(t, now=0.0)
+    ticks(t, 1.0, 10.0)
+    t.handle(Lost("down"), 10.5)
+    ticks(t, 11.0, 20.0)
+    assert t.handle(Tick(1.0), 51.0) == [Paused(30.0)]  # paused 21 s to 51 s
+    ticks(t, 52.0, 60.0)
+    t.handle(Snapshot((put.stored,)), 60.5)
+    # Ages shifted by the pause (30 s) and by the rest of the outage (20 s): 0 s at 50 s,
+    # so it expires at 140 s, not at 110 s (counted twice) nor at 90 s (not at all).
+    assert writes(ticks(t, 61.0, 139.0)) == []
+    assert len(writes(ticks(t, 140.0, 140.0))) == 1

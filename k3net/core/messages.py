@@ -90,7 +90,11 @@ class Stopping:
 
 @attrs.frozen
 class Tick:
-    """expire: time to look for Nodes whose stored lastSeen went stale."""
+    """expire: time to look for Nodes whose stored lastSeen went stale. Sent every `interval`
+    seconds, so the table can tell when this agent did not run for a while (None: a Tick of no
+    timer, as a test's, tells nothing of that)."""
+
+    interval: float | None = None
 
 
 @attrs.frozen

@@ -20,7 +20,10 @@ never by comparing another machine's wall clock with ours, so clock skew cannot 
 node or keep a dead one Ready.
 
 While the watch has lost the store (`Lost`, until the next `Snapshot`) nothing expires: the view
-is stale. When the store is back within peer-ttl, every age is shifted by the time lost (nobody
+is stale. The same holds while this agent itself did not run (a stopped process, a paused or
+migrated VM, a host swapping hard): when a `Tick` comes more than `PAUSE` later than due, every
+age is shifted by the time lost (`Paused`), so that on waking up the agent does not expire peers
+it only failed to look at; its probes and the watch catch up within seconds. When the store is back within peer-ttl, every age is shifted by the time lost (nobody
 could refresh a lastSeen meanwhile, but the time before the outage still counts); after a longer
 outage every age starts again, so that an outage does not mark every peer Unknown at once.
 When the agent moves to another store (`StoreChanged`, a reload) the view is emptied the same
@@ -73,7 +76,7 @@ twice, whichever ways it was found.
 Actions: `ProbeNow` (probe this peer, now or after a delay, and keep probing it every round),
 `Forget` (stop probing it), `Write` (hand an intent to the writer, with the Node as last seen in
 the store), `JoinLatency` (a peer's first mDNS sighting to its Node seen Ready), `Reject` (an
-entry dropped, never written).
+entry dropped, never written), `Paused` (this agent did not run for a while).
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ from k3net.model import ANN_PID, ANN_PORT, Node
 # A refused probe is checked again this much later before it is acted on: an agent restarting
 # in place is back within it, a dead one is not.
 REPROBE_DELAY = 1.0
+# A Tick this much later than due means this agent did not run meanwhile (module docstring).
+PAUSE = 1.0
 # How a peer was found, most direct first: a peer found several ways shows the most direct.
 FOUND_BY = ("mdns", "join", "scan", "store")
 # How many quick re-probes a peer that said goodbye but still answers gets before it is left to
@@ -160,6 +165,14 @@ class JoinLatency:
 
 
 @attrs.frozen
+class Paused:
+    """This agent did not run for `seconds` (a stopped process, a paused VM): every age was
+    shifted by that much."""
+
+    seconds: float
+
+
+@attrs.frozen
 class Reject:
     """An mDNS entry or a peer dropped and never written; `reason` is a short slug."""
 
@@ -168,7 +181,7 @@ class Reject:
     detail: str = ""
 
 
-Action = ProbeNow | Forget | Write | JoinLatency | Reject
+Action = ProbeNow | Forget | Write | JoinLatency | Reject | Paused
 
 
 @attrs.frozen
@@ -266,6 +279,7 @@ class PeerTable:
         # the view cannot be trusted, no age is judged from it.
         self.store_live = False
         self._lost_at: float | None = None
+        self._ticked_at: float | None = None  # the last Tick (`_paused`)
         self._peers: dict[str, _Peer] = {}
         self._views: dict[str, _View] = {}
         # Stored Nodes by Ready state, kept as views change (read by the metrics at scrape time).
@@ -281,8 +295,8 @@ class PeerTable:
                 return [Reject(msg.instance, msg.reason, msg.detail)]
             case ProbeResult():
                 return self._probed(msg, now)
-            case Tick():
-                return self._expire(now)
+            case Tick(interval=interval):
+                return self._paused(now, interval) + self._expire(now)
             case SelfHeartbeat():
                 return self._heartbeat(now)
             case OwnAddresses():
@@ -510,6 +524,22 @@ class PeerTable:
         return []
 
     # --- timers -----------------------------------------------------------------------------
+
+    def _paused(self, now: float, interval: float | None) -> list[Action]:
+        """A Tick later than due by more than PAUSE: this agent did not run, so nobody's age
+        may grow by that time (module docstring); a pause longer than peer-ttl starts every
+        age again, as a store outage does."""
+        ticked_at, self._ticked_at = self._ticked_at, now
+        if ticked_at is None or interval is None:
+            return []
+        late = now - ticked_at - interval
+        if late <= PAUSE:
+            return []
+        for view in self._views.values():
+            view.changed_at = view.changed_at + late if late < self.peer_ttl else now
+        if self._lost_at is not None:
+            self._lost_at += late  # nor does a store outage's
+        return [Paused(late)]
 
     def _expire(self, now: float) -> list[Action]:
         """Nodes whose stored lastSeen did not change for peer-ttl become Unknown."""

@@ -19,6 +19,7 @@ from k3net.core.table import (
     Forget,
     JoinLatency,
     Message,
+    Paused,
     PeerTable,
     ProbeNow,
     Reject,
@@ -53,6 +54,10 @@ async def run(
                 case JoinLatency(name=name, seconds=seconds):
                     metrics.join_latency.observe(seconds)
                     log.info("peer %s Ready %.3fs after its first sighting", name, seconds)
+                case Paused(seconds=seconds):
+                    metrics.paused.inc(seconds)
+                    log.warning("this agent did not run for %.1fs (a stopped process, a paused "
+                                "VM, an overloaded host): nothing expires for that time", seconds)
                 case Reject(instance=instance, reason=reason, detail=detail):
                     metrics.rejected.labels(reason=reason).inc()
                     hub.rejected(instance, reason, detail)
