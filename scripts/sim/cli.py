@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from sim.scenarios import SCENARIOS, Sim
 from sim.stores import SimStore
 
 # Modules that register scenarios (and their rows), in the order their scenarios run.
-SCENARIO_MODULES = ["sim.clean_lan", "sim.field_lan", "sim.subnets"]
+SCENARIO_MODULES = ["sim.clean_lan", "sim.faults", "sim.field_lan", "sim.subnets"]
 SUBNET = "10.77.0.0/24"
 # --field: host 1's second LAN address, above every host's first (--hosts is at most 60) and
 # below the store's address (the subnet's last).
@@ -82,9 +83,11 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
     return args
 
 
-def run_scenarios(sim: Sim, names: list[str]) -> None:
+def run_scenarios(sim: Sim, names: list[str],
+                  after_each: Callable[[Sim], None] = lambda sim: None) -> None:
     """The chosen scenarios in registration order. The fleet (the join scenario) starts before
-    the first scenario that needs it; join's numbers are kept only when join was chosen."""
+    the first scenario that needs it; join's numbers are kept only when join was chosen.
+    `after_each` runs after every scenario."""
     from sim.clean_lan import start_fleet
 
     for scenario in SCENARIOS.values():
@@ -98,6 +101,7 @@ def run_scenarios(sim: Sim, names: list[str]) -> None:
             if scenario.needs_fleet:
                 log(f"{scenario.name} ...")
             scenario.run(sim)
+            after_each(sim)
 
 
 def main(argv: list[str] | None = None, description: str = "") -> int:
@@ -129,8 +133,10 @@ def main(argv: list[str] | None = None, description: str = "") -> int:
         sim.results = results
         if args.store != "memory":
             sim.ensure_watcher()
-        run_scenarios(sim, args.scenarios)
-        screenshot(sim, args.screenshot, time.monotonic() - started)
+        # The page of the run's fleet after the last scenario that leaves it running (some,
+        # as two-clusters, stop it for good and run agents of their own).
+        run_scenarios(sim, args.scenarios,
+                      lambda sim: screenshot(sim, args.screenshot, time.monotonic() - started))
     results["runtime_seconds"] = round(time.monotonic() - started, 1)
     results["table"] = report(results, args, results.get("store_where", args.store))
     path = write_json(args.out, results)
