@@ -232,6 +232,7 @@ class Prober:
         # and the targets that do not answer /hold.
         self._held: dict[str, tuple[str, int, trio.CancelScope]] = {}
         self._no_hold: set[ProbeTarget] = set()
+        self._open: set[trio.CancelScope] = set()  # the holds set up and open now (the gauge)
         self._nursery: trio.Nursery | None = None
 
     def set_own(self, addresses: Iterable[str]) -> None:
@@ -333,14 +334,12 @@ class Prober:
             return
         scope = trio.CancelScope()
         self._held[name] = (address, target.port, scope)
-        self.metrics.held.set(len(self._held))
         self._nursery.start_soon(self._hold, target, address, scope, results)
 
     def _release(self, name: str) -> None:
         held = self._held.pop(name, None)
         if held is not None:
             held[2].cancel()
-            self.metrics.held.set(len(self._held))
         self._no_hold = {t for t in self._no_hold if t.name != name}
 
     async def _hold(self, target: ProbeTarget, address: str, scope: trio.CancelScope,
@@ -349,10 +348,11 @@ class Prober:
         ended: _HoldEnd = "failed"
         began = trio.current_time()
         with scope:
-            ended = await self._held_until_closed(target, address)
+            ended = await self._held_until_closed(target, address, scope)
+        self._open.discard(scope)
+        self.metrics.held.set(len(self._open))
         if self._held.get(target.name, (None, None, None))[2] is scope:
             del self._held[target.name]
-            self.metrics.held.set(len(self._held))
         if scope.cancelled_caught:
             return  # released: forgotten, or moved
         if ended == "no-hold":
@@ -377,7 +377,8 @@ class Prober:
         if now is not None:
             await self._probe(now, results)
 
-    async def _held_until_closed(self, target: ProbeTarget, address: str) -> _HoldEnd:
+    async def _held_until_closed(self, target: ProbeTarget, address: str,
+                                 scope: trio.CancelScope) -> _HoldEnd:
         """How a hold of `target` at `address` ended: `closed` by the peer once set up; or never
         set up: `refused` (nothing listens any more: it died since its probe), `failed` (no
         answer in time), `no-hold` (something answered, but not with an agent's hold)."""
@@ -407,6 +408,8 @@ class Prober:
                 return "failed"
             if not head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")) or _HOLD_MARK not in head:
                 return "no-hold"
+            self._open.add(scope)
+            self.metrics.held.set(len(self._open))
             try:
                 while await stream.receive_some(_READ_SIZE):
                     pass  # nothing more is sent while the peer runs
