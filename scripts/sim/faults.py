@@ -55,6 +55,7 @@ def lossy(sim: Sim) -> None:
         sim.fleet.stop(i, signal.SIGKILL)
         t = watcher.wait_until(not_ready(name), sim.ttl + 10)
         crash = None if t is None else t - t1
+        crash_state = watcher.snapshot().ready(name)
     finally:
         sim.lan.lose(0)
     sim.restart(i, sim.ttl)
@@ -70,7 +71,7 @@ def lossy(sim: Sim) -> None:
         "probes": counts,
         "probes_failed_share": round(1 - counts["confirmed"] / total, 3),
         "crash_to_not_ready": summary([crash]),
-        "crash_state": list(watcher.snapshot().ready(name) or ()),
+        "crash_state": list(crash_state or ()),
         "goal": sim.ttl + sim.probe + 0.5,
     }
     log(f"lossy: {LOSS}% loss for {t_end - t0:.0f}s: {len(flaps)} flaps, probes {counts}; "
