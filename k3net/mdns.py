@@ -200,13 +200,23 @@ def list_interfaces() -> list[Interface]:
     return result
 
 
+def _why_missing(name: str) -> str:
+    """Why an interface named on the command line is not among those listed (a phrase)."""
+    flags = _flags(name)
+    if flags is None:
+        return "does not exist" if _SYS_NET.exists() else "does not exist or is down"
+    if not flags & _IFF_UP:
+        return "is down"
+    return "has no IP address (a DHCP lease not yet given, or lost?)"
+
+
 def choose_interfaces(names: Sequence[str], available: Sequence[Interface]) -> list[Interface]:
     """The interfaces to use: `names` if given, else the default rule (module docstring)."""
     by_name = {iface.name: iface for iface in available}
     if names:
         missing = [name for name in names if name not in by_name]
         if missing:
-            raise MdnsError(f"interface {missing[0]!r} does not exist or is down")
+            raise MdnsError(f"interface {missing[0]!r} {_why_missing(missing[0])}")
         chosen = [by_name[name] for name in dict.fromkeys(names)]
     else:
         with_address = [iface for iface in available if iface.ipv4 or iface.ipv6]

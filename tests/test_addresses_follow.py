@@ -4,6 +4,9 @@ the prober's own set). The real thing, on a namespace LAN: tests/test_real_hosts
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import trio
 import trio.testing
 
@@ -59,6 +62,29 @@ async def test_watcher_sends_changes_only(autojump_clock: trio.testing.MockClock
         assert trio.current_time() - changed_at <= addresses.POLL_INTERVAL
         assert trio.current_time() - start > 10
         nursery.cancel_scope.cancel()
+
+
+async def test_a_series_of_failed_readings_is_logged_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An interface that lost its address (a DHCP lease gone) fails every reading for as long:
+    one warning when it starts, one line when readings work again, not one every poll."""
+    machine = Machine()
+    send, recv = trio.open_memory_channel[MachineAddresses](0)
+    caplog.set_level(logging.INFO, logger=addresses.__name__)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(addresses.run, machine, send, FIRST)
+        machine.fail = True
+        await trio.sleep(10 * addresses.POLL_INTERVAL)
+        machine.fail = False
+        await trio.sleep(2 * addresses.POLL_INTERVAL)
+        nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if r.name == addresses.__name__]
+    assert lines == [
+        "cannot read this machine's addresses: interface gone for a moment; keeping "
+        "192.168.1.2 until they can be read again",
+        "this machine's addresses can be read again",
+    ]
 
 
 def _internal_ips(node: Node) -> list[str]:

@@ -93,6 +93,15 @@ def test_choose_interfaces_skips_bridges_and_tunnels() -> None:
     assert mdns.advertised_addresses(lo) == ["127.0.0.1"]
 
 
+def test_an_interface_given_but_unusable_says_why() -> None:
+    """--interface names one that getifaddrs does not list: absent, down, or without an
+    address (read from /sys: `lo` is up in every namespace, and here given no address)."""
+    with pytest.raises(mdns.MdnsError, match="'nosuch0' does not exist"):
+        mdns.choose_interfaces(("nosuch0",), [])
+    with pytest.raises(mdns.MdnsError, match="'lo' has no IP address"):
+        mdns.choose_interfaces(("lo",), [])
+
+
 # --- pure: peer_from_record ----------------------------------------------------------------
 
 OK_TXT = {b"node": b"node-a", b"port": b"7946", b"pid": b"42"}

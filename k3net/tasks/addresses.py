@@ -11,8 +11,9 @@ re-announces its mDNS record, rewrites its own Node and tells the prober (see
 `k3net.agent`). Polling rather than netlink: it needs no privileges, works in every container,
 and costs about 0.01 % of a core.
 
-A reading that fails (the interfaces given with --interface are gone for a moment, during a
-readdress) is logged and skipped: the last addresses stay in force until a reading succeeds.
+A reading that fails (the interface given with --interface has lost its address, or is gone
+for a moment) is skipped: the last addresses stay in force until a reading succeeds. The first
+failure of a series is logged as a warning, and the first success after it; not every poll.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ async def run(
 ) -> None:
     """Send every change of `read()` to `out` until cancelled. Closes `out` when it returns."""
     last = first
+    failing = False
     async with out:
         task_status.started()
         while True:
@@ -47,8 +49,14 @@ async def run(
             try:
                 now = read()
             except Exception as exc:  # noqa: BLE001 (an environment error; retried next poll)
-                log.warning("cannot read this machine's addresses: %s", exc)
+                if not failing:
+                    log.warning("cannot read this machine's addresses: %s; keeping %s until "
+                                "they can be read again", exc, ", ".join(last.advertised) or "none")
+                failing = True
                 continue
+            if failing:
+                log.info("this machine's addresses can be read again")
+                failing = False
             if now == last:
                 continue
             log.info("this machine's addresses changed: advertised %s (was %s)",
