@@ -28,6 +28,17 @@ def _ready_is(agent: AgentProc, name: str, want: tuple[str, str]) -> bool:
     return ready(agent.nodes()[name]) == want
 
 
+def _three_ready(agents: AgentFactory, lan: Lan, *flags: str) -> list[AgentProc]:
+    """node-a, node-b and node-c on the first three hosts with `flags`, each Ready at all."""
+    names = ["node-a", "node-b", "node-c"]
+    procs = [agents.start(host, name, *flags) for host, name in zip(lan.hosts, names, strict=True)]
+    for proc in procs:
+        proc.wait_ready()
+    for proc in procs:
+        wait_for(partial(_all_ready, proc, names), 15, what=f"all Ready at {proc.name}")
+    return procs
+
+
 def test_three_agents_join_leave_and_crash(agents: AgentFactory) -> None:
     with Lan(3) as lan:
         names = ["node-a", "node-b", "node-c"]
@@ -112,14 +123,7 @@ def test_an_ipv6_only_lan(agents: AgentFactory) -> None:
     out): agents find each other over IPv6 mDNS, list their IPv6 address, hold and probe over
     IPv6, and see a crash there in seconds."""
     with Lan(3, subnet="fd77::/64") as lan:
-        names = ["node-a", "node-b", "node-c"]
-        procs = [agents.start(host, name, "--probe-interval", "10m")
-                 for host, name in zip(lan.hosts, names, strict=True)]
-        for proc in procs:
-            proc.wait_ready()
-        a, b, c = procs
-        for proc in procs:
-            wait_for(partial(_all_ready, proc, names), 15, what=f"all Ready at {proc.name}")
+        a, b, c = _three_ready(agents, lan, "--probe-interval", "10m")
         internal = [x["address"] for x in a.nodes()["node-b"]["status"]["addresses"]
                     if x["type"] == "InternalIP"]
         assert internal == [lan[1].address]
@@ -137,13 +141,7 @@ def test_a_lan_that_loses_packets_keeps_every_node_ready(agents: AgentFactory) -
     probe a second, longer than its timeout, so without a second connection attempt a third of
     the probes fail, and healthy nodes expire now and then. Every Node must stay Ready."""
     with Lan(3) as lan:
-        names = ["node-a", "node-b", "node-c"]
-        procs = [agents.start(host, name, "--peer-ttl", "6s", "--probe-interval", "1s")
-                 for host, name in zip(lan.hosts, names, strict=True)]
-        for proc in procs:
-            proc.wait_ready()
-        for proc in procs:
-            wait_for(partial(_all_ready, proc, names), 15, what=f"all Ready at {proc.name}")
+        procs = _three_ready(agents, lan, "--peer-ttl", "6s", "--probe-interval", "1s")
         lan.lose(20)
         not_ready: set[tuple[str, str, str]] = set()
         until = time.monotonic() + 25
@@ -166,20 +164,15 @@ def test_a_paused_agent_does_not_expire_its_peers_when_it_wakes_up(agents: Agent
     swapping hard) saw nothing meanwhile. Its peers rightly mark it expired; but on waking up
     it must not expire them in turn: they never stopped."""
     with Lan(3) as lan:
-        names = ["node-a", "node-b", "node-c"]
-        procs = [agents.start(host, name, "--peer-ttl", "6s", "--probe-interval", "1s")
-                 for host, name in zip(lan.hosts, names, strict=True)]
-        for proc in procs:
-            proc.wait_ready()
+        procs = _three_ready(agents, lan, "--peer-ttl", "6s", "--probe-interval", "1s")
         a, b, c = procs
-        for proc in procs:
-            wait_for(partial(_all_ready, proc, names), 15, what=f"all Ready at {proc.name}")
         b.signal(signal.SIGSTOP)
         wait_for(partial(_ready_is, a, "node-b", ("Unknown", "PeerExpired")), 10,
                  what="node-b expired at node-a while it is stopped")
         time.sleep(3)  # stopped for more than peer-ttl in all
         b.signal(signal.SIGCONT)
         for proc in procs:
-            wait_for(partial(_all_ready, proc, names), 10, what=f"all Ready at {proc.name}")
+            wait_for(partial(_all_ready, proc, [p.name for p in procs]), 10,
+                     what=f"all Ready at {proc.name}")
         assert b.metric("k3net_node_writes_total", cause="expired") == 0
         assert b.metric("k3net_paused_seconds_total") >= 6

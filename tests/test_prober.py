@@ -10,7 +10,7 @@ import functools
 import random
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import trio
@@ -72,11 +72,9 @@ def unanswering_port_2() -> Iterator[int]:
     yield from _unanswering("127.0.0.2")
 
 
-def _unanswering(host: str) -> Iterator[int]:
-    server = socket.socket()
-    server.bind((host, 0))
-    server.listen(0)
-    port = server.getsockname()[1]
+def _fill_accept_queue(host: str, port: int) -> list[socket.socket]:
+    """Connections that fill the accept queue of a listener with backlog 0: the kernel drops
+    the SYNs that come next (as a lossy LAN would), until the listener accepts."""
     clients = []
     for _ in range(8):
         client = socket.socket()
@@ -86,6 +84,15 @@ def _unanswering(host: str) -> Iterator[int]:
         except BlockingIOError:
             pass
         clients.append(client)
+    return clients
+
+
+def _unanswering(host: str) -> Iterator[int]:
+    server = socket.socket()
+    server.bind((host, 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    clients = _fill_accept_queue(host, port)
     yield port
     for client in clients:
         client.close()
@@ -442,6 +449,23 @@ async def test_closing_the_inbox_stops_the_prober(autojump_clock: trio.testing.M
         assert [r async for r in results_recv] == []
 
 
+async def _probing(
+    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]], name: str,
+    *, interval: float,
+) -> tuple[Metrics, trio.MemoryReceiveChannel[ProbeResult]]:
+    """`handler` serving on a loopback port, and a Prober asked to probe peer `name` there:
+    the prober's metrics and its results (room for 100)."""
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host=LOOPBACK))
+    port = listeners[0].socket.getsockname()[1]
+    metrics = Metrics()
+    prober = Prober(interval=interval, timeout=TIMEOUT, metrics=metrics)
+    asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+    results, out = trio.open_memory_channel[ProbeResult](100)
+    await nursery.start(prober.run, inbox, results)
+    await asks.send(ProbeNow(ProbeTarget(name, (LOOPBACK,), port)))
+    return metrics, out
+
+
 async def test_a_server_that_answers_200_to_anything_is_not_held_in_a_loop() -> None:
     """A web server that answers every path with 200 and closes is no agent's /hold: it must not
     be held, closed and probed again in a loop (held connections, k3net.tasks.probe)."""
@@ -457,15 +481,7 @@ async def test_a_server_that_answers_200_to_anything_is_not_held_in_a_loop() -> 
                                   % (len(body), body))
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, answer_anything, 0,
-                                                          host=LOOPBACK))
-        port = listeners[0].socket.getsockname()[1]
-        metrics = Metrics()
-        prober = Prober(interval=600, timeout=TIMEOUT, metrics=metrics)
-        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
-        results, out = trio.open_memory_channel[ProbeResult](10)
-        await nursery.start(prober.run, inbox, results)
-        await asks.send(ProbeNow(ProbeTarget("node-w", (LOOPBACK,), port)))
+        metrics, out = await _probing(nursery, answer_anything, "node-w", interval=600)
         with trio.fail_after(5):
             assert (await out.receive()).outcome == "confirmed"
         await trio.sleep(2)
@@ -558,15 +574,7 @@ async def test_a_lost_first_syn_does_not_fail_the_probe() -> None:
     await server.bind((LOOPBACK, 0))
     server.listen(0)
     port = server.getsockname()[1]
-    fillers = []
-    for _ in range(8):  # fill the accept queue: later SYNs are dropped
-        client = socket.socket()
-        client.setblocking(False)
-        try:
-            client.connect((LOOPBACK, port))
-        except BlockingIOError:
-            pass
-        fillers.append(client)
+    fillers = _fill_accept_queue(LOOPBACK, port)
     filler_ports = {c.getsockname()[1] for c in fillers}
 
     async def serve(nursery: trio.Nursery) -> None:
@@ -610,14 +618,7 @@ async def test_a_hold_that_got_no_answer_in_time_is_tried_again() -> None:
                                   % (len(body), body))
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, agent, 0, host=LOOPBACK))
-        port = listeners[0].socket.getsockname()[1]
-        metrics = Metrics()
-        prober = Prober(interval=2.0, timeout=TIMEOUT, metrics=metrics)
-        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
-        results, out = trio.open_memory_channel[ProbeResult](100)
-        await nursery.start(prober.run, inbox, results)
-        await asks.send(ProbeNow(ProbeTarget("node-s", (LOOPBACK,), port)))
+        metrics, _ = await _probing(nursery, agent, "node-s", interval=2.0)
         with trio.move_on_after(6):  # three scheduled probes
             while holds < 2:  # noqa: ASYNC110 (the fake agent has no hook)
                 await trio.sleep(0.05)
