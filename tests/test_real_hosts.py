@@ -1,6 +1,7 @@
 """Real hosts, end to end (issue 9): agents as processes on namespace LANs that look like the
 machines people run, with a VM bridge whose address every host repeats, two LAN addresses, a
-readdress, a Go-style peer, and a second cluster with another key on the same LAN. Each agent
+readdress, a move to another network interface, a Go-style peer, and a second cluster with
+another key on the same LAN. Each agent
 runs on its own memory store, checked through its /nodes and /metrics."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +269,35 @@ def test_new_ipv6_address_is_announced_in_place(field: Agents) -> None:
                  what="the withdrawn IPv6 address gone from node-a's Node of node-b")
         assert a.ready("node-b") == ("True", "PeerAlive")
         assert "registering again" not in b.log()  # updated in place
+
+
+def test_a_move_to_another_network_interface_is_followed(field: Agents) -> None:
+    """A laptop or a server moving from one NIC to another: the Ethernet cable is plugged in
+    beside the Wi-Fi, then the Wi-Fi goes away. With the default interface choice the agent
+    announces itself on the new interface and its Node follows, never not-Ready."""
+    timings = ("--peer-ttl", "10s", "--probe-interval", "1s")
+    with Lan(2) as lan:
+        a_host, b_host = lan.hosts
+        lan.add_segment("10.88.0.0/24", unplugged=[1])
+        a = field.start(a_host, "node-a", *timings)
+        b = field.start(b_host, "node-b", *timings)
+        _up(a, b)
+        wait_for(lambda: a.ready("node-b") == ("True", "PeerAlive"), 15, what="node-b Ready")
+        assert a.internal_ips("node-b") == [b_host.address]
+        seen: set[tuple[str, str] | None] = set()
+
+        def has(addresses: list[str]) -> bool:
+            seen.add(a.ready("node-b"))
+            return a.internal_ips("node-b") == addresses
+
+        b_host.plug("eth1")
+        wait_for(partial(has, [b_host.address, "10.88.0.2"]), 15, interval=0.2,
+                 what="node-b's second interface in node-a's Node of it")
+        b_host.unplug("eth0")
+        wait_for(partial(has, ["10.88.0.2"]), 15, interval=0.2,
+                 what="only node-b's new interface in node-a's Node of it")
+        assert seen == {("True", "PeerAlive")}, seen  # never not-Ready meanwhile
+        probes = a.probes("confirmed")
+        wait_for(lambda: a.probes("confirmed") > probes + 2, 10,
+                 what="node-a probing node-b on its new interface")
+        assert b.ready("node-a") == ("True", "PeerAlive")

@@ -158,6 +158,14 @@ class Host:
         _ip("-n", self.name, "route", "replace", "224.0.0.0/4", "dev", self.interface)
         self._route_default()
 
+    def plug(self, interface: str) -> None:
+        """Bring another interface of this host up (a cable plugged in)."""
+        _ip("-n", self.name, "link", "set", interface, "up")
+
+    def unplug(self, interface: str) -> None:
+        """Take an interface of this host down (a cable pulled, the Wi-Fi gone)."""
+        _ip("-n", self.name, "link", "set", interface, "down")
+
     def _route_default(self) -> None:
         if self.gateway is not None:  # a link going down takes the default route with it
             _ip("-n", self.name, "route", "replace", "default", "via", self.gateway)
@@ -329,6 +337,26 @@ class Lan(_Namespaces):
         `Host.add_bridge`): what libvirt, docker or podman leave on most servers."""
         for host in self.hosts:
             host.add_bridge(name, address)
+
+    def add_segment(self, subnet: str, *, unplugged: Sequence[int] = ()) -> None:
+        """A second LAN segment (bridge `br1` in the bridge namespace) that every host joins with
+        `eth1`, at the (i+1)-th address of `subnet`: a second NIC, or the Ethernet port beside the
+        Wi-Fi. Hosts in `unplugged` have the cable out (link down; the address is there, as a
+        DHCP client would get it once plugged): `Host.plug("eth1")`."""
+        network = ipaddress.ip_network(subnet)
+        addresses = list(itertools.islice(network.hosts(), len(self.hosts)))
+        br = self.bridge_namespace
+        _ip("-n", br, "link", "add", "br1", "type", "bridge")
+        _ip("-n", br, "link", "set", "br1", "up")
+        for i, (host, address) in enumerate(zip(self.hosts, addresses, strict=True)):
+            _ip("-n", br, "link", "add", f"w{i}", "type", "veth",
+                "peer", "name", "eth1", "netns", host.name)
+            _ip("-n", br, "link", "set", f"w{i}", "master", "br1")
+            _ip("-n", br, "link", "set", f"w{i}", "up")
+            host.ip("addr", "add", f"{address}/{network.prefixlen}", "dev", "eth1")
+            host.ip("link", "set", "eth1", "multicast", "on")
+            if i not in unplugged:
+                host.plug("eth1")
 
     def lose(self, percent: int) -> None:
         """The LAN drops `percent` % of the frames it forwards, at random, in both directions
