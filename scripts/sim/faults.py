@@ -98,7 +98,8 @@ def pause(sim: Sim) -> None:
         agent.signal(signal.SIGCONT)
     t1 = time.monotonic()
     t = watcher.wait_until(status_is(name, "True"), 30)
-    back = None if t is None else t - t1
+    # Only a Node that went down can come back; the first poll after waking counts.
+    back = None if t is None or expired is None else max(0.0, t - t1)
     time.sleep(sim.ttl)  # long enough for its wrong expiries to show
     t_end = time.monotonic()
     flaps = status_flips(watcher.transitions(t0, t_end, nodes=others))

@@ -125,20 +125,11 @@ def run_fleet(sim: Sim, mode: str, ttl: float | None) -> None:
     sim.fleet.start_all(ttl)
     for agent in sim.fleet.agents.values():
         agent.wait_ready()
-    _rewatch(sim)
+    sim.rewatch()
     if sim.wait_all_ready(60) is None:
         raise RuntimeError(f"not every Node Ready within 60 s: {sim.ensure_watcher().snapshot().nodes}")
     _running[id(sim)] = (mode, ttl)
     time.sleep(SETTLE)  # every agent discovered and probed every peer
-
-
-def _rewatch(sim: Sim) -> None:
-    """With the memory store the watcher reads agent 0's /nodes through that agent's client:
-    a new agent 0 needs a new watcher (its store starts empty, too)."""
-    if sim.store.kind == "memory" and sim.watcher is not None:
-        sim.watcher.stop()
-        sim.watcher = None
-        sim.ensure_watcher()
 
 
 def _mode(sim: Sim) -> str:

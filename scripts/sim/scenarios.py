@@ -114,6 +114,14 @@ class Sim:
             self.watcher.start()
         return self.watcher
 
+    def rewatch(self) -> None:
+        """With the memory store the watcher reads agent 0's /nodes through that agent's client:
+        a new agent 0 needs a new watcher (its store starts empty, too)."""
+        if self.store.kind == "memory" and self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+            self.ensure_watcher()
+
     def wait_all_ready(self, timeout: float = 30) -> float | None:
         names = self.watched_names()
         return self.ensure_watcher().wait_until(all_ready(names), timeout)
