@@ -84,15 +84,21 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
 
 
 def run_scenarios(sim: Sim, names: list[str],
-                  after_each: Callable[[Sim], None] = lambda sim: None) -> None:
+                  last_look: Callable[[Sim], None] = lambda sim: None) -> None:
     """The chosen scenarios in registration order. The fleet (the join scenario) starts before
     the first scenario that needs it; join's numbers are kept only when join was chosen.
-    `after_each` runs after every scenario."""
+    `last_look` runs once, on the first fleet with what the clean-LAN scenarios did to it:
+    before the first scenario that runs agents its own way (steady, the field LAN, ...), or at
+    the end."""
     from sim.clean_lan import start_fleet
 
+    looked = False
     for scenario in SCENARIOS.values():
         if scenario.name not in names:
             continue
+        if not scenario.needs_fleet and sim.fleet_up and not looked:
+            last_look(sim)
+            looked = True
         if scenario.needs_fleet and not sim.fleet_up:
             start_fleet(sim)
             if "join" not in names:
@@ -101,7 +107,8 @@ def run_scenarios(sim: Sim, names: list[str],
             if scenario.needs_fleet:
                 log(f"{scenario.name} ...")
             scenario.run(sim)
-            after_each(sim)
+    if not looked:
+        last_look(sim)
 
 
 def main(argv: list[str] | None = None, description: str = "") -> int:
@@ -133,8 +140,8 @@ def main(argv: list[str] | None = None, description: str = "") -> int:
         sim.results = results
         if args.store != "memory":
             sim.ensure_watcher()
-        # The page of the run's fleet after the last scenario that leaves it running (some,
-        # as two-clusters, stop it for good and run agents of their own).
+        # The page shows the first fleet's timeline: joins, leaves, a crash, a link cut, a
+        # restart, an outage (the scenarios after them restart the agents).
         run_scenarios(sim, args.scenarios,
                       lambda sim: screenshot(sim, args.screenshot, time.monotonic() - started))
     results["runtime_seconds"] = round(time.monotonic() - started, 1)
