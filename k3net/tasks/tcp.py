@@ -15,6 +15,8 @@ ends the attempts at once: only silence is worth another try.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 
 import trio
@@ -32,44 +34,82 @@ _READ_SIZE = 4096
 async def connect(address: str, port: int, *, attempts: int = ATTEMPTS) -> trio.socket.SocketType:
     """A socket connected to `address:port` (an IP address as text). Raises the OSError of the
     first attempt the host answered with (ConnectionRefusedError: nothing listens). No timeout:
-    the caller bounds the call, and every attempt ends with it."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    connected: trio.socket.SocketType | None = None
-    error: OSError | None = None
+    the caller bounds the call, and every attempt ends with it.
 
-    async def attempt(delay: float, done: trio.CancelScope) -> None:
-        nonlocal connected, error
-        await trio.sleep(delay)
-        sock = trio.socket.socket(family, socket.SOCK_STREAM)
-        try:
-            await sock.connect((address, port))
-        except OSError as exc:
+    The first attempt is waited for alone (no task, no nursery: a probe's usual case costs one
+    connect); only one that is not up after STAGGER gets others beside it (`_race`)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    pending = [_start(family, address, port)]
+    try:
+        with trio.move_on_after(STAGGER):
+            await trio.lowlevel.wait_writable(pending[0])
+            return _connected(pending.pop())
+        return await _race(pending, family, address, port, attempts)
+    finally:
+        for sock in pending:
             sock.close()
-            if connected is None and error is None:
-                error = exc
+
+
+def _start(family: int, address: str, port: int) -> socket.socket:
+    """A connection attempt under way (a non-blocking connect); OSError if it failed at once."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    err = sock.connect_ex((address, port))
+    if err not in (0, errno.EINPROGRESS):
+        sock.close()
+        raise OSError(err, os.strerror(err))
+    return sock
+
+
+def _connected(sock: socket.socket) -> trio.socket.SocketType:
+    """A writable attempt's outcome: the connected socket, or its error (the socket closed)."""
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        sock.close()
+        raise OSError(err, os.strerror(err))
+    return trio.socket.from_stdlib_socket(sock)
+
+
+async def _race(pending: list[socket.socket], family: int, address: str, port: int,
+                attempts: int) -> trio.socket.SocketType:
+    """The attempts in `pending` and more beside them, one every STAGGER, up to `attempts` in
+    all; the first to end decides (connected, or the host's answer). Attempts left in `pending`
+    are the caller's to close."""
+    ended: list[socket.socket | OSError] = []
+
+    def end(outcome: socket.socket | OSError, done: trio.CancelScope) -> None:
+        if not ended:
+            ended.append(outcome)
             done.cancel()
-            return
-        except BaseException:
-            sock.close()
-            raise
-        if connected is None and error is None:
-            connected = sock
-            done.cancel()
-        else:
-            sock.close()
+
+    async def watch(sock: socket.socket, done: trio.CancelScope) -> None:
+        await trio.lowlevel.wait_writable(sock)
+        if not ended:
+            pending.remove(sock)
+            end(sock, done)
 
     try:
         async with trio.open_nursery() as nursery:
-            for i in range(max(1, attempts)):
-                nursery.start_soon(attempt, i * STAGGER, nursery.cancel_scope)
+            nursery.start_soon(watch, pending[0], nursery.cancel_scope)
+            for _ in range(1, attempts):
+                await trio.sleep(STAGGER)
+                try:
+                    sock = _start(family, address, port)
+                except OSError as exc:  # the host (or our routing) answered at once
+                    end(exc, nursery.cancel_scope)
+                    break
+                pending.append(sock)
+                nursery.start_soon(watch, sock, nursery.cancel_scope)
     except BaseException:
-        if connected is not None:
-            connected.close()  # won just as the caller's deadline came: nobody will use it
+        for outcome in ended:
+            if isinstance(outcome, socket.socket):
+                outcome.close()  # won just as the caller's deadline came: nobody will use it
         raise
-    if connected is not None:
-        return connected
-    assert error is not None  # the attempts end only with an answer, or the caller's deadline
-    raise error
+    # The nursery ends only once an attempt ended (or with the caller's deadline: Cancelled).
+    outcome = ended[0]
+    if isinstance(outcome, OSError):
+        raise outcome
+    return _connected(outcome)
 
 
 async def exchange(stream: trio.SocketStream, message: bytes, reader: AnswerReader) -> None:
