@@ -80,7 +80,8 @@ class Metrics:
             ["cause"], registry=r,
         )
         self.mdns_events = Counter(
-            "k3net_mdns_events", "mDNS browse events, by kind (added, updated, removed).",
+            "k3net_mdns_events", "mDNS browse events, by kind (added, updated, removed; unresolved:"
+            " an entry whose records did not come in time, tried again later).",
             ["kind"], registry=r,
         )
         self.rejected = Counter(

@@ -7,7 +7,7 @@ import trio
 from zeroconf import DNSPointer, RecordUpdate, ServiceStateChange
 from zeroconf.const import _CLASS_IN, _TYPE_PTR
 
-from k3net.tasks.browse import Change, Goodbyes, PendingChanges, SecondLooks
+from k3net.tasks.browse import Change, Goodbyes, PendingChanges, Retries, SecondLooks
 
 ADDED, UPDATED, REMOVED = (
     ServiceStateChange.Added, ServiceStateChange.Updated, ServiceStateChange.Removed,
@@ -88,6 +88,35 @@ async def test_second_looks_come_once_each_after_the_delay(
         looks.cancel("c")  # removed before its look
         await trio.sleep(5)
         assert await drain(pending) == [] and len(looks) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_retries_back_off_and_never_replace_a_waiting_change(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An entry that does not resolve is tried again after 2, 4, 8, ... s, at most every 30 s,
+    until it resolves or goes; a retry never replaces a change of zeroconf's still waiting."""
+    pending = PendingChanges(limit=10)
+    retries = Retries(pending, first=2.0, last=30.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(retries.run)
+        start = trio.current_time()
+        times = []
+        for _ in range(6):  # it keeps failing
+            retries.schedule("a")
+            while not len(pending):  # noqa: ASYNC110 (the retry's time, in mock time)
+                await trio.sleep(0.1)
+            assert await drain(pending) == [("a", "retry")]
+            times.append(round(trio.current_time() - start))
+        assert [b - a for a, b in zip([0, *times], times, strict=False)] == [2, 4, 8, 16, 30, 30]
+        retries.schedule("b")
+        pending.put("b", REMOVED)
+        await trio.sleep(5)
+        assert await drain(pending) == [("b", REMOVED)]  # the retry did not replace it
+        retries.schedule("c")
+        retries.cancel("c")  # resolved, or removed, before its retry
+        await trio.sleep(60)
+        assert await drain(pending) == []
         nursery.cancel_scope.cancel()
 
 

@@ -11,7 +11,8 @@ instance that changes again before it is handled keeps its place with its newest
 then Removed is just Removed). Only more distinct instances than `_MAX_PENDING` are dropped,
 counted and logged. One resolver loop takes them in order: Added/Updated are resolved (mostly
 from zeroconf's cache, which the browse answers already filled) and validated by
-`mdns.peer_from_info`; Removed becomes PeerGone, saying whether it was a goodbye (a PTR record
+`mdns.peer_from_info`; one that does not resolve in time is tried again later (`Retries`), not
+dropped; Removed becomes PeerGone, saying whether it was a goodbye (a PTR record
 with TTL 0, noted by `Goodbyes`) or a record that expired with nobody answering for it, which
 zeroconf reports the same way but which proves nothing about the agent.
 
@@ -25,6 +26,7 @@ later (`SecondLooks`), and sent again only if what it resolves to changed.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from typing import Any, Literal
 
@@ -44,9 +46,12 @@ log = logging.getLogger(__name__)
 # A browser that starts on a busy LAN gets one Added per agent at once; pending changes are kept
 # per instance, so this bounds the number of distinct agents waiting, far above a real LAN's.
 _MAX_PENDING = 4096
-# An entry whose records do not arrive within this time is skipped (logged); a later Updated
-# or the next announcement tries again. LAN answers take milliseconds.
+# An entry whose records do not arrive within this time is tried again later (`Retries`). LAN
+# answers take milliseconds.
 _RESOLVE_TIMEOUT_MS = 3000
+# The waits before resolving an unresolved entry again: doubling from the first to the last.
+RETRY_FIRST = 2.0
+RETRY_LAST = 30.0
 # Bounds the browser's cancellation at shutdown.
 _CANCEL_TIMEOUT = 1.0
 # After an Added/Updated, when to resolve the entry again (module docstring): past the one second
@@ -60,8 +65,10 @@ _KINDS = {
 }
 
 Message = PeerSeen | PeerGone | PeerRejected
-# A pending change: zeroconf's, or a second look (`SecondLooks`).
-Change = ServiceStateChange | Literal["second look"]
+# A pending change: zeroconf's, a second look (`SecondLooks`) or a retry (`Retries`).
+Change = ServiceStateChange | Literal["second look", "retry"]
+# Changes of our own making, which never replace one of zeroconf's still waiting.
+_OURS = ("second look", "retry")
 
 
 def _label(instance: str, service_type: str) -> str:
@@ -85,6 +92,7 @@ async def run(
     returns."""
     pending = PendingChanges(_MAX_PENDING)
     second_looks = SecondLooks(pending, SECOND_LOOK)
+    retries = Retries(pending, RETRY_FIRST, RETRY_LAST)
 
     def on_change(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -105,9 +113,10 @@ async def run(
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(second_looks.run)
+                nursery.start_soon(retries.run)
                 task_status.started()
                 resolver = _Resolver(zc, service_type, own_name, out, metrics, loopback,
-                                     second_looks, goodbyes)
+                                     second_looks, goodbyes, retries)
                 while True:
                     instance, change = await pending.get()
                     await resolver.handle(instance, change)
@@ -131,9 +140,9 @@ class PendingChanges:
 
     def put(self, instance: str, change: Change) -> bool:
         """Note a change; False if it had to be dropped (too many distinct instances). A second
-        look never replaces a change still waiting: handling that one looks anyway."""
+        look or a retry never replaces a change still waiting: handling that one looks anyway."""
         if instance in self._changes:
-            if change != "second look":
+            if change not in _OURS:
                 self._changes[instance] = change  # keeps its place
             return True
         if len(self._changes) >= self.limit:
@@ -214,6 +223,53 @@ class SecondLooks:
                 self.pending.put(instance, "second look")
 
 
+class Retries:
+    """Entries that did not resolve, to resolve again later: each is put back into `pending` as a
+    "retry" when its time comes, the wait doubling from `first` to at most `last` for as long
+    as it fails. A lost answer (a burst of hundreds of agents announcing at once, a lossy LAN)
+    must not leave a peer unseen until its record changes, and an entry that never resolves
+    costs one query every `last` seconds, never a loop. `cancel` when it resolves or goes."""
+
+    def __init__(self, pending: PendingChanges, first: float, last: float) -> None:
+        self.pending = pending
+        self.first = first
+        self.last = last
+        self._due: dict[str, tuple[float, float]] = {}  # instance -> (when, the wait before it)
+        self._heap: list[tuple[float, str]] = []  # (when, instance); stale items are skipped
+        self._wakeup = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def schedule(self, instance: str) -> float:
+        """After a failure: the next try of `instance`; returns the wait."""
+        previous = self._due.get(instance)
+        wait = self.first if previous is None else min(self.last, previous[1] * 2)
+        when = trio.current_time() + wait
+        self._due[instance] = (when, wait)
+        heapq.heappush(self._heap, (when, instance))
+        self._wakeup.set()
+        return wait
+
+    def cancel(self, instance: str) -> None:
+        self._due.pop(instance, None)
+
+    async def run(self) -> None:
+        while True:
+            self._wakeup = trio.Event()
+            if self._heap:
+                with trio.move_on_at(self._heap[0][0]):
+                    await self._wakeup.wait()
+            else:
+                await self._wakeup.wait()
+            now = trio.current_time()
+            while self._heap and self._heap[0][0] <= now:
+                when, instance = heapq.heappop(self._heap)
+                due = self._due.get(instance)
+                if due is not None and due[0] == when:  # not moved or cancelled meanwhile
+                    self.pending.put(instance, "retry")
+
+
 class _Resolver:
     """Turns browse events into messages; remembers instance -> peer name for Removed."""
 
@@ -227,8 +283,10 @@ class _Resolver:
         loopback: bool = False,
         second_looks: SecondLooks | None = None,
         goodbyes: Goodbyes | None = None,
+        retries: Retries | None = None,
     ) -> None:
         self.zc = zc
+        self.retries = retries
         self.second_looks = second_looks
         self.goodbyes = goodbyes
         self.loopback = loopback
@@ -254,9 +312,15 @@ class _Resolver:
             return
         info = AsyncServiceInfo(self.service_type, instance)
         if not await aio_as_trio(info.async_request)(self.zc.zeroconf, _RESOLVE_TIMEOUT_MS):
-            log.info("mDNS entry %s did not resolve within %d ms; skipped",
-                     instance, _RESOLVE_TIMEOUT_MS)
+            self.metrics.mdns_events.labels(kind="unresolved").inc()
+            if self.retries is not None:
+                wait = self.retries.schedule(instance)
+                log.log(logging.INFO if change != "retry" else logging.DEBUG,
+                        "mDNS entry %s did not resolve within %d ms; trying again in %g s",
+                        instance, _RESOLVE_TIMEOUT_MS, wait)
             return
+        if self.retries is not None:
+            self.retries.cancel(instance)
         message = peer_from_info(info, loopback=self.loopback)
         if isinstance(message, PeerRejected):
             self.peer_names[instance.lower()] = None
@@ -294,6 +358,8 @@ class _Resolver:
         self.last_seen.pop(key, None)
         if self.second_looks is not None:
             self.second_looks.cancel(instance)
+        if self.retries is not None:
+            self.retries.cancel(instance)
         if key in self.peer_names:
             name = self.peer_names.pop(key)
         elif is_valid_name(label):
