@@ -7,6 +7,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from k3net.tasks import tcp
 from tests.test_prober import LOOPBACK, _fill_accept_queue
@@ -104,6 +105,35 @@ async def test_the_callers_deadline_ends_every_attempt_and_leaks_nothing() -> No
             await tcp.connect(LOOPBACK, port)
         assert deadline.cancelled_caught
         assert _open_fds() == before
+    finally:
+        server.close()
+        for client_sock in fillers:
+            client_sock.close()
+
+
+async def test_attempts_start_one_stagger_apart_within_a_probe_timeout(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a host that never answers, within the default 700 ms probe timeout: attempts at
+    0, 0.2, 0.4 and 0.6 s (on the mock clock; the SYNs are really sent and dropped)."""
+    started: list[float] = []
+    real_start = tcp._start
+
+    def counting_start(family: int, address: str, port: int) -> socket.socket:
+        started.append(trio.current_time())
+        return real_start(family, address, port)
+
+    monkeypatch.setattr(tcp, "_start", counting_start)
+    server = socket.socket()
+    server.bind((LOOPBACK, 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = _fill_accept_queue(LOOPBACK, port)
+    try:
+        begin = trio.current_time()
+        with trio.move_on_after(0.7):
+            await tcp.connect(LOOPBACK, port)
+        assert [round(t - begin, 3) for t in started] == [0.0, 0.2, 0.4, 0.6]
     finally:
         server.close()
         for client_sock in fillers:

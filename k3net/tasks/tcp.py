@@ -91,8 +91,9 @@ async def _race(pending: list[socket.socket], family: int, address: str, port: i
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch, pending[0], nursery.cancel_scope)
-            for _ in range(1, attempts):
-                await trio.sleep(STAGGER)
+            # The first attempt has waited STAGGER already: the second starts now, at STAGGER,
+            # the others one STAGGER apart.
+            for n in range(1, attempts):
                 try:
                     sock = _start(family, address, port)
                 except OSError as exc:  # the host (or our routing) answered at once
@@ -100,6 +101,8 @@ async def _race(pending: list[socket.socket], family: int, address: str, port: i
                     break
                 pending.append(sock)
                 nursery.start_soon(watch, sock, nursery.cancel_scope)
+                if n < attempts - 1:
+                    await trio.sleep(STAGGER)
     except BaseException:
         for outcome in ended:
             if isinstance(outcome, socket.socket):
