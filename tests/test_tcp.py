@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 import trio
 import trio.testing
 
 from k3net.tasks import tcp
-from tests.test_prober import LOOPBACK, _fill_accept_queue
+from tests.test_prober import LOOPBACK, _fill_accept_queue, _unanswering
 
 
 def _open_fds() -> int:
@@ -93,26 +94,22 @@ def _accept_all(server: socket.socket, skip: set[int]) -> list[int]:
             ports.append(peer[1])
 
 
-async def test_the_callers_deadline_ends_every_attempt_and_leaks_nothing() -> None:
-    server = socket.socket()
-    server.bind((LOOPBACK, 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = _fill_accept_queue(LOOPBACK, port)
-    try:
-        before = _open_fds()
-        with trio.move_on_after(tcp.STAGGER * (tcp.ATTEMPTS + 1)) as deadline:
-            await tcp.connect(LOOPBACK, port)
-        assert deadline.cancelled_caught
-        assert _open_fds() == before
-    finally:
-        server.close()
-        for client_sock in fillers:
-            client_sock.close()
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port whose listener drops every SYN (its accept queue is full)."""
+    yield from _unanswering(LOOPBACK)
+
+
+async def test_the_callers_deadline_ends_every_attempt_and_leaks_nothing(silent_port: int) -> None:
+    before = _open_fds()
+    with trio.move_on_after(tcp.STAGGER * (tcp.ATTEMPTS + 1)) as deadline:
+        await tcp.connect(LOOPBACK, silent_port)
+    assert deadline.cancelled_caught
+    assert _open_fds() == before
 
 
 async def test_attempts_start_one_stagger_apart_within_a_probe_timeout(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, silent_port: int
 ) -> None:
     """Against a host that never answers, within the default 700 ms probe timeout: attempts at
     0, 0.2, 0.4 and 0.6 s (on the mock clock; the SYNs are really sent and dropped)."""
@@ -124,17 +121,7 @@ async def test_attempts_start_one_stagger_apart_within_a_probe_timeout(
         return real_start(family, address, port)
 
     monkeypatch.setattr(tcp, "_start", counting_start)
-    server = socket.socket()
-    server.bind((LOOPBACK, 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = _fill_accept_queue(LOOPBACK, port)
-    try:
-        begin = trio.current_time()
-        with trio.move_on_after(0.7):
-            await tcp.connect(LOOPBACK, port)
-        assert [round(t - begin, 3) for t in started] == [0.0, 0.2, 0.4, 0.6]
-    finally:
-        server.close()
-        for client_sock in fillers:
-            client_sock.close()
+    begin = trio.current_time()
+    with trio.move_on_after(0.7):
+        await tcp.connect(LOOPBACK, silent_port)
+    assert [round(t - begin, 3) for t in started] == [0.0, 0.2, 0.4, 0.6]
