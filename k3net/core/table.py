@@ -23,8 +23,9 @@ While the watch has lost the store (`Lost`, until the next `Snapshot`) nothing e
 is stale. The same holds while this agent itself did not run (a stopped process, a paused or
 migrated VM, a host swapping hard): when a `Tick` comes more than `PAUSE` later than due, every
 age is shifted by the time lost (`Paused`), so that on waking up the agent does not expire peers
-it only failed to look at; its probes and the watch catch up within seconds. When the store is back within peer-ttl, every age is shifted by the time lost (nobody
-could refresh a lastSeen meanwhile, but the time before the outage still counts); after a longer
+it only failed to look at; its probes and the watch catch up within seconds. When the store is
+back within peer-ttl, every age is shifted by the time lost (nobody could refresh a lastSeen
+meanwhile, but the time before the outage still counts); after a longer
 outage every age starts again, so that an outage does not mark every peer Unknown at once.
 When the agent moves to another store (`StoreChanged`, a reload) the view is emptied the same
 way and what this agent knows is written there at once (`_store_changed`).
@@ -49,8 +50,8 @@ Positive evidence is fast, absence is slow. A probe answers with one outcome (se
   then the Node goes False/PeerRefused at once, whatever peer-ttl is. A second refusal sooner
   than that (a scheduled probe right after one that a held connection's close started)
   confirms nothing: an agent restarting in place must have its second (and the re-probe is asked
-  for again, at its time, in case the prober dropped it for a newer target). A timeout proves nothing
-  (a lost packet, a busy host): only expiry at peer-ttl decides.
+  for again, at its time, in case the prober dropped it for a newer target). A timeout proves
+  nothing (a lost packet, a busy host): only expiry at peer-ttl decides.
 - One agent that cannot reach a node others reach (a firewall that rejects only it) must not make
   the Node flap: if the Node is Ready again after this agent wrote its refusal while its own
   probes still fail, the peer is `contradicted`, and this agent writes no refusal for it until it

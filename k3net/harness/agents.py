@@ -24,12 +24,13 @@ class AgentProc:
         self.name = name
         self.port = port
         self.address = host.address
-        listen_host = f"[{host.address}]" if ":" in host.address else host.address
+        # As it goes before ":port" (an IPv6 address in brackets).
+        self._host = f"[{host.address}]" if ":" in host.address else host.address
         self.log_path = log_dir / f"{name}.log"
         argv = [
             sys.executable, "-m", "k3net", "run",
             "--node-name", name,
-            "--listen", f"{listen_host}:{port}",
+            "--listen", f"{self._host}:{port}",
             "--interface", host.interface,
             "--log-level", "debug",
             *args,
@@ -43,8 +44,7 @@ class AgentProc:
 
     @property
     def url(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.port}"
+        return f"http://{self._host}:{self.port}"
 
     def get_json(self, path: str) -> Any:
         return self.client.get_json(self.url + path)

@@ -72,6 +72,14 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def _nft(namespace: str, script: str) -> None:
+    """Run an nftables script in `namespace` (Debian's `nftables`)."""
+    done = subprocess.run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], input=script,
+                          capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise NetnsError(f"nft in {namespace}: {done.stderr.strip()}")
+
+
 def _new_prefix() -> str:
     return f"{PREFIX}{os.getpid()}-{next(_counter)}"
 
@@ -241,9 +249,7 @@ class Host:
         self._nft(f"add table inet {_NFT_TABLE}\ndelete table inet {_NFT_TABLE}\n")
 
     def _nft(self, script: str) -> None:
-        done = self.run(["nft", "-f", "-"], input=script, check=False)
-        if done.returncode != 0:
-            raise NetnsError(f"nft in {self.name}: {done.stderr.strip()}")
+        _nft(self.name, script)
 
 
 class _Namespaces:
@@ -367,10 +373,7 @@ class Lan(_Namespaces):
                        f"add chain bridge {_NFT_TABLE} drops "
                        "{ type filter hook forward priority 0 ; policy accept ; }\n"
                        f"add rule bridge {_NFT_TABLE} drops numgen random mod 100 < {percent} drop\n")
-        done = subprocess.run(["ip", "netns", "exec", self.bridge_namespace, "nft", "-f", "-"],
-                              input=script, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise NetnsError(f"nft in {self.bridge_namespace}: {done.stderr.strip()}")
+        _nft(self.bridge_namespace, script)
 
 
 class RoutedLan(_Namespaces):
