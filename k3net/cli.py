@@ -1,4 +1,5 @@
-"""Command line: `k3net run` (the agent) and the commands `nodes`, `peers`, `watch`.
+"""Command line: `k3net run` (the agent) and the commands `nodes`, `peers`, `watch`, `prune`,
+`keygen`.
 
 The flags of `run` are declared once, in `k3net.settings.FLAGS` (names and defaults of the k3 Go
 agent, `cmd/network`); this module only turns that table into argparse options. Go's
@@ -190,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
              "$CONFIG_PATH); required")
     add_output(prune)
 
+    keygen = sub.add_parser(
+        "keygen", help="write a new cluster key file (for --cluster-key-file)",
+        description="Write 32 random bytes as 64 hex digits to PATH, mode 0600, atomically. "
+        "Give every agent of the cluster a copy (e.g. with systemd's LoadCredential=).",
+    )
+    keygen.add_argument("path", metavar="PATH", help="the key file to write")
+    keygen.add_argument("--force", action="store_true",
+                        help="replace PATH if it exists (every agent then needs the new key)")
+
     watch = sub.add_parser("watch", help="follow an agent's /events stream")
     watch.add_argument("url", nargs="?", default=DEFAULT_EVENTS_URL, help="(default: %(default)s)")
     add_output(watch)
@@ -297,8 +307,15 @@ def _prune(args: argparse.Namespace) -> int:
                       force=args.force)
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    from k3net.commands import keygen
+
+    return keygen.main(args.path, args.force)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run, "nodes": _nodes, "peers": _peers, "watch": _watch, "prune": _prune,
+    "keygen": _keygen,
 }
 
 

@@ -233,8 +233,9 @@ FLAGS: tuple[Flag, ...] = (
          derived="the addresses of the LAN interfaces, without container/VM bridges and tunnels",
          help="advertise exactly this address over mDNS; repeat for several"),
     Flag("cluster-key-file", str, None, metavar="PATH", derived="none: open, as the Go agent",
-         help="shared secret of this cluster (chmod 600, at least 16 bytes): only agents that "
-         "prove it are written, and this agent proves it to them; the key never travels"),
+         help="shared secret of this cluster (chmod 600, at least 128 bits: make one with k3net "
+         "keygen PATH): only agents that prove it are written, and this agent proves it to "
+         "them; the key never travels"),
     Flag("prune-after", prune_after, "off", metavar="DUR",
          help="delete managed Nodes not Ready and not seen for longer than this (at least 1h), "
          "with compare-and-swap (as k3net prune --older-than DUR); off keeps them for ever"),
