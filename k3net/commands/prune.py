@@ -231,7 +231,7 @@ def _as_dict(outcome: Outcome) -> dict[str, Any]:
 
 def main(
     storage: StorageConfig, older_than: float, dry_run: bool, output: str,
-    out: TextIO = sys.stdout, *, force: bool = False,
+    out: TextIO | None = None, *, force: bool = False,
 ) -> int:
     """`k3net prune`: 0 (also when nothing is old enough); CommandError if the store does not
     answer."""
@@ -251,5 +251,5 @@ def main(
             except StoreError as exc:
                 raise CommandError(f"{storage.type} store unavailable: {exc}") from None
 
-    out.write(format_outcomes(trio.run(run), output))
+    (out or sys.stdout).write(format_outcomes(trio.run(run), output))
     return 0

@@ -168,3 +168,39 @@ async def test_prune_races_safely_with_a_real_agent_that_brings_a_node_back(
         assert await names(store) == ["node-b"]
         assert (await store.get("node-b")).node.condition().reason == "AgentReady"  # type: ignore[union-attr]
         assert agent.stop() == 0
+
+
+async def test_prune_command_line_dry_run_then_force(
+    store: Store, backend: EtcdConfig | MySQLConfig | None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """From the command line: --dry-run lists and changes nothing, --force also takes the
+    cordoned Node, never what is not k3net's or was seen lately."""
+    from k3net import cli
+
+    storage: dict[str, object]
+    if backend is None:
+        storage = {"type": "memory"}  # the command's own, empty store
+    elif isinstance(backend, EtcdConfig):
+        storage = {"type": "etcd", "etcd": {"endpoints": list(backend.endpoints)}}
+    else:
+        storage = {"type": "mysql", "mysql": {"socket": backend.socket, "user": backend.user,
+                                              "database": backend.database}}
+    config = write_config(tmp_path / "k3.yaml", storage)
+    await fill(store)
+    before = await store.list()
+
+    def prune_cli(*flags: str) -> int:
+        return cli.main(["prune", "--older-than=72h", f"--config={config}", *flags])
+
+    assert await trio.to_thread.run_sync(prune_cli, "--dry-run") == 0
+    listed = capsys.readouterr().out
+    assert await store.list() == before
+    if backend is None:
+        assert listed == "Nothing to prune.\n"
+        return
+    assert [line.split()[0] for line in listed.splitlines()[1:]] == ["cordoned", "gone", "left"]
+    assert "--force" in listed and listed.count("would delete (dry run)") == 2
+
+    assert await trio.to_thread.run_sync(prune_cli, "--force") == 0
+    assert await names(store) == ["alive", "clockless", "controller-s"]
