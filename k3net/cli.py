@@ -1,4 +1,5 @@
-"""Command line: `k3net run` (the agent) and the commands `nodes`, `peers`, `watch`.
+"""Command line: `k3net run` (the agent) and the commands `nodes`, `peers`, `watch`, `prune`,
+`keygen`.
 
 The flags of `run` are declared once, in `k3net.settings.FLAGS` (names and defaults of the k3 Go
 agent, `cmd/network`); this module only turns that table into argparse options. Go's
@@ -27,6 +28,7 @@ from k3net.settings import (
     describe,
     go_flags,
     positive_duration,
+    prune_age,
     resolve,
 )
 
@@ -79,6 +81,13 @@ def _arg_type(flag: Flag) -> Callable[[str], Any]:
 def _duration(text: str) -> float:
     try:
         return positive_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _prune_age(text: str) -> float:
+    try:
+        return prune_age(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -164,17 +173,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_output(peers)
 
     prune = sub.add_parser(
-        "prune", help="remove managed Nodes not Ready for longer than --older-than",
-        description="Delete the Nodes that k3net manages and that have not been Ready for "
-        "longer than --older-than, each with compare-and-swap (a Node brought back meanwhile "
-        "stays). Nodes not labelled k3.network/managed=true are never touched.",
+        "prune", help="remove managed Nodes not Ready and not seen for longer than --older-than",
+        description="Delete the Nodes that k3net manages, that are not Ready and whose latest "
+        "sign of life (lastSeen, the Ready condition's times) is older than --older-than, each "
+        "with compare-and-swap (a Node brought back or changed meanwhile stays). Nodes not "
+        "labelled k3.network/managed=true are never touched; a Node that carries what k3net "
+        "does not own (cordoned, taints, others' labels or annotations) is kept unless --force.",
     )
-    prune.add_argument("--older-than", required=True, type=_duration, metavar="DUR",
-                       help="not Ready for longer than this (Go duration, e.g. 72h)")
-    prune.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    prune.add_argument("--older-than", required=True, type=_prune_age, metavar="DUR",
+                       help="not seen for longer than this (Go duration, at least 1h, e.g. 72h)")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="only list what would be deleted; change nothing")
+    prune.add_argument("--force", action="store_true",
+                       help="also delete old managed Nodes that carry what k3net does not own "
+                       "(spec.unschedulable, taints, others' labels and annotations)")
     add_flag(prune, "config", help="the k3 config naming the store (env $K3NET_CONFIG, "
              "$CONFIG_PATH); required")
     add_output(prune)
+
+    keygen = sub.add_parser(
+        "keygen", help="write a new cluster key file (for --cluster-key-file)",
+        description="Write 32 random bytes as 64 hex digits to PATH, mode 0600, atomically. "
+        "Give every agent of the cluster a copy (e.g. with systemd's LoadCredential=).",
+    )
+    keygen.add_argument("path", metavar="PATH", help="the key file to write")
+    keygen.add_argument("--force", action="store_true",
+                        help="replace PATH if it exists (every agent then needs the new key)")
 
     watch = sub.add_parser("watch", help="follow an agent's /events stream")
     watch.add_argument("url", nargs="?", default=DEFAULT_EVENTS_URL, help="(default: %(default)s)")
@@ -279,11 +303,19 @@ def _prune(args: argparse.Namespace) -> int:
     from k3net.commands import prune
     from k3net.config import load_storage
 
-    return prune.main(load_storage(config), args.older_than, args.dry_run, args.output)
+    return prune.main(load_storage(config), args.older_than, args.dry_run, args.output,
+                      force=args.force)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from k3net.commands import keygen
+
+    return keygen.main(args.path, args.force)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run, "nodes": _nodes, "peers": _peers, "watch": _watch, "prune": _prune,
+    "keygen": _keygen,
 }
 
 

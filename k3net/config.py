@@ -7,6 +7,7 @@ its default is what it is.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 import attrs
 import cattrs
+
+from k3net.core.private import exposure
 
 
 class ConfigError(Exception):
@@ -61,6 +64,11 @@ ConnLimit = Annotated[int, "conn-limit"]  # database/sql: 0 or less is no limit 
 Endpoints = Annotated[tuple[str, ...], "endpoints"]
 
 
+def _redacted(password: str | None) -> str:
+    """A password as a repr shows it: whether there is one, never what it is."""
+    return repr(password) if not password else "'<redacted>'"
+
+
 @attrs.frozen
 class EtcdConfig:
     # Tried in order; the first that answers is used, the next on failure. `https://` endpoints
@@ -70,7 +78,7 @@ class EtcdConfig:
     # limit, as in the Go client (a dial to a silent address then waits as long as its caller).
     dial_timeout: GoDuration = 5.0
     username: str | None = None
-    password: str | None = None
+    password: str | None = attrs.field(default=None, repr=_redacted)
     # k3net extension (TLS, for https:// endpoints): the CA bundle that signed the server's
     # certificate (empty: the system's CAs), and a client certificate and key when etcd asks
     # for one (--client-cert-auth). PEM files.
@@ -84,7 +92,7 @@ class MySQLConfig:
     host: str = "127.0.0.1"
     port: Port = 3306
     user: str = "root"
-    password: str = ""
+    password: str = attrs.field(default="", repr=_redacted)
     database: str = "k3"
     # Pool bounds, as the Go store's database/sql settings: at most max_open_conns connections
     # (0 or less: no limit), of which max_idle_conns stay open while unused (0 or less: none).
@@ -313,10 +321,13 @@ def endpoint_uses_tls(endpoint: str) -> bool:
 
 
 def load_storage(path: str | Path) -> StorageConfig:
-    """The `storage:` section of a k3 config file. ConfigError (one line) on any problem."""
+    """The `storage:` section of a k3 config file. ConfigError (one line) on any problem,
+    also when the file holds a store password and is not private (`_private_enough`)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            text = file.read().decode()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:
@@ -332,7 +343,19 @@ def load_storage(path: str | Path) -> StorageConfig:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: bad YAML{at}: {problem}") from None
-    return storage_from_data(data, path)
+    return _private_enough(storage_from_data(data, path), path, mode)
+
+
+def _private_enough(config: StorageConfig, path: Path, mode: int) -> StorageConfig:
+    """A config file that holds a store password must be private, as the cluster key file
+    (`k3net.core.private.exposure`): else anyone on the machine could read the password."""
+    holds = [f"storage.{name}.password" for name, section in
+             (("etcd", config.etcd), ("mysql", config.mysql)) if section.password]
+    problem = exposure(mode, str(path)) if holds else None
+    if problem:
+        raise ConfigError(f"{path}: holds {holds[0]}, but its {problem} (or give it to the "
+                          "service with systemd's LoadCredential=)")
+    return config
 
 
 def storage_from_data(data: Any, path: str | Path) -> StorageConfig:

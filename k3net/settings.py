@@ -53,6 +53,27 @@ def duration_or_off(text: str) -> float:
     return positive_duration(text)
 
 
+# Nothing not Ready for less than this is ever pruned (`--prune-after`, `k3net prune
+# --older-than`): a Node down for minutes is an outage to see, not a machine gone for good.
+MIN_PRUNE_AGE = 3600.0
+
+
+def prune_age(text: str) -> float:
+    """A Go duration of at least MIN_PRUNE_AGE (an hour), in seconds."""
+    seconds = positive_duration(text)
+    if seconds < MIN_PRUNE_AGE:
+        raise ValueError(f"{text!r} is less than an hour, the least allowed "
+                         "(pruning is for machines gone for good)")
+    return seconds
+
+
+def prune_after(text: str) -> float:
+    """`off` (0.0: never prune), or a prune_age."""
+    if text.strip().lower() in ("0", "off", "false", "never"):
+        return 0.0
+    return prune_age(text)
+
+
 def parse_bool(text: str) -> bool:
     """Go's strconv.ParseBool, plus yes/no/on/off."""
     lowered = text.strip().lower()
@@ -212,11 +233,12 @@ FLAGS: tuple[Flag, ...] = (
          derived="the addresses of the LAN interfaces, without container/VM bridges and tunnels",
          help="advertise exactly this address over mDNS; repeat for several"),
     Flag("cluster-key-file", str, None, metavar="PATH", derived="none: open, as the Go agent",
-         help="shared secret of this cluster (chmod 600, at least 16 bytes): only agents that "
-         "prove it are written, and this agent proves it to them; the key never travels"),
-    Flag("prune-after", duration_or_off, "off", metavar="DUR",
-         help="delete managed Nodes not Ready for longer than this, with compare-and-swap "
-         "(as k3net prune --older-than DUR); off keeps them for ever"),
+         help="shared secret of this cluster (chmod 600, at least 128 bits: make one with k3net "
+         "keygen PATH): only agents that prove it are written, and this agent proves it to "
+         "them; the key never travels"),
+    Flag("prune-after", prune_after, "off", metavar="DUR",
+         help="delete managed Nodes not Ready and not seen for longer than this (at least 1h), "
+         "with compare-and-swap (as k3net prune --older-than DUR); off keeps them for ever"),
     Flag("join", join_addresses, None, metavar="HOST[:PORT]", repeat=True,
          derived="none",
          help="an agent to ask who it is and follow as a peer, beyond mDNS's reach (another "
@@ -308,7 +330,8 @@ def _file_text(value: Any, flag: Flag, where: str) -> str:
     """A YAML value as the text a flag takes: `true`, `90`, [eth0, eth1] are fine too."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)) and flag.parse in (positive_duration, duration_or_off):
+    if isinstance(value, (int, float)) and flag.parse in (
+            positive_duration, duration_or_off, prune_after):
         return f"{value}s"  # a bare number in the file is seconds, as elsewhere in the config
     if isinstance(value, list) and flag.repeat:
         return ",".join(str(v) for v in value)

@@ -3,6 +3,7 @@ proving the key to a real identity probe, and --advertise-address."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.request
@@ -12,6 +13,8 @@ import pytest
 import trio
 
 from k3net import cli
+from k3net.core.identity import KeyFileError, read_key_file
+from k3net.core.private import MIN_KEY_BITS, key_bits
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -53,8 +56,8 @@ def test_key_from_flag_and_from_environment(tmp_path: Path, monkeypatch: pytest.
 @pytest.mark.parametrize(
     ("content", "mode", "message"),
     [(None, 0o600, "does not exist"), (b"", 0o600, "is empty"), (KEY, 0o644, "chmod 600"),
-     (b"short\n", 0o600, "at least 16")],
-    ids=["missing", "empty", "readable-by-others", "too-short"],
+     (b"short\n", 0o600, "at least 128"), (b"0123456789abcdef\n", 0o600, "at least 128")],
+    ids=["missing", "empty", "readable-by-others", "too-short", "16-characters"],
 )
 def test_bad_key_file_exits_2_with_one_line(
     tmp_path: Path, content: bytes | None, mode: int, message: str,
@@ -67,6 +70,34 @@ def test_bad_key_file_exits_2_with_one_line(
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and message in err and str(path) in err
     assert "Traceback" not in err and KEY.decode() not in err
+
+
+RANDOM16 = bytes(range(0x80, 0x90))  # 16 raw bytes, no whitespace at either end
+
+# (what, key, accepted): 128 bits at least, judged by the key's alphabet (k3net.core.private).
+STRENGTH = [
+    ("hex, 31 digits", b"a" * 31, False),
+    ("hex, 32 digits", b"0123456789abcdef" * 2, True),
+    ("base64 of 15 bytes", base64.b64encode(RANDOM16[:15]), False),
+    ("base64 of 16 bytes", base64.b64encode(RANDOM16), True),
+    ("base64url, 22 characters", b"Zm9vYmFyYmF6cXV4LW_xyz"[:22], True),
+    ("passphrase of 16 characters", b"my secret pass!!", False),
+    ("passphrase of 20 characters", b"my secret pass!!word", True),
+    ("raw 15 bytes", RANDOM16[:15], False),
+    ("raw 16 bytes", RANDOM16, True),
+]
+
+
+@pytest.mark.parametrize(("what", "key", "accepted"), STRENGTH, ids=[c[0] for c in STRENGTH])
+def test_a_key_needs_128_bits(what: str, key: bytes, accepted: bool, tmp_path: Path) -> None:
+    path = key_file(tmp_path, key + b"\n")
+    if accepted:
+        assert read_key_file(str(path)) == key
+        assert key_bits(key) >= MIN_KEY_BITS
+        return
+    with pytest.raises(KeyFileError, match="needs at least 128") as caught:
+        read_key_file(str(path))
+    assert "k3net keygen" in str(caught.value)
 
 
 def test_advertise_address_is_kept_exactly_and_checked(capsys: pytest.CaptureFixture[str]) -> None:

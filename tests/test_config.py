@@ -57,12 +57,13 @@ def test_format_duration_reads_back(seconds: float, text: str) -> None:
 # --- load_storage -----------------------------------------------------------------------------
 
 
-def write(tmp_path: Path, text: str | bytes, name: str = "k3.yaml") -> Path:
+def write(tmp_path: Path, text: str | bytes, name: str = "k3.yaml", mode: int = 0o600) -> Path:
     path = tmp_path / name
     if isinstance(text, bytes):
         path.write_bytes(text)
     else:
         path.write_text(text)
+    path.chmod(mode)
     return path
 
 
@@ -327,3 +328,65 @@ def test_numeric_mysql_password_is_text(tmp_path: Path) -> None:
 )
 def test_read_as_the_go_loader_reads_it(tmp_path: Path, text: str, expected: StorageConfig) -> None:
     assert load_storage(write(tmp_path, text)) == expected
+
+
+# --- secrets: a config file that holds a password is private; no repr shows a password ------
+
+ETCD_PASSWORD = "storage:\n  type: etcd\n  etcd:\n    username: k3\n    password: hunter2\n"
+MYSQL_PASSWORD = "storage:\n  type: mysql\n  mysql:\n    password: hunter2\n"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+@pytest.mark.parametrize("text", [ETCD_PASSWORD, MYSQL_PASSWORD], ids=["etcd", "mysql"])
+def test_a_config_with_a_password_others_can_access_is_refused(
+    tmp_path: Path, text: str, mode: int
+) -> None:
+    path = write(tmp_path, text, mode=mode)
+    with pytest.raises(ConfigError) as caught:
+        load_storage(path)
+    message = str(caught.value)
+    assert f"permissions {mode:04o}" in message and f"chmod 600 {path}" in message
+    assert "password" in message and "hunter2" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_a_private_config_with_a_password_is_read(tmp_path: Path, mode: int) -> None:
+    assert load_storage(write(tmp_path, MYSQL_PASSWORD, mode=mode)).mysql.password == "hunter2"
+
+
+def test_a_config_without_a_password_may_be_read_by_all(tmp_path: Path) -> None:
+    text = "storage:\n  type: mysql\n  mysql:\n    socket: /run/mysqld/mysqld.sock\n"
+    assert load_storage(write(tmp_path, text, mode=0o644)).type == "mysql"
+    # An empty password is no password (as the Go loader reads it: the default).
+    assert load_storage(write(tmp_path, MYSQL_PASSWORD.replace("hunter2", '""'),
+                              mode=0o644)).mysql.password == ""
+
+
+def test_the_agent_refuses_a_readable_config_with_a_password_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from k3net import cli
+
+    for name in ("K3NET_CONFIG", "CONFIG_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    path = write(tmp_path, ETCD_PASSWORD, mode=0o644)
+    for argv in (["run", "--node-name=n1", f"--config={path}"],
+                 ["prune", "--older-than=72h", f"--config={path}"],
+                 ["nodes", f"--config={path}"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "chmod 600" in err and "hunter2" not in err
+
+
+def test_no_config_object_shows_a_password() -> None:
+    from k3net.settings import Settings
+
+    etcd = EtcdConfig(username="k3", password="hunter2")
+    mysql = MySQLConfig(password="hunter2")
+    storage = StorageConfig(type="mysql", etcd=etcd, mysql=mysql)
+    settings = Settings(node_name="n1", storage=storage, cluster_key=b"k" * 32)
+    for thing in (etcd, mysql, storage, settings):
+        assert "hunter2" not in repr(thing) and "hunter2" not in str(thing)
+        assert "kkkk" not in repr(thing)
+    assert "password='<redacted>'" in repr(mysql)  # says that there is one
+    assert "password=''" in repr(MySQLConfig()) and "password=None" in repr(EtcdConfig())

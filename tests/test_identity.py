@@ -146,13 +146,13 @@ REG = stat.S_IFREG
     [
         pytest.param(REG | 0o600, KEY + b"\n", KEY, None, id="trailing-newline-dropped"),
         pytest.param(REG | 0o400, b"  " + KEY + b"\r\n", KEY, None, id="read-only-owner"),
-        pytest.param(REG | 0o600, b"k" * 16, b"k" * 16, None, id="minimum-length"),
+        pytest.param(REG | 0o600, b"f" * 32, b"f" * 32, None, id="minimum-length"),
         pytest.param(REG | 0o644, KEY, None, "permissions 0644", id="world-readable"),
         pytest.param(REG | 0o640, KEY, None, "permissions 0640", id="group-readable"),
         pytest.param(REG | 0o602, KEY, None, "chmod 600", id="world-writable"),
         pytest.param(REG | 0o600, b"", None, "is empty", id="empty"),
         pytest.param(REG | 0o600, b" \n\t\n", None, "is empty", id="only-whitespace"),
-        pytest.param(REG | 0o600, b"secret\n", None, "needs at least 16", id="too-short"),
+        pytest.param(REG | 0o600, b"secret\n", None, "needs at least 128", id="too-short"),
         pytest.param(stat.S_IFDIR | 0o700, b"", None, "not a regular file", id="directory"),
     ],
 )

@@ -40,13 +40,12 @@ from typing import Literal
 import attrs
 import h11
 
+from k3net.core.private import MIN_KEY_BITS, exposure, key_bits
+
 NONCE_BYTES = 16
 # A Go agent's /info answer is about 200 bytes, k3net's about 400; anything this long is no
 # agent's answer, and reading it would only cost memory.
 MAX_ANSWER = 16 * 1024
-# A key shorter than this is a password, which an eavesdropper who saw one nonce and its proof
-# could guess offline. 16 bytes of randomness (`openssl rand -hex 32` gives 32) is out of reach.
-MIN_KEY_BYTES = 16
 
 Verdict = Literal["confirmed", "wrong-node", "unauthenticated", "unverified"]
 
@@ -200,26 +199,27 @@ def key_from_file(path: str, mode: int, data: bytes) -> bytes:
     """The cluster key held in a file, given the file's `st_mode` and its content. Rules:
 
     - a regular file (not a directory, device or pipe);
-    - readable and writable by its owner only (no group or other permission bits: `chmod 600`),
-      as ssh asks of a private key: a key others can read proves nothing;
+    - private: no group or other permission bits (`chmod 600`), as ssh asks of a private key,
+      since a key others can read proves nothing (`k3net.core.private.exposure`, the rule the
+      config file holding a store password follows too);
     - the key is the content without leading and trailing whitespace (so a final newline, as
-      `echo` and editors write it, does not change the key between machines), at least
-      MIN_KEY_BYTES bytes long.
+      `echo` and editors write it, does not change the key between machines), and it holds at
+      least MIN_KEY_BITS bits judged by its alphabet (`k3net.core.private.key_bits`: 32 hex
+      digits, 22 base64 characters, 20 other printable characters or 16 raw bytes).
     """
     if not stat.S_ISREG(mode):
         raise KeyFileError(f"cluster key file {path}: not a regular file")
-    if mode & 0o077:
-        raise KeyFileError(
-            f"cluster key file {path}: permissions {stat.S_IMODE(mode):04o} let other users "
-            f"access it; run chmod 600 {path}"
-        )
+    problem = exposure(mode, path)
+    if problem:
+        raise KeyFileError(f"cluster key file {path}: {problem}")
     key = data.strip()
     if not key:
         raise KeyFileError(f"cluster key file {path}: is empty")
-    if len(key) < MIN_KEY_BYTES:
+    bits = key_bits(key)
+    if bits < MIN_KEY_BITS:
         raise KeyFileError(
-            f"cluster key file {path}: key is {len(key)} bytes, needs at least {MIN_KEY_BYTES} "
-            f"(make one with: openssl rand -hex 32 > {path})"
+            f"cluster key file {path}: key holds at most {int(bits)} bits, needs at least "
+            f"{MIN_KEY_BITS} (make one with: k3net keygen --force {path})"
         )
     return key
 

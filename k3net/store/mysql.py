@@ -29,7 +29,8 @@ be created; the uid is the store's to choose, as in Kubernetes).
 
 Soft delete: a row with deleted_at set does not exist for get, list and watch; delete sets it,
 and a Node of that name can be created again (a deleted row still holding the same uid is
-removed first, as uid is unique). If several live rows share a name (name is not unique in the
+removed first, as uid is unique, in the same transaction as the insert: a create that fails
+leaves the deleted row as it was). If several live rows share a name (name is not unique in the
 Go schema), the one with the lowest id is the Node, as the ORM's `First` would pick.
 
 Versions: `resource_version` is the version. Every write stores a fresh one: the current time in
@@ -353,42 +354,77 @@ async def _create(cur: Cursor, node: Node) -> tuple[Any, ...]:
     if locked != 1:
         raise StoreUnavailable(f"mysql: another create of {name} holds its lock")
     try:
-        if await _select_live(cur, name) is not None:
-            raise Conflict(f"{name} exists")
-        values = _row_values(node)
-        now = _utc_now()
-        created = node.metadata.creation_timestamp or now
-        uids = [values["uid"]]
-        if values["uid"] in (f"node-{name}", default_uid(name)):
-            # k3net's own form of uid: too long for the column, or taken by a name that differs
-            # only in case (the column's collation ignores case): the hashed form instead.
-            uids = list(dict.fromkeys([default_uid(name), hashed_uid(name)]))
-        for uid in uids:
-            # A soft-deleted row keeps its uid, which is unique: it goes before the uid is reused.
-            await cur.execute(
-                f"DELETE FROM {TABLE} WHERE uid = %s AND BINARY uid = %s AND deleted_at IS NOT NULL",
-                (uid, uid),
-            )
-            try:
-                await cur.execute(
-                    f"INSERT INTO {TABLE} (name, namespace, uid, resource_version, labels,"
-                    " annotations, created_at, updated_at, phase, spec, status)"
-                    " VALUES (%(name)s, %(namespace)s, %(uid)s, %(version)s, %(labels)s,"
-                    f" %(annotations)s, %(created)s, {SERVER_NOW}, %(phase)s, %(spec)s,"
-                    " %(status)s)",
-                    {**values, "uid": uid, "version": next_version(None, now),
-                     "created": _db_time(created), "tz": _utc_offset()},
-                )
-                break
-            except pymysql.err.IntegrityError as exc:
-                if not (exc.args and exc.args[0] == ER.DUP_ENTRY):
-                    raise
-                if uid == uids[-1]:
-                    raise Conflict(f"{name}: uid {uid} is taken") from exc
-        return await _get(cur, name)
+        # One transaction: removing the soft-deleted row that holds the uid and inserting the
+        # new one commit together or not at all, so a failure in between (an error, a dropped
+        # connection) leaves the old row as it was.
+        await cur.connection.begin()
+        try:
+            row = await _insert_new(cur, node)
+            await cur.connection.commit()
+        except asyncio.CancelledError:
+            # Cancelled mid-statement, the session is in no state for another: dropping it
+            # makes the server roll back.
+            cur.connection.close()
+            raise
+        except BaseException:
+            await _roll_back(cur)
+            raise
+        return row
     finally:
         if not cur.connection.closed:  # a dropped connection released the lock already
             await cur.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+
+
+async def _insert_new(cur: Cursor, node: Node) -> tuple[Any, ...]:
+    """Inside create's transaction: Conflict if a live row of the name exists, else insert
+    the Node (after removing a soft-deleted row that still holds its uid) and return its row."""
+    name = node.metadata.name
+    if await _select_live(cur, name) is not None:
+        raise Conflict(f"{name} exists")
+    values = _row_values(node)
+    now = _utc_now()
+    created = node.metadata.creation_timestamp or now
+    uids = [values["uid"]]
+    if values["uid"] in (f"node-{name}", default_uid(name)):
+        # k3net's own form of uid: too long for the column, or taken by a name that differs
+        # only in case (the column's collation ignores case): the hashed form instead.
+        uids = list(dict.fromkeys([default_uid(name), hashed_uid(name)]))
+    for uid in uids:
+        # A soft-deleted row keeps its uid, which is unique: it goes before the uid is reused.
+        await cur.execute(
+            f"DELETE FROM {TABLE} WHERE uid = %s AND BINARY uid = %s AND deleted_at IS NOT NULL",
+            (uid, uid),
+        )
+        try:
+            await cur.execute(
+                f"INSERT INTO {TABLE} (name, namespace, uid, resource_version, labels,"
+                " annotations, created_at, updated_at, phase, spec, status)"
+                " VALUES (%(name)s, %(namespace)s, %(uid)s, %(version)s, %(labels)s,"
+                f" %(annotations)s, %(created)s, {SERVER_NOW}, %(phase)s, %(spec)s,"
+                " %(status)s)",
+                {**values, "uid": uid, "version": next_version(None, now),
+                 "created": _db_time(created), "tz": _utc_offset()},
+            )
+            break
+        except pymysql.err.IntegrityError as exc:
+            # Only this statement is undone; the transaction goes on with the next uid.
+            if not (exc.args and exc.args[0] == ER.DUP_ENTRY):
+                raise
+            if uid == uids[-1]:
+                raise Conflict(f"{name}: uid {uid} is taken") from exc
+    return await _get(cur, name)
+
+
+async def _roll_back(cur: Cursor) -> None:
+    """Undo create's transaction. A connection that is gone needs nothing: the server rolls
+    back what a closed session left uncommitted."""
+    if cur.connection.closed:
+        return
+    try:
+        await cur.connection.rollback()
+    except LIBRARY_ERRORS as exc:
+        log.debug("mysql: rollback of a create failed: %s", describe(exc))
+        cur.connection.close()
 
 
 async def _update(cur: Cursor, node: Node, version: str) -> tuple[Any, ...]:

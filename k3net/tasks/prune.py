@@ -1,6 +1,8 @@
-"""prune: with `--prune-after DUR`, the agent removes managed Nodes that have not been Ready for
-longer than DUR, as `k3net prune --older-than DUR` would (see `k3net.commands.prune`: only
-k3net's Nodes, each delete a compare-and-swap, so a Node brought back meanwhile stays).
+"""prune: with `--prune-after DUR` (at least an hour), the agent removes managed Nodes that are
+not Ready and have not been seen for longer than DUR, as `k3net prune --older-than DUR` would
+without `--force` (see `k3net.commands.prune`: only k3net's Nodes, age from the latest of
+lastSeen and the Ready condition's times, a Node that carries what k3net does not own is kept,
+each delete a compare-and-swap, so a Node brought back meanwhile stays).
 
 It looks every DUR/10, at least once a minute and at most once an hour: a Node is removed at
 most 10% of DUR (or an hour) late, and a large store is not listed more often than that. Several
@@ -28,6 +30,8 @@ async def run(
     store: Store, prune_after: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     task_status.started()
+    # Old Nodes kept for what others put on them, as last logged: said once, not every pass.
+    held: dict[str, tuple[str, ...]] = {}
     while True:
         try:
             outcomes = await prune(store, dt.datetime.now(dt.UTC), prune_after, dry_run=False)
@@ -35,9 +39,13 @@ async def run(
             log.warning("prune: the store did not answer (%s); next try in %.0fs", exc,
                         interval(prune_after))
         else:
+            now_held = {o.verdict.name: o.verdict.foreign for o in outcomes if o.verdict.foreign}
             for o in outcomes:
                 if o.result == "deleted":
                     log.info("pruned Node %s (%s)", o.verdict.name, o.verdict.why)
                 elif o.result == "changed":
                     log.info("kept Node %s: it changed since it was read", o.verdict.name)
+                elif o.verdict.foreign and held.get(o.verdict.name) != o.verdict.foreign:
+                    log.info("kept Node %s: %s", o.verdict.name, o.verdict.why)
+            held = now_held
         await trio.sleep(interval(prune_after))
