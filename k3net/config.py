@@ -15,41 +15,12 @@ from typing import Annotated, Any, Literal
 import attrs
 import cattrs
 
+# (also imported from here by the scripts: Go durations are part of the config's language)
+from k3net.durations import format_duration, parse_duration  # noqa: F401
+
 
 class ConfigError(Exception):
     """A config file or flag value k3net cannot use. The message is one readable line."""
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
-}
-
-
-def parse_duration(text: str) -> float:
-    """A Go duration (`700ms`, `15s`, `1m30s`, `0`) in seconds. Negative durations are refused."""
-    text = text.strip()
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if match is None:
-            raise ValueError(f"invalid duration {text!r} (use Go syntax such as 700ms, 15s, 1m30s)")
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not text:
-        raise ValueError("empty duration")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as a short Go-style duration: 90.0 -> `1m30s`, 0.7 -> `700ms`."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    minutes, secs = divmod(seconds, 60)
-    secs_text = f"{secs:g}s" if secs else ""
-    return f"{int(minutes)}m{secs_text}" if minutes else secs_text
 
 
 # Types of the fields whose reading has rules of its own (see the hooks below).
