@@ -5,7 +5,8 @@ defaults of the k3 Go agent, `cmd/network`); this module only turns them into ar
 that keep the text given, which `k3net.settings.resolve` parses as it parses the environment and
 the config file. Go's single-dash forms (`-peer-ttl 90s`, `-register-self=false`) are accepted
 as well. A bad flag, value, variable or config file ends the program with exit code 2 and one
-readable line naming the command (`k3net run: error: --peer-ttl: ...`): no traceback. Expected failures of a command (a store or agent that does not answer) are one line
+readable line naming the command and the flag (`k3net run: error: --peer-ttl: ...`): no
+traceback. Expected failures of a command (a store or agent that does not answer) are one line
 and exit code 1; a traceback is printed only for a bug.
 """
 

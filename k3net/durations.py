@@ -42,12 +42,13 @@ def format_duration(seconds: float) -> str:
     """Seconds as Go's `time.Duration.String` prints them: `1h0m0s`, `72h0m0s`, `1m30s`, `700ms`,
     `250µs`, `0s`.
 
-    A duration of a second or more is first rounded to the millisecond (Go's
-    `d.Round(time.Millisecond)`): beyond that, a float of seconds holds only noise (peer-ttl/6 of
-    20s is 3.3333333333333335, shown `3.333s`; a backoff's jitter). Shorter ones keep every
-    nanosecond, so that `500us` reads back as `500µs`."""
+    A duration of a millisecond or more is first rounded to the millisecond (Go's
+    `d.Round(time.Millisecond)`): k3net times nothing finer, and beyond that a float of seconds
+    holds only noise (peer-ttl/6 of 20s is 3.3333333333333335, shown `3.333s`; a backoff's
+    jitter; a measured wait). Shorter ones keep every nanosecond, so that `500us` reads back as
+    `500µs`."""
     ns = round(seconds * _NS_PER_S)
-    if abs(ns) >= _NS_PER_S:
+    if abs(ns) >= _NS_PER_MS:
         ns = _round(ns, _NS_PER_MS)
     return go_duration(ns)
 

@@ -235,9 +235,6 @@ class Flag:
         """A duration: a bare number in the config file is seconds."""
         return self.parse in (positive_duration, duration_or_off)
 
-    def default_value(self) -> Any:
-        return self.default
-
     def default_text(self) -> str:
         """The default as --help and the README show it."""
         return self.derived or self.show(self.default)
@@ -375,11 +372,6 @@ def _collect_flags() -> tuple[Flag, ...]:
 FLAGS: tuple[Flag, ...] = _collect_flags()
 FLAG_BY_NAME = {flag.name: flag for flag in FLAGS}
 _FLAG_OF_FIELD = {field: flag for flag in FLAGS for field in flag.fields}
-
-
-def default(name: str) -> Any:
-    """The default value of a flag (None if derived)."""
-    return FLAG_BY_NAME[name].default
 
 
 def show(field: str, value: Any) -> str:
