@@ -58,16 +58,21 @@ class _Parser(argparse.ArgumentParser):
     ) -> argparse.Namespace:
         # argparse reports a command's unknown flag from the top level (`k3net: error`): report
         # it from the command's own parser instead, which names the command.
-        parsed, extras = self.parse_known_args(args, namespace)
+        words = list(sys.argv[1:] if args is None else args)
+        parsed, extras = self.parse_known_args(words, namespace)
         if extras:
-            self._command_parser(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+            self._parser_of(extras[0], words, parsed).error(
+                f"unrecognized arguments: {' '.join(extras)}")
         return parsed
 
-    def _command_parser(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+    def _parser_of(self, word: str, words: list[str],
+                   parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The command's parser if `word` came after the command's name, else this one."""
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
                 command = getattr(parsed, action.dest, None)
-                return action.choices.get(command, self) if command else self
+                if command in words and word in words[words.index(command) + 1:]:
+                    return action.choices[command]
         return self
 
 

@@ -246,10 +246,14 @@ class Flag:
         return dict(zip(self.fields, value, strict=True))
 
 
-def flag(name: str, parse: Callable[[str], Any], metavar: str, help: str,
-         **options: Any) -> dict[str, Flag]:
+def flag(
+    name: str, parse: Callable[[str], Any], metavar: str, help: str, *,
+    show: Callable[[Any], str] = str, derived: str | None = None, repeat: bool = False,
+    boolean: bool = False, legacy_env: tuple[str, ...] = (), in_file: bool = True,
+) -> dict[str, Flag]:
     """The metadata of a `Settings` field set by the flag `--name` (see Flag)."""
-    return {_FLAG: Flag(name, parse, metavar, help, **options)}
+    return {_FLAG: Flag(name, parse, metavar, help, show=show, derived=derived, repeat=repeat,
+                        boolean=boolean, legacy_env=legacy_env, in_file=in_file)}
 
 
 _LISTEN = flag(

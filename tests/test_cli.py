@@ -182,7 +182,8 @@ def test_run_usage_errors_name_the_command_and_the_flag(
 @pytest.mark.parametrize(
     ("argv", "prog"),
     [
-        ([], "k3net"), (["fly"], "k3net"), (["--bogus"], "k3net"),
+        ([], "k3net"), (["fly"], "k3net"), (["--bogus"], "k3net"), (["--bogus", "run"], "k3net"),
+        (["run", "run"], "k3net run"),
         (["nodes", "--bogus"], "k3net nodes"), (["peers", "--bogus"], "k3net peers"),
         (["watch", "--bogus"], "k3net watch"), (["prune", "--bogus"], "k3net prune"),
     ],
