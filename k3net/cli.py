@@ -199,12 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Names Go's flag package would take with one dash: `-peer-ttl`, `-help`, `-version`.
 _LONG_NAMES = {flag.name for flag in FLAGS} | {"help", "version"}
-# Flags that take the next word as their value, whatever it is (`--peer-ttl -5s`), as in Go.
-_VALUED = {flag.name for flag in FLAGS if not flag.boolean}
+
+
+def _valued(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The long flags of the command in `argv` that take exactly one value: they take the next
+    word, whatever it is (`--peer-ttl -5s`, `--older-than -1h`), as Go's flags do."""
+    command = next((word for word in argv if not word.startswith("-")), None)
+    names = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            if command in action.choices:
+                names |= _valued(action.choices[command], ())
+        elif action.nargs is None:
+            names |= {o[2:] for o in action.option_strings if o.startswith("--")}
+    return names
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    return build_parser().parse_args(go_flags(argv, _LONG_NAMES, _VALUED))
+    parser = build_parser()
+    return parser.parse_args(go_flags(argv, _LONG_NAMES, _valued(parser, argv)))
 
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -170,6 +170,8 @@ def test_bad_run_flag_exits_2_with_one_line_naming_run(
          "k3net run: error: --scan: invalid scan range 'nope' (use a CIDR block like 10.0.2.0/24)"),
         (["run", "--bogus"], "k3net run: error: unrecognized arguments: --bogus (see --help)"),
         (["run", "--peer-ttl"], "k3net run: error: --peer-ttl: expected one argument (see --help)"),
+        (["prune", "--config=k3.yaml", "--older-than", "-1h"],
+         "k3net prune: error: --older-than: negative duration '-1h' (see --help)"),
     ],
 )
 def test_run_usage_errors_name_the_command_and_the_flag(
@@ -277,6 +279,14 @@ def test_config_error_from_env_exits_2(
     monkeypatch.setenv("CONFIG_PATH", str(tmp_path / "missing.yaml"))
     assert exit_code(["run", "--node-name=n1"]) == 2
     assert "missing.yaml" in one_line(capsys.readouterr().err)
+
+
+def test_only_the_command_s_own_flags_take_the_next_word() -> None:
+    # `peers --server` may stand alone (the local agent): -o is the next flag, not its value.
+    args = cli.parse_args(["peers", "--server", "-o", "json"])
+    assert args.server != "-o" and args.output == "json"
+    args = cli.parse_args(["nodes", "--server", "http://a:1", "-o", "json"])
+    assert (args.server, args.output) == ("http://a:1", "json")
 
 
 def test_help_lists_every_run_flag(capsys: pytest.CaptureFixture[str]) -> None:
