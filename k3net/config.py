@@ -285,6 +285,12 @@ def endpoint_uses_tls(endpoint: str) -> bool:
 
 def load_storage(path: str | Path) -> StorageConfig:
     """The `storage:` section of a k3 config file. ConfigError (one line) on any problem."""
+    return storage_from_data(read_config(path), path)
+
+
+def read_config(path: str | Path) -> Any:
+    """A k3 config file as YAML reads it (the Go components' loader reads the same text).
+    ConfigError (one line) if it cannot be read."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -303,7 +309,7 @@ def load_storage(path: str | Path) -> StorageConfig:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: bad YAML{at}: {problem}") from None
-    return storage_from_data(data, path)
+    return data
 
 
 def storage_from_data(data: Any, path: str | Path) -> StorageConfig:

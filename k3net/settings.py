@@ -23,12 +23,11 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from k3net.config import ConfigError, StorageConfig, load_storage
+from k3net.config import ConfigError, StorageConfig, read_config, storage_from_data
 from k3net.core.names import name_problem
 from k3net.durations import format_duration, parse_duration
 
@@ -389,16 +388,10 @@ def show(field: str, value: Any) -> str:
 # --- resolving: flag > environment > config file > default --------------------------------------
 
 
-def network_section(path: str) -> dict[str, Any]:
-    """The `network:` section of a k3 config file, keys as flag names (`peer-ttl`, `peer_ttl`
-    and `PEER_TTL` all name --peer-ttl), values as YAML read them. Call after `load_storage`
-    has found the file readable."""
-    import yaml  # only with a config file: keeps the start quick without one
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+def network_section(data: Any, path: str) -> dict[str, Any]:
+    """The `network:` section of a k3 config file (`data`, as `read_config` read it), keys as
+    flag names (`peer-ttl`, `peer_ttl` and `PEER_TTL` all name --peer-ttl), values as YAML
+    read them."""
     section = data.get("network") if isinstance(data, dict) else None
     if section is None:
         return {}
@@ -491,9 +484,11 @@ def resolve(
     file. What no source gives keeps the default of its `Settings` field. ConfigError (one
     line, naming the flag, variable or file) if a value is unusable."""
     config_path = flag_value("config", given, environ)
-    # load_storage first: its errors name the file's problem best (missing, bad YAML).
-    storage = load_storage(config_path) if config_path else StorageConfig()
-    file_values = network_section(config_path) if config_path else {}
+    storage, file_values = StorageConfig(), {}
+    if config_path:
+        data = read_config(config_path)  # read once: both sections are of the same text
+        storage = storage_from_data(data, config_path)
+        file_values = network_section(data, config_path)
     found: dict[str, Any] = {"config_path": config_path, "storage": storage}
     for flag in FLAGS:
         if flag.name != "config":
