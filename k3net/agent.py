@@ -48,6 +48,7 @@ import trio
 from k3net.core.addresses import MachineAddresses
 from k3net.core.messages import OwnAddresses, SelfHeartbeat, StoreChanged, Tick
 from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
+from k3net.durations import format_duration
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -222,8 +223,8 @@ class Agent:
                 await writer_done.wait()
             if deadline.cancelled_caught:
                 log.warning(
-                    "store did not take the last writes within %.1fs of the signal; "
-                    "%d left unwritten", SHUTDOWN_DEADLINE, writer.backlog,
+                    "store did not take the last writes within %s of the signal; "
+                    "%d left unwritten", format_duration(SHUTDOWN_DEADLINE), writer.backlog,
                 )
             core.cancel_scope.cancel()
         log.info("stopped")

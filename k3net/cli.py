@@ -1,10 +1,12 @@
 """Command line: `k3net run` (the agent) and the commands `nodes`, `peers`, `watch`, `prune`,
 `keygen`.
 
-The flags of `run` are declared once, in `k3net.settings.FLAGS` (names and defaults of the k3 Go
-agent, `cmd/network`); this module only turns that table into argparse options. Go's
-single-dash forms (`-peer-ttl 90s`, `-register-self=false`) are accepted as well. A bad flag,
-value, variable or config file ends the program with exit code 2 and one readable line: no
+The flags of `run` are declared once, as the fields of `k3net.settings.Settings` (names and
+defaults of the k3 Go agent, `cmd/network`); this module only turns them into argparse options
+that keep the text given, which `k3net.settings.resolve` parses as it parses the environment and
+the config file. Go's single-dash forms (`-peer-ttl 90s`, `-register-self=false`) are accepted
+as well. A bad flag, value, variable or config file ends the program with exit code 2 and one
+readable line naming the command and the flag (`k3net run: error: --peer-ttl: ...`): no
 traceback. Expected failures of a command (a store or agent that does not answer) are one line
 and exit code 1; a traceback is printed only for a bug.
 """
@@ -26,6 +28,7 @@ from k3net.settings import (
     Flag,
     Settings,
     describe,
+    flag_value,
     go_flags,
     positive_duration,
     prune_age,
@@ -46,8 +49,33 @@ restart (the log says which). SIGINT and SIGTERM stop the agent cleanly."""
 
 
 class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the command (`k3net run: error: --peer-ttl: ...`), exit 2."""
+
     def error(self, message: str) -> NoReturn:
+        message = message.removeprefix("argument ")  # `--peer-ttl: ...` as for a bad value
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        # argparse reports a command's unknown flag from the top level (`k3net: error`): report
+        # it from the command's own parser instead, which names the command.
+        words = list(sys.argv[1:] if args is None else args)
+        parsed, extras = self.parse_known_args(words, namespace)
+        if extras:
+            self._parser_of(extras[0], words, parsed).error(
+                f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _parser_of(self, word: str, words: list[str],
+                   parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The command's parser if `word` came after the command's name, else this one."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                command = getattr(parsed, action.dest, None)
+                if command in words and word in words[words.index(command) + 1:]:
+                    return action.choices[command]
+        return self
 
 
 class _Version(argparse.Action):
@@ -62,20 +90,6 @@ class _Version(argparse.Action):
 
         print(f"k3net {version.describe()}")
         parser.exit(0)
-
-
-def _arg_type(flag: Flag) -> Callable[[str], Any]:
-    """The flag's parser, with argparse's error type, so the error names the flag."""
-    parse: Callable[[str], Any] = str if flag.repeat else flag.parse
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = flag.name  # argparse names the type in some messages
-    return convert
 
 
 def _duration(text: str) -> float:
@@ -102,23 +116,24 @@ def _selector(text: str) -> Any:
 
 
 def _help(flag: Flag) -> str:
-    default = flag.default if flag.default is not None else flag.derived or "none"
-    env = ", ".join(f"${name}" for name in (flag.env, *flag.legacy_env))
-    return f"{flag.help} (default: {default}; env {env})".replace("%", "%%")
+    env = ", ".join(f"${name}" for name in flag.envs)
+    return f"{flag.help} (default: {flag.default_text()}; env {env})".replace("%", "%%")
 
 
 def add_flag(parser: argparse._ActionsContainer, name: str, **overrides: Any) -> None:
-    """Add the flag declared in `k3net.settings.FLAGS` as `--name` to `parser`. Absent flags
-    are absent from the namespace (SUPPRESS), so that the environment and config can fill in."""
+    """Add the flag declared in `k3net.settings.Settings` as `--name` to `parser`. It keeps the
+    text given (a list of texts for a repeated flag), parsed with the other sources by
+    `k3net.settings`. Absent flags are absent from the namespace (SUPPRESS), so that the
+    environment and config can fill in."""
     flag = FLAG_BY_NAME[name]
     kwargs: dict[str, Any] = {
         "default": argparse.SUPPRESS, "metavar": flag.metavar, "help": _help(flag),
-        "type": _arg_type(flag), "dest": flag.dest,
+        "dest": flag.dest,
     }
     if flag.repeat:
         kwargs["action"] = "append"
     if flag.boolean:
-        kwargs.update(nargs="?", const=True)
+        kwargs.update(nargs="?", const="true")
     kwargs.update(overrides)
     parser.add_argument(f"--{name}", **kwargs)
 
@@ -210,16 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
 _LONG_NAMES = {flag.name for flag in FLAGS} | {"help", "version"}
 
 
+def _valued(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The long flags of the command in `argv` that take exactly one value: they take the next
+    word, whatever it is (`--peer-ttl -5s`, `--older-than -1h`), as Go's flags do."""
+    command = next((word for word in argv if not word.startswith("-")), None)
+    names = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            if command in action.choices:
+                names |= _valued(action.choices[command], ())
+        elif action.nargs is None:
+            names |= {o[2:] for o in action.option_strings if o.startswith("--")}
+    return names
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    return build_parser().parse_args(go_flags(argv, _LONG_NAMES))
+    parser = build_parser()
+    return parser.parse_args(go_flags(argv, _LONG_NAMES, _valued(parser, argv)))
 
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The `run` flags present on the command line, by flag name."""
-    given = {flag.name: getattr(args, flag.dest) for flag in FLAGS if hasattr(args, flag.dest)}
-    if "interface" in given:
-        given["interface"] = tuple(given["interface"])
-    return given
+    """The `run` flags present on the command line, by flag name: their text, or a list of
+    texts for a repeated flag."""
+    return {flag.name: getattr(args, flag.dest) for flag in FLAGS if hasattr(args, flag.dest)}
 
 
 def settings_from_args(
@@ -232,17 +260,7 @@ def settings_from_args(
 def _value(args: argparse.Namespace, name: str) -> Any:
     """A flag of a command other than `run`: the command line, else the environment, else the
     default (the config file's network: section is the agent's)."""
-    flag = FLAG_BY_NAME[name]
-    if hasattr(args, flag.dest):
-        value = getattr(args, flag.dest)
-        return tuple(value) if flag.repeat else value
-    for env in (flag.env, *flag.legacy_env):
-        if os.environ.get(env):
-            try:
-                return flag.parse(os.environ[env])
-            except ValueError as exc:
-                raise ConfigError(f"{env}: {exc}") from None
-    return flag.default_value()
+    return flag_value(name, given_flags(args), os.environ)
 
 
 def _run(args: argparse.Namespace) -> int:

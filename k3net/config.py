@@ -16,43 +16,13 @@ from typing import Annotated, Any, Literal
 import attrs
 import cattrs
 
+# (also imported from here by the scripts: Go durations are part of the config's language)
 from k3net.core.private import exposure
+from k3net.durations import format_duration, parse_duration  # noqa: F401
 
 
 class ConfigError(Exception):
     """A config file or flag value k3net cannot use. The message is one readable line."""
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
-}
-
-
-def parse_duration(text: str) -> float:
-    """A Go duration (`700ms`, `15s`, `1m30s`, `0`) in seconds. Negative durations are refused."""
-    text = text.strip()
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if match is None:
-            raise ValueError(f"invalid duration {text!r} (use Go syntax such as 700ms, 15s, 1m30s)")
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not text:
-        raise ValueError("empty duration")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as a short Go-style duration: 90.0 -> `1m30s`, 0.7 -> `700ms`."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    minutes, secs = divmod(seconds, 60)
-    secs_text = f"{secs:g}s" if secs else ""
-    return f"{int(minutes)}m{secs_text}" if minutes else secs_text
 
 
 # Types of the fields whose reading has rules of its own (see the hooks below).
@@ -322,7 +292,14 @@ def endpoint_uses_tls(endpoint: str) -> bool:
 
 def load_storage(path: str | Path) -> StorageConfig:
     """The `storage:` section of a k3 config file. ConfigError (one line) on any problem,
-    also when the file holds a store password and is not private (`_private_enough`)."""
+    also when the file holds a store password and is not private (`read_config`)."""
+    return storage_from_data(read_config(path), path)
+
+
+def read_config(path: str | Path) -> Any:
+    """A k3 config file as YAML reads it (the Go components' loader reads the same text).
+    ConfigError (one line) if it cannot be read, or if it holds a store password and is not
+    private (`_private_enough`)."""
     path = Path(path)
     try:
         with path.open("rb") as file:
@@ -343,10 +320,11 @@ def load_storage(path: str | Path) -> StorageConfig:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: bad YAML{at}: {problem}") from None
-    return _private_enough(storage_from_data(data, path), path, mode)
+    _private_enough(storage_from_data(data, path), path, mode)
+    return data
 
 
-def _private_enough(config: StorageConfig, path: Path, mode: int) -> StorageConfig:
+def _private_enough(config: StorageConfig, path: Path, mode: int) -> None:
     """A config file that holds a store password must be private, as the cluster key file
     (`k3net.core.private.exposure`): else anyone on the machine could read the password."""
     holds = [f"storage.{name}.password" for name, section in
@@ -355,7 +333,6 @@ def _private_enough(config: StorageConfig, path: Path, mode: int) -> StorageConf
     if problem:
         raise ConfigError(f"{path}: holds {holds[0]}, but its {problem} (or give it to the "
                           "service with systemd's LoadCredential=)")
-    return config
 
 
 def storage_from_data(data: Any, path: str | Path) -> StorageConfig:

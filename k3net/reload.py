@@ -22,6 +22,7 @@ import trio
 
 from k3net.config import ConfigError, StorageConfig
 from k3net.settings import Settings
+from k3net.settings import show as show_setting
 from k3net.store.base import StoreError
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def reconsider(current: Settings, load: Callable[[], Settings],
 
 
 def show(name: str, value: object) -> str:
-    """A setting's value for the log: a store by where it is (never its password), a key never."""
+    """A setting's value for the log as its flag would take it (`1m30s`, `3.333s`, `off`): a
+    store by where it is (never its password), a key never."""
     if isinstance(value, StorageConfig):
         if value.type == "etcd":
             return "etcd " + ",".join(value.etcd.endpoints)
@@ -82,9 +84,7 @@ def show(name: str, value: object) -> str:
             where = m.socket or f"{m.host}:{m.port}"
             return f"mysql {m.user}@{where}/{m.database}"
         return value.type
-    if name == "cluster_key":
-        return "a key" if value else "none"
-    text = str(value)
+    text = show_setting(name, value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -1,5 +1,8 @@
-"""Run settings of `k3net run`: every flag declared once, with its default, its help and its
-environment variable; the command line, `k3net run --help` and `Settings` all read this table.
+"""Run settings of `k3net run`. Each setting is declared once, as a field of `Settings` whose
+metadata is its flag: name, parser, default (the field's), help and environment variable
+(K3NET_ and the name). Everything else is derived from those declarations: `resolve`, the
+options of `k3net run` and `--help` (k3net.cli), the keys of the config file's network:
+section, and the README's flag table (`flag_table`; `scripts/flag_table.py` writes it).
 
 Where a value comes from, first found wins:
 
@@ -7,30 +10,26 @@ Where a value comes from, first found wins:
     2. the environment       K3NET_PEER_TTL=30s  (every flag: K3NET_ + name in upper case, _ for -)
     3. the config file       network: {peer-ttl: 30s}   (a k3net-only section of the k3 YAML,
                                                           ignored by the Go components)
-    4. the default           90s
+    4. the default           1m30s
 
-The Go agent's own variables are kept: `NODE_NAME` (after K3NET_NODE_NAME) and `CONFIG_PATH`
-(after K3NET_CONFIG). A value that cannot be used is a `ConfigError` naming where it came from.
+Every source is text (or YAML) read by the same parser, so a bad value is the same one-line
+`ConfigError` naming where it came from: `--peer-ttl: ...`, `K3NET_PEER_TTL: ...` or
+`k3.yaml: network.peer-ttl: ...`. The Go agent's own variables are kept: `NODE_NAME` (after
+K3NET_NODE_NAME) and `CONFIG_PATH` (after K3NET_CONFIG).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from k3net.config import (
-    ConfigError,
-    StorageConfig,
-    format_duration,
-    load_storage,
-    parse_duration,
-)
+from k3net.config import ConfigError, StorageConfig, read_config, storage_from_data
 from k3net.core.names import name_problem
+from k3net.durations import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from k3net.core.discovery import JoinAddress, Network
@@ -112,7 +111,7 @@ def node_name(text: str) -> str:
 
 
 def _interfaces(text: str) -> tuple[str, ...]:
-    """From the environment or the config file: names separated by commas or spaces."""
+    """Names separated by commas or spaces."""
     return tuple(part for part in text.replace(",", " ").split() if part)
 
 
@@ -158,6 +157,16 @@ def scan_rate(text: str) -> float:
     return value
 
 
+def cluster_key_file(path: str) -> bytes:
+    """The key in a cluster key file (checked: see k3net.core.identity.read_key_file)."""
+    from k3net.core.identity import KeyFileError, read_key_file
+
+    try:
+        return read_key_file(path)
+    except KeyFileError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -168,20 +177,54 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+# --- showing a value as a flag would take it ----------------------------------------------------
+
+
+def show_listen(value: tuple[str, int]) -> str:
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def show_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def show_duration_or_off(seconds: float) -> str:
+    return format_duration(seconds) if seconds else "off"
+
+
+def show_number(value: float) -> str:
+    return f"{value:g}"
+
+
+def show_list(values: Iterable[object]) -> str:
+    return ",".join(str(v) for v in values) or "none"
+
+
+def show_key(key: bytes | None) -> str:
+    """A cluster key is never shown, only whether there is one."""
+    return "a key" if key else "none"
+
+
 # --- the flags ----------------------------------------------------------------------------------
+
+_FLAG = "k3net.flag"
 
 
 @attrs.frozen
 class Flag:
-    """One `k3net run` flag. `default` is the value as a user writes it (shown by --help);
-    `parse` turns text into the value `Settings` holds. `None` as default means "derived"
-    (`derived` says from what) or "none"."""
+    """One `k3net run` flag, declared as the metadata of the `Settings` field(s) it sets.
+    `parse` turns a source's text into the field's value, `show` the value back into text
+    (for --help's default and the log). The rest is filled in from the fields: `fields`, the
+    `Settings` attributes it sets (two for --listen: host and port), and `default`, the value
+    they hold when no source gives one (None when `derived` says how it is found)."""
 
     name: str
     parse: Callable[[str], Any]
-    default: str | None
+    metavar: str
     help: str
-    metavar: str | None = None
+    show: Callable[[Any], str] = str
+    # The default in words, when it is not a value: worked out at start or from another flag.
     derived: str | None = None
     # Several values: the flag repeats; the environment and config take a comma-separated list.
     repeat: bool = False
@@ -191,131 +234,140 @@ class Flag:
     legacy_env: tuple[str, ...] = ()
     # Not settable from the config file (the config file itself).
     in_file: bool = True
+    fields: tuple[str, ...] = ()
+    default: Any = None
 
     @property
     def env(self) -> str:
         return "K3NET_" + self.name.upper().replace("-", "_")
 
     @property
+    def envs(self) -> tuple[str, ...]:
+        """The variables read for this flag, first found wins."""
+        return (self.env, *self.legacy_env)
+
+    @property
     def dest(self) -> str:
         return self.name.replace("-", "_")
 
-    def default_value(self) -> Any:
-        if self.default is None:
-            return () if self.repeat else None
-        return self.parse(self.default)
+    @property
+    def seconds(self) -> bool:
+        """A duration: a bare number in the config file is seconds."""
+        return self.parse in (positive_duration, duration_or_off, prune_after)
+
+    def default_text(self) -> str:
+        """The default as --help and the README show it."""
+        return self.derived or self.show(self.default)
+
+    def settings_values(self, value: Any) -> dict[str, Any]:
+        """The `Settings` attributes this flag's value sets."""
+        if len(self.fields) == 1:
+            return {self.fields[0]: value}
+        return dict(zip(self.fields, value, strict=True))
 
 
-FLAGS: tuple[Flag, ...] = (
-    Flag("config", str, None, in_file=False, metavar="PATH", legacy_env=("CONFIG_PATH",),
-         derived="the embedded memory store",
-         help="k3 YAML config: its storage: section (the Go components' store) and k3net's own "
-         "network: section (any flag below, by name)"),
-    Flag("listen", parse_listen, ":7946", metavar="ADDR",
-         help="HTTP listener (/healthz /livez /readyz /info /nodes /metrics /events); its port is "
-         "the one advertised over mDNS and probed by peers"),
-    Flag("service", str, "_k3._tcp", metavar="NAME", help="DNS-SD service type"),
-    Flag("domain", str, "local.", metavar="NAME", help="mDNS domain"),
-    Flag("interface", _interfaces, None, metavar="NAME", repeat=True,
-         derived="the LAN interfaces: not container/VM bridges, bridge ports or tunnels",
-         help="network interface for mDNS; repeat for several"),
-    Flag("node-name", node_name, None, metavar="NAME", legacy_env=("NODE_NAME",),
-         derived="the host name", help="this node's name (mDNS instance and Node name)"),
-    Flag("peer-ttl", positive_duration, "90s", metavar="DUR",
-         help="a peer no agent reached for this long is no longer Ready"),
-    Flag("probe-interval", positive_duration, None, metavar="DUR", derived="peer-ttl/6",
-         help="how often every peer is probed"),
-    Flag("probe-timeout", positive_duration, "700ms", metavar="DUR",
-         help="a probe that takes longer failed"),
-    Flag("register-self", parse_bool, "true", metavar="BOOL", boolean=True,
-         help="also keep a Node for this machine"),
-    Flag("advertise-address", advertise_addresses, None, metavar="ADDR", repeat=True,
-         derived="the addresses of the LAN interfaces, without container/VM bridges and tunnels",
-         help="advertise exactly this address over mDNS; repeat for several"),
-    Flag("cluster-key-file", str, None, metavar="PATH", derived="none: open, as the Go agent",
-         help="shared secret of this cluster (chmod 600, at least 128 bits: make one with k3net "
-         "keygen PATH): only agents that prove it are written, and this agent proves it to "
-         "them; the key never travels"),
-    Flag("prune-after", prune_after, "off", metavar="DUR",
-         help="delete managed Nodes not Ready and not seen for longer than this (at least 1h), "
-         "with compare-and-swap (as k3net prune --older-than DUR); off keeps them for ever"),
-    Flag("join", join_addresses, None, metavar="HOST[:PORT]", repeat=True,
-         derived="none",
-         help="an agent to ask who it is and follow as a peer, beyond mDNS's reach (another "
-         "subnet); the port defaults to ours. Retried with backoff until it answers, never "
-         "fatal; repeat for several"),
-    Flag("scan", scan_ranges, None, metavar="CIDR", repeat=True, derived="none: no scan",
-         help="probe our port on EVERY address of this range each scan interval and follow the "
-         "agents that answer (sends traffic to the whole range; at most a /22 per entry); "
-         "repeat for several"),
-    Flag("scan-interval", positive_duration, "1m", metavar="DUR",
-         help="time between two --scan passes: a new agent on a scanned range is found within "
-         "it, at one connection attempt per address each time"),
-    Flag("scan-rate", scan_rate, "100", metavar="N",
-         help="--scan starts at most this many connection attempts per second (a /24 takes "
-         "about 2.5 s at 100)"),
-    Flag("log-level", _choice("debug", "info", "warning", "error"), "info", metavar="LEVEL",
-         help="debug, info, warning or error"),
-    Flag("log-format", _choice("text", "json"), "text", metavar="FORMAT",
-         help="text for people, json (one object per line) for collectors"),
-)
-FLAG_BY_NAME = {flag.name: flag for flag in FLAGS}
+def flag(
+    name: str, parse: Callable[[str], Any], metavar: str, help: str, *,
+    show: Callable[[Any], str] = str, derived: str | None = None, repeat: bool = False,
+    boolean: bool = False, legacy_env: tuple[str, ...] = (), in_file: bool = True,
+) -> dict[str, Flag]:
+    """The metadata of a `Settings` field set by the flag `--name` (see Flag)."""
+    return {_FLAG: Flag(name, parse, metavar, help, show=show, derived=derived, repeat=repeat,
+                        boolean=boolean, legacy_env=legacy_env, in_file=in_file)}
 
 
-def default(name: str) -> Any:
-    """The default value of a flag, parsed: the one place the defaults are written."""
-    return FLAG_BY_NAME[name].default_value()
+_LISTEN = flag(
+    "listen", parse_listen, "ADDR", show=show_listen,
+    help="HTTP listener (/healthz /livez /readyz /info /nodes /metrics /events); its port is "
+    "the one advertised over mDNS and probed by peers")
+
+
+def _sixth_of_peer_ttl(settings: Settings) -> float:
+    return settings.peer_ttl / 6
 
 
 # --- the settings -------------------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Settings:
-    """Everything `k3net run` needs, after flags, environment and config file are read. The
-    defaults are the flags' (see FLAGS, where each one is explained)."""
+    """Everything `k3net run` needs, after flags, environment and config file are read. Each
+    field's default is the flag's; its help (in the metadata) says what it is for and why."""
 
-    # This node's name: the mDNS instance name and the Node's metadata.name.
-    node_name: str
-    # HTTP listener; its port is also the one advertised over mDNS and probed by peers.
-    listen_host: str = default("listen")[0]
-    listen_port: int = default("listen")[1]
-    # DNS-SD service type and mDNS domain, as the Go agent.
-    service: str = default("service")
-    domain: str = default("domain")
-    # A peer nobody has reached for this long is no longer Ready (Unknown/PeerExpired).
-    peer_ttl: float = default("peer-ttl")
-    # How often every known peer is probed; peer_ttl/6 gives about six chances per TTL.
-    probe_interval: float = default("peer-ttl") / 6
-    # A probe that takes longer than this failed. 700ms is far above LAN round trips.
-    probe_timeout: float = default("probe-timeout")
-    # Also keep a Node for this machine, heartbeated by this agent.
-    register_self: bool = default("register-self")
-    # Interface names to advertise and browse on; empty means every multicast-capable one.
-    interfaces: tuple[str, ...] = ()
-    # Addresses to advertise exactly (--advertise-address), instead of the interfaces' own.
-    advertise_addresses: tuple[str, ...] = ()
-    # The cluster key (read from --cluster-key-file), or None for the open, Go-compatible
-    # behaviour: with it, only peers whose /info answer proves the key are written, and our
-    # /info proves it. Never shown (repr=False), never logged, never stored.
-    cluster_key: bytes | None = attrs.field(default=None, repr=False)
-    # Agents to ask who they are and follow as peers (--join): how subnets that mDNS does not
-    # join see each other with the memory store. The port None means our listen port.
-    join: tuple[JoinAddress, ...] = ()
-    # Address ranges to scan on our listen port every scan_interval (--scan), at scan_rate
-    # connection attempts per second at most. Opt-in: it sends traffic to every address there.
-    scan: tuple[Network, ...] = ()
-    # A minute: a newcomer on a scanned range is found within it, and a /24 costs about four
-    # connection attempts per second on average per scanning agent.
-    scan_interval: float = default("scan-interval")
-    # 100 attempts per second: a /24 in about 2.5 s, a /22 in about 10 s, never a burst.
-    scan_rate: float = default("scan-rate")
+    config_path: str | None = attrs.field(default=None, metadata=flag(
+        "config", str, "PATH", legacy_env=("CONFIG_PATH",), in_file=False,
+        derived="the embedded memory store",
+        help="k3 YAML config: its storage: section (the Go components' store) and k3net's own "
+        "network: section (any flag below, by name)"))
+    # The config file's storage: section (the memory store without a config file).
     storage: StorageConfig = StorageConfig()
-    config_path: str | None = None
-    # Managed Nodes not Ready for this long are deleted (0: never): see k3net.tasks.prune.
-    prune_after: float = default("prune-after")
-    log_level: str = default("log-level")
-    log_format: str = default("log-format")
+    listen_host: str = attrs.field(default="", metadata=_LISTEN)
+    listen_port: int = attrs.field(default=7946, metadata=_LISTEN)
+    service: str = attrs.field(default="_k3._tcp", metadata=flag(
+        "service", str, "NAME", help="DNS-SD service type"))
+    domain: str = attrs.field(default="local.", metadata=flag(
+        "domain", str, "NAME", help="mDNS domain"))
+    interfaces: tuple[str, ...] = attrs.field(default=(), metadata=flag(
+        "interface", _interfaces, "NAME", repeat=True, show=show_list,
+        derived="the LAN interfaces: not container/VM bridges, bridge ports or tunnels",
+        help="network interface for mDNS; repeat for several"))
+    node_name: str = attrs.field(metadata=flag(
+        "node-name", node_name, "NAME", legacy_env=("NODE_NAME",), derived="the host name",
+        help="this node's name (mDNS instance and Node name): a DNS-1123 subdomain"))
+    peer_ttl: float = attrs.field(default=90.0, metadata=flag(
+        "peer-ttl", positive_duration, "DUR", show=format_duration,
+        help="a peer no agent reached for this long is no longer Ready"))
+    probe_interval: float = attrs.field(
+        default=attrs.Factory(_sixth_of_peer_ttl, takes_self=True), metadata=flag(
+            "probe-interval", positive_duration, "DUR", show=format_duration,
+            derived="peer-ttl/6",
+            help="how often every peer is probed (the default gives six chances per peer-ttl)"))
+    probe_timeout: float = attrs.field(default=0.7, metadata=flag(
+        "probe-timeout", positive_duration, "DUR", show=format_duration,
+        help="a probe that takes longer failed (700ms is far above LAN round trips)"))
+    register_self: bool = attrs.field(default=True, metadata=flag(
+        "register-self", parse_bool, "BOOL", boolean=True, show=show_bool,
+        help="also keep a Node for this machine, heartbeated by this agent"))
+    advertise_addresses: tuple[str, ...] = attrs.field(default=(), metadata=flag(
+        "advertise-address", advertise_addresses, "ADDR", repeat=True, show=show_list,
+        derived="the addresses of the LAN interfaces, without container/VM bridges and tunnels",
+        help="advertise exactly this address over mDNS; repeat for several"))
+    # Never shown (repr=False), never logged, never stored.
+    cluster_key: bytes | None = attrs.field(default=None, repr=False, metadata=flag(
+        "cluster-key-file", cluster_key_file, "PATH", show=show_key,
+        derived="none: open, as the Go agent",
+        help="shared secret of this cluster (chmod 600, at least 128 bits: make one with k3net "
+        "keygen PATH): only agents that prove it are written, and this agent proves it to "
+        "them; the key never travels"))
+    prune_after: float = attrs.field(default=0.0, metadata=flag(
+        "prune-after", prune_after, "DUR", show=show_duration_or_off,
+        help="delete managed Nodes not Ready and not seen for longer than this (at least 1h), "
+        "with compare-and-swap (as k3net prune --older-than DUR); off keeps them for ever"))
+    join: tuple[JoinAddress, ...] = attrs.field(default=(), metadata=flag(
+        "join", join_addresses, "HOST[:PORT]", repeat=True, show=show_list, derived="none",
+        help="an agent to ask who it is and follow as a peer, beyond mDNS's reach (another "
+        "subnet); the port defaults to ours. Retried with backoff until it answers, never "
+        "fatal; repeat for several"))
+    scan: tuple[Network, ...] = attrs.field(default=(), metadata=flag(
+        "scan", scan_ranges, "CIDR", repeat=True, show=show_list, derived="none: no scan",
+        help="probe our port on EVERY address of this range each scan interval and follow the "
+        "agents that answer (sends traffic to the whole range; at most a /22 per entry); "
+        "repeat for several"))
+    scan_interval: float = attrs.field(default=60.0, metadata=flag(
+        "scan-interval", positive_duration, "DUR", show=format_duration,
+        help="time between two --scan passes: a new agent on a scanned range is found within "
+        "it, at one connection attempt per address each time (a /24 every minute is about "
+        "four attempts per second)"))
+    scan_rate: float = attrs.field(default=100.0, metadata=flag(
+        "scan-rate", scan_rate, "N", show=show_number,
+        help="--scan starts at most this many connection attempts per second (a /24 takes "
+        "about 2.5 s at 100, a /22 about 10 s: never a burst)"))
+    log_level: str = attrs.field(default="info", metadata=flag(
+        "log-level", _choice("debug", "info", "warning", "error"), "LEVEL",
+        help="debug, info, warning or error"))
+    log_format: str = attrs.field(default="text", metadata=flag(
+        "log-format", _choice("text", "json"), "FORMAT",
+        help="text for people, json (one object per line) for collectors"))
 
     @property
     def refresh_interval(self) -> float:
@@ -323,32 +375,45 @@ class Settings:
         return self.peer_ttl / 3
 
 
+_FACTORY: type = type(attrs.Factory(list))
+
+
+def _collect_flags() -> tuple[Flag, ...]:
+    """The flags in the order of their fields, each with its fields and default filled in."""
+    declared: dict[Flag, list[attrs.Attribute[Any]]] = {}
+    for field in attrs.fields(Settings):
+        if _FLAG in field.metadata:
+            declared.setdefault(field.metadata[_FLAG], []).append(field)
+    flags = []
+    for decl, fields in declared.items():
+        # (a default worked out when Settings is made, or none: the flag's `derived` says it)
+        defaults = [None if isinstance(f.default, _FACTORY) or f.default is attrs.NOTHING
+                    else f.default for f in fields]
+        default = defaults[0] if len(fields) == 1 else tuple(defaults)
+        flags.append(attrs.evolve(decl, fields=tuple(f.name for f in fields), default=default))
+    return tuple(flags)
+
+
+FLAGS: tuple[Flag, ...] = _collect_flags()
+FLAG_BY_NAME = {flag.name: flag for flag in FLAGS}
+_FLAG_OF_FIELD = {field: flag for flag in FLAGS for field in flag.fields}
+
+
+def show(field: str, value: Any) -> str:
+    """A `Settings` attribute's value as its flag would take it (`1h0m0s`, `true`, `off`)."""
+    flag = _FLAG_OF_FIELD.get(field)
+    if flag is None or len(flag.fields) > 1:
+        return str(value)
+    return flag.show(value)
+
+
 # --- resolving: flag > environment > config file > default --------------------------------------
 
 
-def _file_text(value: Any, flag: Flag, where: str) -> str:
-    """A YAML value as the text a flag takes: `true`, `90`, [eth0, eth1] are fine too."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)) and flag.parse in (
-            positive_duration, duration_or_off, prune_after):
-        return f"{value}s"  # a bare number in the file is seconds, as elsewhere in the config
-    if isinstance(value, list) and flag.repeat:
-        return ",".join(str(v) for v in value)
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    raise ConfigError(f"{where}: expected a single value, got {value!r}")
-
-
-def network_section(path: str) -> dict[str, Any]:
-    """The `network:` section of a k3 config file, keys as flag names (`peer-ttl`, `peer_ttl`
-    and `PEER_TTL` all name --peer-ttl). Call after `load_storage` has found the file readable."""
-    import yaml  # only with a config file: keeps the start quick without one
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+def network_section(data: Any, path: str) -> dict[str, Any]:
+    """The `network:` section of a k3 config file (`data`, as `read_config` read it), keys as
+    flag names (`peer-ttl`, `peer_ttl` and `PEER_TTL` all name --peer-ttl), values as YAML
+    read them."""
     section = data.get("network") if isinstance(data, dict) else None
     if section is None:
         return {}
@@ -361,9 +426,9 @@ def network_section(path: str) -> dict[str, Any]:
         if flag is None or not flag.in_file:
             known = ", ".join(f.name for f in FLAGS if f.in_file)
             raise ConfigError(f"{path}: network.{key}: unknown setting (known: {known})")
-        if value is None or value == "":
+        if value is None or value == "" or value == []:
             continue  # empty means the default, as the Go loader reads it
-        out[name] = _file_text(value, flag, f"{path}: network.{key}")
+        out[name] = value
     return out
 
 
@@ -374,83 +439,87 @@ def _parse(flag: Flag, text: str, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _joined(flag: Flag, parts: Sequence[Any]) -> Any:
+    """The value of a flag given several times: the last one, or for a repeated flag all the
+    items, each once, in order."""
+    if not flag.repeat:
+        return parts[-1]
+    return tuple(dict.fromkeys(item for part in parts for item in part))
+
+
+def _from_command_line(flag: Flag, given: Any) -> Any:
+    """What the command line said: a text, a list of texts (a repeated flag), or a value
+    already of the flag's type (from a caller that has one)."""
+    texts = given if isinstance(given, list) else [given]
+    where = f"--{flag.name}"
+    return _joined(flag, [_parse(flag, t, where) if isinstance(t, str) else t for t in texts])
+
+
+def _from_file(flag: Flag, value: Any, where: str) -> Any:
+    """A YAML value: text as a flag takes it, and also `true`, `90` (seconds, for a duration),
+    or a list for a repeated flag."""
+    items = value if isinstance(value, list) and flag.repeat else [value]
+    texts = []
+    for item in items:
+        if isinstance(item, bool):
+            texts.append(show_bool(item))
+        elif isinstance(item, (int, float)) and flag.seconds:
+            texts.append(f"{item}s")  # a bare number is seconds, as elsewhere in the config
+        elif isinstance(item, (str, int, float)):
+            texts.append(str(item))
+        else:
+            raise ConfigError(f"{where}: expected a single value, got {item!r}")
+    return _joined(flag, [_parse(flag, text, where) for text in texts])
+
+
+_ABSENT = object()
+
+
+def _found(flag: Flag, given: Mapping[str, Any], environ: Mapping[str, str],
+           file_values: Mapping[str, Any], config_path: str | None) -> Any:
+    """The flag's value from the first source that has one, or _ABSENT."""
+    if flag.name in given:
+        return _from_command_line(flag, given[flag.name])
+    for env in flag.envs:
+        if environ.get(env):
+            return _parse(flag, environ[env], env)
+    if flag.name in file_values:
+        return _from_file(flag, file_values[flag.name], f"{config_path}: network.{flag.name}")
+    return _ABSENT
+
+
+def flag_value(name: str, given: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+    """One flag, for a command other than `run`: the command line, else the environment, else
+    the default (the config file's network: section is the agent's)."""
+    flag = FLAG_BY_NAME[name]
+    found = _found(flag, given, environ, {}, None)
+    return flag.default if found is _ABSENT else found
+
+
 def resolve(
     given: Mapping[str, Any],
     environ: Mapping[str, str],
     hostname: Callable[[], str] = socket.gethostname,
 ) -> Settings:
-    """Settings from the flags given on the command line (`given`: flag name -> parsed value,
-    only those present), the environment and the config file. ConfigError (one line, naming
-    the flag, variable or file) if a value is unusable."""
-    values: dict[str, Any] = {}
-    config_path = _config_path(given, environ)
-    # load_storage first: its errors name the file's problem best (missing, bad YAML).
-    storage = load_storage(config_path) if config_path else StorageConfig()
-    file_values = network_section(config_path) if config_path else {}
+    """Settings from the flags given on the command line (`given`: flag name -> its text, a
+    list of texts for a repeated flag; only those present), the environment and the config
+    file. What no source gives keeps the default of its `Settings` field. ConfigError (one
+    line, naming the flag, variable or file) if a value is unusable."""
+    config_path = flag_value("config", given, environ)
+    storage, file_values = StorageConfig(), {}
+    if config_path:
+        data = read_config(config_path)  # read once: both sections are of the same text
+        storage = storage_from_data(data, config_path)
+        file_values = network_section(data, config_path)
+    found: dict[str, Any] = {"config_path": config_path, "storage": storage}
     for flag in FLAGS:
-        if flag.name == "config":
-            continue
-        if flag.name in given:
-            values[flag.name] = given[flag.name]
-            continue
-        env_name = next((n for n in (flag.env, *flag.legacy_env) if environ.get(n)), None)
-        if env_name is not None:
-            values[flag.name] = _parse(flag, environ[env_name], env_name)
-        elif flag.name in file_values:
-            where = f"{config_path}: network.{flag.name}"
-            values[flag.name] = _parse(flag, file_values[flag.name], where)
-        else:
-            values[flag.name] = flag.default_value()
-    if values["node-name"] is None:
-        values["node-name"] = _parse(FLAG_BY_NAME["node-name"], hostname().lower(), "host name")
-    peer_ttl = values["peer-ttl"]
-    host, port = values["listen"]
-    return Settings(
-        node_name=values["node-name"],
-        listen_host=host,
-        listen_port=port,
-        service=values["service"],
-        domain=values["domain"],
-        peer_ttl=peer_ttl,
-        probe_interval=values["probe-interval"] or peer_ttl / 6,
-        probe_timeout=values["probe-timeout"],
-        register_self=values["register-self"],
-        interfaces=tuple(values["interface"]),
-        # (repeated flags arrive as given: checked here, wherever they came from)
-        advertise_addresses=_parse(FLAG_BY_NAME["advertise-address"],
-                                   ",".join(values["advertise-address"]), "--advertise-address"),
-        cluster_key=_cluster_key(values["cluster-key-file"]),
-        join=_parse(FLAG_BY_NAME["join"], ",".join(str(v) for v in values["join"]), "--join"),
-        scan=_parse(FLAG_BY_NAME["scan"], ",".join(str(v) for v in values["scan"]), "--scan"),
-        scan_interval=values["scan-interval"],
-        scan_rate=values["scan-rate"],
-        storage=storage,
-        config_path=config_path,
-        prune_after=values["prune-after"],
-        log_level=values["log-level"],
-        log_format=values["log-format"],
-    )
-
-
-def _cluster_key(path: str | None) -> bytes | None:
-    if not path:
-        return None
-    from k3net.core.identity import KeyFileError, read_key_file
-
-    try:
-        return read_key_file(path)
-    except KeyFileError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _config_path(given: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:
-    if given.get("config"):
-        return str(given["config"])
-    flag = FLAG_BY_NAME["config"]
-    for name in (flag.env, *flag.legacy_env):
-        if environ.get(name):
-            return environ[name]
-    return None
+        if flag.name != "config":
+            got = _found(flag, given, environ, file_values, config_path)
+            if got is not _ABSENT:
+                found.update(flag.settings_values(got))
+    if "node_name" not in found:
+        found["node_name"] = _parse(FLAG_BY_NAME["node-name"], hostname().lower(), "host name")
+    return Settings(**found)
 
 
 def describe(settings: Settings) -> str:
@@ -462,15 +531,32 @@ def describe(settings: Settings) -> str:
     )
 
 
+def flag_table() -> str:
+    """The flags of `k3net run` as a Markdown table (the README's: scripts/flag_table.py)."""
+    rows = ["| flag | default | environment | meaning |", "|---|---|---|---|"]
+    for flag in FLAGS:
+        default = flag.derived or f"`{flag.default_text()}`"
+        env = ", ".join(f"`{name}`" for name in flag.envs)
+        meaning = flag.help.replace("|", "\\|")
+        rows.append(f"| `--{flag.name} {flag.metavar}` | {default} | {env} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
 # --- Go's flag syntax ---------------------------------------------------------------------------
 
 
-def go_flags(argv: Sequence[str], long_names: set[str]) -> list[str]:
+def go_flags(argv: Sequence[str], long_names: set[str],
+             valued: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Go's flag package takes `-peer-ttl 90s` and `-register-self=false` with one dash; argparse
     would read `-peer-ttl` as `-p eer-ttl`. Rewrite a single-dash word that names a long flag
-    (before a lone `--`) to its double-dash form, so a Go agent's command line runs unchanged."""
+    (before a lone `--`) to its double-dash form, so a Go agent's command line runs unchanged.
+
+    A flag named in `valued` takes the next word as its value whatever it is, as in Go
+    (`--peer-ttl -5s` is the value `-5s`, refused as negative, where argparse would take `-5s`
+    for an unknown option and say the flag has no value): it is written `--peer-ttl=-5s`."""
     out: list[str] = []
-    for i, arg in enumerate(argv):
+    words = iter(enumerate(argv))
+    for i, arg in words:
         if arg == "--":
             out.extend(argv[i:])
             break
@@ -478,5 +564,7 @@ def go_flags(argv: Sequence[str], long_names: set[str]) -> list[str]:
             name = arg[1:].split("=", 1)[0]
             if name in long_names:
                 arg = "-" + arg
+        if arg.startswith("--") and arg[2:] in valued and i + 1 < len(argv):
+            arg = f"{arg}={next(words)[1]}"
         out.append(arg)
     return out

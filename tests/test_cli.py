@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from k3net import cli
 from k3net.config import ConfigError
+from k3net.core.discovery import JoinAddress
 from k3net.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +28,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings(*argv: str) -> Settings:
-    return cli.settings_from_args(cli.build_parser().parse_args(["run", *argv]))
+    return cli.settings_from_args(cli.parse_args(["run", *argv]))
 
 
 def exit_code(argv: Sequence[str]) -> int:
@@ -89,6 +91,14 @@ def test_defaults_match_the_go_agent(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--register-self"], "register_self", True),
         (["--interface=eth0"], "interfaces", ("eth0",)),
         (["--interface=eth0", "--interface", "wlan0"], "interfaces", ("eth0", "wlan0")),
+        (["--interface=eth0,eth1", "--interface", "wlan0"], "interfaces", ("eth0", "eth1", "wlan0")),
+        (["--interface=eth0", "--interface=eth0"], "interfaces", ("eth0",)),
+        (["--join=10.0.0.1", "--join", "node-c:7000"], "join",
+         (JoinAddress("10.0.0.1"), JoinAddress("node-c", 7000))),
+        (["--scan=10.9.0.0/24", "--scan=10.9.1.0/24"], "scan",
+         (ipaddress.ip_network("10.9.0.0/24"), ipaddress.ip_network("10.9.1.0/24"))),
+        (["--prune-after=72h"], "prune_after", 72 * 3600.0),
+        (["--prune-after=off"], "prune_after", 0.0),
     ],
 )
 def test_run_flags(
@@ -116,6 +126,8 @@ def test_logging_flags(argv: list[str], attr: str, value: str) -> None:
 
 BAD_FLAGS = [
     ["run", "--peer-ttl=abc"],
+    ["run", "--peer-ttl", "-5s"],
+    ["run", "-peer-ttl", "-5s"],
     ["run", "--peer-ttl=10"],
     ["run", "--peer-ttl=0"],
     ["run", "--peer-ttl=-1s"],
@@ -129,21 +141,61 @@ BAD_FLAGS = [
     ["run", "--register-self=maybe"],
     ["run", "--log-level=loud"],
     ["run", "--log-format=xml"],
+    ["run", "--scan=10.9.0.0/24", "--scan=10.9.1.0/33"],
+    ["run", "--join=a:99999"],
     ["run", "--bogus"],
+    ["run", "extra"],
     ["run", "--peer-ttl"],
-    ["fly"],
-    [],
 ]
 
 
-@pytest.mark.parametrize("argv", BAD_FLAGS, ids=lambda a: " ".join(a) or "no-command")
-def test_bad_flag_exits_2_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        cli.build_parser().parse_args(argv)
-    assert exc.value.code == 2
+@pytest.mark.parametrize("argv", BAD_FLAGS, ids=" ".join)
+def test_bad_run_flag_exits_2_with_one_line_naming_run(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_code(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "error" in one_line(captured.err)
+    assert one_line(captured.err).startswith("k3net run: error: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["run", "--peer-ttl", "-5s"], "k3net run: error: --peer-ttl: negative duration '-5s'"),
+        (["run", "-probe-timeout", "-1s"],
+         "k3net run: error: --probe-timeout: negative duration '-1s'"),
+        (["run", "--peer-ttl=0"], "k3net run: error: --peer-ttl: duration must be more than 0: '0'"),
+        (["run", "--scan=10.9.0.0/24", "--scan=nope"],
+         "k3net run: error: --scan: invalid scan range 'nope' (use a CIDR block like 10.0.2.0/24)"),
+        (["run", "--bogus"], "k3net run: error: unrecognized arguments: --bogus (see --help)"),
+        (["run", "--peer-ttl"], "k3net run: error: --peer-ttl: expected one argument (see --help)"),
+        (["prune", "--config=k3.yaml", "--older-than", "-1h"],
+         "k3net prune: error: --older-than: negative duration '-1h' (see --help)"),
+    ],
+)
+def test_run_usage_errors_name_the_command_and_the_flag(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_code(argv) == 2
+    assert one_line(capsys.readouterr().err) == line
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        ([], "k3net"), (["fly"], "k3net"), (["--bogus"], "k3net"), (["--bogus", "run"], "k3net"),
+        (["run", "run"], "k3net run"),
+        (["nodes", "--bogus"], "k3net nodes"), (["peers", "--bogus"], "k3net peers"),
+        (["watch", "--bogus"], "k3net watch"), (["prune", "--bogus"], "k3net prune"),
+    ],
+    ids=lambda a: " ".join(a) if isinstance(a, list) else None,
+)
+def test_usage_errors_name_the_command_that_has_them(
+    argv: list[str], prog: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_code(argv) == 2
+    assert one_line(capsys.readouterr().err).startswith(f"{prog}: error: ")
 
 
 @pytest.mark.parametrize("argv", [["run", "--peer-ttl=abc"], ["run", "--listen=nope"]])
@@ -154,17 +206,14 @@ def test_main_bad_flag_exits_2(argv: list[str], capsys: pytest.CaptureFixture[st
 
 @pytest.mark.parametrize("value", ["::1", "1:2:3:7946"])
 def test_unbracketed_ipv6_listen_is_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        cli.build_parser().parse_args(["run", f"--listen={value}"])
-    assert exc.value.code == 2
-    one_line(capsys.readouterr().err)
+    assert exit_code(["run", f"--listen={value}"]) == 2
+    assert "brackets" in one_line(capsys.readouterr().err)
 
 
 def test_error_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["run", "--peer-ttl=abc"])
+    assert exit_code(["run", "--peer-ttl=abc"]) == 2
     line = one_line(capsys.readouterr().err)
-    assert "--peer-ttl" in line and "abc" in line
+    assert line.startswith("k3net run: error: --peer-ttl: ") and "abc" in line
 
 
 @pytest.mark.parametrize(
@@ -232,6 +281,14 @@ def test_config_error_from_env_exits_2(
     assert "missing.yaml" in one_line(capsys.readouterr().err)
 
 
+def test_only_the_command_s_own_flags_take_the_next_word() -> None:
+    # `peers --server` may stand alone (the local agent): -o is the next flag, not its value.
+    args = cli.parse_args(["peers", "--server", "-o", "json"])
+    assert args.server != "-o" and args.output == "json"
+    args = cli.parse_args(["nodes", "--server", "http://a:1", "-o", "json"])
+    assert (args.server, args.output) == ("http://a:1", "json")
+
+
 def test_help_lists_every_run_flag(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.build_parser().parse_args(["run", "--help"])
@@ -241,8 +298,8 @@ def test_help_lists_every_run_flag(capsys: pytest.CaptureFixture[str]) -> None:
                  "--register-self", "--probe-interval", "--probe-timeout", "--interface",
                  "--log-level", "--log-format"):
         assert flag in out, flag
-    for default in (":7946", "_k3._tcp", "local.", "90s", "700ms", "peer-ttl/6"):
-        assert default in out, default
+    for default in (":7946", "_k3._tcp", "local.", "1m30s", "700ms", "peer-ttl/6", "1m0s"):
+        assert f"default: {default}" in out, default
 
 
 def test_python_m_k3net_bad_duration_exits_2_with_one_line() -> None:

@@ -210,14 +210,22 @@ def test_format_json_and_yaml(output: str) -> None:
 @pytest.mark.parametrize(
     "argv",
     [["prune"], ["prune", "--older-than=soon"], ["prune", "--older-than=0"],
-     ["prune", "--older-than=59m"], ["prune", "--older-than", "1h", "--server", "x"],
-     ["run", "--prune-after=1ms"], ["run", "--prune-after", "59m59s"]],
+     ["prune", "--older-than=59m"], ["prune", "--older-than", "1h", "--server", "x"]],
 )
 def test_bad_prune_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.parse_args(argv)
     assert exc.value.code == 2
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["1ms", "59m59s"])
+def test_prune_after_below_an_hour_stops_run_with_one_line(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["run", "--prune-after", value]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--prune-after" in err[0] and "hour" in err[0]
 
 
 def test_prune_needs_a_store(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

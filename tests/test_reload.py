@@ -33,7 +33,9 @@ def test_changes_split_live_and_restart() -> None:
                    storage=etcd)
     live, later = reload.changes(OLD, new)
     assert live == {"log_level": ("info", "debug"), "storage": (StorageConfig(), etcd)}
-    assert later == {"peer_ttl": (90.0, 30.0), "listen_port": (7946, 7000)}
+    # (the probe interval is still peer-ttl/6: it changes with it)
+    assert later == {"peer_ttl": (90.0, 30.0), "probe_interval": (15.0, 5.0),
+                     "listen_port": (7946, 7000)}
 
 
 def test_the_log_names_a_store_by_where_it_is_never_its_password() -> None:
@@ -43,6 +45,32 @@ def test_the_log_names_a_store_by_where_it_is_never_its_password() -> None:
                                                       password="hunter2"))
     assert reload.show("storage", etcd) == "etcd https://e1:2379"
     assert reload.show("cluster_key", b"hunter2") == "a key"
+    assert reload.show("cluster_key", None) == "none"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "text"),
+    [("peer_ttl", 3600.0, "1h0m0s"), ("probe_interval", 20 / 6, "3.333s"),
+     ("probe_timeout", 0.7, "700ms"), ("prune_after", 72 * 3600.0, "72h0m0s"),
+     ("prune_after", 0.0, "off"), ("scan_interval", 90.0, "1m30s"),
+     ("register_self", False, "false"), ("scan_rate", 100.0, "100"),
+     ("interfaces", ("eth0", "eth1"), "eth0,eth1"), ("interfaces", (), "none"),
+     ("listen_port", 7000, "7000"), ("config_path", None, "None")],
+)
+def test_the_log_shows_a_value_as_its_flag_takes_it(name: str, value: object, text: str) -> None:
+    assert reload.show(name, value) == text
+
+
+def test_a_changed_duration_is_logged_as_go_prints_it(caplog: pytest.LogCaptureFixture) -> None:
+    old = Settings(node_name="n1", peer_ttl=30.0)
+    new = Settings(node_name="n1", peer_ttl=20.0)
+    with caplog.at_level(logging.INFO, "k3net.reload"):
+        reload.reconsider(old, lambda: new, lambda *a: None)
+    messages = [r.message for r in caplog.records]
+    assert "SIGHUP: peer-ttl changed (30s -> 20s): takes effect on restart, running value kept" \
+        in messages
+    assert "SIGHUP: probe-interval changed (5s -> 3.333s): takes effect on restart, running " \
+        "value kept" in messages
 
 
 def test_reconsider_applies_the_log_level_and_keeps_the_rest(
@@ -100,7 +128,7 @@ def test_sighup_reloads_without_dropping_the_registration(tmp_path: Path) -> Non
             config.write_text(json.dumps({"network": {"log-level": "debug", "probe-interval": "3s"}}))
             proc.send_signal(signal.SIGHUP)
             wait_for(lambda: log_has("SIGHUP: log-level info -> debug"), 10, what="reload")
-            assert log_has("probe-interval changed") and log_has("takes effect on restart")
+            assert log_has("probe-interval changed (500ms -> 3s): takes effect on restart")
             # The own Node's heartbeat (every second at peer-ttl 3s) is logged at debug level.
             wait_for(lambda: log_has(" DEBUG "), 10, what="debug lines after the reload")
 

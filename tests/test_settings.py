@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from k3net import cli, version
 from k3net.config import ConfigError
 from k3net.core.discovery import JoinAddress
-from k3net.settings import FLAGS, Settings, go_flags
+from k3net.settings import FLAG_BY_NAME, FLAGS, Settings, flag_table, go_flags
+from k3net.settings import resolve as resolve_given
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -186,6 +188,15 @@ def test_go_forms_leave_other_words_alone() -> None:
     assert go_flags(["-x-unknown"], names) == ["-x-unknown"]
 
 
+def test_a_flag_with_a_value_takes_the_next_word_as_go_does() -> None:
+    names = {"peer-ttl", "register-self"}
+    valued = {"peer-ttl"}
+    assert go_flags(["-peer-ttl", "-5s", "--register-self", "-x"], names, valued) == \
+        ["--peer-ttl=-5s", "--register-self", "-x"]
+    assert go_flags(["--peer-ttl=1s", "--peer-ttl"], names, valued) == ["--peer-ttl=1s", "--peer-ttl"]
+    assert go_flags(["--", "--peer-ttl", "-5s"], names, valued) == ["--", "--peer-ttl", "-5s"]
+
+
 def test_run_help_shows_each_default_and_variable(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["run", "--help"])
@@ -202,6 +213,72 @@ def test_run_help_shows_each_default_and_variable(capsys: pytest.CaptureFixture[
 
 def test_settings_defaults_are_the_flag_defaults() -> None:
     assert resolve([]) == Settings(node_name="n1")
+
+
+def test_every_setting_but_the_store_is_set_by_one_flag() -> None:
+    by_flags = [field for flag in FLAGS for field in flag.fields]
+    assert sorted(by_flags) == sorted(f.name for f in attrs.fields(Settings) if f.name != "storage")
+    assert FLAG_BY_NAME["listen"].fields == ("listen_host", "listen_port")
+    assert FLAG_BY_NAME["listen"].default == ("", 7946)
+    assert len({flag.env for flag in FLAGS}) == len(FLAGS)
+
+
+# flag -> the default as `k3net run --help` and the README show it: Go's names and values.
+GO_DEFAULTS = {
+    "listen": ":7946", "service": "_k3._tcp", "domain": "local.", "peer-ttl": "1m30s",
+    "probe-interval": "peer-ttl/6", "probe-timeout": "700ms", "register-self": "true",
+    "prune-after": "off", "scan-interval": "1m0s", "scan-rate": "100", "log-level": "info",
+    "log-format": "text", "node-name": "the host name",
+}
+
+
+@pytest.mark.parametrize(("name", "text"), GO_DEFAULTS.items())
+def test_defaults_are_shown_as_go_prints_them(name: str, text: str) -> None:
+    assert FLAG_BY_NAME[name].default_text() == text
+
+
+def test_the_readme_flag_table_is_the_one_the_flags_make() -> None:
+    # scripts/flag_table.py writes it; edit the flags in k3net/settings.py, then run it.
+    readme = (REPO / "README.md").read_text()
+    begin = readme.index("<!-- flags: written by scripts/flag_table.py")
+    block = readme[readme.index("\n", begin) + 1:readme.index("<!-- end of flags -->")]
+    assert block == flag_table()
+    for flag in FLAGS:
+        assert f"| `--{flag.name} {flag.metavar}` | " in block
+
+
+def test_the_probe_interval_follows_the_peer_ttl_unless_given() -> None:
+    assert Settings(node_name="a", peer_ttl=12.0).probe_interval == pytest.approx(2.0)
+    assert Settings(node_name="a", peer_ttl=12.0, probe_interval=5.0).probe_interval == 5.0
+    assert resolve([], {"K3NET_PEER_TTL": "1m"}).probe_interval == pytest.approx(10.0)
+
+
+def test_repeated_flags_from_each_source(tmp_path: Path) -> None:
+    path = config(tmp_path, "  join: [10.79.2.2, 'node-c:7000']\n  scan: 10.79.2.0/24, 10.79.3.0/24\n")
+    s = resolve([f"--config={path}"])
+    assert s.join == (JoinAddress("10.79.2.2"), JoinAddress("node-c", 7000))
+    assert s.scan == (ipaddress.ip_network("10.79.2.0/24"), ipaddress.ip_network("10.79.3.0/24"))
+    # The environment wins over the file, the command line over both: never merged.
+    s = resolve([f"--config={path}"], {"K3NET_JOIN": "10.79.4.4"})
+    assert s.join == (JoinAddress("10.79.4.4"),)
+    s = resolve([f"--config={path}", "--join=10.79.5.5", "-join", "10.79.6.6:7001"],
+                {"K3NET_JOIN": "10.79.4.4"})
+    assert s.join == (JoinAddress("10.79.5.5"), JoinAddress("10.79.6.6", 7001))
+
+
+def test_a_bad_item_of_a_repeated_setting_names_its_source(tmp_path: Path) -> None:
+    path = config(tmp_path, "  join: [10.79.2.2, 'node-c:99999']\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: network.join: .*node-c:99999"):
+        resolve([f"--config={path}"])
+    with pytest.raises(ConfigError, match=r"^--scan: .*10.0.0.0/8"):
+        resolve(["--scan=10.79.2.0/24", "--scan=10.0.0.0/8"])
+    with pytest.raises(ConfigError, match=r"^K3NET_SCAN: .*nope"):
+        resolve([], {"K3NET_SCAN": "10.79.2.0/24,nope"})
+
+
+def test_resolve_takes_text_or_a_value_already_parsed() -> None:
+    assert resolve_given({"prune-after": 3600.0}, {"NODE_NAME": "n"}).prune_after == 3600.0
+    assert resolve_given({"prune-after": "1h"}, {"NODE_NAME": "n"}).prune_after == 3600.0
 
 
 def test_refresh_interval_is_a_third_of_the_peer_ttl() -> None:

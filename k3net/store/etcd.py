@@ -52,6 +52,7 @@ from trio_asyncio import aio_as_trio
 from k3net.backoff import DEFAULT_BACKOFF
 from k3net.config import EtcdConfig, endpoint_uses_tls, parse_endpoint
 from k3net.convert import InvalidNode, node_from_json, node_to_json
+from k3net.durations import format_duration
 from k3net.model import Node
 from k3net.store.base import (
     Conflict,
@@ -196,7 +197,8 @@ class _Connection:
             if answered:
                 return client
             if scope.cancelled_caught:
-                failures.append(f"{endpoint}: no answer within {self._config.dial_timeout:g}s")
+                failures.append(f"{endpoint}: no answer within "
+                                f"{format_duration(self._config.dial_timeout)}")
         raise StoreUnavailable("etcd: no endpoint answered (" + "; ".join(failures) + ")")
 
     async def drop(self, client: aetcd.Client | None = None) -> None:
@@ -465,7 +467,7 @@ class _Watch:
             except StoreUnavailable as exc:
                 delay = DEFAULT_BACKOFF.delay(failures, rng)
                 failures += 1
-                log.warning("etcd watch lost (%s); retrying in %.1fs", exc, delay)
+                log.warning("etcd watch lost (%s); retrying in %s", exc, format_duration(delay))
                 yield Lost(str(exc))
                 # Closing the client ends its watch stream; the handle must not be cancelled
                 # on its own (aetcd fails on a closed client's watch).

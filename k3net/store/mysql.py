@@ -93,6 +93,7 @@ from trio_asyncio import aio_as_trio
 from k3net.backoff import DEFAULT_BACKOFF
 from k3net.config import MySQLConfig
 from k3net.convert import InvalidNode, node_from_dict, node_to_dict
+from k3net.durations import format_duration
 from k3net.model import Node
 from k3net.store.base import (
     Conflict,
@@ -674,7 +675,8 @@ class MySQLStore:
             except StoreUnavailable as exc:
                 delay = DEFAULT_BACKOFF.delay(failures, rng)
                 failures += 1
-                log.warning("mysql watch: poll failed (%s); retrying in %.1fs", exc, delay)
+                log.warning("mysql watch: poll failed (%s); retrying in %s", exc,
+                            format_duration(delay))
                 yield Lost(str(exc))
                 state = None
                 await trio.sleep(delay)

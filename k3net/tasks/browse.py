@@ -38,6 +38,7 @@ from zeroconf.const import _TYPE_PTR
 
 from k3net.core.messages import PeerGone, PeerRejected, PeerSeen
 from k3net.core.names import is_valid_name
+from k3net.durations import format_duration
 from k3net.mdns import peer_from_info
 from k3net.metrics import Metrics
 
@@ -316,8 +317,9 @@ class _Resolver:
             if self.retries is not None:
                 wait = self.retries.schedule(instance)
                 log.log(logging.INFO if change != "retry" else logging.DEBUG,
-                        "mDNS entry %s did not resolve within %d ms; trying again in %g s",
-                        instance, _RESOLVE_TIMEOUT_MS, wait)
+                        "mDNS entry %s did not resolve within %s; trying again in %s",
+                        instance, format_duration(_RESOLVE_TIMEOUT_MS / 1000),
+                        format_duration(wait))
             return
         if self.retries is not None:
             self.retries.cancel(instance)

@@ -32,6 +32,7 @@ from k3net.backoff import Backoff
 from k3net.core.discovery import Found, JoinAddress, NotFound
 from k3net.core.messages import PeerSeen
 from k3net.core.table import Message
+from k3net.durations import format_duration
 from k3net.metrics import Metrics
 from k3net.tasks.whois import Outcome, Unreachable, peers_of, whois
 
@@ -62,7 +63,8 @@ async def ask(join: JoinAddress, port: int, *, key: bytes | None,
         with trio.move_on_after(timeout) as scope:
             outcome = await whois(address, target, key=key)
         if scope.cancelled_caught:
-            outcome = Unreachable(False, f"{address}:{target}: no answer within {timeout:g}s")
+            outcome = Unreachable(
+                False, f"{address}:{target}: no answer within {format_duration(timeout)}")
         elif isinstance(outcome, Found):
             return outcome
     return outcome
@@ -130,8 +132,8 @@ async def _follow(
             continue
         if failures == 0:
             log.warning("join %s: no agent there now (%s); retrying in the background "
-                        "(backoff up to %gs), logged again once it answers", join,
-                        outcome.detail, retry.cap)
+                        "(backoff up to %s), logged again once it answers", join,
+                        outcome.detail, format_duration(retry.cap))
         else:
             log.debug("join %s: still no agent (%s)", join, outcome.detail)
         delay = retry.delay(failures, rng)

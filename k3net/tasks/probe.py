@@ -49,6 +49,7 @@ from k3net.core import addresses as addrs
 from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, get, judge_reader, request
 from k3net.core.messages import ProbeOutcome, ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
+from k3net.durations import format_duration
 from k3net.metrics import Metrics
 from k3net.tasks.tcp import connect, exchange
 
@@ -120,8 +121,9 @@ async def _ask(
         return _Tried(address, judge_reader(reader, probed=name, nonce=nonce, key=key))
     if connected:
         return _Tried(address, Answer(
-            "unverified", detail=f"{address}: accepted, but no answer within {timeout:g}s"))
-    return _Tried(address, error=f"{address}: timed out after {timeout:g}s")
+            "unverified",
+            detail=f"{address}: accepted, but no answer within {format_duration(timeout)}"))
+    return _Tried(address, error=f"{address}: timed out after {format_duration(timeout)}")
 
 
 def _decide(name: str, tried: Sequence[_Tried], skipped: int) -> tuple[ProbeOutcome, _Tried | None, str]:

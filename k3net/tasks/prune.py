@@ -17,6 +17,7 @@ import logging
 import trio
 
 from k3net.commands.prune import prune
+from k3net.durations import format_duration
 from k3net.store.base import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ async def run(
         try:
             outcomes = await prune(store, dt.datetime.now(dt.UTC), prune_after, dry_run=False)
         except (StoreError, trio.TooSlowError) as exc:
-            log.warning("prune: the store did not answer (%s); next try in %.0fs", exc,
-                        interval(prune_after))
+            log.warning("prune: the store did not answer (%s); next try in %s", exc,
+                        format_duration(interval(prune_after)))
         else:
             now_held = {o.verdict.name: o.verdict.foreign for o in outcomes if o.verdict.foreign}
             for o in outcomes:

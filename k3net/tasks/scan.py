@@ -27,6 +27,7 @@ import trio
 from k3net.core.discovery import Found, Network, NotFound, scan_addresses
 from k3net.core.messages import PeerSeen
 from k3net.core.table import Message
+from k3net.durations import format_duration
 from k3net.metrics import Metrics
 from k3net.tasks.whois import Outcome, whois
 
@@ -117,8 +118,9 @@ class Scanner:
         names = frozenset(f.name for f in found)
         level = logging.INFO if names != self._found else logging.DEBUG
         self._found = names
-        log.log(level, "scan of %s: %d addresses in %.1fs, %d agent(s)%s; %s",
-                ", ".join(str(n) for n in self.networks), len(targets), took, len(names),
+        log.log(level, "scan of %s: %d addresses in %s, %d agent(s)%s; %s",
+                ", ".join(str(n) for n in self.networks), len(targets), format_duration(took),
+                len(names),
                 f" ({', '.join(sorted(names))})" if names else "",
                 ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing tried")
         return found

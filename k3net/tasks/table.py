@@ -25,6 +25,7 @@ from k3net.core.table import (
     Reject,
     Write,
 )
+from k3net.durations import format_duration
 from k3net.events import EventHub
 from k3net.metrics import Metrics
 
@@ -53,11 +54,13 @@ async def run(
                         pass  # the prober has stopped: we are shutting down
                 case JoinLatency(name=name, seconds=seconds):
                     metrics.join_latency.observe(seconds)
-                    log.info("peer %s Ready %.3fs after its first sighting", name, seconds)
+                    log.info("peer %s Ready %s after its first sighting", name,
+                             format_duration(seconds))
                 case Paused(seconds=seconds):
                     metrics.paused.inc(seconds)
-                    log.warning("this agent did not run for %.1fs (a stopped process, a paused "
-                                "VM, an overloaded host): nothing expires for that time", seconds)
+                    log.warning("this agent did not run for %s (a stopped process, a paused "
+                                "VM, an overloaded host): nothing expires for that time",
+                                format_duration(seconds))
                 case Reject(instance=instance, reason=reason, detail=detail):
                     metrics.rejected.labels(reason=reason).inc()
                     hub.rejected(instance, reason, detail)

@@ -25,6 +25,7 @@ import trio
 from k3net.backoff import DEFAULT_BACKOFF, Backoff
 from k3net.core.nodes import Alive, render
 from k3net.core.table import Write
+from k3net.durations import format_duration
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.store.base import Conflict, ForeignValue, NotFound, Store, Stored, StoreUnavailable
@@ -115,8 +116,8 @@ class Writer:
                 delay = self.backoff.delay(failures, self.rng)
                 failures += 1
                 log.warning(
-                    "store write for %s failed (%s); %d pending, retrying in %.1fs",
-                    name, exc, len(self._pending), delay,
+                    "store write for %s failed (%s); %d pending, retrying in %s",
+                    name, exc, len(self._pending), format_duration(delay),
                 )
                 await trio.sleep(delay)
             else:

@@ -39,6 +39,7 @@ from k3net import version
 from k3net.convert import format_time, node_list
 from k3net.core import identity
 from k3net.core.table import PeerView
+from k3net.durations import format_duration
 from k3net.events import EventHub, Subscription
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -268,7 +269,7 @@ class App:
             with trio.fail_after(STORE_DEADLINE):
                 stored = await self.state.store.list()
         except trio.TooSlowError:
-            return _status_503(f"store did not answer within {STORE_DEADLINE:g}s")
+            return _status_503(f"store did not answer within {format_duration(STORE_DEADLINE)}")
         except StoreError as exc:
             return _status_503(f"store unavailable: {exc}")
         return _json(200, node_list(s.node for s in stored))
