@@ -35,6 +35,7 @@ from k3net.core.discovery import (
 from k3net.core.identity import proof
 from k3net.core.messages import PeerSeen
 from k3net.core.table import Message, PeerView
+from k3net.current import Current
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -170,9 +171,9 @@ def _answer(node: Any, key: bytes | None = None, **more: Any) -> bytes:
     (200, _answer("node-c", port=7946, addrs=["127.0.0.1", "fe80::1"]), None,
      Found("node-c", ("10.79.2.2",), 7946, None, "10.79.2.2")),
     # A Go agent's answer: no port, no key; the port we asked is taken.
-    (200, _answer("node-c", addrs=["10.79.2.2"]), None,
+    (200, _answer("node-c", addrs=lambda: ["10.79.2.2"]), None,
      Found("node-c", ("10.79.2.2",), 7000, None, "10.79.2.2")),
-    (200, _answer("node-c", KEY, port=7946, addrs=["10.79.2.2"]), KEY,
+    (200, _answer("node-c", KEY, port=7946, addrs=lambda: ["10.79.2.2"]), KEY,
      Found("node-c", ("10.79.2.2",), 7946, None, "10.79.2.2")),
     (200, _answer("node-c", port=7946), KEY, "unauthenticated"),
     (200, _answer("node-c", b"another-cluster-key-0123456789ab", port=7946), KEY,
@@ -205,9 +206,9 @@ async def _serve_agent(nursery: trio.Nursery, name: str, key: bytes | None = Non
                        peers: list[PeerView] | None = None) -> int:
     metrics = Metrics()
     state = AppState(
-        settings=Settings(node_name=name, listen_port=port or 7946, cluster_key=key),
-        store=MemoryStore(), hub=EventHub(metrics), metrics=metrics, health=StoreHealth(),
-        started_at=time.time(), addrs=["10.79.2.2"], peers=lambda: list(peers or []),
+        settings=Current(Settings(node_name=name, listen_port=port or 7946, cluster_key=key)),
+        store=Current(MemoryStore()), hub=EventHub(metrics), metrics=metrics, health=StoreHealth(),
+        started_at=time.time(), addrs=lambda: ["10.79.2.2"], peers=lambda: list(peers or []),
     )
     return (await start_server(nursery, state, port)).port
 
