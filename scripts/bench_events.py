@@ -86,8 +86,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     store, metrics = MemoryStore(), Metrics()
     hub = EventHub(metrics, queue_size=args.queue_size)
     state = AppState(
-        settings=Current(Settings(node_name="bench")), store=Current(store), hub=hub, metrics=metrics,
-        health=StoreHealth(), started_at=time.time(),
+        settings=Current(Settings(node_name="bench")), store=Current(store), hub=hub,
+        metrics=metrics, health=StoreHealth(), started_at=time.time(),
     )
     versions = {}
     for i in range(NODES):

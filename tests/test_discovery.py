@@ -171,9 +171,9 @@ def _answer(node: Any, key: bytes | None = None, **more: Any) -> bytes:
     (200, _answer("node-c", port=7946, addrs=["127.0.0.1", "fe80::1"]), None,
      Found("node-c", ("10.79.2.2",), 7946, None, "10.79.2.2")),
     # A Go agent's answer: no port, no key; the port we asked is taken.
-    (200, _answer("node-c", addrs=lambda: ["10.79.2.2"]), None,
+    (200, _answer("node-c", addrs=["10.79.2.2"]), None,
      Found("node-c", ("10.79.2.2",), 7000, None, "10.79.2.2")),
-    (200, _answer("node-c", KEY, port=7946, addrs=lambda: ["10.79.2.2"]), KEY,
+    (200, _answer("node-c", KEY, port=7946, addrs=["10.79.2.2"]), KEY,
      Found("node-c", ("10.79.2.2",), 7946, None, "10.79.2.2")),
     (200, _answer("node-c", port=7946), KEY, "unauthenticated"),
     (200, _answer("node-c", b"another-cluster-key-0123456789ab", port=7946), KEY,

@@ -93,8 +93,9 @@ async def start_web(nursery: trio.Nursery, *, store: MemoryStore | None = None, 
     hub = EventHub(metrics, **hub_kwargs)
     await nursery.start(pump, store, hub)
     state = AppState(
-        settings=Current(Settings(node_name="node-a", listen_port=7946)), store=Current(store), hub=hub,
-        metrics=metrics, health=health, started_at=time.time(), addrs=lambda: ["10.77.0.2"],
+        settings=Current(Settings(node_name="node-a", listen_port=7946)), store=Current(store),
+        hub=hub, metrics=metrics, health=health, started_at=time.time(),
+        addrs=lambda: ["10.77.0.2"],
         self_up=lambda: True,
     )
     server = await start_server(nursery, state, port)
@@ -456,8 +457,8 @@ async def test_hold_stays_open_until_the_agent_stops(nursery: trio.Nursery) -> N
 
 async def test_hold_is_refused_while_stopping() -> None:
     app = make_app(AppState(
-        settings=Current(Settings(node_name="node-a")), store=Current(MemoryStore()), hub=EventHub(Metrics()),
-        metrics=Metrics(), health=StoreHealth(), started_at=time.time()))
+        settings=Current(Settings(node_name="node-a")), store=Current(MemoryStore()),
+        hub=EventHub(Metrics()), metrics=Metrics(), health=StoreHealth(), started_at=time.time()))
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:

@@ -10,12 +10,14 @@ expiry decide as before.
 
 How a hold ends (`HoldEnd`), and what follows:
 
-| end | meaning | then |
-|---|---|---|
-| closed | the peer closed it once set up | probe now (and, if it lasted less than MIN_HOLD, probes only for that target: a peer that closes at once is not held in a loop) |
-| refused | nothing listens any more: it died since its probe | probe now |
-| failed | no connection or no answer in time (a lossy LAN, a busy peer): no evidence | held again after the next confirmed probe |
-| no-hold | something answered, but not with an agent's hold (a Go agent's 404, a web server's page) | probes only for that target |
+- closed: the peer closed it once set up (its process died): probe it now. One that lasted less
+  than MIN_HOLD is not held again for that target (probes only): a peer that closes at once
+  must not be held in a loop;
+- refused: nothing listens any more (it died since its probe): probe it now;
+- failed: no connection or no answer in time (a LAN losing packets, a busy peer): no evidence of
+  anything; held again after the next confirmed probe;
+- no-hold: something answered, but not with an agent's hold (a Go agent's 404, a web server's
+  page): probes only for that target.
 
 A hold is released when its peer is forgotten or moves to another address or port (it is held
 again once confirmed there). At most `MAX_HELD` peers are held, so an agent of a large LAN keeps

@@ -151,7 +151,9 @@ class Presence:
                 announced = now.advertised
                 await self._readdress(now.advertised, gone, seen)
 
-    async def _readdress(self, addresses: tuple[str, ...], gone: list[str], generation: int) -> None:
+    async def _readdress(
+        self, addresses: tuple[str, ...], gone: list[str], generation: int
+    ) -> None:
         """Our record announces `addresses` from now on, not `gone` (module docstring)."""
         old = self.session.value
         try:
