@@ -5,6 +5,8 @@
     prober  ----ProbeResult----------------------+
     watch   ----Snapshot/Put/Deleted/Lost--------+--> table --Write--> writer --> store
     tick    ----Tick / SelfHeartbeat-------------+      |
+    addresses --OwnAddresses---------------------+      |
+    use_store --StoreChanged---------------------+      |
                                                         +--ProbeNow/Forget--> prober
     watch   --(every committed change)--> event hub --> /events subscribers
 
@@ -12,13 +14,24 @@
 HTTP server, this machine's addresses), so that a test can run the whole agent in-process, on a
 fake clock. `main` builds the real ones.
 
+Each fact that changes while the agent runs has one owner, a `k3net.current.Current`, and every
+task reads it there when it needs it; nobody keeps a copy:
+
+    addresses  this machine's addresses (advertised, and its whole own set): set by
+               tasks/addresses.py; read by the mDNS record (`Lan.advertise` follows it), our own
+               Node (the table's `SelfInfo.addresses`; `OwnAddresses` asks for a rewrite), /info,
+               the prober and the scanner
+    store      the store: set by `use_store`; read by the writer at every write, /nodes and
+               /info; the watch runs on whichever is current (`current.follow`)
+    settings   the running settings: set by a reload (k3net.reload); read by /info
+
 Every producer holds its own clone of the table's channel, so the table's loop ends by itself
 when the last producer stops. Start-up: the writer and the table first, then HTTP (so that a
 peer that sees our advertisement can probe us), then the producers, mDNS advertisement first.
 `use_store()` moves a running agent to another store (a SIGHUP that changed the storage config):
 the old store's watch stops, the table writes what it knows into the new store (our own Node
-and every peer that answers, Ready), then the new store's watch starts; mDNS and the probes go
-on meanwhile, so no peer sees a goodbye and no Node goes not-Ready.
+and every peer that answers, Ready: `StoreChanged`), then the new store's watch starts; mDNS
+and the probes go on meanwhile, so no peer sees a goodbye and no Node goes not-Ready.
 
 `stop()` (SIGINT/SIGTERM in `main`) shuts down in this order:
 
