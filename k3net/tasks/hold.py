@@ -129,9 +129,6 @@ class Holds:
         self._no_hold: set[ProbeTarget] = set()  # targets held only by their probes
         self._open = 0  # holds set up and not ended yet (the gauge)
 
-    def __len__(self) -> int:
-        return len(self._held)
-
     def confirmed(self, target: ProbeTarget, address: str) -> None:
         """A probe confirmed `target` at `address`: hold it there, unless it is held already,
         answers no hold, or MAX_HELD are held."""

@@ -116,7 +116,7 @@ class Presence:
                                 task_status=task_status)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._follow, here, here.version, here.value.advertised)
+            nursery.start_soon(self._follow_addresses, here, here.version, here.value.advertised)
             await nursery.start(follow, self.session, on)
             task_status.started()
 
@@ -138,7 +138,7 @@ class Presence:
         async with out:
             await follow(self.session, on, task_status=task_status)
 
-    async def _follow(
+    async def _follow_addresses(
         self, here: Current[MachineAddresses], seen: int, announced: tuple[str, ...]
     ) -> None:
         """Every change of the advertised addresses since version `seen` (when the record
@@ -167,18 +167,24 @@ class Presence:
         log.info("mDNS moves to this machine's new addresses (%s): registering again",
                  ", ".join(addresses))
         new = await self._open(chosen)
-        if self._info is not None:
-            # Out of the old registry first: the old zeroconf must no longer answer for
-            # our name with the old addresses, nor send a goodbye when it closes.
-            # zeroconf's loop runs on this thread.
-            old.zc.zeroconf.registry.async_remove(self._info)
-        if gone:
-            # The goodbyes of the lost addresses go out before advertise announces on
-            # the new zeroconf (it starts on the change of session): a peer that heard them
-            # the other way round would resolve both addresses and never hear of the old one.
-            await aio_as_trio(new.zc.zeroconf.async_wait_for_start)()
-            mdns.withdraw_addresses(new.zc, self._info or mdns.service_info(
-                self.settings, addresses=addresses, generation=generation), gone)
+        try:
+            if self._info is not None:
+                # Out of the old registry first: the old zeroconf must no longer answer for
+                # our name with the old addresses, nor send a goodbye when it closes.
+                # zeroconf's loop runs on this thread.
+                old.zc.zeroconf.registry.async_remove(self._info)
+            if gone:
+                # The goodbyes of the lost addresses go out before advertise announces on
+                # the new zeroconf (it starts on the change of session): a peer that heard
+                # them the other way round would resolve both addresses and never hear of the
+                # old one again.
+                await aio_as_trio(new.zc.zeroconf.async_wait_for_start)()
+                mdns.withdraw_addresses(new.zc, self._info or mdns.service_info(
+                    self.settings, addresses=addresses, generation=generation), gone)
+        except BaseException:
+            with trio.CancelScope(shield=True):  # stopped meanwhile: nobody uses the new one
+                await new.stack.aclose()
+            raise
         self.session.set(new)  # advertise and browse leave the old zeroconf, without a goodbye
         await old.stack.aclose()
 
