@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from k3net.core.table import ProbeTarget
-from k3net.tasks.hold import Hold, hold_open
+from k3net.metrics import Metrics
+from k3net.tasks.hold import Hold, Holds, hold_open
 
 LOOPBACK = "127.0.0.1"
 HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -121,3 +122,45 @@ def test_a_hold_serves_its_peer_while_it_stays_at_that_address_and_port() -> Non
     assert hold.serves(ProbeTarget("peer-a", ("10.0.0.2",), 7946))
     assert not hold.serves(ProbeTarget("peer-a", ("10.0.0.1",), 7946))  # that address is gone
     assert not hold.serves(ProbeTarget("peer-a", ("10.0.0.2",), 7000))  # restarted elsewhere
+
+
+async def test_a_peer_that_moved_or_was_forgotten_is_let_go_without_a_probe(
+    serve: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def agent(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(4096)
+            await stream.send_all(HEAD + b"5\r\nheld\n\r\n")
+            await trio.sleep_forever()
+
+    port = await serve(agent)
+    metrics = Metrics()
+    probed: list[str] = []
+
+    async def closed(name: str) -> None:
+        probed.append(name)
+
+    def held() -> float | None:
+        return metrics.registry.get_sample_value("k3net_held_connections")
+
+    async def until_held(count: int) -> None:
+        with trio.fail_after(2):
+            while held() != count:  # noqa: ASYNC110 (the gauge has no hook to wait on)
+                await trio.sleep(0.01)
+
+    peer = ProbeTarget("peer-a", (LOOPBACK,), port)
+    async with trio.open_nursery() as nursery:
+        holds = Holds(nursery, timeout=1.0, metrics=metrics, closed=closed)
+        holds.confirmed(peer, LOOPBACK)
+        await until_held(1)
+        holds.asked(peer, anew=True)  # still there: kept
+        await trio.sleep(0.1)
+        assert held() == 1
+        holds.asked(ProbeTarget("peer-a", (LOOPBACK,), port + 1), anew=True)  # restarted elsewhere
+        await until_held(0)
+        holds.confirmed(peer, LOOPBACK)
+        await until_held(1)
+        holds.release("peer-a")  # forgotten
+        await until_held(0)
+        nursery.cancel_scope.cancel()
+    assert probed == []  # letting go is no evidence: nothing to probe

@@ -126,7 +126,7 @@ class Holds:
         self._nursery = nursery
         self._closed = closed
         self._held: dict[str, Hold] = {}  # by peer name
-        self._no_hold: set[ProbeTarget] = set()  # targets held only by their probes
+        self._no_hold: set[ProbeTarget] = set()  # followed by probes only (module docstring)
         self._open = 0  # holds set up and not ended yet (the gauge)
 
     def confirmed(self, target: ProbeTarget, address: str) -> None:
