@@ -5,6 +5,8 @@
     prober  ----ProbeResult----------------------+
     watch   ----Snapshot/Put/Deleted/Lost--------+--> table --Write--> writer --> store
     tick    ----Tick / SelfHeartbeat-------------+      |
+    addresses --OwnAddresses---------------------+      |
+    use_store --StoreChanged---------------------+      |
                                                         +--ProbeNow/Forget--> prober
     watch   --(every committed change)--> event hub --> /events subscribers
 
@@ -12,13 +14,24 @@
 HTTP server, this machine's addresses), so that a test can run the whole agent in-process, on a
 fake clock. `main` builds the real ones.
 
+Each fact that changes while the agent runs has one owner, a `k3net.current.Current`, and every
+task reads it there when it needs it; nobody keeps a copy:
+
+    addresses  this machine's addresses (advertised, and its whole own set): set by
+               tasks/addresses.py; read by the mDNS record (`Lan.advertise` follows it), our own
+               Node (the table's `SelfInfo.addresses`; `OwnAddresses` asks for a rewrite), /info,
+               the prober and the scanner
+    store      the store: set by `use_store`; read by the writer at every write, /nodes and
+               /info; the watch runs on whichever is current (`current.follow`)
+    settings   the running settings: set by a reload (k3net.reload); read by /info
+
 Every producer holds its own clone of the table's channel, so the table's loop ends by itself
 when the last producer stops. Start-up: the writer and the table first, then HTTP (so that a
 peer that sees our advertisement can probe us), then the producers, mDNS advertisement first.
 `use_store()` moves a running agent to another store (a SIGHUP that changed the storage config):
 the old store's watch stops, the table writes what it knows into the new store (our own Node
-and every peer that answers, Ready), then the new store's watch starts; mDNS and the probes go
-on meanwhile, so no peer sees a goodbye and no Node goes not-Ready.
+and every peer that answers, Ready: `StoreChanged`), then the new store's watch starts; mDNS
+and the probes go on meanwhile, so no peer sees a goodbye and no Node goes not-Ready.
 
 `stop()` (SIGINT/SIGTERM in `main`) shuts down in this order:
 
@@ -39,7 +52,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -48,6 +61,7 @@ import trio
 from k3net.core.addresses import MachineAddresses
 from k3net.core.messages import OwnAddresses, SelfHeartbeat, StoreChanged, Tick
 from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
+from k3net.current import Current, follow
 from k3net.durations import format_duration
 from k3net.events import EventHub
 from k3net.health import StoreHealth
@@ -78,17 +92,15 @@ class Lan(Protocol):
     """This machine's presence on the LAN: its mDNS advertisement and the browse for peers."""
 
     async def advertise(
-        self, addresses: Sequence[str], *, task_status: trio.TaskStatus[None] = ...
+        self, here: Current[MachineAddresses], *, task_status: trio.TaskStatus[None] = ...
     ) -> None:
-        """Advertise until cancelled; on cancellation say goodbye (bounded)."""
+        """Advertise `here`'s advertised addresses until cancelled, following their changes
+        (peers see an update, never a goodbye); on cancellation say goodbye (bounded)."""
 
     async def browse(
         self, out: trio.MemorySendChannel[Message], *, task_status: trio.TaskStatus[None] = ...
     ) -> None:
         """Send PeerSeen / PeerGone / PeerRejected to `out` until cancelled; close it then."""
-
-    async def readdress(self, addresses: Sequence[str]) -> None:
-        """This machine's addresses changed: advertise these from now on (no goodbye)."""
 
 
 # serve(app, host, port, task_status=...): serve HTTP until cancelled; started(port) once it
@@ -122,20 +134,18 @@ class Agent:
         *,
         store: Store,
         lan: Lan,
-        addresses: Sequence[str],
-        own: Sequence[str] = (),
+        addresses: MachineAddresses,
         machine: Callable[[], MachineAddresses] | None = None,
         serve: ServeHttp = serve_http,
         metrics: Metrics | None = None,
     ) -> None:
-        self.settings = settings
-        self.store = store
-        self.lan = lan
-        self.addresses = tuple(addresses)  # advertised, and written into our own Node
-        self.own = tuple(own)  # every address of this machine: a probe there is never a peer
-        # Reads this machine's addresses now (mdns.machine_addresses), polled by
-        # tasks/addresses.py so that they are followed live; None: they never change.
+        # The one owner of each fact that changes while we run (module docstring).
+        self.settings = Current(settings)  # set by a reload (k3net.reload)
+        self.store = Current(store)  # set by use_store
+        self.addresses = Current(addresses)  # set by tasks/addresses.py, polling `machine`
+        # Reads this machine's addresses now (mdns.machine_addresses); None: they never change.
         self.machine = machine
+        self.lan = lan
         self.serve = serve
         self.metrics = metrics or Metrics()
         self.health = StoreHealth()
@@ -144,7 +154,7 @@ class Agent:
         self.table = PeerTable(
             peer_ttl=settings.peer_ttl,
             refresh_interval=settings.refresh_interval,
-            me=SelfInfo(settings.node_name, self.addresses, settings.listen_port, os.getpid()),
+            me=SelfInfo(settings.node_name, self._advertised, settings.listen_port, os.getpid()),
             register_self=settings.register_self,
             keyed=settings.cluster_key is not None,
         )
@@ -154,16 +164,20 @@ class Agent:
         self._stop_by = float("inf")
         # Set once the mDNS advertisement is registered (the /readyz `mdns` check, READY=1).
         self.advertised = trio.Event()
-        # What the HTTP endpoints read; kept current here (addresses, store).
+        # What the HTTP endpoints read: the owners above, and the table.
         self.web = AppState(
-            settings=settings, store=store, hub=self.hub, metrics=self.metrics,
-            health=self.health, started_at=time.time(), addrs=list(self.addresses),
+            settings=self.settings, store=self.store, hub=self.hub, metrics=self.metrics,
+            health=self.health, started_at=time.time(), addrs=self._advertised,
             self_up=self.table.self_up, mdns_up=self.advertised.is_set, peers=self.table.peers,
         )
-        # _follow_store's cue to move to self.store, and its answer once it has.
-        self._store_moved = trio.Event()
-        self._store_followed = trio.Event()
+        # Store moves the table has handed over to the writer (tasks/table.py), and the version
+        # of `store` whose watch runs: what `use_store` waits for.
+        self._moves = Current(0)
+        self._watched = Current(0)
         self._moving = trio.Lock()
+
+    def _advertised(self) -> tuple[str, ...]:
+        return self.addresses.value.advertised
 
     def stop(self) -> None:
         """Begin the shutdown (module docstring); `run` returns within SHUTDOWN_DEADLINE."""
@@ -179,16 +193,15 @@ class Agent:
         """Move the running agent to `store` (module docstring); returns the store it leaves,
         for the caller to close, once nothing uses it any more."""
         async with self._moving:
-            old, self.store = self.store, store
-            await self.writer.use_store(store)
-            self.web.store = store
-            followed = self._store_followed = trio.Event()
-            self._store_moved.set()
-            await followed.wait()
+            old = self.store.value
+            self.store.set(store)
+            moved = self.store.version
+            await self._watched.wait_for(lambda version: version >= moved)
+            await self.writer.settled()  # a write begun on the old store is done
             return old
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        s = self.settings
+        s = self.settings.value
         writer = self.writer
         write_send, write_recv = trio.open_memory_channel[Write](0)
         probe_send, probe_recv = trio.open_memory_channel[ProbeNow | Forget](0)
@@ -197,10 +210,9 @@ class Agent:
 
         async with trio.open_nursery() as core:
             core.start_soon(self._run_writer, writer, write_recv, writer_done)
-            await core.start(
+            await core.start(functools.partial(
                 table_task.run, self.table, table_recv, write_send, probe_send, self.metrics,
-                self.hub,
-            )
+                self.hub, moves=self._moves))
             http = trio.CancelScope()
             http_done = trio.Event()
             await core.start(self._run_http, http, http_done)
@@ -235,12 +247,12 @@ class Agent:
         table_send: trio.MemorySendChannel[Message],
         probe_recv: trio.MemoryReceiveChannel[ProbeNow | Forget],
     ) -> None:
-        s = self.settings
+        s = self.settings.value
         # First, since mDNS registration takes its time (about 1.6 s of probing and announcing,
         # and peers see us from the first packet): the rest starts meanwhile.
         producers.start_soon(self._advertise)
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
-                        key=s.cluster_key, own=Own.of(self.own, s.listen_port))
+                        key=s.cluster_key, own=self._own)
         foreign = ForeignTally()  # values under the Node prefix that are not Nodes, for /metrics
         self.metrics.watch_foreign(foreign)
 
@@ -265,39 +277,30 @@ class Agent:
         if s.scan:
             scanner = Scanner(s.scan, port=s.listen_port, key=s.cluster_key,
                               timeout=s.probe_timeout, rate=s.scan_rate,
-                              own=lambda: prober.own.addresses, me=s.node_name,
+                              own=lambda: self.addresses.value.own, me=s.node_name,
                               metrics=self.metrics)
             await producers.start(functools.partial(scan.run, scanner, interval=s.scan_interval),
                                   table_send.clone())
         if self.machine is not None:
-            changes_send, changes_recv = trio.open_memory_channel[MachineAddresses](0)
-            first = MachineAddresses(self.addresses, frozenset(self.own))
-            await producers.start(addresses.run, self.machine, changes_send, first)
-            producers.start_soon(self._follow_addresses, changes_recv, prober, table_send.clone())
+            await producers.start(addresses.run, self.machine, self.addresses)
+            producers.start_soon(self._rewrite_own_node, table_send.clone())
 
-    async def _follow_addresses(
-        self,
-        changes: trio.MemoryReceiveChannel[MachineAddresses],
-        prober: Prober,
-        table: trio.MemorySendChannel[Message],
-    ) -> None:
-        """This machine's addresses changed (tasks/addresses.py): the prober ignores the new own
-        set at once; new advertised addresses go to our mDNS record (tasks/presence.py: peers
-        see Updated, never a goodbye), /info, and our own Node (the table rewrites it at once,
-        without going not-Ready)."""
-        async with changes, table:
-            async for change in changes:
-                prober.set_own(change.own)
-                if not change.advertised:
-                    log.warning("no usable address on this machine's LAN interfaces now; "
-                                "still advertising %s", ", ".join(self.addresses))
-                    continue
-                if change.advertised == self.addresses:
-                    continue
-                self.addresses = change.advertised
-                self.web.addrs = list(change.advertised)
-                await table.send(OwnAddresses(change.advertised))
-                await self.lan.readdress(change.advertised)
+    def _own(self) -> Own:
+        """What a probe must not take for a peer, now: this machine's addresses, our port."""
+        return Own.of(self.addresses.value.own, self.settings.value.listen_port)
+
+    async def _rewrite_own_node(self, table: trio.MemorySendChannel[Message]) -> None:
+        """Our advertised addresses changed: the table rewrites our own Node at once (without
+        going not-Ready). The mDNS record (`Lan.advertise`), /info, the prober and the scanner
+        read the addresses' owner themselves."""
+        async with table:
+            seen, sent = self.addresses.version, self._advertised()
+            while True:
+                now = await self.addresses.wait_changed(seen)
+                seen = self.addresses.version
+                if now.advertised != sent:  # (a change of the own set alone writes nothing)
+                    sent = now.advertised
+                    await table.send(OwnAddresses())
 
     async def _follow_store(
         self,
@@ -306,27 +309,42 @@ class Agent:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """The store's watch (and prune, with --prune-after) on whichever store is current;
-        on a move (`use_store`) the table carries its knowledge over in between."""
+        """The store's watch on whichever store is current (`_watch`)."""
         async with table:
-            while True:
-                store, moved = self.store, self._store_moved
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_when, moved, nursery.cancel_scope)
-                    await nursery.start(watch.run, store, table.clone(), observe, self.health)
-                    if self.settings.prune_after:
-                        await nursery.start(prune.run, store, self.settings.prune_after)
-                    task_status.started()
-                    task_status = trio.TASK_STATUS_IGNORED
-                self._store_moved = trio.Event()
-                handed = trio.Event()
-                await table.send(StoreChanged(handed_over=handed.set))
-                with trio.move_on_after(CARRY_OVER_DEADLINE) as waited:
-                    await handed.wait()
-                    await self.writer.wait_idle()
-                log.info("store: moved to %s%s", self.store.kind,
-                         "; its writes are still pending" if waited.cancelled_caught else "")
-                self._store_followed.set()
+            await follow(self.store, functools.partial(self._watch, table, observe),
+                         task_status=task_status)
+
+    async def _watch(
+        self,
+        table: trio.MemorySendChannel[Message],
+        observe: Callable[[WatchEvent], None],
+        store: Store,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The store's watch (and prune, with --prune-after) on `store`, the current one (run by
+        `follow`); after a move (`use_store`), the table carries its knowledge over first."""
+        version = self.store.version
+        prune_after = self.settings.value.prune_after
+        async with trio.open_nursery() as nursery:
+            if version > self._watched.value:
+                await self._carry_over(table, store)
+            await nursery.start(watch.run, store, table.clone(), observe, self.health)
+            if prune_after:
+                await nursery.start(prune.run, store, prune_after)
+            self._watched.set(version)
+            task_status.started()
+
+    async def _carry_over(self, table: trio.MemorySendChannel[Message], store: Store) -> None:
+        """Have the table write what it knows into `store` (tasks/table.py), and wait until the
+        writer has written it, bounded (CARRY_OVER_DEADLINE)."""
+        moves = self._moves.value + 1
+        await table.send(StoreChanged())
+        with trio.move_on_after(CARRY_OVER_DEADLINE) as waited:
+            await self._moves.wait_for(lambda handed: handed >= moves)
+            await self.writer.wait_idle()
+        log.info("store: moved to %s%s", store.kind,
+                 "; its writes are still pending" if waited.cancelled_caught else "")
 
     async def _advertise(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -348,7 +366,7 @@ class Agent:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        s = self.settings
+        s = self.settings.value
         try:
             with scope:
                 await self.serve(
@@ -381,13 +399,12 @@ async def _machine(settings: Settings) -> AsyncIterator[Agent]:
         trio_asyncio.open_loop(),
         open_presence(settings, interfaces, metrics) as lan,
     ):
-        agent = Agent(settings, store=make_store(settings.storage), lan=lan,
-                      addresses=now.advertised, own=sorted(now.own), machine=read,
-                      metrics=metrics)
+        agent = Agent(settings, store=make_store(settings.storage), lan=lan, addresses=now,
+                      machine=read, metrics=metrics)
         try:
             yield agent
         finally:
-            await agent.store.aclose()
+            await agent.store.value.aclose()
 
 
 async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
@@ -410,7 +427,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
 
         nursery.start_soon(_stop_on_signal, agent)
         if reload is not None:
-            await nursery.start(reloading.run, settings, reload, configure, use_storage)
+            await nursery.start(reloading.run, agent.settings, reload, configure, use_storage)
         if notifier is not None:
             nursery.start_soon(functools.partial(
                 notify.run, notifier, agent.advertised.wait, agent.wait_stopping,
@@ -433,11 +450,6 @@ def _raise_file_limit(want: int = 65536) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as exc:
             log.debug("file descriptor limit stays at %d: %s", soft, exc)
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
 
 
 async def _stop_on_signal(agent: Agent) -> None:

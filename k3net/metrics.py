@@ -52,7 +52,7 @@ class Metrics:
             " timeout, unverified).", ["result"], registry=r,
         )
         self.held = Gauge(
-            "k3net_held_connections", "Connections held open to peers' /hold now (tasks/probe.py).",
+            "k3net_held_connections", "Connections held open to peers' /hold now (tasks/hold.py).",
             registry=r,
         )
         self.held_closed = Counter(

@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from k3net.config import ConfigError, StorageConfig
+from k3net.current import Current
 from k3net.settings import Settings
 from k3net.settings import show as show_setting
 from k3net.store.base import StoreError
@@ -89,19 +90,20 @@ def show(name: str, value: object) -> str:
 
 
 async def run(
-    current: Settings,
+    settings: Current[Settings],
     load: Callable[[], Settings],
     configure: Callable[[str, str], None],
     use_storage: UseStorage | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Reload on every SIGHUP until cancelled. Without `use_storage` a changed store waits for
-    a restart."""
+    """Reload on every SIGHUP until cancelled; `settings` (the agent's owner of them) holds
+    what runs after each. Without `use_storage` a changed store waits for a restart."""
     live = LIVE if use_storage is not None else tuple(f for f in LIVE if f != "storage")
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
         task_status.started()
         async for _ in signals:
+            current = settings.value
             # Reading the file and re-checking the interfaces is quick, local I/O.
             new = reconsider(current, load, configure, live)
             if use_storage is not None and new.storage != current.storage:
@@ -111,4 +113,4 @@ async def run(
                     log.error("SIGHUP: store %s cannot be used (%s); staying on %s",
                               show("storage", new.storage), exc, show("storage", current.storage))
                     new = attrs.evolve(new, storage=current.storage)
-            current = new
+            settings.set(new)

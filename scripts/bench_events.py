@@ -25,6 +25,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from k3net.current import Current
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -85,8 +86,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     store, metrics = MemoryStore(), Metrics()
     hub = EventHub(metrics, queue_size=args.queue_size)
     state = AppState(
-        settings=Settings(node_name="bench"), store=store, hub=hub, metrics=metrics,
-        health=StoreHealth(), started_at=time.time(),
+        settings=Current(Settings(node_name="bench")), store=Current(store), hub=hub,
+        metrics=metrics, health=StoreHealth(), started_at=time.time(),
     )
     versions = {}
     for i in range(NODES):

@@ -41,6 +41,7 @@ from typing import Any
 
 import trio
 
+from k3net.current import Current
 from k3net.events import EventHub
 from k3net.harness.browser import CHROMIUM, Browser, available
 from k3net.health import StoreHealth
@@ -142,9 +143,9 @@ class Server:
                     await nursery.start(self._pump, hub)
                 assert hub.seq == self.nodes, hub.seq  # one `joined` per Node
                 state = AppState(
-                    settings=Settings(node_name="node-0000", listen_port=7946), store=self.store,
-                    hub=hub, metrics=metrics, health=health, started_at=time.time(),
-                    addrs=["10.77.0.2"], self_up=lambda: True,
+                    settings=Current(Settings(node_name="node-0000", listen_port=7946)),
+                    store=Current(self.store), hub=hub, metrics=metrics, health=health,
+                    started_at=time.time(), addrs=lambda: ["10.77.0.2"], self_up=lambda: True,
                 )
                 port = await nursery.start(serve.run, make_app(state), "127.0.0.1", 0)
                 self._ready.put(port)

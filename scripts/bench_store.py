@@ -100,7 +100,8 @@ async def _events(storage: Any, count: int) -> dict[str, Any]:
     from k3net.store import Put, Snapshot, open_store
 
     table = PeerTable(peer_ttl=90.0, refresh_interval=30.0,
-                      me=SelfInfo("bench-agent", (), 7946, os.getpid()), register_self=False)
+                      me=SelfInfo("bench-agent", lambda: (), 7946, os.getpid()),
+                      register_self=False)
     hub = EventHub(Metrics())
     times: list[float] = []
     async with trio_asyncio.open_loop(), open_store(storage) as store, store.watch() as events:

@@ -1,6 +1,6 @@
 """This machine's addresses followed live, in-process on trio's fake clock: the address
-watcher (tasks/addresses.py) and what the agent does with a change (own Node, /info, mDNS,
-the prober's own set). The real thing, on a namespace LAN: tests/test_real_hosts.py."""
+watcher (tasks/addresses.py), setting their one owner, and what follows a change (own Node,
+/info, mDNS, the prober's own set). The real thing, on a namespace LAN: tests/test_real_hosts.py."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import trio.testing
 
 from k3net.agent import Agent
 from k3net.core.addresses import MachineAddresses
+from k3net.current import Current
 from k3net.model import Node
 from k3net.tasks import addresses
 from tests.test_agent_inprocess import (
@@ -43,25 +44,47 @@ class Machine:
         return self.now
 
 
-async def test_watcher_sends_changes_only(autojump_clock: trio.testing.MockClock) -> None:
+async def test_watcher_sets_changes_only(autojump_clock: trio.testing.MockClock) -> None:
     machine = Machine()
-    send, recv = trio.open_memory_channel[MachineAddresses](0)
+    here = Current(FIRST)
     async with trio.open_nursery() as nursery:
-        await nursery.start(addresses.run, machine, send, FIRST)
+        await nursery.start(addresses.run, machine, here)
         start = trio.current_time()
         with trio.move_on_after(10):
-            await recv.receive()
-            raise AssertionError("no change, yet something was sent")
+            await here.wait_changed(0)
+            raise AssertionError("no change, yet something was set")
         assert machine.reads >= 4  # it kept polling, every POLL_INTERVAL
         machine.fail = True
-        await trio.sleep(3 * addresses.POLL_INTERVAL)  # failed readings: logged, not sent
+        await trio.sleep(3 * addresses.POLL_INTERVAL)  # failed readings: logged, not set
         machine.fail = False
         machine.now = MOVED
         changed_at = trio.current_time()
-        assert await recv.receive() == MOVED
+        assert await here.wait_changed(0) == MOVED
+        assert here.version == 1
         assert trio.current_time() - changed_at <= addresses.POLL_INTERVAL
         assert trio.current_time() - start > 10
         nursery.cancel_scope.cancel()
+
+
+async def test_a_reading_with_nothing_to_advertise_keeps_what_is_advertised(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The LAN interface lost its address but a bridge still has one: this machine's own set
+    changes (the prober and the scanner follow it), our record and Node keep the last addresses
+    (a record with none would only make peers lose us)."""
+    machine = Machine()
+    here = Current(FIRST)
+    caplog.set_level(logging.WARNING, logger=addresses.__name__)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(addresses.run, machine, here)
+        machine.now = MachineAddresses((), frozenset({"192.168.122.1"}))
+        assert await here.wait_changed(0) == MachineAddresses(
+            FIRST.advertised, frozenset({"192.168.122.1"}))
+        machine.now = MOVED
+        assert await here.wait_changed(1) == MOVED
+        nursery.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records] == [
+        "no usable address on this machine's LAN interfaces now; still advertising 192.168.1.2"]
 
 
 async def test_a_series_of_failed_readings_is_logged_once(
@@ -70,10 +93,9 @@ async def test_a_series_of_failed_readings_is_logged_once(
     """An interface that lost its address (a DHCP lease gone) fails every reading for as long:
     one warning when it starts, one line when readings work again, not one every poll."""
     machine = Machine()
-    send, recv = trio.open_memory_channel[MachineAddresses](0)
     caplog.set_level(logging.INFO, logger=addresses.__name__)
     async with trio.open_nursery() as nursery:
-        await nursery.start(addresses.run, machine, send, FIRST)
+        await nursery.start(addresses.run, machine, Current(FIRST))
         machine.fail = True
         await trio.sleep(10 * addresses.POLL_INTERVAL)
         machine.fail = False
@@ -96,8 +118,8 @@ async def test_agent_follows_a_readdress(autojump_clock: trio.testing.MockClock)
     store = RecordingStore(log)
     machine = Machine()
     lan = FakeLan(log)
-    a = Agent(settings(), store=store, lan=lan, addresses=FIRST.advertised, own=sorted(FIRST.own),
-              machine=machine, serve=fake_http(log))
+    a = Agent(settings(), store=store, lan=lan, addresses=FIRST, machine=machine,
+              serve=fake_http(log))
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
         await wait_for_own(store, "True")
@@ -113,7 +135,6 @@ async def test_agent_follows_a_readdress(autojump_clock: trio.testing.MockClock)
                     if _internal_ips(stored.node) == ["192.168.1.9"]:
                         break
         assert "readdress 192.168.1.9" in log.events  # the mDNS record follows
-        assert a.table.me.addresses == ("192.168.1.9",)
-        assert a.web.addrs == ["192.168.1.9"]  # what /info shows
+        assert a.web.addrs() == ("192.168.1.9",)  # what /info shows
         a.stop()
-    assert a.addresses == ("192.168.1.9",)
+    assert a.addresses.value == MOVED

@@ -18,15 +18,18 @@ import trio
 import trio.testing
 
 from k3net.agent import SHUTDOWN_DEADLINE, Agent
+from k3net.core.addresses import MachineAddresses
 from k3net.core.messages import PeerSeen
 from k3net.core.nodes import Alive, render
 from k3net.core.table import Message
+from k3net.current import Current
 from k3net.model import Node
 from k3net.settings import Settings
 from k3net.store.base import Stored, StoreUnavailable
 from k3net.store.memory import MemoryStore
 
 ME = "node-a"
+HERE = MachineAddresses(("192.168.1.2",), frozenset())
 
 
 class Recorder:
@@ -74,12 +77,18 @@ class FakeLan:
         self.peers = peers
 
     async def advertise(
-        self, addresses: Sequence[str], *, task_status: Any = trio.TASK_STATUS_IGNORED
+        self, here: Current[MachineAddresses], *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        self.log.add(f"advertise {','.join(addresses)}")
+        seen, announced = here.version, here.value.advertised
+        self.log.add(f"advertise {','.join(announced)}")
         task_status.started()
         try:
-            await trio.sleep_forever()
+            while True:
+                now = await here.wait_changed(seen)
+                seen = here.version
+                if now.advertised != announced:
+                    announced = now.advertised
+                    self.log.add(f"readdress {','.join(announced)}")
         finally:
             self.log.add("goodbye")
 
@@ -91,9 +100,6 @@ class FakeLan:
             for peer in self.peers:
                 await out.send(peer)
             await trio.sleep_forever()
-
-    async def readdress(self, addresses: Sequence[str]) -> None:
-        self.log.add(f"readdress {','.join(addresses)}")
 
 
 def fake_http(log: Recorder) -> Callable[..., Any]:
@@ -113,8 +119,7 @@ def settings() -> Settings:
 
 
 def agent(log: Recorder, store: RecordingStore) -> Agent:
-    return Agent(settings(), store=store, lan=FakeLan(log), addresses=("192.168.1.2",),
-                 serve=fake_http(log))
+    return Agent(settings(), store=store, lan=FakeLan(log), addresses=HERE, serve=fake_http(log))
 
 
 async def own_status(store: MemoryStore) -> str | None:
@@ -196,8 +201,8 @@ async def test_a_crashing_task_ends_the_agent_with_its_error(
                 raise OSError("interface vanished")
 
     log = Recorder()
-    a = Agent(settings(), store=RecordingStore(log), lan=BrokenLan(log),
-              addresses=("192.168.1.2",), serve=fake_http(log))
+    a = Agent(settings(), store=RecordingStore(log), lan=BrokenLan(log), addresses=HERE,
+              serve=fake_http(log))
     with pytest.RaisesGroup(pytest.RaisesExc(OSError, match="interface vanished"), flatten_subgroups=True):
         await a.run()
     assert "goodbye" in log.events and "http down" in log.events
@@ -215,7 +220,7 @@ async def test_a_move_to_another_store_carries_the_own_node_over_at_once(
         # Ready in the new store before use_store returns: no heartbeat interval waited for.
         assert await own_status(second) == "True"
         assert trio.current_time() - moved_at < 0.1
-        assert a.web.store is second  # what /nodes, /info and /readyz read
+        assert a.web.store.value is second  # what /nodes, /info and /readyz read
         # The new store is the one followed now: someone else's Node there is seen.
         node_z = render(None, Alive("node-z", ("192.168.1.9",), 7946, None),
                         dt.datetime.now(dt.UTC))

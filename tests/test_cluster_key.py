@@ -15,6 +15,7 @@ import trio
 from k3net import cli
 from k3net.core.identity import KeyFileError, read_key_file
 from k3net.core.private import MIN_KEY_BITS, key_bits
+from k3net.current import Current
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -113,9 +114,9 @@ def test_advertise_address_is_kept_exactly_and_checked(capsys: pytest.CaptureFix
 async def _serve_info(nursery: trio.Nursery, key: bytes | None) -> int:
     metrics = Metrics()
     state = AppState(
-        settings=Settings(node_name="node-a", listen_port=7946, cluster_key=key),
-        store=MemoryStore(), hub=EventHub(metrics), metrics=metrics, health=StoreHealth(),
-        started_at=time.time(), addrs=["10.77.0.2"],
+        settings=Current(Settings(node_name="node-a", listen_port=7946, cluster_key=key)),
+        store=Current(MemoryStore()), hub=EventHub(metrics), metrics=metrics, health=StoreHealth(),
+        started_at=time.time(), addrs=lambda: ["10.77.0.2"],
     )
     return (await start_server(nursery, state)).port
 

@@ -35,6 +35,7 @@ from k3net.core.discovery import (
 from k3net.core.identity import proof
 from k3net.core.messages import PeerSeen
 from k3net.core.table import Message, PeerView
+from k3net.current import Current
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -205,9 +206,9 @@ async def _serve_agent(nursery: trio.Nursery, name: str, key: bytes | None = Non
                        peers: list[PeerView] | None = None) -> int:
     metrics = Metrics()
     state = AppState(
-        settings=Settings(node_name=name, listen_port=port or 7946, cluster_key=key),
-        store=MemoryStore(), hub=EventHub(metrics), metrics=metrics, health=StoreHealth(),
-        started_at=time.time(), addrs=["10.79.2.2"], peers=lambda: list(peers or []),
+        settings=Current(Settings(node_name=name, listen_port=port or 7946, cluster_key=key)),
+        store=Current(MemoryStore()), hub=EventHub(metrics), metrics=metrics, health=StoreHealth(),
+        started_at=time.time(), addrs=lambda: ["10.79.2.2"], peers=lambda: list(peers or []),
     )
     return (await start_server(nursery, state, port)).port
 

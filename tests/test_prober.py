@@ -19,7 +19,8 @@ import trio.testing
 from k3net.core.messages import ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
-from k3net.tasks.probe import MIN_HOLD, Own, Prober, probe_peer, probe_with_timeout
+from k3net.tasks.hold import MIN_HOLD
+from k3net.tasks.probe import Own, Prober, probe_peer
 from tests.fakeagent import FakeAgent
 
 LOOPBACK = "127.0.0.1"
@@ -104,7 +105,7 @@ def _unanswering(host: str) -> Iterator[int]:
 
 async def test_probe_ok(listeners: Listeners) -> None:
     port = await listeners.open()
-    result = await probe_with_timeout("peer-a", [LOOPBACK], port, 5.0)
+    result = await probe_peer("peer-a", [LOOPBACK], port, 5.0)
     assert result.outcome == "unverified"
     assert result.name == "peer-a"
     assert result.address == LOOPBACK
@@ -113,7 +114,7 @@ async def test_probe_ok(listeners: Listeners) -> None:
 
 
 async def test_probe_refused(closed_port: int) -> None:
-    result = await probe_with_timeout("peer-a", [LOOPBACK], closed_port, 5.0)
+    result = await probe_peer("peer-a", [LOOPBACK], closed_port, 5.0)
     assert result.outcome == "refused"
     assert result.address is None
     assert LOOPBACK in result.error
@@ -121,19 +122,19 @@ async def test_probe_refused(closed_port: int) -> None:
 
 async def test_probe_tries_every_address_until_one_answers(listeners: Listeners) -> None:
     port = await listeners.open()  # bound to 127.0.0.1 only: 127.0.0.2 refuses
-    result = await probe_with_timeout("peer-a", ["127.0.0.2", LOOPBACK], port, 5.0)
+    result = await probe_peer("peer-a", ["127.0.0.2", LOOPBACK], port, 5.0)
     assert result.outcome == "unverified"
     assert result.address == LOOPBACK
 
 
 async def test_probe_fails_when_no_address_answers(closed_port: int) -> None:
-    result = await probe_with_timeout("peer-a", ["127.0.0.2", "127.0.0.3"], closed_port, 5.0)
+    result = await probe_peer("peer-a", ["127.0.0.2", "127.0.0.3"], closed_port, 5.0)
     assert result.outcome != "unverified"
     assert "127.0.0.2" in result.error and "127.0.0.3" in result.error
 
 
 async def test_probe_without_addresses_fails() -> None:
-    result = await probe_with_timeout("peer-a", [], 7946, 5.0)
+    result = await probe_peer("peer-a", [], 7946, 5.0)
     assert result.outcome != "unverified"
 
 
@@ -141,7 +142,7 @@ async def test_probe_times_out(
     autojump_clock: trio.testing.MockClock, unanswering_port: int
 ) -> None:
     start = trio.current_time()
-    result = await probe_with_timeout("peer-a", [LOOPBACK], unanswering_port, TIMEOUT)
+    result = await probe_peer("peer-a", [LOOPBACK], unanswering_port, TIMEOUT)
     assert result.outcome != "unverified"
     assert trio.current_time() - start == pytest.approx(TIMEOUT)
     assert result.latency == pytest.approx(TIMEOUT)
@@ -468,7 +469,7 @@ async def _probing(
 
 async def test_a_server_that_answers_200_to_anything_is_not_held_in_a_loop() -> None:
     """A web server that answers every path with 200 and closes is no agent's /hold: it must not
-    be held, closed and probed again in a loop (held connections, k3net.tasks.probe)."""
+    be held, closed and probed again in a loop (k3net.tasks.hold)."""
     accepted = 0
 
     async def answer_anything(stream: trio.SocketStream) -> None:
@@ -493,7 +494,7 @@ async def test_a_server_that_answers_200_to_anything_is_not_held_in_a_loop() -> 
 async def test_a_hold_that_closes_during_a_probe_is_followed_by_a_probe_of_its_own() -> None:
     """A peer crashes while a probe of it is under way: the broken probe proves nothing, so the
     close of the held connection must still bring a probe of its own, which finds the port
-    refused (held connections, k3net.tasks.probe)."""
+    refused (k3net.tasks.hold)."""
     slow = trio.Event()  # set: /info waits for the crash instead of answering
     crashed = trio.Event()
     hold_closed = trio.Event()

@@ -14,15 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from k3net import reload
 from k3net.config import ConfigError, EtcdConfig, MySQLConfig, StorageConfig
+from k3net.current import Current
 from k3net.harness.agents import AgentFactory, ready
 from k3net.harness.netns import Lan, LoopbackHost
 from k3net.harness.nsclient import NetnsClient, wait_for
 from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
 from k3net.harness.services import EtcdServer
 from k3net.settings import Settings
+from k3net.store.base import StoreError
 
 OLD = Settings(node_name="n1")
 
@@ -95,6 +99,41 @@ def test_a_bad_config_is_refused_with_one_line(caplog: pytest.LogCaptureFixture)
     assert running is OLD and configured == []
     [record] = caplog.records
     assert record.levelno == logging.ERROR and "bad YAML at line 3" in record.message
+
+
+async def test_each_sighup_leaves_the_running_settings_in_their_owner() -> None:
+    """What runs after a SIGHUP is in the agent's one owner of its settings (what /info and the
+    rest read): the new live values, the old everything else; a store that cannot be used is
+    left out and the running one stays."""
+    etcd = StorageConfig(type="etcd")
+    mysql = StorageConfig(type="mysql")
+    settings = Current(OLD)
+    configs = [
+        Settings(node_name="n1", log_level="debug", peer_ttl=30.0, storage=etcd),
+        Settings(node_name="n1", log_level="warning", storage=mysql),
+    ]
+    tried: list[StorageConfig] = []
+    refused = trio.Event()
+
+    async def use_storage(storage: StorageConfig) -> None:
+        tried.append(storage)
+        if storage == mysql:
+            refused.set()
+            raise StoreError("mysql: connection refused")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reload.run, settings, lambda: configs[len(tried)], lambda *a: None,
+                            use_storage)
+        with trio.fail_after(5):
+            os.kill(os.getpid(), signal.SIGHUP)
+            now = await settings.wait_changed(0)
+            assert (now.log_level, now.storage, now.peer_ttl) == ("debug", etcd, 90.0)
+            os.kill(os.getpid(), signal.SIGHUP)
+            await refused.wait()
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert tried == [etcd, mysql]
+    assert (settings.value.log_level, settings.value.storage) == ("warning", etcd)
 
 
 def write(path: Path, storage: str, log_level: str) -> None:

@@ -59,7 +59,7 @@ from k3net.model import Node
 
 TTL = 90.0
 REFRESH = 30.0
-ME = SelfInfo(name="me", addresses=("192.168.1.2",), port=7946, pid=100)
+ME = SelfInfo(name="me", addresses=lambda: ("192.168.1.2",), port=7946, pid=100)
 PEER = PeerSeen(name="peer-a", addresses=("192.168.1.10",), port=7946, pid=4242)
 OTHER = PeerSeen(name="peer-b", addresses=("192.168.1.11",), port=7000, pid=None)
 TARGET = ProbeTarget("peer-a", ("192.168.1.10",), 7946)
@@ -624,7 +624,7 @@ def test_deleted_node_is_recreated_on_next_ok_probe() -> None:
 
 
 def test_probing_a_peer_whose_own_agent_keeps_it_ready_writes_nothing() -> None:
-    peer_agent = table(me=SelfInfo("peer-a", ("192.168.1.10",), 7946, 4242))
+    peer_agent = table(me=SelfInfo("peer-a", lambda: ("192.168.1.10",), 7946, 4242))
     own = commit(peer_agent.handle(SelfHeartbeat(), 0.0)[0])  # peer-a's agent wrote it: AgentReady
     t = table()
     t.handle(own, 0.0)
@@ -634,7 +634,7 @@ def test_probing_a_peer_whose_own_agent_keeps_it_ready_writes_nothing() -> None:
 
 
 def test_two_agents_share_one_refresh() -> None:
-    a, b = table(), table(me=SelfInfo("me-b", ("192.168.1.3",), 7946, 200))
+    a, b = table(), table(me=SelfInfo("me-b", lambda: ("192.168.1.3",), 7946, 200))
     put = joined(a, now=0.0)
     b.handle(PEER, 0.0)
     b.handle(put, 0.0)
@@ -795,11 +795,13 @@ def test_peer_counts_follow_the_store() -> None:
 
 
 def test_own_addresses_changed_rewrite_own_node_at_once() -> None:
-    t = table()
+    here = ["192.168.1.2"]  # their owner, as the table reads it
+    t = table(me=SelfInfo("me", lambda: tuple(here), 7946, 100))
     (create,) = writes(t.handle(SelfHeartbeat(), 0.0))
     t.handle(commit(create), 0.1)
     assert writes(t.handle(SelfHeartbeat(), 1.0)) == []
-    (update,) = writes(t.handle(OwnAddresses(("192.168.1.3",)), 2.0))
+    here[:] = ["192.168.1.3"]
+    (update,) = writes(t.handle(OwnAddresses(), 2.0))
     assert isinstance(update.intent, Alive) and update.intent.addresses == ("192.168.1.3",)
 
 
@@ -808,7 +810,7 @@ def test_own_addresses_changed_rewrite_own_node_at_once() -> None:
 
 def remote_put(status: str = "True") -> Put:
     """peer-a's Node as its own agent on another subnet wrote it."""
-    other_agent = table(me=SelfInfo("peer-a", ("10.1.2.3",), 7946, 77))
+    other_agent = table(me=SelfInfo("peer-a", lambda: ("10.1.2.3",), 7946, 77))
     (create,) = writes(other_agent.handle(SelfHeartbeat(), 0.0))
     put = commit(create)
     return put if status == "True" else with_status(put, status, "PeerLeft")
@@ -853,7 +855,7 @@ def test_a_peer_found_both_ways_is_probed_once_and_shown_as_mdns() -> None:
 
 
 def test_own_node_is_never_a_peer() -> None:
-    t = table(me=SelfInfo("peer-a", ("10.1.2.3",), 7946, 77))
+    t = table(me=SelfInfo("peer-a", lambda: ("10.1.2.3",), 7946, 77))
     t.handle(remote_put(), 1.0)
     assert t.handle(PeerSeen("peer-a", ("10.1.2.3",), 7946, 77, found_by="join"), 2.0) == []
     assert t.peers() == []

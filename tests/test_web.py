@@ -18,6 +18,7 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import CloseReason, ConnectionClosed, open_websocket_url, wrap_client_stream
 
+from k3net.current import Current
 from k3net.events import EventHub
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -92,8 +93,9 @@ async def start_web(nursery: trio.Nursery, *, store: MemoryStore | None = None, 
     hub = EventHub(metrics, **hub_kwargs)
     await nursery.start(pump, store, hub)
     state = AppState(
-        settings=Settings(node_name="node-a", listen_port=7946), store=store, hub=hub,
-        metrics=metrics, health=health, started_at=time.time(), addrs=["10.77.0.2"],
+        settings=Current(Settings(node_name="node-a", listen_port=7946)), store=Current(store),
+        hub=hub, metrics=metrics, health=health, started_at=time.time(),
+        addrs=lambda: ["10.77.0.2"],
         self_up=lambda: True,
     )
     server = await start_server(nursery, state, port)
@@ -431,7 +433,7 @@ async def test_listen_addresses(host: str, family: int | None) -> None:
 
 
 async def test_hold_stays_open_until_the_agent_stops(nursery: trio.Nursery) -> None:
-    """Peers hold /hold open (k3net.tasks.probe): it answers 200 and then nothing while the
+    """Peers hold /hold open (k3net.tasks.hold): it answers 200 and then nothing while the
     agent runs, and ends when the server stops, within its grace."""
     w = await start_web(nursery)
     stream = await trio.open_tcp_stream("127.0.0.1", w.port)
@@ -455,8 +457,8 @@ async def test_hold_stays_open_until_the_agent_stops(nursery: trio.Nursery) -> N
 
 async def test_hold_is_refused_while_stopping() -> None:
     app = make_app(AppState(
-        settings=Settings(node_name="node-a"), store=MemoryStore(), hub=EventHub(Metrics()),
-        metrics=Metrics(), health=StoreHealth(), started_at=time.time()))
+        settings=Current(Settings(node_name="node-a")), store=Current(MemoryStore()),
+        hub=EventHub(Metrics()), metrics=Metrics(), health=StoreHealth(), started_at=time.time()))
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:

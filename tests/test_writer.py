@@ -15,6 +15,7 @@ import trio.testing
 from k3net.backoff import Backoff
 from k3net.core.nodes import PEER_ALIVE, Alive, Expired, Left, Shutdown, last_seen, render
 from k3net.core.table import Write
+from k3net.current import Current
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.model import Node
@@ -102,7 +103,7 @@ async def running(
     store: object, *, backoff: Backoff | None = None
 ) -> AsyncIterator[tuple[Writer, trio.MemorySendChannel[Write]]]:
     send, recv = trio.open_memory_channel[Write](0)
-    writer = Writer(store, Metrics(), StoreHealth(),  # type: ignore[arg-type]
+    writer = Writer(Current(store), Metrics(), StoreHealth(),  # type: ignore[arg-type]
                     backoff=backoff or Backoff(),
                     rng=random.Random(SEED))
     async with trio.open_nursery() as nursery:
@@ -394,7 +395,7 @@ async def test_closing_the_inbox_returns_after_pending_writes(
     store = FaultyStore(MemoryStore())
     store.down = True
     send, recv = trio.open_memory_channel[Write](0)
-    writer = Writer(store, Metrics(), StoreHealth(), rng=random.Random(SEED))  # type: ignore[arg-type]
+    writer = Writer(Current(store), Metrics(), StoreHealth(), rng=random.Random(SEED))  # type: ignore[arg-type]
     returned_at: list[float] = []
 
     async def run_writer() -> None:
@@ -417,7 +418,7 @@ async def test_closing_the_inbox_returns_after_pending_writes(
 
 async def test_closing_an_idle_writer_returns_at_once(autojump_clock: trio.testing.MockClock) -> None:
     send, recv = trio.open_memory_channel[Write](0)
-    writer = Writer(MemoryStore(), Metrics(), StoreHealth())
+    writer = Writer(Current(MemoryStore()), Metrics(), StoreHealth())
     with trio.fail_after(1):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run, recv)

@@ -41,7 +41,7 @@ from k3net.commands import CommandError, dump, table
 from k3net.core.messages import PeerGone, PeerSeen, ProbeResult
 from k3net.metrics import Metrics
 from k3net.tasks import browse
-from k3net.tasks.probe import probe_with_timeout
+from k3net.tasks.probe import probe_peer
 
 
 @attrs.frozen
@@ -84,7 +84,7 @@ async def discover(
     results: dict[str, ProbeResult] = {}
 
     async def probe(peer: PeerSeen) -> None:
-        results[peer.name] = await probe_with_timeout(
+        results[peer.name] = await probe_peer(
             peer.name, peer.addresses, peer.port, probe_timeout
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import attrs
@@ -70,17 +69,14 @@ class ProbeResult:
 
 @attrs.frozen
 class OwnAddresses:
-    """addresses: this machine's advertised addresses changed (DHCP, IPv6 privacy address)."""
-
-    addresses: tuple[str, ...]
+    """addresses: this machine's advertised addresses changed (DHCP, IPv6 privacy address): our
+    own Node is written again now, with the addresses its owner holds (`SelfInfo.addresses`)."""
 
 
 @attrs.frozen
 class StoreChanged:
-    """The agent moved to another store (a reload); the new store's watch follows. The table's
-    loop calls `handed_over` once the writer has every write the table carried over."""
-
-    handed_over: Callable[[], object] = lambda: None
+    """The agent moved to another store (a reload): what the table knows is written there before
+    the new store's watch starts (the table's loop reports when it has handed that over)."""
 
 
 @attrs.frozen

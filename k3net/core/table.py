@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 
 import attrs
 
@@ -187,10 +188,12 @@ Action = ProbeNow | Forget | Write | JoinLatency | Reject | Paused
 
 @attrs.frozen
 class SelfInfo:
-    """What this agent writes into its own Node."""
+    """What this agent writes into its own Node. Our addresses change while we run: `addresses`
+    reads them from their one owner when the Node is written (the agent's address watcher keeps
+    them; the table keeps no copy)."""
 
     name: str
-    addresses: tuple[str, ...]
+    addresses: Callable[[], tuple[str, ...]]
     port: int
     pid: int
 
@@ -301,7 +304,6 @@ class PeerTable:
             case SelfHeartbeat():
                 return self._heartbeat(now)
             case OwnAddresses():
-                self.me = attrs.evolve(self.me, addresses=msg.addresses)
                 return self._heartbeat(now)
             case StoreChanged():
                 return self._store_changed(now)
@@ -567,7 +569,7 @@ class PeerTable:
         if not self.register_self or self.shutting_down:
             return []
         me = self.me
-        return self._alive(me.name, me.addresses, me.port, me.pid, AGENT_READY, now)
+        return self._alive(me.name, me.addresses(), me.port, me.pid, AGENT_READY, now)
 
     def _stop(self) -> list[Action]:
         """This agent stops: its own Node goes False/AgentShutdown."""

@@ -1,14 +1,12 @@
 """presence: this agent on the LAN's mDNS (the agent's `Lan`), following its addresses.
 
     async with trio_asyncio.open_loop(), open_presence(settings, interfaces, metrics) as lan:
-        nursery.start_soon(lan.advertise, addresses)
+        nursery.start_soon(lan.advertise, here)     # here: Current[MachineAddresses]
         await nursery.start(lan.browse, send_channel)
-        ...
-        await lan.readdress(new_addresses)      # this machine's addresses changed
 
 One zeroconf instance advertises our record (tasks/advertise.py) and browses for peers
-(tasks/browse.py). When this machine's addresses change (tasks/addresses.py, through the
-agent), `readdress`:
+(tasks/browse.py); both run on whichever zeroconf is current (`k3net.current.follow`). When this
+machine's advertised addresses change (tasks/addresses.py sets `here`), the advertisement:
 
 - updates the record in place if what zeroconf is bound to is unchanged (its IPv4 addresses
   and IPv6 interfaces: a new IPv6 privacy address, a pinned address): same name, new A/AAAA
@@ -21,6 +19,9 @@ agent), `readdress`:
   advertise registers again on the new one (about 1.6 s of probing and announcing) and browse
   starts again there (peers are found again from their answers; the table takes a PeerSeen of
   a known peer as an update).
+
+TXT `addrs` (mdns.service_info) is the version of `here`: it grows with every change of this
+machine's addresses, so every new list of advertised ones announces a new TXT.
 
 Either way, addresses we lost are withdrawn first (goodbyes of those A/AAAA records only), before
 the new ones are announced (in place: WITHDRAW_DELAY later), because zeroconf reports a new
@@ -43,7 +44,9 @@ from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
 from k3net import mdns
+from k3net.core.addresses import MachineAddresses
 from k3net.core.table import Message
+from k3net.current import Current, follow
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.tasks import advertise, browse
@@ -53,12 +56,11 @@ log = logging.getLogger(__name__)
 
 @attrs.define
 class _Session:
-    """One zeroconf instance and what it is bound to; `moved` is set when we leave it."""
+    """One zeroconf instance and what it is bound to."""
 
     zc: AsyncZeroconf
     specs: tuple[str | int, ...]
     stack: contextlib.AsyncExitStack
-    moved: trio.Event = attrs.Factory(trio.Event)
 
 
 def _chosen(settings: Settings) -> list[mdns.Interface]:
@@ -74,14 +76,11 @@ class Presence:
         self.metrics = metrics
         # Only loopback interfaces (a test namespace): peers' loopback addresses are kept.
         self.loopback = loopback
-        self.addresses: tuple[str, ...] = ()  # what our record announces
-        self.generation = 0  # changes of `addresses` so far: TXT `addrs` (mdns.service_info)
+        self._session: Current[_Session] | None = None  # the zeroconf in use
         self._info: ServiceInfo | None = None  # our record as registered in the session
-        self._session: _Session | None = None
-        self._moving = trio.Lock()
 
     @property
-    def session(self) -> _Session:
+    def session(self) -> Current[_Session]:
         assert self._session is not None, "use open_presence"
         return self._session
 
@@ -94,29 +93,32 @@ class Presence:
 
     async def advertise(
         self,
-        addresses: Sequence[str],
+        here: Current[MachineAddresses],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Advertise until cancelled (then say goodbye); move along with `readdress`. Reports
-        started once our record is registered (the first time)."""
-        self.addresses = tuple(addresses)
-        moved = False  # after a move the name is ours already (advertise.run's `ours`)
-        while True:
-            session = self.session
+        """Advertise `here`'s advertised addresses until cancelled (then say goodbye), following
+        their changes (module docstring). Reports started once our record is registered (the
+        first time)."""
+        first = self.session.value
+
+        async def on(session: _Session, *, task_status: trio.TaskStatus[None]) -> None:
             info = self._info = mdns.service_info(
-                self.settings, addresses=self.addresses, generation=self.generation
+                self.settings, addresses=here.value.advertised, generation=here.version
             )
 
-            def goodbye(moved: trio.Event = session.moved) -> bool:
-                return not moved.is_set()
+            def goodbye() -> bool:
+                return self.session.value is session  # not when we moved to another zeroconf
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_when, session.moved, nursery.cancel_scope)
-                await nursery.start(_advertise, session.zc, info, goodbye, moved)
-                task_status.started()
-                task_status = trio.TASK_STATUS_IGNORED
-            moved = True
+            # After a move the name is ours already (advertise.run's `ours`). Started once
+            # registered (probing and announcing, about 1.6 s): /readyz waits for it.
+            await advertise.run(session.zc, info, goodbye=goodbye, ours=session is not first,
+                                task_status=task_status)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_addresses, here, here.version, here.value.advertised)
+            await nursery.start(follow, self.session, on)
+            task_status.started()
 
     async def browse(
         self,
@@ -127,39 +129,45 @@ class Presence:
         """Send PeerSeen / PeerGone / PeerRejected to `out` until cancelled, on whichever
         zeroconf is current; close `out` then."""
         s = self.settings
-        async with out:
-            while True:
-                session = self.session
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_when, session.moved, nursery.cancel_scope)
-                    await nursery.start(
-                        _browse, session.zc, mdns.service_type(s.service, s.domain),
-                        s.node_name, out.clone(), self.metrics, self.loopback,
-                    )
-                    task_status.started()
-                    task_status = trio.TASK_STATUS_IGNORED
+        service_type = mdns.service_type(s.service, s.domain)
 
-    async def readdress(self, addresses: Sequence[str]) -> None:
-        """This machine now has `addresses` to advertise (module docstring)."""
-        async with self._moving:
-            addresses = tuple(addresses)
-            if not addresses or addresses == self.addresses:
-                return
-            old = self.session
-            gone = [a for a in self.addresses if a not in addresses]
-            self.addresses = addresses
-            self.generation += 1
-            try:
-                chosen = _chosen(self.settings)
-            except mdns.MdnsError as exc:
-                log.warning("mDNS interfaces unusable now (%s); keeping them", exc)
-                chosen = []
-            if not chosen or tuple(mdns.zeroconf_interfaces(chosen)) == old.specs:
-                await self._update_in_place(old, gone)
-                return
-            log.info("mDNS moves to this machine's new addresses (%s): registering again",
-                     ", ".join(addresses))
-            new = await self._open(chosen)
+        async def on(session: _Session, *, task_status: trio.TaskStatus[None]) -> None:
+            await browse.run(session.zc, service_type, s.node_name, out.clone(), self.metrics,
+                             loopback=self.loopback, task_status=task_status)
+
+        async with out:
+            await follow(self.session, on, task_status=task_status)
+
+    async def _follow_addresses(
+        self, here: Current[MachineAddresses], seen: int, announced: tuple[str, ...]
+    ) -> None:
+        """Every change of the advertised addresses since version `seen` (when the record
+        announced `announced`), followed by our record in turn."""
+        while True:
+            now = await here.wait_changed(seen)
+            seen = here.version
+            if now.advertised and now.advertised != announced:
+                gone = [a for a in announced if a not in now.advertised]
+                announced = now.advertised
+                await self._readdress(now.advertised, gone, seen)
+
+    async def _readdress(
+        self, addresses: tuple[str, ...], gone: list[str], generation: int
+    ) -> None:
+        """Our record announces `addresses` from now on, not `gone` (module docstring)."""
+        old = self.session.value
+        try:
+            chosen = _chosen(self.settings)
+        except mdns.MdnsError as exc:
+            log.warning("mDNS interfaces unusable now (%s); keeping them", exc)
+            chosen = []
+        if not chosen or tuple(mdns.zeroconf_interfaces(chosen)) == old.specs:
+            await self._update_in_place(old, addresses, gone, generation)
+            return
+        log.info("mDNS moves to this machine's new addresses (%s): registering again",
+                 ", ".join(addresses))
+        new = await self._open(chosen)
+        try:
             if self._info is not None:
                 # Out of the old registry first: the old zeroconf must no longer answer for
                 # our name with the old addresses, nor send a goodbye when it closes.
@@ -167,22 +175,26 @@ class Presence:
                 old.zc.zeroconf.registry.async_remove(self._info)
             if gone:
                 # The goodbyes of the lost addresses go out before advertise announces on
-                # the new zeroconf (it starts on `moved`): a peer that heard them the other
-                # way round would resolve both addresses and never hear of the old one again.
+                # the new zeroconf (it starts on the change of session): a peer that heard
+                # them the other way round would resolve both addresses and never hear of the
+                # old one again.
                 await aio_as_trio(new.zc.zeroconf.async_wait_for_start)()
                 mdns.withdraw_addresses(new.zc, self._info or mdns.service_info(
-                    self.settings, addresses=addresses, generation=self.generation), gone)
-            self._session = new
-            old.moved.set()  # advertise and browse leave the old zeroconf, without a goodbye
-            await old.stack.aclose()
+                    self.settings, addresses=addresses, generation=generation), gone)
+        except BaseException:
+            with trio.CancelScope(shield=True):  # stopped meanwhile: nobody uses the new one
+                await new.stack.aclose()
+            raise
+        self.session.set(new)  # advertise and browse leave the old zeroconf, without a goodbye
+        await old.stack.aclose()
 
-    async def _update_in_place(self, session: _Session, gone: list[str]) -> None:
+    async def _update_in_place(
+        self, session: _Session, addresses: tuple[str, ...], gone: list[str], generation: int
+    ) -> None:
         if gone and self._info is not None:
             mdns.withdraw_addresses(session.zc, self._info, gone)
             await trio.sleep(mdns.WITHDRAW_DELAY)
-        info = mdns.service_info(
-            self.settings, addresses=self.addresses, generation=self.generation
-        )
+        info = mdns.service_info(self.settings, addresses=addresses, generation=generation)
         try:
             await mdns.update_service(session.zc, info)
         except (KeyError, ValueError, RuntimeError) as exc:
@@ -191,29 +203,7 @@ class Presence:
             log.warning("mDNS record not updated: %r", exc)
             return
         self._info = info
-        log.info("mDNS record now announces %s", ", ".join(self.addresses))
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
-
-
-async def _advertise(
-    zc: AsyncZeroconf, info: ServiceInfo, goodbye: advertise.Goodbye, ours: bool,
-    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    # started once registered (probing and announcing, about 1.6 s): /readyz waits for it
-    await advertise.run(zc, info, goodbye=goodbye, ours=ours, task_status=task_status)
-
-
-async def _browse(
-    zc: AsyncZeroconf, service_type: str, own_name: str, out: trio.MemorySendChannel[Message],
-    metrics: Metrics, loopback: bool,
-    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await browse.run(zc, service_type, own_name, out, metrics, loopback=loopback,
-                     task_status=task_status)
+        log.info("mDNS record now announces %s", ", ".join(addresses))
 
 
 @contextlib.asynccontextmanager
@@ -223,9 +213,9 @@ async def open_presence(
     """zeroconf on the chosen interfaces, closed (with any goodbyes left) when the block ends.
     Enter it inside `trio_asyncio.open_loop()`."""
     presence = Presence(settings, metrics, mdns.loopback_only(interfaces))
-    presence._session = await presence._open(interfaces)
+    presence._session = Current(await presence._open(interfaces))
     try:
         yield presence
     finally:
         with trio.CancelScope(shield=True):
-            await presence.session.stack.aclose()
+            await presence.session.value.stack.aclose()

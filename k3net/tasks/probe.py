@@ -12,25 +12,19 @@ telling of the addresses' answers, in this order:
 died while its host lives); any timeout or unreachable address makes it `timeout` (absence of an
 answer is no evidence).
 
-This machine's own addresses (`own`, kept current by the address watcher) are no evidence about
-another machine: on our own listen port such an address is not even dialled (we would only
-reach ourselves, as with a bridge address every host repeats, like virbr0's 192.168.122.1), and
-on any other port only a confirmed answer counts (an agent of that name really runs on this
-machine: several agents on one host, `--interface lo`); a refusal, timeout, wrong node or
-non-agent there is ignored. A peer with nothing but such addresses gets `timeout`.
+This machine's own addresses (`own`, read from their owner at every probe: they change) are no
+evidence about another machine: on our own listen port such an address is not even dialled (we
+would only reach ourselves, as with a bridge address every host repeats, like virbr0's
+192.168.122.1), and on any other port only a confirmed answer counts (an agent of that name
+really runs on this machine: several agents on one host, `--interface lo`); a refusal, timeout,
+wrong node or non-agent there is ignored. A peer with nothing but such addresses gets `timeout`.
 
 The table asks for a probe at once when a peer appears or says goodbye (`ProbeNow`), or after a
 delay (a re-probe that confirms a refusal); besides, every peer is probed once per interval at a
 phase of its own (see `Prober`).
 
-Held connections: once a peer is confirmed at an address, a connection to its `GET /hold` is
-kept open there (an agent answers it and sends nothing more while it runs). When the peer's
-process dies, its kernel closes that connection at once, and the peer is probed at once: a crash
-on a living host is seen in about a second (the probe, then the table's re-probe), whatever the
-probe interval, even by an agent that is the only one to probe it. A link cut or a dead host
-closes nothing; the probes and expiry decide as before. A peer that does not answer /hold (a Go
-agent) is only probed. At most `MAX_HELD` peers are held, so an agent of a large LAN keeps its
-file descriptors.
+Once a peer is confirmed, its /hold is held open (`k3net.tasks.hold`): when its process dies,
+the held connection closes and the peer is probed at once.
 """
 
 from __future__ import annotations
@@ -39,36 +33,21 @@ import logging
 import random
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 import trio
 
 from k3net.core import addresses as addrs
-from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, get, judge_reader, request
+from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, judge_reader, request
 from k3net.core.messages import ProbeOutcome, ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.durations import format_duration
 from k3net.metrics import Metrics
+from k3net.tasks.hold import Holds
 from k3net.tasks.tcp import connect, exchange
 
 log = logging.getLogger("k3net.probe")
-
-# Bytes asked of the socket at a time: a whole /info answer fits in one read.
-_READ_SIZE = 4096
-
-# Peers whose /hold is held open at most (module docstring): one file descriptor each here and
-# one at the peer.
-MAX_HELD = 256
-# What an agent's /hold sends first (k3net.web.app), after its head.
-_HOLD_MARK = b"held\n"
-# A hold that ends sooner than this after it was set up is not tried again for that target:
-# probes only (a peer that closes at once must not be asked in a loop).
-MIN_HOLD = 5.0
-
-# How a held connection ended (Prober._held_until_closed).
-_HoldEnd = Literal["closed", "refused", "failed", "no-hold"]
 
 # Most telling first (module docstring); refused and timeout are decided apart.
 _RANK: dict[str, int] = {"confirmed": 0, "unauthenticated": 1, "wrong-node": 2, "unverified": 3}
@@ -190,14 +169,6 @@ async def probe_peer(
     )
 
 
-async def probe_with_timeout(
-    name: str, addresses: Sequence[str], port: int, timeout: float,  # noqa: ASYNC109
-    *, key: bytes | None = None, own: Own = Own(),
-) -> ProbeResult:
-    """`probe_peer`, under the name `k3net peers` knows."""
-    return await probe_peer(name, addresses, port, timeout, key=key, own=own)
-
-
 class Prober:
     """Probes every target once per `interval`, each at its own phase, and a target at once (or
     after a given delay) when the table asks.
@@ -207,6 +178,7 @@ class Prober:
     peer, one of them reaches it every interval/k on average, so a peer that dies is found
     sooner than by rounds in lock step. The load on the LAN is smooth instead of a burst per
     round. At most `limit` probes run at once, and never two scheduled ones for the same peer.
+    A confirmed peer is also held (`k3net.tasks.hold`); when its hold ends, it is probed at once.
     """
 
     def __init__(
@@ -216,13 +188,13 @@ class Prober:
         timeout: float,
         metrics: Metrics,
         key: bytes | None = None,
-        own: Own = Own(),
+        own: Callable[[], Own] = Own,
         limit: int = 64,
         rng: random.Random | None = None,
     ) -> None:
         self.interval = interval
         self.key = key  # the cluster key, if any: answers must prove it
-        self.own = own  # replaced by set_own when this machine's addresses change
+        self.own = own  # what a probe must not take for a peer, now (this machine changes)
         self.timeout = timeout
         self.metrics = metrics
         self.rng = rng or random.Random()
@@ -230,17 +202,7 @@ class Prober:
         self._schedules: dict[str, trio.CancelScope] = {}
         self._limiter = trio.CapacityLimiter(limit)
         self._inflight: Counter[str] = Counter()  # probes under way, by peer
-        # Held connections by peer: where, and the scope that releases it (module docstring);
-        # and the targets that do not answer /hold.
-        self._held: dict[str, tuple[str, int, trio.CancelScope]] = {}
-        self._no_hold: set[ProbeTarget] = set()
-        self._open: set[trio.CancelScope] = set()  # the holds set up and open now (the gauge)
-        self._nursery: trio.Nursery | None = None
-
-    def set_own(self, addresses: Iterable[str]) -> None:
-        """This machine's addresses changed (the address watcher): probes from now on ignore
-        the new set. Our listen port stays."""
-        self.own = Own.of(addresses, self.own.port)
+        self._holds: Holds | None = None  # the peers' held connections, while running
 
     async def run(
         self,
@@ -249,8 +211,16 @@ class Prober:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        async def closed(name: str) -> None:
+            # Probed even if a probe is under way: that one began before the close, and may
+            # end without a word about it (a connection the crash broke proves nothing).
+            target = self.targets.get(name)
+            if target is not None:
+                await self._probe(target, results)
+
         async with results, trio.open_nursery() as nursery:
-            self._nursery = nursery
+            holds = self._holds = Holds(nursery, timeout=self.timeout, metrics=self.metrics,
+                                        closed=closed)
             task_status.started()
             async with inbox:
                 async for msg in inbox:
@@ -259,15 +229,10 @@ class Prober:
                         schedule = self._schedules.pop(msg.name, None)
                         if schedule is not None:
                             schedule.cancel()
-                        self._release(msg.name)
+                        holds.release(msg.name)
                         continue
                     name = msg.target.name
-                    if msg.delay == 0:
-                        self._no_hold.discard(msg.target)  # seen anew (restarted?): try again
-                    held = self._held.get(name)
-                    if held is not None and (held[0] not in msg.target.addresses
-                                             or held[1] != msg.target.port):
-                        self._release(name)  # it moved: held again once confirmed there
+                    holds.asked(msg.target, anew=msg.delay == 0)
                     self.targets[name] = msg.target
                     if name not in self._schedules:
                         self._schedules[name] = scope = trio.CancelScope()
@@ -311,7 +276,7 @@ class Prober:
             async with self._limiter:
                 result = await probe_peer(
                     target.name, target.addresses, target.port, self.timeout,
-                    key=self.key, own=self.own,
+                    key=self.key, own=self.own(),
                 )
         finally:
             self._inflight[target.name] -= 1
@@ -319,102 +284,10 @@ class Prober:
                 del self._inflight[target.name]
         self.metrics.probes.labels(result=result.outcome).inc()
         self.metrics.probe_latency.observe(result.latency)
-        if result.outcome == "confirmed" and result.address:
-            self._maybe_hold(target, result.address, results)
+        if (result.outcome == "confirmed" and result.address and self._holds is not None
+                and self.targets.get(target.name) == target):
+            self._holds.confirmed(target, result.address)
         try:
             await results.send(result)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the table is gone: the agent is stopping
-
-    # --- held connections (module docstring) ------------------------------------------------
-
-    def _maybe_hold(self, target: ProbeTarget, address: str,
-                    results: trio.MemorySendChannel[ProbeResult]) -> None:
-        name = target.name
-        if (self._nursery is None or name in self._held or target in self._no_hold
-                or self.targets.get(name) != target or len(self._held) >= MAX_HELD):
-            return
-        scope = trio.CancelScope()
-        self._held[name] = (address, target.port, scope)
-        self._nursery.start_soon(self._hold, target, address, scope, results)
-
-    def _release(self, name: str) -> None:
-        held = self._held.pop(name, None)
-        if held is not None:
-            held[2].cancel()
-        self._no_hold = {t for t in self._no_hold if t.name != name}
-
-    async def _hold(self, target: ProbeTarget, address: str, scope: trio.CancelScope,
-                    results: trio.MemorySendChannel[ProbeResult]) -> None:
-        """Hold `target`'s /hold open at `address`; when the peer closes it, probe at once."""
-        ended: _HoldEnd = "failed"
-        began = trio.current_time()
-        with scope:
-            ended = await self._held_until_closed(target, address, scope)
-        self._open.discard(scope)
-        self.metrics.held.set(len(self._open))
-        if self._held.get(target.name, (None, None, None))[2] is scope:
-            del self._held[target.name]
-        if scope.cancelled_caught:
-            return  # released: forgotten, or moved
-        if ended == "no-hold":
-            log.debug("no held connection to %s at %s: probes only", target.name, address)
-            self._no_hold.add(target)  # no /hold there (a Go agent): probes only
-            return
-        if ended == "failed":
-            # No answer in time (a LAN losing packets, a busy peer): no evidence of anything.
-            # Tried again after the next confirmed probe.
-            log.debug("could not hold a connection to %s at %s", target.name, address)
-            return
-        if ended == "closed":
-            log.debug("held connection to %s at %s closed: probing it now", target.name, address)
-            self.metrics.held_closed.inc()
-            if trio.current_time() - began < MIN_HOLD:
-                self._no_hold.add(target)  # closed at once: probes only, never a loop of holds
-        else:
-            log.debug("hold refused by %s at %s: probing it now", target.name, address)
-        # Probed even if a probe is under way: that one began before the close, and may end
-        # without a word about it (a connection the crash broke proves nothing).
-        now = self.targets.get(target.name)
-        if now is not None:
-            await self._probe(now, results)
-
-    async def _held_until_closed(self, target: ProbeTarget, address: str,
-                                 scope: trio.CancelScope) -> _HoldEnd:
-        """How a hold of `target` at `address` ended: `closed` by the peer once set up; or never
-        set up: `refused` (nothing listens any more: it died since its probe), `failed` (no
-        answer in time), `no-hold` (something answered, but not with an agent's hold)."""
-        try:
-            with trio.fail_after(self.timeout):
-                sock = await connect(address, target.port)
-        except ConnectionRefusedError:
-            return "refused"
-        except (OSError, trio.TooSlowError):
-            return "failed"
-        with sock:
-            stream = trio.SocketStream(sock)
-            try:
-                with trio.fail_after(self.timeout):
-                    await stream.send_all(get(address, target.port, "/hold"))
-                    head = b""
-                    # An agent's hold: 200, then a first piece of the body that says so. Any
-                    # other answer (a Go agent's 404, a web server's page) is no hold.
-                    while _HOLD_MARK not in head and len(head) < _READ_SIZE:
-                        chunk = await stream.receive_some(_READ_SIZE)
-                        if not chunk:
-                            return "no-hold"
-                        head += chunk
-            except (OSError, trio.BrokenResourceError):
-                return "no-hold"
-            except trio.TooSlowError:
-                return "failed"
-            if not head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")) or _HOLD_MARK not in head:
-                return "no-hold"
-            self._open.add(scope)
-            self.metrics.held.set(len(self._open))
-            try:
-                while await stream.receive_some(_READ_SIZE):
-                    pass  # nothing more is sent while the peer runs
-            except (OSError, trio.BrokenResourceError):
-                pass  # reset: closed all the same
-        return "closed"

@@ -5,6 +5,9 @@ probes to the prober, the rest to the metrics, the event hub and the log.
 When the last producer closes its end of the inbox (the agent is stopping), the table is told
 `Stopping` and hands the writer this agent's last write (its own Node False/AgentShutdown);
 then the loop closes the writer's and the prober's channels, which ends them in turn.
+
+A move to another store (`StoreChanged`) is counted in `moves` once every write it asked for
+is in the writer's hands: the agent waits for that before the new store's watch starts.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from k3net.core.table import (
     Reject,
     Write,
 )
+from k3net.current import Current
 from k3net.durations import format_duration
 from k3net.events import EventHub
 from k3net.metrics import Metrics
@@ -40,6 +44,7 @@ async def run(
     metrics: Metrics,
     hub: EventHub,
     *,
+    moves: Current[int] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async def carry_out(actions: list[Action]) -> None:
@@ -73,6 +78,6 @@ async def run(
                     log.info("peer %s %s", msg.name, "said goodbye" if msg.goodbye
                              else "is no longer announced (its mDNS record expired)")
                 await carry_out(table.handle(msg, trio.current_time()))
-                if isinstance(msg, StoreChanged):
-                    msg.handed_over()
+                if isinstance(msg, StoreChanged) and moves is not None:
+                    moves.set(moves.value + 1)
         await carry_out(table.handle(Stopping(), trio.current_time()))

@@ -10,8 +10,9 @@ bounded by the number of Nodes, and nothing is dropped.
 When the table closes its end of the channel (the agent is stopping), the writer writes what is
 still pending and returns; the caller bounds that with a deadline.
 
-`use_store` moves the writer to another store between two writes (a reload), never during one;
-`wait_idle` returns once nothing is pending.
+Each write goes to the store current when it begins (`store`, the agent's one owner of it: a
+reload moves the agent to another store), never to two stores in one write; `settled` returns
+once the write under way is done, `wait_idle` once nothing is pending.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import trio
 from k3net.backoff import DEFAULT_BACKOFF, Backoff
 from k3net.core.nodes import Alive, render
 from k3net.core.table import Write
+from k3net.current import Current
 from k3net.durations import format_duration
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
@@ -40,7 +42,7 @@ MAX_CONFLICTS = 10
 class Writer:
     def __init__(
         self,
-        store: Store,
+        store: Current[Store],
         metrics: Metrics,
         health: StoreHealth,
         *,
@@ -63,10 +65,11 @@ class Writer:
         """Nodes with a write still to be made."""
         return len(self._pending)
 
-    async def use_store(self, store: Store) -> None:
-        """Write to `store` from the next write on; returns once the write under way is done."""
+    async def settled(self) -> None:
+        """Return once the write under way (if any) is done: every write after it goes to the
+        store current when it begins."""
         async with self._writing:
-            self.store = store
+            pass
 
     async def wait_idle(self) -> None:
         """Return once every write handed over so far is written (or there is none)."""
@@ -126,13 +129,14 @@ class Writer:
                 failures = 0
 
     async def _apply(self, write: Write) -> None:
+        store = self.store.value  # one store for the whole write, whatever happens meanwhile
         base: Stored | None = write.base
         name = write.intent.name
         read = False  # `base` was read from the store by this writer, not taken from the table
         if base is None and not isinstance(write.intent, Alive):
             # Only Alive creates a Node; anything else needs the Node as stored, which the
             # table may not have seen yet (the watch's first snapshot is still on its way).
-            base, read = await self._get(name), True
+            base, read = await self._get(store, name), True
         for _ in range(MAX_CONFLICTS):
             node = render(base.node if base else None, write.intent, dt.datetime.now(dt.UTC))
             if node is None:
@@ -141,16 +145,16 @@ class Writer:
                 # The table's copy may predate a write of ours that it has not seen yet (the
                 # watch is a poll behind, or the store was away): a departure that looks
                 # recorded already is checked against the store once before it is dropped.
-                base, read = await self._get(name), True
+                base, read = await self._get(store, name), True
                 continue
             try:
                 if base is None:
-                    stored = await self._call("create", self.store.create(node))
+                    stored = await self._call("create", store.create(node))
                 else:
-                    stored = await self._call("update", self.store.update(node, base.version))
+                    stored = await self._call("update", store.update(node, base.version))
             except (Conflict, NotFound):
                 self.metrics.store_conflicts.inc()
-                base, read = await self._get(name), True
+                base, read = await self._get(store, name), True
                 continue
             cause = type(write.intent).__name__.lower()
             self.metrics.writes.labels(cause=cause).inc()
@@ -158,9 +162,9 @@ class Writer:
             return
         raise _TooManyConflicts(f"{MAX_CONFLICTS} compare-and-swap conflicts in a row")
 
-    async def _get(self, name: str) -> Stored | None:
+    async def _get(self, store: Store, name: str) -> Stored | None:
         try:
-            return await self._call("get", self.store.get(name))
+            return await self._call("get", store.get(name))
         except NotFound:
             return None
 

@@ -7,7 +7,7 @@
 | `GET /livez` | `200 ok` while the process serves; `?verbose`, `?exclude=` (see `k3net.web.checks`) |
 | `GET /readyz` | `200 ok` when the checks `store`, `mdns`, `http` pass, else 503 naming the failed ones; `?verbose`, `?exclude=`, `/readyz/<check>` (and `/livez/<check>`) |
 | `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, commit, store, subscribers, epoch |
-| `GET /hold` | `200` and then nothing while the agent runs: peers hold it open, and see its end at once when this process dies (`k3net.tasks.probe`); 503 past `MAX_HOLDS` |
+| `GET /hold` | `200` and then nothing while the agent runs: peers hold it open, and see its end at once when this process dies (`k3net.tasks.hold`); 503 past `MAX_HOLDS` |
 | `GET /peers` | the peers this agent follows: name, addresses, port, state, foundBy (mdns, join, scan, store), confirmed |
 | `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
 | `GET /metrics` | Prometheus text format |
@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -39,6 +39,7 @@ from k3net import version
 from k3net.convert import format_time, node_list
 from k3net.core import identity
 from k3net.core.table import PeerView
+from k3net.current import Current
 from k3net.durations import format_duration
 from k3net.events import EventHub, Subscription
 from k3net.health import StoreHealth
@@ -73,19 +74,25 @@ def _no_peers() -> list[PeerView]:
     return []
 
 
+def _no_addrs() -> Sequence[str]:
+    return ()
+
+
 @attrs.define
 class AppState:
-    """What the endpoints read. The agent builds one and keeps updating what changes."""
+    """What the endpoints read: the agent's owners of what changes, and what never does."""
 
-    settings: Settings
-    store: Store
+    # The agent's owners of its settings and of its store (a reload may change either): read at
+    # every request, never copied.
+    settings: Current[Settings]
+    store: Current[Store]
     hub: EventHub
     metrics: Metrics
     health: StoreHealth
     # Wall-clock start of the agent (time.time()), reported as /info startedAt.
     started_at: float
-    # This node's addresses as advertised over mDNS.
-    addrs: list[str] = attrs.Factory(list)
+    # This node's addresses as advertised over mDNS now (read from their owner on every /info).
+    addrs: Callable[[], Sequence[str]] = _no_addrs
     # True once this agent's own Node is written Ready (read on every /info).
     self_up: Callable[[], bool] = _never_up
     # True while this agent's mDNS advertisement is registered (the /readyz `mdns` check).
@@ -238,25 +245,26 @@ class App:
         """Who we are. Peers' probes ask this with `?nonce=...`; with a cluster key the answer
         carries `proof`, HMAC(key, nonce || node): see k3net.core.identity."""
         s = self.state
+        settings = s.settings.value
         info: dict[str, Any] = {
-            "node": s.settings.node_name,
-            "port": s.settings.listen_port,
+            "node": settings.node_name,
+            "port": settings.listen_port,
             "pid": os.getpid(),
-            "addrs": list(s.addrs),
+            "addrs": list(s.addrs()),
             "ts": format_time(dt.datetime.now(dt.UTC)),
-            "mdns": {"service": s.settings.service, "domain": s.settings.domain},
+            "mdns": {"service": settings.service, "domain": settings.domain},
             "selfUp": bool(s.self_up()),
             "startedAt": format_time(dt.datetime.fromtimestamp(s.started_at, dt.UTC)),
             "version": version.version(),
             "commit": version.commit(),
-            "store": s.store.kind,
+            "store": s.store.value.kind,
             "subscribers": s.hub.subscriber_count,
             "epoch": s.hub.epoch,
         }
-        key = s.settings.cluster_key
+        key = settings.cluster_key
         nonce = identity.nonce_from_query(query) if key is not None else None
         if key is not None and nonce is not None:
-            info["proof"] = identity.proof(key, nonce, s.settings.node_name)
+            info["proof"] = identity.proof(key, nonce, settings.node_name)
         return _json(200, info)
 
     async def _snapshot(self) -> tuple[int, str, bytes]:
@@ -267,7 +275,7 @@ class App:
     async def _nodes(self) -> tuple[int, str, bytes]:
         try:
             with trio.fail_after(STORE_DEADLINE):
-                stored = await self.state.store.list()
+                stored = await self.state.store.value.list()
         except trio.TooSlowError:
             return _status_503(f"store did not answer within {format_duration(STORE_DEADLINE)}")
         except StoreError as exc:

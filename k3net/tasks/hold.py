@@ -1,0 +1,194 @@
+"""hold: connections held open to confirmed peers, so that a crash is seen at once.
+
+Once a peer is confirmed at an address (`k3net.tasks.probe`), a connection to its `GET /hold` is
+kept open there: an agent answers it with 200 and a first piece of body, `held`, and sends
+nothing more while it runs (`k3net.web.app`). When the peer's process dies, its kernel closes
+that connection at once, and the peer is probed at once: a crash on a living host is seen in
+about a second (the probe, then the table's re-probe), whatever the probe interval, even by an
+agent that is the only one to probe it. A link cut or a dead host closes nothing; the probes and
+expiry decide as before.
+
+How a hold ends (`HoldEnd`), and what follows:
+
+- closed: the peer closed it once set up (its process died): probe it now. One that lasted less
+  than MIN_HOLD is not held again for that target (probes only): a peer that closes at once
+  must not be held in a loop;
+- refused: nothing listens any more (it died since its probe): probe it now;
+- failed: no connection or no answer in time (a LAN losing packets, a busy peer): no evidence of
+  anything; held again after the next confirmed probe;
+- no-hold: something answered, but not with an agent's hold (a Go agent's 404, a web server's
+  page): probes only for that target.
+
+A hold is released when its peer is forgotten or moves to another address or port (it is held
+again once confirmed there). At most `MAX_HELD` peers are held, so an agent of a large LAN keeps
+its file descriptors. The answer is read with the probes' HTTP reader (`identity.AnswerReader`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import attrs
+import trio
+
+from k3net.core.identity import AnswerReader, get
+from k3net.core.table import ProbeTarget
+from k3net.metrics import Metrics
+from k3net.tasks.tcp import connect
+
+log = logging.getLogger("k3net.hold")
+
+# Peers whose /hold is held open at most: one file descriptor each here and one at the peer.
+MAX_HELD = 256
+# What an agent's /hold sends first (k3net.web.app), after its head.
+HOLD_MARK = b"held\n"
+# A hold that ends sooner than this after it was set up is not tried again for that target:
+# probes only (a peer that closes at once must not be asked in a loop).
+MIN_HOLD = 5.0
+
+_READ_SIZE = 4096
+
+# How a held connection ended (module docstring).
+HoldEnd = Literal["closed", "refused", "failed", "no-hold"]
+
+
+@attrs.define(eq=False)
+class Hold:
+    """One connection held (or being set up) to a peer's /hold."""
+
+    target: ProbeTarget  # the peer as it was confirmed
+    address: str  # the address it was confirmed at, where the connection goes
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)  # cancelled to release it
+    open: bool = False  # set up, and counted in k3net_held_connections
+
+    def serves(self, target: ProbeTarget) -> bool:
+        """The peer is still where this hold goes (same port, the address still one of its)."""
+        return self.address in target.addresses and self.target.port == target.port
+
+
+async def hold_open(
+    address: str, port: int,
+    timeout: float,  # noqa: ASYNC109  (not a caller's deadline: --probe-timeout defines failure)
+    opened: Callable[[], None],
+) -> HoldEnd:
+    """Hold a /hold at `address:port` until it ends; how it ended (module docstring). Setting up
+    (connect, then the answer) takes at most `timeout`; `opened()` is called once it is held."""
+    try:
+        with trio.fail_after(timeout):
+            sock = await connect(address, port)
+    except ConnectionRefusedError:
+        return "refused"
+    except (OSError, trio.TooSlowError):
+        return "failed"
+    with sock:
+        stream = trio.SocketStream(sock)
+        reader = AnswerReader()
+        try:
+            with trio.fail_after(timeout):
+                await stream.send_all(get(address, port, "/hold"))
+                # An agent's hold: 200, then a first piece of the body that says so. Any other
+                # answer, complete or broken, is no hold.
+                while True:
+                    done = reader.feed(await stream.receive_some(_READ_SIZE))
+                    if reader.status == 200 and HOLD_MARK in reader.body:
+                        break
+                    if done:
+                        return "no-hold"
+        except (OSError, trio.BrokenResourceError):
+            return "no-hold"
+        except trio.TooSlowError:
+            return "failed"
+        opened()
+        try:
+            while await stream.receive_some(_READ_SIZE):
+                pass  # nothing more is sent while the peer runs
+        except (OSError, trio.BrokenResourceError):
+            pass  # reset: closed all the same
+    return "closed"
+
+
+class Holds:
+    """The held connections of one prober, run in its nursery. `closed(name)` is awaited when
+    a hold's end calls for a probe of that peer now (closed, refused)."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        timeout: float,
+        metrics: Metrics,
+        closed: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.timeout = timeout  # for setting a hold up: the probe timeout
+        self.metrics = metrics
+        self._nursery = nursery
+        self._closed = closed
+        self._held: dict[str, Hold] = {}  # by peer name
+        self._no_hold: set[ProbeTarget] = set()  # followed by probes only (module docstring)
+        self._open = 0  # holds set up and not ended yet (the gauge)
+
+    def confirmed(self, target: ProbeTarget, address: str) -> None:
+        """A probe confirmed `target` at `address`: hold it there, unless it is held already,
+        answers no hold, or MAX_HELD are held."""
+        name = target.name
+        if name in self._held or target in self._no_hold or len(self._held) >= MAX_HELD:
+            return
+        hold = self._held[name] = Hold(target, address)
+        self._nursery.start_soon(self._run, hold)
+
+    def asked(self, target: ProbeTarget, *, anew: bool) -> None:
+        """The table asks for a probe of `target`; `anew`: it was seen anew (restarted?), so a
+        target that answered no hold is tried again. A hold of it elsewhere is released."""
+        if anew:
+            self._no_hold.discard(target)
+        hold = self._held.get(target.name)
+        if hold is not None and not hold.serves(target):
+            self.release(target.name)  # it moved: held again once confirmed there
+
+    def release(self, name: str) -> None:
+        """Let go of `name`'s hold (forgotten, or moved), and of what is known of its /hold."""
+        hold = self._held.pop(name, None)
+        if hold is not None:
+            hold.scope.cancel()
+        self._no_hold = {t for t in self._no_hold if t.name != name}
+
+    def _opened(self, hold: Hold) -> None:
+        hold.open = True
+        self._open += 1
+        self.metrics.held.set(self._open)
+
+    async def _run(self, hold: Hold) -> None:
+        target, address = hold.target, hold.address
+        ended: HoldEnd = "failed"
+        began = trio.current_time()
+        try:
+            with hold.scope:
+                ended = await hold_open(address, target.port, self.timeout,
+                                        lambda: self._opened(hold))
+        finally:
+            if hold.open:
+                self._open -= 1
+                self.metrics.held.set(self._open)
+        if self._held.get(target.name) is hold:
+            del self._held[target.name]
+        if hold.scope.cancelled_caught:
+            return  # released: forgotten, or moved
+        if ended == "no-hold":
+            log.debug("no held connection to %s at %s: probes only", target.name, address)
+            self._no_hold.add(target)  # no /hold there (a Go agent): probes only
+            return
+        if ended == "failed":
+            # No answer in time (a LAN losing packets, a busy peer): no evidence of anything.
+            # Tried again after the next confirmed probe.
+            log.debug("could not hold a connection to %s at %s", target.name, address)
+            return
+        if ended == "closed":
+            log.debug("held connection to %s at %s closed: probing it now", target.name, address)
+            self.metrics.held_closed.inc()
+            if trio.current_time() - began < MIN_HOLD:
+                self._no_hold.add(target)  # closed at once: probes only, never a loop of holds
+        else:
+            log.debug("hold refused by %s at %s: probing it now", target.name, address)
+        await self._closed(target.name)

@@ -1,0 +1,166 @@
+"""One held connection (k3net.tasks.hold.hold_open) against real loopback listeners: how it ends,
+read with the probes' HTTP reader. The prober's use of holds (a close brings a probe at once, a
+hold tried again, never held in a loop) is in test_prober.py."""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trio
+
+from k3net.core.table import ProbeTarget
+from k3net.metrics import Metrics
+from k3net.tasks.hold import Hold, Holds, hold_open
+
+LOOPBACK = "127.0.0.1"
+HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+Handler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
+    async with trio.open_nursery() as nursery:
+
+        async def start(handler: Handler) -> int:
+            listeners = await nursery.start(
+                functools.partial(trio.serve_tcp, handler, 0, host=LOOPBACK))
+            return int(listeners[0].socket.getsockname()[1])
+
+        yield start
+        nursery.cancel_scope.cancel()
+
+
+class Opened:
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def __call__(self) -> None:
+        self.at.append(trio.current_time())
+
+
+async def test_an_agents_hold_is_held_until_the_peer_closes_it(
+    serve: Callable[[Handler], Awaitable[int]],
+) -> None:
+    """The mark may come in pieces (it is read as HTTP, not matched in the first packet)."""
+    release = trio.Event()
+
+    async def agent(stream: trio.SocketStream) -> None:
+        async with stream:
+            assert (await stream.receive_some(4096)).startswith(b"GET /hold HTTP/1.1\r\n")
+            await stream.send_all(HEAD + b"5\r\nhe")
+            await trio.sleep(0.05)
+            await stream.send_all(b"ld\n\r\n")
+            await release.wait()
+
+    port = await serve(agent)
+    opened = Opened()
+    async with trio.open_nursery() as nursery:
+        ended: list[str] = []
+
+        async def hold() -> None:
+            ended.append(await hold_open(LOOPBACK, port, 2.0, opened))
+
+        nursery.start_soon(hold)
+        await trio.sleep(0.5)
+        assert len(opened.at) == 1 and ended == []  # held: set up, and still open
+        closed_at = trio.current_time()
+        release.set()
+    assert ended == ["closed"]
+    assert trio.current_time() - closed_at < 0.5
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\n\r\nnot found\n", "a Go agent"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n", "a web server's page"),
+    (HEAD + b"5\r\nhello\r\n0\r\n\r\n", "200, but not an agent's hold"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "not HTTP"),
+    (b"", "closed without an answer"),
+])
+async def test_anything_but_an_agents_hold_is_no_hold(
+    serve: Callable[[Handler], Awaitable[int]], answer: bytes, why: str
+) -> None:
+    async def server(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(4096)
+            await stream.send_all(answer)
+
+    port = await serve(server)
+    opened = Opened()
+    with trio.fail_after(2):
+        assert await hold_open(LOOPBACK, port, 1.0, opened) == "no-hold", why
+    assert opened.at == []
+
+
+async def test_nothing_listening_is_refused() -> None:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port = sock.getsockname()[1]
+    opened = Opened()
+    assert await hold_open(LOOPBACK, port, 1.0, opened) == "refused"
+    assert opened.at == []
+
+
+async def test_no_answer_in_time_failed(serve: Callable[[Handler], Awaitable[int]]) -> None:
+    """Accepted, never answered (a busy peer, a lost answer): no evidence, `failed`."""
+
+    async def silent(stream: trio.SocketStream) -> None:
+        async with stream:
+            await trio.sleep_forever()
+
+    port = await serve(silent)
+    start = trio.current_time()
+    assert await hold_open(LOOPBACK, port, 0.3, Opened()) == "failed"
+    assert 0.3 <= trio.current_time() - start < 1.0
+
+
+def test_a_hold_serves_its_peer_while_it_stays_at_that_address_and_port() -> None:
+    hold = Hold(ProbeTarget("peer-a", ("10.0.0.1", "10.0.0.2"), 7946), "10.0.0.2")
+    assert hold.serves(ProbeTarget("peer-a", ("10.0.0.2",), 7946))
+    assert not hold.serves(ProbeTarget("peer-a", ("10.0.0.1",), 7946))  # that address is gone
+    assert not hold.serves(ProbeTarget("peer-a", ("10.0.0.2",), 7000))  # restarted elsewhere
+
+
+async def test_a_peer_that_moved_or_was_forgotten_is_let_go_without_a_probe(
+    serve: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def agent(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(4096)
+            await stream.send_all(HEAD + b"5\r\nheld\n\r\n")
+            await trio.sleep_forever()
+
+    port = await serve(agent)
+    metrics = Metrics()
+    probed: list[str] = []
+
+    async def closed(name: str) -> None:
+        probed.append(name)
+
+    def held() -> float | None:
+        return metrics.registry.get_sample_value("k3net_held_connections")
+
+    async def until_held(count: int) -> None:
+        with trio.fail_after(2):
+            while held() != count:  # noqa: ASYNC110 (the gauge has no hook to wait on)
+                await trio.sleep(0.01)
+
+    peer = ProbeTarget("peer-a", (LOOPBACK,), port)
+    async with trio.open_nursery() as nursery:
+        holds = Holds(nursery, timeout=1.0, metrics=metrics, closed=closed)
+        holds.confirmed(peer, LOOPBACK)
+        await until_held(1)
+        holds.asked(peer, anew=True)  # still there: kept
+        await trio.sleep(0.1)
+        assert held() == 1
+        holds.asked(ProbeTarget("peer-a", (LOOPBACK,), port + 1), anew=True)  # restarted elsewhere
+        await until_held(0)
+        holds.confirmed(peer, LOOPBACK)
+        await until_held(1)
+        holds.release("peer-a")  # forgotten
+        await until_held(0)
+        nursery.cancel_scope.cancel()
+    assert probed == []  # letting go is no evidence: nothing to probe
