@@ -15,6 +15,7 @@ from k3net.core.nodes import (
     Expired,
     Intent,
     Left,
+    Readiness,
     Shutdown,
     last_seen,
     ordered_addresses,
@@ -275,7 +276,7 @@ def test_last_transition_time_changes_only_with_status() -> None:
         (alive(port=1), 10, "True", "2026-11-29T10:00:00Z"),
         (alive(refresh=True, refresh_from=format_time_precise(T0)), 20, "True", "2026-11-29T10:00:00Z"),
         (Left(NAME), 30, "False", "2026-11-29T10:00:30Z"),
-        (alive(seen_ready="False"), 50, "True", "2026-11-29T10:00:50Z"),  # it came back
+        (alive(seen_ready=Readiness.FALSE), 50, "True", "2026-11-29T10:00:50Z"),  # it came back
         (alive(reason=AGENT_READY), 60, "True", "2026-11-29T10:00:50Z"),
     ]
     node = created()
@@ -291,11 +292,12 @@ def test_probe_decided_before_a_departure_does_not_undo_it() -> None:
     """A peer's probe decided while the Node was Ready loses a race to the peer's goodbye: after
     the conflict it must not turn the recorded departure back into Ready."""
     departed = stored(render(created(), Left(NAME), at(30)))
-    assert render(departed, alive(seen_ready="True", refresh=True), at(31)) is None
+    assert render(departed, alive(seen_ready=Readiness.TRUE, refresh=True), at(31)) is None
     # The node's own agent, and a probe decided after the departure, do mark it Ready again.
-    assert ready(stored(render(departed, alive(reason=AGENT_READY, seen_ready="True"),
+    assert ready(stored(render(departed, alive(reason=AGENT_READY, seen_ready=Readiness.TRUE),
                                at(32))))["status"] == "True"
-    assert ready(stored(render(departed, alive(seen_ready="False"), at(32))))["status"] == "True"
+    assert ready(stored(render(departed, alive(seen_ready=Readiness.FALSE),
+                               at(32))))["status"] == "True"
 
 
 def test_own_shutdown_replaces_a_refusal_written_while_it_stopped() -> None:

@@ -36,6 +36,7 @@ from k3net.core.nodes import (
     Alive,
     Expired,
     Left,
+    Readiness,
     Refused,
     Shutdown,
     last_seen,
@@ -206,7 +207,7 @@ def test_changed_addresses_are_written_without_refresh() -> None:
     write = only_write(t.handle(ok(moved), 5.0))
     assert write.intent == Alive("peer-a", ("192.168.1.99",), 7946, 4242, PEER_ALIVE,
                                  refresh_from=last_seen(put.stored.node), refresh=False,
-                                 seen_ready="True")
+                                 seen_ready=Readiness.TRUE)
     assert write.base == put.stored
 
 
@@ -541,7 +542,7 @@ def test_heartbeat_refreshes_own_node_when_due() -> None:
     write = only_write(t.handle(SelfHeartbeat(), 30.0))
     assert write.intent == Alive("me", ("192.168.1.2",), 7946, 100, AGENT_READY,
                                  refresh_from=last_seen(put.stored.node), refresh=True,
-                                 seen_ready="True")
+                                 seen_ready=Readiness.TRUE)
     assert t.handle(SelfHeartbeat(), 31.0) == []
 
 
