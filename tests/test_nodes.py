@@ -19,6 +19,7 @@ from k3net.core.nodes import (
     Shutdown,
     last_seen,
     ordered_addresses,
+    readiness,
     render,
 )
 from k3net.model import Node
@@ -435,3 +436,31 @@ def test_fields_k3net_does_not_own_are_kept(intent: Intent) -> None:
 )
 def test_ordered_addresses(given: list[str], expected: tuple[str, ...]) -> None:
     assert ordered_addresses(given) == expected
+
+
+# --- readiness: the Kubernetes strings only at the boundary -----------------------------------
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    ("True", Readiness.TRUE), ("False", Readiness.FALSE), ("Unknown", Readiness.UNKNOWN),
+    ("true", Readiness.UNKNOWN), ("", Readiness.UNKNOWN),  # written by someone else
+])
+def test_readiness_reads_the_ready_condition(status: str, expected: Readiness) -> None:
+    assert readiness(with_ready(status, "Whatever")) is expected
+
+
+def test_a_node_without_a_ready_condition_is_unknown() -> None:
+    data = node_to_dict(created())
+    data["status"]["conditions"] = [{"type": "MemoryPressure", "status": "True"}]
+    assert readiness(node_from_dict(data)) is Readiness.UNKNOWN
+
+
+@pytest.mark.parametrize(("intent", "written"), [(alive(), "True"), (Left(NAME), "False")])
+def test_a_foreign_ready_status_is_replaced_as_a_transition(intent: Intent, written: str) -> None:
+    """A status k3net does not know (`true`, written by another program) reads as UNKNOWN, and
+    is replaced by the Kubernetes string, with a new lastTransitionTime."""
+    node = render(with_ready("true", "Whatever"), intent, at(40))
+    assert node is not None
+    cond = ready(node)
+    assert cond["status"] == readiness(node).value == written
+    assert cond["lastTransitionTime"] == "2026-11-29T10:00:40Z"
