@@ -32,6 +32,7 @@ import trio
 from k3net.commands import CommandError, dump, table
 from k3net.commands.nodes import age
 from k3net.config import StorageConfig
+from k3net.core.nodes import Readiness, readiness
 from k3net.store.base import Conflict, NotFound, Store, Stored, StoreError
 
 # `k3net prune` gives up if the store has not answered a call within this many seconds.
@@ -61,7 +62,7 @@ def judge(stored: Stored, now: dt.datetime, older_than: float) -> Verdict:
     cond = node.condition()
     if cond is None:
         return keep("no Ready condition")
-    if cond.status == "True":
+    if readiness(node) is Readiness.TRUE:
         return keep("Ready")
     if cond.last_transition_time is None:
         return keep("not Ready since an unknown time")
