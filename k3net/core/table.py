@@ -36,6 +36,8 @@ only they need). What can happen to a peer is one `PeerEvent`: a probe's outcome
 `ProbeResult`), an mDNS announcement or goodbye, its Node turning Ready. Every (state, event)
 pair that does something is one row of `TRANSITIONS`, an executable table, and its handler is
 the only code that moves a peer to another state (`_fire`); a pair not in it changes nothing.
+(Apart from the table, a peer found only in the store is forgotten when its Node stops being
+a live agent's: see below.)
 The table, as `tests/test_table.py` checks that it reads here (event, from which states, to
 which, what the handler does):
 
@@ -162,9 +164,9 @@ Message = (
 
 @attrs.frozen
 class ProbeTarget:
-    name: str
-    addresses: tuple[str, ...]
-    port: int
+    name: str  # the peer to probe
+    addresses: tuple[str, ...]  # every address to try, in canonical order
+    port: int  # its advertised port (its agent's --listen port)
 
 
 @attrs.frozen
@@ -227,15 +229,16 @@ class PeerView:
     name: str
     addresses: tuple[str, ...]
     port: int
-    state: str
-    found_by: str
-    confirmed: bool
+    state: str  # the `label` of its state: new, alive, suspect, refused, leaving, unauthenticated
+    found_by: str  # the most direct way it was found (FOUND_BY)
+    confirmed: bool  # an agent proved to be this peer at least once
 
 
 # --- a peer's state ---------------------------------------------------------------------------
-# One class per state; `label` is its name in /peers, on the page and in `k3net peers`. Two of
-# them share their names with the intents of `core.nodes` (Alive, Refused): this module writes
-# those as `nodes.Alive`, `nodes.Refused`.
+# One class per state; `label` is its name in /peers, on the page and in `k3net peers`. Which
+# event moves a peer from one to another is TRANSITIONS, at the end of the module (after the
+# handlers it names). Two states share their names with the intents of `core.nodes` (Alive,
+# Refused): this module writes those as `nodes.Alive`, `nodes.Refused`.
 
 
 @attrs.frozen
@@ -327,10 +330,12 @@ class _Peer:
 
 @attrs.define
 class _View:
-    stored: Stored
-    last_seen: str | None
+    """One Node as this agent last saw it in the store, and the timers judged from it."""
+
+    stored: Stored  # the Node and its version, as the watch last delivered it
+    last_seen: str | None  # its k3.network/lastSeen annotation (None: it has none)
     changed_at: float  # when this agent saw `last_seen` take its current value
-    expiry_sent: bool = False
+    expiry_sent: bool = False  # an expiry (Unknown) was asked for this lastSeen: not again
     # A Left write was asked for: expiry must not overtake it with a vaguer Unknown.
     left_sent: bool = False
     # When this agent last asked for a lastSeen refresh of this value; not asked again while
