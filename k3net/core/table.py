@@ -111,7 +111,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 
@@ -235,46 +235,46 @@ class PeerView:
 
 
 # --- a peer's state ---------------------------------------------------------------------------
-# One class per state; `label` is its name in /peers, on the page and in `k3net peers`. Which
-# event moves a peer from one to another is TRANSITIONS, at the end of the module (after the
-# handlers it names). Two states share their names with the intents of `core.nodes` (Alive,
-# Refused): this module writes those as `nodes.Alive`, `nodes.Refused`.
+# One class per state. Which event moves a peer from one to another is TRANSITIONS, at the end of
+# the module (after the handlers it names). Two states share their names with the intents of
+# `core.nodes` (Alive, Refused): this module writes those as `nodes.Alive`, `nodes.Refused`.
 
 
 @attrs.frozen
-class New:
+class _State:
+    """What every state has: its `label`, the class name in lower case, which is how /peers,
+    the page and `k3net peers` show it."""
+
+    label: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.label = cls.__name__.lower()
+
+
+class New(_State):
     """Announced (or announced again after a goodbye), not reached yet."""
 
-    label: ClassVar[str] = "new"
 
-
-@attrs.frozen
-class Alive:
+class Alive(_State):
     """Its last probe reached it."""
 
-    label: ClassVar[str] = "alive"
-
 
 @attrs.frozen
-class Suspect:
+class Suspect(_State):
     """Refused once: a re-probe decides."""
 
-    label: ClassVar[str] = "suspect"
     since: float  # when the first refusal came: a second one sooner than REPROBE_DELAY is none
 
 
-@attrs.frozen
-class Refused:
+class Refused(_State):
     """Refused twice in a row: its Node was marked False/PeerRefused (unless `contradicted`)."""
 
-    label: ClassVar[str] = "refused"
-
 
 @attrs.frozen
-class Leaving:
+class Leaving(_State):
     """Its mDNS record went away: its next failed probe, of any kind, is decisive."""
 
-    label: ClassVar[str] = "leaving"
     since: float  # when: an answer to a probe started before says nothing about after
     # True: it said goodbye, and its failure writes False/PeerLeft. False: its record expired
     # unanswered, and its failure only ends our following it.
@@ -282,11 +282,8 @@ class Leaving:
     reprobes: int = LEAVING_REPROBES  # quick re-probes left while it still answers
 
 
-@attrs.frozen
-class Unauthenticated:
+class Unauthenticated(_State):
     """It answers, but cannot prove the cluster key: never written."""
-
-    label: ClassVar[str] = "unauthenticated"
 
 
 State = New | Alive | Suspect | Refused | Leaving | Unauthenticated
