@@ -31,14 +31,15 @@ When the agent moves to another store (`StoreChanged`, a reload) the view is emp
 way and what this agent knows is written there at once (`_store_changed`).
 
 Each peer this agent follows is in exactly one state, one value of `State`: NEW, ALIVE,
-SUSPECT, REFUSED, LEAVING or UNAUTHENTICATED (the classes below; SUSPECT and LEAVING carry what
-only they need). What can happen to a peer is one `PeerEvent`: a probe's outcome (see
-`ProbeResult`), an mDNS announcement or goodbye, its Node turning Ready. Every (state, event)
-pair that does something is one row of `TRANSITIONS`, an executable table, and its handler is
-the only code that moves a peer to another state (`_fire`); a pair not in it changes nothing.
-(Apart from the table, a peer found only in the store is forgotten when its Node stops being
-a live agent's: see below.)
-The table, as `tests/test_table.py` checks that it reads here (event, from which states, to
+SUSPECT, REFUSED, LEAVING or UNAUTHENTICATED (the classes `New` to `Unauthenticated` below,
+shown in /peers by their names in lower case; SUSPECT and LEAVING carry what only they need).
+What can happen to a peer is one `PeerEvent`: a probe's outcome (see `ProbeResult`), an mDNS
+announcement or goodbye, its Node turning Ready. Every (state, event) pair that does something
+is one row of `TRANSITIONS`, an executable table, and its handler is the only code that moves a
+peer to another state (`_fire`); a pair not in it changes nothing. Apart from the table, a peer
+found only in the store is forgotten when its Node stops being a live agent's (see below).
+
+The table as `tests/test_table.py` checks that it reads here (event, from which states, to
 which, what the handler does):
 
     answered         new, alive, suspect, refused, unauthenticated -> alive
