@@ -63,6 +63,7 @@ from typing import Any
 import trio
 
 from k3net.convert import format_time_precise
+from k3net.core.nodes import Readiness, readiness
 from k3net.metrics import Metrics
 from k3net.model import ANN_LAST_SEEN, ANN_PORT, Node
 from k3net.store.base import Deleted, Put, Snapshot, WatchEvent
@@ -112,7 +113,7 @@ def classify(old: Node | None, new: Node) -> str | None:
         return "joined"
     before, after = node_entry(old), node_entry(new)
     if before["ready"] != after["ready"]:
-        return "ready" if after["ready"] == "True" else "not_ready"
+        return "ready" if readiness(new) is Readiness.TRUE else "not_ready"
     if any(before[key] != after[key] for key in _WATCHED):
         return "updated"
     return None

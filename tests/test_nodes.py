@@ -15,9 +15,11 @@ from k3net.core.nodes import (
     Expired,
     Intent,
     Left,
+    Readiness,
     Shutdown,
     last_seen,
     ordered_addresses,
+    readiness,
     render,
 )
 from k3net.model import Node
@@ -275,7 +277,7 @@ def test_last_transition_time_changes_only_with_status() -> None:
         (alive(port=1), 10, "True", "2026-11-29T10:00:00Z"),
         (alive(refresh=True, refresh_from=format_time_precise(T0)), 20, "True", "2026-11-29T10:00:00Z"),
         (Left(NAME), 30, "False", "2026-11-29T10:00:30Z"),
-        (alive(seen_ready="False"), 50, "True", "2026-11-29T10:00:50Z"),  # it came back
+        (alive(seen_ready=Readiness.FALSE), 50, "True", "2026-11-29T10:00:50Z"),  # it came back
         (alive(reason=AGENT_READY), 60, "True", "2026-11-29T10:00:50Z"),
     ]
     node = created()
@@ -291,11 +293,12 @@ def test_probe_decided_before_a_departure_does_not_undo_it() -> None:
     """A peer's probe decided while the Node was Ready loses a race to the peer's goodbye: after
     the conflict it must not turn the recorded departure back into Ready."""
     departed = stored(render(created(), Left(NAME), at(30)))
-    assert render(departed, alive(seen_ready="True", refresh=True), at(31)) is None
+    assert render(departed, alive(seen_ready=Readiness.TRUE, refresh=True), at(31)) is None
     # The node's own agent, and a probe decided after the departure, do mark it Ready again.
-    assert ready(stored(render(departed, alive(reason=AGENT_READY, seen_ready="True"),
+    assert ready(stored(render(departed, alive(reason=AGENT_READY, seen_ready=Readiness.TRUE),
                                at(32))))["status"] == "True"
-    assert ready(stored(render(departed, alive(seen_ready="False"), at(32))))["status"] == "True"
+    assert ready(stored(render(departed, alive(seen_ready=Readiness.FALSE),
+                               at(32))))["status"] == "True"
 
 
 def test_own_shutdown_replaces_a_refusal_written_while_it_stopped() -> None:
@@ -433,3 +436,31 @@ def test_fields_k3net_does_not_own_are_kept(intent: Intent) -> None:
 )
 def test_ordered_addresses(given: list[str], expected: tuple[str, ...]) -> None:
     assert ordered_addresses(given) == expected
+
+
+# --- readiness: the Kubernetes strings only at the boundary -----------------------------------
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    ("True", Readiness.TRUE), ("False", Readiness.FALSE), ("Unknown", Readiness.UNKNOWN),
+    ("true", Readiness.UNKNOWN), ("", Readiness.UNKNOWN),  # written by someone else
+])
+def test_readiness_reads_the_ready_condition(status: str, expected: Readiness) -> None:
+    assert readiness(with_ready(status, "Whatever")) is expected
+
+
+def test_a_node_without_a_ready_condition_is_unknown() -> None:
+    data = node_to_dict(created())
+    data["status"]["conditions"] = [{"type": "MemoryPressure", "status": "True"}]
+    assert readiness(node_from_dict(data)) is Readiness.UNKNOWN
+
+
+@pytest.mark.parametrize(("intent", "written"), [(alive(), "True"), (Left(NAME), "False")])
+def test_a_foreign_ready_status_is_replaced_as_a_transition(intent: Intent, written: str) -> None:
+    """A status k3net does not know (`true`, written by another program) reads as UNKNOWN, and
+    is replaced by the Kubernetes string, with a new lastTransitionTime."""
+    node = render(with_ready("true", "Whatever"), intent, at(40))
+    assert node is not None
+    cond = ready(node)
+    assert cond["status"] == readiness(node).value == written
+    assert cond["lastTransitionTime"] == "2026-11-29T10:00:40Z"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from k3net.convert import node_from_dict, node_to_dict
+from k3net.core import table as peer_table
 from k3net.core.messages import (
     Deleted,
     Lost,
@@ -36,6 +37,7 @@ from k3net.core.nodes import (
     Alive,
     Expired,
     Left,
+    Readiness,
     Refused,
     Shutdown,
     last_seen,
@@ -45,14 +47,18 @@ from k3net.core.table import (
     LEAVING_REPROBES,
     PAUSE,
     REPROBE_DELAY,
+    STATES,
+    TRANSITIONS,
     Forget,
     JoinLatency,
     Paused,
+    PeerEvent,
     PeerTable,
     ProbeNow,
     ProbeTarget,
     Reject,
     SelfInfo,
+    Transition,
     Write,
 )
 from k3net.model import Node
@@ -206,7 +212,7 @@ def test_changed_addresses_are_written_without_refresh() -> None:
     write = only_write(t.handle(ok(moved), 5.0))
     assert write.intent == Alive("peer-a", ("192.168.1.99",), 7946, 4242, PEER_ALIVE,
                                  refresh_from=last_seen(put.stored.node), refresh=False,
-                                 seen_ready="True")
+                                 seen_ready=Readiness.TRUE)
     assert write.base == put.stored
 
 
@@ -541,7 +547,7 @@ def test_heartbeat_refreshes_own_node_when_due() -> None:
     write = only_write(t.handle(SelfHeartbeat(), 30.0))
     assert write.intent == Alive("me", ("192.168.1.2",), 7946, 100, AGENT_READY,
                                  refresh_from=last_seen(put.stored.node), refresh=True,
-                                 seen_ready="True")
+                                 seen_ready=Readiness.TRUE)
     assert t.handle(SelfHeartbeat(), 31.0) == []
 
 
@@ -994,3 +1000,136 @@ def test_a_pause_during_a_store_outage_is_not_counted_twice() -> None:
     # so it expires at 140 s, not at 110 s (counted twice) nor at 90 s (not at all).
     assert writes(ticks(t, 61.0, 139.0)) == []
     assert len(writes(ticks(t, 140.0, 140.0))) == 1
+
+
+# --- the state machine: TRANSITIONS is the whole of it ----------------------------------------
+
+
+def _describe(transitions: dict[Any, Transition]) -> str:
+    """TRANSITIONS as the module docstring shows it: one entry per event and handler."""
+    groups: dict[tuple[PeerEvent, Transition], list[str]] = {}
+    for (state, event), transition in transitions.items():
+        groups.setdefault((event, transition), []).append(state.label)
+    lines = []
+    for (event, transition), sources in groups.items():
+        source = "any state" if len(sources) == len(STATES) else ", ".join(sources)
+        target = " or ".join("forgotten" if s is None else s.label for s in transition.to)
+        doc = (transition.handler.__doc__ or "").strip().splitlines()[0]
+        lines += [f"    {event.value:<16} {source} -> {target}", f"    {'':<16} {doc}"]
+    return "\n".join(lines)
+
+
+def test_the_module_docstring_shows_the_transition_table() -> None:
+    assert _describe(TRANSITIONS) in (peer_table.__doc__ or "")
+
+
+# How a peer reaches each state through messages alone, and when the next event comes: the
+# same state twice where the time of the event matters (a refusal too soon after the first)
+# or its data does (a goodbye, or only an expired record).
+def _new(t: PeerTable) -> float:
+    t.handle(PEER, 0.0)
+    return 1.0
+
+
+def _alive(t: PeerTable) -> float:
+    joined(t)
+    return 1.0
+
+
+def _suspect(t: PeerTable, *, too_soon: bool) -> float:
+    joined(t)
+    t.handle(result("refused", 10.0), 10.0)
+    return 10.0 + (REPROBE_DELAY / 2 if too_soon else REPROBE_DELAY)
+
+
+def _refused(t: PeerTable) -> float:
+    put = joined(t)
+    t.handle(result("refused", 10.0), 10.0)
+    (refusal,) = writes(t.handle(result("refused", 11.0), 11.0))
+    assert refusal.base == put.stored
+    return 12.0
+
+
+def _leaving(t: PeerTable, *, goodbye: bool) -> float:
+    joined(t)
+    t.handle(PeerGone("peer-a", goodbye=goodbye), 10.0)
+    return 11.0
+
+
+def _unauthenticated(t: PeerTable) -> float:
+    t.handle(PEER, 0.0)
+    t.handle(result("unauthenticated"), 0.1)
+    return 1.0
+
+
+RECIPES: dict[str, Any] = {
+    "new": _new,
+    "alive": _alive,
+    "suspect, the next refusal too soon": lambda t: _suspect(t, too_soon=True),
+    "suspect": lambda t: _suspect(t, too_soon=False),
+    "refused": _refused,
+    "leaving after a goodbye": lambda t: _leaving(t, goodbye=True),
+    "leaving after an expired record": lambda t: _leaving(t, goodbye=False),
+    "unauthenticated": _unauthenticated,
+}
+
+
+def _happen(t: PeerTable, event: PeerEvent, now: float) -> None:
+    """`event` happens to peer-a, as the messages that carry it."""
+    match event:
+        case PeerEvent.ANSWERED:
+            t.handle(ok(started=now), now)
+        case PeerEvent.REFUSED:
+            t.handle(result("refused", now), now)
+        case PeerEvent.FAILED:
+            t.handle(result("timeout", now), now)
+        case PeerEvent.UNAUTHENTICATED:
+            t.handle(result("unauthenticated", now), now)
+        case PeerEvent.ANNOUNCED:
+            t.handle(PEER, now)
+        case PeerEvent.GOODBYE:
+            t.handle(PeerGone("peer-a", goodbye=True), now)
+        case PeerEvent.UNANNOUNCED:
+            t.handle(PeerGone("peer-a", goodbye=False), now)
+        case PeerEvent.NODE_READY:
+            ready = commit(Write(Alive("peer-a", ("192.168.1.10",), 7946, 4242), None))
+            t.handle(with_status(ready, "False", "PeerLeft"), now)
+            t.handle(ready, now)
+
+
+def _state(t: PeerTable) -> str:
+    """peer-a's state as /peers shows it ("forgotten": no longer followed)."""
+    return next((p.state for p in t.peers() if p.name == "peer-a"), "forgotten")
+
+
+def test_the_recipes_reach_every_state() -> None:
+    reached = set()
+    for recipe in RECIPES.values():
+        t = table()
+        recipe(t)
+        reached.add(_state(t))
+    assert reached == {state.label for state in STATES}
+
+
+def test_walk_the_transition_table() -> None:
+    """Every event in every state: a pair in TRANSITIONS leads to one of its states, a pair
+    not in it leaves the state as it was; and each row's every target is reached."""
+    reached: dict[tuple[str, PeerEvent], set[str]] = {}
+    for name, recipe in RECIPES.items():
+        for event in PeerEvent:
+            t = table()
+            now = recipe(t)
+            before = _state(t)
+            _happen(t, event, now)
+            after = _state(t)
+            row = next((v for (s, e), v in TRANSITIONS.items()
+                        if s.label == before and e is event), None)
+            if row is None:
+                assert after == before, (name, event)
+            else:
+                targets = {"forgotten" if s is None else s.label for s in row.to}
+                assert after in targets, (name, event, after)
+                reached.setdefault((before, event), set()).add(after)
+    for (state, event), transition in TRANSITIONS.items():
+        targets = {"forgotten" if s is None else s.label for s in transition.to}
+        assert reached.get((state.label, event)) == targets, (state.label, event)

@@ -13,7 +13,16 @@ import trio
 import trio.testing
 
 from k3net.backoff import Backoff
-from k3net.core.nodes import PEER_ALIVE, Alive, Expired, Left, Shutdown, last_seen, render
+from k3net.core.nodes import (
+    PEER_ALIVE,
+    Alive,
+    Expired,
+    Left,
+    Readiness,
+    Shutdown,
+    last_seen,
+    render,
+)
 from k3net.core.table import Write
 from k3net.current import Current
 from k3net.health import StoreHealth
@@ -436,7 +445,7 @@ async def test_a_departure_judged_on_a_stale_copy_is_checked_against_the_store(
     left = render(first.node, Left("peer-a"), now())
     assert left is not None
     stale = await mem.update(left, first.version)  # the table saw this: False/PeerLeft
-    back = render(stale.node, alive("peer-a", seen_ready="False"), now())
+    back = render(stale.node, alive("peer-a", seen_ready=Readiness.FALSE), now())
     assert back is not None
     await mem.update(back, stale.version)  # the peer came back: Ready, not yet seen by the table
     async with running(mem) as (_, inbox):

@@ -30,6 +30,7 @@ import trio
 from k3net.commands import DEFAULT_SERVER, CommandError, Table, dump, dump_item, table
 from k3net.config import StorageConfig
 from k3net.convert import InvalidNode, node_from_dict, node_list, node_to_dict, parse_time
+from k3net.core.nodes import Readiness, readiness
 from k3net.model import ANN_LAST_SEEN, ANN_PID, ANN_PORT, Node
 from k3net.store.base import Deleted, Put, Snapshot, Store, StoreError
 
@@ -62,7 +63,7 @@ def age(seconds: float) -> str:
     return f"{d}d"
 
 
-_STATUS = {"True": "Ready", "False": "NotReady"}
+_STATUS = {Readiness.TRUE: "Ready", Readiness.FALSE: "NotReady", Readiness.UNKNOWN: "Unknown"}
 
 
 def _since(value: dt.datetime | str | None, now: dt.datetime, missing: str) -> str:
@@ -82,7 +83,7 @@ def node_row(node: Node, now: dt.datetime, wide: bool) -> list[str]:
     ann = node.metadata.annotations
     row = [
         node.name,
-        _STATUS.get(node.ready_status, "Unknown"),
+        _STATUS[readiness(node)],
         (cond.reason if cond is not None else None) or "<none>",
         _since(ann.get(ANN_LAST_SEEN), now, "<none>"),
         _since(node.metadata.creation_timestamp, now, "<unknown>"),

@@ -43,6 +43,7 @@ from k3net.commands import CommandError, dump, table
 from k3net.commands.nodes import age
 from k3net.config import StorageConfig
 from k3net.convert import parse_time
+from k3net.core.nodes import Readiness, readiness
 from k3net.model import ANN_LAST_SEEN, CONDITION_READY, LABEL_HOSTNAME, Node
 from k3net.settings import MIN_PRUNE_AGE
 from k3net.store.base import Conflict, NotFound, Store, Stored, StoreError
@@ -135,7 +136,7 @@ def judge(
     cond = node.condition()
     if cond is None:
         return keep("no Ready condition")
-    if cond.status == "True":
+    if readiness(node) is Readiness.TRUE:
         return keep("Ready")
     alive = last_alive(node)
     if alive is None:

@@ -32,6 +32,7 @@ import attrs
 from k3net.core import addresses as addrs
 from k3net.core.identity import judge
 from k3net.core.names import name_problem
+from k3net.core.table import Alive
 
 # The largest scan range per --scan entry: a /22 of IPv4, 1022 hosts. A scan costs one TCP
 # connection attempt per address and interval; larger blocks belong to a store or join addresses.
@@ -233,7 +234,7 @@ def listed_peers(status: int | None, body: bytes, *, loopback: bool = False) -> 
         return []
     found: list[Listed] = []
     for entry in entries[:MAX_LISTED]:
-        if not isinstance(entry, dict) or entry.get("state") != "alive" \
+        if not isinstance(entry, dict) or entry.get("state") != Alive.label \
                 or entry.get("confirmed") is not True:
             continue
         name, port, listed = entry.get("name"), entry.get("port"), entry.get("addresses")

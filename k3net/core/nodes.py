@@ -9,6 +9,8 @@ to write. That None is how k3net writes only what changed, and how it keeps its 
   `status.addresses` and the Ready condition. Every other label, annotation, condition, `spec`,
   capacity, nodeInfo and unknown key stays exactly as it was;
 - `lastTransitionTime` changes only when the Ready status changes;
+- readiness is a `Readiness`, not a string: the Kubernetes strings ("True", "False", "Unknown")
+  are read from a Node in `readiness` and written into one in `_set_ready`, nowhere else;
 - a peer's probe never rewrites the reason of a Node that is already Ready (its own agent's
   `AgentReady` stays), so agents do not take turns rewriting it;
 - guards make a write conditional on what the store says *now*, so that an agent that loses a
@@ -21,6 +23,7 @@ to write. That None is how k3net writes only what changed, and how it keeps its 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Iterable
 
 import attrs
@@ -50,6 +53,26 @@ PEER_REFUSED = "PeerRefused"
 AGENT_SHUTDOWN = "AgentShutdown"
 
 
+class Readiness(enum.Enum):
+    """A Node's Ready condition. Its value is the Kubernetes status string, used only where a
+    Node is read (`readiness`) or written (`_set_ready`); the k3 Go code treats anything but
+    "True" as not ready."""
+
+    TRUE = "True"  # reachable: some agent reached it within peer-ttl
+    FALSE = "False"  # known down: it left, its agent stopped, nothing listens on its port
+    UNKNOWN = "Unknown"  # nobody can tell (expired); also no Ready condition, or a foreign status
+
+
+_READINESS = {r.value: r for r in Readiness}
+
+
+def readiness(node: Node) -> Readiness:
+    """The Node's Ready condition; a Node without one, or with a status that is none of the
+    three Kubernetes strings, is UNKNOWN."""
+    cond = node.condition(CONDITION_READY)
+    return Readiness.UNKNOWN if cond is None else _READINESS.get(cond.status, Readiness.UNKNOWN)
+
+
 @attrs.frozen
 class Alive:
     """The node answered (a peer's probe, or this agent's own heartbeat): Ready=True."""
@@ -65,7 +88,7 @@ class Alive:
     refresh: bool = False
     # The Ready status the table saw when it decided (None: no Node yet). A peer's probe that
     # was decided before someone recorded the peer's departure must not undo it.
-    seen_ready: str | None = None
+    seen_ready: Readiness | None = None
 
 
 @attrs.frozen
@@ -119,17 +142,20 @@ def _new_node(name: str, now: dt.datetime) -> Node:
     return Node(metadata=ObjectMeta(name=name, uid=f"node-{name}", creation_timestamp=now))
 
 
-def _set_ready(node: Node, status: str, reason: str, message: str, now: dt.datetime) -> bool:
-    """Set the Ready condition; returns True if its status changed."""
+def _set_ready(
+    node: Node, ready: Readiness, reason: str, message: str, now: dt.datetime
+) -> bool:
+    """Set the Ready condition; returns True if its status string changed (a foreign status is
+    replaced, as a change)."""
     cond = node.condition(CONDITION_READY)
     if cond is None:
-        cond = NodeCondition(type=CONDITION_READY, status=status, last_transition_time=now)
+        cond = NodeCondition(type=CONDITION_READY, status=ready.value, last_transition_time=now)
         node.status.conditions.append(cond)
         changed = True
     else:
-        changed = cond.status != status
+        changed = cond.status != ready.value
         if changed:
-            cond.status = status
+            cond.status = ready.value
             cond.last_transition_time = now
     cond.reason = reason
     cond.message = message
@@ -177,22 +203,24 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         isinstance(intent, Alive)
         and intent.reason == PEER_ALIVE
         and existing is not None
-        and existing.ready_status == "False"
-        and intent.seen_ready != "False"
+        and readiness(existing) is Readiness.FALSE
+        and intent.seen_ready is not Readiness.FALSE
     ):
         return None  # a departure was recorded after this probe was decided: the next decides
     if isinstance(intent, Expired) and existing is not None and (
-        existing.ready_status != "True" or last_seen(existing) != intent.stale_last_seen
+        readiness(existing) is not Readiness.TRUE
+        or last_seen(existing) != intent.stale_last_seen
     ):
         return None  # someone reached it meanwhile, or it is already not Ready
     if isinstance(intent, Refused) and existing is not None and (
-        existing.ready_status != "True" or last_seen(existing) != intent.seen_last_seen
+        readiness(existing) is not Readiness.TRUE
+        or last_seen(existing) != intent.seen_last_seen
     ):
         return None  # someone reached it since we decided, or its departure is recorded
     if (
         isinstance(intent, (Left, Shutdown))
         and existing is not None
-        and existing.ready_status == "False"
+        and readiness(existing) is Readiness.FALSE
         and _ready_reason(existing) != PEER_REFUSED
     ):
         # Its departure is recorded already (PeerLeft by a peer, or AgentShutdown). A refusal
@@ -204,11 +232,11 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
     if isinstance(intent, Alive):
         reason, message = intent.reason, _message(intent)
         ready = node.condition(CONDITION_READY)
-        if intent.reason == PEER_ALIVE and ready is not None and ready.status == "True":
+        if intent.reason == PEER_ALIVE and ready is not None and readiness(node) is Readiness.TRUE:
             # A peer's probe confirms a Ready node; it does not overwrite the reason its own
             # agent (AgentReady) or another peer gave, or agents would take turns rewriting it.
             reason, message = ready.reason or PEER_ALIVE, ready.message or message
-        became_ready = _set_ready(node, "True", reason, message, now)
+        became_ready = _set_ready(node, Readiness.TRUE, reason, message, now)
         _set_addresses(node, intent.name, intent.addresses)
         annotations = node.metadata.annotations
         annotations[ANN_PORT] = str(intent.port)
@@ -221,13 +249,13 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
             assert ready is not None
             ready.last_heartbeat_time = now
     elif isinstance(intent, Left):
-        _set_ready(node, "False", PEER_LEFT, _message(intent), now)
+        _set_ready(node, Readiness.FALSE, PEER_LEFT, _message(intent), now)
     elif isinstance(intent, Expired):
-        _set_ready(node, "Unknown", PEER_EXPIRED, _message(intent), now)
+        _set_ready(node, Readiness.UNKNOWN, PEER_EXPIRED, _message(intent), now)
     elif isinstance(intent, Refused):
-        _set_ready(node, "False", PEER_REFUSED, _message(intent), now)
+        _set_ready(node, Readiness.FALSE, PEER_REFUSED, _message(intent), now)
     else:
-        _set_ready(node, "False", AGENT_SHUTDOWN, _message(intent), now)
+        _set_ready(node, Readiness.FALSE, AGENT_SHUTDOWN, _message(intent), now)
 
     if existing is not None and node_to_dict(node) == node_to_dict(existing):
         return None

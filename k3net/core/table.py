@@ -30,28 +30,56 @@ outage every age starts again, so that an outage does not mark every peer Unknow
 When the agent moves to another store (`StoreChanged`, a reload) the view is emptied the same
 way and what this agent knows is written there at once (`_store_changed`).
 
-Positive evidence is fast, absence is slow. A probe answers with one outcome (see
-`ProbeResult`); what each means for a peer, by the peer's state:
+Each peer this agent follows is in exactly one state, one value of `State`: NEW, ALIVE,
+SUSPECT, REFUSED, LEAVING or UNAUTHENTICATED (the classes `New` to `Unauthenticated` below,
+shown in /peers by their names in lower case; SUSPECT and LEAVING carry what only they need).
+What can happen to a peer is one `PeerEvent`: a probe's outcome (see `ProbeResult`), an mDNS
+announcement or goodbye, its Node turning Ready. Every (state, event) pair that does something
+is one row of `TRANSITIONS`, an executable table, and its handler is the only code that moves a
+peer to another state (`_fire`); a pair not in it changes nothing. Apart from the table, a peer
+found only in the store is forgotten when its Node stops being a live agent's (see below).
 
-    state      confirmed      unverified*    refused              wrong-node, timeout
-    ---------  -------------  -------------  -------------------  -------------------
-    NEW        ALIVE, write   ALIVE, write   SUSPECT, re-probe    -
-    ALIVE      ALIVE, write   ALIVE, write   SUSPECT, re-probe    -
-    SUSPECT    ALIVE, write   ALIVE, write   REFUSED, write False -
-    REFUSED    ALIVE, write   ALIVE, write   -                    -
-    LEAVING    LEAVING, write LEAVING, write forget, write Left   forget, write Left
+The table as `tests/test_table.py` checks that it reads here (event, from which states, to
+which, what the handler does):
 
-    * unverified (something accepted the connection but no agent answered) counts as alive only
-      for a peer that was never confirmed and only without a cluster key; otherwise it is a
-      failure like a timeout. "write" means: ask the writer for what the Node lacks, usually
-      nothing (see `_alive`).
+    answered         new, alive, suspect, refused, unauthenticated -> alive
+                     Ask the writer for what its Node lacks, usually nothing (`_alive`).
+    answered         leaving -> leaving
+                     Write what its Node lacks; re-probe soon, LEAVING_REPROBES times.
+    refused          new, alive, unauthenticated -> suspect
+                     Re-probe REPROBE_DELAY later; nothing is written yet.
+    refused          suspect -> refused or suspect
+                     Write False/PeerRefused (too soon after the first: re-probe).
+    refused          leaving -> forgotten
+                     Stop probing it; after a goodbye, write False/PeerLeft.
+    failed           leaving -> forgotten
+                     Stop probing it; after a goodbye, write False/PeerLeft.
+    unauthenticated  new, alive, suspect, refused, leaving -> unauthenticated
+                     Report it rejected, once; it is never written.
+    announced        leaving -> new
+                     Its goodbye is void: it is probed as a new peer.
+    goodbye          any state -> leaving
+                     Probe it at once: its next failed probe writes False/PeerLeft.
+    unannounced      any state -> leaving
+                     Probe it at once: its next failed probe ends following it.
+    node-ready       refused -> refused
+                     Others reach it: write no refusal of ours until we confirm it.
 
+Two facts about a peer outlive every state, so they are fields of the peer, not states:
+`confirmed` (an agent proved to be this peer at least once: from then on `unverified` is a
+failure) and `contradicted` (see below).
+
+Positive evidence is fast, absence is slow:
+
+- `unverified` (something accepted the connection but no agent answered) is `answered` only for
+  a peer that was never confirmed and only without a cluster key; otherwise it is `failed`, like
+  `timeout` and `wrong-node`. A failure proves nothing (a lost packet, a busy host): only expiry
+  at peer-ttl decides, except for a LEAVING peer.
 - A refusal is confirmed by a quick re-probe (`REPROBE_DELAY` later) before anything is written:
   then the Node goes False/PeerRefused at once, whatever peer-ttl is. A second refusal sooner
   than that (a scheduled probe right after one that a held connection's close started)
   confirms nothing: an agent restarting in place must have its second (and the re-probe is asked
-  for again, at its time, in case the prober dropped it for a newer target). A timeout proves
-  nothing (a lost packet, a busy host): only expiry at peer-ttl decides.
+  for again, at its time, in case the prober dropped it for a newer target).
 - One agent that cannot reach a node others reach (a firewall that rejects only it) must not make
   the Node flap: if the Node is Ready again after this agent wrote its refusal while its own
   probes still fail, the peer is `contradicted`, and this agent writes no refusal for it until it
@@ -83,11 +111,12 @@ entry dropped, never written), `Paused` (this agent did not run for a while).
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import attrs
 
+from k3net.core import nodes
 from k3net.core.messages import (
     Deleted,
     Lost,
@@ -95,6 +124,7 @@ from k3net.core.messages import (
     PeerGone,
     PeerRejected,
     PeerSeen,
+    ProbeOutcome,
     ProbeResult,
     Put,
     SelfHeartbeat,
@@ -108,14 +138,11 @@ from k3net.core.messages import (
 from k3net.core.nodes import (
     AGENT_READY,
     PEER_ALIVE,
-    Alive,
-    Expired,
     Intent,
-    Left,
-    Refused,
-    Shutdown,
+    Readiness,
     last_seen,
     ordered_addresses,
+    readiness,
 )
 from k3net.model import ANN_PID, ANN_PORT, Node
 
@@ -138,9 +165,9 @@ Message = (
 
 @attrs.frozen
 class ProbeTarget:
-    name: str
-    addresses: tuple[str, ...]
-    port: int
+    name: str  # the peer to probe
+    addresses: tuple[str, ...]  # every address to try, in canonical order
+    port: int  # its advertised port (its agent's --listen port)
 
 
 @attrs.frozen
@@ -205,36 +232,96 @@ class PeerView:
     name: str
     addresses: tuple[str, ...]
     port: int
-    state: str
-    found_by: str
-    confirmed: bool
+    state: str  # the `label` of its state: new, alive, suspect, refused, leaving, unauthenticated
+    found_by: str  # the most direct way it was found (FOUND_BY)
+    confirmed: bool  # an agent proved to be this peer at least once
 
 
-class PeerState(enum.Enum):
-    NEW = "new"  # announced, not reached yet
-    ALIVE = "alive"  # its last probe reached it
-    SUSPECT = "suspect"  # refused once: a re-probe decides
-    REFUSED = "refused"  # refused twice in a row: its Node was marked False/PeerRefused
-    LEAVING = "leaving"  # said goodbye: the next failed probe is decisive
-    UNAUTHENTICATED = "unauthenticated"  # answers, but cannot prove the cluster key
+# --- a peer's state ---------------------------------------------------------------------------
+# One class per state. Which event moves a peer from one to another is TRANSITIONS, at the end of
+# the module (after the handlers it names). Two states share their names with the intents of
+# `core.nodes` (Alive, Refused): this module writes those as `nodes.Alive`, `nodes.Refused`.
+
+
+@attrs.frozen
+class _State:
+    """What every state has: its `label`, the class name in lower case, which is how /peers,
+    the page and `k3net peers` show it."""
+
+    label: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.label = cls.__name__.lower()
+
+
+class New(_State):
+    """Announced (or announced again after a goodbye), not reached yet."""
+
+
+class Alive(_State):
+    """Its last probe reached it."""
+
+
+@attrs.frozen
+class Suspect(_State):
+    """Refused once: a re-probe decides."""
+
+    since: float  # when the first refusal came: a second one sooner than REPROBE_DELAY is none
+
+
+class Refused(_State):
+    """Refused twice in a row: its Node was marked False/PeerRefused (unless `contradicted`)."""
+
+
+@attrs.frozen
+class Leaving(_State):
+    """Its mDNS record went away: its next failed probe, of any kind, is decisive."""
+
+    since: float  # when: an answer to a probe started before says nothing about after
+    # True: it said goodbye, and its failure writes False/PeerLeft. False: its record expired
+    # unanswered, and its failure only ends our following it.
+    goodbye: bool
+    reprobes: int = LEAVING_REPROBES  # quick re-probes left while it still answers
+
+
+class Unauthenticated(_State):
+    """It answers, but cannot prove the cluster key: never written."""
+
+
+State = New | Alive | Suspect | Refused | Leaving | Unauthenticated
+STATES: tuple[type[State], ...] = (New, Alive, Suspect, Refused, Leaving, Unauthenticated)
+
+
+class PeerEvent(enum.Enum):
+    """What can happen to a peer: the column of `TRANSITIONS`."""
+
+    ANSWERED = "answered"  # `confirmed`, or `unverified` for a peer never confirmed, keyless
+    REFUSED = "refused"  # every address actively refused the connection
+    FAILED = "failed"  # `timeout`, `wrong-node`, or an `unverified` that does not count
+    UNAUTHENTICATED = "unauthenticated"  # it answers but cannot prove the cluster key
+    ANNOUNCED = "announced"  # mDNS announced it again (a join list, a scan or the store: not)
+    GOODBYE = "goodbye"  # its mDNS goodbye
+    UNANNOUNCED = "unannounced"  # its mDNS record expired unanswered: no goodbye
+    NODE_READY = "node-ready"  # its Node turned Ready in the store, whoever wrote it
 
 
 @attrs.define
 class _Peer:
+    """One peer this agent follows."""
+
     name: str
-    addresses: tuple[str, ...]
+    addresses: tuple[str, ...]  # where to probe it, in canonical order
     port: int
-    pid: int | None
-    first_seen: float
-    found_by: str = "mdns"
-    state: PeerState = PeerState.NEW
+    pid: int | None  # as announced (TXT pid, the Node's annotation); None: not given
+    found_by: str  # the most direct way it was found (FOUND_BY)
+    state: State = New()  # changed only by `PeerTable._fire`, as TRANSITIONS says
+    # When it was first seen, while its Node has not been seen Ready yet: the join latency counts
+    # from there. None once reported, and for a peer whose Node was Ready when it was found.
+    joining_since: float | None = None
+    # The two facts that outlive every state (module docstring):
     confirmed: bool = False  # an agent proved to be this peer at least once
-    contradicted: bool = False  # others saw it Ready after we wrote its refusal
-    left_at: float = -math.inf  # when its goodbye arrived
-    reprobes: int = 0  # quick re-probes left while LEAVING
-    goodbye: bool = True  # LEAVING after a goodbye (False: its mDNS record expired)
-    suspect_at: float = -math.inf  # when its first refusal made it SUSPECT
-    joined: bool = False  # its Node was seen Ready (join latency reported)
+    contradicted: bool = False  # Ready again by others while REFUSED: write no refusal of ours
 
     @property
     def target(self) -> ProbeTarget:
@@ -243,24 +330,49 @@ class _Peer:
 
 @attrs.define
 class _View:
-    stored: Stored
-    last_seen: str | None
+    """One Node as this agent last saw it in the store, and the timers judged from it."""
+
+    stored: Stored  # the Node and its version, as the watch last delivered it
+    last_seen: str | None  # its k3.network/lastSeen annotation (None: it has none)
     changed_at: float  # when this agent saw `last_seen` take its current value
-    expiry_sent: bool = False
+    expiry_sent: bool = False  # an expiry (Unknown) was asked for this lastSeen: not again
     # A Left write was asked for: expiry must not overtake it with a vaguer Unknown.
     left_sent: bool = False
     # When this agent last asked for a lastSeen refresh of this value; not asked again while
     # the write is on its way (unless it takes longer than a refresh interval).
     refresh_asked_at: float | None = None
 
+    @property
+    def ready(self) -> bool:
+        """The Node, as last seen in the store, is Ready."""
+        return readiness(self.stored.node) is Readiness.TRUE
+
 
 def _internal_ips(node: Node) -> tuple[str, ...]:
     return tuple(a.address for a in node.status.addresses if a.type == "InternalIP")
 
 
-def _state_of(node: Node) -> str:
-    status = node.ready_status
-    return "ready" if status == "True" else "not_ready" if status == "False" else "unknown"
+# The label of the peer gauge (`counts`, read by the metrics) for each Readiness.
+_COUNTED = {Readiness.TRUE: "ready", Readiness.FALSE: "not_ready", Readiness.UNKNOWN: "unknown"}
+
+
+def _counted(node: Node) -> str:
+    return _COUNTED[readiness(node)]
+
+
+def _probe_event(outcome: ProbeOutcome, *, unverified_counts: bool) -> PeerEvent:
+    """The event a probe's outcome is for a peer (module docstring)."""
+    match outcome:
+        case "confirmed":
+            return PeerEvent.ANSWERED
+        case "unverified" if unverified_counts:
+            return PeerEvent.ANSWERED
+        case "refused":
+            return PeerEvent.REFUSED
+        case "unauthenticated":
+            return PeerEvent.UNAUTHENTICATED
+        case _:
+            return PeerEvent.FAILED
 
 
 class PeerTable:
@@ -287,7 +399,7 @@ class PeerTable:
         self._peers: dict[str, _Peer] = {}
         self._views: dict[str, _View] = {}
         # Stored Nodes by Ready state, kept as views change (read by the metrics at scrape time).
-        self.counts: dict[str, int] = {"ready": 0, "not_ready": 0, "unknown": 0}
+        self.counts: dict[str, int] = dict.fromkeys(_COUNTED.values(), 0)
 
     def handle(self, msg: Message, now: float) -> list[Action]:
         match msg:
@@ -312,6 +424,101 @@ class PeerTable:
             case _:
                 return self._store(msg, now)
 
+    # --- a peer's state machine ------------------------------------------------------------------
+
+    def _fire(
+        self, peer: _Peer, event: PeerEvent, now: float, probe: ProbeResult | None = None
+    ) -> list[Action]:
+        """`event` happened to `peer` (`probe`: the probe it came from, if any): run its row
+        of TRANSITIONS and move the peer to the state the handler returns (None: forget it)."""
+        transition = TRANSITIONS.get((type(peer.state), event))
+        if transition is None:
+            return []
+        state, actions = transition.handler(self, peer, now, probe)
+        if state is None:
+            del self._peers[peer.name]
+        else:
+            peer.state = state
+        return actions
+
+    # The handlers, one per kind of row. Each returns the peer's next state and the actions;
+    # the first line of its docstring is what the module docstring's table says it does.
+
+    def _reached(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Ask the writer for what its Node lacks, usually nothing (`_alive`)."""
+        return Alive(), self._alive_peer(peer, now)
+
+    def _still_answers(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Write what its Node lacks; re-probe soon, LEAVING_REPROBES times."""
+        state = peer.state
+        assert isinstance(state, Leaving)  # the only row of this handler
+        if probe is not None and probe.started < state.since:
+            return state, []  # decided before the goodbye: says nothing about after it
+        actions: list[Action] = []
+        if state.reprobes > 0:
+            state = attrs.evolve(state, reprobes=state.reprobes - 1)
+            actions.append(ProbeNow(peer.target, delay=REPROBE_DELAY))
+        return state, actions + self._alive_peer(peer, now)
+
+    def _suspect(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Re-probe REPROBE_DELAY later; nothing is written yet."""
+        return Suspect(since=now), [ProbeNow(peer.target, delay=REPROBE_DELAY)]
+
+    def _refused_again(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Write False/PeerRefused (too soon after the first: re-probe)."""
+        state = peer.state
+        assert isinstance(state, Suspect)  # the only row of this handler
+        if now - state.since < REPROBE_DELAY:
+            # Too soon to confirm (an agent restarting in place): a re-probe decides, asked
+            # again for its time in case the first was dropped (the peer's target changed).
+            return state, [ProbeNow(peer.target, delay=state.since + REPROBE_DELAY - now)]
+        view = self._views.get(peer.name)
+        if peer.contradicted or view is None or not view.stored.node.managed or not view.ready:
+            return Refused(), []
+        return Refused(), [Write(nodes.Refused(peer.name, view.last_seen), view.stored)]
+
+    def _gone_for_good(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Stop probing it; after a goodbye, write False/PeerLeft."""
+        state = peer.state
+        assert isinstance(state, Leaving)  # the only rows of this handler
+        if not state.goodbye:
+            # Its record expired and it does not answer: no longer followed, and no departure
+            # written (nobody said goodbye; expiry and refusals judge the Node).
+            return None, [Forget(peer.name)]
+        view = self._views.get(peer.name)
+        if view is None:
+            # Its Node may be in the store already, not yet in our view (the watch lags our own
+            # writes by a poll): the writer reads it before marking it.
+            return None, [Forget(peer.name), Write(nodes.Left(peer.name), None)]
+        if not view.stored.node.managed:
+            return None, [Forget(peer.name)]
+        view.left_sent = True
+        return None, [Forget(peer.name), Write(nodes.Left(peer.name), view.stored)]
+
+    def _unproven(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Report it rejected, once; it is never written."""
+        address = probe.address if probe is not None else None
+        return Unauthenticated(), [
+            Reject(peer.name, "unauthenticated", f"{address or '?'} cannot prove the cluster key")
+        ]
+
+    def _announced_again(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Its goodbye is void: it is probed as a new peer."""
+        return New(), []
+
+    def _said_goodbye(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Probe it at once: its next failed probe writes False/PeerLeft."""
+        return Leaving(since=now, goodbye=True), [ProbeNow(peer.target)]
+
+    def _record_expired(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Probe it at once: its next failed probe ends following it."""
+        return Leaving(since=now, goodbye=False), [ProbeNow(peer.target)]
+
+    def _overruled(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Others reach it: write no refusal of ours until we confirm it."""
+        peer.contradicted = True
+        return peer.state, []
+
     # --- the LAN ----------------------------------------------------------------------------
 
     def _seen(self, msg: PeerSeen, now: float) -> list[Action]:
@@ -319,21 +526,20 @@ class PeerTable:
             return []  # ourselves, reached through a join address or a scan
         peer = self._peers.get(msg.name)
         if peer is None:
-            peer = self._peers[msg.name] = _Peer(
-                msg.name, msg.addresses, msg.port, msg.pid, first_seen=now, found_by=msg.found_by
-            )
             view = self._views.get(msg.name)
-            peer.joined = view is not None and view.stored.node.ready_status == "True"
-        elif FOUND_BY.index(msg.found_by) > FOUND_BY.index(peer.found_by):
+            peer = self._peers[msg.name] = _Peer(
+                msg.name, msg.addresses, msg.port, msg.pid, found_by=msg.found_by,
+                joining_since=None if view is not None and view.ready else now,
+            )
+            return [ProbeNow(peer.target)]
+        if FOUND_BY.index(msg.found_by) > FOUND_BY.index(peer.found_by):
             # Followed already through a more direct source (mDNS here, over what another
             # agent or a scan reports): its word on addresses and port stands, its probes go on.
             return []
-        else:
-            peer.addresses, peer.port, peer.pid = msg.addresses, msg.port, msg.pid
-            peer.found_by = msg.found_by
-            if peer.state is PeerState.LEAVING and msg.found_by == "mdns":
-                peer.state = PeerState.NEW  # announced again: the goodbye is void
-        return [ProbeNow(peer.target)]
+        peer.addresses, peer.port, peer.pid = msg.addresses, msg.port, msg.pid
+        peer.found_by = msg.found_by
+        actions = self._fire(peer, PeerEvent.ANNOUNCED, now) if msg.found_by == "mdns" else []
+        return actions + [ProbeNow(peer.target)]
 
     def _gone(self, msg: PeerGone, now: float) -> list[Action]:
         peer = self._peers.get(msg.name)
@@ -348,82 +554,21 @@ class PeerTable:
             pid_text = node.metadata.annotations.get(ANN_PID, "")
             pid = int(pid_text) if pid_text.isdigit() else None
             peer = self._peers[msg.name] = _Peer(
-                msg.name, _internal_ips(node), int(port), pid, first_seen=now, joined=True
+                msg.name, _internal_ips(node), int(port), pid, found_by="mdns"
             )
-        peer.state, peer.left_at, peer.reprobes = PeerState.LEAVING, now, LEAVING_REPROBES
-        peer.goodbye = msg.goodbye
-        return [ProbeNow(peer.target)]
+        event = PeerEvent.GOODBYE if msg.goodbye else PeerEvent.UNANNOUNCED
+        return self._fire(peer, event, now)
 
     def _probed(self, result: ProbeResult, now: float) -> list[Action]:
         peer = self._peers.get(result.name)
         if peer is None:
             return []  # forgotten while the probe ran
-        outcome = result.outcome
-        if outcome == "unverified" and not (peer.confirmed or self.keyed):
-            outcome = "confirmed"  # a foreign advertiser that never proved anything: as before
-        if outcome == "confirmed":
-            return self._answered(peer, result, now)
-        if outcome == "unauthenticated":
-            if peer.state is PeerState.UNAUTHENTICATED:
-                return []
-            peer.state = PeerState.UNAUTHENTICATED
-            return [Reject(peer.name, "unauthenticated",
-                           f"{result.address or '?'} cannot prove the cluster key")]
-        if peer.state is PeerState.LEAVING:
-            return self._left(peer)
-        if outcome != "refused":
-            return []  # one failed probe proves nothing; expiry decides, from the store
-        if peer.state is not PeerState.SUSPECT:
-            if peer.state is PeerState.REFUSED:
-                return []
-            peer.state, peer.suspect_at = PeerState.SUSPECT, now
-            return [ProbeNow(peer.target, delay=REPROBE_DELAY)]
-        if now - peer.suspect_at < REPROBE_DELAY:
-            # Too soon to confirm (an agent restarting in place): a re-probe decides, asked
-            # again for its time in case the first was dropped (the peer's target changed).
-            return [ProbeNow(peer.target, delay=peer.suspect_at + REPROBE_DELAY - now)]
-        peer.state = PeerState.REFUSED
-        view = self._views.get(peer.name)
-        if (
-            peer.contradicted
-            or view is None
-            or not view.stored.node.managed
-            or view.stored.node.ready_status != "True"
-        ):
-            return []
-        return [Write(Refused(peer.name, view.last_seen), view.stored)]
-
-    def _answered(self, peer: _Peer, result: ProbeResult, now: float) -> list[Action]:
+        # A foreign advertiser that never proved anything counts as answering, as before keys.
+        unverified_counts = not (peer.confirmed or self.keyed)
         if result.outcome == "confirmed":
             peer.confirmed, peer.contradicted = True, False
-        actions: list[Action] = []
-        if peer.state is PeerState.LEAVING:
-            if result.started < peer.left_at:
-                return []  # decided before the goodbye: says nothing about after it
-            if peer.reprobes > 0:
-                peer.reprobes -= 1
-                actions.append(ProbeNow(peer.target, delay=REPROBE_DELAY))
-        else:
-            peer.state = PeerState.ALIVE
-        return actions + self._alive(
-            peer.name, peer.addresses, peer.port, peer.pid, PEER_ALIVE, now
-        )
-
-    def _left(self, peer: _Peer) -> list[Action]:
-        del self._peers[peer.name]
-        if not peer.goodbye:
-            # Its record expired and it does not answer: no longer followed, and no departure
-            # written (nobody said goodbye; expiry and refusals judge the Node).
-            return [Forget(peer.name)]
-        view = self._views.get(peer.name)
-        if view is None:
-            # Its Node may be in the store already, not yet in our view (the watch lags our own
-            # writes by a poll): the writer reads it before marking it.
-            return [Forget(peer.name), Write(Left(peer.name), None)]
-        if not view.stored.node.managed:
-            return [Forget(peer.name)]
-        view.left_sent = True
-        return [Forget(peer.name), Write(Left(peer.name), view.stored)]
+        event = _probe_event(result.outcome, unverified_counts=unverified_counts)
+        return self._fire(peer, event, now, result)
 
     # --- the store --------------------------------------------------------------------------
 
@@ -439,7 +584,7 @@ class PeerTable:
         if isinstance(event, Deleted):
             view = self._views.pop(event.name, None)
             if view is not None:
-                self.counts[_state_of(view.stored.node)] -= 1
+                self.counts[_counted(view.stored.node)] -= 1
         return []
 
     def _store_changed(self, now: float) -> list[Action]:
@@ -454,15 +599,14 @@ class PeerTable:
         self.store_live, self._lost_at = False, now
         actions = self._heartbeat(now)
         for peer in self._peers.values():
-            if peer.state is PeerState.ALIVE:
-                actions += self._alive(peer.name, peer.addresses, peer.port, peer.pid,
-                                       PEER_ALIVE, now)
+            if isinstance(peer.state, Alive):
+                actions += self._alive_peer(peer, now)
         return actions
 
     def _snapshot(self, event: Snapshot, now: float) -> list[Action]:
         fresh = {s.name for s in event.items}
         for name in [name for name in self._views if name not in fresh]:
-            self.counts[_state_of(self._views.pop(name).stored.node)] -= 1
+            self.counts[_counted(self._views.pop(name).stored.node)] -= 1
         if not self.store_live:
             lost = now - self._lost_at if self._lost_at is not None else 0.0
             for view in self._views.values():
@@ -475,25 +619,25 @@ class PeerTable:
 
     def _observe(self, stored: Stored, now: float) -> list[Action]:
         seen = last_seen(stored.node)
+        ready = readiness(stored.node) is Readiness.TRUE
         view = self._views.get(stored.name)
-        was_ready = view is not None and view.stored.node.ready_status == "True"
+        was_ready = view is not None and view.ready
         if view is not None:
-            self.counts[_state_of(view.stored.node)] -= 1
-        self.counts[_state_of(stored.node)] += 1
+            self.counts[_counted(view.stored.node)] -= 1
+        self.counts[_counted(stored.node)] += 1
         if view is None or view.last_seen != seen:
             self._views[stored.name] = _View(stored, seen, changed_at=now)
         else:
             view.stored = stored
-            view.expiry_sent = view.expiry_sent and stored.node.ready_status == "True"
+            view.expiry_sent = view.expiry_sent and ready
         actions: list[Action] = []
-        ready = stored.node.ready_status == "True"
         peer = self._peers.get(stored.name)
         if peer is not None:
-            if not peer.joined and ready:
-                peer.joined = True
-                actions.append(JoinLatency(peer.name, now - peer.first_seen))
-            if peer.state is PeerState.REFUSED and ready and not was_ready:
-                peer.contradicted = True  # Ready again by others while we cannot reach it
+            if peer.joining_since is not None and ready:
+                actions.append(JoinLatency(peer.name, now - peer.joining_since))
+                peer.joining_since = None
+            if ready and not was_ready:
+                actions += self._fire(peer, PeerEvent.NODE_READY, now)
         if stored.name == self.me.name:
             if not ready:
                 actions += self._heartbeat(now)  # someone marked us down while we run: correct it
@@ -510,7 +654,7 @@ class PeerTable:
         addresses = _internal_ips(node)
         usable = node.managed and ready and port.isdigit() and 0 < int(port) < 65536 and addresses
         if not usable:
-            if peer is None or peer.state is PeerState.REFUSED:
+            if peer is None or isinstance(peer.state, Refused):
                 return []  # (a refusal we wrote ourselves: keep the state, for contradictions)
             del self._peers[node.name]
             return [Forget(node.name)]
@@ -518,7 +662,7 @@ class PeerTable:
             pid_text = node.metadata.annotations.get(ANN_PID, "")
             peer = self._peers[node.name] = _Peer(
                 node.name, addresses, int(port), int(pid_text) if pid_text.isdigit() else None,
-                first_seen=now, found_by="store", joined=True,
+                found_by="store",
             )
             return [ProbeNow(peer.target)]
         if (peer.addresses, peer.port) != (addresses, int(port)):
@@ -556,12 +700,12 @@ class PeerTable:
                 or view.expiry_sent
                 or view.left_sent
                 or not node.managed
-                or node.ready_status != "True"
+                or not view.ready
                 or now - view.changed_at < self.peer_ttl
             ):
                 continue
             view.expiry_sent = True
-            actions.append(Write(Expired(name, view.last_seen), view.stored))
+            actions.append(Write(nodes.Expired(name, view.last_seen), view.stored))
         return actions
 
     def _heartbeat(self, now: float) -> list[Action]:
@@ -577,9 +721,12 @@ class PeerTable:
         if not self.register_self:
             return []
         view = self._views.get(self.me.name)
-        return [Write(Shutdown(self.me.name), view.stored if view else None)]
+        return [Write(nodes.Shutdown(self.me.name), view.stored if view else None)]
 
     # --- decisions --------------------------------------------------------------------------
+
+    def _alive_peer(self, peer: _Peer, now: float) -> list[Action]:
+        return self._alive(peer.name, peer.addresses, peer.port, peer.pid, PEER_ALIVE, now)
 
     def _alive(
         self,
@@ -592,7 +739,7 @@ class PeerTable:
     ) -> list[Action]:
         view = self._views.get(name)
         if view is None:
-            return [Write(Alive(name, addresses, port, pid, reason, refresh=True), None)]
+            return [Write(nodes.Alive(name, addresses, port, pid, reason, refresh=True), None)]
         node = view.stored.node
         if not node.managed:
             return []
@@ -600,7 +747,7 @@ class PeerTable:
         ready = node.condition()
         differs = (
             ready is None
-            or ready.status != "True"
+            or readiness(node) is not Readiness.TRUE
             or (ready.reason != reason and reason != PEER_ALIVE)  # see nodes.render
             or _internal_ips(node) != ordered_addresses(addresses)
             or annotations.get(ANN_PORT) != str(port)
@@ -614,9 +761,9 @@ class PeerTable:
             return []
         if due:
             view.refresh_asked_at = now
-        intent = Alive(
+        intent = nodes.Alive(
             name, addresses, port, pid, reason, refresh_from=view.last_seen, refresh=due,
-            seen_ready=node.ready_status,
+            seen_ready=readiness(node),
         )
         return [Write(intent, view.stored)]
 
@@ -625,10 +772,48 @@ class PeerTable:
     def peers(self) -> list[PeerView]:
         """Every peer this agent follows, by name."""
         return [
-            PeerView(p.name, p.addresses, p.port, p.state.value, p.found_by, p.confirmed)
+            PeerView(p.name, p.addresses, p.port, p.state.label, p.found_by, p.confirmed)
             for p in sorted(self._peers.values(), key=lambda p: p.name)
         ]
 
     def self_up(self) -> bool:
         view = self._views.get(self.me.name)
-        return view is not None and view.stored.node.ready_status == "True"
+        return view is not None and view.ready
+
+
+# What a handler returns: the peer's next state (None: forget it) and the actions to carry out.
+Step = tuple[State | None, list[Action]]
+Handler = Callable[[PeerTable, _Peer, float, ProbeResult | None], Step]
+
+
+@attrs.frozen
+class Transition:
+    """One row of TRANSITIONS."""
+
+    to: tuple[type[State] | None, ...]  # the states the handler may return (None: forgotten)
+    handler: Handler
+
+
+def _rows(
+    states: tuple[type[State], ...], event: PeerEvent, to: tuple[type[State] | None, ...],
+    handler: Handler,
+) -> dict[tuple[type[State], PeerEvent], Transition]:
+    return {(state, event): Transition(to, handler) for state in states}
+
+
+# Every (state, event) pair that does something; the module docstring shows it as a table.
+TRANSITIONS: dict[tuple[type[State], PeerEvent], Transition] = {
+    **_rows((New, Alive, Suspect, Refused, Unauthenticated), PeerEvent.ANSWERED, (Alive,),
+            PeerTable._reached),
+    **_rows((Leaving,), PeerEvent.ANSWERED, (Leaving,), PeerTable._still_answers),
+    **_rows((New, Alive, Unauthenticated), PeerEvent.REFUSED, (Suspect,), PeerTable._suspect),
+    **_rows((Suspect,), PeerEvent.REFUSED, (Refused, Suspect), PeerTable._refused_again),
+    **_rows((Leaving,), PeerEvent.REFUSED, (None,), PeerTable._gone_for_good),
+    **_rows((Leaving,), PeerEvent.FAILED, (None,), PeerTable._gone_for_good),
+    **_rows((New, Alive, Suspect, Refused, Leaving), PeerEvent.UNAUTHENTICATED,
+            (Unauthenticated,), PeerTable._unproven),
+    **_rows((Leaving,), PeerEvent.ANNOUNCED, (New,), PeerTable._announced_again),
+    **_rows(STATES, PeerEvent.GOODBYE, (Leaving,), PeerTable._said_goodbye),
+    **_rows(STATES, PeerEvent.UNANNOUNCED, (Leaving,), PeerTable._record_expired),
+    **_rows((Refused,), PeerEvent.NODE_READY, (Refused,), PeerTable._overruled),
+}
