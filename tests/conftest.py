@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from k3net.harness import netns
-from k3net.harness.agents import AgentFactory
+from k3lab import netns
+from k3lab.agents import AgentFactory
 
 REQUIRE_SERVICES = os.environ.get("K3NET_REQUIRE_SERVICES") == "1"
 

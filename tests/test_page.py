@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
-from k3net.harness import browser as browser_mod
-from k3net.harness.agents import AgentProc, ready
-from k3net.harness.browser import Browser, screenshot_page
-from k3net.harness.netns import Lan, LoopbackHost
-from k3net.harness.nsclient import wait_for
+from k3lab import browser as browser_mod
+from k3lab.agents import AgentProc, ready
+from k3lab.browser import Browser, screenshot_page
+from k3lab.netns import Lan, LoopbackHost
+from k3lab.nsclient import wait_for
 from k3net.model import ANN_LAST_SEEN
 from k3net.web.page import ASSETS, CSP
 from tests.conftest import require

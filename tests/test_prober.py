@@ -20,7 +20,7 @@ from k3net.core.messages import ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
 from k3net.tasks.probe import MIN_HOLD, Own, Prober, probe_peer, probe_with_timeout
-from tests.fakeagent import FakeAgent
+from tests.helpers.fakeagent import FakeAgent
 
 LOOPBACK = "127.0.0.1"
 INTERVAL = 60.0
@@ -154,7 +154,7 @@ KEY = b"a-cluster-key-of-32-bytes-------"
 
 
 class Agents:
-    """FakeAgents (tests/fakeagent.py) listening on loopback addresses of a shared port."""
+    """FakeAgents (tests/helpers/fakeagent.py) listening on loopback addresses of a shared port."""
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery

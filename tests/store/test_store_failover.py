@@ -6,8 +6,8 @@ import attrs
 import pytest
 import trio
 
+from k3lab.services import free_port
 from k3net.config import EtcdConfig
-from k3net.harness.services import free_port
 from k3net.store.base import StoreUnavailable
 from k3net.store.etcd import EtcdStore
 from tests.store.conftest import RawEtcd

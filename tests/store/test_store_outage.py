@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import trio
 
+from k3lab import services
+from k3lab.services import EtcdServer, MariaDBServer, free_port
 from k3net.config import EtcdConfig, MySQLConfig
-from k3net.harness import services
-from k3net.harness.services import EtcdServer, MariaDBServer, free_port
 from k3net.store.base import (
     Deleted,
     Lost,

@@ -2,7 +2,7 @@
 
     nox -s lan -- --hosts 5 --store etcd --scenario all [--out results/lan.json]
 
-Builds an N-host LAN from network namespaces (k3net.harness.netns.Lan: a bridge in a namespace
+Builds an N-host LAN from network namespaces (k3lab.netns.Lan: a bridge in a namespace
 of its own, a veth per host, private 10.x addresses only inside the namespaces, multicast on),
 runs one `k3net run` per host (sim/fleet.py) against ONE shared store reachable from every host
 (sim/stores.py), runs the scenarios (registered in sim/scenarios.py, the clean-LAN ones in
@@ -44,7 +44,12 @@ from __future__ import annotations
 
 import sys
 
-from sim.cli import main
+from k3lab.sim import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(argv, description=__doc__.split("\n\n")[0] if __doc__ else "")
+
 
 if __name__ == "__main__":
-    sys.exit(main(description=__doc__.split("\n\n")[0] if __doc__ else ""))
+    sys.exit(main())

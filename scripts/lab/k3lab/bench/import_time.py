@@ -25,7 +25,7 @@ def measure(runs: int) -> list[float]:
     return out
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--label", default="current")
@@ -40,7 +40,8 @@ def main() -> None:
     if args.record:
         with args.record.open("a") as f:
             f.write(line + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -28,7 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sim.common import (
+from k3lab.agents import AgentFactory, AgentProc
+from k3lab.netns import LoopbackHost
+from k3lab.nsclient import wait_for
+from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, RawMariaDB, write_config
+from k3lab.services import EtcdServer, MariaDBServer
+from k3lab.sim.common import (
     Reported,
     begin_run,
     fmt_s,
@@ -38,12 +43,6 @@ from sim.common import (
     summary,
     write_json,
 )
-
-from k3net.harness.agents import AgentFactory, AgentProc
-from k3net.harness.netns import LoopbackHost
-from k3net.harness.nsclient import wait_for
-from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, RawMariaDB, write_config
-from k3net.harness.services import EtcdServer, MariaDBServer
 
 TTL = "3s"
 MAX_ROUNDS = 20

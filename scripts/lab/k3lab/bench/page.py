@@ -41,8 +41,8 @@ from typing import Any
 
 import trio
 
+from k3lab.browser import CHROMIUM, Browser, available
 from k3net.events import EventHub
-from k3net.harness.browser import CHROMIUM, Browser, available
 from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.model import (

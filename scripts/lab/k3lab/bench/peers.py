@@ -2,9 +2,9 @@
 
     nox -s bench -- [--peers 50 200 500] [--out results/bench.json]
 
-For each P: a fresh LAN (k3net.harness.netns.Lan) of 1 + --helpers hosts. Host 0 runs
+For each P: a fresh LAN (k3lab.netns.Lan) of 1 + --helpers hosts. Host 0 runs
 `k3net run` on its memory store at the default timings (peer-ttl 90s, probes every 15s). Each other host runs
-one helper process (sim/peers.py) that announces P/helpers peers with AsyncZeroconf, each a
+one helper process (k3lab/sim/peers.py) that announces P/helpers peers with AsyncZeroconf, each a
 service with its own live TCP listener (same address, different ports) that answers the
 agent's identity probes (`GET /info`) with its name, as real agents would.
 
@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sim.common import (
+from k3lab.agents import AgentProc
+from k3lab.netns import Lan
+from k3lab.sim.common import (
     Interrupted,
     begin_run,
     by_label,
@@ -50,12 +52,8 @@ from sim.common import (
     summary,
     write_json,
 )
-from sim.store_watch import AgentNodesReader, StoreWatcher
+from k3lab.sim.store_watch import AgentNodesReader, StoreWatcher
 
-from k3net.harness.agents import AgentProc
-from k3net.harness.netns import Lan
-
-ROOT = Path(__file__).resolve().parents[1]
 SUBNET = "10.78.0.0/24"
 PORT = 7946
 FIRST_PEER_PORT = 20000
@@ -65,14 +63,13 @@ GOALS = {"join_s": 10.0, "cpu_pct": 10.0, "rss_mb": 120.0}
 
 
 class Helper:
-    """One sim/peers.py process on a host; its JSON lines are read by a thread."""
+    """One k3lab.sim.peers process on a host; its JSON lines are read by a thread."""
 
     def __init__(self, host: Any, count: int, prefix: str, accept_log: Path) -> None:
         self.accept_log = accept_log
         self.events: dict[str, dict[str, Any]] = {}
         self.proc = host.popen(
-            [sys.executable, str(ROOT / "scripts" / "sim" / "peers.py"), "--address",
-             host.address, "--count", str(count), "--first-port", str(FIRST_PEER_PORT),
+            [sys.executable, "-m", "k3lab.sim.peers", "--address", host.address, "--count", str(count), "--first-port", str(FIRST_PEER_PORT),
              "--prefix", prefix, "--accept-log", str(accept_log)],
             stdout=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -26,10 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 
 def node_dict(i: int) -> dict[str, Any]:
     """A Node of about 1.3 kB, as the k3 controller writes one (not managed by k3net, so no
@@ -165,11 +161,11 @@ def _rss_kb(pid: int) -> dict[str, int]:
 
 
 def run_store(kind: str, nodes: int, idle: float, events: int, work: Path) -> dict[str, Any]:
-    from k3net.harness.agents import AgentProc
-    from k3net.harness.netns import LoopbackHost
-    from k3net.harness.nsclient import wait_for
-    from k3net.harness.raw import write_config
-    from k3net.harness.services import EtcdServer, MariaDBServer, free_port
+    from k3lab.agents import AgentProc
+    from k3lab.netns import LoopbackHost
+    from k3lab.nsclient import wait_for
+    from k3lab.raw import write_config
+    from k3lab.services import EtcdServer, MariaDBServer, free_port
     from k3net.store.mysql import WINDOW_MARGIN
 
     result: dict[str, Any] = {"store": kind, "nodes": nodes}
@@ -188,8 +184,8 @@ def run_store(kind: str, nodes: int, idle: float, events: int, work: Path) -> di
             config = write_config(work / f"{kind}.yaml", storage)
 
             def inner_run(what: str, count: int) -> dict[str, Any]:
-                done = host.run([sys.executable, __file__, "inner", what, str(config),
-                                 str(count)], timeout=1800)
+                done = host.run([sys.executable, "-m", "k3lab.bench.store", "inner", what,
+                                 str(config), str(count)], timeout=1800)
                 parsed: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
                 return parsed
 
@@ -249,10 +245,10 @@ def table(results: list[dict[str, Any]]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def main() -> None:
+def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "inner":
         inner(sys.argv[2:])
-        return
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--stores", nargs="+", choices=["etcd", "mysql"], default=["etcd", "mysql"])
@@ -278,6 +274,7 @@ def main() -> None:
     if args.record:
         args.record.write_text(RECORD_HEAD + text + "\n```json\n"
                                + "\n".join(json.dumps(r) for r in results) + "\n```\n")
+    return 0
 
 
 RECORD_HEAD = """# Stores at scale (`nox -s bench-store`)
@@ -299,4 +296,4 @@ watch-event handling p99 <= 1 ms, an idle MySQL poll reads O(1) rows.
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
