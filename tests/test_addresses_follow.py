@@ -14,7 +14,7 @@ from k3net.agent import Agent
 from k3net.core.addresses import MachineAddresses
 from k3net.model import Node
 from k3net.tasks import addresses
-from tests.test_agent_inprocess import (
+from tests.helpers.inprocess import (
     ME,
     FakeLan,
     Recorder,

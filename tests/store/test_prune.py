@@ -19,7 +19,7 @@ from k3net.commands.prune import main as prune_main
 from k3net.config import EtcdConfig, MySQLConfig, StorageConfig
 from k3net.store.base import Store
 from k3net.store.mysql import MySQLStore
-from tests.test_events import T0, make_node
+from tests.helpers.nodes import T0, make_node
 
 DAYS_LATER = T0 + dt.timedelta(days=4)
 OLDER_THAN = 72 * 3600.0
