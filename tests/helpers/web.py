@@ -1,5 +1,5 @@
 """The ASGI app served by real hypercorn on 127.0.0.1, over a MemoryStore whose watch drives
-the event hub as in the agent; and a blocking-free HTTP GET for the tests."""
+the event hub as in the agent; and an HTTP GET run in a thread, so the app keeps serving."""
 
 from __future__ import annotations
 
