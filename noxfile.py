@@ -18,7 +18,9 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 
 
 def _install(session: nox.Session, *groups: str) -> None:
-    session.install("-e", ".")
+    """k3net and the lab (scripts/lab: namespaces, private servers, the simulation; a package of
+    its own, never in k3net's wheel), both editable, and the dependency groups."""
+    session.install("-e", ".", "-e", "scripts/lab")
     for group in groups:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
 
@@ -34,14 +36,14 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint and import order."""
+    """ruff: lint and import order (k3net, the tests, the lab in scripts/lab, the scripts)."""
     _install(session, "lint")
     session.run("ruff", "check", "k3net", "tests", "scripts", "noxfile.py", *session.posargs)
 
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """mypy on the package, the tests and the scripts."""
+    """mypy on the package, the tests, the lab (scripts/lab) and the scripts."""
     _install(session, "lint", "test")
     session.run("mypy", "k3net", "tests", "scripts", *session.posargs)
 
@@ -51,7 +53,7 @@ def lan(session: nox.Session) -> None:
     """Simulated multi-host LAN (network namespaces, root): scenarios timed at the shared store.
     `nox -s lan -- --hosts 5 --store etcd --scenario all`; `-- --help` lists the options."""
     _install(session, "test")
-    session.run("python", "scripts/lan.py", *session.posargs)
+    session.run("python", "-m", "k3lab.lan", *session.posargs)
 
 
 @nox.session(default=False)
@@ -59,7 +61,7 @@ def bench(session: nox.Session) -> None:
     """One agent tracking P simulated peers (network namespaces, root): join time, CPU, RSS,
     probe rounds. `nox -s bench -- --peers 50 200 500`."""
     _install(session, "test")
-    session.run("python", "scripts/bench.py", *session.posargs)
+    session.run("python", "-m", "k3lab.bench.peers", *session.posargs)
 
 
 @nox.session(name="bench-outage", default=False)
@@ -67,7 +69,7 @@ def bench_outage(session: nox.Session) -> None:
     """Store outages (network namespaces, root): time from the store's return until it holds
     the true state again, for etcd and MariaDB. `nox -s bench-outage -- --rounds 5`."""
     _install(session, "test")
-    session.run("python", "scripts/bench_outage.py", *session.posargs)
+    session.run("python", "-m", "k3lab.bench.outage", *session.posargs)
 
 
 @nox.session(name="bench-page", default=False)
@@ -76,7 +78,7 @@ def bench_page(session: nox.Session) -> None:
     chromium (chromium + chromium-driver). Writes docs/page-sample.md.
     `nox -s bench-page -- --nodes 500 --repeats 5`."""
     _install(session, "test")
-    session.run("python", "scripts/bench_page.py", *session.posargs)
+    session.run("python", "-m", "k3lab.bench.page", *session.posargs)
 
 
 @nox.session(name="bench-store", default=False)
@@ -85,5 +87,5 @@ def bench_store(session: nox.Session) -> None:
     namespace, root): start to first snapshot, RSS, watch-event p99, rows an idle MySQL poll
     reads. Writes docs/bench-store.md. `nox -s bench-store -- --nodes 10000 --idle 10`."""
     _install(session, "test")
-    session.run("python", "scripts/bench_store.py", "--record", "docs/bench-store.md",
+    session.run("python", "-m", "k3lab.bench.store", "--record", "docs/bench-store.md",
                 *session.posargs)

@@ -1,46 +1,9 @@
-"""How long `import k3net.agent` takes in a fresh interpreter (the agent's start-up cost before
-it can do anything), as the median of several runs. Prints one line and appends it to
-docs/import-time.md when --record is given.
+"""Benchmark: how long `import k3net.agent` takes.
+The code is `k3lab.bench.import_time` (scripts/lab/k3lab/bench/import_time.py); `--help` lists the options."""
 
-    python scripts/bench_import.py --runs 15
-"""
-
-from __future__ import annotations
-
-import argparse
-import statistics
-import subprocess
 import sys
-from pathlib import Path
 
-PROBE = "import time; t = time.perf_counter(); import k3net.agent; print(time.perf_counter() - t)"
-
-
-def measure(runs: int) -> list[float]:
-    out = []
-    for _ in range(runs):
-        done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                              check=True, timeout=60)
-        out.append(float(done.stdout))
-    return out
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--label", default="current")
-    parser.add_argument("--record", type=Path, default=None,
-                        help="append the result line to this file (e.g. docs/import-time.md)")
-    args = parser.parse_args()
-    times = measure(max(1, min(args.runs, 100)))
-    line = (f"| {args.label} | {statistics.median(times) * 1000:.0f} ms | "
-            f"{min(times) * 1000:.0f} ms | {max(times) * 1000:.0f} ms | {len(times)} |")
-    print("| code | median | min | max | runs |")
-    print(line)
-    if args.record:
-        with args.record.open("a") as f:
-            f.write(line + "\n")
-
+from k3lab.bench.import_time import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

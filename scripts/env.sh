@@ -1,5 +1,7 @@
 # Shared by scripts/run and scripts/test: make sure .venv exists with k3net and the dependency
-# groups given as arguments installed. Sourced, not run.
+# groups given as arguments installed. Sourced, not run. With any group (a development
+# environment: tests, lint, typing) the lab package (scripts/lab, `k3lab`) is installed editable
+# beside k3net; `scripts/run` asks for none and gets the agent alone.
 
 K3NET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 K3NET_VENV="$K3NET_ROOT/.venv"
@@ -13,9 +15,10 @@ k3net_env() {
     # Dependency groups (PEP 735) need pip >= 25.1.
     "$K3NET_VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade "pip>=25.1" \
         || return 1
-    local groups=()
+    local groups=() lab=()
     for group in "$@"; do groups+=(--group "$K3NET_ROOT/pyproject.toml:$group"); done
-    echo "env: installing k3net${*:+ and groups: $*}"
+    if [ "$#" -gt 0 ]; then lab=(-e "$K3NET_ROOT/scripts/lab"); fi
+    echo "env: installing k3net${*:+, the lab and groups: $*}"
     "$K3NET_VENV/bin/python" -m pip install -q --disable-pip-version-check \
-        -e "$K3NET_ROOT" "${groups[@]}" || return 1
+        -e "$K3NET_ROOT" "${lab[@]}" "${groups[@]}" || return 1
 }

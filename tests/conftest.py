@@ -1,25 +1,14 @@
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from k3net.harness import netns
-from k3net.harness.agents import AgentFactory
-
-REQUIRE_SERVICES = os.environ.get("K3NET_REQUIRE_SERVICES") == "1"
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip when a test's requirement is missing, but fail under scripts/test, which promises
-    every requirement: a suite that silently skips its real-network tests proves nothing."""
-    if not condition:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"missing test requirement: {reason}")
-        pytest.skip(reason)
+from k3lab import netns
+from k3lab.agents import AgentFactory
+from tests.helpers.require import require
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,7 @@ from k3net.core.addresses import MachineAddresses
 from k3net.current import Current
 from k3net.model import Node
 from k3net.tasks import addresses
-from tests.test_agent_inprocess import (
+from tests.helpers.inprocess import (
     ME,
     FakeLan,
     Recorder,

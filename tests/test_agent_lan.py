@@ -9,9 +9,9 @@ from functools import partial
 
 import pytest
 
-from k3net.harness.agents import AgentFactory, AgentProc, ready
-from k3net.harness.netns import Lan
-from k3net.harness.nsclient import wait_for
+from k3lab.agents import AgentFactory, AgentProc, ready
+from k3lab.netns import Lan
+from k3lab.nsclient import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 

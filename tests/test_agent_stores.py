@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from k3net.harness.agents import AgentFactory, ready
-from k3net.harness.netns import Lan, LoopbackHost
-from k3net.harness.nsclient import wait_for
-from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, RawMariaDB, write_config
-from k3net.harness.services import EtcdServer, MariaDBServer
-from tests.conftest import require
+from k3lab.agents import AgentFactory, ready
+from k3lab.netns import Lan, LoopbackHost
+from k3lab.nsclient import wait_for
+from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, RawMariaDB, write_config
+from k3lab.services import EtcdServer, MariaDBServer
+from tests.helpers.require import require
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok", "etcd_ok")]
 

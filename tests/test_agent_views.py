@@ -17,10 +17,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from k3net.harness.netns import LoopbackHost
-from k3net.harness.nsclient import wait_for
-from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
-from k3net.harness.services import EtcdServer
+from k3lab.netns import LoopbackHost
+from k3lab.nsclient import wait_for
+from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
+from k3lab.services import EtcdServer
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 

@@ -31,8 +31,9 @@ from k3net.commands.peers import PeerInfo, format_peers
 from k3net.commands.watch import events_url, format_event, render, watch
 from k3net.core.messages import ProbeResult
 from k3net.model import ANN_PID, LABEL_MANAGED, Node
-from tests.test_events import T0, make_node
-from tests.test_web import start_server, start_web, write_nodes
+from tests.helpers.commands import Output
+from tests.helpers.nodes import T0, make_node
+from tests.helpers.web import start_server, start_web, write_nodes
 
 
 @pytest.mark.parametrize(
@@ -225,29 +226,6 @@ def test_watch_json_is_one_object_per_line_and_yaml_one_document_each() -> None:
 
 
 # --- against an agent's endpoints, in-process -----------------------------------------------------
-
-
-class Output(io.StringIO):
-    """What a command prints, with a way to wait for it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._changed = trio.Event()
-
-    def write(self, text: str) -> int:
-        self._changed.set()
-        return super().write(text)
-
-    async def wait_for(self, predicate: Any) -> list[str]:
-        with trio.fail_after(5):
-            while not predicate(self.getvalue().splitlines()):
-                self._changed = trio.Event()
-                await self._changed.wait()
-        return self.getvalue().splitlines()
-
-    async def messages(self, count: int) -> list[dict[str, Any]]:
-        lines = await self.wait_for(lambda lines: len(lines) >= count)
-        return [json.loads(line) for line in lines]
 
 
 FAST = {"backoff": Backoff(0.02, 0.1)}

@@ -11,51 +11,10 @@ import trio.testing
 from k3net.events import EventHub, classify
 from k3net.metrics import Metrics
 from k3net.model import (
-    ANN_LAST_SEEN,
-    ANN_PORT,
-    LABEL_MANAGED,
     Node,
-    NodeAddress,
-    NodeCondition,
-    NodeStatus,
-    ObjectMeta,
 )
 from k3net.store.base import Deleted, Put, Snapshot, Stored
-
-T0 = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.UTC)
-
-
-def make_node(
-    name: str = "node-b",
-    ready: str | None = "True",
-    reason: str = "PeerAlive",
-    message: str = "reachable",
-    addresses: tuple[str, ...] = ("10.77.0.3",),
-    port: int | None = 7946,
-    managed: bool = True,
-    last_seen: dt.datetime = T0,
-) -> Node:
-    ann = {ANN_LAST_SEEN: last_seen.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
-    if port is not None:
-        ann[ANN_PORT] = str(port)
-    conditions = []
-    if ready is not None:
-        conditions.append(NodeCondition(
-            type="Ready", status=ready, reason=reason, message=message,
-            last_heartbeat_time=last_seen, last_transition_time=T0,
-        ))
-    return Node(
-        metadata=ObjectMeta(
-            name=name, uid=f"node-{name}",
-            labels={LABEL_MANAGED: "true"} if managed else {},
-            annotations=ann, creation_timestamp=T0,
-        ),
-        status=NodeStatus(
-            phase="Running",
-            addresses=[NodeAddress("Hostname", name)] + [NodeAddress("InternalIP", a) for a in addresses],
-            conditions=conditions,
-        ),
-    )
+from tests.helpers.nodes import T0, make_node
 
 
 def put(node: Node, version: int = 1) -> Put:

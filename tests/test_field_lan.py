@@ -33,11 +33,11 @@ from typing import Any
 
 import pytest
 
-from k3net.harness.agents import AgentFactory, AgentProc, ready
-from k3net.harness.netns import Host, Lan
-from k3net.harness.nsclient import wait_for
-from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, PREFIX, RawEtcd, write_config
-from k3net.harness.services import EtcdServer
+from k3lab.agents import AgentFactory, AgentProc, ready
+from k3lab.netns import Host, Lan
+from k3lab.nsclient import wait_for
+from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, PREFIX, RawEtcd, write_config
+from k3lab.services import EtcdServer
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 
@@ -304,7 +304,7 @@ def test_go_style_goodbye_order_gives_peer_left(agents: AgentFactory, order: str
         a_host, g_host = lan.hosts
         # peer-ttl 30s: neither expiry nor the refusal's re-probe path can explain PeerLeft.
         a = agents.start(a_host, "node-a", "--peer-ttl", "30s", "--probe-interval", "1s")
-        go = g_host.popen([sys.executable, str(ROOT / "tests" / "fakeagent.py"), "--name", "go-peer",
+        go = g_host.popen([sys.executable, str(ROOT / "tests" / "helpers" / "fakeagent.py"), "--name", "go-peer",
                            "--listen", f"{g_host.address}:{PORT}", "--advertise",
                            "--iface", g_host.interface, order, gap],
                           stdout=subprocess.PIPE, text=True)

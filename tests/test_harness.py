@@ -1,4 +1,4 @@
-"""The test and simulation harness (k3net.harness): what it builds is what it claims."""
+"""The lab (k3lab, scripts/lab: namespaces, private servers): what it builds is what it claims."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from k3net.harness.netns import Lan, RoutedLan
-from k3net.harness.reach import listening, multicast_reaches, tcp_outcome
-from tests.conftest import require
+from k3lab.netns import Lan, RoutedLan
+from k3lab.reach import listening, multicast_reaches, tcp_outcome
+from tests.helpers.require import require
 
 
-def test_agent_never_imports_the_harness() -> None:
-    # The harness runs `ip netns`, etcd and MariaDB: none of it belongs in an installed agent.
+def test_agent_never_imports_the_lab() -> None:
+    # The lab runs `ip netns`, etcd and MariaDB: none of it belongs in an installed agent.
     code = ("import sys, k3net.agent, k3net.cli; "
-            "print(sorted(m for m in sys.modules if m.startswith('k3net.harness')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('k3lab', 'tests')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == "[]"

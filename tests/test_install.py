@@ -1,6 +1,6 @@
-"""Installable: a wheel built from this tree and installed into a fresh virtualenv gives a
-working `k3net` (--version, an agent in a loopback namespace), and the systemd unit in
-contrib/systemd verifies against it.
+"""Installable: a wheel built from this tree holds the agent and nothing of its lab, and
+installed into a fresh virtualenv it gives a working `k3net` (--version, an agent in a loopback
+namespace); the systemd unit in contrib/systemd verifies against it.
 
 Nothing is downloaded: the wheel is built without build isolation (setuptools comes from the
 test group), installed with --no-index, and its dependencies are those of the test environment,
@@ -17,13 +17,14 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from k3lab.netns import LoopbackHost
+from k3lab.nsclient import NetnsClient, wait_for
 from k3net import version
-from k3net.harness.netns import LoopbackHost
-from k3net.harness.nsclient import NetnsClient, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,27 +34,49 @@ def run(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]
                           check=True, **kwargs)  # type: ignore[call-overload]
 
 
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+
+
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with the built wheel installed; its bin/ directory."""
-    work = tmp_path_factory.mktemp("install")
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The k3net wheel built from this tree."""
+    dist = tmp_path_factory.mktemp("dist")
     # setuptools builds in the tree and keeps what an earlier build left in build/: start clean,
     # or the wheel holds files this version no longer ships.
     shutil.rmtree(REPO / "build", ignore_errors=True)
-    run(*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", work / "dist",
-        REPO)
-    [wheel] = (work / "dist").glob("k3net-*.whl")
-    target = work / "venv"
+    run(*PIP, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, REPO)
+    [built] = dist.glob("k3net-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with the built wheel installed; its bin/ directory."""
+    target = tmp_path_factory.mktemp("install") / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", target)
     python = target / "bin" / "python"
     purelib = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))")
                    .stdout.strip())
     # The dependencies: the test environment's site-packages, after the venv's own.
     (purelib / "zz_k3net_test_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    run(*pip, "--python", python, "install", "--no-index", "--no-deps", wheel)
-    run(*pip, "--python", python, "check")
+    run(*PIP, "--python", python, "install", "--no-index", "--no-deps", wheel)
+    run(*PIP, "--python", python, "check")
     return target / "bin"
+
+
+def test_wheel_holds_the_agent_and_no_lab(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    dist_info = f"k3net-{version.version()}.dist-info"
+    assert {name.split("/")[0] for name in names} == {"k3net", dist_info}
+    assert "k3net/agent.py" in names and "k3net/web/static/index.html" in names
+    # The lab (namespaces, private servers, the simulation, the benchmarks) and the tests are
+    # development code: none of it is shipped.
+    lab = [name for name in names
+           if any(part in ("harness", "k3lab", "sim", "bench", "tests", "scripts")
+                  for part in Path(name).parts)]
+    assert lab == []
+    top_level = zipfile.ZipFile(wheel).read(f"{dist_info}/top_level.txt").decode().split()
+    assert top_level == ["k3net"]
 
 
 def clean_env() -> dict[str, str]:
@@ -70,7 +93,9 @@ def test_installed_k3net_version(venv: Path, tmp_path: Path) -> None:
                 ".parent)", cwd=tmp_path, env=clean_env()).stdout.strip()
     assert Path(where).is_relative_to(venv.parent), where  # the wheel's copy, not this tree
     assert (Path(where) / "web" / "static").is_dir()  # the page's assets are in the wheel
-    assert not (Path(where) / "harness").exists()  # the test harness is not
+    lab = run(venv / "python", "-c", "import importlib.util as u; print(u.find_spec('k3lab'))",
+              cwd=tmp_path, env=clean_env()).stdout.strip()
+    assert lab == "None"  # installing k3net brings no lab
 
 
 @pytest.mark.netns

@@ -1,5 +1,5 @@
 """mDNS: the pure entry -> PeerSeen/PeerRejected rules, and real processes advertising and
-browsing inside network namespaces (k3net/harness/netns.py; never on the machine's interfaces)."""
+browsing inside network namespaces (scripts/lab/k3lab/netns.py; never on the machine's interfaces)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from zeroconf import ServiceInfo
 
+from k3lab.netns import Host, Lan, LoopbackHost
 from k3net import mdns
 from k3net.commands.peers import PeerInfo, format_peers
 from k3net.core import records
 from k3net.core.messages import PeerRejected, PeerSeen, ProbeResult
 from k3net.core.names import MAX_TXT_VALUE
-from k3net.harness.netns import Host, Lan, LoopbackHost
 from k3net.settings import Settings
 
 TYPE = "_k3._tcp.local."
@@ -259,7 +259,7 @@ def test_format_peers_table_and_json() -> None:
 
 # --- real processes in network namespaces ------------------------------------------------------
 
-HELPER = [sys.executable, str(Path(__file__).with_name("mdns_helper.py"))]
+HELPER = [sys.executable, str(Path(__file__).parent / "helpers" / "mdns_cli.py")]
 WAIT = 10.0  # seconds: discovery takes ~1.2-1.7 s; this bounds a broken run
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from k3lab.netns import LoopbackHost
+from k3lab.nsclient import NetnsClient
 from k3net import notify
-from k3net.harness.netns import LoopbackHost
-from k3net.harness.nsclient import NetnsClient
 
 
 @pytest.mark.parametrize(

@@ -20,16 +20,16 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
-from k3net.harness import browser as browser_mod
-from k3net.harness.agents import AgentProc, ready
-from k3net.harness.browser import Browser, screenshot_page
-from k3net.harness.netns import Lan, LoopbackHost
-from k3net.harness.nsclient import wait_for
+from k3lab import browser as browser_mod
+from k3lab.agents import AgentProc, ready
+from k3lab.browser import Browser, screenshot_page
+from k3lab.netns import Lan, LoopbackHost
+from k3lab.nsclient import wait_for
 from k3net.model import ANN_LAST_SEEN
 from k3net.web.page import ASSETS, CSP
-from tests.conftest import require
-from tests.test_events import make_node
-from tests.test_web import Web, get, start_web, write_nodes
+from tests.helpers.nodes import make_node
+from tests.helpers.require import require
+from tests.helpers.web import Web, get, start_web, write_nodes
 
 T = TypeVar("T")
 
@@ -369,7 +369,7 @@ async def test_page_reconnects_and_resumes_after_a_drop(nursery: trio.Nursery,
     await web.store.update(make_node("node-b", ready="False", reason="PeerLeft"), stored.version)
     await web.store.create(make_node("node-c"))
     await hub_reached(web, 3)
-    from tests.test_web import start_server
+    from tests.helpers.web import start_server
     server = await start_server(nursery, web.state, web.port)
     page = await page_until(b, lambda p: p["conn"] == "live" and "node-c" in p["rows"],
                             "reconnected with node-c", within=15)

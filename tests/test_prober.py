@@ -21,7 +21,7 @@ from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
 from k3net.tasks.hold import MIN_HOLD
 from k3net.tasks.probe import Own, Prober, probe_peer
-from tests.fakeagent import FakeAgent
+from tests.helpers.fakeagent import FakeAgent
 
 LOOPBACK = "127.0.0.1"
 INTERVAL = 60.0
@@ -155,7 +155,7 @@ KEY = b"a-cluster-key-of-32-bytes-------"
 
 
 class Agents:
-    """FakeAgents (tests/fakeagent.py) listening on loopback addresses of a shared port."""
+    """FakeAgents (tests/helpers/fakeagent.py) listening on loopback addresses of a shared port."""
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery

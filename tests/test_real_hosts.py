@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from k3net.harness.agents import ready
-from k3net.harness.netns import Host, Lan
-from k3net.harness.nsclient import NetnsClient, wait_for
+from k3lab.agents import ready
+from k3lab.netns import Host, Lan
+from k3lab.nsclient import NetnsClient, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 
@@ -160,7 +160,7 @@ def test_go_style_peer_answering_only_info_is_confirmed(field: Agents) -> None:
     with Lan(2) as lan:
         a_host, g_host = lan.hosts
         a = field.start(a_host, "node-a", *FAST)
-        go = g_host.popen([sys.executable, str(ROOT / "tests" / "fakeagent.py"), "--name", "go-peer",
+        go = g_host.popen([sys.executable, str(ROOT / "tests" / "helpers" / "fakeagent.py"), "--name", "go-peer",
                            "--listen", f"{g_host.address}:7946", "--advertise",
                            "--iface", g_host.interface], stdout=subprocess.DEVNULL)
         try:

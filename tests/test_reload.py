@@ -17,14 +17,14 @@ import pytest
 import trio
 import trio.testing
 
+from k3lab.agents import AgentFactory, ready
+from k3lab.netns import Lan, LoopbackHost
+from k3lab.nsclient import NetnsClient, wait_for
+from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
+from k3lab.services import EtcdServer
 from k3net import reload
 from k3net.config import ConfigError, EtcdConfig, MySQLConfig, StorageConfig
 from k3net.current import Current
-from k3net.harness.agents import AgentFactory, ready
-from k3net.harness.netns import Lan, LoopbackHost
-from k3net.harness.nsclient import NetnsClient, wait_for
-from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
-from k3net.harness.services import EtcdServer
 from k3net.settings import Settings
 from k3net.store.base import StoreError
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from k3net.harness.agents import AgentFactory, AgentProc, ready
-from k3net.harness.netns import RoutedLan
-from k3net.harness.nsclient import wait_for
-from k3net.harness.services import EtcdServer
+from k3lab.agents import AgentFactory, AgentProc, ready
+from k3lab.netns import RoutedLan
+from k3lab.nsclient import wait_for
+from k3lab.services import EtcdServer
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 

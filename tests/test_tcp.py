@@ -1,24 +1,259 @@
-"""The TCP client side (k3net.tasks.tcp): staggered connection attempts, on 127.0.0.1 only."""
+"""The TCP client side (k3net.tasks.tcp).
+
+What is k3net's own (when attempts start, which one wins, what ends them, what gets closed) is
+driven through scripted connection attempts on trio's autojump clock: each attempt ends after
+the delay its script gives, connected or refused, or never (a host that drops the SYNs). What
+is the kernel's (a real connect, a real refusal, file descriptors) runs against 127.0.0.1.
+"""
 
 from __future__ import annotations
 
+import errno
+import functools
+import math
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from k3net.tasks import tcp
-from tests.test_prober import LOOPBACK, _fill_accept_queue, _unanswering
+
+LOOPBACK = "127.0.0.1"
+PEER, PORT = "10.77.0.3", 7946
+
+SILENT = math.inf  # the attempt never ends: the host drops every SYN (or every SYN-ACK)
+CONNECTS, REFUSED, UNREACHABLE = "connects", "refused", "unreachable"
+CONNECTS_AS_CALLER_GIVES_UP = "connects as the caller gives up"
+
+
+class FakeAttempt:
+    """A connection attempt that ends `delay` seconds after it started, as its script says.
+    Like the kernel's, its end wakes whoever waits for it, and comes whether anyone waits or
+    not (a timer task of the test's nursery sets `ended`)."""
+
+    def __init__(self, delay: float, result: str) -> None:
+        self.started = trio.current_time()
+        self.delay, self.result = delay, result
+        self.ended = trio.Event()
+        self.closed = False
+
+    async def wait(self) -> None:
+        await self.ended.wait()
+
+    def connected(self) -> FakeAttempt:
+        assert self.ended.is_set() and not self.closed
+        if self.result == REFUSED:
+            self.closed = True  # as tcp.Attempt: the socket of a failed attempt is closed
+            raise ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
+        return self
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeNet:
+    """A scripted LAN: the n-th attempt to connect ends as `script[n]` says, (delay, result);
+    UNREACHABLE fails at once, as when the host or our routing answers the connect itself;
+    CONNECTS_AS_CALLER_GIVES_UP cancels `caller` in the instant it connects."""
+
+    def __init__(self, nursery: trio.Nursery, *script: tuple[float, str], address: str = PEER,
+                 caller: trio.CancelScope | None = None) -> None:
+        self.nursery, self.script, self.address, self.caller = nursery, script, address, caller
+        self.attempts: list[FakeAttempt] = []
+        self.families: list[int] = []
+
+    def attempt(self, family: int, address: str, port: int) -> Any:
+        assert (address, port) == (self.address, PORT)
+        self.families.append(family)
+        delay, result = self.script[len(self.attempts)]
+        attempt = FakeAttempt(delay, result)
+        self.attempts.append(attempt)
+        if result == UNREACHABLE:
+            attempt.closed = True
+            raise OSError(errno.ENETUNREACH, os.strerror(errno.ENETUNREACH))
+        self.nursery.start_soon(self._end, attempt)
+        return attempt
+
+    async def _end(self, attempt: FakeAttempt) -> None:
+        await trio.sleep_until(attempt.started + attempt.delay)
+        attempt.ended.set()
+        if attempt.result == CONNECTS_AS_CALLER_GIVES_UP:
+            assert self.caller is not None
+            self.caller.cancel()  # in the same instant, before connect() has returned
+
+    async def connect(self) -> Any:
+        return await tcp.connect(self.address, PORT, attempt_factory=self.attempt)
+
+    def starts(self) -> list[float]:
+        return [round(a.started, 6) for a in self.attempts]
+
+    def assert_all_closed_but(self, winner: Any = None) -> None:
+        assert [a.closed for a in self.attempts] == [a is not winner for a in self.attempts]
+
+
+Scripted = Callable[..., FakeNet]
+
+
+@pytest.fixture
+def scripted(nursery: trio.Nursery) -> Scripted:
+    """FakeNet(script...), its timers in the test's nursery."""
+    return functools.partial(FakeNet, nursery)
+
+
+def now() -> float:
+    return round(trio.current_time(), 6)
+
+
+# --- scripted attempts, on the autojump clock -----------------------------------------------------
+
+
+async def test_a_quick_answer_costs_one_attempt(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    net = scripted((0.004, CONNECTS))
+    winner = await net.connect()
+    assert winner is net.attempts[0] and now() == 0.004
+    assert net.starts() == [0.0] and net.families == [socket.AF_INET]
+    net.assert_all_closed_but(winner)
+
+
+async def test_an_ipv6_peer_gets_ipv6_attempts(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    net = scripted((0.004, CONNECTS), address="fd00::3")
+    assert await net.connect() is net.attempts[0]
+    assert net.families == [socket.AF_INET6]
+
+
+async def test_a_silent_host_gets_an_attempt_every_stagger_up_to_attempts(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    """Within the default 700 ms probe timeout: attempts at 0, 0.2, 0.4 and 0.6 s; then no more,
+    however long the caller waits; silence is no error: only the caller's deadline ends it."""
+    net = scripted(*[(SILENT, CONNECTS)] * tcp.ATTEMPTS)
+    with trio.move_on_after(0.7):
+        await net.connect()
+    assert net.starts() == [0.0, 0.2, 0.4, 0.6]
+    net.assert_all_closed_but(None)
+
+    net = scripted(*[(SILENT, CONNECTS)] * tcp.ATTEMPTS)
+    with trio.move_on_after(60) as deadline:
+        await net.connect()
+    assert deadline.cancelled_caught and len(net.attempts) == tcp.ATTEMPTS
+    net.assert_all_closed_but(None)
+
+
+async def test_the_first_attempt_to_connect_wins_and_the_others_are_closed(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    # The third attempt (started at 0.4) connects at 0.5, before the second (0.2 + 0.5) and
+    # before a fourth would have started (0.6).
+    net = scripted((SILENT, CONNECTS), (0.5, CONNECTS), (0.1, CONNECTS), (SILENT, CONNECTS))
+    winner = await net.connect()
+    assert winner is net.attempts[2] and now() == 0.5
+    assert net.starts() == [0.0, 0.2, 0.4]
+    net.assert_all_closed_but(winner)
+
+
+async def test_a_slow_first_attempt_can_still_win_the_race(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    net = scripted((0.3, CONNECTS), (SILENT, CONNECTS), (SILENT, CONNECTS))
+    winner = await net.connect()
+    assert winner is net.attempts[0] and now() == 0.3
+    assert net.starts() == [0.0, 0.2]
+    net.assert_all_closed_but(winner)
+
+
+async def test_a_refusal_is_raised_at_once_without_more_attempts(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    net = scripted((0.002, REFUSED))
+    with pytest.raises(ConnectionRefusedError):
+        await net.connect()
+    assert now() == 0.002 and net.starts() == [0.0]
+    net.assert_all_closed_but(None)
+
+
+async def test_a_refusal_during_the_race_ends_it(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    """Any answer of the host ends the attempts: only silence is worth another try. The second
+    attempt is refused at 0.3, before the third would start (0.4); the first is closed."""
+    net = scripted((SILENT, CONNECTS), (0.1, REFUSED), (SILENT, CONNECTS))
+    with pytest.raises(ConnectionRefusedError):
+        await net.connect()
+    assert now() == 0.3 and net.starts() == [0.0, 0.2]
+    net.assert_all_closed_but(None)
+
+
+async def test_an_error_at_the_start_of_an_attempt_is_raised(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    net = scripted((0.0, UNREACHABLE))
+    with pytest.raises(OSError) as first:
+        await net.connect()
+    assert first.value.errno == errno.ENETUNREACH and now() == 0.0
+
+    net = scripted((SILENT, CONNECTS), (SILENT, CONNECTS), (0.0, UNREACHABLE))
+    with pytest.raises(OSError) as later:
+        await net.connect()
+    assert later.value.errno == errno.ENETUNREACH
+    assert net.starts() == [0.0, 0.2, 0.4] and now() == 0.4
+    net.assert_all_closed_but(None)
+
+
+@pytest.mark.parametrize("connects_at", [0.3, 0.5, 0.7])
+async def test_the_callers_deadline_leaves_nothing_open(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted, connects_at: float
+) -> None:
+    """The second attempt connects before, at or after the caller's deadline (0.5): either the
+    caller gets it and every other attempt is closed, or it gets nothing and all are closed."""
+    net = scripted((SILENT, CONNECTS), (connects_at - 0.2, CONNECTS), *[(SILENT, CONNECTS)] * 2)
+    winner = None
+    with trio.move_on_after(0.5):
+        winner = await net.connect()
+    if connects_at < 0.5:
+        assert winner is net.attempts[1]
+    if connects_at > 0.5:
+        assert winner is None
+    net.assert_all_closed_but(winner)
+
+
+async def test_attempts_that_connect_at_the_same_moment_one_wins_the_other_is_closed(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    net = scripted((0.4, CONNECTS), (0.2, CONNECTS), (SILENT, CONNECTS))
+    winner = await net.connect()
+    assert winner in net.attempts[:2] and now() == 0.4
+    net.assert_all_closed_but(winner)
+
+
+async def test_a_winner_the_caller_gave_up_on_is_closed(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    """The second attempt connects in the very instant the caller's scope is cancelled: the
+    caller gets Cancelled, so nobody would ever close that socket but connect() itself."""
+    with trio.CancelScope() as caller:
+        net = scripted((SILENT, CONNECTS), (0.1, CONNECTS_AS_CALLER_GIVES_UP), (SILENT, CONNECTS),
+                      caller=caller)
+        await net.connect()
+    assert caller.cancelled_caught and now() == 0.3
+    net.assert_all_closed_but(None)
+
+
+# --- the kernel's part: a real connect, a real refusal, real file descriptors -------------------
 
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def test_connects_at_once_with_one_attempt() -> None:
+async def test_connects_to_a_real_listener_with_one_attempt() -> None:
     server = trio.socket.socket()
     await server.bind((LOOPBACK, 0))
     server.listen(8)
@@ -32,96 +267,11 @@ async def test_connects_at_once_with_one_attempt() -> None:
                 server._sock.accept()  # type: ignore[attr-defined]
 
 
-async def test_a_refusal_is_raised_as_such() -> None:
+async def test_a_real_refusal_is_raised_as_such_and_leaks_nothing() -> None:
     with socket.socket() as free:
         free.bind((LOOPBACK, 0))
         port = free.getsockname()[1]
+    before = _open_fds()
     with pytest.raises(ConnectionRefusedError):
         await tcp.connect(LOOPBACK, port)
-
-
-async def test_a_silent_host_gets_a_few_more_attempts_and_the_first_up_wins() -> None:
-    """SYNs dropped (a full accept queue, as a lossy LAN drops them): a second attempt after
-    STAGGER, and more, up to ATTEMPTS; once there is room, one of them connects."""
-    server = socket.socket()
-    server.bind((LOOPBACK, 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = _fill_accept_queue(LOOPBACK, port)
-    filler_ports = {c.getsockname()[1] for c in fillers}
-    try:
-        async with trio.open_nursery() as nursery:
-            connected: list[trio.socket.SocketType] = []
-
-            connected_at: list[float] = []
-
-            async def client() -> None:
-                connected.append(await tcp.connect(LOOPBACK, port))
-                connected_at.append(trio.current_time())
-
-            started = trio.current_time()
-            nursery.start_soon(client)
-            await trio.sleep(tcp.STAGGER * 2.5)  # three attempts under way by now
-            server.setblocking(False)
-            accepted: list[int] = []
-            with trio.fail_after(5):
-                while not connected:
-                    accepted += _accept_all(server, filler_ports)
-                    await trio.sleep(0.01)
-            await trio.sleep(0.1)  # the attempts that got in meanwhile
-            accepted += _accept_all(server, filler_ports)
-            with connected[0]:
-                assert connected[0].getsockname()[1] in accepted
-            # Up before the kernel sent the first attempt's SYN again (after 1 s): a later
-            # attempt got in.
-            assert connected_at[0] - started < 1.0
-    finally:
-        server.close()
-        for client_sock in fillers:
-            client_sock.close()
-
-
-def _accept_all(server: socket.socket, skip: set[int]) -> list[int]:
-    """Accept (and close) what waits in `server`'s queue; the client ports not in `skip`."""
-    ports: list[int] = []
-    while True:
-        try:
-            conn, peer = server.accept()
-        except BlockingIOError:
-            return ports
-        conn.close()
-        if peer[1] not in skip:
-            ports.append(peer[1])
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A loopback port whose listener drops every SYN (its accept queue is full)."""
-    yield from _unanswering(LOOPBACK)
-
-
-async def test_the_callers_deadline_ends_every_attempt_and_leaks_nothing(silent_port: int) -> None:
-    before = _open_fds()
-    with trio.move_on_after(tcp.STAGGER * (tcp.ATTEMPTS + 1)) as deadline:
-        await tcp.connect(LOOPBACK, silent_port)
-    assert deadline.cancelled_caught
     assert _open_fds() == before
-
-
-async def test_attempts_start_one_stagger_apart_within_a_probe_timeout(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, silent_port: int
-) -> None:
-    """Against a host that never answers, within the default 700 ms probe timeout: attempts at
-    0, 0.2, 0.4 and 0.6 s (on the mock clock; the SYNs are really sent and dropped)."""
-    started: list[float] = []
-    real_start = tcp._start
-
-    def counting_start(family: int, address: str, port: int) -> socket.socket:
-        started.append(trio.current_time())
-        return real_start(family, address, port)
-
-    monkeypatch.setattr(tcp, "_start", counting_start)
-    begin = trio.current_time()
-    with trio.move_on_after(0.7):
-        await tcp.connect(LOOPBACK, silent_port)
-    assert [round(t - begin, 3) for t in started] == [0.0, 0.2, 0.4, 0.6]

@@ -16,8 +16,10 @@ ends the attempts at once: only silence is worth another try.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
+from collections.abc import Callable
 
 import trio
 
@@ -31,62 +33,75 @@ STAGGER = 0.2
 _READ_SIZE = 4096
 
 
-async def connect(address: str, port: int, *, attempts: int = ATTEMPTS) -> trio.socket.SocketType:
+class Attempt:
+    """One connection attempt under way: a non-blocking connect on a socket of its own. Raises
+    OSError if it failed at once (the host, or our routing, answered before any wait)."""
+
+    def __init__(self, family: int, address: str, port: int) -> None:
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        err = self.sock.connect_ex((address, port))
+        if err not in (0, errno.EINPROGRESS):
+            self.sock.close()
+            raise OSError(err, os.strerror(err))
+
+    async def wait(self) -> None:
+        """Until the attempt ended: connected, or answered with an error."""
+        await trio.lowlevel.wait_writable(self.sock)
+
+    def connected(self) -> trio.socket.SocketType:
+        """An ended attempt's outcome: the connected socket, or its error (the socket closed)."""
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.sock.close()
+            raise OSError(err, os.strerror(err))
+        return trio.socket.from_stdlib_socket(self.sock)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def connect(
+    address: str, port: int, *, attempts: int = ATTEMPTS,
+    attempt_factory: Callable[[int, str, int], Attempt] = Attempt,
+) -> trio.socket.SocketType:
     """A socket connected to `address:port` (an IP address as text). Raises the OSError of the
     first attempt the host answered with (ConnectionRefusedError: nothing listens). No timeout:
     the caller bounds the call, and every attempt ends with it.
 
     The first attempt is waited for alone (no task, no nursery: a probe's usual case costs one
-    connect); only one that is not up after STAGGER gets others beside it (`_race`)."""
+    connect); only one that is not up after STAGGER gets others beside it (`_race`).
+    `attempt_factory(family, address, port)` starts an attempt (the tests script them)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    pending = [_start(family, address, port)]
+    start = functools.partial(attempt_factory, family, address, port)
+    pending = [start()]
     try:
         with trio.move_on_after(STAGGER):
-            await trio.lowlevel.wait_writable(pending[0])
-            return _connected(pending.pop())
-        return await _race(pending, family, address, port, attempts)
+            await pending[0].wait()
+            return pending.pop().connected()
+        return await _race(pending, start, attempts)
     finally:
-        for sock in pending:
-            sock.close()
+        for attempt in pending:
+            attempt.close()
 
 
-def _start(family: int, address: str, port: int) -> socket.socket:
-    """A connection attempt under way (a non-blocking connect); OSError if it failed at once."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    err = sock.connect_ex((address, port))
-    if err not in (0, errno.EINPROGRESS):
-        sock.close()
-        raise OSError(err, os.strerror(err))
-    return sock
-
-
-def _connected(sock: socket.socket) -> trio.socket.SocketType:
-    """A writable attempt's outcome: the connected socket, or its error (the socket closed)."""
-    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        sock.close()
-        raise OSError(err, os.strerror(err))
-    return trio.socket.from_stdlib_socket(sock)
-
-
-async def _race(pending: list[socket.socket], family: int, address: str, port: int,
-                attempts: int) -> trio.socket.SocketType:
+async def _race(pending: list[Attempt], start: Callable[[], Attempt], attempts: int
+                ) -> trio.socket.SocketType:
     """The attempts in `pending` and more beside them, one every STAGGER, up to `attempts` in
     all; the first to end decides (connected, or the host's answer). Attempts left in `pending`
     are the caller's to close."""
-    ended: list[socket.socket | OSError] = []
+    ended: list[Attempt | OSError] = []
 
-    def end(outcome: socket.socket | OSError, done: trio.CancelScope) -> None:
+    def end(outcome: Attempt | OSError, done: trio.CancelScope) -> None:
         if not ended:
             ended.append(outcome)
             done.cancel()
 
-    async def watch(sock: socket.socket, done: trio.CancelScope) -> None:
-        await trio.lowlevel.wait_writable(sock)
+    async def watch(attempt: Attempt, done: trio.CancelScope) -> None:
+        await attempt.wait()
         if not ended:
-            pending.remove(sock)
-            end(sock, done)
+            pending.remove(attempt)
+            end(attempt, done)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -95,24 +110,24 @@ async def _race(pending: list[socket.socket], family: int, address: str, port: i
             # the others one STAGGER apart.
             for n in range(1, attempts):
                 try:
-                    sock = _start(family, address, port)
+                    attempt = start()
                 except OSError as exc:  # the host (or our routing) answered at once
                     end(exc, nursery.cancel_scope)
                     break
-                pending.append(sock)
-                nursery.start_soon(watch, sock, nursery.cancel_scope)
+                pending.append(attempt)
+                nursery.start_soon(watch, attempt, nursery.cancel_scope)
                 if n < attempts - 1:
                     await trio.sleep(STAGGER)
     except BaseException:
         for outcome in ended:
-            if isinstance(outcome, socket.socket):
+            if not isinstance(outcome, OSError):
                 outcome.close()  # won just as the caller's deadline came: nobody will use it
         raise
     # The nursery ends only once an attempt ended (or with the caller's deadline: Cancelled).
     outcome = ended[0]
     if isinstance(outcome, OSError):
         raise outcome
-    return _connected(outcome)
+    return outcome.connected()
 
 
 async def exchange(stream: trio.SocketStream, message: bytes, reader: AnswerReader) -> None:

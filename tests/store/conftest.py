@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any
 
 import aetcd
-import pymysql
 import pytest
 import trio
 import trio_asyncio
@@ -22,20 +21,11 @@ from trio_asyncio import aio_as_trio
 
 from k3net.config import EtcdConfig, MySQLConfig, parse_endpoint
 from k3net.store.base import Store
-from k3net.store.etcd import PREFIX, EtcdStore
+from k3net.store.etcd import EtcdStore
 from k3net.store.memory import MemoryStore
-from k3net.store.mysql import TABLE, MySQLStore
-
-# Fast polling keeps the MySQL watch tests short.
-TEST_POLL_INTERVAL = 0.05
-
-
-def missing(what: str) -> NoReturn:
-    """Skip the test for lack of `what`; fail it instead when K3NET_REQUIRE_SERVICES=1
-    (scripts/test promises every service: a suite that skips them proves nothing)."""
-    if os.environ.get("K3NET_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{what}, and K3NET_REQUIRE_SERVICES=1 requires it")
-    pytest.skip(what)
+from k3net.store.mysql import MySQLStore
+from tests.helpers.require import missing
+from tests.helpers.stores import TEST_POLL_INTERVAL, RawEtcd, RawMySQL
 
 
 def service_env(name: str) -> str:
@@ -55,67 +45,6 @@ def mysql_config() -> MySQLConfig:
         socket=service_env("K3NET_TEST_MYSQL_SOCKET"), database=service_env("K3NET_TEST_MYSQL_DB"),
         poll_interval=TEST_POLL_INTERVAL,
     )
-
-
-class RawEtcd:
-    """Plain etcd key/value access, as etcdctl or the Go store sees the data."""
-
-    def __init__(self, client: aetcd.Client) -> None:
-        self.client = client
-
-    async def put(self, key: str, value: str | bytes) -> None:
-        data = value.encode() if isinstance(value, str) else value
-        await aio_as_trio(self.client.put)(key.encode(), data)
-
-    async def get(self, key: str) -> bytes | None:
-        kv = await aio_as_trio(self.client.get)(key.encode())
-        return None if kv is None else kv.value
-
-    async def keys(self, prefix: str = PREFIX) -> list[str]:
-        result = await aio_as_trio(self.client.get_prefix)(prefix.encode())
-        return [kv.key.decode() for kv in result]
-
-    async def clear(self) -> None:
-        await aio_as_trio(self.client.delete_prefix)(PREFIX.encode())
-
-
-class RawMySQL:
-    """Plain SQL on the test database, as the Go store's ORM would run it (blocking PyMySQL,
-    run in a thread so the store under test keeps going)."""
-
-    def __init__(self, config: MySQLConfig) -> None:
-        self.config = config
-
-    def _run_sync(self, sql: str, args: Any) -> list[tuple[Any, ...]]:
-        conn = pymysql.connect(
-            unix_socket=self.config.socket, user=self.config.user, password=self.config.password,
-            database=self.config.database, autocommit=True, charset="utf8mb4",
-        )
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
-
-    async def sql(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
-        return await trio.to_thread.run_sync(self._run_sync, sql, args)
-
-    async def create_go_table(self) -> None:
-        """The table as the Go store's ORM (GORM) creates it, independent of k3net's DDL."""
-        await self.sql(
-            f"CREATE TABLE {TABLE} (`id` bigint unsigned AUTO_INCREMENT,"
-            " `name` varchar(255) NOT NULL, `namespace` varchar(255), `uid` varchar(255),"
-            " `resource_version` varchar(255), `labels` json, `annotations` json,"
-            " `created_at` datetime(3) NULL, `updated_at` datetime(3) NULL,"
-            " `deleted_at` datetime(3) NULL, `phase` varchar(50), `spec` json, `status` json,"
-            f" PRIMARY KEY (`id`), INDEX `idx_{TABLE}_name` (`name`),"
-            f" INDEX `idx_{TABLE}_deleted_at` (`deleted_at`),"
-            f" CONSTRAINT `uni_{TABLE}_uid` UNIQUE (`uid`))"
-        )
-
-    async def drop_table(self) -> None:
-        await self.sql(f"DROP TABLE IF EXISTS {TABLE}")
 
 
 @pytest.fixture

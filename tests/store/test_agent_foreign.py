@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from k3net.harness.agents import AgentProc, ready
-from k3net.harness.netns import LoopbackHost
-from k3net.harness.nsclient import wait_for
-from k3net.harness.raw import ETCD_PEER_PORT, ETCD_PORT, PREFIX, RawEtcd, write_config
-from k3net.harness.services import EtcdServer, MariaDBServer
+from k3lab.agents import AgentProc, ready
+from k3lab.netns import LoopbackHost
+from k3lab.nsclient import wait_for
+from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, PREFIX, RawEtcd, write_config
+from k3lab.services import EtcdServer, MariaDBServer
 from k3net.store.mysql import CREATE_TABLE
-from tests.conftest import require
+from tests.helpers.require import require
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 

@@ -10,8 +10,8 @@ import trio
 
 from k3net.commands.nodes import Query, StoreSource, follow, show
 from k3net.store.base import Store
-from tests.test_commands import Output
-from tests.test_events import make_node
+from tests.helpers.commands import Output
+from tests.helpers.nodes import make_node
 
 
 def source(store: Store) -> StoreSource:

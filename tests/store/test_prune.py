@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 import trio
 
+from k3lab.agents import AgentFactory
+from k3lab.netns import LoopbackHost
+from k3lab.raw import write_config
 from k3net.commands.prune import apply, plan, prune
 from k3net.commands.prune import main as prune_main
 from k3net.config import EtcdConfig, MySQLConfig, StorageConfig
 from k3net.convert import format_time_precise
-from k3net.harness.agents import AgentFactory
-from k3net.harness.netns import LoopbackHost
-from k3net.harness.raw import write_config
 from k3net.model import ANN_LAST_SEEN
 from k3net.store.base import Store
 from k3net.store.mysql import MySQLStore
-from tests.test_events import T0, make_node
+from tests.helpers.nodes import T0, make_node
 
 DAYS_LATER = T0 + dt.timedelta(days=4)
 OLDER_THAN = 72 * 3600.0

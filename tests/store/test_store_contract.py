@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import pytest
 import trio
 
 from k3net.convert import node_from_dict, node_to_dict
-from k3net.model import Node, NodeAddress, NodeCondition, NodeStatus, ObjectMeta
+from k3net.model import Node
 from k3net.store.base import (
     Conflict,
     Deleted,
@@ -18,28 +17,10 @@ from k3net.store.base import (
     Snapshot,
     Store,
     Stored,
-    WatchEvent,
 )
+from tests.helpers.stores import make_node, next_event
 
-CREATED = dt.datetime(2026, 11, 29, 10, 21, 14, tzinfo=dt.UTC)
 COUNTER = "test/counter"
-
-
-def make_node(name: str, **annotations: str) -> Node:
-    return Node(
-        metadata=ObjectMeta(
-            name=name, uid=f"node-{name}", creation_timestamp=CREATED,
-            labels={"kubernetes.io/hostname": name, "k3.network/managed": "true"},
-            annotations=dict(annotations),
-        ),
-        spec={"podCIDR": "10.42.0.0/24"},
-        status=NodeStatus(
-            phase="Running",
-            addresses=[NodeAddress("Hostname", name), NodeAddress("InternalIP", "10.77.0.2")],
-            conditions=[NodeCondition("Ready", "True", reason="PeerAlive", message="reachable",
-                                      last_heartbeat_time=CREATED, last_transition_time=CREATED)],
-        ),
-    )
 
 
 def content(node: Node) -> dict[str, Any]:
@@ -147,12 +128,6 @@ async def test_concurrent_increments_lose_nothing(store: Store) -> None:
                 nursery.start_soon(writer)
     assert (await store.get("shared")).node.metadata.annotations[COUNTER] == "80"
     print(f"{store.kind}: 80 increments, {conflicts} conflicts retried")
-
-
-async def next_event(events: Any) -> WatchEvent:
-    with trio.fail_after(5):
-        event: WatchEvent = await events.__anext__()
-        return event
 
 
 async def test_watch_starts_with_snapshot_then_puts_in_commit_order(store: Store) -> None:

@@ -6,12 +6,11 @@ import attrs
 import pytest
 import trio
 
+from k3lab.services import free_port
 from k3net.config import EtcdConfig
-from k3net.harness.services import free_port
 from k3net.store.base import StoreUnavailable
 from k3net.store.etcd import EtcdStore
-from tests.store.conftest import RawEtcd
-from tests.store.test_store_contract import make_node
+from tests.helpers.stores import RawEtcd, make_node
 
 pytestmark = pytest.mark.etcd
 

@@ -15,33 +15,16 @@ from k3net.convert import node_to_dict
 from k3net.store.base import NotFound, Put, Snapshot
 from k3net.store.etcd import EtcdStore
 from k3net.store.mysql import MySQLStore, hashed_uid
-from tests.store.conftest import RawEtcd, RawMySQL
-from tests.store.test_store_contract import CREATED, make_node, next_event
-
-# A Node as the Go k3 components write it: more than k3net models, keys k3net does not know.
-GO_NODE: dict[str, Any] = {
-    "apiVersion": "v1",
-    "kind": "Node",
-    "metadata": {
-        "name": "go-node",
-        "uid": "3f0c2a8e-0000-4000-8000-000000000001",
-        "resourceVersion": "17",
-        "creationTimestamp": "2026-11-29T10:21:14Z",
-        "labels": {"kubernetes.io/hostname": "go-node", "node-role.kubernetes.io/worker": ""},
-        "annotations": {"k3.io/owner": "controller"},
-        "finalizers": ["k3.io/cleanup"],
-    },
-    "spec": {"podCIDR": "10.42.1.0/24", "taints": [{"key": "k3/x", "effect": "NoSchedule"}]},
-    "status": {
-        "phase": "Running",
-        "capacity": {"cpu": "8", "memory": "16Gi"},
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                        "lastHeartbeatTime": "2026-11-29T10:21:14Z",
-                        "lastTransitionTime": "2026-11-29T10:00:00Z"}],
-        "addresses": [{"type": "InternalIP", "address": "10.77.0.9"}],
-        "nodeInfo": {"kubeletVersion": "v1.31.0"},
-    },
-}
+from tests.helpers.stores import (
+    CREATED,
+    GO_NODE,
+    GO_ROW,
+    RawEtcd,
+    RawMySQL,
+    insert_go_row,
+    make_node,
+    next_event,
+)
 
 KEY = "/kubernetes//v1/Node/"
 
@@ -86,26 +69,6 @@ async def test_etcd_writes_what_go_reads(etcd_store: EtcdStore, raw_etcd: RawEtc
 
 
 # --- MySQL ------------------------------------------------------------------------------------
-
-GO_ROW = {
-    "name": "go-node",
-    "uid": GO_NODE["metadata"]["uid"],
-    "resource_version": "17",
-    "labels": json.dumps(GO_NODE["metadata"]["labels"]),
-    "annotations": json.dumps(GO_NODE["metadata"]["annotations"]),
-    "created_at": dt.datetime(2026, 11, 29, 10, 21, 14),
-    "updated_at": dt.datetime(2026, 11, 29, 10, 21, 15, 123000),
-    "phase": "Running",
-    "spec": json.dumps(GO_NODE["spec"]),
-    "status": json.dumps(GO_NODE["status"]),
-}
-
-
-async def insert_go_row(raw: RawMySQL, **changes: Any) -> None:
-    row = {**GO_ROW, **changes}
-    columns = ", ".join(row)
-    marks = ", ".join(f"%({c})s" for c in row)
-    await raw.sql(f"INSERT INTO k8s_core_v1_node ({columns}) VALUES ({marks})", row)
 
 
 async def select_row(raw: RawMySQL, name: str) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import trio
 
+from k3lab import services
+from k3lab.services import EtcdServer, MariaDBServer, free_port
 from k3net.config import EtcdConfig, MySQLConfig
-from k3net.harness import services
-from k3net.harness.services import EtcdServer, MariaDBServer, free_port
 from k3net.store.base import (
     Deleted,
     Lost,
@@ -31,8 +31,8 @@ from k3net.store.base import (
 )
 from k3net.store.etcd import EtcdStore
 from k3net.store.mysql import MySQLStore
-from tests.store.conftest import TEST_POLL_INTERVAL, missing
-from tests.store.test_store_contract import make_node
+from tests.helpers.require import missing
+from tests.helpers.stores import TEST_POLL_INTERVAL, make_node
 
 # A call to a stopped server must fail within this many seconds.
 FAIL_FAST = 3.0

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import trio
 
+from k3lab.services import EtcdServer, MariaDBServer, free_port
+from k3lab.tls import Certs, make_certs
 from k3net.config import EtcdConfig, MySQLConfig
-from k3net.harness.services import EtcdServer, MariaDBServer, free_port
-from k3net.harness.tls import Certs, make_certs
 from k3net.store.base import Conflict, Put, Snapshot, Store, StoreUnavailable
 from k3net.store.etcd import EtcdStore
 from k3net.store.mysql import MySQLStore
-from tests.conftest import require
-from tests.store.test_store_contract import make_node, next_event
+from tests.helpers.require import require
+from tests.helpers.stores import make_node, next_event
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ A poll that fails marks the store down (`up` False) and keeps the last known sta
 
 Standalone, it prints every change as one JSON line until Ctrl-C (at most --duration seconds):
 
-    ip netns exec <ns> python scripts/sim/store_watch.py --etcd 10.77.0.250:2379
-    python scripts/sim/store_watch.py --mysql-socket /run/mysqld/mysqld.sock --database k3net_lan
+    ip netns exec <ns> python -m k3lab.sim.store_watch --etcd 10.77.0.250:2379
+    python -m k3lab.sim.store_watch --mysql-socket /run/mysqld/mysqld.sock --database k3net_lan
 """
 
 from __future__ import annotations

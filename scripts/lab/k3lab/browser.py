@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from k3net.harness.nsclient import _enter as enter_namespace
+from k3lab.nsclient import _enter as enter_namespace
 
 T = TypeVar("T")
 

@@ -41,14 +41,13 @@ import subprocess
 import sys
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from k3net.harness.agents import AgentProc, ready
-from k3net.harness.netns import VIRBR, Host
-from sim.common import by_label, fmt_s, log, summary
-from sim.report import Context, Row, rows, verdict
-from sim.scenarios import (
+from k3lab.agents import AgentProc, ready
+from k3lab.netns import VIRBR, Host
+from k3lab.sim.common import by_label, fmt_s, log, summary
+from k3lab.sim.report import Context, Row, rows, verdict
+from k3lab.sim.scenarios import (
     DEFAULT_TTL,
     SETTLE,
     Sim,
@@ -56,7 +55,7 @@ from sim.scenarios import (
     scenario,
     transition,
 )
-from sim.store_watch import ETCD_PREFIX, EtcdReader, status_flips
+from k3lab.sim.store_watch import ETCD_PREFIX, EtcdReader, status_flips
 
 PORT = 7946
 BRIDGE = VIRBR[1].split("/")[0]
@@ -298,7 +297,7 @@ def readdress(sim: Sim) -> None:
         "transitions": [transition(tr) for tr in watcher.transitions(t0, t1)],
         "stored_addresses_after": _stored_addresses(sim).get(name),
         "how": "Node: its InternalIPs in agent 0's /nodes (the store as agent 0 reads it); "
-               "record: a zeroconf browser on host 0 (sim/field_browse.py)",
+               "record: a zeroconf browser on host 0 (k3lab/sim/field_browse.py)",
     }
     log(f"readdress: Node {fmt_s(None if t_node is None else t_node - t0)}, record "
         f"{fmt_s(None if t_mdns is None else t_mdns - t0)}, {len(flips)} not-Ready transitions")
@@ -306,8 +305,7 @@ def readdress(sim: Sim) -> None:
 
 
 def _follow_record(host: Host, name: str) -> subprocess.Popen[str]:
-    script = str(Path(__file__).with_name("field_browse.py"))
-    return host.popen([sys.executable, script, "--address", host.address, "--name", name,
+    return host.popen([sys.executable, "-m", "k3lab.sim.field_browse", "--address", host.address, "--name", name,
                        "--timeout", str(FOLLOW_TIMEOUT + 120)], stdout=subprocess.PIPE, text=True)
 
 

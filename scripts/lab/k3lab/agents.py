@@ -12,8 +12,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from k3net.harness.netns import Host
-from k3net.harness.nsclient import NetnsClient, wait_for
+from k3lab.netns import Host
+from k3lab.nsclient import NetnsClient, wait_for
 
 
 class AgentProc:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from k3net.harness.agents import ready
-from k3net.harness.netns import Host
+from k3lab.agents import ready
+from k3lab.netns import Host
 
 PREFIX = "/kubernetes//v1/Node/"
 TABLE = "k8s_core_v1_node"

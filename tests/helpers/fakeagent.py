@@ -2,7 +2,7 @@
 `{"node": ..., "pid": ...}` (and 404 to anything else), nothing more. Used in-process by the
 prober tests, and as a process inside a test network namespace:
 
-    python tests/fakeagent.py --name node-g --listen 10.77.0.3:7946 [--advertise --iface eth0]
+    python tests/helpers/fakeagent.py --name node-g --listen 10.77.0.3:7946 [--advertise --iface eth0]
         [--key-file PATH] [--silent]
 
 `--advertise` also announces it over mDNS as the Go agent does (TXT node/port/pid);
@@ -19,16 +19,12 @@ import argparse
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from k3net.core import identity  # noqa: E402
+from k3net.core import identity
 
 
 class FakeAgent:

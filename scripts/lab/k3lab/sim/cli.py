@@ -11,16 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from k3lab.netns import VIRBR, Lan
+from k3lab.sim.common import Reported, begin_run, k3net_revision, log, write_json
+from k3lab.sim.fleet import Fleet
+from k3lab.sim.report import report
+from k3lab.sim.scenarios import SCENARIOS, Sim
+from k3lab.sim.stores import SimStore
 from k3net.config import parse_duration
-from k3net.harness.netns import VIRBR, Lan
-from sim.common import Reported, begin_run, k3net_revision, log, write_json
-from sim.fleet import Fleet
-from sim.report import report
-from sim.scenarios import SCENARIOS, Sim
-from sim.stores import SimStore
 
 # Modules that register scenarios (and their rows), in the order their scenarios run.
-SCENARIO_MODULES = ["sim.clean_lan", "sim.faults", "sim.field_lan", "sim.subnets"]
+SCENARIO_MODULES = ["k3lab.sim.clean_lan", "k3lab.sim.faults", "k3lab.sim.field_lan",
+                    "k3lab.sim.subnets"]
 SUBNET = "10.77.0.0/24"
 # --field: host 1's second LAN address, above every host's first (--hosts is at most 60) and
 # below the store's address (the subnet's last).
@@ -90,7 +91,7 @@ def run_scenarios(sim: Sim, names: list[str],
     `last_look` runs once, on the first fleet with what the clean-LAN scenarios did to it:
     before the first scenario that runs agents its own way (steady, the field LAN, ...), or at
     the end."""
-    from sim.clean_lan import start_fleet
+    from k3lab.sim.clean_lan import start_fleet
 
     looked = False
     for scenario in SCENARIOS.values():
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None, description: str = "") -> int:
 def screenshot(sim: Sim, dest: str, elapsed: float) -> None:
     """The cluster page of the first agent still running, after every scenario (so its
     timeline has them all), as the README shows it. A failure is logged, not fatal."""
-    from k3net.harness import browser
+    from k3lab import browser
 
     running = [a for _, a in sorted(sim.fleet.agents.items()) if a.proc.poll() is None]
     if not dest or not running:

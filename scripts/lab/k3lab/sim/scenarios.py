@@ -4,7 +4,7 @@ A scenario is a function `fn(sim) -> None` that disturbs the LAN, measures from 
 point of view (`sim.ensure_watcher()`), and puts its numbers in `sim.results[name]`. Register it
 with a name; `--scenario NAME` then runs it, in registration order with the others:
 
-    from sim.scenarios import Sim, scenario
+    from k3lab.sim.scenarios import Sim, scenario
 
     @scenario("bridges", needs_fleet=True)
     def bridges(sim: Sim) -> None:
@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from k3net.harness.netns import Lan
-from sim.fleet import Fleet
-from sim.store_watch import State, StoreWatcher, Transition
-from sim.stores import SimStore
+from k3lab.netns import Lan
+from k3lab.sim.fleet import Fleet
+from k3lab.sim.store_watch import State, StoreWatcher, Transition
+from k3lab.sim.stores import SimStore
 
 DEFAULT_TTL = 90.0
 # After an agent (re)starts, give it this long to finish its mDNS registration and first

@@ -12,11 +12,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from sim.common import by_label, discoveries, fmt_s, log, summary, wall_to_mono
-from sim.scenarios import (
+from k3lab.sim.common import by_label, discoveries, fmt_s, log, summary, wall_to_mono
+from k3lab.sim.scenarios import (
     DEFAULT_TTL,
     SETTLE,
     Sim,
@@ -27,7 +26,7 @@ from sim.scenarios import (
     status_is,
     transition,
 )
-from sim.store_watch import State, status_flips
+from k3lab.sim.store_watch import State, status_flips
 
 OUTAGE_SECONDS = 15.0
 OUTAGE_LEAVE_AFTER = 3.0
@@ -40,10 +39,10 @@ def floor(sim: Sim) -> None:
     Advertisers on hosts 1..N-1 started together, a browser on host 0."""
     log("floor: bare zeroconf joins")
     rounds, samples, registered = sim.args.repeat, [], []
-    script = str(Path(__file__).with_name("floor.py"))
+    script = ["-m", "k3lab.sim.floor"]
     for r in range(rounds):
         h0 = sim.lan[0]
-        browser = h0.popen([sys.executable, script, "browse", "--address", h0.address,
+        browser = h0.popen([sys.executable, *script, "browse", "--address", h0.address,
                             "--count", str(sim.n - 1), "--timeout", "20"],
                            stdout=subprocess.PIPE, text=True)
         try:
@@ -56,7 +55,7 @@ def floor(sim: Sim) -> None:
                 name = f"floor{r}-{i}"
                 starts[name] = time.monotonic()
                 advertisers.append(host.popen(
-                    [sys.executable, script, "advertise", "--address", host.address,
+                    [sys.executable, *script, "advertise", "--address", host.address,
                      "--name", name], stdout=subprocess.PIPE, text=True))
             lines = browser.communicate(timeout=30)[0].splitlines()
             for line in lines:

@@ -8,10 +8,10 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from k3net.harness.agents import AgentProc
-from k3net.harness.netns import Lan
-from sim.common import parse_metrics
-from sim.stores import SimStore
+from k3lab.agents import AgentProc
+from k3lab.netns import Lan
+from k3lab.sim.common import parse_metrics
+from k3lab.sim.stores import SimStore
 
 PORT = 7946
 

@@ -1,5 +1,5 @@
-"""Shared by scripts/lan.py and scripts/bench.py: signals, statistics, tables, agent logs and
-metrics. The namespaces, agents and servers themselves are in k3net.harness."""
+"""Shared by the LAN simulation and the benchmarks: signals, statistics, tables, agent logs and
+metrics. The namespaces, agents and servers themselves are in k3lab."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from k3net.version import PACKAGE_DIR
+
+# The checkout the agents run from (k3net is installed editable from it).
+ROOT = PACKAGE_DIR.parent
 
 
 class Interrupted(BaseException):
@@ -43,7 +46,7 @@ def require_root() -> None:
 def begin_run(prefix: str) -> Path:
     """What every simulation does first: check for root, remove the namespaces of dead runs,
     make SIGINT/SIGTERM clean up, and return a fresh work directory."""
-    from k3net.harness.netns import remove_leftovers
+    from k3lab.netns import remove_leftovers
 
     require_root()
     removed = remove_leftovers()

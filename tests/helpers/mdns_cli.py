@@ -1,8 +1,8 @@
 """A process for the mDNS end-to-end tests; run it inside a test network namespace only.
 
-    python tests/mdns_helper.py advertise --name node-a --port 7001 [--iface lo] [--move-to ADDR]
-    python tests/mdns_helper.py browse --own-name self [--iface lo]
-    python tests/mdns_helper.py peers [--iface lo]        (k3net.commands.peers.main, JSON output)
+    python tests/helpers/mdns_cli.py advertise --name node-a --port 7001 [--iface lo] [--move-to ADDR]
+    python tests/helpers/mdns_cli.py browse --own-name self [--iface lo]
+    python tests/helpers/mdns_cli.py peers [--iface lo]        (k3net.commands.peers.main, JSON output)
 
 Prints one JSON object per line on stdout, each with `t` = time.monotonic() (the same clock in
 every process of the machine, so the test can subtract them):

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from k3net.harness.tls import Certs
+from k3lab.tls import Certs
 
 ETCD = "/usr/bin/etcd"
 ETCDCTL = "/usr/bin/etcdctl"
@@ -220,7 +220,7 @@ class MariaDBServer(_Server):
     User root without a password. The data directory is made on the first start.
 
     With a `port` it also listens on 127.0.0.1:port, where `TCP_USER` / `TCP_PASSWORD` may
-    connect; with `tls` too (certificates from `k3net.harness.tls`) it requires TLS there (the
+    connect; with `tls` too (certificates from `k3lab.tls`) it requires TLS there (the
     socket stays plain: MariaDB counts it as secure)."""
 
     name = "mariadb"

@@ -1,5 +1,5 @@
 """The scenario `subnets`: two subnets joined by a router that forwards unicast, not multicast
-(k3net.harness.netns.RoutedLan), sharing one etcd that runs in the router namespace (both
+(k3lab.netns.RoutedLan), sharing one etcd that runs in the router namespace (both
 subnets reach it). mDNS stays on each segment; each side follows the other through the store.
 
     subnet 1 (10.79.1.0/24): s1-0, s1-1, s1-2        subnet 2 (10.79.2.0/24): s2-0
@@ -25,14 +25,14 @@ import signal
 import time
 from typing import Any
 
-from k3net.harness.agents import AgentProc
-from k3net.harness.netns import RoutedLan
-from k3net.harness.nsclient import NetnsClient
-from k3net.harness.services import EtcdServer
-from sim.common import by_label, fmt_s, log, parse_metrics, summary
-from sim.report import Context, Row, rows, verdict
-from sim.scenarios import SETTLE, Sim, all_ready, not_ready, scenario
-from sim.store_watch import EtcdReader, StoreWatcher
+from k3lab.agents import AgentProc
+from k3lab.netns import RoutedLan
+from k3lab.nsclient import NetnsClient
+from k3lab.services import EtcdServer
+from k3lab.sim.common import by_label, fmt_s, log, parse_metrics, summary
+from k3lab.sim.report import Context, Row, rows, verdict
+from k3lab.sim.scenarios import SETTLE, Sim, all_ready, not_ready, scenario
+from k3lab.sim.store_watch import EtcdReader, StoreWatcher
 
 SUBNETS = ("10.79.1.0/24", "10.79.2.0/24")
 SCAN_INTERVAL = 10.0

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sim.common import fmt_s, print_table
-from sim.scenarios import SCENARIOS
+from k3lab.sim.common import fmt_s, print_table
+from k3lab.sim.scenarios import SCENARIOS
 
 HEADERS = ["scenario", "timings", "n", "p50", "max", "goal", "result"]
 Row = list[Any]

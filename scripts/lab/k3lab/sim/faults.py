@@ -14,10 +14,10 @@ import signal
 import time
 from typing import Any
 
-from sim.common import fmt_s, log, summary
-from sim.report import Context, Row, rows, verdict
-from sim.scenarios import Sim, not_ready, scenario, status_is, transition
-from sim.store_watch import status_flips
+from k3lab.sim.common import fmt_s, log, summary
+from k3lab.sim.report import Context, Row, rows, verdict
+from k3lab.sim.scenarios import Sim, not_ready, scenario, status_is, transition
+from k3lab.sim.store_watch import status_flips
 
 LOSS = 20  # percent of the frames the LAN drops
 LOSSY_SECONDS = 45.0

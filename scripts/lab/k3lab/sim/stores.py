@@ -1,9 +1,9 @@
 """The one shared store of a simulated LAN, reachable from every host, and its watcher.
 
-- etcd: a private etcd (k3net.harness.services.EtcdServer) inside the LAN's bridge namespace,
+- etcd: a private etcd (k3lab.services.EtcdServer) inside the LAN's bridge namespace,
   listening on STORE_ADDRESS, an address added to the bridge br0: every host reaches it over its
   eth0, and a host whose link is cut cannot reach it (as on a real LAN).
-- mysql: a private MariaDB (k3net.harness.services.MariaDBServer) reached through its unix
+- mysql: a private MariaDB (k3lab.services.MariaDBServer) reached through its unix
   socket, which crosses namespaces; the database DATABASE is created for the run and dropped at the end. A
   private server, so that the outage scenario can stop it without touching the machine's
   MariaDB; `--mysql-socket` uses an existing server instead (no outage scenario then).
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from k3net.harness.netns import Lan
-from k3net.harness.nsclient import NetnsClient
-from k3net.harness.services import EtcdServer, MariaDBServer
-from sim.store_watch import AgentNodesReader, EtcdReader, MySQLReader, StoreWatcher
+from k3lab.netns import Lan
+from k3lab.nsclient import NetnsClient
+from k3lab.services import EtcdServer, MariaDBServer
+from k3lab.sim.store_watch import AgentNodesReader, EtcdReader, MySQLReader, StoreWatcher
 
 DATABASE = "k3net_lan"
 ETCD_PORT, ETCD_PEER_PORT = 2379, 2380

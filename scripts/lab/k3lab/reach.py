@@ -19,8 +19,8 @@ import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from k3net.harness.netns import Host
-from k3net.harness.nsclient import NetnsClient
+from k3lab.netns import Host
+from k3lab.nsclient import NetnsClient
 
 # The mDNS group with mDNS's TTL, on a port of its own: the same path through the network as
 # mDNS, without an agent running on the host ever seeing these datagrams.
