@@ -41,6 +41,7 @@ slug; it never raises.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -222,31 +223,34 @@ def _why_missing(name: str) -> str:
     return "has no IP address (a DHCP lease not yet given, or lost?)"
 
 
-# Wildcard listeners and the address families they accept connections on. k3net's listener on
-# `::` is IPv6 only (k3net.web.listen), as `0.0.0.0` is IPv4 only; `""` (`:7946`) takes both.
-_WILDCARDS = {"": (4, 6), "0.0.0.0": (4,), "::": (6,)}
-
-
 def listen_ip(host: str) -> str | None:
     """The one address a listener on `host` (--listen's host) accepts connections on, or None
-    for a wildcard listener. A name is resolved as the listener resolves it (its first
-    address). MdnsError (one line) if a name does not resolve."""
+    for a wildcard listener (`""`, `0.0.0.0`, `::`). A name is resolved as the listener
+    resolves it (its first address), once: the listener's address does not change while it
+    runs. MdnsError (one line) if a name does not resolve."""
     host = host.strip("[]")
-    if host in _WILDCARDS:
+    if host == "":
         return None
-    ip = addrs.parse(host)
+    ip = addrs.parse(host) or addrs.parse(_resolve(host))
     if ip is None:
-        try:
-            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
-        except OSError as exc:
-            raise MdnsError(f"--listen {host}: {exc.strerror or exc}") from None
-        ip = addrs.parse(str(infos[0][4][0]))
-        if ip is None:
-            raise MdnsError(f"--listen {host}: resolves to no IP address")
-    if ip.is_unspecified:
-        return None
-    return str(ip)
+        raise MdnsError(f"--listen {host}: resolves to no IP address")
+    return None if ip.is_unspecified else str(ip)
+
+
+@functools.cache
+def _resolve(host: str) -> str:
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise MdnsError(f"--listen {host}: {exc.strerror or exc}") from None
+    return str(infos[0][4][0])
+
+
+def _families(host: str) -> tuple[int, ...]:
+    """The address families a wildcard listener accepts: k3net's listener on `::` is IPv6 only
+    (k3net.web.listen), as `0.0.0.0` is IPv4 only; `""` (`:7946`) takes both."""
+    ip = addrs.parse(host.strip("[]"))
+    return (4, 6) if ip is None else (ip.version,)
 
 
 def _holds(iface: Interface, ip: str) -> bool:
@@ -336,7 +340,7 @@ def advertised_addresses(
     if ip is not None:
         served = [ip] if any(_holds(iface, ip) for iface in interfaces) else []
         return list(addrs.canonical(served, loopback=loopback))
-    families = _WILDCARDS[listen_host.strip("[]")]
+    families = _families(listen_host)
     return list(addrs.canonical(
         (a for iface in interfaces for a in iface.addresses
          if (ip_ := addrs.parse(a)) is not None and ip_.version in families),
