@@ -61,3 +61,29 @@ def test_a_killed_peer_is_one_warning_with_its_evidence(agents: AgentFactory) ->
             == {"level": "warning", "logger": "k3net.nodes", "node": "node-b", "peer": endpoint,
                 "status": "NotReady", "addresses": [lan[1].address]}
         assert record["last_answer"] < 10
+
+
+def test_a_vanished_peer_expires_with_a_warning_and_returns_with_info(
+    agents: AgentFactory,
+) -> None:
+    with Lan(2) as lan:
+        a = agents.start(lan[0], "node-a", "--peer-ttl", "3s", "--log-level", "info")
+        b = agents.start(lan[1], "node-b", "--peer-ttl", "3s")
+        a.wait_ready()
+        b.wait_ready()
+        wait_for(partial(_ready_is, a, ("True", "PeerAlive")), 15, what="node-b Ready at a")
+        lan[1].link_down()  # nothing answers and nothing refuses: only the TTL decides
+        wait_for(partial(_ready_is, a, ("Unknown", "PeerExpired")), 10,
+                 what="node-b expired at node-a")
+        lan[1].link_up()
+        wait_for(partial(_ready_is, a, ("True", "PeerAlive")), 10, what="node-b back at a")
+        wait_for(lambda: a.log().count("node node-b Ready") == 2, 5, what="the return logged")
+
+        lines = [line for line in a.log().splitlines() if "k3net.nodes: node node-b" in line]
+        assert len(lines) == 3, lines  # arrival, expiry, return: one line each
+        assert " INFO " in lines[0] and " INFO " in lines[2]
+        assert re.search(
+            r" WARNING k3net\.nodes: node node-b Unknown \(PeerExpired\): no agent refreshed its "
+            r"lastSeen within the peer TTL; our last probe: .*, last answer \d+\.\d s ago$",
+            lines[1]), lines[1]
+        assert re.search(r"Ready \(PeerAlive\): answered at ", lines[2]), lines[2]
