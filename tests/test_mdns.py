@@ -541,3 +541,12 @@ def test_an_agent_advertises_only_what_its_listener_serves(lan2: Lan, tmp_path: 
     logs = {p.stem: p.read_text() for p in tmp_path.glob("*.log")}
     assert f"on port 7946 ({a.address})" in logs["node-one"], logs["node-one"]
     assert "on port 7947 (127.0.0.1)" in logs["node-demo"], logs["node-demo"]
+
+
+@netns
+def test_a_listener_on_an_address_not_here_exits_2_in_one_line(lo_host: LoopbackHost) -> None:
+    done = lo_host.run([sys.executable, "-m", "k3net", "run", "--node-name", "node-x",
+                        "--listen", "10.9.9.9:7946"], check=False, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == ("k3net run: error: --listen 10.9.9.9: no interface of this machine "
+                           "that is up has this address\n")
