@@ -269,6 +269,19 @@ def test_only_what_the_listener_serves_is_advertised(
     assert mdns.advertised_addresses(chosen, (), listen) == advertised
 
 
+def test_the_listener_address_followed_while_it_comes_and_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(node_name="node-a", listen_host="10.0.0.9")
+    monkeypatch.setattr(mdns, "list_interfaces", lambda: [LO, ETH0_TWO, WLAN])
+    now = mdns.machine_addresses(settings)
+    assert now.advertised == ("10.0.0.9",)
+    assert {"10.0.0.1", "10.0.0.9", "192.168.1.2"} <= now.own  # every address stays our own
+    # The DHCP lease of 10.0.0.9 is lost: nothing is served elsewhere, nothing is advertised.
+    monkeypatch.setattr(mdns, "list_interfaces", lambda: [LO, ETH0, WLAN])
+    assert mdns.machine_addresses(settings).advertised == ()
+
+
 def test_pinned_addresses_win_over_the_listener() -> None:
     chosen = mdns.choose_interfaces((), [LO, ETH0_TWO], "10.0.0.1")
     assert mdns.advertised_addresses(chosen, ("192.0.2.7",), "10.0.0.1") == ["192.0.2.7"]
