@@ -389,7 +389,7 @@ async def _machine(settings: Settings) -> AsyncIterator[Agent]:
     from k3net.store import make_store
     from k3net.tasks.presence import open_presence
 
-    interfaces = mdns.choose_interfaces(settings.interfaces, mdns.list_interfaces())
+    interfaces = mdns.interfaces_for(settings)
     read = functools.partial(
         mdns.machine_addresses, settings, loopback=mdns.loopback_only(interfaces)
     )

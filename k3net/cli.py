@@ -268,7 +268,7 @@ def _run(args: argparse.Namespace) -> int:
     from k3net import mdns
 
     try:
-        mdns.choose_interfaces(settings.interfaces, mdns.list_interfaces())
+        mdns.interfaces_for(settings)
     except mdns.MdnsError as exc:
         raise ConfigError(str(exc)) from None
     from k3net.logs import configure

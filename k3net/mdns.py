@@ -18,8 +18,19 @@ under `trio_asyncio.open_loop()`. Its sockets are pinned to chosen interfaces, n
   the log says so). `lo` has no MULTICAST flag unless someone turned it on (test namespaces
   do), so it is used only then, or when it is the only interface that is up.
 
-The addresses advertised are those of the chosen interfaces in the canonical order of
-`k3net.core.addresses` (never loopback, link-local, ...), or exactly `--advertise-address`.
+Only what is served is advertised: the listener (--listen) decides (`listen_ip`).
+
+- A wildcard listener (`:7946`, `0.0.0.0:7946`, `[::]:7946`) accepts connections on every
+  address of its family (`:7946` on both): the addresses advertised are those of the chosen
+  interfaces, of that family, in the canonical order of `k3net.core.addresses` (never loopback,
+  link-local, ...).
+- A listener on one address accepts connections there only: that address alone is advertised,
+  and mDNS runs only on the interface that holds it. A loopback listener (`127.0.0.1:7946`,
+  `[::1]:7946`) runs mDNS on `lo` alone, MULTICAST flag or not (the kernel loops multicast back
+  on it), and advertises its loopback address: agents of one machine find each other, and no
+  packet leaves the machine (a demo, a test). `--interface` must then name the interface that
+  holds the address, if it is given at all; an address that no interface holds is an error.
+- `--advertise-address` overrides both: exactly those addresses (a listener behind NAT).
 This machine's *own* addresses, which probes never take for a peer, are those of every
 interface, chosen or not (a bridge address a peer announces must never reach us instead).
 
@@ -30,7 +41,9 @@ slug; it never raises.
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -210,8 +223,55 @@ def _why_missing(name: str) -> str:
     return "has no IP address (a DHCP lease not yet given, or lost?)"
 
 
-def choose_interfaces(names: Sequence[str], available: Sequence[Interface]) -> list[Interface]:
-    """The interfaces to use: `names` if given, else the default rule (module docstring)."""
+def listen_ip(host: str) -> str | None:
+    """The one address a listener on `host` (--listen's host) accepts connections on, or None
+    for a wildcard listener (`""`, `0.0.0.0`, `::`). A name is resolved as the listener
+    resolves it (its first address), once: the listener's address does not change while it
+    runs. MdnsError (one line) if a name does not resolve."""
+    host = host.strip("[]")
+    if host == "":
+        return None
+    ip = addrs.parse(host) or addrs.parse(_resolve(host))
+    if ip is None:
+        raise MdnsError(f"--listen {host}: resolves to no IP address")
+    return None if ip.is_unspecified else str(ip)
+
+
+@functools.cache
+def _resolve(host: str) -> str:
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise MdnsError(f"--listen {host}: {exc.strerror or exc}") from None
+    return str(infos[0][4][0])
+
+
+def _families(host: str) -> tuple[int, ...]:
+    """The address families a wildcard listener accepts: k3net's listener on `::` is IPv6 only
+    (k3net.web.listen), as `0.0.0.0` is IPv4 only; `""` (`:7946`) takes both."""
+    ip = addrs.parse(host.strip("[]"))
+    return (4, 6) if ip is None else (ip.version,)
+
+
+def _holds(iface: Interface, ip: str) -> bool:
+    """True if a listener on `ip` is reached through `iface`: its address, or any loopback
+    address (127.0.0.0/8 is all local) for the loopback interface."""
+    parsed = addrs.parse(ip)
+    if parsed is None:
+        return False
+    return parsed in {addrs.parse(a) for a in iface.addresses} or (
+        iface.loopback and parsed.is_loopback
+    )
+
+
+def choose_interfaces(
+    names: Sequence[str], available: Sequence[Interface], listen_host: str = ""
+) -> list[Interface]:
+    """The interfaces to use: for a listener on one address, the interface that holds it;
+    else `names` if given, else the default rule (module docstring)."""
+    ip = listen_ip(listen_host)
+    if ip is not None:
+        return _holding(ip, names, available)
     by_name = {iface.name: iface for iface in available}
     if names:
         missing = [name for name in names if name not in by_name]
@@ -235,6 +295,29 @@ def choose_interfaces(names: Sequence[str], available: Sequence[Interface]) -> l
     return chosen
 
 
+def _holding(ip: str, names: Sequence[str], available: Sequence[Interface]) -> list[Interface]:
+    if names:
+        missing = [name for name in names if name not in {iface.name for iface in available}]
+        if missing:
+            raise MdnsError(f"interface {missing[0]!r} {_why_missing(missing[0])}")
+    holders = [iface for iface in available if _holds(iface, ip)]
+    if not holders:
+        raise MdnsError(f"--listen {ip}: no interface of this machine that is up has this address")
+    if names:
+        named = [iface for iface in holders if iface.name in names]
+        if not named:
+            where = ", ".join(iface.name for iface in holders)
+            raise MdnsError(f"--listen {ip} is an address of {where}, not of --interface "
+                            f"{', '.join(names)}: peers there could not connect to it")
+        holders = named
+    return holders
+
+
+def interfaces_for(settings: Settings) -> list[Interface]:
+    """The interfaces this agent runs mDNS on now (`choose_interfaces` for its settings)."""
+    return choose_interfaces(settings.interfaces, list_interfaces(), settings.listen_host)
+
+
 def loopback_only(interfaces: Sequence[Interface]) -> bool:
     """True if mDNS runs on loopback alone: agents of one machine (a test, a demo), which can
     reach each other only at 127.0.0.1, so loopback peer addresses are kept."""
@@ -242,15 +325,26 @@ def loopback_only(interfaces: Sequence[Interface]) -> bool:
 
 
 def advertised_addresses(
-    interfaces: Sequence[Interface], pinned: Sequence[str] = ()
+    interfaces: Sequence[Interface], pinned: Sequence[str] = (), listen_host: str = "",
+    *, loopback: bool | None = None,
 ) -> list[str]:
-    """The A/AAAA addresses to advertise: exactly `pinned` (--advertise-address) if given,
-    else the chosen interfaces' usable addresses, both in the canonical order."""
-    loopback = loopback_only(interfaces)
+    """The A/AAAA addresses to advertise, in the canonical order: exactly `pinned`
+    (--advertise-address) if given; else those the listener on `listen_host` accepts
+    connections on among the interfaces' (module docstring). `loopback` (default: the
+    interfaces are loopback only) keeps loopback addresses."""
+    if loopback is None:
+        loopback = loopback_only(interfaces)
     if pinned:
         return list(addrs.canonical(pinned, loopback=loopback))
+    ip = listen_ip(listen_host)
+    if ip is not None:
+        served = [ip] if any(_holds(iface, ip) for iface in interfaces) else []
+        return list(addrs.canonical(served, loopback=loopback))
+    families = _families(listen_host)
     return list(addrs.canonical(
-        (a for iface in interfaces for a in iface.addresses), loopback=loopback
+        (a for iface in interfaces for a in iface.addresses
+         if (ip_ := addrs.parse(a)) is not None and ip_.version in families),
+        loopback=loopback,
     ))
 
 
@@ -262,19 +356,21 @@ def own_addresses(available: Sequence[Interface], pinned: Sequence[str] = ()) ->
 
 
 def machine_addresses(settings: Settings, *, loopback: bool = False) -> MachineAddresses:
-    """This machine's addresses now: what to advertise (the chosen interfaces', or exactly
-    --advertise-address) and every own address. `loopback`: the agent runs on loopback alone
-    (`loopback_only` of its interfaces at start), so 127.0.0.1 may be advertised; otherwise a
-    reading taken while the LAN interface is down advertises nothing (never 127.0.0.1).
+    """This machine's addresses now: what to advertise (`advertised_addresses`: what the
+    listener serves, or exactly --advertise-address) and every own address. `loopback`: the
+    agent runs on loopback alone (`loopback_only` of its interfaces at start), so 127.0.0.1 may
+    be advertised; otherwise a reading taken while the LAN interface is down advertises nothing
+    (never 127.0.0.1), as does one taken while the listener's own address is gone.
     MdnsError if --interface names none that is up."""
     available = list_interfaces()
-    chosen = choose_interfaces(settings.interfaces, available)
     pinned = settings.advertise_addresses
-    advertised = addrs.canonical(
-        pinned or (a for iface in chosen for a in iface.addresses), loopback=loopback
-    )
+    if listen_ip(settings.listen_host) is None:
+        chosen = choose_interfaces(settings.interfaces, available)
+    else:
+        chosen = list(available)  # advertised_addresses keeps the listener's own address only
+    advertised = advertised_addresses(chosen, pinned, settings.listen_host, loopback=loopback)
     return MachineAddresses(
-        advertised=advertised, own=frozenset(own_addresses(available, pinned))
+        advertised=tuple(advertised), own=frozenset(own_addresses(available, pinned))
     )
 
 
@@ -323,7 +419,7 @@ def service_info(
     TXT keys it does not know."""
     if addresses is None:
         addresses = advertised_addresses(
-            choose_interfaces(settings.interfaces, list_interfaces())
+            interfaces_for(settings), settings.advertise_addresses, settings.listen_host
         )
     type_ = service_type(settings.service, settings.domain)
     name, port = settings.node_name, settings.listen_port

@@ -236,6 +236,78 @@ def test_advertised_addresses_leave_out_link_local() -> None:
     assert mdns.advertised_addresses([ETH0, WLAN]) == ["10.0.0.1", "192.168.1.2", "fd00::1"]
 
 
+# --- pure: only what the listener serves is advertised ---------------------------------------
+
+ETH0_TWO = _iface("eth0", v4=("10.0.0.1", "10.0.0.9"), v6=("fd00::1",))
+
+
+@pytest.mark.parametrize(
+    ("listen", "names", "interfaces", "advertised"),
+    [
+        pytest.param("", (), ["eth0", "wlan0"], ["10.0.0.1", "10.0.0.9", "192.168.1.2", "fd00::1"],
+                     id="wildcard-every-lan-address"),
+        pytest.param("0.0.0.0", (), ["eth0", "wlan0"], ["10.0.0.1", "10.0.0.9", "192.168.1.2"],
+                     id="ipv4-wildcard-ipv4-only"),
+        pytest.param("::", (), ["eth0", "wlan0"], ["fd00::1"], id="ipv6-wildcard-ipv6-only"),
+        pytest.param("10.0.0.9", (), ["eth0"], ["10.0.0.9"], id="one-address-alone"),
+        pytest.param("fd00::1", (), ["eth0"], ["fd00::1"], id="one-ipv6-address-alone"),
+        pytest.param("fd00:0::1", ("eth0",), ["eth0"], ["fd00::1"], id="ipv6-spelled-otherwise"),
+        pytest.param("127.0.0.1", (), ["lo"], ["127.0.0.1"], id="loopback-on-lo-only"),
+        pytest.param("127.0.0.5", (), ["lo"], ["127.0.0.5"], id="any-127-address-is-lo"),
+        pytest.param("::1", (), ["lo"], ["::1"], id="ipv6-loopback-on-lo-only"),
+        pytest.param("localhost", (), ["lo"], ["127.0.0.1"], id="a-name-as-the-listener-reads-it"),
+        pytest.param("10.0.0.1", ("eth0", "wlan0"), ["eth0"], ["10.0.0.1"],
+                     id="named-interfaces-narrowed-to-the-listener's"),
+    ],
+)
+def test_only_what_the_listener_serves_is_advertised(
+    listen: str, names: tuple[str, ...], interfaces: list[str], advertised: list[str]
+) -> None:
+    available = [LO, ETH0_TWO, WLAN, NOMC]
+    chosen = mdns.choose_interfaces(names, available, listen)
+    assert [i.name for i in chosen] == interfaces
+    assert mdns.advertised_addresses(chosen, (), listen) == advertised
+
+
+def test_the_listener_address_followed_while_it_comes_and_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(node_name="node-a", listen_host="10.0.0.9")
+    monkeypatch.setattr(mdns, "list_interfaces", lambda: [LO, ETH0_TWO, WLAN])
+    now = mdns.machine_addresses(settings)
+    assert now.advertised == ("10.0.0.9",)
+    assert {"10.0.0.1", "10.0.0.9", "192.168.1.2"} <= now.own  # every address stays our own
+    # The DHCP lease of 10.0.0.9 is lost: nothing is served elsewhere, nothing is advertised.
+    monkeypatch.setattr(mdns, "list_interfaces", lambda: [LO, ETH0, WLAN])
+    assert mdns.machine_addresses(settings).advertised == ()
+
+
+def test_pinned_addresses_win_over_the_listener() -> None:
+    chosen = mdns.choose_interfaces((), [LO, ETH0_TWO], "10.0.0.1")
+    assert mdns.advertised_addresses(chosen, ("192.0.2.7",), "10.0.0.1") == ["192.0.2.7"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "names", "error"),
+    [
+        pytest.param("10.9.9.9", (), "--listen 10.9.9.9: no interface of this machine",
+                     id="not-ours"),
+        pytest.param("10.0.0.1", ("wlan0",),
+                     "--listen 10.0.0.1 is an address of eth0, not of --interface wlan0",
+                     id="not-on-the-named-interface"),
+        pytest.param("127.0.0.1", ("eth0",), "--listen 127.0.0.1 is an address of lo",
+                     id="loopback-with-a-lan-interface"),
+        pytest.param("10.0.0.1", ("eth9",), "interface 'eth9' does not exist", id="unknown"),
+    ],
+)
+def test_a_listener_that_cannot_be_advertised_is_one_line(
+    listen: str, names: tuple[str, ...], error: str
+) -> None:
+    with pytest.raises(mdns.MdnsError) as info:
+        mdns.choose_interfaces(names, [LO, ETH0_TWO, WLAN], listen)
+    assert str(info.value).startswith(error) and "\n" not in str(info.value)
+
+
 # --- pure: the peers view ------------------------------------------------------------------
 
 
@@ -445,3 +517,49 @@ def test_taken_name_is_not_renamed(lan2: Lan) -> None:
     taken = second.wait_for(event("NameTaken"))
     assert "node-a._k3._tcp.local." in taken["message"]
     assert second.proc.wait(5) == 3
+
+
+@netns
+def test_an_agent_advertises_only_what_its_listener_serves(lan2: Lan, tmp_path: Path) -> None:
+    # Host a holds a second LAN address. Agent node-one listens on its first address only,
+    # agent node-demo on 127.0.0.1 (the quick start's demo): neither says --interface.
+    a, b = lan2.hosts
+    subprocess.run(["ip", "-n", a.name, "addr", "add", "10.77.0.201/24", "dev", "eth0"],
+                   check=True)
+    on_lan = start(b, "browse", "--own-name", "node-b")
+    on_lo = start(a, "browse", "--own-name", "node-a", "--iface", "lo")
+    on_lan.wait_for(event("browsing"))
+    on_lo.wait_for(event("browsing"))
+    agents = []
+    for name, listen in (("node-one", f"{a.address}:7946"), ("node-demo", "127.0.0.1:7947")):
+        log = (tmp_path / f"{name}.log").open("w")
+        agents.append(a.popen([sys.executable, "-m", "k3net", "run", "--node-name", name,
+                               "--listen", listen], stdout=log, stderr=subprocess.STDOUT))
+    try:
+        one = on_lan.wait_for(event("PeerSeen", name="node-one"))
+        assert one["addresses"] == [a.address]  # not 10.77.0.201, where nothing listens
+        demo = on_lo.wait_for(event("PeerSeen", name="node-demo"))
+        assert demo["addresses"] == ["127.0.0.1"] and demo["port"] == 7947
+        # The demo's record stays on the machine: the LAN never hears of it, though it has
+        # long been announced on lo.
+        heard = {r.get("name") for r in on_lan.drain(3.0) if r["event"] == "PeerSeen"}
+        assert heard == {"node-one"}
+        for proc in agents:
+            assert proc.poll() is None
+    finally:
+        for proc in agents:
+            proc.send_signal(signal.SIGTERM)
+        for proc in agents:
+            proc.wait(10)
+    logs = {p.stem: p.read_text() for p in tmp_path.glob("*.log")}
+    assert f"on port 7946 ({a.address})" in logs["node-one"], logs["node-one"]
+    assert "on port 7947 (127.0.0.1)" in logs["node-demo"], logs["node-demo"]
+
+
+@netns
+def test_a_listener_on_an_address_not_here_exits_2_in_one_line(lo_host: LoopbackHost) -> None:
+    done = lo_host.run([sys.executable, "-m", "k3net", "run", "--node-name", "node-x",
+                        "--listen", "10.9.9.9:7946"], check=False, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.endswith(
+        "--listen 10.9.9.9: no interface of this machine that is up has this address\n")

@@ -64,7 +64,7 @@ class _Session:
 
 
 def _chosen(settings: Settings) -> list[mdns.Interface]:
-    return mdns.choose_interfaces(settings.interfaces, mdns.list_interfaces())
+    return mdns.interfaces_for(settings)
 
 
 class Presence:

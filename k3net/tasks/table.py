@@ -2,6 +2,10 @@
 table what to do (`PeerTable.handle`), and carries the actions out: writes go to the writer,
 probes to the prober, the rest to the metrics, the event hub and the log.
 
+Every change of a Node's Ready status seen in the store is one log line on `k3net.nodes`
+(`core.transitions`): info for arrivals and planned departures, warning for failures, with the
+evidence this agent holds and, in JSON lines, the fields node, peer, reason, status, addresses.
+
 When the last producer closes its end of the inbox (the agent is stopping), the table is told
 `Stopping` and hands the writer this agent's last write (its own Node False/AgentShutdown);
 then the loop closes the writer's and the prober's channels, which ends them in turn.
@@ -12,11 +16,21 @@ is in the writer's hands: the agent waits for that before the new store's watch 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 import trio
 
-from k3net.core.messages import PeerGone, Stopping, StoreChanged
+from k3net.core.messages import (
+    Deleted,
+    PeerGone,
+    PeerSeen,
+    ProbeResult,
+    Put,
+    Snapshot,
+    Stopping,
+    StoreChanged,
+)
 from k3net.core.table import (
     Action,
     Forget,
@@ -28,12 +42,14 @@ from k3net.core.table import (
     Reject,
     Write,
 )
+from k3net.core.transitions import INFO, Transitions
 from k3net.current import Current
 from k3net.durations import format_duration
 from k3net.events import EventHub
 from k3net.metrics import Metrics
 
 log = logging.getLogger("k3net.table")
+nodes_log = logging.getLogger("k3net.nodes")
 
 
 async def run(
@@ -47,10 +63,13 @@ async def run(
     moves: Current[int] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    transitions = Transitions(table.me.name)
+
     async def carry_out(actions: list[Action]) -> None:
         for action in actions:
             match action:
                 case Write():
+                    transitions.decided(action.intent)
                     await writes.send(action)
                 case ProbeNow() | Forget():
                     try:
@@ -74,10 +93,20 @@ async def run(
         async with inbox:
             task_status.started()
             async for msg in inbox:
+                now = trio.current_time()
+                if isinstance(msg, PeerSeen | PeerGone | ProbeResult):
+                    transitions.seen(msg, now)
                 if isinstance(msg, PeerGone):
                     log.info("peer %s %s", msg.name, "said goodbye" if msg.goodbye
-                             else "is no longer announced (its mDNS record expired)")
-                await carry_out(table.handle(msg, trio.current_time()))
-                if isinstance(msg, StoreChanged) and moves is not None:
-                    moves.set(moves.value + 1)
+                             else "is no longer announced (its mDNS record expired)",
+                             extra={"node": msg.name})
+                await carry_out(table.handle(msg, now))
+                if isinstance(msg, Snapshot | Put | Deleted):
+                    for line in transitions.store(msg, now, dt.datetime.now(dt.UTC)):
+                        nodes_log.log(logging.INFO if line.level == INFO else logging.WARNING,
+                                      "%s", line.text, extra=line.fields)
+                if isinstance(msg, StoreChanged):
+                    transitions.store_changed()
+                    if moves is not None:
+                        moves.set(moves.value + 1)
         await carry_out(table.handle(Stopping(), trio.current_time()))

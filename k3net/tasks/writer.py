@@ -113,14 +113,14 @@ class Writer:
                 async with self._writing:
                     await self._apply(write)
             except ForeignValue as exc:  # someone else's data: never written over, never fatal
-                log.warning("not writing %s: %s", name, exc)
+                log.warning("not writing %s: %s", name, exc, extra={"node": name})
             except (StoreUnavailable, _TooManyConflicts) as exc:
                 self._pending.setdefault(name, write)  # unless a newer intent replaced it
                 delay = self.backoff.delay(failures, self.rng)
                 failures += 1
                 log.warning(
                     "store write for %s failed (%s); %d pending, retrying in %s",
-                    name, exc, len(self._pending), format_duration(delay),
+                    name, exc, len(self._pending), format_duration(delay), extra={"node": name},
                 )
                 await trio.sleep(delay)
             else:

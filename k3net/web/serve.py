@@ -3,6 +3,11 @@
 `run` binds the socket (`k3net.web.listen`) and serves it; `serve_socket` serves a socket bound
 already. `nursery.start(run, ...)` returns the port actually bound.
 
+hypercorn is driven through its public API only: `hypercorn.trio.serve` with a `Config` whose
+bind is `fd://N`, N being a duplicate of the agent's own listening socket. The agent binds first
+(a port in use is one clear line before anything is advertised, see `k3net.web.listen`) and
+keeps its socket; hypercorn owns the duplicate and closes it when it stops serving.
+
 Stopping: cancelling `run` is the shutdown trigger. The app's `shutdown()` (if it has one) is
 called first, so that /events websockets close with 1001 by themselves; hypercorn then gets
 `GRACE` seconds to finish open requests, and `run` returns. Without that, hypercorn would wait
@@ -13,13 +18,13 @@ reading altogether is cut after `k3net.web.listen.STALL_TIMEOUT`.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import Any
 
+import hypercorn.trio
 import trio
-from hypercorn.config import Config, Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
+from hypercorn.config import Config
 
 from k3net.web.listen import BACKLOG, listen_socket
 
@@ -30,8 +35,11 @@ log = logging.getLogger("k3net.web")
 GRACE = 1.0
 
 
-def hypercorn_config() -> Config:
+def hypercorn_config(fd: int | None = None) -> Config:
+    """hypercorn's settings; `fd`: serve this listening socket (hypercorn then owns it)."""
     config = Config()
+    if fd is not None:
+        config.bind = [f"fd://{fd}"]
     config.graceful_timeout = GRACE
     config.accesslog = None  # quiet: probes hit /healthz every few seconds
     # hypercorn's own lines ("Running on ... (CTRL + C to quit)") only from warning up: the
@@ -63,7 +71,6 @@ async def serve_socket(
     app: Any, sock: socket.socket, *, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve `app` on a listening socket (closed when this returns) until cancelled."""
-    config = hypercorn_config()
     stop = trio.Event()
     started = _Started()
     # hypercorn runs shielded, so that cancelling `run` becomes its graceful shutdown instead
@@ -71,14 +78,12 @@ async def serve_socket(
     shield = trio.CancelScope(shield=True)
 
     async def serve_shielded() -> None:
-        # `hypercorn.trio.serve` is this call plus binding its own sockets; passing ours keeps
-        # their ownership (and the clear bind error) here. worker_serve and wrap_app are not
-        # hypercorn's documented API: checked against hypercorn 0.18.
+        # The duplicate is made here, where hypercorn takes it at once: hypercorn wraps it in a
+        # socket of its own and trio's serve_listeners closes that when serving ends.
+        config = hypercorn_config(os.dup(sock.fileno()))
         with shield:
-            await worker_serve(
-                wrap_app(app, config.wsgi_max_body_size, "asgi"), config,
-                sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
-                shutdown_trigger=stop.wait, task_status=started,
+            await hypercorn.trio.serve(
+                app, config, shutdown_trigger=stop.wait, task_status=started, mode="asgi"
             )
 
     try:
