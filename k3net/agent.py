@@ -240,6 +240,7 @@ class Agent:
         producers.start_soon(self._advertise)
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
                         key=s.cluster_key, own=Own.of(self.own, s.listen_port))
+        self.web.held = prober.held
         foreign = ForeignTally()  # values under the Node prefix that are not Nodes, for /metrics
         self.metrics.watch_foreign(foreign)
 

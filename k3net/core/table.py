@@ -205,6 +205,8 @@ class PeerView:
     state: str
     found_by: str
     confirmed: bool
+    pid: int | None = None
+    last_probe: ProbeResult | None = None  # the last probe's result, None before the first
 
 
 class PeerState(enum.Enum):
@@ -232,6 +234,7 @@ class _Peer:
     goodbye: bool = True  # LEAVING after a goodbye (False: its mDNS record expired)
     suspect_at: float = -math.inf  # when its first refusal made it SUSPECT
     joined: bool = False  # its Node was seen Ready (join latency reported)
+    last_probe: ProbeResult | None = None  # for /peers
 
     @property
     def target(self) -> ProbeTarget:
@@ -356,6 +359,7 @@ class PeerTable:
         peer = self._peers.get(result.name)
         if peer is None:
             return []  # forgotten while the probe ran
+        peer.last_probe = result
         outcome = result.outcome
         if outcome == "unverified" and not (peer.confirmed or self.keyed):
             outcome = "confirmed"  # a foreign advertiser that never proved anything: as before
@@ -623,7 +627,8 @@ class PeerTable:
     def peers(self) -> list[PeerView]:
         """Every peer this agent follows, by name."""
         return [
-            PeerView(p.name, p.addresses, p.port, p.state.value, p.found_by, p.confirmed)
+            PeerView(p.name, p.addresses, p.port, p.state.value, p.found_by, p.confirmed,
+                     p.pid, p.last_probe)
             for p in sorted(self._peers.values(), key=lambda p: p.name)
         ]
 

@@ -336,6 +336,11 @@ class Prober:
         self._held[name] = (address, target.port, scope)
         self._nursery.start_soon(self._hold, target, address, scope, results)
 
+    def held(self) -> dict[str, str]:
+        """The peers whose /hold is held open now, by name: the address held (for /peers)."""
+        return {name: address for name, (address, _port, scope) in self._held.items()
+                if scope in self._open}
+
     def _release(self, name: str) -> None:
         held = self._held.pop(name, None)
         if held is not None:
