@@ -662,3 +662,41 @@ def test_no_agent_is_one_line_in_under_a_second(
     assert err.startswith(f"k3net {argv[0]}: no k3net agent answers at ") and address in err
     assert ("no answer within 0.5s" if kind == "silent" else "connection refused") in err
     assert took < 1.0
+
+
+# --- delete, help -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["delete", "pod", "x"], "invalid choice"), (["delete", "node"], "required"),
+     (["delete", "node", "x"], "give --config PATH")])
+def test_delete_usage_errors_exit_2(
+    argv: list[str], message: str, clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("k3net delete: error:") and message in err
+
+
+def test_delete_a_node_through_the_cli(
+    tmp_path: Any, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "k3.yaml"
+    path.write_text("storage:\n  type: memory\n")
+    # The memory store of a new process is empty: the Node is not there, said in one line.
+    assert cli.main(["delete", "node", "ghost", "--config", str(path)]) == 1
+    assert capsys.readouterr().err == "k3net delete: node 'ghost' not found\n"
+
+
+@pytest.mark.parametrize("command", ["nodes", "peers", "watch", "delete", "prune"])
+def test_every_client_command_has_a_description(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args([command, "--help"])
+    usage, _, rest = capsys.readouterr().out.partition("\n\n")
+    assert usage.startswith(f"usage: k3net {command}")
+    description = rest.split("\n\n")[0]
+    assert not description.startswith(("positional arguments", "options")), description
