@@ -147,7 +147,7 @@ class Agent:
             register_self=settings.register_self,
             keyed=settings.cluster_key is not None,
         )
-        self.metrics.watch_table(self.table.counts)
+        self.metrics.watch_table(self.table.nodes, settings.node_name)
         self.metrics.watch_health(self.health)
         self._stop = trio.Event()
         self._stop_by = float("inf")

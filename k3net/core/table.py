@@ -258,11 +258,6 @@ def _internal_ips(node: Node) -> tuple[str, ...]:
     return tuple(a.address for a in node.status.addresses if a.type == "InternalIP")
 
 
-def _state_of(node: Node) -> str:
-    status = node.ready_status
-    return "ready" if status == "True" else "not_ready" if status == "False" else "unknown"
-
-
 class PeerTable:
     def __init__(
         self,
@@ -286,8 +281,6 @@ class PeerTable:
         self._ticked_at: float | None = None  # the last Tick (`_paused`)
         self._peers: dict[str, _Peer] = {}
         self._views: dict[str, _View] = {}
-        # Stored Nodes by Ready state, kept as views change (read by the metrics at scrape time).
-        self.counts: dict[str, int] = {"ready": 0, "not_ready": 0, "unknown": 0}
 
     def handle(self, msg: Message, now: float) -> list[Action]:
         match msg:
@@ -439,9 +432,7 @@ class PeerTable:
         if isinstance(event, Put):
             return self._observe(event.stored, now)
         if isinstance(event, Deleted):
-            view = self._views.pop(event.name, None)
-            if view is not None:
-                self.counts[_state_of(view.stored.node)] -= 1
+            self._views.pop(event.name, None)
         return []
 
     def _store_changed(self, now: float) -> list[Action]:
@@ -451,8 +442,6 @@ class PeerTable:
         written Ready (created, or refreshed where the new store has them already), so no Node
         there goes through not-Ready or missing while the new watch starts."""
         self._views.clear()
-        for state in self.counts:
-            self.counts[state] = 0
         self.store_live, self._lost_at = False, now
         actions = self._heartbeat(now)
         for peer in self._peers.values():
@@ -464,7 +453,7 @@ class PeerTable:
     def _snapshot(self, event: Snapshot, now: float) -> list[Action]:
         fresh = {s.name for s in event.items}
         for name in [name for name in self._views if name not in fresh]:
-            self.counts[_state_of(self._views.pop(name).stored.node)] -= 1
+            del self._views[name]
         if not self.store_live:
             lost = now - self._lost_at if self._lost_at is not None else 0.0
             for view in self._views.values():
@@ -479,9 +468,6 @@ class PeerTable:
         seen = last_seen(stored.node)
         view = self._views.get(stored.name)
         was_ready = view is not None and view.stored.node.ready_status == "True"
-        if view is not None:
-            self.counts[_state_of(view.stored.node)] -= 1
-        self.counts[_state_of(stored.node)] += 1
         if view is None or view.last_seen != seen:
             self._views[stored.name] = _View(stored, seen, changed_at=now)
         else:
@@ -631,6 +617,10 @@ class PeerTable:
                      p.pid, p.last_probe)
             for p in sorted(self._peers.values(), key=lambda p: p.name)
         ]
+
+    def nodes(self) -> list[Node]:
+        """The stored Nodes as this agent last read them (read by the metrics at scrape time)."""
+        return [view.stored.node for view in self._views.values()]
 
     def self_up(self) -> bool:
         view = self._views.get(self.me.name)
