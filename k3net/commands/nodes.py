@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import sys
 import urllib.error
@@ -586,6 +587,9 @@ def main(source: Source, query: Query, output: str, watch: bool, headers: bool =
             return await run()
 
     if isinstance(source, StoreSource):
+        # The command says what happens to the store itself, one line each (StoreSource);
+        # the backends' own warnings ("watch lost ...; retrying") would say it twice.
+        logging.getLogger("k3net.store").setLevel(logging.ERROR)
         return trio.run(in_asyncio_loop)
 
     return trio.run(run)
