@@ -700,3 +700,15 @@ def test_every_client_command_has_a_description(
     assert usage.startswith(f"usage: k3net {command}")
     description = rest.split("\n\n")[0]
     assert not description.startswith(("positional arguments", "options")), description
+
+
+@pytest.mark.parametrize("variable", ["K3NET_LISTEN", "K3NET_SERVER"])
+async def test_nodes_finds_the_agent_from_the_environment(
+    variable: str, nursery: trio.Nursery, clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    web = await start_web(nursery)
+    await write_nodes(web.store, make_node("n2"), make_node("n1"))
+    clean_env.setenv(variable, f":{web.port}" if variable == "K3NET_LISTEN" else web.url(""))
+    code = await trio.to_thread.run_sync(cli.main, ["nodes", "-o", "name"])
+    assert (code, capsys.readouterr().out) == (0, "node/n1\nnode/n2\n")

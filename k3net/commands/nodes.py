@@ -58,10 +58,10 @@ DEADLINE = 10.0
 HEADER = ("NAME", "STATUS", "REASON", "LASTSEEN", "AGE", "ADDRESS", "MANAGED")
 WIDE_HEADER = ("NAME", "STATUS", "REASON", "LASTSEEN", "AGE", "ADDRESSES", "MANAGED", "PORT", "PID")
 # The widths `-w` starts its columns with: the longest value each column's vocabulary has
-# (NotReady, PeerUnauthenticated, <unknown>, an IPv4 address, a pid), so that rows printed later
-# stay under the header. Only a longer name, reason or address than these (and than the first
-# list's) moves a later row.
-STREAM_WIDTHS = (16, 8, 19, 9, 9, 15, 7, 5, 7)
+# (NotReady; KubeletNotReady and AgentShutdown; an age like 7d23h or <none>; <unknown>; an IPv4
+# address; a port; a pid), so that rows printed later stay under the header. Only a longer name,
+# reason or address than these (and than the first list's) moves a later row.
+STREAM_WIDTHS = (16, 8, 15, 6, 9, 15, 7, 5, 7)
 
 
 # --- formatting (pure) --------------------------------------------------------------------------
