@@ -576,9 +576,9 @@ def main(source: Source, query: Query, output: str, watch: bool, headers: bool =
 
     async def run() -> int:
         if watch:
-            await follow(source, query, output, headers=headers)
+            await follow(source, query, output, sys.stdout, headers=headers)
             return 0
-        return await show(source, query, output, headers=headers)
+        return await show(source, query, output, sys.stdout, headers=headers)
 
     async def in_asyncio_loop() -> int:
         import trio_asyncio
