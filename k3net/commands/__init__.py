@@ -32,7 +32,6 @@ T = TypeVar("T")
 OUTPUTS = ("table", "wide", "name", "json", "yaml")
 # Where `k3net nodes` and `k3net watch` find the local agent: the default `--listen` (:7946).
 DEFAULT_SERVER = "http://127.0.0.1:7946"
-DEFAULT_EVENTS_URL = "ws://127.0.0.1:7946/events"
 # An agent answers its HTTP endpoints within milliseconds; one that has not accepted the
 # connection, or sent a byte, this long after asked is not answering (a silent port, a stopped
 # process). Under a second, so that "no agent" is said at once.
