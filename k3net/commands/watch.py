@@ -31,7 +31,6 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
-    ConnectionTimeout,
     HandshakeError,
     open_websocket_url,
 )
@@ -154,8 +153,6 @@ async def follow(
                 if 400 <= exc.status_code < 500:
                     raise CommandError(f"{target}: refused: HTTP {exc.status_code}") from None
                 why = f"refused: HTTP {exc.status_code}"
-            except ConnectionTimeout:
-                pass  # `why` says it
             except (OSError, HandshakeError) as exc:
                 why = _os_reason(exc)
         if not connected and not retry:
