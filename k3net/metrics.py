@@ -15,15 +15,20 @@ Nodes this agent's table follows, read at scrape time (`NodeCollector`):
     k3net_node_managed{node}  1 if k3net manages the Node, 0 if another writer does
 
 `k3net_peers{state}` counts the other machines' Nodes only (this agent's own Node is left out).
+With thousands of Nodes the text takes a while to write (about 0.1 s per thousand Nodes on a
+busy machine): `Metrics.exposition` writes it in a worker thread, from a list of the Nodes taken
+on the trio thread, so that a scrape never holds up the agent's event loop.
 Every agent exports the same Nodes from the same store: aggregate with max/min by node, or
 scrape one agent per store. `contrib/prometheus/alerts.yaml` alerts on these."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sized
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import prometheus_client
+import trio
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -32,6 +37,7 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -55,6 +61,11 @@ _STATUSES = {"True": "true", "False": "false", "Unknown": "unknown"}
 _PEER_STATES = {"True": "ready", "False": "not_ready", "Unknown": "unknown"}
 
 
+# The Nodes of the scrape under way, taken on the trio thread (`Metrics.exposition`); the worker
+# thread that writes the text sees them through its copy of the context.
+_SCRAPED_NODES: ContextVar[list[Node] | None] = ContextVar("scraped_nodes", default=None)
+
+
 class NodeCollector(Collector):
     """The per-Node series and `k3net_peers`, computed at scrape time from `nodes()` (the
     stored Nodes the agent's table follows): no work per event, nothing kept between scrapes.
@@ -65,6 +76,8 @@ class NodeCollector(Collector):
         self.me = me
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        scraped = _SCRAPED_NODES.get()
+        nodes = scraped if scraped is not None else self.nodes()
         condition = GaugeMetricFamily(
             "k3net_node_status_condition",
             "The condition of a Node: 1 for its status, 0 for the others (as"
@@ -80,7 +93,7 @@ class NodeCollector(Collector):
             "k3net_node_managed", "1 if k3net manages the Node (label k3.network/managed=true),"
             " 0 if another writer (the k3 controller) does.", labels=["node"])
         peers = {state: 0 for state in _PEER_STATES.values()}
-        for node in self.nodes():
+        for node in nodes:
             cond = node.condition()
             status = node.ready_status
             for value, label in _STATUSES.items():
@@ -107,6 +120,7 @@ class NodeCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._nodes: Callable[[], Iterable[Node]] = tuple  # set by watch_table
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -200,7 +214,17 @@ class Metrics:
     def watch_table(self, nodes: Callable[[], Iterable[Node]], me: str) -> None:
         """Export `k3net_peers` and the per-Node series from the table's stored Nodes, read at
         scrape time (`NodeCollector`). Call once."""
+        self._nodes = nodes
         self.registry.register(NodeCollector(nodes, me))
+
+    async def exposition(self) -> bytes:
+        """The text of /metrics. Call on the trio thread: the table's Nodes are listed here,
+        the text is written in a worker thread (module docstring)."""
+        token = _SCRAPED_NODES.set(list(self._nodes()))
+        try:
+            return await trio.to_thread.run_sync(generate_latest, self.registry)
+        finally:
+            _SCRAPED_NODES.reset(token)
 
     def watch_health(self, health: StoreHealth) -> None:
         """k3net_store_up is the one store-health signal, read at scrape time."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import trio.testing
 from prometheus_client import generate_latest
 
 from k3net.metrics import Metrics
+from k3net.model import Node
 from tests.test_agent_inprocess import ME, Recorder, RecordingStore, agent, running
 from tests.test_events import T0, make_node
 
@@ -118,3 +120,20 @@ def test_the_alerts_name_the_series_the_agent_exports() -> None:
     for name in ("k3net_node_status_condition", "k3net_node_managed", "k3net_store_up",
                  "k3net_name_conflict"):
         assert name in text and f"# TYPE {name} gauge" in exported
+
+
+async def test_a_scrape_lists_the_nodes_on_the_trio_thread_and_writes_in_a_worker() -> None:
+    listed_on = []
+    nodes = [make_node(ME), make_node("node-b", ready="False", reason="PeerRefused")]
+
+    def table_nodes() -> list[Node]:
+        listed_on.append(threading.current_thread())
+        return nodes
+
+    metrics = Metrics()
+    metrics.watch_table(table_nodes, ME)
+    text = (await metrics.exposition()).decode()
+    assert listed_on == [threading.main_thread()]  # the table is read where it changes
+    assert 'k3net_node_status_condition{condition="Ready",node="node-b",status="false"} 1.0' \
+        in text
+    assert 'k3net_peers{state="not_ready"} 1.0' in text

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs
 
 import attrs
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from k3net import version
 from k3net.convert import format_time, node_list
@@ -290,7 +290,7 @@ class App:
         ]})
 
     async def _metrics(self) -> tuple[int, str, bytes]:
-        return 200, CONTENT_TYPE_LATEST, generate_latest(self.state.metrics.registry)
+        return 200, CONTENT_TYPE_LATEST, await self.state.metrics.exposition()
 
     # --- /events ------------------------------------------------------------------------------
 
