@@ -99,13 +99,28 @@ def _server(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _sort_by(text: str) -> str:
+def _sort_by(check: Callable[[str], str]) -> Callable[[str], str]:
+    """A --sort-by argument that `check` accepts (ValueError naming the choices if not)."""
+
+    def sort_by(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return sort_by
+
+
+def _node_sort(text: str) -> str:
     from k3net.commands.nodes import check_sort
 
-    try:
-        return check_sort(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return check_sort(text)
+
+
+def _peer_sort(text: str) -> str:
+    from k3net.commands.peers import check_sort
+
+    return check_sort(text)
 
 
 SERVER_HELP = ("the agent to ask (default: $K3NET_SERVER, else this machine's agent at the port "
@@ -162,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("-l", "--selector", type=_selector, metavar="SELECTOR",
                        help="only Nodes whose labels match, as kubectl's -l: key=value, "
                        "key!=value, 'key in (a,b)', 'key notin (a,b)', key, !key")
-    nodes.add_argument("--sort-by", type=_sort_by, metavar="COLUMN|PATH",
+    nodes.add_argument("--sort-by", type=_sort_by(_node_sort), metavar="COLUMN|PATH",
                        help="order by a column (name, status, reason, lastseen, age, address, "
                        "managed, port, pid; age and lastseen oldest first) or by a field path "
                        "of the Node's JSON, as kubectl's (.metadata.labels.zone)")
@@ -193,9 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--timeout", default="3s", type=_duration, metavar="DUR",
                        help="how long to browse (default: %(default)s)")
     add_flag(peers, "probe-timeout")
-    peers.add_argument("--sort-by", metavar="COLUMN|PATH",
-                       help="order by a column (name, addresses, port, pid, ...) or a field path "
-                       "of the peer's JSON (.port)")
+    peers.add_argument("--sort-by", type=_sort_by(_peer_sort), metavar="COLUMN|PATH",
+                       help="order by a column (name, addresses, port, pid, state, found-by) or a "
+                       "field path of the peer's JSON, as -o json shows it (.lastProbe.outcome)")
     add_output(peers, headers=True)
 
     prune = sub.add_parser(
@@ -321,11 +336,6 @@ def _nodes(args: argparse.Namespace) -> int:
 def _peers(args: argparse.Namespace) -> int:
     from k3net.commands import peers
 
-    if args.sort_by:
-        try:
-            peers.check_sort(args.sort_by)
-        except ValueError as exc:
-            raise ConfigError(f"--sort-by: {exc}") from None
     if args.server is not None:
         server = agent_server(args.server, os.environ)
         return peers.main_agent(server, args.output, headers=args.headers, sort=args.sort_by)

@@ -235,15 +235,17 @@ def test_sort_by_a_column_or_a_field_path(spec: str, names: list[str]) -> None:
     assert [n.name for n in found] == names
 
 
+@pytest.mark.parametrize("command", ["nodes", "peers"])
 @pytest.mark.parametrize("spec", ["colour", ".", "..x", ".a[b]"])
 def test_bad_sort_by_exits_2_with_one_line(
-    spec: str, capsys: pytest.CaptureFixture[str]
+    command: str, spec: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exc:
-        cli.parse_args(["nodes", "--sort-by", spec])
+        cli.parse_args([command, "--sort-by", spec])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and err.startswith("k3net nodes: error: argument --sort-by")
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"k3net {command}: error: argument --sort-by: cannot sort by")
 
 
 @pytest.mark.parametrize(
