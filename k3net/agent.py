@@ -158,7 +158,7 @@ class Agent:
             register_self=settings.register_self,
             keyed=settings.cluster_key is not None,
         )
-        self.metrics.watch_table(self.table.counts)
+        self.metrics.watch_table(self.table.nodes, settings.node_name)
         self.metrics.watch_health(self.health)
         self._stop = trio.Event()
         self._stop_by = float("inf")
@@ -253,6 +253,7 @@ class Agent:
         producers.start_soon(self._advertise)
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
                         key=s.cluster_key, own=self._own)
+        self.web.held = prober.held
         foreign = ForeignTally()  # values under the Node prefix that are not Nodes, for /metrics
         self.metrics.watch_foreign(foreign)
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from k3net.commands import DEFAULT_EVENTS_URL, DEFAULT_SERVER, CommandError, add_output
+from k3net.commands import CommandError, ServerError, add_output, agent_server, server_base
 from k3net.config import ConfigError
 from k3net.settings import (
     FLAG_BY_NAME,
@@ -115,6 +115,44 @@ def _selector(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _server(text: str) -> str:
+    if text == "":  # `peers --server` alone: this machine's agent, found by agent_server
+        return text
+    try:
+        return server_base(text)
+    except ServerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _sort_by(check: Callable[[str], str]) -> Callable[[str], str]:
+    """A --sort-by argument that `check` accepts (ValueError naming the choices if not)."""
+
+    def sort_by(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return sort_by
+
+
+def _node_sort(text: str) -> str:
+    from k3net.commands.nodes import check_sort
+
+    return check_sort(text)
+
+
+def _peer_sort(text: str) -> str:
+    from k3net.commands.peers import check_sort
+
+    return check_sort(text)
+
+
+SERVER_HELP = ("the agent to ask (default: $K3NET_SERVER, else this machine's agent at the port "
+               "of $K3NET_LISTEN or of the config file's network.listen, else "
+               "http://127.0.0.1:7946)")
+
+
 def _help(flag: Flag) -> str:
     env = ", ".join(f"${name}" for name in flag.envs)
     return f"{flag.help} (default: {flag.default_text()}; env {env})".replace("%", "%%")
@@ -158,34 +196,48 @@ def build_parser() -> argparse.ArgumentParser:
     nodes = sub.add_parser(
         "nodes", help="list the Nodes, like kubectl get nodes",
         description="List the Nodes of the local agent (or of the one at --server), or, with "
-        "--config, of the store the config names.",
+        "--config, of the store the config names. Without --server or --config: "
+        "$K3NET_SERVER, else the store of $K3NET_CONFIG, else this machine's agent.",
     )
     nodes.add_argument("names", nargs="*", metavar="NAME", help="only these Nodes")
-    nodes.add_argument("-l", "--selector", type=_selector, metavar="KEY=VALUE,...",
-                       help="only Nodes whose labels match (key=value, key!=value, key, !key)")
+    nodes.add_argument("-l", "--selector", type=_selector, metavar="SELECTOR",
+                       help="only Nodes whose labels match, as kubectl's -l: key=value, "
+                       "key!=value, 'key in (a,b)', 'key notin (a,b)', key, !key")
+    nodes.add_argument("--sort-by", type=_sort_by(_node_sort), metavar="COLUMN|PATH",
+                       help="order by a column (name, status, reason, lastseen, age, address, "
+                       "managed, port, pid; age and lastseen oldest first) or by a field path "
+                       "of the Node's JSON, as kubectl's (.metadata.labels.zone)")
     nodes.add_argument("-w", "--watch", action="store_true",
                        help="after the list, print each change of a Node until interrupted")
+    nodes.add_argument("--retry", action="store_true",
+                       help="with -w: wait for an agent or store that does not answer yet, "
+                       "instead of saying so and exiting 1")
     source = nodes.add_mutually_exclusive_group()
-    source.add_argument("--server", metavar="URL",
-                        help=f"the agent to ask (default: {DEFAULT_SERVER}, unless a config is "
-                        "given)")
+    source.add_argument("--server", metavar="URL", type=_server, help=SERVER_HELP)
     add_flag(source, "config", help="read the store this k3 config names instead of asking "
              "an agent (env $K3NET_CONFIG, $CONFIG_PATH)")
-    add_output(nodes)
+    add_output(nodes, headers=True)
 
     peers = sub.add_parser(
         "peers", help="browse the LAN once and list the agents found, or (--server) the peers an "
-        "agent follows and how each was found")
-    peers.add_argument("--server", metavar="URL", nargs="?", const=DEFAULT_SERVER,
-                       help="ask this agent (alone: the local one, %(const)s) for the peers it "
-                       "follows, with how each was found (mdns, join, scan, store), instead of "
-                       "browsing mDNS from here")
+        "agent follows and how each was found",
+        description="Browse mDNS from here for --timeout, probe every agent found and list "
+        "them with how their probe went. With --server, ask an agent instead for the peers it "
+        "follows (also those found by --join, --scan or the store), with their state.",
+    )
+    peers.add_argument("--server", metavar="URL", nargs="?", const="", type=_server,
+                       help="ask this agent (alone: this machine's, found as `k3net nodes` finds "
+                       "it) for the peers it follows, with how each was found (mdns, join, scan, "
+                       "store), instead of browsing mDNS from here")
     for name in ("service", "domain", "interface"):
         add_flag(peers, name)
     peers.add_argument("--timeout", default="3s", type=_duration, metavar="DUR",
                        help="how long to browse (default: %(default)s)")
     add_flag(peers, "probe-timeout")
-    add_output(peers)
+    peers.add_argument("--sort-by", type=_sort_by(_peer_sort), metavar="COLUMN|PATH",
+                       help="order by a column (name, addresses, port, pid, state, found-by) or a "
+                       "field path of the peer's JSON, as -o json shows it (.lastProbe.outcome)")
+    add_output(peers, headers=True)
 
     prune = sub.add_parser(
         "prune", help="remove managed Nodes not Ready and not seen for longer than --older-than",
@@ -215,9 +267,34 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true",
                         help="replace PATH if it exists (every agent then needs the new key)")
 
-    watch = sub.add_parser("watch", help="follow an agent's /events stream")
-    watch.add_argument("url", nargs="?", default=DEFAULT_EVENTS_URL, help="(default: %(default)s)")
+    watch = sub.add_parser(
+        "watch", help="follow an agent's /events stream",
+        description="Print each event of an agent's /events stream (a snapshot of the Nodes "
+        "first, then every Ready change, rejection and removal) until interrupted. No agent "
+        "answering is said at once (exit 1) unless --retry.",
+    )
+    watch.add_argument("url", nargs="?", type=_server, metavar="URL",
+                       help="the agent (default: this machine's, found as `k3net nodes` finds "
+                       "it: $K3NET_SERVER, $K3NET_LISTEN, the config's network.listen, :7946)")
+    watch.add_argument("--retry", action="store_true",
+                       help="wait for an agent that does not answer yet, and reconnect without "
+                       "limit")
     add_output(watch)
+
+    delete = sub.add_parser(
+        "delete", help="delete Nodes from the store, like kubectl delete node",
+        description="Delete the named Nodes from the store the config names, each with "
+        "compare-and-swap on the version read (a Node rewritten meanwhile is kept). Only "
+        "Nodes that k3net manages (label k3.network/managed=true) unless --force.",
+    )
+    delete.add_argument("kind", choices=("node", "nodes"), metavar="node",
+                        help="what to delete: node")
+    delete.add_argument("names", nargs="+", metavar="NAME", help="the Nodes to delete")
+    delete.add_argument("--force", action="store_true",
+                        help="also delete Nodes that k3net does not manage (the k3 "
+                        "controller's)")
+    add_flag(delete, "config", help="the k3 config naming the store (env $K3NET_CONFIG, "
+             "$CONFIG_PATH); required")
     return parser
 
 
@@ -284,34 +361,50 @@ def _run(args: argparse.Namespace) -> int:
 def _nodes(args: argparse.Namespace) -> int:
     from k3net.commands import nodes
 
-    config = None if args.server else _value(args, "config")
+    # --server, else --config, else $K3NET_SERVER, else the config of the environment, else
+    # this machine's agent (k3net.commands.agent_server).
+    config = None
+    if not args.server and (hasattr(args, "config") or not os.environ.get("K3NET_SERVER")):
+        config = _value(args, "config")
     source: nodes.Source
     if config:
         from k3net.config import load_storage
 
-        source = nodes.StoreSource.from_config(load_storage(config))
+        source = nodes.StoreSource.from_config(load_storage(config), retry=args.retry)
     else:
-        source = nodes.AgentSource(args.server or DEFAULT_SERVER)
-    query = nodes.Query(tuple(args.names), args.selector or ())
-    return nodes.main(source, query, args.output, args.watch)
+        source = nodes.AgentSource(agent_server(args.server, os.environ), retry=args.retry)
+    query = nodes.Query(tuple(args.names), args.selector or (), args.sort_by)
+    return nodes.main(source, query, args.output, args.watch, args.headers)
 
 
 def _peers(args: argparse.Namespace) -> int:
     from k3net.commands import peers
 
-    if args.server:
-        return peers.main_agent(args.server, args.output)
+    if args.server is not None:
+        server = agent_server(args.server, os.environ)
+        return peers.main_agent(server, args.output, headers=args.headers, sort=args.sort_by)
     return peers.main(
         service=_value(args, "service"), domain=_value(args, "domain"),
         interfaces=_value(args, "interface"), timeout=args.timeout,
         probe_timeout=_value(args, "probe-timeout"), output=args.output,
+        headers=args.headers, sort=args.sort_by,
     )
 
 
 def _watch(args: argparse.Namespace) -> int:
     from k3net.commands import watch
 
-    return watch.main(args.url, args.output)
+    return watch.main(agent_server(args.url, os.environ), args.output, args.retry)
+
+
+def _delete(args: argparse.Namespace) -> int:
+    config = _value(args, "config")
+    if not config:
+        raise ConfigError("delete works on the store: give --config PATH (or set $K3NET_CONFIG)")
+    from k3net.commands import delete
+    from k3net.config import load_storage
+
+    return delete.main(load_storage(config), args.names, args.force)
 
 
 def _prune(args: argparse.Namespace) -> int:
@@ -334,6 +427,7 @@ def _keygen(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run, "nodes": _nodes, "peers": _peers, "watch": _watch, "prune": _prune,
     "keygen": _keygen,
+    "delete": _delete,
 }
 
 

@@ -4,15 +4,31 @@ agents in one process (tests) do not mix their numbers.
 Besides k3net's own series: `process_*` (CPU, memory, open files, start time) and `python_info`,
 as every Prometheus client exports them, and `k3net_build_info{version, commit}` = 1 for
 dashboards that show which build runs where. Counters and histograms do not export `*_created`
-series (they double the series count and nothing reads them here)."""
+series (they double the series count and nothing reads them here).
+
+Per Node, as kube-state-metrics exports Nodes (`kube_node_status_condition`), from the stored
+Nodes this agent's table follows, read at scrape time (`NodeCollector`):
+
+    k3net_node_status_condition{node, condition="Ready", status="true|false|unknown"}  0 or 1
+    k3net_node_status_reason{node, condition="Ready", reason}  1 (the Ready condition's reason)
+    k3net_node_last_seen_timestamp_seconds{node}  the k3.network/lastSeen annotation (Unix time)
+    k3net_node_managed{node}  1 if k3net manages the Node, 0 if another writer does
+
+`k3net_peers{state}` counts the other machines' Nodes only (this agent's own Node is left out).
+With thousands of Nodes the text takes a while to write (about 0.1 s per thousand Nodes on a
+busy machine): `Metrics.exposition` writes it in a worker thread, from a list of the Nodes taken
+on the trio thread, so that a scrape never holds up the agent's event loop.
+Every agent exports the same Nodes from the same store: aggregate with max/min by node, or
+scrape one agent per store. `contrib/prometheus/alerts.yaml` alerts on these."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import prometheus_client
+import trio
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -21,9 +37,14 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from k3net import version
+from k3net.convert import parse_time
+from k3net.model import ANN_LAST_SEEN, Node
 
 prometheus_client.disable_created_metrics()
 
@@ -34,19 +55,77 @@ _JOIN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 if TYPE_CHECKING:
     from k3net.health import StoreHealth
 
+# The Ready condition's status as kube-state-metrics labels it.
+_STATUSES = {"True": "true", "False": "false", "Unknown": "unknown"}
+# k3net_peers' states, by the Ready status of the peer's Node.
+_PEER_STATES = {"True": "ready", "False": "not_ready", "Unknown": "unknown"}
+
+
+# The Nodes of the scrape under way, taken on the trio thread (`Metrics.exposition`); the worker
+# thread that writes the text sees them through its copy of the context.
+_SCRAPED_NODES: ContextVar[list[Node] | None] = ContextVar("scraped_nodes", default=None)
+
+
+class NodeCollector(Collector):
+    """The per-Node series and `k3net_peers`, computed at scrape time from `nodes()` (the
+    stored Nodes the agent's table follows): no work per event, nothing kept between scrapes.
+    `me` is this agent's node name: its own Node is a Node, not a peer."""
+
+    def __init__(self, nodes: Callable[[], Iterable[Node]], me: str) -> None:
+        self.nodes = nodes
+        self.me = me
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        scraped = _SCRAPED_NODES.get()
+        nodes = scraped if scraped is not None else self.nodes()
+        condition = GaugeMetricFamily(
+            "k3net_node_status_condition",
+            "The condition of a Node: 1 for its status, 0 for the others (as"
+            " kube_node_status_condition).", labels=["node", "condition", "status"])
+        reason = GaugeMetricFamily(
+            "k3net_node_status_reason", "The reason of a Node's condition (1).",
+            labels=["node", "condition", "reason"])
+        last_seen = GaugeMetricFamily(
+            "k3net_node_last_seen_timestamp_seconds",
+            "When some agent last reached the Node (its k3.network/lastSeen annotation), Unix"
+            " time.", labels=["node"])
+        managed = GaugeMetricFamily(
+            "k3net_node_managed", "1 if k3net manages the Node (label k3.network/managed=true),"
+            " 0 if another writer (the k3 controller) does.", labels=["node"])
+        peers = {state: 0 for state in _PEER_STATES.values()}
+        for node in nodes:
+            cond = node.condition()
+            status = node.ready_status
+            for value, label in _STATUSES.items():
+                condition.add_metric([node.name, "Ready", label], float(status == value))
+            if cond is not None and cond.reason:
+                reason.add_metric([node.name, "Ready", cond.reason], 1.0)
+            seen = node.metadata.annotations.get(ANN_LAST_SEEN)
+            if seen:
+                try:
+                    last_seen.add_metric([node.name], parse_time(seen).timestamp())
+                except ValueError:
+                    pass  # someone else's annotation: nothing to say
+            managed.add_metric([node.name], float(node.managed))
+            if node.name != self.me:
+                peers[_PEER_STATES.get(status, "unknown")] += 1
+        peer_family = GaugeMetricFamily(
+            "k3net_peers", "Other machines' Nodes this agent knows (its own left out), by the"
+            " Ready status of their stored Node.", labels=["state"])
+        for state, count in peers.items():
+            peer_family.add_metric([state], float(count))
+        yield from (peer_family, condition, reason, last_seen, managed)
+
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._nodes: Callable[[], Iterable[Node]] = tuple  # set by watch_table
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         Info("k3net_build", "The k3net build this agent runs (commit: unknown if not known).",
              registry=r).info({"version": version.version(), "commit": version.commit() or "unknown"})
-        self.peers = Gauge(
-            "k3net_peers", "Peers this agent knows, by state of their stored Node.",
-            ["state"], registry=r,
-        )
         self.probes = Counter(
             "k3net_probes", "Probes of peers, by result (confirmed, wrong-node, unauthenticated, refused,"
             " timeout, unverified).", ["result"], registry=r,
@@ -125,11 +204,27 @@ class Metrics:
         self.scan_seconds = Gauge(
             "k3net_scan_seconds", "How long the last --scan of every range took.", registry=r,
         )
+        self.name_conflict = Gauge(
+            "k3net_name_conflict",
+            "1 while another agent or writer claims this agent's node name and this agent"
+            " stands down from writing its Node (design: trust). No conflict is detected yet:"
+            " 0 until then, so that alerts can be written against it now.", registry=r,
+        )
 
-    def watch_table(self, counts: Mapping[str, int]) -> None:
-        """Read the peer gauge from the table's counts at scrape time: no work per event."""
-        for state in ("ready", "not_ready", "unknown"):
-            self.peers.labels(state=state).set_function(functools.partial(counts.__getitem__, state))
+    def watch_table(self, nodes: Callable[[], Iterable[Node]], me: str) -> None:
+        """Export `k3net_peers` and the per-Node series from the table's stored Nodes, read at
+        scrape time (`NodeCollector`). Call once."""
+        self._nodes = nodes
+        self.registry.register(NodeCollector(nodes, me))
+
+    async def exposition(self) -> bytes:
+        """The text of /metrics. Call on the trio thread: the table's Nodes are listed here,
+        the text is written in a worker thread (module docstring)."""
+        token = _SCRAPED_NODES.set(list(self._nodes()))
+        try:
+            return await trio.to_thread.run_sync(generate_latest, self.registry)
+        finally:
+            _SCRAPED_NODES.reset(token)
 
     def watch_health(self, health: StoreHealth) -> None:
         """k3net_store_up is the one store-health signal, read at scrape time."""

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from k3net import cli
 from k3net.config import ConfigError
 from k3net.core.discovery import JoinAddress
 from k3net.settings import Settings
+from tests.helpers.commands import exit_code
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,15 +29,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def settings(*argv: str) -> Settings:
     return cli.settings_from_args(cli.parse_args(["run", *argv]))
-
-
-def exit_code(argv: Sequence[str]) -> int:
-    """cli.main's exit status, whether it returns it or raises SystemExit (argparse).
-    Only called with arguments that must fail before the agent starts."""
-    try:
-        return cli.main(list(argv))
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 def one_line(text: str) -> str:

@@ -337,8 +337,9 @@ async def test_peers_endpoint_and_command(nursery: trio.Nursery) -> None:
     status, body = await trio.to_thread.run_sync(get)
     assert status == 200
     assert json.loads(body)["peers"][1] == {
-        "name": "node-c", "addresses": ["10.79.2.2", "fd00::2"], "port": 7946,
-        "state": "refused", "foundBy": "store", "confirmed": True}
+        "name": "node-c", "addresses": ["10.79.2.2", "fd00::2"], "port": 7946, "pid": None,
+        "state": "refused", "foundBy": "store", "confirmed": True, "held": None,
+        "lastProbe": None}
     peers = peers_from_answer("http://x", status, body)
     assert [p.found_by for p in peers] == ["mdns", "store", "join"]
     lines = format_followed(peers).splitlines()

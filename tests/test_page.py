@@ -212,7 +212,7 @@ async def test_page_table_sort_filter_and_in_place_updates(web: Web, local_brows
     await open_page(b, web)
     page = await page_until(b, lambda p: len(p["rows"]) == 3 and p["conn"] == "live", "3 rows")
     assert page["order"] == ["k3-ctl", "node-2", "node-10"]  # names sort as a person would
-    assert page["rows"]["node-2"]["word"] == "Not ready"
+    assert page["rows"]["node-2"]["word"] == "NotReady"
     assert page["rows"]["node-2"]["reason"].startswith("PeerLeft")
     assert page["rows"]["node-10"]["word"] == "Ready"
     assert page["rows"]["k3-ctl"]["managed"] == "no" and page["rows"]["k3-ctl"]["port"] == "–"
@@ -452,7 +452,7 @@ def test_page_on_a_lan_follows_the_cluster(agents: Any) -> None:  # noqa: PLR091
                 time.sleep(0.01)
             assert at_store is not None and at_page is not None, (at_store, at_page)
             page = br.page()
-            assert page["rows"]["node-c"]["word"] == "Not ready"
+            assert page["rows"]["node-c"]["word"] == "NotReady"
             assert page["rows"]["node-c"]["reason"].startswith("PeerLeft")
             wait_for(lambda: br.page()["timeline"].get("node-c", [""])[-1] == "leave", 5,
                      what="node-c's leave on the timeline")

@@ -540,6 +540,7 @@ async def test_a_hold_that_closes_during_a_probe_is_followed_by_a_probe_of_its_o
         with trio.fail_after(5):
             assert (await out.receive()).outcome == "confirmed"
             await _held(metrics, 1)
+        assert prober.held() == {"node-h": LOOPBACK}  # what /peers shows as HELD
         slow.set()
         await asks.send(ProbeNow(peer))
         with trio.fail_after(5):
@@ -549,6 +550,7 @@ async def test_a_hold_that_closes_during_a_probe_is_followed_by_a_probe_of_its_o
         crashed.set()
         with trio.fail_after(5):
             await _held(metrics, 0)
+        assert prober.held() == {}
         hold_closed.set()
         outcomes = []
         with trio.move_on_after(3):

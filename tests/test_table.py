@@ -81,6 +81,15 @@ def table(register_self: bool = True, me: SelfInfo = ME) -> PeerTable:
     return t
 
 
+def counts(t: PeerTable) -> dict[str, int]:
+    """The stored Nodes the table follows, by Ready state."""
+    states = {"True": "ready", "False": "not_ready"}
+    out = {"ready": 0, "not_ready": 0, "unknown": 0}
+    for node in t.nodes():
+        out[states.get(node.ready_status, "unknown")] += 1
+    return out
+
+
 def store_node(node: Node) -> Stored:
     node = node_from_dict(node_to_dict(node))
     version = str(next(_versions))
@@ -311,7 +320,7 @@ def test_expired_node_written_unknown_is_not_expired_again() -> None:
     expiry = only_write(t.handle(Tick(), 90.0))
     t.handle(commit(expiry, wall=90.0), 90.1)
     assert t.handle(Tick(), 200.0) == []
-    assert t.counts == {"ready": 0, "not_ready": 0, "unknown": 1}
+    assert counts(t) == {"ready": 0, "not_ready": 0, "unknown": 1}
 
 
 def test_expiry_again_after_the_peer_came_back_and_went_silent() -> None:
@@ -600,9 +609,9 @@ def test_snapshot_replaces_the_view() -> None:
     t = table()
     put_a = joined(t, PEER)
     joined(t, OTHER)
-    assert t.counts["ready"] == 2
+    assert counts(t)["ready"] == 2
     t.handle(Snapshot((put_a.stored,)), 10.0)  # peer-b's Node was deleted meanwhile
-    assert t.counts == {"ready": 1, "not_ready": 0, "unknown": 0}
+    assert counts(t) == {"ready": 1, "not_ready": 0, "unknown": 0}
     # not expired: it is not in the store
     assert [as_write(w).intent.name for w in t.handle(Tick(), 1000.0)] == ["peer-a"]
     # re-created if it answers
@@ -793,11 +802,11 @@ def test_an_unauthenticated_peer_is_rejected_once_and_never_written() -> None:
 def test_peer_counts_follow_the_store() -> None:
     t = table()
     put = joined(t)
-    assert t.counts == {"ready": 1, "not_ready": 0, "unknown": 0}
+    assert counts(t) == {"ready": 1, "not_ready": 0, "unknown": 0}
     t.handle(with_status(put, "False", "PeerLeft"), 1.0)
-    assert t.counts == {"ready": 0, "not_ready": 1, "unknown": 0}
+    assert counts(t) == {"ready": 0, "not_ready": 1, "unknown": 0}
     t.handle(Deleted("peer-a"), 2.0)
-    assert t.counts == {"ready": 0, "not_ready": 0, "unknown": 0}
+    assert counts(t) == {"ready": 0, "not_ready": 0, "unknown": 0}
 
 
 def test_own_addresses_changed_rewrite_own_node_at_once() -> None:
@@ -882,12 +891,12 @@ def test_a_move_to_another_store_writes_what_the_table_knows_there() -> None:
     assert [(w.intent.name, type(w.intent), w.base) for w in moved] == [
         ("me", Alive, None), ("peer-a", Alive, None)]
     assert all(isinstance(w.intent, Alive) and w.intent.refresh for w in moved)
-    assert t.counts == {"ready": 0, "not_ready": 0, "unknown": 0}
+    assert counts(t) == {"ready": 0, "not_ready": 0, "unknown": 0}
     # Nothing expires before the new store's first Snapshot, however long it takes.
     assert writes(t.handle(Tick(), 2.0 + 10 * TTL)) == []
     put = commit(moved[1], wall=3.0)
     t.handle(Snapshot((put.stored,)), 2.0 + 10 * TTL)
-    assert t.counts["ready"] == 1
+    assert counts(t)["ready"] == 1
 
 
 
@@ -1133,3 +1142,14 @@ def test_walk_the_transition_table() -> None:
     for (state, event), transition in TRANSITIONS.items():
         targets = {"forgotten" if s is None else s.label for s in transition.to}
         assert reached.get((state.label, event)) == targets, (state.label, event)
+
+
+def test_the_table_keeps_pid_and_last_probe() -> None:
+    t = table()
+    t.handle(PEER, 0.0)
+    [before] = t.peers()
+    assert (before.pid, before.last_probe) == (4242, None)
+    refused = ProbeResult(PEER.name, "refused", 0.001, error="connection refused", started=1.0)
+    t.handle(refused, 1.0)
+    [after] = t.peers()
+    assert after.last_probe == refused

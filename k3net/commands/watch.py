@@ -1,15 +1,26 @@
 """`k3net watch`: follow an agent's /events websocket and print each message.
 
-    k3net watch [URL] [-o table|wide|json|yaml]
+    k3net watch [URL] [--retry] [-o table|wide|name|json|yaml]
 
-A dropped connection is retried with the one backoff of k3net (`k3net.backoff`), resuming with
+URL: the agent's address (`http://host:port`, `host:port` or `ws://host:port/events`); default
+the agent of this machine, found as `k3net nodes` finds it (`k3net.commands.agent_server`).
+
+No agent answering at first is one line and exit 1, within a second (`ANSWER_TIMEOUT`);
+`--retry` waits for one instead (an agent being started), without limit. Once connected, a
+dropped connection is retried with the one backoff of k3net (`k3net.backoff`), at most
+`MAX_RECONNECTS` times in a row (without limit with `--retry`), resuming with
 `?since=<last seq>&epoch=<run>`, so nothing the agent still remembers is lost; an agent that
 restarted sends a fresh snapshot. `follow` is also what `k3net nodes -w` uses against an agent.
+
+The Ready column says Ready, NotReady or Unknown, as `k3net nodes` does; `-o json` and `-o yaml`
+print the messages as the agent sent them (`ready`: "True", "False", "Unknown").
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import random
 import sys
 from collections.abc import Awaitable, Callable
@@ -25,7 +36,7 @@ from trio_websocket import (
 )
 
 from k3net.backoff import Backoff
-from k3net.commands import CommandError, dump_item
+from k3net.commands import ANSWER_TIMEOUT, CommandError, dump_item, ready_word
 from k3net.convert import parse_time
 
 # A snapshot of many Nodes is one websocket message; trio-websocket's default limit is 1 MiB.
@@ -35,6 +46,9 @@ MAX_MESSAGE = 64 * 1024 * 1024
 WATCH_BACKOFF = Backoff(base=0.5, cap=10.0)
 # This many failed connections in a row and `k3net watch` gives up (about a minute at the cap).
 MAX_RECONNECTS = 10
+# The columns of a line: kind, node and ready are as wide as their longest usual value, so lines
+# stay aligned (a longer node name pushes only its own line).
+KIND_WIDTH, NODE_WIDTH, READY_WIDTH, REASON_WIDTH = 9, 16, 8, 13
 
 
 def events_url(url: str, since: int | None = None, epoch: str | None = None) -> str:
@@ -67,9 +81,10 @@ def format_event(message: dict[str, Any], output: str = "table") -> list[str]:
 
 
 def _event_line(head: str, kind: str, entry: dict[str, Any], wide: bool) -> str:
+    ready = entry.get("ready")
     cells = [
         entry.get("node") or "?",
-        entry.get("ready") or "-",
+        ready_word(ready) if ready else "-",
         entry.get("reason") or "-",
         ",".join(entry.get("addresses") or []) or "-",
     ]
@@ -77,13 +92,18 @@ def _event_line(head: str, kind: str, entry: dict[str, Any], wide: bool) -> str:
         cells += [str(entry.get("port") or "-"), entry.get("lastSeen") or "-"]
     if (kind == "rejected" or wide) and entry.get("message"):
         cells.append(entry["message"])
-    return f"{head} {kind:<9} {cells[0]:<16} {cells[1]:<7} {cells[2]:<13} " + " ".join(cells[3:])
+    return (f"{head} {kind:<{KIND_WIDTH}} {cells[0]:<{NODE_WIDTH}} {cells[1]:<{READY_WIDTH}} "
+            f"{cells[2]:<{REASON_WIDTH}} " + " ".join(cells[3:]))
 
 
 def render(message: dict[str, Any], output: str) -> str:
     """What `k3net watch -o OUTPUT` prints for one message."""
     if output in ("json", "yaml"):
         return dump_item(message, output)
+    if output == "name":
+        if message.get("type") == "snapshot":
+            return "".join(f"node/{n.get('node')}\n" for n in message.get("nodes") or [])
+        return f"node/{message.get('node')}\n" if message.get("node") else ""
     return "".join(line + "\n" for line in format_event(message, output))
 
 
@@ -94,43 +114,70 @@ async def follow(
     max_reconnects: int = MAX_RECONNECTS,
     backoff: Backoff = WATCH_BACKOFF,
     rng: random.Random | None = None,
+    retry: bool = False,
+    prog: str = "k3net watch",
 ) -> None:
-    """Call `on_message` with every /events message until cancelled. A lost connection is
-    retried, resuming after the last seq; CommandError after `max_reconnects` failures in a row
-    (a successful connection resets the count) or when the agent refuses the request."""
+    """Call `on_message` with every /events message until cancelled (module docstring).
+    CommandError at once if no agent answers the first connection (unless `retry`), after
+    `max_reconnects` failures in a row once connected (a successful connection resets the
+    count; no limit with `retry`), or when the agent refuses the request. Messages about
+    reconnecting on stderr start with `prog`."""
     rng = rng or random.Random()
     last_seq: int | None = None
     epoch: str | None = None
     failures = 0
+    connected = False
     while True:
         target = events_url(url, last_seq, epoch)
-        try:
-            async with open_websocket_url(target, max_message_size=MAX_MESSAGE) as ws:
-                failures = 0
-                while True:
-                    raw = await ws.get_message()
-                    message = json.loads(raw)
-                    await on_message(message)
-                    last_seq = message.get("seq", last_seq)
-                    epoch = message.get("epoch", epoch)
-        except ConnectionClosed as exc:
-            code = exc.reason.code if exc.reason else None
-            reason = exc.reason.reason if exc.reason else None
-            if code == 1008:
-                raise CommandError(f"{target}: refused: {reason}") from None
-            why = f"closed ({code} {reason})" if reason else f"closed ({code})"
-        except ConnectionRejected as exc:
-            if 400 <= exc.status_code < 500:
-                raise CommandError(f"{target}: refused: HTTP {exc.status_code}") from None
-            why = f"refused: HTTP {exc.status_code}"
-        except (OSError, HandshakeError) as exc:
-            why = str(exc.__cause__ or exc) or type(exc).__name__
+        why = f"no answer within {ANSWER_TIMEOUT:g}s"
+        # The handshake's own deadline: trio-websocket's connect_timeout leaves its reader task
+        # waiting on a port that accepted the connection and says nothing.
+        with trio.move_on_after(ANSWER_TIMEOUT) as handshake:
+            try:
+                async with open_websocket_url(target, max_message_size=MAX_MESSAGE) as ws:
+                    handshake.deadline = math.inf  # connected: no deadline on the stream
+                    failures, connected = 0, True
+                    while True:
+                        raw = await ws.get_message()
+                        message = json.loads(raw)
+                        await on_message(message)
+                        last_seq = message.get("seq", last_seq)
+                        epoch = message.get("epoch", epoch)
+            except ConnectionClosed as exc:
+                code = exc.reason.code if exc.reason else None
+                reason = exc.reason.reason if exc.reason else None
+                if code == 1008:
+                    raise CommandError(f"{target}: refused: {reason}") from None
+                why = f"closed ({code} {reason})" if reason else f"closed ({code})"
+            except ConnectionRejected as exc:
+                if 400 <= exc.status_code < 500:
+                    raise CommandError(f"{target}: refused: HTTP {exc.status_code}") from None
+                why = f"refused: HTTP {exc.status_code}"
+            except (OSError, HandshakeError) as exc:
+                why = _os_reason(exc)
+        if not connected and not retry:
+            raise CommandError(f"no k3net agent answers at {events_url(url)} ({why}): start "
+                               "one with `k3net run`, or wait for one with --retry")
         failures += 1
-        if failures > max_reconnects:
+        if failures > max_reconnects and not retry:
             raise CommandError(f"{url}: giving up after {max_reconnects} reconnects: {why}")
         delay = backoff.delay(failures - 1, rng)
-        print(f"k3net watch: {why}; reconnecting in {delay:.1f}s", file=sys.stderr)
+        print(f"{prog}: {why}; reconnecting in {delay:.1f}s", file=sys.stderr)
         await trio.sleep(delay)
+
+
+def _os_reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words: the system's reason ("connection refused") of
+    the first address tried, found through trio's and trio-websocket's wrappers."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror.lower()
+        if isinstance(seen, BaseExceptionGroup):
+            seen = seen.exceptions[0]
+        else:
+            seen = seen.__cause__
+    return str(exc.__cause__ or exc) or type(exc).__name__
 
 
 async def watch(
@@ -140,6 +187,7 @@ async def watch(
     *,
     max_reconnects: int = MAX_RECONNECTS,
     backoff: Backoff = WATCH_BACKOFF,
+    retry: bool = False,
 ) -> None:
     """Print /events messages until cancelled (see `follow`)."""
 
@@ -147,10 +195,10 @@ async def watch(
         out.write(render(message, output))
         out.flush()
 
-    await follow(url, show, max_reconnects=max_reconnects, backoff=backoff)
+    await follow(url, show, max_reconnects=max_reconnects, backoff=backoff, retry=retry)
 
 
-def main(url: str, output: str) -> int:
+def main(url: str, output: str, retry: bool = False) -> int:
     """`k3net watch`: runs until interrupted; CommandError if it gives up."""
-    trio.run(watch, url, output)
+    trio.run(functools.partial(watch, url, output, retry=retry))
     return 0

@@ -235,6 +235,8 @@ class PeerView:
     state: str  # the `label` of its state: new, alive, suspect, refused, leaving, unauthenticated
     found_by: str  # the most direct way it was found (FOUND_BY)
     confirmed: bool  # an agent proved to be this peer at least once
+    pid: int | None = None  # as its identity answer gave it
+    last_probe: ProbeResult | None = None  # the last probe's result, None before the first
 
 
 # --- a peer's state ---------------------------------------------------------------------------
@@ -322,6 +324,7 @@ class _Peer:
     # The two facts that outlive every state (module docstring):
     confirmed: bool = False  # an agent proved to be this peer at least once
     contradicted: bool = False  # Ready again by others while REFUSED: write no refusal of ours
+    last_probe: ProbeResult | None = None  # the last probe's result (for /peers)
 
     @property
     def target(self) -> ProbeTarget:
@@ -350,14 +353,6 @@ class _View:
 
 def _internal_ips(node: Node) -> tuple[str, ...]:
     return tuple(a.address for a in node.status.addresses if a.type == "InternalIP")
-
-
-# The label of the peer gauge (`counts`, read by the metrics) for each Readiness.
-_COUNTED = {Readiness.TRUE: "ready", Readiness.FALSE: "not_ready", Readiness.UNKNOWN: "unknown"}
-
-
-def _counted(node: Node) -> str:
-    return _COUNTED[readiness(node)]
 
 
 def _probe_event(outcome: ProbeOutcome, *, unverified_counts: bool) -> PeerEvent:
@@ -398,8 +393,6 @@ class PeerTable:
         self._ticked_at: float | None = None  # the last Tick (`_paused`)
         self._peers: dict[str, _Peer] = {}
         self._views: dict[str, _View] = {}
-        # Stored Nodes by Ready state, kept as views change (read by the metrics at scrape time).
-        self.counts: dict[str, int] = dict.fromkeys(_COUNTED.values(), 0)
 
     def handle(self, msg: Message, now: float) -> list[Action]:
         match msg:
@@ -563,6 +556,7 @@ class PeerTable:
         peer = self._peers.get(result.name)
         if peer is None:
             return []  # forgotten while the probe ran
+        peer.last_probe = result
         # A foreign advertiser that never proved anything counts as answering, as before keys.
         unverified_counts = not (peer.confirmed or self.keyed)
         if result.outcome == "confirmed":
@@ -582,9 +576,7 @@ class PeerTable:
         if isinstance(event, Put):
             return self._observe(event.stored, now)
         if isinstance(event, Deleted):
-            view = self._views.pop(event.name, None)
-            if view is not None:
-                self.counts[_counted(view.stored.node)] -= 1
+            self._views.pop(event.name, None)
         return []
 
     def _store_changed(self, now: float) -> list[Action]:
@@ -594,8 +586,6 @@ class PeerTable:
         written Ready (created, or refreshed where the new store has them already), so no Node
         there goes through not-Ready or missing while the new watch starts."""
         self._views.clear()
-        for state in self.counts:
-            self.counts[state] = 0
         self.store_live, self._lost_at = False, now
         actions = self._heartbeat(now)
         for peer in self._peers.values():
@@ -606,7 +596,7 @@ class PeerTable:
     def _snapshot(self, event: Snapshot, now: float) -> list[Action]:
         fresh = {s.name for s in event.items}
         for name in [name for name in self._views if name not in fresh]:
-            self.counts[_counted(self._views.pop(name).stored.node)] -= 1
+            del self._views[name]
         if not self.store_live:
             lost = now - self._lost_at if self._lost_at is not None else 0.0
             for view in self._views.values():
@@ -622,9 +612,6 @@ class PeerTable:
         ready = readiness(stored.node) is Readiness.TRUE
         view = self._views.get(stored.name)
         was_ready = view is not None and view.ready
-        if view is not None:
-            self.counts[_counted(view.stored.node)] -= 1
-        self.counts[_counted(stored.node)] += 1
         if view is None or view.last_seen != seen:
             self._views[stored.name] = _View(stored, seen, changed_at=now)
         else:
@@ -772,9 +759,14 @@ class PeerTable:
     def peers(self) -> list[PeerView]:
         """Every peer this agent follows, by name."""
         return [
-            PeerView(p.name, p.addresses, p.port, p.state.label, p.found_by, p.confirmed)
+            PeerView(p.name, p.addresses, p.port, p.state.label, p.found_by, p.confirmed,
+                     p.pid, p.last_probe)
             for p in sorted(self._peers.values(), key=lambda p: p.name)
         ]
+
+    def nodes(self) -> list[Node]:
+        """The stored Nodes as this agent last read them (read by the metrics at scrape time)."""
+        return [view.stored.node for view in self._views.values()]
 
     def self_up(self) -> bool:
         view = self._views.get(self.me.name)

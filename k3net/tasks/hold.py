@@ -154,6 +154,10 @@ class Holds:
             hold.scope.cancel()
         self._no_hold = {t for t in self._no_hold if t.name != name}
 
+    def held(self) -> dict[str, str]:
+        """The peers whose /hold is held open now, by name: the address held (for /peers)."""
+        return {name: hold.address for name, hold in self._held.items() if hold.open}
+
     def _opened(self, hold: Hold) -> None:
         hold.open = True
         self._open += 1
@@ -169,6 +173,7 @@ class Holds:
                                         lambda: self._opened(hold))
         finally:
             if hold.open:
+                hold.open = False
                 self._open -= 1
                 self.metrics.held.set(self._open)
         if self._held.get(target.name) is hold:

@@ -204,6 +204,10 @@ class Prober:
         self._inflight: Counter[str] = Counter()  # probes under way, by peer
         self._holds: Holds | None = None  # the peers' held connections, while running
 
+    def held(self) -> dict[str, str]:
+        """The peers whose /hold is held open now, by name: the address held (for /peers)."""
+        return self._holds.held() if self._holds is not None else {}
+
     async def run(
         self,
         inbox: trio.MemoryReceiveChannel[ProbeNow | Forget],

@@ -8,7 +8,7 @@
 | `GET /readyz` | `200 ok` when the checks `store`, `mdns`, `http` pass, else 503 naming the failed ones; `?verbose`, `?exclude=`, `/readyz/<check>` (and `/livez/<check>`) |
 | `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, commit, store, subscribers, epoch |
 | `GET /hold` | `200` and then nothing while the agent runs: peers hold it open, and see its end at once when this process dies (`k3net.tasks.hold`); 503 past `MAX_HOLDS` |
-| `GET /peers` | the peers this agent follows: name, addresses, port, state, foundBy (mdns, join, scan, store), confirmed |
+| `GET /peers` | the peers this agent follows: name, addresses, port, pid, state, foundBy (mdns, join, scan, store), confirmed, held (the address of the connection held to its /hold, or null), lastProbe {outcome, latencySeconds, address, error} (null before the first) |
 | `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
 | `GET /metrics` | Prometheus text format |
 | `GET /events/snapshot` | the event hub's current view: the snapshot message /events starts with |
@@ -33,11 +33,12 @@ from urllib.parse import parse_qs
 
 import attrs
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from k3net import version
 from k3net.convert import format_time, node_list
 from k3net.core import identity
+from k3net.core.messages import ProbeResult
 from k3net.core.table import PeerView
 from k3net.current import Current
 from k3net.durations import format_duration
@@ -76,6 +77,8 @@ def _no_peers() -> list[PeerView]:
 
 def _no_addrs() -> Sequence[str]:
     return ()
+def _none_held() -> dict[str, str]:
+    return {}
 
 
 @attrs.define
@@ -99,6 +102,8 @@ class AppState:
     mdns_up: Callable[[], bool] = _no_mdns
     # The peers the agent's table follows now (read on every /peers).
     peers: Callable[[], list[PeerView]] = _no_peers
+    # The peers whose /hold this agent holds open now: name -> address (read on every /peers).
+    held: Callable[[], dict[str, str]] = _none_held
 
 
 class QueryError(ValueError):
@@ -283,14 +288,16 @@ class App:
         return _json(200, node_list(s.node for s in stored))
 
     async def _peers(self) -> tuple[int, str, bytes]:
+        held = self.state.held()
         return _json(200, {"peers": [
-            {"name": p.name, "addresses": list(p.addresses), "port": p.port, "state": p.state,
-             "foundBy": p.found_by, "confirmed": p.confirmed}
+            {"name": p.name, "addresses": list(p.addresses), "port": p.port, "pid": p.pid,
+             "state": p.state, "foundBy": p.found_by, "confirmed": p.confirmed,
+             "held": held.get(p.name), "lastProbe": _probe_answer(p.last_probe)}
             for p in self.state.peers()
         ]})
 
     async def _metrics(self) -> tuple[int, str, bytes]:
-        return 200, CONTENT_TYPE_LATEST, generate_latest(self.state.metrics.registry)
+        return 200, CONTENT_TYPE_LATEST, await self.state.metrics.exposition()
 
     # --- /events ------------------------------------------------------------------------------
 
@@ -351,6 +358,13 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _probe_answer(result: ProbeResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {"outcome": result.outcome, "latencySeconds": round(result.latency, 6),
+            "address": result.address, "error": result.error}
 
 
 def _json(status: int, data: Any) -> tuple[int, str, bytes]:

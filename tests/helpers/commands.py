@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+from collections.abc import Sequence
 from typing import Any
 
 import trio
+
+from k3net import cli
 
 
 class Output(io.StringIO):
@@ -30,3 +34,19 @@ class Output(io.StringIO):
     async def messages(self, count: int) -> list[dict[str, Any]]:
         lines = await self.wait_for(lambda lines: len(lines) >= count)
         return [json.loads(line) for line in lines]
+
+
+def exit_code(argv: Sequence[str]) -> int:
+    """cli.main's exit status, whether it returns it or raises SystemExit (argparse).
+    Only called with arguments that must fail before the agent starts."""
+    try:
+        return cli.main(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (free when asked)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

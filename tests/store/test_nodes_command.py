@@ -5,12 +5,17 @@ from __future__ import annotations
 import io
 import json
 from contextlib import nullcontext
+from typing import Any
 
+import attrs
+import pytest
 import trio
 
+from k3net.commands import CommandError
 from k3net.commands.nodes import Query, StoreSource, follow, show
+from k3net.config import EtcdConfig, MySQLConfig, StorageConfig
 from k3net.store.base import Store
-from tests.helpers.commands import Output
+from tests.helpers.commands import Output, free_port
 from tests.helpers.nodes import make_node
 
 
@@ -49,3 +54,25 @@ async def test_nodes_watch_prints_each_committed_change(store: Store) -> None:
         nursery.cancel_scope.cancel()
     assert [(n["metadata"]["name"], n["status"]["conditions"][0]["reason"]) for n in got] == [
         ("n1", "PeerAlive"), ("n2", "PeerAlive"), ("n1", "PeerExpired"), ("n2", "PeerAlive")]
+
+
+async def test_nodes_watch_of_a_store_that_does_not_answer_says_so_at_once(
+    backend: EtcdConfig | MySQLConfig | None, aio_loop: Any,
+) -> None:
+    """`k3net nodes -w --config` with the store down: one line at once, unless --retry."""
+    if backend is None:
+        pytest.skip("the memory store always answers")
+    port = free_port()
+    down: EtcdConfig | MySQLConfig
+    if isinstance(backend, EtcdConfig):
+        down = attrs.evolve(backend, endpoints=(f"http://127.0.0.1:{port}",))
+        storage = StorageConfig(type="etcd", etcd=down)
+    else:
+        down = MySQLConfig(host="127.0.0.1", port=port, database="k3net")
+        storage = StorageConfig(type="mysql", mysql=down)
+    with trio.fail_after(5), pytest.raises(CommandError, match="store unavailable.*--retry"):
+        await follow(StoreSource.from_config(storage), Query(), "table", io.StringIO())
+    out = Output()
+    with trio.move_on_after(1.5) as waited:  # --retry: still waiting for the store
+        await follow(StoreSource.from_config(storage, retry=True), Query(), "table", out)
+    assert waited.cancelled_caught and out.getvalue() == ""

@@ -15,7 +15,7 @@
   const BACKOFF = [250, 500, 1000, 2000, 4000, 5000]; // ms before reconnect attempt n
   const TL_ROWS = 40; // timeline rows shown (most eventful nodes first)
   const TL_EVENTS = 300; // events kept per node
-  const READY_WORD = { True: "Ready", False: "Not ready", Unknown: "Unknown" };
+  const READY_WORD = { True: "Ready", False: "NotReady", Unknown: "Unknown" };
   const READY_RANK = { False: 0, Unknown: 1, True: 2 };
   const KIND_WORD = { join: "joined", leave: "left", expiry: "expired", return: "returned", removed: "removed" };
   const COLS = ["node", "ready", "reason", "addresses", "port", "lastSeen", "managed", "foundBy"];
