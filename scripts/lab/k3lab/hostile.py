@@ -75,7 +75,6 @@ from k3lab.nsclient import NetnsClient
 from k3lab.sim.common import (
     Reported,
     begin_run,
-    discoveries,
     k3net_revision,
     log,
     percentile,
@@ -92,6 +91,7 @@ FLOOD_PREFIX = "10.77.64.0/18"  # inside SUBNET, no host there: probes go nowher
 FOREIGN = ("10.77.0.201", "10.77.0.202")  # the stranger's "addresses of b"; nobody has them
 ODD_ADDRESS = "10.77.0.240"  # where the bad records say their machine is; nobody is
 PORT = 7946
+HISTORY = 5000  # store revisions read back at most per measure (Cluster.history)
 A, B, STRANGER, SPARE = 0, 1, 2, 3  # host indices
 FORGED_PID = "31337"
 NFT_TABLE = "k3net_hostile"
@@ -218,6 +218,26 @@ class Cluster:
     def node(self, name: str) -> tuple[dict[str, Any], int]:
         return self.nodes().get(name, ({}, 0))
 
+    def revision(self) -> int:
+        """The store's revision now (every write to etcd makes a new one)."""
+        data = self._gateway("/v3/kv/range", {"key": _b64(ETCD_PREFIX), "count_only": True})
+        return int(data["header"]["revision"])
+
+    def history(self, name: str, since: int, until: int) -> list[dict[str, Any]]:
+        """Every value Node `name` had at the revisions in (since, until], in order: each write
+        exactly, also one that the next write replaced a millisecond later (etcd keeps the old
+        revisions; the lab's etcd never compacts). At most HISTORY revisions are read."""
+        out = []
+        for rev in range(max(since + 1, until - HISTORY + 1), until + 1):
+            data = self._gateway("/v3/kv/range", {"key": _b64(ETCD_PREFIX + name),
+                                                  "revision": rev})
+            for kv in data.get("kvs", []):
+                if int(kv.get("mod_revision", 0)) == rev:
+                    with contextlib.suppress(ValueError):
+                        node = json.loads(base64.b64decode(kv.get("value", "")))
+                        out.append(node if isinstance(node, dict) else {})
+        return out
+
     def put(self, name: str, node: dict[str, Any]) -> None:
         self._gateway("/v3/kv/put", {"key": _b64(ETCD_PREFIX + name),
                                      "value": _b64(json.dumps(node))})
@@ -321,6 +341,16 @@ def bad_records() -> dict[str, dict[str, Any]]:
     return nodes
 
 
+def _changes(first: dict[str, Any], later: Sequence[dict[str, Any]]) -> int:
+    """How many of the values `later` (in order, after `first`) changed more than what a
+    heartbeat refreshes."""
+    changes, last = 0, material(first)
+    for node in later:
+        if material(node) != last:
+            changes, last = changes + 1, material(node)
+    return changes
+
+
 def log_entries(path: Path) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     try:
@@ -349,24 +379,27 @@ def last_error(agent: AgentProc) -> str:
     return lines[-1][-200:] if lines else ""
 
 
-def discovered_after(agent: AgentProc, name: str, started: float, timeout: float) -> float | None:
-    """Seconds from `started` until `agent` logged peer `name` Ready after its first sighting
-    (None if not within `timeout`)."""
+def found_over_mdns(agent: AgentProc, name: str, started: float,
+                    timeout: float) -> float | None:
+    """Seconds from `started` until `agent` follows peer `name` as found over mDNS (its
+    /peers says `foundBy: mdns`; from the store alone does not count: every agent writes its
+    own Node before it advertises). None if not within `timeout`."""
     deadline = started + timeout
     while time.monotonic() < deadline:
-        seen = discoveries(agent.log_path, wall_to_mono()).get(name)
-        if seen is not None:
-            return max(0.0, seen - started)
-        time.sleep(0.2)
+        with contextlib.suppress(OSError, AssertionError, ValueError):
+            peers = agent.get_json("/peers")["peers"]
+            if any(p.get("name") == name and p.get("foundBy") == "mdns" for p in peers):
+                return time.monotonic() - started
+        time.sleep(0.1)
     return None
 
 
 def newcomer(c: Cluster, name: str, timeout: float = 40) -> float | None:
-    """Start agent `name` on the spare host: seconds until agent a discovered it; stopped
-    again after."""
+    """Start agent `name` on the spare host: seconds until agent a found it over mDNS;
+    stopped again after."""
     agent = c.start(name, SPARE)
     try:
-        return discovered_after(c.agents["node-0"], name, agent.started_at, timeout)
+        return found_over_mdns(c.agents["node-0"], name, agent.started_at, timeout)
     finally:
         agent.close()
         with contextlib.suppress(Exception):
@@ -381,14 +414,18 @@ def baseline(c: Cluster) -> list[Row]:
     time on a clean LAN."""
     c.base()
     time.sleep(3)
-    v0 = c.node("node-1")[1]
+    node, v0 = c.node("node-1")
+    r0 = c.revision()
     time.sleep(10)
     rate = c.node("node-1")[1] - v0
+    changes = _changes(node, c.history("node-1", r0, c.revision()))
     clean = newcomer(c, "new-clean")
-    c.results["baseline"] = {"b_writes_per_10s": rate, "newcomer_discovery_clean_s": clean}
-    log(f"{c.kind}: baseline: b written {rate}x in 10 s; newcomer discovered in {clean}s")
+    c.results["baseline"] = {"b_writes_per_10s": rate, "b_changes_per_10s": changes,
+                             "newcomer_discovery_clean_s": clean}
+    log(f"{c.kind}: baseline: b written {rate}x in 10 s ({changes} changes besides lastSeen); "
+        f"newcomer discovered in {clean}s")
     return [Row(c.kind, "baseline", "Node b writes per 10 s, nobody attacking (lastSeen)",
-                rate, str(rate), None),
+                rate, str(rate), None, f"{changes} changes besides lastSeen"),
             Row(c.kind, "baseline", "newcomer discovered by a, clean LAN", clean, _s(clean),
                 None)]
 
@@ -399,20 +436,16 @@ def key_bypass(c: Cluster) -> list[Row]:
     rate = c.results["baseline"]["b_writes_per_10s"]
     spec = [{"instance": "stranger", "node": "node-1", "port": PORT, "pid": FORGED_PID,
              "addresses": [b, *FOREIGN]}]
-    facts: set[str] = set()
-    v0 = c.node("node-1")[1]
+    r0, v0 = c.revision(), c.node("node-1")[1]
     with c.announcing("key-bypass", spec):
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            facts.update(foreign_facts(c.node("node-1")[0], [b], FORGED_PID))
-            time.sleep(0.5)
+        time.sleep(10)
         v1 = c.node("node-1")[1]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        facts.update(foreign_facts(c.node("node-1")[0], [b], FORGED_PID))
-        time.sleep(0.5)
+    time.sleep(10)
     node, v2 = c.node("node-1")
     during, after = v1 - v0, v2 - v1
+    # Every value Node b had meanwhile, also one the next write undid at once.
+    facts = {f for old in c.history("node-1", r0, c.revision())
+             for f in foreign_facts(old, [b], FORGED_PID)}
     c.results["key_bypass"] = {"foreign_facts": sorted(facts), "writes_during_10s": during,
                                "writes_after_10s": after, "baseline_per_10s": rate,
                                "node_b_after": {"addresses": node_addresses(node),
@@ -650,17 +683,14 @@ def _twin(c: Cluster, blocked: bool, window: float) -> dict[str, Any]:
              f"add rule inet {NFT_TABLE} out udp dport 5353 drop\n")
     try:
         node, v0 = c.node("node-1")
-        last = material(node)
-        changes, pids = 0, {annotation(node, "k3.network/pid")}
+        r0 = c.revision()
         twin = c.start("node-1", SPARE)
         t0 = twin.started_at
-        while time.monotonic() < t0 + window:
-            node, _ = c.node("node-1")
-            if node and material(node) != last:
-                changes, last = changes + 1, material(node)
-                pids.add(annotation(node, "k3.network/pid"))
-            time.sleep(0.2)
-        v1 = c.node("node-1")[1]
+        time.sleep(max(0.0, t0 + window - time.monotonic()))
+        v1, r1 = c.node("node-1")[1], c.revision()
+        written = c.history("node-1", r0, r1)
+        changes = _changes(node, written)
+        pids = {annotation(n, "k3.network/pid") for n in [node, *written]}
         twin_code = twin.proc.poll()
         others = {b.log_path: spare.address, twin.log_path: b.address}
         named = [entry_time(e) - t0 for path, other in others.items()
