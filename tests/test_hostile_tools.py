@@ -126,6 +126,8 @@ def test_rows_judge_values_against_their_goals() -> None:
     assert missed.met is False and missed.cells()[-1] == "NOT met"
     unknown = Row("open", "floods", "discovered", None, "never", at_most(3.0))
     assert unknown.met is None and unknown.cells()[-1] == "-"
+    never = Row("open", "floods", "discovered", float("inf"), "never", at_most(3.0))
+    assert never.met is False and never.as_json()["value"] is None
     table = markdown_table([missed])
     assert "2 (a\\|b)" in table and table.count("\n") == 2
 

@@ -222,8 +222,9 @@ class Row:
                 "-" if self.goal is None else self.goal.text, met]
 
     def as_json(self) -> dict[str, Any]:
+        finite = self.value is not None and self.value != float("inf")
         return {"cluster": self.cluster, "attack": self.attack, "measure": self.measure,
-                "value": self.value, "shown": self.shown,
+                "value": self.value if finite else None, "shown": self.shown,
                 "goal": None if self.goal is None else self.goal.text, "met": self.met,
                 "note": self.note}
 
@@ -297,6 +298,54 @@ def healthz_latency(url: str, timeout: float = 5.0) -> float:
     except OSError:
         return timeout
     return time.monotonic() - t0
+
+
+class LatencyPoller:
+    """GET `url` every `interval` seconds from inside network namespace `namespace`, with up to
+    `workers` requests in flight (a slow answer does not slow the polling down); `values` are
+    the latencies (healthz_latency: a failure counts as `timeout`)."""
+
+    def __init__(self, namespace: str, url: str, interval: float = 0.1, workers: int = 8,
+                 timeout: float = 5.0, limit: int = 5000) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from k3lab.nsclient import _enter
+
+        self.url, self.interval, self.timeout, self.limit = url, interval, timeout, limit
+        self.workers = workers
+        self.values: list[float] = []
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(workers, initializer=_enter, initargs=(namespace,))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _one(self) -> None:
+        value = healthz_latency(self.url, self.timeout)
+        with self._lock:
+            self.values.append(value)
+            self._in_flight -= 1
+
+    def _run(self) -> None:
+        sent = 0
+        while not self._stop.is_set() and sent < self.limit:
+            with self._lock:
+                free = self._in_flight < self.workers
+                if free:
+                    self._in_flight += 1
+            if free:
+                self._pool.submit(self._one)
+                sent += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> LatencyPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._pool.shutdown(wait=True)  # each request ends within its timeout
 
 
 # --- clients run in the attacker's namespace (a NetnsClient thread) ----------------------------
