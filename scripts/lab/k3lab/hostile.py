@@ -624,7 +624,7 @@ def floods(c: Cluster) -> list[Row]:
     ]
 
 
-def _crash_seen(c: Cluster, hog: Callable[[], None] = lambda: None) -> float | None:
+def _crash_seen(c: Cluster, hog: Callable[[], object] = lambda: None) -> float | None:
     """a restarted at the default timings (a probe every 15 s: only its /hold on b sees a crash
     at once), `hog` run while a is down (so that the slot a held is not its again); SIGKILL b:
     seconds until the store shows b not Ready (None: not in 20 s)."""
