@@ -37,6 +37,7 @@ import argparse
 import base64
 import contextlib
 import datetime as dt
+import itertools
 import json
 import math
 import re
@@ -84,7 +85,7 @@ from k3lab.sim.common import (
     wall_to_mono,
     write_json,
 )
-from k3lab.sim.store_watch import ETCD_PREFIX, StoreWatcher, status_flips
+from k3lab.sim.store_watch import ETCD_PREFIX, StoreWatcher, ready_of
 from k3lab.sim.stores import ETCD_PORT, SimStore, store_address
 from k3net.config import parse_duration
 
@@ -475,21 +476,32 @@ def key_bypass(c: Cluster) -> list[Row]:
 
 
 def departures(c: Cluster) -> list[Row]:
-    c.base(fresh=True)
-    spec = [{"instance": "stranger-gone", "node": "node-1", "port": PORT, "pid": FORGED_PID,
-             "addresses": [c.hosts[STRANGER].address]}]  # nothing listens there: refused
-    t0 = time.monotonic()
-    with c.announcing("departures", spec):
-        time.sleep(5)
-    time.sleep(8)  # the goodbye was sent as the block ended
-    moves = c.watcher.transitions(t0, nodes={"node-1"})
-    flaps = status_flips(moves)
-    c.results["departures"] = {"transitions": [[round(m.t - t0, 2), m.old, m.new]
-                                               for m in moves]}
-    log(f"{c.kind}: departures: {len(flaps)} flaps of b")
-    shown = str(len(flaps)) + (f" ({', '.join(str(f.new) for f in flaps)})" if flaps else "")
-    return [Row(c.kind, "forged departure", "Ready flaps of live Node b (refused + goodbye)",
-                len(flaps), shown, at_most(0, "0"))]
+    rows = []
+    # As b's own instance (its goodbye is one for b's service), and as an instance of the
+    # stranger's own whose TXT says node-1.
+    for instance, label in (("node-1", "b's own instance"), ("stranger-gone", "own instance")):
+        c.base(fresh=True)
+        spec = [{"instance": instance, "node": "node-1", "port": PORT, "pid": FORGED_PID,
+                 "addresses": [c.hosts[STRANGER].address]}]  # nothing listens there: refused
+        t0, r0 = time.monotonic(), c.revision()
+        first = c.node("node-1")[0]
+        with c.announcing(f"departures-{instance}", spec):
+            time.sleep(5)
+        time.sleep(8)  # the goodbye was sent as the block ended
+        # Every Ready status Node b had meanwhile (each write, however short-lived).
+        statuses = [ready_of(n)[0] for n in [first, *c.history("node-1", r0, c.revision())]]
+        flaps = [new for old, new in itertools.pairwise(statuses)
+                 if old == "True" and new != "True"]
+        moves = c.watcher.transitions(t0, nodes={"node-1"})
+        c.results[f"departures ({label})"] = {
+            "statuses_written": statuses,
+            "watcher_transitions": [[round(m.t - t0, 2), m.old, m.new] for m in moves]}
+        log(f"{c.kind}: departures as {label}: {len(flaps)} flaps of b")
+        shown = str(len(flaps)) + (f" (to {', '.join(map(str, flaps))})" if flaps else "")
+        rows.append(Row(c.kind, "forged departure",
+                        f"flaps of live Node b: refused + goodbye, {label}", len(flaps), shown,
+                        at_most(0, "0")))
+    return rows
 
 
 def bad_records_attack(c: Cluster) -> list[Row]:
