@@ -881,23 +881,31 @@ def _raise_nofile(want: int = 65536) -> None:
 def markdown(results: dict[str, Any], rows: Sequence[Row]) -> str:
     met = sum(1 for r in rows if r.met)
     judged = sum(1 for r in rows if r.met is not None)
+    notes = [f"- {r.cluster}, {r.attack}, {r.measure}: {r.note}" for r in rows if r.note]
+    keyed = results["results"].get("keyed", {})
     return "\n".join([
         "# k3net against hostile and careless hosts (`nox -s hostile`)",
         "",
         f"k3net {results['k3net']}, {results['date']}, store etcd, clusters "
-        f"{', '.join(results['clusters'])}, short timings {results['timings']}; "
-        f"{met} of {judged} goals met; runtime {results.get('runtime_seconds', '-')}s.",
+        f"{', '.join(results['clusters'])}, agents at peer-ttl {results['timings']} unless "
+        f"a measure says otherwise; {met} of {judged} goals met; runtime "
+        f"{results.get('runtime_seconds', '-')}s.",
         "",
         "Each attack of issue 17 runs once against real agents on a network-namespace LAN "
-        "(scripts/lab/k3lab/hostile.py, the attacks in k3lab/attacks.py): agent a (`node-0`), "
-        "agent b (`node-1`), a stranger without the key and without an agent, a spare host for "
-        "newcomers and the twin; one private etcd. Writes are etcd revisions of the Node's key; "
-        "flaps are Ready transitions seen by a 50 ms store watcher; open files and RSS are "
-        "agent a's `/proc`. Notes are in the JSON results (results/hostile.json).",
+        "(scripts/lab/k3lab/hostile.py, the attacks in scripts/lab/k3lab/attacks.py): agent a "
+        "(`node-0`), agent b (`node-1`), a stranger without the key and without an agent, a "
+        "spare host for newcomers and the twin; one private etcd shared by all. Both agents are "
+        "restarted before each attack. Writes are etcd versions of the Node's key; foreign "
+        "facts, flaps and twin changes are read from every etcd revision of the Node (none is "
+        "missed, however short-lived); open files and RSS are agent a's `/proc`; a newcomer "
+        "counts as discovered when a's `/peers` has it `foundBy: mdns`. The keyed cluster's "
+        f"key: {keyed.get('keygen', '-')}.",
         "",
         markdown_table(rows),
         "",
-        "Rerun: `nox -s hostile -- --store etcd` (root; about 15 minutes).",
+        *(["Notes:", "", *notes, ""] if notes else []),
+        "Everything measured is in the JSON results (`--out`, default results/hostile.json). "
+        "Rerun: `nox -s hostile -- --store etcd` (root).",
         "",
     ])
 
