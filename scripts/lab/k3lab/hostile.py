@@ -379,16 +379,22 @@ def entry_time(entry: dict[str, Any]) -> float:
     return dt.datetime.fromisoformat(entry["ts"]).timestamp() + wall_to_mono()
 
 
-_EXCEPTION = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): ([^\"\n]{0,120})")
+_EXCEPTION = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): (.{0,120})")
 
 
 def last_error(agent: AgentProc) -> str:
     """The last exception an agent's log names (`ValueError: ...`), or its last line."""
-    text = agent.log()
-    found = _EXCEPTION.findall(text)
+    found: list[tuple[str, str]] = []
+    lines = [line for line in agent.log().splitlines() if line.strip()]
+    for line in lines:
+        text = line
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError, AttributeError):
+                entry = json.loads(line)
+                text = f"{entry.get('msg', '')}\n{entry.get('exc', '')}"
+        found += _EXCEPTION.findall(text)
     if found:
         return "{}: {}".format(*found[-1])
-    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1][-160:] if lines else ""
 
 
