@@ -866,7 +866,7 @@ def _ms(v: float | None) -> str:
 
 
 def _mb(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f} MB"
+    return "-" if v is None else f"{v:.1f} MB"
 
 
 def _nofile(pid: int) -> str:
