@@ -13,13 +13,15 @@ the store (etcd revisions, Ready transitions) and from /proc:
 
   key bypass   the stranger announces `node=node-1` at b's real address plus two of its own
                choosing, pid 31337: foreign facts written into Node b; b's rewrites
-  departures   `node=node-1` announced where nothing listens, then its goodbye: flaps of b
+  departures   `node=node-1` announced where nothing listens, then its goodbye, as b's own
+               instance name and as one of the stranger's: flaps of b
   bad records  managed Nodes with odd values in etcd: agents dead after 10 s, and after restart
   floods       40 fake peers x 200 unreachable addresses (in 10.77.64.0/18, inside the LAN):
                open files, RSS, /healthz p99, probing after the sender left, a newcomer's
                discovery time; then one packet of 8 PTR-only records, a newcomer again
-  hogs         520 /hold connections; 3,000 idle /events subscribers; 4 partial 15 MiB
-               websocket messages: what the client got, RSS, a held peer's crash seen
+  hogs         520 /hold connections on b while a restarts; 3,000 idle /events subscribers;
+               4 partial 15 MiB websocket messages: a /hold left for another host, b's crash
+               seen by a, a's RSS
   twins        a second `node-1` on host 3, its mDNS blocked by nftables, then visible:
                changes to Node node-1 in 30 s, the conflict logged within 5 s
   prune        `k3net prune --older-than 1h` on a cordoned old Node and a Node whose Ready
@@ -897,7 +899,7 @@ def markdown(results: dict[str, Any], rows: Sequence[Row]) -> str:
         "# k3net against hostile and careless hosts (`nox -s hostile`)",
         "",
         f"k3net {results['k3net']}, {results['date']}, store etcd, clusters "
-        f"{', '.join(results['clusters'])}, agents at peer-ttl {results['timings']} unless "
+        f"{', '.join(results['clusters'])}, agents at {results['timings']} unless "
         f"a measure says otherwise; {met} of {judged} goals met; runtime "
         f"{results.get('runtime_seconds', '-')}s.",
         "",
