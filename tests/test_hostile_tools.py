@@ -175,3 +175,25 @@ def test_hog_keeps_what_it_got_and_counts_the_refusals(
     finally:
         hog.close()
     assert hog.got == 0
+
+
+@pytest.mark.parametrize("node", [
+    {"status": {"conditions": {"type": "Ready"}}},
+    {"status": {"conditions": ["Ready", None]}},
+    {"status": "Ready", "metadata": {"annotations": None}},
+    {"status": None, "metadata": "node-1"},
+])
+def test_the_store_watcher_reads_nodes_of_the_wrong_json_types(node: dict[str, object]) -> None:
+    """The bad records the hostile run puts in etcd must not stop the lab's own watcher."""
+    from k3lab.sim.store_watch import ready_of, view_of
+
+    assert ready_of(node) == (None, None)
+    view = view_of(node, "7")
+    assert (view.status, view.pid, view.last_seen) == (None, None, None)
+
+
+def test_the_store_watcher_still_reads_a_good_node() -> None:
+    from k3lab.sim.store_watch import view_of
+
+    view = view_of(_node(["10.77.0.2"]), "7")
+    assert (view.status, view.pid) == ("True", "100")
