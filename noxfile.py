@@ -3,6 +3,7 @@ need root (network namespaces), so they run only when asked for.
 
     nox -s tests -- -k table          # arguments after -- go to pytest
     nox -s lan -- --hosts 5 --store etcd --scenario all
+    nox -s hostile -- --store etcd                  # each attack of issue 17, keyed and open
     nox -s bench -- --peers 50 200 500
     nox -s bench-page -- --nodes 500             # the cluster page in headless chromium
 """
@@ -54,6 +55,16 @@ def lan(session: nox.Session) -> None:
     `nox -s lan -- --hosts 5 --store etcd --scenario all`; `-- --help` lists the options."""
     _install(session, "test")
     session.run("python", "-m", "k3lab.lan", *session.posargs)
+
+
+@nox.session(default=False)
+def hostile(session: nox.Session) -> None:
+    """Hostile and careless hosts against real agents on a netns LAN (root), a keyed and an
+    open cluster on etcd: forged mDNS facts and departures, bad records, floods, hogs, twins,
+    prune. Prints a table of measures and goals; writes results/hostile.json and
+    docs/hostile-sample.md. `nox -s hostile -- --store etcd`; `-- --help` lists the options."""
+    _install(session, "test")
+    session.run("python", "-m", "k3lab.hostile", *session.posargs)
 
 
 @nox.session(default=False)

@@ -66,16 +66,23 @@ class StoreDown(Exception):
     pass
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def ready_of(node: dict[str, Any]) -> tuple[str | None, str | None]:
-    for cond in (node.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready":
+    """The Ready condition's (status, reason); (None, None) if there is none, also in a Node
+    whose fields have the wrong JSON types (hostile or broken writers put those in stores)."""
+    conditions = _dict(node.get("status")).get("conditions")
+    for cond in conditions if isinstance(conditions, list) else []:
+        if isinstance(cond, dict) and cond.get("type") == "Ready":
             return cond.get("status"), cond.get("reason")
     return None, None
 
 
 def view_of(node: dict[str, Any], version: str) -> NodeView:
     status, reason = ready_of(node)
-    ann = (node.get("metadata") or {}).get("annotations") or {}
+    ann = _dict(_dict(node.get("metadata")).get("annotations"))
     return NodeView(status, reason, ann.get("k3.network/pid"), ann.get("k3.network/lastSeen"),
                     version)
 
@@ -115,6 +122,8 @@ class EtcdReader:
             try:
                 node = json.loads(base64.b64decode(kv.get("value", "")))
             except ValueError:
+                continue
+            if not isinstance(node, dict):
                 continue
             nodes[name] = view_of(node, kv["mod_revision"])
             writes[name] = int(kv.get("version", 0))
