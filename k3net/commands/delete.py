@@ -25,6 +25,7 @@ import trio
 
 from k3net.commands import CommandError
 from k3net.config import StorageConfig
+from k3net.durations import format_duration
 from k3net.model import LABEL_MANAGED
 from k3net.store.base import Conflict, ForeignValue, NotFound, Store, StoreError
 
@@ -87,7 +88,7 @@ def main(
                     return await delete_nodes(store, names, force)
             except trio.TooSlowError:
                 raise CommandError(
-                    f"the {storage.type} store did not answer within {DEADLINE:g}s") from None
+                    f"the {storage.type} store did not answer within {format_duration(DEADLINE)}") from None
             except StoreError as exc:
                 raise CommandError(f"{storage.type} store unavailable: {exc}") from None
 

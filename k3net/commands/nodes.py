@@ -50,6 +50,7 @@ from k3net.commands import (
 from k3net.config import StorageConfig
 from k3net.convert import InvalidNode, node_from_dict, node_list, node_to_dict, parse_time
 from k3net.core.nodes import Readiness, readiness
+from k3net.durations import format_duration
 from k3net.model import ANN_LAST_SEEN, ANN_PID, ANN_PORT, Node
 from k3net.store.base import Deleted, Lost, Put, Snapshot, Store, StoreError
 
@@ -387,7 +388,7 @@ class StoreSource:
                 with trio.fail_after(DEADLINE):
                     scan = await store.scan()
         except trio.TooSlowError:
-            raise CommandError(f"the {self.kind} store did not answer within {DEADLINE:g}s") \
+            raise CommandError(f"the {self.kind} store did not answer within {format_duration(DEADLINE)}") \
                 from None
         except StoreError as exc:
             raise CommandError(f"{self.kind} store unavailable: {exc}") from None
@@ -461,7 +462,7 @@ class AgentSource:
                     http_get, url, abandon_on_cancel=True
                 )
         except trio.TooSlowError:
-            raise CommandError(f"the agent at {self.base} did not answer within {DEADLINE:g}s") \
+            raise CommandError(f"the agent at {self.base} did not answer within {format_duration(DEADLINE)}") \
                 from None
         except (OSError, urllib.error.URLError) as exc:
             raise CommandError(
@@ -499,7 +500,7 @@ def no_answer(exc: BaseException) -> str:
     """Why an agent did not answer, in a few words ("connection refused", "timed out")."""
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, TimeoutError):
-        return f"no answer within {ANSWER_TIMEOUT:g}s"
+        return f"no answer within {format_duration(ANSWER_TIMEOUT)}"
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror.lower()
     return str(reason) or type(reason).__name__

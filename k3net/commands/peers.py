@@ -47,6 +47,7 @@ import trio
 
 from k3net.commands import CommandError, dump, sort_by, table
 from k3net.core.messages import PeerGone, PeerSeen, ProbeResult
+from k3net.durations import format_duration
 
 
 @attrs.frozen
@@ -276,7 +277,7 @@ async def ask_agent(server: str) -> list[FollowedPeer]:
             status, body = await trio.to_thread.run_sync(
                 http_get, base + "/peers", abandon_on_cancel=True)
     except trio.TooSlowError:
-        raise CommandError(f"the agent at {base} did not answer within {DEADLINE:g}s") from None
+        raise CommandError(f"the agent at {base} did not answer within {format_duration(DEADLINE)}") from None
     except (OSError, urllib.error.URLError) as exc:
         raise CommandError(f"no k3net agent answers at {base} ({no_answer(exc)}): start one with "
                            "`k3net run`, point --server at one, or browse the LAN without "

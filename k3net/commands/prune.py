@@ -44,6 +44,7 @@ from k3net.commands.nodes import age
 from k3net.config import StorageConfig
 from k3net.convert import parse_time
 from k3net.core.nodes import Readiness, readiness
+from k3net.durations import format_duration
 from k3net.model import ANN_LAST_SEEN, CONDITION_READY, LABEL_HOSTNAME, Node
 from k3net.settings import MIN_PRUNE_AGE
 from k3net.store.base import Conflict, NotFound, Store, Stored, StoreError
@@ -248,7 +249,7 @@ def main(
                                        force=force)
             except trio.TooSlowError:
                 raise CommandError(
-                    f"the {storage.type} store did not answer within {DEADLINE:g}s") from None
+                    f"the {storage.type} store did not answer within {format_duration(DEADLINE)}") from None
             except StoreError as exc:
                 raise CommandError(f"{storage.type} store unavailable: {exc}") from None
 

@@ -38,6 +38,7 @@ from trio_websocket import (
 from k3net.backoff import Backoff
 from k3net.commands import ANSWER_TIMEOUT, CommandError, dump_item, ready_word
 from k3net.convert import parse_time
+from k3net.durations import format_duration
 
 # A snapshot of many Nodes is one websocket message; trio-websocket's default limit is 1 MiB.
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -129,7 +130,7 @@ async def follow(
     connected = False
     while True:
         target = events_url(url, last_seq, epoch)
-        why = f"no answer within {ANSWER_TIMEOUT:g}s"
+        why = f"no answer within {format_duration(ANSWER_TIMEOUT)}"
         # The handshake's own deadline: trio-websocket's connect_timeout leaves its reader task
         # waiting on a port that accepted the connection and says nothing.
         with trio.move_on_after(ANSWER_TIMEOUT) as handshake:
@@ -162,7 +163,7 @@ async def follow(
         if failures > max_reconnects and not retry:
             raise CommandError(f"{url}: giving up after {max_reconnects} reconnects: {why}")
         delay = backoff.delay(failures - 1, rng)
-        print(f"{prog}: {why}; reconnecting in {delay:.1f}s", file=sys.stderr)
+        print(f"{prog}: {why}; reconnecting in {format_duration(delay)}", file=sys.stderr)
         await trio.sleep(delay)
 
 
