@@ -154,7 +154,8 @@ class Agent:
         self.table = PeerTable(
             peer_ttl=settings.peer_ttl,
             refresh_interval=settings.refresh_interval,
-            me=SelfInfo(settings.node_name, self._advertised, settings.listen_port, os.getpid()),
+            me=SelfInfo(settings.node_name, self._advertised, settings.listen_port, os.getpid(),
+                        settings.node_labels),
             register_self=settings.register_self,
             keyed=settings.cluster_key is not None,
         )

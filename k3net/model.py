@@ -19,6 +19,9 @@ LABEL_DISCOVERED = "k3.network/discovered"
 ANN_LAST_SEEN = "k3.network/lastSeen"
 ANN_PORT = "k3.network/port"
 ANN_PID = "k3.network/pid"
+# The keys of the labels this agent put on its own Node from --node-label, comma-separated: so
+# that a label no longer asked for is taken off, and k3net prune knows them as k3net's.
+ANN_NODE_LABELS = "k3.network/nodeLabels"
 
 CONDITION_READY = "Ready"
 

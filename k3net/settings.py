@@ -132,6 +132,25 @@ def advertise_addresses(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def node_labels(text: str) -> tuple[tuple[str, str], ...]:
+    """KEY=VALUE labels separated by commas or spaces, as Kubernetes writes them (see
+    k3net.core.nodes.label_problem); never one of k3net's own keys."""
+    from k3net.core.nodes import label_problem
+
+    out = []
+    for part in _interfaces(text):
+        key, sep, value = part.partition("=")
+        problem = label_problem(key, value) if sep else "expected KEY=VALUE"
+        if problem:
+            raise ValueError(f"{part!r}: {problem}")
+        out.append((key, value))
+    return tuple(out)
+
+
+def show_labels(labels: Iterable[tuple[str, str]]) -> str:
+    return ",".join(f"{key}={value}" for key, value in labels) or "none"
+
+
 def join_addresses(text: str) -> tuple[JoinAddress, ...]:
     """Join addresses (HOST, HOST:PORT, [IPv6]:PORT) separated by commas or spaces."""
     from k3net.core.discovery import parse_joins
@@ -343,6 +362,11 @@ class Settings:
         "prune-after", prune_after, "DUR", show=show_duration_or_off,
         help="delete managed Nodes not Ready and not seen for longer than this (at least 1h), "
         "with compare-and-swap (as k3net prune --older-than DUR); off keeps them for ever"))
+    node_labels: tuple[tuple[str, str], ...] = attrs.field(default=(), metadata=flag(
+        "node-label", node_labels, "KEY=VALUE", repeat=True, show=show_labels, derived="none",
+        help="a label for this machine's own Node (as kubelet's --node-labels): env=prod, "
+        "topology.kubernetes.io/zone=a; repeat for several. A label given before and no "
+        "longer given is taken off"))
     join: tuple[JoinAddress, ...] = attrs.field(default=(), metadata=flag(
         "join", join_addresses, "HOST[:PORT]", repeat=True, show=show_list, derived="none",
         help="an agent to ask who it is and follow as a peer, beyond mDNS's reach (another "

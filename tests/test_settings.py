@@ -54,6 +54,7 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("K3NET_SCAN", "10.79.2.0/24", "scan", (ipaddress.ip_network("10.79.2.0/24"),)),
     ("K3NET_SCAN_INTERVAL", "5m", "scan_interval", 300.0),
     ("K3NET_SCAN_RATE", "20", "scan_rate", 20.0),
+    ("K3NET_NODE_LABEL", "env=prod,zone=a", "node_labels", (("env", "prod"), ("zone", "a"))),
 ]
 
 

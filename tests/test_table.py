@@ -541,7 +541,8 @@ def test_goodbye_of_an_unmanaged_node_only_forgets() -> None:
 def test_heartbeat_creates_own_node() -> None:
     t = table()
     assert t.handle(SelfHeartbeat(), 0.0) == [
-        Write(Alive("me", ("192.168.1.2",), 7946, 100, AGENT_READY, refresh=True), None)
+        Write(Alive("me", ("192.168.1.2",), 7946, 100, AGENT_READY, refresh=True, labels=()),
+              None)
     ]
     assert not t.self_up()
 
@@ -556,7 +557,7 @@ def test_heartbeat_refreshes_own_node_when_due() -> None:
     write = only_write(t.handle(SelfHeartbeat(), 30.0))
     assert write.intent == Alive("me", ("192.168.1.2",), 7946, 100, AGENT_READY,
                                  refresh_from=last_seen(put.stored.node), refresh=True,
-                                 seen_ready=Readiness.TRUE)
+                                 seen_ready=Readiness.TRUE, labels=())
     assert t.handle(SelfHeartbeat(), 31.0) == []
 
 

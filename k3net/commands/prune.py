@@ -45,7 +45,7 @@ from k3net.config import StorageConfig
 from k3net.convert import parse_time
 from k3net.core.nodes import Readiness, readiness
 from k3net.durations import format_duration
-from k3net.model import ANN_LAST_SEEN, CONDITION_READY, LABEL_HOSTNAME, Node
+from k3net.model import ANN_LAST_SEEN, ANN_NODE_LABELS, CONDITION_READY, LABEL_HOSTNAME, Node
 from k3net.settings import MIN_PRUNE_AGE
 from k3net.store.base import Conflict, NotFound, Store, Stored, StoreError
 
@@ -96,7 +96,10 @@ def foreign_marks(node: Node) -> list[str]:
     marks += [f"spec.{key}" for key, value in sorted(spec.items())
               if key not in ("unschedulable", "taints") and _set(value)]
     meta = node.metadata
-    marks += [f"label {key}" for key in sorted(meta.labels) if not _own(key)]
+    # Labels its own agent put there (--node-label, listed in ANN_NODE_LABELS) are k3net's too.
+    labelled = set(meta.annotations.get(ANN_NODE_LABELS, "").split(","))
+    marks += [f"label {key}" for key in sorted(meta.labels)
+              if not _own(key) and key not in labelled]
     marks += [f"annotation {key}" for key in sorted(meta.annotations) if not _own(key)]
     marks += [f"metadata.{key}" for key in ("finalizers", "ownerReferences")
               if _set(meta.extra.get(key))]

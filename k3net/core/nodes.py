@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from collections.abc import Iterable
 
 import attrs
@@ -32,6 +33,7 @@ from k3net.convert import format_time_precise, node_from_dict, node_to_dict
 from k3net.core.addresses import canonical as canonical_addresses
 from k3net.model import (
     ANN_LAST_SEEN,
+    ANN_NODE_LABELS,
     ANN_PID,
     ANN_PORT,
     CONDITION_READY,
@@ -89,6 +91,8 @@ class Alive:
     # The Ready status the table saw when it decided (None: no Node yet). A peer's probe that
     # was decided before someone recorded the peer's departure must not undo it.
     seen_ready: Readiness | None = None
+    # This agent's own Node only: the --node-label labels it carries (None: labels untouched).
+    labels: tuple[tuple[str, str], ...] | None = None
 
 
 @attrs.frozen
@@ -172,6 +176,56 @@ def _own(node: Node, name: str) -> None:
     node.status.phase = "Running"
 
 
+# Kubernetes label syntax: a name of at most 63 characters, alphanumeric at both ends, with
+# `-`, `_` and `.` inside; a key may have a DNS subdomain prefix and a `/`; a value is a name or
+# empty. Keys k3net writes itself are not for --node-label.
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+_RESERVED = ("k3.network/", LABEL_HOSTNAME)
+
+
+def label_problem(key: str, value: str) -> str | None:
+    """What is wrong with a label KEY=VALUE for this agent's own Node (None: nothing)."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"label key prefix {prefix!r} is not a DNS subdomain"
+    if not _LABEL_NAME.match(name):
+        return (f"label key {key!r} must be at most 63 letters, digits, '-', '_' or '.', "
+                "starting and ending with a letter or digit (with an optional prefix/)")
+    if value and not _LABEL_NAME.match(value):
+        return (f"label value {value!r} must be empty, or at most 63 letters, digits, '-', '_' "
+                "or '.', starting and ending with a letter or digit")
+    if key == LABEL_HOSTNAME or key.startswith(_RESERVED[0]):
+        return f"{key!r} is written by k3net itself"
+    return None
+
+
+def _own_labels(node: Node) -> list[str]:
+    """The keys of the labels this agent put on its own Node (ANN_NODE_LABELS)."""
+    return [k for k in node.metadata.annotations.get(ANN_NODE_LABELS, "").split(",") if k]
+
+
+def labels_differ(node: Node, labels: tuple[tuple[str, str], ...]) -> bool:
+    """The Node does not carry exactly these --node-label labels (or still one given before)."""
+    wanted = dict(labels)
+    return sorted(_own_labels(node)) != sorted(wanted) or any(
+        node.metadata.labels.get(key) != value for key, value in wanted.items())
+
+
+def _set_labels(node: Node, labels: tuple[tuple[str, str], ...]) -> None:
+    """Put these labels on the Node and take off those put before that are no longer given;
+    other labels (an administrator's, the controller's) stay."""
+    meta, wanted = node.metadata, dict(labels)
+    for key in _own_labels(node):
+        if key not in wanted:
+            meta.labels.pop(key, None)
+    meta.labels.update(wanted)
+    if wanted:
+        meta.annotations[ANN_NODE_LABELS] = ",".join(sorted(wanted))
+    else:
+        meta.annotations.pop(ANN_NODE_LABELS, None)
+
+
 def _set_addresses(node: Node, name: str, addresses: tuple[str, ...]) -> None:
     owned = {"Hostname", "InternalIP"}
     kept = [a for a in node.status.addresses if a.type not in owned]
@@ -238,6 +292,8 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
             reason, message = ready.reason or PEER_ALIVE, ready.message or message
         became_ready = _set_ready(node, Readiness.TRUE, reason, message, now)
         _set_addresses(node, intent.name, intent.addresses)
+        if intent.labels is not None:
+            _set_labels(node, intent.labels)
         annotations = node.metadata.annotations
         annotations[ANN_PORT] = str(intent.port)
         if intent.pid is not None:

@@ -223,6 +223,7 @@ class SelfInfo:
     addresses: Callable[[], tuple[str, ...]]
     port: int
     pid: int
+    labels: tuple[tuple[str, str], ...] = ()  # --node-label
 
 
 @attrs.frozen
@@ -700,7 +701,8 @@ class PeerTable:
         if not self.register_self or self.shutting_down:
             return []
         me = self.me
-        return self._alive(me.name, me.addresses(), me.port, me.pid, AGENT_READY, now)
+        return self._alive(me.name, me.addresses(), me.port, me.pid, AGENT_READY, now,
+                           labels=me.labels)
 
     def _stop(self) -> list[Action]:
         """This agent stops: its own Node goes False/AgentShutdown."""
@@ -723,10 +725,13 @@ class PeerTable:
         pid: int | None,
         reason: str,
         now: float,
+        *,
+        labels: tuple[tuple[str, str], ...] | None = None,
     ) -> list[Action]:
         view = self._views.get(name)
         if view is None:
-            return [Write(nodes.Alive(name, addresses, port, pid, reason, refresh=True), None)]
+            return [Write(nodes.Alive(name, addresses, port, pid, reason, refresh=True,
+                                      labels=labels), None)]
         node = view.stored.node
         if not node.managed:
             return []
@@ -739,6 +744,7 @@ class PeerTable:
             or _internal_ips(node) != ordered_addresses(addresses)
             or annotations.get(ANN_PORT) != str(port)
             or (pid is not None and annotations.get(ANN_PID) != str(pid))
+            or (labels is not None and nodes.labels_differ(node, labels))
         )
         due = now - view.changed_at >= self.refresh_interval and (
             view.refresh_asked_at is None
@@ -750,7 +756,7 @@ class PeerTable:
             view.refresh_asked_at = now
         intent = nodes.Alive(
             name, addresses, port, pid, reason, refresh_from=view.last_seen, refresh=due,
-            seen_ready=readiness(node),
+            seen_ready=readiness(node), labels=labels,
         )
         return [Write(intent, view.stored)]
 
