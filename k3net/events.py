@@ -63,6 +63,7 @@ from typing import Any
 import trio
 
 from k3net.convert import format_time_precise
+from k3net.core import parse
 from k3net.core.nodes import Readiness, readiness
 from k3net.metrics import Metrics
 from k3net.model import ANN_LAST_SEEN, ANN_PORT, Node
@@ -81,10 +82,9 @@ def _utcnow() -> dt.datetime:
 
 
 def _port(node: Node) -> int | None:
-    try:
-        return int(node.metadata.annotations[ANN_PORT])
-    except (KeyError, ValueError):
-        return None
+    """The port annotation (`core.parse`: the table notes a foreign one); None if foreign."""
+    port = parse.port(node.metadata.annotations.get(ANN_PORT))
+    return port if isinstance(port, int) else None
 
 
 def node_entry(node: Node) -> Message:

@@ -9,7 +9,7 @@ series (they double the series count and nothing reads them here)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sized
+from collections.abc import Iterable, Mapping, Sized
 from typing import TYPE_CHECKING
 
 import prometheus_client
@@ -22,8 +22,11 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from k3net import version
+from k3net.core import parse
 
 prometheus_client.disable_created_metrics()
 
@@ -35,6 +38,21 @@ if TYPE_CHECKING:
     from k3net.health import StoreHealth
 
 
+class _ForeignValues(Collector):
+    """`k3net_foreign_values_total{field}`: values from outside (mDNS, /info, /peers, stored
+    Node fields) that `core.parse` did not take, read from its tally at scrape time (one tally
+    per process: agents in one process share it)."""
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "k3net_foreign_values", "Values from outside that are not what their field holds"
+            " (skipped, never written), by field.", labels=["field"],
+        )
+        for field, count in sorted(parse.FOREIGN.counts.items()):
+            family.add_metric([field], count)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -43,6 +61,7 @@ class Metrics:
         PlatformCollector(registry=r)
         Info("k3net_build", "The k3net build this agent runs (commit: unknown if not known).",
              registry=r).info({"version": version.version(), "commit": version.commit() or "unknown"})
+        r.register(_ForeignValues())
         self.peers = Gauge(
             "k3net_peers", "Peers this agent knows, by state of their stored Node.",
             ["state"], registry=r,

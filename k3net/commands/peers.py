@@ -38,6 +38,7 @@ import trio_asyncio
 
 from k3net import clock, mdns
 from k3net.commands import CommandError, dump, table
+from k3net.core import parse
 from k3net.core.messages import PeerGone, PeerSeen, ProbeResult
 from k3net.metrics import Metrics
 from k3net.tasks import browse
@@ -169,8 +170,15 @@ def peers_from_answer(base: str, status: int, body: bytes) -> list[FollowedPeer]
     out = []
     for item in items:
         try:
+            port = parse.port(item["port"])
+            if isinstance(port, parse.Foreign):
+                raise ValueError(str(port))
+            if not isinstance(item["addresses"], list):
+                raise TypeError("addresses: not a list")
+            shown = tuple("<foreign>" if isinstance(ip, parse.Foreign) else str(ip)
+                          for ip in map(parse.address, item["addresses"]))
             out.append(FollowedPeer(
-                str(item["name"]), tuple(str(a) for a in item["addresses"]), int(item["port"]),
+                str(item["name"]), shown, port,
                 str(item["state"]), str(item["foundBy"]), bool(item["confirmed"]),
             ))
         except (KeyError, TypeError, ValueError):
