@@ -88,18 +88,28 @@ def _port(node: Node) -> int | None:
 
 
 def node_entry(node: Node) -> Message:
-    """The fields of a message (and of a snapshot entry) that describe a Node."""
+    """The fields of a message (and of a snapshot entry) that describe a Node. Addresses, port
+    and lastSeen are read by `core.parse`: a foreign one is left out (None for port and
+    lastSeen), so that a subscriber never receives what the Node's writer did not mean."""
     cond = node.condition()
     return {
         "node": node.name,
         "ready": node.ready_status,
         "reason": cond.reason if cond is not None else None,
         "message": cond.message if cond is not None else None,
-        "addresses": [a.address for a in node.status.addresses if a.type != "Hostname"],
+        "addresses": [str(ip) for ip in (parse.address(a.address) for a in node.status.addresses
+                                         if a.type != "Hostname")
+                      if not isinstance(ip, parse.Foreign)],
         "port": _port(node),
         "managed": node.managed,
-        "lastSeen": node.metadata.annotations.get(ANN_LAST_SEEN),
+        "lastSeen": _last_seen(node),
     }
+
+
+def _last_seen(node: Node) -> str | None:
+    """The lastSeen annotation if it is an RFC 3339 time (`core.parse`), as it is written."""
+    text = node.metadata.annotations.get(ANN_LAST_SEEN)
+    return text if isinstance(parse.timestamp(text), dt.datetime) else None
 
 
 # The entry fields whose change is worth an `updated` message (not lastSeen, not message).

@@ -81,7 +81,10 @@ def _foreign(field: str, value: object, reason: str, where: str | None) -> Forei
     return found
 
 
-def _number(value: object, low: int, high: int, field: str, where: str | None) -> int | Foreign:
+def number(value: object, low: int, high: int, *, field: str = "number",
+           where: str | None = None) -> int | Foreign:
+    """A whole number within low..high: at most 19 ASCII digits (no sign, no spaces), or a JSON
+    integer (never a bool)."""
     if isinstance(value, bool):
         return _foreign(field, value, "not a number", where)
     if isinstance(value, int):
@@ -97,18 +100,18 @@ def _number(value: object, low: int, high: int, field: str, where: str | None) -
 
 def port(value: object, *, field: str = "port", where: str | None = None) -> int | Foreign:
     """A TCP port, 1..65535: ASCII digits, or a JSON integer."""
-    return _number(value, 1, PORT_MAX, field, where)
+    return number(value, 1, PORT_MAX, field=field, where=where)
 
 
 def pid(value: object, *, field: str = "pid", where: str | None = None) -> int | Foreign:
     """A process id, 1..PID_MAX: ASCII digits, or a JSON integer."""
-    return _number(value, 1, PID_MAX, field, where)
+    return number(value, 1, PID_MAX, field=field, where=where)
 
 
 def revision(value: object, *, field: str = "resourceVersion", where: str | None = None
              ) -> int | Foreign:
     """A store's resource version, 0..REVISION_MAX: ASCII digits, or a JSON integer."""
-    return _number(value, 0, REVISION_MAX, field, where)
+    return number(value, 0, REVISION_MAX, field=field, where=where)
 
 
 def timestamp(value: object, *, field: str = "time", where: str | None = None
