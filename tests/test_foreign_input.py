@@ -1,0 +1,399 @@
+"""Arbitrary input from outside, fed to every reader of it: JSON Nodes (any annotations, labels,
+conditions and addresses, wrong types anywhere) to the store decoders, the peer table, the event
+hub and the views; mDNS TXT records and identity and /peers answers to their readers and on to
+the table. Nothing raises, and nothing foreign is written: every Write intent carries a valid
+port, pid and addresses, and every field k3net owns that a rendered Node changes reads back
+through `core.parse`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
+
+from k3net.commands.nodes import format_nodes
+from k3net.convert import InvalidNode, node_from_dict, node_list, node_to_dict
+from k3net.core import parse
+from k3net.core.discovery import Found, found_in_answer, listed_peers
+from k3net.core.identity import judge, proof
+from k3net.core.messages import (
+    PeerGone,
+    PeerSeen,
+    ProbeResult,
+    Put,
+    Snapshot,
+    Stored,
+    Tick,
+)
+from k3net.core.nodes import Alive, render
+from k3net.core.records import peer_from_record
+from k3net.core.table import PeerTable, ProbeNow, SelfInfo, Write
+from k3net.events import EventHub
+from k3net.metrics import Metrics
+from k3net.model import ANN_LAST_SEEN, ANN_PID, ANN_PORT, LABEL_MANAGED, Node
+from k3net.store.etcd import PREFIX, stored_from_kv
+from k3net.store.mysql import stored_from_row
+
+BOUNDED = settings(max_examples=200, deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+NOW = dt.datetime(2026, 12, 2, 18, 0, tzinfo=dt.UTC)
+TTL = 90.0
+ME = SelfInfo(name="me", addresses=lambda: ("192.168.1.2",), port=7946, pid=100)
+NONCE = bytes(16)
+KEY = b"k" * 32
+METRICS = Metrics()
+
+# --- strategies ---------------------------------------------------------------------------
+
+# Values that look almost right: the ones a reader gets wrong.
+numbers = st.sampled_from(["7946", "0", "65536", "²", "٣", "１２", " 80", "+80", "4242", "",
+                          "99999999999999999999"])
+tricky = st.sampled_from([
+    "7946", "0", "65535", "65536", "²", "٣", "１２", " 80", "+80", "-1", "", "4242",
+    "10.0.0.1", "192.168.1.10", "10.0.0.300", "::1", "2001:db8::7", "fe80::1%eth0", "127.0.0.1",
+    "2026-12-02T17:59:00.123456Z", "2026-12-02T17:59:00Z", "1970-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z", "2026-13-01T00:00:00Z", "2026-12-02", "2026-12-02T17:59:00",
+    "True", "False", "Unknown", "true", "Ready", "InternalIP", "Hostname", "x" * 300,
+])
+texts = tricky | st.text(max_size=12)
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=4,
+)
+names = st.sampled_from(["peer-a", "peer-b", "me", "x"])
+
+
+@st.composite
+def _maybe_wrong(draw: st.DrawFn, strategy: st.SearchStrategy[Any]) -> Any:
+    return draw(json_values) if draw(st.integers(0, 11)) == 0 else draw(strategy)
+
+
+def maybe_wrong(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly `strategy`, once in twelve any JSON value instead (a wrong type)."""
+    return _maybe_wrong(strategy)
+
+
+# Where a value can go wrong in a Node, and what may land there.
+PATHS = [
+    ("metadata", "name"), ("metadata", "labels"), ("metadata", "labels", LABEL_MANAGED),
+    ("metadata", "labels", "other/x"), ("metadata", "annotations"),
+    ("metadata", "annotations", ANN_PORT), ("metadata", "annotations", ANN_PID),
+    ("metadata", "annotations", ANN_LAST_SEEN), ("metadata", "annotations", "other/x"),
+    ("metadata", "resourceVersion"), ("metadata", "creationTimestamp"), ("metadata",),
+    ("status",), ("status", "phase"), ("status", "addresses"), ("status", "addresses", 0),
+    ("status", "addresses", 0, "address"), ("status", "addresses", 0, "type"),
+    ("status", "addresses", 1, "address"), ("status", "conditions"),
+    ("status", "conditions", 0), ("status", "conditions", 0, "status"),
+    ("status", "conditions", 0, "type"), ("status", "conditions", 0, "reason"),
+    ("status", "conditions", 0, "lastHeartbeatTime"),
+    ("status", "conditions", 0, "lastTransitionTime"), ("spec",), ("kind",), ("apiVersion",),
+]
+# What the agent reads from a Node to follow its agent, tried more often.
+READ = [("metadata", "annotations", ANN_PORT), ("metadata", "annotations", ANN_PID),
+        ("status", "addresses", 1, "address"), ("metadata", "annotations", ANN_LAST_SEEN)]
+
+
+def template(name: str) -> dict[str, Any]:
+    """A managed, Ready Node as an agent writes it: followed from the store as it is."""
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": name, "labels": {LABEL_MANAGED: "true", "kubernetes.io/hostname": name},
+            "annotations": {ANN_PORT: "7946", ANN_PID: "4242",
+                            ANN_LAST_SEEN: "2026-12-02T17:59:00.123456Z"},
+        },
+        "status": {
+            "phase": "Running",
+            "addresses": [{"type": "Hostname", "address": name},
+                          {"type": "InternalIP", "address": "192.168.1.10"}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "PeerAlive",
+                            "lastHeartbeatTime": "2026-12-02T17:59:00Z",
+                            "lastTransitionTime": "2026-12-02T17:00:00Z"}],
+        },
+    }
+
+
+def _set(data: Any, path: tuple[Any, ...], value: Any) -> None:
+    for step in path[:-1]:
+        if isinstance(data, dict) and isinstance(step, str):
+            data = data.setdefault(step, {})
+        elif isinstance(data, list) and isinstance(step, int) and step < len(data):
+            data = data[step]
+        else:
+            return
+    last = path[-1]
+    if isinstance(data, dict) and isinstance(last, str):
+        data[last] = value
+    elif isinstance(data, list) and isinstance(last, int):
+        if last < len(data):
+            data[last] = value
+        else:
+            data.append(value)
+
+
+@st.composite
+def json_nodes(draw: st.DrawFn) -> Any:
+    """A Node as an agent writes it, with a few of its values (or whole parts) replaced by
+    values that are nearly right, by strings, or by JSON of any type; now and then any JSON."""
+    if draw(st.integers(0, 19)) == 0:
+        return draw(json_values)
+    data = template(draw(names))
+    for path, value in draw(st.lists(st.tuples(st.sampled_from(PATHS),
+                                               st.one_of(tricky, tricky, json_values)),
+                                     max_size=3)):
+        _set(data, path, value)
+    for path, value in draw(st.lists(st.tuples(st.sampled_from(READ), numbers | tricky),
+                                     max_size=2)):
+        _set(data, path, value)
+    return data
+
+
+def readable(data: list[Any]) -> list[Node]:
+    """The Nodes among `data`, as the store decoders take them (the rest is a foreign value)."""
+    out = []
+    for item in data:
+        try:
+            out.append(node_from_dict(item))
+        except InvalidNode:
+            pass
+    return out
+
+
+def stored(nodes: list[Node]) -> list[Stored]:
+    by_name = {n.name: n for n in nodes}  # one per name, as a store holds them
+    return [Stored(node=n, version=str(i + 1)) for i, n in enumerate(by_name.values())]
+
+
+# --- what "nothing foreign written" means -------------------------------------------------
+
+
+def assert_valid_intent(write: Write) -> None:
+    intent = write.intent
+    if isinstance(intent, Alive):
+        assert isinstance(parse.port(intent.port), int), intent
+        assert intent.pid is None or isinstance(parse.pid(intent.pid), int), intent
+        for address in intent.addresses:
+            assert not isinstance(parse.address(address), parse.Foreign), intent
+
+
+def _owned(node: Node | None) -> dict[str, Any]:
+    if node is None:
+        return {}
+    ann = node.metadata.annotations
+    return {
+        ANN_PORT: ann.get(ANN_PORT), ANN_PID: ann.get(ANN_PID), ANN_LAST_SEEN: ann.get(ANN_LAST_SEEN),
+        "addresses": [a.address for a in node.status.addresses if a.type == "InternalIP"],
+    }
+
+
+def assert_writes_nothing_foreign(write: Write) -> None:
+    """The Node this Write renders: every field k3net owns that it changed reads back through
+    core.parse (a field it left alone may stay foreign: it is not rewritten)."""
+    assert_valid_intent(write)
+    base = write.base.node if write.base is not None else None
+    node = render(base, write.intent, NOW)
+    if node is None:
+        return
+    node = node_from_dict(json.loads(json.dumps(node_to_dict(node))))  # as the store keeps it
+    before, after = _owned(base), _owned(node)
+    readers: dict[str, Callable[[Any], object]] = {
+        ANN_PORT: parse.port, ANN_PID: parse.pid, ANN_LAST_SEEN: lambda v: parse.rfc3339(v, NOW),
+    }
+    for field, reader in readers.items():
+        if after[field] is not None and after[field] != before.get(field):
+            assert not isinstance(reader(after[field]), parse.Foreign), (field, after[field])
+    if after["addresses"] != before.get("addresses"):
+        for address in after["addresses"]:
+            assert not isinstance(parse.address(address), parse.Foreign), address
+
+
+def drive(table: PeerTable, messages: list[Any], now: float) -> list[Any]:
+    """Handle each message; answer every probe asked for as confirmed, then as refused twice."""
+    actions: list[Any] = []
+    for msg in messages:
+        actions += table.handle(msg, now)
+    targets = [a.target for a in actions if isinstance(a, ProbeNow)]
+    for target in targets:
+        for outcome, at in (("confirmed", now + 1), ("refused", now + 2), ("refused", now + 4)):
+            actions += table.handle(ProbeResult(target.name, outcome, 0.001,  # type: ignore[arg-type]
+                                                address=(target.addresses or (None,))[0]), at)
+    return actions
+
+
+# --- the peer table -----------------------------------------------------------------------
+
+
+def _with(path: tuple[Any, ...], value: Any, name: str = "peer-a") -> dict[str, Any]:
+    data = template(name)
+    _set(data, path, value)
+    return data
+
+
+@BOUNDED
+@given(st.lists(json_nodes(), max_size=4), st.lists(json_nodes(), max_size=2))
+@example([_with(("metadata", "annotations", ANN_PORT), "²")], [])  # stopped every agent
+@example([], [_with(("metadata", "annotations", ANN_PID), "²", "peer-b")])
+def test_the_table_takes_any_stored_nodes_and_writes_nothing_foreign(
+    first: list[Any], later: list[Any]
+) -> None:
+    table = PeerTable(peer_ttl=TTL, refresh_interval=TTL / 3, me=ME, register_self=True)
+    snapshot = stored(readable(first))
+    actions = drive(table, [Snapshot(tuple(snapshot))], 0.0)
+    actions += drive(table, [Put(s) for s in stored(readable(later))], 10.0)
+    actions += drive(table, [PeerGone(name) for name in ("peer-a", "peer-b", "x")], 20.0)
+    actions += table.handle(Tick(), 10 * TTL)
+    event(f"writes: {min(sum(isinstance(a, Write) for a in actions), 3)}")
+    event(f"followed from the store: {min(sum(isinstance(a, ProbeNow) for a in actions), 3)}")
+    for action in actions:
+        if isinstance(action, Write):
+            assert_writes_nothing_foreign(action)
+        if isinstance(action, ProbeNow):
+            assert isinstance(parse.port(action.target.port), int)
+            assert all(isinstance(parse.address(a), parse.IPAddress)
+                       for a in action.target.addresses)
+    table.peers()  # what /peers shows
+
+
+# --- mDNS TXT and SRV ---------------------------------------------------------------------
+
+txt_keys = st.sampled_from([b"node", b"port", b"pid", b"NODE", b"Port"]) | st.binary(max_size=6)
+txt_values = st.none() | tricky.map(str.encode) | st.binary(max_size=12) \
+    | st.sampled_from([b"peer-a", b"7946", b"\xb2", "²".encode(), "٣".encode()])
+
+
+@BOUNDED
+@given(
+    st.sampled_from(["peer-a", "peer-b", "Peer A", "x" * 70]) | st.text(max_size=10),
+    st.dictionaries(txt_keys, txt_values, max_size=5),
+    st.none() | st.integers(min_value=-5, max_value=70000),
+    st.lists(tricky | st.text(max_size=10), max_size=4),
+)
+def test_txt_records_are_read_and_followed_without_anything_foreign(
+    instance: str, properties: dict[bytes, bytes | None], srv_port: int | None,
+    record_addresses: list[str],
+) -> None:
+    seen = peer_from_record(instance, properties, srv_port, record_addresses)
+    if not isinstance(seen, PeerSeen):
+        return
+    assert isinstance(parse.port(seen.port), int)
+    assert seen.pid is None or isinstance(parse.pid(seen.pid), int)
+    assert seen.addresses and all(isinstance(parse.address(a), parse.IPAddress)
+                                  for a in seen.addresses)
+    table = PeerTable(peer_ttl=TTL, refresh_interval=TTL / 3, me=ME, register_self=False)
+    table.handle(Snapshot(()), 0.0)
+    for action in drive(table, [seen], 1.0):
+        if isinstance(action, Write):
+            assert_writes_nothing_foreign(action)
+
+
+# --- identity and /peers answers ----------------------------------------------------------
+
+
+@st.composite
+def info_answers(draw: st.DrawFn) -> bytes:
+    """An /info answer body: JSON shaped like one with anything anywhere, or any bytes."""
+    if draw(st.integers(0, 5)) == 0:
+        return draw(st.binary(max_size=40))
+    node = draw(maybe_wrong(st.just("peer-a") | texts))
+    data = draw(st.fixed_dictionaries({"node": st.just(node)}, optional={
+        "port": maybe_wrong(st.integers(-5, 70000) | tricky),
+        "pid": maybe_wrong(st.integers(-5, 2**33) | tricky),
+        "addrs": maybe_wrong(st.lists(maybe_wrong(tricky), max_size=4)),
+        "ts": maybe_wrong(texts),
+    }))
+    if draw(st.booleans()) and isinstance(node, str):
+        data["proof"] = proof(KEY, NONCE, node)
+    return json.dumps(data).encode()
+
+
+@BOUNDED
+@given(st.sampled_from([200, 404, None]), info_answers(), st.sampled_from([None, KEY]))
+def test_identity_answers_give_only_valid_facts(status: int | None, body: bytes,
+                                                key: bytes | None) -> None:
+    judge(status, body, probed="peer-a", nonce=NONCE, key=key)
+    found = found_in_answer(status, body, address="10.0.0.1", port=7946, nonce=NONCE, key=key)
+    if isinstance(found, Found):
+        assert isinstance(parse.port(found.port), int)
+        assert found.pid is None or isinstance(parse.pid(found.pid), int)
+        assert found.addresses and all(isinstance(parse.address(a), parse.IPAddress)
+                                       for a in found.addresses)
+
+
+@BOUNDED
+@given(st.lists(maybe_wrong(st.fixed_dictionaries({
+    "name": maybe_wrong(names), "state": st.just("alive"), "confirmed": maybe_wrong(st.just(True)),
+    "port": maybe_wrong(st.integers(-5, 70000) | tricky),
+    "addresses": maybe_wrong(st.lists(maybe_wrong(tricky), max_size=3)),
+})), max_size=4))
+def test_peers_answers_give_only_valid_peers(entries: list[Any]) -> None:
+    for listed in listed_peers(200, json.dumps({"peers": entries}).encode()):
+        assert isinstance(parse.port(listed.port), int)
+        assert all(isinstance(parse.address(a), parse.IPAddress) for a in listed.addresses)
+
+
+# --- the store decoders -------------------------------------------------------------------
+
+
+@attrs.frozen
+class KV:
+    key: bytes
+    value: bytes
+    mod_revision: int = 7
+
+
+@BOUNDED
+@given(json_nodes(), st.binary(max_size=8))
+def test_the_store_decoders_take_a_node_or_call_it_foreign(data: Any, junk: bytes) -> None:
+    name = data.get("metadata", {}).get("name") if isinstance(data, dict) \
+        and isinstance(data.get("metadata"), dict) else "x"
+    key = f"{PREFIX}{name}".encode()
+    for value in (json.dumps(data).encode(), junk, json.dumps(data).encode()[:-1]):
+        try:
+            stored_from_kv(KV(key, value))
+        except InvalidNode:
+            pass
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    status = data.get("status") if isinstance(data, dict) else data
+    row = (1, str(name), None, "uid", meta.get("resourceVersion") if isinstance(
+        meta.get("resourceVersion"), str) else "", json.dumps(meta.get("labels")),
+        json.dumps(meta.get("annotations")), None, None, None, json.dumps(data),
+        json.dumps(status))
+    try:
+        stored_from_row(row)
+    except InvalidNode:
+        pass
+
+
+# --- the event hub and the views ----------------------------------------------------------
+
+
+@BOUNDED
+@given(st.lists(json_nodes(), max_size=4), st.lists(json_nodes(), max_size=2))
+def test_the_event_hub_and_the_views_take_any_stored_nodes(first: list[Any],
+                                                           later: list[Any]) -> None:
+    hub = EventHub(METRICS, clock=lambda: NOW)
+    nodes = readable(first)
+    hub.observe(Snapshot(tuple(stored(nodes))))
+    for s in stored(readable(later)):
+        hub.observe(Put(s))
+    sub = hub.subscribe(since=0)
+    messages = [hub.snapshot(), *sub.take_queued()]
+    for message in messages:
+        json.dumps(message)
+    for entry in [*hub.snapshot()["nodes"], *messages[1:]]:
+        assert entry["port"] is None or isinstance(parse.port(entry["port"]), int)
+        assert all(isinstance(parse.address(a), parse.IPAddress) for a in entry["addresses"])
+        assert entry["lastSeen"] is None or isinstance(parse.timestamp(entry["lastSeen"]),
+                                                       dt.datetime)
+    every = nodes + readable(later)
+    for output in ("table", "wide", "json", "yaml"):
+        format_nodes(every, NOW, output)
+    json.dumps(node_list(every))  # the body of the agent's /nodes
