@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -397,3 +398,14 @@ def test_the_event_hub_and_the_views_take_any_stored_nodes(first: list[Any],
     for output in ("table", "wide", "json", "yaml"):
         format_nodes(every, NOW, output)
     json.dumps(node_list(every))  # the body of the agent's /nodes
+
+
+def test_the_store_decoders_call_json_nested_too_deeply_foreign() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    for column in (5, 6, 10, 11):  # labels, annotations, spec, status
+        row: list[Any] = [1, "x", None, "uid", "1", "{}", "{}", None, None, None, "{}", "{}"]
+        row[column] = deep
+        with pytest.raises(InvalidNode, match="nested too deeply"):
+            stored_from_row(tuple(row))
+    with pytest.raises(InvalidNode):
+        stored_from_kv(KV(f"{PREFIX}x".encode(), deep.encode()))

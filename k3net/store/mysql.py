@@ -258,6 +258,8 @@ def _json_column(value: Any, column: str) -> dict[str, Any] | None:
         data = json.loads(value)
     except ValueError as exc:
         raise InvalidNode(f"{column} is not JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidNode(f"{column} is JSON nested too deeply to read") from None
     if data is not None and not isinstance(data, dict):
         raise InvalidNode(f"{column} is not a JSON object")
     return data
