@@ -87,19 +87,31 @@ def _port(node: Node) -> int | None:
     return port if isinstance(port, int) else None
 
 
+# The longest Ready reason and message a message carries (k3net's own are far shorter).
+MAX_REASON = 128
+MAX_MESSAGE = 1024
+# The most addresses a message lists (a Node of k3net's has a few).
+MAX_ADDRESSES = 16
+
+
+def _bounded(text: str | None, limit: int) -> str | None:
+    taken = parse.text(text, limit)
+    return taken if isinstance(taken, str) else None
+
+
 def node_entry(node: Node) -> Message:
-    """The fields of a message (and of a snapshot entry) that describe a Node. Addresses, port
-    and lastSeen are read by `core.parse`: a foreign one is left out (None for port and
-    lastSeen), so that a subscriber never receives what the Node's writer did not mean."""
+    """The fields of a message (and of a snapshot entry) that describe a Node. Addresses, port,
+    lastSeen, reason and message are read by `core.parse`: a foreign one is left out (None, or
+    not listed), so that a subscriber never receives what the Node's writer did not mean, nor
+    a value of any length."""
     cond = node.condition()
+    ips = (parse.address(a.address) for a in node.status.addresses if a.type != "Hostname")
     return {
         "node": node.name,
         "ready": node.ready_status,
-        "reason": cond.reason if cond is not None else None,
-        "message": cond.message if cond is not None else None,
-        "addresses": [str(ip) for ip in (parse.address(a.address) for a in node.status.addresses
-                                         if a.type != "Hostname")
-                      if not isinstance(ip, parse.Foreign)],
+        "reason": _bounded(cond.reason, MAX_REASON) if cond is not None else None,
+        "message": _bounded(cond.message, MAX_MESSAGE) if cond is not None else None,
+        "addresses": [str(ip) for ip in ips if not isinstance(ip, parse.Foreign)][:MAX_ADDRESSES],
         "port": _port(node),
         "managed": node.managed,
         "lastSeen": _last_seen(node),

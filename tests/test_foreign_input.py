@@ -34,7 +34,7 @@ from k3net.core.messages import (
 from k3net.core.nodes import Alive, render
 from k3net.core.records import peer_from_record
 from k3net.core.table import PeerTable, ProbeNow, SelfInfo, Write
-from k3net.events import EventHub
+from k3net.events import MAX_MESSAGE, MAX_REASON, EventHub
 from k3net.metrics import Metrics
 from k3net.model import ANN_LAST_SEEN, ANN_PID, ANN_PORT, LABEL_MANAGED, Node
 from k3net.store.etcd import PREFIX, stored_from_kv
@@ -394,6 +394,8 @@ def test_the_event_hub_and_the_views_take_any_stored_nodes(first: list[Any],
         assert all(isinstance(parse.address(a), parse.IPAddress) for a in entry["addresses"])
         assert entry["lastSeen"] is None or isinstance(parse.timestamp(entry["lastSeen"]),
                                                        dt.datetime)
+        assert len(entry["reason"] or "") <= MAX_REASON
+        assert len(entry["message"] or "") <= MAX_MESSAGE
     every = nodes + readable(later)
     for output in ("table", "wide", "json", "yaml"):
         format_nodes(every, NOW, output)
@@ -409,3 +411,67 @@ def test_the_store_decoders_call_json_nested_too_deeply_foreign() -> None:
             stored_from_row(tuple(row))
     with pytest.raises(InvalidNode):
         stored_from_kv(KV(f"{PREFIX}x".encode(), deep.encode()))
+
+
+# --- the record that stopped every agent, and its kin -------------------------------------
+
+
+def _node(path: tuple[Any, ...], value: Any, name: str = "peer-a") -> Node:
+    return node_from_dict(_with(path, value, name))
+
+
+def test_a_stored_node_is_followed_only_with_a_port_and_addresses_that_parse() -> None:
+    table = PeerTable(peer_ttl=TTL, refresh_interval=TTL / 3, me=ME, register_self=False)
+    good = template("peer-c")
+    before = parse.FOREIGN.counts.get(ANN_PORT, 0)
+    actions = table.handle(Snapshot(tuple(stored([
+        _node(("metadata", "annotations", ANN_PORT), "²", "peer-a"),
+        _node(("metadata", "annotations", ANN_PORT), "٣", "peer-b"),  # int() reads it as 3
+        _node(("status", "addresses", 1, "address"), "10.0.0.300", "x"),
+        node_from_dict(good),
+    ]))), 0.0)
+    assert [a.target.name for a in actions if isinstance(a, ProbeNow)] == ["peer-c"]
+    assert [p.name for p in table.peers()] == ["peer-c"]
+    assert parse.FOREIGN.counts[ANN_PORT] == before + 2
+    # A goodbye for a peer known only from such a Node: nothing to probe, nothing written.
+    assert table.handle(PeerGone("peer-a"), 1.0) == []
+
+
+def test_a_stored_nodes_foreign_pid_is_left_out_and_not_written() -> None:
+    table = PeerTable(peer_ttl=TTL, refresh_interval=TTL / 3, me=ME, register_self=False)
+    node = _node(("metadata", "annotations", ANN_PID), "²")
+    table.handle(Snapshot((Stored(node, "1"),)), 0.0)
+    (peer,) = table.peers()
+    assert peer.name == "peer-a"
+    confirmed = table.handle(ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10"),
+                             1.0)
+    # Ready already: nothing to write now; the pid stays as it was (not "repaired").
+    assert not [a for a in confirmed if isinstance(a, Write)]
+
+
+def test_event_messages_carry_no_foreign_port_address_or_time() -> None:
+    from k3net.events import node_entry
+
+    data = template("peer-a")
+    data["metadata"]["annotations"][ANN_PORT] = "٣"
+    data["metadata"]["annotations"][ANN_LAST_SEEN] = "yesterday"
+    data["status"]["addresses"].append({"type": "InternalIP", "address": "not-an-ip"})
+    data["status"]["conditions"][0]["message"] = "m" * 5000
+    entry = node_entry(node_from_dict(data))
+    assert entry["port"] is None  # (int("٣") is 3)
+    assert entry["lastSeen"] is None
+    assert entry["addresses"] == ["192.168.1.10"]
+    assert entry["message"] is None
+    assert entry["reason"] == "PeerAlive"
+
+
+def test_the_nodes_table_shows_foreign_values_as_foreign() -> None:
+    data = template("peer-a")
+    data["metadata"]["annotations"][ANN_PORT] = "²"
+    data["metadata"]["annotations"][ANN_LAST_SEEN] = "1970-01-01T00:00:00Z"
+    data["status"]["addresses"][1]["address"] = "10.0.0.300\x1b[2J"
+    out = format_nodes([node_from_dict(data)], NOW, "wide")
+    row = out.splitlines()[1].split()
+    assert row[0] == "peer-a" and row[3] == "<foreign>"  # LASTSEEN
+    assert "<foreign>" in row[5] and "\x1b" not in out  # ADDRESSES
+    assert row[7:] == ["<foreign>", "4242"]  # PORT, PID
