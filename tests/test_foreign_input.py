@@ -21,7 +21,7 @@ from k3net.commands.nodes import format_nodes
 from k3net.convert import InvalidNode, node_from_dict, node_list, node_to_dict
 from k3net.core import parse
 from k3net.core.discovery import Found, found_in_answer, listed_peers
-from k3net.core.identity import judge, proof
+from k3net.core.identity import AnswerReader, judge, judge_reader, nonce_from_query, proof
 from k3net.core.messages import (
     PeerGone,
     PeerSeen,
@@ -325,6 +325,28 @@ def test_identity_answers_give_only_valid_facts(status: int | None, body: bytes,
         assert found.pid is None or isinstance(parse.pid(found.pid), int)
         assert found.addresses and all(isinstance(parse.address(a), parse.IPAddress)
                                        for a in found.addresses)
+
+
+http_answers = st.lists(
+    st.sampled_from([b"HTTP/1.1 200 OK\r\n", b"HTTP/1.0 999 X\r\n", b"Content-Length: 5\r\n",
+                     b"Content-Length: \xb2\r\n", b"Transfer-Encoding: chunked\r\n", b"\r\n",
+                     b"5\r\nhello\r\n0\r\n\r\n", b'{"node": "peer-a"}']) | st.binary(max_size=20),
+    max_size=6,
+)
+
+
+@BOUNDED
+@given(http_answers, st.binary(max_size=80))
+def test_probe_answers_and_queries_are_read_without_raising(chunks: list[bytes],
+                                                             query: bytes) -> None:
+    reader = AnswerReader(limit=64)
+    for chunk in [*chunks, b""]:
+        if reader.feed(chunk):
+            break
+    answer = judge_reader(reader, probed="peer-a", nonce=NONCE, key=KEY)
+    assert answer.outcome != "confirmed"  # nobody proved the key
+    nonce = nonce_from_query(query)
+    assert nonce is None or len(nonce) == len(NONCE)
 
 
 @BOUNDED
