@@ -18,6 +18,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from k3net.commands.nodes import format_nodes
+from k3net.commands.watch import format_event, read_message
+from k3net.commands.watch import render as watch_render
 from k3net.convert import InvalidNode, node_from_dict, node_list, node_to_dict
 from k3net.core import parse
 from k3net.core.discovery import Found, found_in_answer, listed_peers
@@ -497,3 +499,21 @@ def test_the_nodes_table_shows_foreign_values_as_foreign() -> None:
     assert row[0] == "peer-a" and row[3] == "<foreign>"  # LASTSEEN
     assert "<foreign>" in row[5] and "\x1b" not in out  # ADDRESSES
     assert row[7:] == ["<foreign>", "4242"]  # PORT, PID
+
+
+@BOUNDED
+@given(st.dictionaries(st.sampled_from(["type", "seq", "ts", "nodes", "node", "ready", "reason",
+                                        "addresses", "port", "lastSeen", "message", "epoch"]),
+                       json_values | st.lists(json_values, max_size=3), max_size=8),
+       st.sampled_from(["table", "wide", "json", "yaml"]))
+def test_watch_prints_any_event_message(message: dict[str, Any], output: str) -> None:
+    """`k3net watch` shows what an agent (of any version, or anything on its port) sends."""
+    if output in ("table", "wide"):
+        lines = format_event(message, output)
+        assert lines and all(isinstance(line, str) for line in lines)
+    watch_render(message, output)
+
+
+@pytest.mark.parametrize("raw", ["not json", "[1, 2]", "3", "[" * 100_000, b"\xff"])
+def test_watch_skips_a_message_that_is_no_json_object(raw: str | bytes) -> None:
+    assert read_message(raw) is None
