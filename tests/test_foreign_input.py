@@ -17,7 +17,9 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from k3net.commands.nodes import format_nodes
+from k3net.commands import CommandError
+from k3net.commands.nodes import _nodes_from_answer, format_nodes
+from k3net.commands.peers import format_followed, peers_from_answer
 from k3net.commands.watch import format_event, read_message
 from k3net.commands.watch import render as watch_render
 from k3net.convert import InvalidNode, node_from_dict, node_list, node_to_dict
@@ -517,3 +519,24 @@ def test_watch_prints_any_event_message(message: dict[str, Any], output: str) ->
 @pytest.mark.parametrize("raw", ["not json", "[1, 2]", "3", "[" * 100_000, b"\xff"])
 def test_watch_skips_a_message_that_is_no_json_object(raw: str | bytes) -> None:
     assert read_message(raw) is None
+
+
+@BOUNDED
+@given(st.lists(json_nodes(), max_size=3), st.lists(json_values, max_size=3))
+def test_the_commands_read_any_nodes_and_peers_answer(items: list[Any], peers: list[Any]) -> None:
+    """`k3net nodes` and `k3net peers --server` on whatever an agent's port answers."""
+    nodes = _nodes_from_answer("http://a", 200, json.dumps({"items": items}).encode())
+    format_nodes(nodes, NOW, "wide")
+    try:
+        followed = peers_from_answer("http://a", 200, json.dumps({"peers": peers}).encode())
+    except CommandError:
+        return
+    format_followed(followed)
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b"\xff", b"{}", b"[]"])
+def test_the_commands_refuse_an_answer_that_is_no_list_in_one_line(body: bytes) -> None:
+    with pytest.raises(CommandError):
+        _nodes_from_answer("http://a", 200, body)
+    with pytest.raises(CommandError):
+        peers_from_answer("http://a", 200, body)

@@ -340,7 +340,7 @@ class AgentSource:
 def _nodes_from_answer(base: str, status: int, body: bytes) -> list[Node]:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if status != 200:
         message = data.get("message") if isinstance(data, dict) else None

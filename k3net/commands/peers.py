@@ -156,7 +156,7 @@ def peers_from_answer(base: str, status: int, body: bytes) -> list[FollowedPeer]
     """An agent's /peers answer as FollowedPeers; CommandError (one line) if it is not one."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if status == 404:
         raise CommandError(f"the agent at {base} has no /peers (an older k3net?); "
