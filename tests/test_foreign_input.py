@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +44,7 @@ from k3net.metrics import Metrics
 from k3net.model import ANN_LAST_SEEN, ANN_PID, ANN_PORT, LABEL_MANAGED, Node
 from k3net.store.etcd import PREFIX, stored_from_kv
 from k3net.store.mysql import stored_from_row
+from tests.helpers.web import get, start_web, write_nodes
 
 BOUNDED = settings(max_examples=200, deadline=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -540,3 +542,39 @@ def test_the_commands_refuse_an_answer_that_is_no_list_in_one_line(body: bytes) 
         _nodes_from_answer("http://a", 200, body)
     with pytest.raises(CommandError):
         peers_from_answer("http://a", 200, body)
+
+
+async def test_the_served_views_show_nodes_with_foreign_fields(nursery: trio.Nursery) -> None:
+    """The agent's /nodes, /snapshot and /metrics over a store holding Nodes whose fields are
+    foreign: the Nodes as stored (lossless), the hub's entries without the foreign values."""
+    web = await start_web(nursery)
+    odd = [
+        _node(("metadata", "annotations", ANN_PORT), "²", "peer-a"),
+        _node(("status", "addresses", 1, "address"), "10.0.0.300", "peer-b"),
+        _node(("status", "conditions", 0, "message"), "m" * 5000, "peer-c"),
+        _node(("metadata", "annotations", ANN_LAST_SEEN), "1970-01-01T00:00:00Z", "x"),
+    ]
+    with web.hub.subscribe() as sub:
+        await write_nodes(web.store, *odd)
+        joined: list[dict[str, Any]] = []
+        with trio.fail_after(5):
+            async for message in sub:  # (a subscription starts with a snapshot)
+                if message["type"] == "joined":
+                    joined.append(message)
+                if len(joined) == len(odd):
+                    break
+    assert sorted(m["node"] for m in joined) == ["peer-a", "peer-b", "peer-c", "x"]
+    status, _, body = await get(web.url("/nodes"))
+    assert status == 200
+    items = {n["metadata"]["name"]: n for n in json.loads(body)["items"]}
+    assert items["peer-a"]["metadata"]["annotations"][ANN_PORT] == "²"  # as stored
+    status, _, body = await get(web.url("/events/snapshot"))
+    assert status == 200
+    entries = {e["node"]: e for e in json.loads(body)["nodes"]}
+    assert entries["peer-a"]["port"] is None
+    assert entries["peer-b"]["addresses"] == []
+    assert entries["peer-c"]["message"] is None
+    assert entries["x"]["lastSeen"] == "1970-01-01T00:00:00Z"  # an RFC 3339 time
+    status, _, body = await get(web.url("/metrics"))
+    assert status == 200 and b"k3net_foreign_values_total" in body
+    await web.stop()
