@@ -126,7 +126,7 @@ def _integer(value: Any) -> int:
         if not value.is_integer():
             raise _Bad(f"expected a whole number, got {value!r}")
         return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
         return int(value)
     if isinstance(value, int):
         return value
@@ -283,7 +283,7 @@ def parse_endpoint(endpoint: str, where: str) -> tuple[str, int]:
     return match.group(2).strip("[]"), port
 
 
-_ENDPOINT = re.compile(r"(?:(https?)://)?(\[[0-9a-fA-F:]+\]|[^:/\s]+)(?::(\d+))?/?")
+_ENDPOINT = re.compile(r"(?:(https?)://)?(\[[0-9a-fA-F:]+\]|[^:/\s]+)(?::([0-9]{1,5}))?/?")
 
 
 def endpoint_uses_tls(endpoint: str) -> bool:

@@ -1,7 +1,9 @@
 """The one converter between k3net's attrs model and the Kubernetes JSON form.
 
 - Field names are camelCase on the wire (`resource_version` <-> `resourceVersion`).
-- Timestamps are RFC 3339 in UTC with a `Z`, whole seconds (as Kubernetes' `metav1.Time`).
+- Timestamps are RFC 3339 in UTC with a `Z`, whole seconds (as Kubernetes' `metav1.Time`). They
+  are read by `core.parse.timestamp` (the form only, any year: a Node that a host without a set
+  clock wrote in 1970 is still a Node; its age is judged where it is used).
 - Lossless: keys the model has no field for are kept in the object's `extra` and written back
   where they were, so a Node that went through k3net keeps everything it carried.
 - `None` fields are left out, as Go's `omitempty` does.
@@ -17,6 +19,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from k3net.core import parse
 from k3net.model import Node
 
 
@@ -36,11 +39,12 @@ def format_time_precise(value: dt.datetime) -> str:
 
 
 def parse_time(value: str) -> dt.datetime:
-    """Any RFC 3339 time (Go's `time.RFC3339Nano` included) as an aware UTC datetime."""
-    parsed = dt.datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp without a time zone: {value!r}")
-    return parsed.astimezone(dt.UTC)
+    """Any RFC 3339 time (Go's `time.RFC3339Nano` included) as an aware UTC datetime; ValueError
+    for anything else (`core.parse.timestamp`, the one reader of times)."""
+    parsed = parse.timestamp(value)
+    if isinstance(parsed, parse.Foreign):
+        raise ValueError(str(parsed))
+    return parsed
 
 
 def _structure_time(value: Any, _type: Any) -> dt.datetime:

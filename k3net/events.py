@@ -63,6 +63,7 @@ from typing import Any
 import trio
 
 from k3net.convert import format_time_precise
+from k3net.core import parse
 from k3net.core.nodes import Readiness, readiness
 from k3net.metrics import Metrics
 from k3net.model import ANN_LAST_SEEN, ANN_PORT, Node
@@ -81,25 +82,46 @@ def _utcnow() -> dt.datetime:
 
 
 def _port(node: Node) -> int | None:
-    try:
-        return int(node.metadata.annotations[ANN_PORT])
-    except (KeyError, ValueError):
-        return None
+    """The port annotation (`core.parse`: the table notes a foreign one); None if foreign."""
+    port = parse.port(node.metadata.annotations.get(ANN_PORT))
+    return port if isinstance(port, int) else None
+
+
+# The longest Ready reason and message a message carries (k3net's own are far shorter).
+MAX_REASON = 128
+MAX_MESSAGE = 1024
+# The most addresses a message lists (a Node of k3net's has a few).
+MAX_ADDRESSES = 16
+
+
+def _bounded(text: str | None, limit: int) -> str | None:
+    taken = parse.text(text, limit)
+    return taken if isinstance(taken, str) else None
 
 
 def node_entry(node: Node) -> Message:
-    """The fields of a message (and of a snapshot entry) that describe a Node."""
+    """The fields of a message (and of a snapshot entry) that describe a Node. Addresses, port,
+    lastSeen, reason and message are read by `core.parse`: a foreign one is left out (None, or
+    not listed), so that a subscriber never receives what the Node's writer did not mean, nor
+    a value of any length."""
     cond = node.condition()
+    ips = (parse.address(a.address) for a in node.status.addresses if a.type != "Hostname")
     return {
         "node": node.name,
         "ready": node.ready_status,
-        "reason": cond.reason if cond is not None else None,
-        "message": cond.message if cond is not None else None,
-        "addresses": [a.address for a in node.status.addresses if a.type != "Hostname"],
+        "reason": _bounded(cond.reason, MAX_REASON) if cond is not None else None,
+        "message": _bounded(cond.message, MAX_MESSAGE) if cond is not None else None,
+        "addresses": [str(ip) for ip in ips if not isinstance(ip, parse.Foreign)][:MAX_ADDRESSES],
         "port": _port(node),
         "managed": node.managed,
-        "lastSeen": node.metadata.annotations.get(ANN_LAST_SEEN),
+        "lastSeen": _last_seen(node),
     }
+
+
+def _last_seen(node: Node) -> str | None:
+    """The lastSeen annotation if it is an RFC 3339 time (`core.parse`), as it is written."""
+    text = node.metadata.annotations.get(ANN_LAST_SEEN)
+    return text if isinstance(parse.timestamp(text), dt.datetime) else None
 
 
 # The entry fields whose change is worth an `updated` message (not lastSeen, not message).

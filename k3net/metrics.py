@@ -39,11 +39,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from k3net import version
 from k3net.convert import parse_time
+from k3net.core import parse
 from k3net.model import ANN_LAST_SEEN, Node
 
 prometheus_client.disable_created_metrics()
@@ -117,6 +118,21 @@ class NodeCollector(Collector):
         yield from (peer_family, condition, reason, last_seen, managed)
 
 
+class _ForeignValues(Collector):
+    """`k3net_foreign_values_total{field}`: values from outside (mDNS, /info, /peers, stored
+    Node fields) that `core.parse` did not take, read from its tally at scrape time (one tally
+    per process: agents in one process share it)."""
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "k3net_foreign_values", "Values from outside that are not what their field holds"
+            " (skipped, never written), by field.", labels=["field"],
+        )
+        for field, count in sorted(parse.FOREIGN.counts.items()):
+            family.add_metric([field], count)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -126,6 +142,7 @@ class Metrics:
         PlatformCollector(registry=r)
         Info("k3net_build", "The k3net build this agent runs (commit: unknown if not known).",
              registry=r).info({"version": version.version(), "commit": version.commit() or "unknown"})
+        r.register(_ForeignValues())
         self.probes = Counter(
             "k3net_probes", "Probes of peers, by result (confirmed, wrong-node, unauthenticated, refused,"
             " timeout, unverified).", ["result"], registry=r,

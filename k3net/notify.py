@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
+from k3net.core import parse
+
 log = logging.getLogger(__name__)
 
 
@@ -40,13 +42,13 @@ def socket_address(environ: Mapping[str, str]) -> str | None:
 def watchdog_interval(environ: Mapping[str, str], pid: int) -> float | None:
     """How often to send WATCHDOG=1: half of `$WATCHDOG_USEC`, as sd_watchdog_enabled advises;
     None when no watchdog is asked for, or it is asked of another process."""
-    usec = environ.get("WATCHDOG_USEC", "")
-    if not usec.isdigit() or int(usec) == 0:
+    usec = parse.number(environ.get("WATCHDOG_USEC", ""), 1, parse.REVISION_MAX)
+    if isinstance(usec, parse.Foreign):
         return None
     owner = environ.get("WATCHDOG_PID", "")
     if owner and owner != str(pid):
         return None
-    return int(usec) / 1e6 / 2
+    return usec / 1e6 / 2
 
 
 class Notifier:

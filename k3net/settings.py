@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from k3net.config import ConfigError, StorageConfig, read_config, storage_from_data
+from k3net.core import parse
 from k3net.core.names import name_problem
 from k3net.durations import format_duration, parse_duration
 
@@ -86,10 +87,10 @@ def parse_bool(text: str) -> bool:
 def parse_listen(text: str) -> tuple[str, int]:
     """`:7946`, `127.0.0.1:7946`, `[::1]:7946` as (host, port); host "" means every address."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not port_text.isascii() or not port_text.isdigit():
         raise ValueError(f"invalid listen address {text!r} (use HOST:PORT or :PORT)")
-    port = int(port_text)
-    if not 0 < port < 65536:
+    port = parse.port(port_text)
+    if isinstance(port, parse.Foreign):
         raise ValueError(f"port out of range in {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -48,7 +48,8 @@ from k3net.commands import (
     table,
 )
 from k3net.config import StorageConfig
-from k3net.convert import InvalidNode, node_from_dict, node_list, node_to_dict, parse_time
+from k3net.convert import InvalidNode, node_from_dict, node_list, node_to_dict
+from k3net.core import parse
 from k3net.core.nodes import Readiness, readiness
 from k3net.durations import format_duration
 from k3net.model import ANN_LAST_SEEN, ANN_PID, ANN_PORT, Node
@@ -95,16 +96,25 @@ def _since(value: dt.datetime | str | None, now: dt.datetime, missing: str) -> s
     if value is None:
         return missing
     if isinstance(value, str):
-        try:
-            value = parse_time(value)
-        except ValueError:
-            return missing
+        parsed = parse.rfc3339(value, now)
+        if isinstance(parsed, parse.Foreign):
+            return "<foreign>"
+        value = parsed
     return age((now - value).total_seconds())
+
+
+def _shown(value: object) -> str:
+    """A value read through `core.parse` as a table cell: foreign values are not printed."""
+    return "<foreign>" if isinstance(value, parse.Foreign) else str(value)
+
+
+def _number(text: str | None, reader: Callable[[object], int | parse.Foreign]) -> str:
+    return "<none>" if text is None else _shown(reader(text))
 
 
 def node_row(node: Node, now: dt.datetime, wide: bool) -> list[str]:
     cond = node.condition()
-    ips = [a.address for a in node.status.addresses if a.type != "Hostname"]
+    ips = [_shown(parse.address(a.address)) for a in node.status.addresses if a.type != "Hostname"]
     ann = node.metadata.annotations
     row = [
         node.name,
@@ -116,7 +126,7 @@ def node_row(node: Node, now: dt.datetime, wide: bool) -> list[str]:
         "true" if node.managed else "false",
     ]
     if wide:
-        row += [ann.get(ANN_PORT) or "<none>", ann.get(ANN_PID) or "<none>"]
+        row += [_number(ann.get(ANN_PORT), parse.port), _number(ann.get(ANN_PID), parse.pid)]
     return row
 
 
@@ -509,7 +519,7 @@ def no_answer(exc: BaseException) -> str:
 def _nodes_from_answer(base: str, status: int, body: bytes) -> list[Node]:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if status != 200:
         message = data.get("message") if isinstance(data, dict) else None

@@ -46,6 +46,7 @@ import attrs
 import trio
 
 from k3net.commands import CommandError, dump, sort_by, table
+from k3net.core import parse
 from k3net.core.messages import PeerGone, PeerSeen, ProbeResult
 from k3net.durations import format_duration
 
@@ -200,7 +201,7 @@ def peers_from_answer(base: str, status: int, body: bytes) -> list[FollowedPeer]
     """An agent's /peers answer as FollowedPeers; CommandError (one line) if it is not one."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if status == 404:
         raise CommandError(f"the agent at {base} has no /peers (an older k3net?); "
@@ -214,11 +215,19 @@ def peers_from_answer(base: str, status: int, body: bytes) -> list[FollowedPeer]
     out = []
     for item in items:
         try:
+            port = parse.port(item["port"])
+            if isinstance(port, parse.Foreign):
+                raise ValueError(str(port))
+            if not isinstance(item["addresses"], list):
+                raise TypeError("addresses: not a list")
+            shown = tuple("<foreign>" if isinstance(ip, parse.Foreign) else str(ip)
+                          for ip in map(parse.address, item["addresses"]))
             pid, held, probe = item.get("pid"), item.get("held"), item.get("lastProbe")
+            pid = parse.pid(pid) if pid is not None else None
             out.append(FollowedPeer(
-                str(item["name"]), tuple(str(a) for a in item["addresses"]), int(item["port"]),
+                str(item["name"]), shown, port,
                 str(item["state"]), str(item["foundBy"]), bool(item["confirmed"]),
-                int(pid) if pid is not None else None, str(held) if held else None,
+                pid if isinstance(pid, int) else None, str(held) if held else None,
                 {k: probe.get(k) for k in ("outcome", "latencySeconds", "address", "error")}
                 if isinstance(probe, dict) and isinstance(probe.get("outcome"), str) else None,
             ))

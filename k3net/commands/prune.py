@@ -42,7 +42,7 @@ import trio
 from k3net.commands import CommandError, dump, table
 from k3net.commands.nodes import age
 from k3net.config import StorageConfig
-from k3net.convert import parse_time
+from k3net.core import parse
 from k3net.core.nodes import Readiness, readiness
 from k3net.durations import format_duration
 from k3net.model import ANN_LAST_SEEN, ANN_NODE_LABELS, CONDITION_READY, LABEL_HOSTNAME, Node
@@ -112,11 +112,9 @@ def last_alive(node: Node) -> dt.datetime | None:
     heartbeat and transition times (None if it has none that can be read)."""
     times = []
     text = node.metadata.annotations.get(ANN_LAST_SEEN)
-    if text is not None:
-        try:
-            times.append(parse_time(text))
-        except (ValueError, TypeError):
-            pass  # not a time: no evidence either way
+    seen = parse.timestamp(text) if text is not None else None
+    if isinstance(seen, dt.datetime):
+        times.append(seen)  # (a foreign lastSeen is no evidence either way)
     cond = node.condition()
     if cond is not None:
         times += [t for t in (cond.last_heartbeat_time, cond.last_transition_time)

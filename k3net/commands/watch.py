@@ -37,7 +37,7 @@ from trio_websocket import (
 
 from k3net.backoff import Backoff
 from k3net.commands import ANSWER_TIMEOUT, CommandError, dump_item, ready_word
-from k3net.convert import parse_time
+from k3net.core import parse
 from k3net.durations import format_duration
 
 # A snapshot of many Nodes is one websocket message; trio-websocket's default limit is 1 MiB.
@@ -62,37 +62,63 @@ def events_url(url: str, since: int | None = None, epoch: str | None = None) -> 
     return urlunsplit((scheme, parts.netloc, parts.path or "/events", query, ""))
 
 
-def _clock(ts: str | None) -> str:
+# The highest seq an agent's /events is asked to resume after (what its /events accepts).
+MAX_SEQ = 10**18 - 1
+
+
+def read_message(raw: str | bytes) -> dict[str, Any] | None:
+    """One /events message, or None if it is not a JSON object."""
     try:
-        return parse_time(ts or "").astimezone().strftime("%H:%M:%S")
-    except ValueError:
-        return "--:--:--"
+        message = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _clock(ts: object) -> str:
+    moment = parse.timestamp(ts)
+    return "--:--:--" if isinstance(moment, parse.Foreign) else \
+        moment.astimezone().strftime("%H:%M:%S")
+
+
+def _text(value: object, limit: int = 256) -> str | None:
+    """A message field shown as it is only if it is a string of bounded length (an agent of
+    another version, or something else on its port, may send anything)."""
+    taken = parse.text(value, limit)
+    return taken if isinstance(taken, str) and taken else None
 
 
 def format_event(message: dict[str, Any], output: str = "table") -> list[str]:
     """Readable lines for one /events message (a snapshot gives one line per node). `wide`
     adds the port, the lastSeen annotation and the condition's message."""
-    head = f"{_clock(message.get('ts'))} #{message.get('seq')}"
+    seq = parse.number(message.get("seq"), 0, MAX_SEQ)
+    head = f"{_clock(message.get('ts'))} #{'?' if isinstance(seq, parse.Foreign) else seq}"
     if message.get("type") == "snapshot":
-        nodes = message.get("nodes") or []
+        nodes = message.get("nodes")
+        nodes = [n for n in nodes if isinstance(n, dict)] if isinstance(nodes, list) else []
         if not nodes:
             return [f"{head} snapshot  (no nodes)"]
         return [_event_line(head, "snapshot", n, output == "wide") for n in nodes]
-    return [_event_line(head, str(message.get("type")), message, output == "wide")]
+    return [_event_line(head, _text(message.get("type"), 16) or "?", message, output == "wide")]
 
 
 def _event_line(head: str, kind: str, entry: dict[str, Any], wide: bool) -> str:
-    ready = entry.get("ready")
+    ready = _text(entry.get("ready"), 16)
+    listed = entry.get("addresses")
+    ips = [parse.address(a) for a in listed] if isinstance(listed, list) else []
+    port = parse.port(entry.get("port"))
     cells = [
-        entry.get("node") or "?",
+        _text(entry.get("node")) or "?",
         ready_word(ready) if ready else "-",
-        entry.get("reason") or "-",
-        ",".join(entry.get("addresses") or []) or "-",
+        _text(entry.get("reason")) or "-",
+        ",".join(str(ip) for ip in ips if not isinstance(ip, parse.Foreign)) or "-",
     ]
     if wide:
-        cells += [str(entry.get("port") or "-"), entry.get("lastSeen") or "-"]
-    if (kind == "rejected" or wide) and entry.get("message"):
-        cells.append(entry["message"])
+        cells += ["-" if isinstance(port, parse.Foreign) else str(port),
+                  _text(entry.get("lastSeen"), parse.MAX_TIME_TEXT) or "-"]
+    message = _text(entry.get("message"), 1024)
+    if (kind == "rejected" or wide) and message:
+        cells.append(message)
     return (f"{head} {kind:<{KIND_WIDTH}} {cells[0]:<{NODE_WIDTH}} {cells[1]:<{READY_WIDTH}} "
             f"{cells[2]:<{REASON_WIDTH}} " + " ".join(cells[3:]))
 
@@ -140,10 +166,15 @@ async def follow(
                     failures, connected = 0, True
                     while True:
                         raw = await ws.get_message()
-                        message = json.loads(raw)
+                        message = read_message(raw)
+                        if message is None:
+                            print(f"k3net watch: skipped a message that is not a JSON object: "
+                                  f"{str(raw)[:80]!r}", file=sys.stderr)
+                            continue
                         await on_message(message)
-                        last_seq = message.get("seq", last_seq)
-                        epoch = message.get("epoch", epoch)
+                        seq = parse.number(message.get("seq"), 0, MAX_SEQ)
+                        last_seq = seq if isinstance(seq, int) else last_seq
+                        epoch = _text(message.get("epoch"), 64) or epoch
             except ConnectionClosed as exc:
                 code = exc.reason.code if exc.reason else None
                 reason = exc.reason.reason if exc.reason else None

@@ -26,17 +26,20 @@ from collections.abc import Iterable
 
 import attrs
 
+from k3net.core import parse as parse_
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 def parse(text: str) -> IPAddress | None:
-    """An address as text (a zone suffix is ignored) -> the address, or None if it is none."""
-    try:
-        return ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
+    """An address as text (a zone suffix is ignored) -> the address, or None if it is none
+    (read by `core.parse.address`)."""
+    if not isinstance(text, str):
         return None
+    ip = parse_.address(text.split("%", 1)[0])
+    return None if isinstance(ip, parse_.Foreign) else ip
 
 
 def problem(ip: IPAddress, *, loopback: bool = False) -> str | None:

@@ -30,6 +30,7 @@ from collections.abc import Collection, Iterator, Sequence
 import attrs
 
 from k3net.core import addresses as addrs
+from k3net.core import parse
 from k3net.core.identity import judge
 from k3net.core.names import name_problem
 from k3net.core.table import Alive
@@ -76,9 +77,10 @@ def parse_join(text: str) -> JoinAddress:
             port_text = None
     port: int | None = None
     if port_text is not None:
-        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        parsed = parse.port(port_text)
+        if isinstance(parsed, parse.Foreign):
             raise ValueError(f"invalid port in join address {text!r} (1 to 65535)")
-        port = int(port_text)
+        port = parsed
     ip = addrs.parse(host)
     if ip is not None:
         problem = addrs.problem(ip, loopback=True)
@@ -191,20 +193,29 @@ def found_in_answer(
     answer = judge(status, body, probed=claimed, nonce=nonce, key=key)
     if answer.outcome != "confirmed":
         return NotFound(answer.outcome, f"{address}:{port} ({claimed}): {answer.detail}")
-    their_port = data.get("port")
-    if not isinstance(their_port, int) or isinstance(their_port, bool) \
-            or not 0 < their_port < 65536:
-        their_port = port
+    source = f"/info of {address}"
+    their_port = parse.port(data.get("port"), field="info port", where=source) \
+        if "port" in data else port
     listed = data.get("addrs")
-    texts = [a for a in listed if isinstance(a, str)] if isinstance(listed, list) else []
     asked = addrs.parse(address)
     loopback = asked is not None and asked.is_loopback  # agents on one host, `--interface lo`
-    where = addrs.canonical(texts[:64], loopback=loopback) or (address,)
-    pid = data.get("pid")
+    where = addrs.canonical(_addresses(listed, "info addrs", source), loopback=loopback) \
+        or (address,)
+    pid = parse.pid(data.get("pid"), field="info pid", where=source) if "pid" in data else None
     return Found(
-        claimed, where, their_port,
-        pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None, address,
+        claimed, where, their_port if isinstance(their_port, int) else port,
+        pid if isinstance(pid, int) else None, address,
     )
+
+
+def _addresses(listed: object, field: str, where: str) -> list[str]:
+    """The addresses (`core.parse`) among a JSON list, its first 64 entries; the rest skipped."""
+    if not isinstance(listed, list):
+        if listed is not None:
+            parse.note(where, parse.Foreign(field, repr(listed)[:parse.SHOWN], "not a list"))
+        return []
+    return [str(ip) for ip in (parse.address(a, field=field, where=where) for a in listed[:64])
+            if not isinstance(ip, parse.Foreign)]
 
 
 # At most this many peers are taken from one agent's /peers (a LAN's agents, with room).
@@ -237,13 +248,14 @@ def listed_peers(status: int | None, body: bytes, *, loopback: bool = False) -> 
         if not isinstance(entry, dict) or entry.get("state") != Alive.label \
                 or entry.get("confirmed") is not True:
             continue
-        name, port, listed = entry.get("name"), entry.get("port"), entry.get("addresses")
+        name, listed = entry.get("name"), entry.get("addresses")
         if not isinstance(name, str) or name_problem(name) is not None:
             continue
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        port = parse.port(entry.get("port"), field="peers port", where=f"/peers entry {name}")
+        if isinstance(port, parse.Foreign):
             continue
-        texts = [a for a in listed if isinstance(a, str)] if isinstance(listed, list) else []
-        where = addrs.canonical(texts[:64], loopback=loopback)
+        where = addrs.canonical(_addresses(listed, "peers addresses", f"/peers entry {name}"),
+                                loopback=loopback)
         if where:
             found.append(Listed(name, tuple(where), port))
     return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from k3net.core import addresses as addresses_
+from k3net.core import parse
 from k3net.core.messages import PeerRejected, PeerSeen
 from k3net.core.names import MAX_TXT_VALUE, name_problem
 
@@ -15,13 +16,6 @@ def _txt(properties: Mapping[bytes, bytes | None], key: bytes) -> bytes | None:
         if k.lower() == key:
             return v
     return None
-
-
-def _port(text: str | None) -> int | None:
-    if text is None or not text.isascii() or not text.isdigit():
-        return None
-    port = int(text)
-    return port if 0 < port < 65536 else None
 
 
 def peer_from_record(
@@ -36,7 +30,8 @@ def peer_from_record(
 
     - bad-txt: a TXT value longer than MAX_TXT_VALUE, or `node`/`port`/`pid` not UTF-8;
     - invalid-name: the peer name (TXT `node`, else the instance label) is no DNS-1123 name;
-    - bad-port: neither TXT `port` nor the SRV port is a port number (1..65535);
+    - bad-port: neither TXT `port` nor the SRV port is a port number (1..65535, ASCII digits:
+      `core.parse`); a foreign TXT `port` or `pid` is noted there, and a foreign pid left out;
     - no-address: no A/AAAA record usable from another machine (`core.addresses`: never
       loopback, unless `loopback` (an agent on loopback alone), unspecified, multicast or
       link-local).
@@ -60,15 +55,20 @@ def peer_from_record(
     if problem is not None:
         return PeerRejected(instance, "invalid-name", f"{name[:64]!r}: {problem}")
 
-    port = _port(texts["port"]) or (srv_port if srv_port and 0 < srv_port < 65536 else None)
-    if port is None:
+    where = f"mDNS {instance[:64]}"
+    port: int | parse.Foreign | None = None
+    if texts["port"] is not None:
+        port = parse.port(texts["port"], field="txt port", where=where)
+    if not isinstance(port, int) and srv_port is not None:
+        port = parse.port(srv_port, field="srv port", where=where)
+    if not isinstance(port, int):
         return PeerRejected(instance, "bad-port",
                             f"TXT port {texts['port']!r}, SRV port {srv_port!r}")
 
-    pid_text = texts["pid"]
-    pid = int(pid_text) if pid_text and pid_text.isascii() and pid_text.isdigit() else None
+    pid = None if texts["pid"] is None else parse.pid(texts["pid"], field="txt pid", where=where)
 
     ordered = addresses_.canonical(addresses, loopback=loopback)
     if not ordered:
         return PeerRejected(instance, "no-address", "no A/AAAA record usable from here")
-    return PeerSeen(name=name, addresses=ordered, port=port, pid=pid or None)
+    return PeerSeen(name=name, addresses=ordered, port=port,
+                    pid=pid if isinstance(pid, int) else None)

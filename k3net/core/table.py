@@ -116,7 +116,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from k3net.core import nodes
+from k3net.core import nodes, parse
 from k3net.core.messages import (
     Deleted,
     Lost,
@@ -356,6 +356,20 @@ def _internal_ips(node: Node) -> tuple[str, ...]:
     return tuple(a.address for a in node.status.addresses if a.type == "InternalIP")
 
 
+def _stored_peer(node: Node) -> tuple[tuple[str, ...], int | None, int | None]:
+    """Where a Node says its agent is: its InternalIP addresses, port and pid annotations, each
+    through `core.parse`. A foreign value is noted and left out (None), never followed."""
+    where = f"Node {node.name}"
+    ips = tuple(a.address for a in node.status.addresses if a.type == "InternalIP"
+                and not isinstance(parse.address(a.address, field="address", where=where),
+                                   parse.Foreign))
+    annotations = node.metadata.annotations
+    port_text, pid_text = annotations.get(ANN_PORT), annotations.get(ANN_PID)
+    port = None if port_text is None else parse.port(port_text, field=ANN_PORT, where=where)
+    pid = None if pid_text is None else parse.pid(pid_text, field=ANN_PID, where=where)
+    return (ips, port if isinstance(port, int) else None, pid if isinstance(pid, int) else None)
+
+
 def _probe_event(outcome: ProbeOutcome, *, unverified_counts: bool) -> PeerEvent:
     """The event a probe's outcome is for a peer (module docstring)."""
     match outcome:
@@ -541,15 +555,10 @@ class PeerTable:
             return []  # an expired record says nothing of a peer mDNS did not find here
         if peer is None:
             view = self._views.get(msg.name)
-            port = view.stored.node.metadata.annotations.get(ANN_PORT, "") if view else ""
-            if view is None or not port.isdigit():
+            ips, port, pid = _stored_peer(view.stored.node) if view else ((), None, None)
+            if port is None:
                 return []  # nothing known to probe, nothing stored to mark
-            node = view.stored.node
-            pid_text = node.metadata.annotations.get(ANN_PID, "")
-            pid = int(pid_text) if pid_text.isdigit() else None
-            peer = self._peers[msg.name] = _Peer(
-                msg.name, _internal_ips(node), int(port), pid, found_by="mdns"
-            )
+            peer = self._peers[msg.name] = _Peer(msg.name, ips, port, pid, found_by="mdns")
         event = PeerEvent.GOODBYE if msg.goodbye else PeerEvent.UNANNOUNCED
         return self._fire(peer, event, now)
 
@@ -638,23 +647,18 @@ class PeerTable:
         peer = self._peers.get(node.name)
         if peer is not None and peer.found_by != "store":
             return []  # found on the LAN: the LAN's word on its addresses and port wins
-        port = node.metadata.annotations.get(ANN_PORT, "")
-        addresses = _internal_ips(node)
-        usable = node.managed and ready and port.isdigit() and 0 < int(port) < 65536 and addresses
-        if not usable:
+        addresses, port, pid = _stored_peer(node) if node.managed and ready else ((), None, None)
+        if port is None or not addresses:
             if peer is None or isinstance(peer.state, Refused):
                 return []  # (a refusal we wrote ourselves: keep the state, for contradictions)
             del self._peers[node.name]
             return [Forget(node.name)]
         if peer is None:
-            pid_text = node.metadata.annotations.get(ANN_PID, "")
-            peer = self._peers[node.name] = _Peer(
-                node.name, addresses, int(port), int(pid_text) if pid_text.isdigit() else None,
-                found_by="store",
-            )
+            peer = self._peers[node.name] = _Peer(node.name, addresses, port, pid,
+                                                  found_by="store")
             return [ProbeNow(peer.target)]
-        if (peer.addresses, peer.port) != (addresses, int(port)):
-            peer.addresses, peer.port = addresses, int(port)
+        if (peer.addresses, peer.port) != (addresses, port):
+            peer.addresses, peer.port = addresses, port
             return [ProbeNow(peer.target)]
         return []
 

@@ -52,6 +52,7 @@ from trio_asyncio import aio_as_trio
 from k3net.backoff import DEFAULT_BACKOFF
 from k3net.config import EtcdConfig, endpoint_uses_tls, parse_endpoint
 from k3net.convert import InvalidNode, node_from_json, node_to_json
+from k3net.core import parse
 from k3net.durations import format_duration
 from k3net.model import Node
 from k3net.store.base import (
@@ -369,10 +370,10 @@ class EtcdStore:
 
 
 def _revision(name: str, version: str) -> int:
-    try:
-        return int(version)
-    except ValueError:
-        raise Conflict(f"{name}: {version!r} is not an etcd revision") from None
+    number = parse.revision(version)
+    if isinstance(number, parse.Foreign):
+        raise Conflict(f"{name}: {version[:64]!r} is not an etcd revision")
+    return number
 
 
 def _lost_race(name: str, version: str, responses: Any) -> NoReturn:

@@ -93,6 +93,7 @@ from trio_asyncio import aio_as_trio
 from k3net.backoff import DEFAULT_BACKOFF
 from k3net.config import MySQLConfig
 from k3net.convert import InvalidNode, node_from_dict, node_to_dict
+from k3net.core import parse
 from k3net.durations import format_duration
 from k3net.model import Node
 from k3net.store.base import (
@@ -243,8 +244,9 @@ def hashed_uid(name: str) -> str:
 def next_version(previous: str | None, now: dt.datetime) -> str:
     """A version newer than `previous`: microseconds since the epoch, or previous + 1."""
     fresh = int(now.timestamp() * 1_000_000)
-    if previous and previous.isdigit():
-        fresh = max(fresh, int(previous) + 1)
+    number = parse.revision(previous) if previous is not None else None
+    if isinstance(number, int):
+        fresh = max(fresh, number + 1)  # (a foreign version is simply replaced)
     return str(fresh)
 
 
@@ -256,6 +258,8 @@ def _json_column(value: Any, column: str) -> dict[str, Any] | None:
         data = json.loads(value)
     except ValueError as exc:
         raise InvalidNode(f"{column} is not JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidNode(f"{column} is JSON nested too deeply to read") from None
     if data is not None and not isinstance(data, dict):
         raise InvalidNode(f"{column} is not a JSON object")
     return data
@@ -802,8 +806,8 @@ def _first_per_name(fingerprints: Any) -> dict[str, tuple[Any, ...]]:
 
 
 def _write_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    updated_at, version = row[8], row[4] or ""
-    return (updated_at or dt.datetime.min, int(version) if version.isdigit() else 0, row[0])
+    updated_at, number = row[8], parse.revision(row[4])
+    return (updated_at or dt.datetime.min, number if isinstance(number, int) else 0, row[0])
 
 
 def _scan(rows: list[tuple[Any, ...]]) -> Scan:

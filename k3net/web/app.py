@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from k3net import version
 from k3net.convert import format_time, node_list
-from k3net.core import identity
+from k3net.core import identity, parse
 from k3net.core.messages import ProbeResult
 from k3net.core.table import PeerView
 from k3net.current import Current
@@ -116,10 +116,10 @@ def parse_events_query(query: bytes) -> tuple[int | None, str | None]:
     since: int | None = None
     if "since" in params:
         text = params["since"][-1]
-        # ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() refuses or reads.
-        if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        number = parse.number(text, 0, 10**18 - 1)  # ASCII digits only (core.parse)
+        if isinstance(number, parse.Foreign):
             raise QueryError(f"bad since {text[:40]!r}: expected a non-negative integer")
-        since = int(text)
+        since = number
     epoch = params["epoch"][-1] if "epoch" in params else None
     return since, epoch
 
