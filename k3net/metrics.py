@@ -23,7 +23,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from k3net import version
+from k3net import limits, version
 
 prometheus_client.disable_created_metrics()
 
@@ -122,9 +122,21 @@ class Metrics:
             " (found, not-agent, unauthenticated, invalid-name, refused, unreachable, timeout).",
             ["via", "result"], registry=r,
         )
+        self.limit_hits = Counter(
+            "k3net_limit_hits", "Times a cap of k3net.limits was reached (see docs/network.md,"
+            " \"Limits\"), by limit: something was refused, dropped or made to wait.",
+            ["limit"], registry=r,
+        )
+        for name in limits.NAMES:
+            self.limit_hits.labels(limit=name)
         self.scan_seconds = Gauge(
             "k3net_scan_seconds", "How long the last --scan of every range took.", registry=r,
         )
+
+    def limit_hit(self, limit: str) -> None:
+        """Count that the cap `limit` (one of `limits.NAMES`) was reached."""
+        assert limit in limits.NAMES, limit
+        self.limit_hits.labels(limit=limit).inc()
 
     def watch_table(self, counts: Mapping[str, int]) -> None:
         """Read the peer gauge from the table's counts at scrape time: no work per event."""

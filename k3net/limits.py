@@ -1,0 +1,72 @@
+"""The caps on what an outsider can make an agent spend. Each is a named constant with the reason
+for its value; `docs/network.md` ("Limits") lists them, and every time one is reached
+`k3net_limit_hits_total{limit=...}` counts it (`Metrics.limit_hit`), with the names of `NAMES`.
+
+A cap bounds one source (a peer, a client address) and the whole agent, so that one noisy
+source cannot take what the others need, and all of them together stay inside what the systemd
+unit allows (`LimitNOFILE`, `TasksMax`, `MemoryMax`: see the docs). Pure constants: no imports.
+"""
+
+from __future__ import annotations
+
+# Addresses probed per peer. A machine has a few LAN addresses (IPv4, a ULA, a global IPv6, a
+# second NIC); past that an announcement is more likely a flood than a host. Every address is
+# dialled at once, so this is also the sockets one probe can open (times tcp.ATTEMPTS).
+ADDRESSES_PER_PEER = 8
+
+# Peers followed (probed, held) at once. Far above a LAN's agents (k3 clusters are tens of
+# machines); at the cap, a peer mDNS announced that never proved itself is the first to go.
+PEERS = 1024
+
+# Sockets open for probing at once, over every peer (not per peer): with the holds and the
+# server's connections, it keeps the agent well under LimitNOFILE, and 256 concurrent
+# connection attempts still probe a full table of PEERS every few seconds.
+PROBE_SOCKETS = 256
+
+# mDNS entries resolved at once. One at a time, an entry whose records never come (a PTR with
+# nothing behind it) made every other entry wait for its whole timeout; a few at once let a
+# real agent's answer through while the bad ones wait out theirs.
+RESOLVER_SLOTS = 8
+
+# Tries of an mDNS entry that does not resolve before it is dropped (until it is announced
+# again). A real agent answers the first query or one of the next (a lost packet); an entry
+# that never answers would otherwise cost a query every RETRY_LAST seconds forever.
+RESOLVE_TRIES = 4
+
+# Held /hold connections from one client address. One agent holds one connection to us; a
+# few more cover several agents on one host and a restarted one whose old connection has not
+# ended yet.
+HOLDS_PER_CLIENT = 4
+
+# Held /hold connections in all: one per followed peer (PEERS), each one file descriptor.
+HOLDS = PEERS
+
+# Open /events websockets from one client address: a few browser tabs and `k3net watch`.
+SUBSCRIBERS_PER_CLIENT = 8
+
+# Open /events websockets in all. Each costs about 25 kB (its queue, hypercorn's buffers): 256
+# is about 6 MB, and more dashboards than any cluster has.
+SUBSCRIBERS = 256
+
+# Bytes of one websocket message a client may send. /events clients send nothing; hypercorn's
+# default (16 MiB) let four clients hold 61 MB with messages never finished.
+WEBSOCKET_MESSAGE = 1024
+
+# `rejected` events kept for resuming, in a ring apart from the Node changes: a flood of bad
+# announcements must not push real transitions out of the history (`k3net.events`).
+REJECTED_HISTORY = 64
+
+# The `limit` label of k3net_limit_hits_total, one per cap above.
+NAMES = (
+    "addresses-per-peer",
+    "peers",
+    "probe-sockets",
+    "resolver-slots",
+    "resolve-tries",
+    "holds-per-client",
+    "holds",
+    "subscribers-per-client",
+    "subscribers",
+    "websocket-message",
+    "rejected-history",
+)
