@@ -21,6 +21,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from k3net.limits import WEBSOCKET_MESSAGE
 from k3net.web.listen import BACKLOG, listen_socket
 
 log = logging.getLogger("k3net.web")
@@ -38,6 +39,8 @@ def hypercorn_config() -> Config:
     # agent says what it serves itself.
     config.errorlog = logging.getLogger("k3net.web.hypercorn")
     config.backlog = BACKLOG
+    # A longer message closes its websocket with 1009 (k3net.limits.WEBSOCKET_MESSAGE).
+    config.websocket_max_message_size = WEBSOCKET_MESSAGE
     return config
 
 
