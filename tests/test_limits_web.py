@@ -4,7 +4,6 @@ client addresses."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +12,7 @@ from trio_websocket import ConnectionClosed, wrap_client_stream
 
 from k3net import limits
 from k3net.web.app import Admission
-from tests.helpers.web import Web, start_web
+from tests.helpers.web import Web, connect_from, start_web
 
 
 @pytest.fixture
@@ -21,14 +20,6 @@ async def web(nursery: trio.Nursery) -> AsyncIterator[Web]:
     w = await start_web(nursery)
     yield w
     await w.stop()
-
-
-async def connect_from(source: str, port: int) -> trio.SocketStream:
-    """A TCP stream to the app at 127.0.0.1:port from the loopback address `source`."""
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    await sock.bind((source, 0))
-    await sock.connect(("127.0.0.1", port))
-    return trio.SocketStream(sock)
 
 
 async def ask_hold(stream: trio.SocketStream) -> bytes:
