@@ -84,7 +84,8 @@ async def browse_main(args: argparse.Namespace) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal, nursery.cancel_scope)
             chosen = mdns.choose_interfaces(tuple(args.iface), mdns.list_interfaces())
-            await nursery.start(functools.partial(browse.run, loopback=mdns.loopback_only(chosen)),
+            await nursery.start(functools.partial(browse.run, loopback=mdns.loopback_only(chosen),
+                                                  networks=mdns.networks_of(chosen)),
                                 zc, stype, args.own_name, send, Metrics())
             emit("browsing")
             async with recv:
