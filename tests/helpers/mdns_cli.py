@@ -3,6 +3,7 @@
     python tests/helpers/mdns_cli.py advertise --name node-a --port 7001 [--iface lo] [--move-to ADDR]
     python tests/helpers/mdns_cli.py browse --own-name self [--iface lo]
     python tests/helpers/mdns_cli.py peers [--iface lo]        (k3net.commands.peers.main, JSON output)
+    python tests/helpers/mdns_cli.py ptr-flood --count 8 [--iface lo]
 
 Prints one JSON object per line on stdout, each with `t` = time.monotonic() (the same clock in
 every process of the machine, so the test can subtract them):
@@ -15,6 +16,8 @@ every process of the machine, so the test can subtract them):
     {"event": "PeerGone", "name": ...} / {"event": "PeerRejected", "instance": ..., "reason": ...}
     {"event": "stopped"}             after SIGTERM/SIGINT, once the goodbye was sent
     {"event": "NameTaken", ...}      advertise: another responder owns the name (exit 3)
+    {"event": "flooded", "count": N} ptr-flood: one packet of N PTR records sent, for instances
+                                     that nobody answers for (no SRV, TXT or address records)
 
 `advertise` does not validate `--name`, so invalid names reach the LAN as a misbehaving agent
 would send them.
@@ -94,6 +97,25 @@ async def browse_main(args: argparse.Namespace) -> None:
     emit("stopped")
 
 
+async def ptr_flood_main(args: argparse.Namespace) -> None:
+    from zeroconf import DNSOutgoing, DNSPointer
+    from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_RESPONSE, _TYPE_PTR
+
+    stype = mdns.service_type("_k3._tcp", "local.")
+    async with trio_asyncio.open_loop(), mdns.open_zeroconf(tuple(args.iface)) as zc:
+        out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+        for i in range(args.count):
+            out.add_answer_at_time(
+                DNSPointer(stype, _TYPE_PTR, _CLASS_IN, 4500, f"ghost-{i}.{stype}"), 0)
+        await trio_asyncio.aio_as_trio(zc.zeroconf.async_wait_for_start)()
+        zc.zeroconf.async_send(out)
+        emit("flooded", count=args.count)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break
+    emit("stopped")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -110,11 +132,15 @@ def main() -> None:
     pee = sub.add_parser("peers")
     pee.add_argument("--iface", action="append", default=[])
     pee.add_argument("--timeout", type=float, default=2.0)
+    flo = sub.add_parser("ptr-flood")
+    flo.add_argument("--count", type=int, default=8)
+    flo.add_argument("--iface", action="append", default=[])
     args = parser.parse_args()
     if args.mode == "peers":
         sys.exit(peers.main("_k3._tcp", "local.", tuple(args.iface), args.timeout, 0.7, "json"))
     try:
-        clock.run(advertise_main if args.mode == "advertise" else browse_main, args)
+        mains = {"advertise": advertise_main, "browse": browse_main, "ptr-flood": ptr_flood_main}
+        clock.run(mains[args.mode], args)
     except* advertise.NameTakenError as group:
         exc: BaseException = group
         while isinstance(exc, BaseExceptionGroup):  # nurseries nest the error
