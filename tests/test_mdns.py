@@ -18,7 +18,7 @@ import pytest
 from zeroconf import ServiceInfo
 
 from k3lab.netns import Host, Lan, LoopbackHost
-from k3net import mdns
+from k3net import limits, mdns
 from k3net.commands.peers import PeerInfo, format_peers
 from k3net.core import records
 from k3net.core.messages import PeerRejected, PeerSeen, ProbeResult
@@ -182,6 +182,39 @@ def test_peer_from_info_reads_the_instance_label() -> None:
     got = mdns.peer_from_info(info)
     assert isinstance(got, PeerRejected)
     assert (got.instance, got.reason) == ("Big_Box", "invalid-name")
+
+
+@pytest.mark.parametrize(
+    ("addresses", "networks", "kept"),
+    [
+        (("10.77.0.3", "192.0.2.7", "fd00:77::3", "2001:db8::1"),
+         ("10.77.0.0/24", "fd00:77::/64"), ("10.77.0.3", "fd00:77::3")),
+        (("10.77.0.3",), ("fd00::/8",), ()),  # no IPv4 network: no IPv4 address
+        (("127.0.0.5",), ("127.0.0.0/8",), ("127.0.0.5",)),  # agents on loopback alone
+        (("10.77.0.3", "8.8.8.8"), (), ("10.77.0.3", "8.8.8.8")),  # networks unknown: all
+    ],
+)
+def test_on_link(addresses: tuple[str, ...], networks: tuple[str, ...],
+                 kept: tuple[str, ...]) -> None:
+    assert mdns.on_link(addresses, networks) == kept
+
+
+def test_an_mdns_peer_keeps_a_few_addresses_on_our_links_or_is_rejected() -> None:
+    many = tuple(f"10.77.0.{n}" for n in range(1, 201)) + ("203.0.113.9",)
+    seen = PeerSeen("node-f", many, 7946)
+    bounded = mdns.bound_addresses("node-f._k3._tcp.local.", seen, ("10.77.0.0/24",))
+    assert isinstance(bounded, PeerSeen)
+    assert bounded.addresses == many[: limits.ADDRESSES_PER_PEER]
+    far = mdns.bound_addresses("node-f._k3._tcp.local.", PeerSeen("node-f", ("203.0.113.9",), 1),
+                               ("10.77.0.0/24",))
+    assert isinstance(far, PeerRejected) and far.reason == "no-address"
+    assert far.instance == "node-f._k3._tcp.local."
+
+
+def test_interfaces_know_their_networks() -> None:
+    lo = next(i for i in mdns.list_interfaces() if i.loopback)
+    assert "127.0.0.0/8" in lo.networks
+    assert mdns.networks_of([lo, lo]) == tuple(dict.fromkeys(lo.networks))
 
 
 def test_service_type() -> None:
