@@ -19,7 +19,7 @@ Every change message has all of these keys:
 | `type` | `joined`, `ready`, `not_ready`, `updated`, `removed` or `rejected` |
 | `node` | the Node name (for `rejected`: the mDNS instance name as received) |
 | `ready` | `"True"`, `"False"` or `"Unknown"`: the Ready condition (`null` for `rejected`) |
-| `reason` | the Ready condition's reason, e.g. `PeerAlive`, `PeerLeft`, `PeerRefused`, `PeerExpired`, `AgentShutdown` (for `rejected`: `invalid-name`, `bad-port`, `bad-txt`, `no-address`, `overflow`, `unauthenticated`) |
+| `reason` | the Ready condition's reason, e.g. `PeerAlive`, `PeerLeft`, `PeerRefused`, `PeerExpired`, `AgentShutdown` (for `rejected`: `invalid-name`, `bad-port`, `bad-txt`, `no-address`, `overflow`, `unauthenticated`, `too-many-peers`) |
 | `message` | the Ready condition's message (for `rejected`: the detail), or `null` |
 | `addresses` | the Node's addresses except `Hostname`, IPv4 first, as stored |
 | `port` | the agent port (annotation `k3.network/port`) as an integer, or `null` |
@@ -68,8 +68,8 @@ from typing import Any
 
 import trio
 
-from k3net.convert import format_time_precise
 from k3net import limits
+from k3net.convert import format_time_precise
 from k3net.core.nodes import Readiness, readiness
 from k3net.metrics import Metrics
 from k3net.model import ANN_LAST_SEEN, ANN_PORT, Node

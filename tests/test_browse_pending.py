@@ -4,6 +4,7 @@ latest change of each instance, and only a flood of distinct instances is droppe
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
 import trio.testing
 from zeroconf import DNSPointer, RecordUpdate, ServiceStateChange
 from zeroconf.const import _CLASS_IN, _TYPE_PTR
@@ -164,7 +165,7 @@ class SlowResolver:
         if instance.startswith("stuck-"):
             await self.release.wait()
         else:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         self.handled.append((instance, change))
 
 

@@ -94,7 +94,7 @@ async def test_probes_share_one_budget_of_sockets_and_none_fails_for_it(
         nursery.start_soon(watch_files)
         for target in silent + alive:
             await inbox_send.send(ProbeNow(target))
-        results = {}
+        results: dict[str, str] = {}
         with trio.fail_after(60):
             while len(results) < len(silent) + len(alive):
                 result = await results_recv.receive()

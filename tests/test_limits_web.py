@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from k3net import limits
 from k3net.web.app import Admission
@@ -93,7 +93,7 @@ async def test_one_client_gets_its_share_of_holds_and_another_still_gets_its_own
 async def test_events_subscribers_per_client_are_capped_with_429(
     web: Web, nursery: trio.Nursery
 ) -> None:
-    async def subscribe(source: str) -> object:
+    async def subscribe(source: str) -> WebSocketConnection:
         ws = await wrap_client_stream(nursery, await connect_from(source, web.port),
                                       "127.0.0.1", "/events")
         with trio.fail_after(5):
@@ -121,13 +121,13 @@ async def test_events_subscribers_per_client_are_capped_with_429(
     other = await subscribe("127.0.0.2")  # another client still gets its own
     assert web.hub.subscriber_count == limits.SUBSCRIBERS_PER_CLIENT + 1
 
-    await admitted[0].aclose()  # type: ignore[attr-defined]
+    await admitted[0].aclose()
     with trio.fail_after(5):
-        while web.hub.subscriber_count > limits.SUBSCRIBERS_PER_CLIENT:
-            await trio.sleep(0.02)
+        while web.hub.subscriber_count > limits.SUBSCRIBERS_PER_CLIENT:  # noqa: ASYNC110
+            await trio.sleep(0.02)  # (the hub has no hook to wait on)
     again = await subscribe("127.0.0.1")  # its slot is free again
     for ws in [*admitted[1:], other, again]:
-        await ws.aclose()  # type: ignore[attr-defined]
+        await ws.aclose()
 
 
 async def test_websocket_message_over_the_cap_closes_1009(web: Web) -> None:
