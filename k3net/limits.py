@@ -34,6 +34,10 @@ RESOLVER_SLOTS = 16
 # that never answers would otherwise cost a query every RETRY_LAST seconds forever.
 RESOLVE_TRIES = 4
 
+# Peers whose /hold this agent holds open (k3net.tasks.hold): one socket each here and one at
+# the peer. A crash of one of them is seen in a second; the rest rely on their probes.
+HELD = 256
+
 # Held /hold connections from one client address. One agent holds one connection to us; a
 # few more cover several agents on one host and a restarted one whose old connection has not
 # ended yet.
@@ -63,6 +67,7 @@ NAMES = (
     "addresses-per-peer",
     "peers",
     "probe-sockets",
+    "held",
     "resolver-slots",
     "resolve-tries",
     "holds-per-client",
