@@ -15,8 +15,9 @@ from __future__ import annotations
 ADDRESSES_PER_PEER = 8
 
 # Peers followed (probed, held) at once. Far above a LAN's agents (k3 clusters are tens of
-# machines); at the cap, a peer mDNS announced that never proved itself is the first to go.
-PEERS = 1024
+# machines; the benchmark LAN goes to 2,000); at the cap, a peer mDNS announced that never
+# proved itself is the first to go.
+PEERS = 2048
 
 # Sockets open for probing at once, over every peer (not per peer): with the holds and the
 # server's connections, it keeps the agent well under LimitNOFILE, and 256 concurrent
@@ -43,8 +44,9 @@ HELD = 256
 # ended yet.
 HOLDS_PER_CLIENT = 4
 
-# Held /hold connections in all: one per followed peer (PEERS), each one file descriptor.
-HOLDS = PEERS
+# Held /hold connections in all, each one file descriptor: one per agent that holds us (an agent
+# holds at most HELD peers, so on the largest LANs not every one of them holds us).
+HOLDS = 1024
 
 # Open /events websockets from one client address: a few browser tabs and `k3net watch`.
 SUBSCRIBERS_PER_CLIENT = 8
