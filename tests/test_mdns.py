@@ -475,6 +475,19 @@ def test_discovery_across_a_lan(lan2: Lan, capsys: pytest.CaptureFixture[str]) -
 
 
 @netns
+def test_only_addresses_on_our_link_are_kept(lan2: Lan) -> None:
+    """A peer that announces addresses beyond our link (any routable address it likes) is
+    asked only at those on the link mDNS saw it on."""
+    a, b = lan2.hosts
+    browser = start(b, "browse", "--own-name", "node-b")
+    browser.wait_for(event("browsing"))
+    start(a, "advertise", "--name", "node-a", "--port", "7946",
+          "--also", "203.0.113.7", "--also", "10.99.0.1")
+    seen = browser.wait_for(event("PeerSeen", name="node-a"))
+    assert seen["addresses"] == [a.address]
+
+
+@netns
 def test_peers_command(lo_host: LoopbackHost) -> None:
     a = start(lo_host, "advertise", "--name", "node-a", "--port", "7301", "--listen")
     b = start(lo_host, "advertise", "--name", "node-b", "--port", "7302")  # nothing listens

@@ -1,6 +1,7 @@
 """A process for the mDNS end-to-end tests; run it inside a test network namespace only.
 
     python tests/helpers/mdns_cli.py advertise --name node-a --port 7001 [--iface lo] [--move-to ADDR]
+                                               [--also ADDR]...
     python tests/helpers/mdns_cli.py browse --own-name self [--iface lo]
     python tests/helpers/mdns_cli.py peers [--iface lo]        (k3net.commands.peers.main, JSON output)
     python tests/helpers/mdns_cli.py ptr-flood --count 8 [--iface lo]
@@ -61,6 +62,8 @@ async def _close_at_once(stream: trio.SocketStream) -> None:
 async def advertise_main(args: argparse.Namespace) -> None:
     settings = Settings(node_name=args.name, listen_port=args.port, interfaces=tuple(args.iface))
     info = mdns.service_info(settings)
+    if args.also:  # addresses announced besides our own, as a careless or hostile sender would
+        info = mdns.service_info(settings, addresses=[*info.parsed_addresses(), *args.also])
     async with trio_asyncio.open_loop(), mdns.open_zeroconf(settings.interfaces) as zc:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal, nursery.cancel_scope)
@@ -124,6 +127,8 @@ def main() -> None:
     adv.add_argument("--port", type=int, required=True)
     adv.add_argument("--iface", action="append", default=[])
     adv.add_argument("--listen", action="store_true", help="accept TCP on 127.0.0.1:port")
+    adv.add_argument("--also", metavar="ADDR", action="append", default=[],
+                     help="announce ADDR too (not one of ours)")
     adv.add_argument("--move-to", metavar="ADDR",
                      help="once registered, announce ADDR, then withdraw the first addresses")
     brw = sub.add_parser("browse")
