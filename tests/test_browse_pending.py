@@ -180,6 +180,7 @@ async def test_entries_that_hang_hold_one_resolver_each_not_all() -> None:
         pending.put("node-a", ADDED)
         await trio.testing.wait_all_tasks_blocked()
         assert resolver.handled == [("node-a", ADDED)]  # past the three that hang
+        assert pending.busy == 3
 
         # A change of an instance a resolver has waits for it: never two at once, in order.
         pending.put("stuck-0", REMOVED)

@@ -113,6 +113,8 @@ async def run(
             metrics.rejected.labels(reason="overflow").inc()
             log.warning("more than %d mDNS entries waiting: dropped %s %s",
                         _MAX_PENDING, kind, name)
+        elif pending.busy >= limits.RESOLVER_SLOTS:
+            metrics.limit_hit("resolver-slots")  # it waits for a resolver
 
     async with out:
         goodbyes = Goodbyes(service_type)
@@ -161,6 +163,11 @@ class PendingChanges:
 
     def __len__(self) -> int:
         return len(self._changes)
+
+    @property
+    def busy(self) -> int:
+        """Instances that resolvers have now."""
+        return len(self._busy)
 
     def put(self, instance: str, change: Change) -> bool:
         """Note a change; False if it had to be dropped (too many distinct instances). A second
