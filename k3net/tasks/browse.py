@@ -15,9 +15,10 @@ the browse answers already filled) and validated by `mdns.peer_from_info`, and o
 addresses on this machine's links are kept, a few at most (`mdns.bound_addresses`). An entry
 that does not resolve in time (a PTR record with nothing behind it) holds one resolver while it
 waits, not all of them, and is tried again later (`Retries`), up to `limits.RESOLVE_TRIES` times
-in all; then it is dropped until it is announced again. Removed becomes PeerGone, saying whether it was a goodbye (a PTR record
-with TTL 0, noted by `Goodbyes`) or a record that expired with nobody answering for it, which
-zeroconf reports the same way but which proves nothing about the agent.
+in all; then it is dropped until it is announced again. Removed becomes PeerGone, saying
+whether it was a goodbye (a PTR record with TTL 0, noted by `Goodbyes`) or a record that
+expired with nobody answering for it, which zeroconf reports the same way but which proves
+nothing about the agent.
 
 A peer's old address can outlive the announcement of its new one by up to a second: RFC 6762
 10.2 keeps a cache-flushed record one more second, and a goodbye for the old address may come

@@ -22,7 +22,8 @@ How a hold ends (`HoldEnd`), and what follows:
 A hold is released when its peer is forgotten or moves to another address or port (it is held
 again once confirmed there). At most `limits.HELD` peers are held, so an agent of a large LAN
 keeps its file descriptors; a peer confirmed past that is not held (counted in
-k3net_limit_hits_total{limit="held"}) and relies on its probes. The answer is read with the probes' HTTP reader (`identity.AnswerReader`).
+k3net_limit_hits_total{limit="held"}) and relies on its probes. The answer is read with the
+probes' HTTP reader (`identity.AnswerReader`).
 """
 
 from __future__ import annotations
