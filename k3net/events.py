@@ -3,7 +3,8 @@
 The agent's store-watch task hands every `WatchEvent` to `EventHub.observe()`. Those events are
 committed by definition, whoever wrote them (this agent or another one). The hub keeps the
 latest Node of each name, turns each change into one message with a strictly increasing `seq`,
-keeps the last `history` messages for resuming, and pushes each message into every subscriber's
+keeps the last `history` Node changes for resuming (and, apart, the last `rejected_history`
+`rejected` messages: a flood of bad announcements must not push real transitions out), and pushes each message into every subscriber's
 bounded queue without ever waiting: a subscriber whose queue is full is dropped (its websocket is
 closed with 4008 and it may resume with `?since=`).
 
@@ -18,7 +19,7 @@ Every change message has all of these keys:
 | `type` | `joined`, `ready`, `not_ready`, `updated`, `removed` or `rejected` |
 | `node` | the Node name (for `rejected`: the mDNS instance name as received) |
 | `ready` | `"True"`, `"False"` or `"Unknown"`: the Ready condition (`null` for `rejected`) |
-| `reason` | the Ready condition's reason, e.g. `PeerAlive`, `PeerLeft`, `PeerRefused`, `PeerExpired`, `AgentShutdown` (for `rejected`: `invalid-name`, `bad-port`, `bad-txt`, `no-address`, `overflow`, `unauthenticated`) |
+| `reason` | the Ready condition's reason, e.g. `PeerAlive`, `PeerLeft`, `PeerRefused`, `PeerExpired`, `AgentShutdown` (for `rejected`: `invalid-name`, `bad-port`, `bad-txt`, `no-address`, `overflow`, `unauthenticated`, `too-many-peers`) |
 | `message` | the Ready condition's message (for `rejected`: the detail), or `null` |
 | `addresses` | the Node's addresses except `Hostname`, IPv4 first, as stored |
 | `port` | the agent port (annotation `k3.network/port`) as an integer, or `null` |
@@ -37,7 +38,9 @@ Types:
   message: they would drown the interesting events. The condition's `message` alone changing
   does not produce one either.
 - `removed`: the Node was deleted; the other keys describe it as it was last known.
-- `rejected`: an mDNS entry was dropped and never written (see `reason`).
+- `rejected`: an mDNS entry was dropped and never written (see `reason`). One instance
+  rejected again for the same reason while its last rejection is still kept gives no new
+  message.
 
 A subscriber first gets either the messages it missed or a snapshot:
 
@@ -49,7 +52,10 @@ A subscriber first gets either the messages it missed or a snapshot:
 `seq + 1`. `epoch` names this agent run (seqs restart at 1 when the agent restarts).
 
 Resuming: `/events?since=N&epoch=E` sends exactly the messages after `N` when they are still in
-the history and `E` (optional) is this run's epoch; otherwise a fresh snapshot.
+the history and `E` (optional) is this run's epoch; otherwise a fresh snapshot. Node changes are
+resumed exactly; `rejected` messages are kept in a smaller ring of their own
+(`limits.REJECTED_HISTORY`), and older ones are skipped without a snapshot (a snapshot has no
+rejected entries either).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from typing import Any
 
 import trio
 
+from k3net import limits
 from k3net.convert import format_time_precise
 from k3net.core import parse
 from k3net.core.nodes import Readiness, readiness
@@ -223,13 +230,19 @@ class EventHub:
         history: int = 1024,
         queue_size: int = 256,
         *,
+        rejected_history: int = limits.REJECTED_HISTORY,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self._metrics = metrics
         self._queue_size = queue_size
         self._clock = clock
         self._nodes: dict[str, Node] = {}
-        self._history: deque[Message] = deque(maxlen=history)
+        self._history: deque[Message] = deque(maxlen=history)  # Node changes
+        self._rejected: deque[Message] = deque(maxlen=rejected_history)
+        # (instance, reason) of the messages in `_rejected`: a repeat of one gives no message.
+        self._rejected_keys: set[tuple[str, str]] = set()
+        # The seq of the last Node change that fell out of `_history` (0: none did).
+        self._forgotten = 0
         self._subs: set[Subscription] = set()
         self._closed = False
         self.seq = 0
@@ -255,7 +268,16 @@ class EventHub:
             self._remove(event.name)
 
     def rejected(self, instance: str, reason: str, detail: str = "") -> None:
-        """An mDNS entry was dropped, never written (the peer table calls this)."""
+        """An mDNS entry was dropped, never written (the peer table calls this). A repeat of
+        a rejection still kept (same instance and reason) publishes nothing."""
+        key = (instance, reason)
+        if key in self._rejected_keys:
+            return
+        if len(self._rejected) == self._rejected.maxlen:
+            oldest = self._rejected[0]
+            self._rejected_keys.discard((oldest["node"], oldest["reason"]))
+            self._metrics.limit_hit("rejected-history")
+        self._rejected_keys.add(key)
         self._publish({
             "type": "rejected", "node": instance, "ready": None, "reason": reason,
             "message": detail or None, "addresses": [], "port": None, "managed": False,
@@ -276,7 +298,12 @@ class EventHub:
     def _publish(self, body: Message) -> None:
         self.seq += 1
         message = {"seq": self.seq, **body, "ts": format_time_precise(self._clock())}
-        self._history.append(message)
+        if body["type"] == "rejected":
+            self._rejected.append(message)
+        else:
+            if len(self._history) == self._history.maxlen:
+                self._forgotten = self._history[0]["seq"]
+            self._history.append(message)
         for sub in list(self._subs):
             if not sub._offer(message):
                 self._subs.discard(sub)
@@ -293,14 +320,14 @@ class EventHub:
         }
 
     def missed(self, since: int) -> list[Message] | None:
-        """The messages after `since`, or None if some of them are no longer in the history
-        (or `since` is from the future: another agent run)."""
-        if since > self.seq:
+        """The messages after `since`, or None if a Node change among them is no longer in the
+        history (or `since` is from the future: another agent run). `rejected` messages no
+        longer kept are skipped (module docstring)."""
+        if since > self.seq or since < self._forgotten:
             return None
-        oldest = self._history[0]["seq"] if self._history else self.seq + 1
-        if since < oldest - 1:
-            return None
-        return [m for m in self._history if m["seq"] > since]
+        changes = [m for m in self._history if m["seq"] > since]
+        rejected = [m for m in self._rejected if m["seq"] > since]
+        return sorted(changes + rejected, key=lambda m: m["seq"]) if rejected else changes
 
     def subscribe(self, since: int | None = None, epoch: str | None = None) -> Subscription:
         """A new subscriber; see the module docstring for what it gets first."""

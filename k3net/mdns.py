@@ -36,15 +36,19 @@ interface, chosen or not (a bridge address a peer announces must never reach us 
 
 What arrives from the LAN is untrusted: `peer_from_info` hands a resolved entry to the pure
 `core.records.peer_from_record`, which turns it into a PeerSeen, or a PeerRejected with a reason
-slug; it never raises.
+slug; it never raises. A peer seen over mDNS is on our link, so only its addresses inside the
+networks of the interfaces mDNS runs on are kept (`on_link`), at most
+`limits.ADDRESSES_PER_PEER` of them: an announcement cannot make this agent dial any routable
+address it likes. (zeroconf does not say on which of them a record came: any counts.)
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -55,6 +59,7 @@ from trio_asyncio import aio_as_trio
 from zeroconf import ServiceInfo, Zeroconf
 from zeroconf.asyncio import AsyncZeroconf
 
+from k3net import limits
 from k3net.core import addresses as addrs
 from k3net.core.addresses import MachineAddresses
 from k3net.core.messages import PeerRejected, PeerSeen
@@ -95,6 +100,8 @@ class Interface:
     multicast: bool
     # Why this is not a LAN interface by default (see lan_problem), or None if it is one.
     not_lan: str | None = None
+    # The networks on its link, as text (`10.77.0.0/24`, `fd00:77::/64`): see `on_link`.
+    networks: tuple[str, ...] = ()
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -209,8 +216,33 @@ def list_interfaces() -> list[Interface]:
             loopback=loopback,
             multicast=multicast,
             not_lan=None if facts is None else lan_problem(facts),
+            networks=tuple(_network(ip.ip, ip.network_prefix) for ip in adapter.ips),
         ))
     return result
+
+
+def _network(ip: str | tuple[str, int, int], prefix: int) -> str:
+    address = ip if isinstance(ip, str) else ip[0]
+    return str(ipaddress.ip_network(f"{address.split('%')[0]}/{prefix}", strict=False))
+
+
+def networks_of(interfaces: Sequence[Interface]) -> tuple[str, ...]:
+    """The networks on the links of `interfaces` (what `on_link` keeps), without duplicates."""
+    return tuple(dict.fromkeys(n for iface in interfaces for n in iface.networks))
+
+
+def on_link(addresses: Iterable[str], networks: Sequence[str]) -> tuple[str, ...]:
+    """Pure: the `addresses` inside one of `networks` (module docstring), in their order. No
+    networks known (an interface whose prefix could not be read): every address is kept."""
+    if not networks:
+        return tuple(addresses)
+    nets = [ipaddress.ip_network(n) for n in networks]
+    kept = []
+    for text in addresses:
+        ip = addrs.parse(text)
+        if ip is not None and any(ip.version == net.version and ip in net for net in nets):
+            kept.append(text)
+    return tuple(kept)
 
 
 def _why_missing(name: str) -> str:
@@ -487,3 +519,15 @@ def peer_from_info(info: ServiceInfo, *, loopback: bool = False) -> PeerSeen | P
         addresses=info.parsed_scoped_addresses(),
         loopback=loopback,
     )
+
+
+def bound_addresses(
+    instance: str, seen: PeerSeen, networks: Sequence[str]
+) -> PeerSeen | PeerRejected:
+    """Pure: `seen` with only its addresses on our links (`on_link`), the first
+    `limits.ADDRESSES_PER_PEER` of them; PeerRejected `no-address` if none is on our links."""
+    near = on_link(seen.addresses, networks)
+    if not near:
+        return PeerRejected(instance, "no-address", "no address on this machine's links: "
+                            + ", ".join(seen.addresses[:4]))
+    return attrs.evolve(seen, addresses=near[: limits.ADDRESSES_PER_PEER])

@@ -42,7 +42,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from k3net import version
+from k3net import limits, version
 from k3net.convert import parse_time
 from k3net.core import parse
 from k3net.model import ANN_LAST_SEEN, Node
@@ -218,6 +218,13 @@ class Metrics:
             " (found, not-agent, unauthenticated, invalid-name, refused, unreachable, timeout).",
             ["via", "result"], registry=r,
         )
+        self.limit_hits = Counter(
+            "k3net_limit_hits", "Times a cap of k3net.limits was reached (see docs/network.md,"
+            " \"Limits\"), by limit: something was refused, dropped or made to wait.",
+            ["limit"], registry=r,
+        )
+        for name in limits.NAMES:
+            self.limit_hits.labels(limit=name)
         self.scan_seconds = Gauge(
             "k3net_scan_seconds", "How long the last --scan of every range took.", registry=r,
         )
@@ -227,6 +234,11 @@ class Metrics:
             " stands down from writing its Node (design: trust). No conflict is detected yet:"
             " 0 until then, so that alerts can be written against it now.", registry=r,
         )
+
+    def limit_hit(self, limit: str) -> None:
+        """Count that the cap `limit` (one of `limits.NAMES`) was reached."""
+        assert limit in limits.NAMES, limit
+        self.limit_hits.labels(limit=limit).inc()
 
     def watch_table(self, nodes: Callable[[], Iterable[Node]], me: str) -> None:
         """Export `k3net_peers` and the per-Node series from the table's stored Nodes, read at

@@ -4,10 +4,19 @@ latest change of each instance, and only a flood of distinct instances is droppe
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
+import trio.testing
 from zeroconf import DNSPointer, RecordUpdate, ServiceStateChange
 from zeroconf.const import _CLASS_IN, _TYPE_PTR
 
-from k3net.tasks.browse import Change, Goodbyes, PendingChanges, Retries, SecondLooks
+from k3net.tasks.browse import (
+    Change,
+    Goodbyes,
+    PendingChanges,
+    Retries,
+    SecondLooks,
+    _resolve_changes,
+)
 
 ADDED, UPDATED, REMOVED = (
     ServiceStateChange.Added, ServiceStateChange.Updated, ServiceStateChange.Removed,
@@ -17,7 +26,9 @@ ADDED, UPDATED, REMOVED = (
 async def drain(pending: PendingChanges) -> list[tuple[str, Change]]:
     out = []
     while len(pending):
-        out.append(await pending.get())
+        instance, change = await pending.get()
+        pending.done(instance)
+        out.append((instance, change))
     return out
 
 
@@ -97,7 +108,7 @@ async def test_retries_back_off_and_never_replace_a_waiting_change(
     """An entry that does not resolve is tried again after 2, 4, 8, ... s, at most every 30 s,
     until it resolves or goes; a retry never replaces a change of zeroconf's still waiting."""
     pending = PendingChanges(limit=10)
-    retries = Retries(pending, first=2.0, last=30.0)
+    retries = Retries(pending, first=2.0, last=30.0, tries=10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(retries.run)
         start = trio.current_time()
@@ -117,6 +128,70 @@ async def test_retries_back_off_and_never_replace_a_waiting_change(
         retries.cancel("c")  # resolved, or removed, before its retry
         await trio.sleep(60)
         assert await drain(pending) == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_entry_that_keeps_failing_is_dropped_after_a_few_tries(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pending = PendingChanges(limit=10)
+    retries = Retries(pending, first=2.0, last=30.0, tries=3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(retries.run)
+        assert retries.schedule("a") == 2.0  # failed once
+        await trio.sleep(2.5)
+        assert await drain(pending) == [("a", "retry")]
+        assert retries.schedule("a") == 4.0  # twice
+        await trio.sleep(4.5)
+        assert await drain(pending) == [("a", "retry")]
+        assert retries.schedule("a") is None  # three times: dropped, no more tries
+        assert len(retries) == 0
+        await trio.sleep(120)
+        assert await drain(pending) == []
+        # Announced again later, it gets its tries anew.
+        assert retries.schedule("a") == 2.0
+        nursery.cancel_scope.cancel()
+
+
+class SlowResolver:
+    """Handles an entry named `stuck-*` only when the test lets it (an entry whose records
+    never come, holding its resolver for the whole timeout); any other at once."""
+
+    def __init__(self) -> None:
+        self.handled: list[tuple[str, Change]] = []
+        self.release = trio.Event()
+
+    async def handle(self, instance: str, change: Change) -> None:
+        if instance.startswith("stuck-"):
+            await self.release.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        self.handled.append((instance, change))
+
+
+async def test_entries_that_hang_hold_one_resolver_each_not_all() -> None:
+    pending = PendingChanges(limit=100)
+    resolver = SlowResolver()
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(_resolve_changes, pending, resolver)
+        for i in range(3):
+            pending.put(f"stuck-{i}", ADDED)
+        pending.put("node-a", ADDED)
+        await trio.testing.wait_all_tasks_blocked()
+        assert resolver.handled == [("node-a", ADDED)]  # past the three that hang
+        assert pending.busy == 3
+
+        # A change of an instance a resolver has waits for it: never two at once, in order.
+        pending.put("stuck-0", REMOVED)
+        pending.put("node-b", ADDED)
+        await trio.testing.wait_all_tasks_blocked()
+        assert resolver.handled == [("node-a", ADDED), ("node-b", ADDED)]
+        resolver.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        stuck0 = [c for i, c in resolver.handled if i == "stuck-0"]
+        assert stuck0 == [ADDED, REMOVED]
+        assert len(resolver.handled) == 6
         nursery.cancel_scope.cancel()
 
 

@@ -61,8 +61,8 @@ def new_hub(**kwargs: int) -> tuple[EventHub, Metrics]:
     return EventHub(metrics, clock=lambda: T0, **kwargs), metrics
 
 
-def sample(metrics: Metrics, name: str) -> float | None:
-    return metrics.registry.get_sample_value(name)
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
 
 
 def history(hub: EventHub) -> list[dict]:
@@ -161,6 +161,37 @@ def test_resume(since: int | None, epoch: str | None, first: list[int] | str) ->
     else:
         assert [m["seq"] for m in got] == first
     sub.close()
+
+
+def test_a_flood_of_rejections_keeps_every_node_change_resumable() -> None:
+    hub, metrics = new_hub(history=8, rejected_history=4)
+    hub.observe(put(make_node("a")))  # seq 1
+    for i in range(100):
+        hub.rejected(f"bad-{i}._k3._tcp.local.", "invalid-name")
+    hub.observe(put(make_node("b")))
+    got = drain(hub.subscribe(0))
+    # Both Node changes, and only the last 4 rejections, in seq order.
+    assert [m["node"] for m in got] == [
+        "a", "bad-96._k3._tcp.local.", "bad-97._k3._tcp.local.", "bad-98._k3._tcp.local.",
+        "bad-99._k3._tcp.local.", "b"]
+    assert [m["seq"] for m in got] == sorted(m["seq"] for m in got)
+    assert sample(metrics, "k3net_limit_hits_total", limit="rejected-history") == 96
+
+
+def test_a_repeated_rejection_is_one_message() -> None:
+    hub, _ = new_hub(rejected_history=4)
+    sub = hub.subscribe()
+    drain(sub)
+    for _ in range(10):
+        hub.rejected("x._k3._tcp.local.", "bad-port", "TXT port 'x'")
+    hub.rejected("x._k3._tcp.local.", "no-address")  # another reason is news
+    assert [(m["node"], m["reason"]) for m in drain(sub)] == [
+        ("x._k3._tcp.local.", "bad-port"), ("x._k3._tcp.local.", "no-address")]
+    for i in range(4):  # pushes both out of the ring: the next one is news again
+        hub.rejected(f"y{i}", "bad-port")
+    drain(sub)
+    hub.rejected("x._k3._tcp.local.", "bad-port")
+    assert [m["node"] for m in drain(sub)] == ["x._k3._tcp.local."]
 
 
 def test_resume_with_own_epoch() -> None:

@@ -521,6 +521,7 @@ def test_goodbye_of_a_peer_not_yet_in_the_view_is_marked_from_the_store() -> Non
     without a base, and the writer reads the Node before it marks it."""
     t = table()
     t.handle(PEER, 0.0)
+    t.handle(ok(), 0.1)  # confirmed: its Node is written, not yet seen in the watch
     t.handle(PeerGone("peer-a"), 0.5)
     assert t.handle(fail(), 0.6) == [Forget("peer-a"), Write(Left("peer-a"), None)]
 
@@ -531,8 +532,27 @@ def test_goodbye_of_an_unmanaged_node_only_forgets() -> None:
     foreign = node_from_dict({"metadata": {"name": "peer-a"}, "status": {"conditions": [
         {"type": "Ready", "status": "True"}]}})
     t.handle(Put(Stored(foreign, "1")), 0.1)
+    t.handle(ok(), 0.2)
     t.handle(PeerGone("peer-a"), 0.5)
     assert t.handle(fail(), 0.6) == [Forget("peer-a")]
+
+
+@pytest.mark.parametrize("goodbye", [True, False])
+def test_a_peer_that_never_proved_itself_is_forgotten_when_its_announcement_goes(
+    goodbye: bool,
+) -> None:
+    """Whatever sent it (a fake peer with addresses nobody answers at) is not probed a moment
+    longer once its announcement goes: nothing of it was written."""
+    t = table()
+    t.handle(PEER, 0.0)
+    t.handle(fail(), 0.7)
+    assert t.handle(PeerGone("peer-a", goodbye=goodbye), 5.0) == [Forget("peer-a")]
+    assert t.peers() == []
+    # A peer that did prove itself is probed once more, as before.
+    t.handle(OTHER, 6.0)
+    t.handle(ok(OTHER), 6.1)
+    assert t.handle(PeerGone("peer-b", goodbye=goodbye), 7.0) == [
+        ProbeNow(ProbeTarget("peer-b", OTHER.addresses, OTHER.port))]
 
 
 # --- this agent's own Node --------------------------------------------------------------------
@@ -1046,6 +1066,19 @@ def _alive(t: PeerTable) -> float:
     return 1.0
 
 
+def _new_proven_before(t: PeerTable) -> float:
+    joined(t)
+    t.handle(PeerGone("peer-a"), 2.0)
+    t.handle(PEER, 3.0)  # announced again: new, but it proved itself before
+    return 4.0
+
+
+def _unauthenticated_proven_before(t: PeerTable) -> float:
+    joined(t)
+    t.handle(result("unauthenticated", 2.0), 2.0)
+    return 3.0
+
+
 def _suspect(t: PeerTable, *, too_soon: bool) -> float:
     joined(t)
     t.handle(result("refused", 10.0), 10.0)
@@ -1074,6 +1107,7 @@ def _unauthenticated(t: PeerTable) -> float:
 
 RECIPES: dict[str, Any] = {
     "new": _new,
+    "new, proven before": _new_proven_before,
     "alive": _alive,
     "suspect, the next refusal too soon": lambda t: _suspect(t, too_soon=True),
     "suspect": lambda t: _suspect(t, too_soon=False),
@@ -1081,6 +1115,7 @@ RECIPES: dict[str, Any] = {
     "leaving after a goodbye": lambda t: _leaving(t, goodbye=True),
     "leaving after an expired record": lambda t: _leaving(t, goodbye=False),
     "unauthenticated": _unauthenticated,
+    "unauthenticated, proven before": _unauthenticated_proven_before,
 }
 
 
@@ -1154,3 +1189,32 @@ def test_the_table_keeps_pid_and_last_probe() -> None:
     t.handle(refused, 1.0)
     [after] = t.peers()
     assert after.last_probe == refused
+
+
+# --- bounds -------------------------------------------------------------------------------------
+
+
+def test_past_the_peer_cap_an_unproven_mdns_peer_makes_room_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(peer_table.limits, "PEERS", 3)
+    t = table()
+    t.handle(PeerSeen("proven", ("10.0.0.1",), 1), 0.0)
+    t.handle(ProbeResult("proven", "confirmed", 0.01, address="10.0.0.1"), 0.1)
+    t.handle(PeerSeen("joined", ("10.0.0.2",), 1, found_by="join"), 0.2)
+    t.handle(PeerSeen("fake-1", ("10.0.0.3",), 1), 0.3)
+    actions = t.handle(PeerSeen("fake-2", ("10.0.0.4",), 1), 0.4)
+    # The oldest unproven mDNS peer goes, though an older unproven join peer is there.
+    assert actions[0] == Forget("fake-1")
+    assert isinstance(actions[1], Reject) and actions[1].reason == "too-many-peers"
+    assert actions[1].instance == "fake-1" and "fake-2" in actions[1].detail
+    assert actions[2:] == [ProbeNow(ProbeTarget("fake-2", ("10.0.0.4",), 1))]
+    # Then an unproven peer found otherwise, when no mDNS one is left unproven...
+    t.handle(ProbeResult("fake-2", "confirmed", 0.01, address="10.0.0.4"), 0.5)
+    actions = t.handle(PeerSeen("fake-3", ("10.0.0.5",), 1), 0.6)
+    assert actions[0] == Forget("joined")
+    # ...and when every peer proved itself, the newcomer is refused and nothing changes.
+    t.handle(ProbeResult("fake-3", "confirmed", 0.01, address="10.0.0.5"), 0.7)
+    assert t.handle(PeerSeen("fake-4", ("10.0.0.6",), 1), 0.8) == [
+        Reject("fake-4", "too-many-peers", "already following 3 peers that proved themselves")]
+    assert sorted(p.name for p in t.peers()) == ["fake-2", "fake-3", "proven"]

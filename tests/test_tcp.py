@@ -85,8 +85,8 @@ class FakeNet:
             assert self.caller is not None
             self.caller.cancel()  # in the same instant, before connect() has returned
 
-    async def connect(self) -> Any:
-        return await tcp.connect(self.address, PORT, attempt_factory=self.attempt)
+    async def connect(self, sockets: tcp.Sockets | None = None) -> Any:
+        return await tcp.connect(self.address, PORT, attempt_factory=self.attempt, sockets=sockets)
 
     def starts(self) -> list[float]:
         return [round(a.started, 6) for a in self.attempts]
@@ -145,6 +145,47 @@ async def test_a_silent_host_gets_an_attempt_every_stagger_up_to_attempts(
         await net.connect()
     assert deadline.cancelled_caught and len(net.attempts) == tcp.ATTEMPTS
     net.assert_all_closed_but(None)
+
+
+async def test_extra_attempts_only_with_free_sockets_of_the_budget(
+    autojump_clock: trio.testing.MockClock, scripted: Scripted
+) -> None:
+    """The caller holds one socket of the budget; each extra attempt takes one only if it is
+    free at once (never waits), and every one taken is given back when connect returns."""
+    full: list[float] = []
+    sockets = tcp.Sockets(3, on_full=lambda: full.append(now()))
+    async with sockets.one():
+        net = scripted(*[(SILENT, CONNECTS)] * tcp.ATTEMPTS)
+        with trio.move_on_after(0.7):
+            await net.connect(sockets)
+        # Two free besides the caller's: attempts at 0 (the caller's), 0.2 and 0.4; none at 0.6.
+        assert net.starts() == [0.0, 0.2, 0.4] and full == [0.6]
+        net.assert_all_closed_but(None)
+        assert sockets.free == 2  # given back, though the caller's deadline ended it
+
+        net = scripted((SILENT, CONNECTS), (0.1, CONNECTS))
+        winner = await net.connect(sockets)
+        assert winner is net.attempts[1]
+        assert sockets.free == 2  # the winner is the caller's socket; the extra one is back
+
+
+async def test_a_full_budget_makes_the_caller_wait_and_counts_it(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    full: list[float] = []
+    sockets = tcp.Sockets(1, on_full=lambda: full.append(now()))
+    got: list[float] = []
+
+    async def hold_one(seconds: float) -> None:
+        async with sockets.one():
+            got.append(now())
+            await trio.sleep(seconds)
+
+    nursery.start_soon(hold_one, 5.0)
+    await trio.testing.wait_all_tasks_blocked()
+    await hold_one(0.0)
+    assert got == [0.0, 5.0] and full == [0.0]
+    assert sockets.free == 1
 
 
 async def test_the_first_attempt_to_connect_wins_and_the_others_are_closed(

@@ -25,7 +25,7 @@ from k3net.store.memory import MemoryStore
 from k3net.web import listen, serve
 from k3net.web.app import AppState, make_app
 from tests.helpers.nodes import make_node
-from tests.helpers.web import Web, get, start_web, write_nodes
+from tests.helpers.web import Web, connect_from, get, start_web, write_nodes
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ async def test_bad_since_closes_1008(web: Web, query: str) -> None:
     assert "since" in (closed(info).reason or "")
 
 
-async def test_many_subscribers_get_the_same_events(web: Web) -> None:
+async def test_many_subscribers_get_the_same_events(web: Web, nursery: trio.Nursery) -> None:
     n_clients, n_nodes = 100, 5
     results: dict[int, list[tuple[int, str]]] = {}
     subscribed = 0
@@ -202,7 +202,9 @@ async def test_many_subscribers_get_the_same_events(web: Web) -> None:
 
     async def client(i: int) -> None:
         nonlocal subscribed
-        async with web.ws() as ws:
+        # Each from an address of its own: one address gets SUBSCRIBERS_PER_CLIENT at most.
+        stream = await connect_from(f"127.0.1.{i + 1}", web.port)
+        async with await wrap_client_stream(nursery, stream, "127.0.0.1", "/events") as ws:
             assert (await next_json(ws))["type"] == "snapshot"
             subscribed += 1
             if subscribed == n_clients:

@@ -58,10 +58,14 @@ which, what the handler does):
                      Report it rejected, once; it is never written.
     announced        leaving -> new
                      Its goodbye is void: it is probed as a new peer.
-    goodbye          any state -> leaving
+    goodbye          alive, suspect, refused, leaving -> leaving
                      Probe it at once: its next failed probe writes False/PeerLeft.
-    unannounced      any state -> leaving
+    unannounced      alive, suspect, refused, leaving -> leaving
                      Probe it at once: its next failed probe ends following it.
+    goodbye          new, unauthenticated -> leaving or forgotten
+                     Forget it now if mDNS found it and it never proved itself; else leaving.
+    unannounced      new, unauthenticated -> leaving or forgotten
+                     Forget it now if mDNS found it and it never proved itself; else leaving.
     node-ready       refused -> refused
                      Others reach it: write no refusal of ours until we confirm it.
 
@@ -102,6 +106,12 @@ is Ready: a dead node costs no probes, and when its agent comes back it writes i
 found again. A Node the Go side wrote (unmanaged, no port) is never probed; nothing is probed
 twice, whichever ways it was found.
 
+Bounds (`k3net.limits`): at most `PEERS` peers are followed. A new one past that takes the place
+of the oldest peer no agent ever proved to be, mDNS-found ones first; if every peer followed has
+proved itself, the new one is refused (`Reject` `too-many-peers`). A peer mDNS found that never
+proved itself is forgotten as soon as its announcement goes (a goodbye or an expired record):
+nothing of it was written, and probing it more would only spend sockets on whatever sent it.
+
 Actions: `ProbeNow` (probe this peer, now or after a delay, and keep probing it every round),
 `Forget` (stop probing it), `Write` (hand an intent to the writer, with the Node as last seen in
 the store), `JoinLatency` (a peer's first mDNS sighting to its Node seen Ready), `Reject` (an
@@ -116,6 +126,7 @@ from typing import Any, ClassVar
 
 import attrs
 
+from k3net import limits
 from k3net.core import nodes, parse
 from k3net.core.messages import (
     Deleted,
@@ -522,6 +533,20 @@ class PeerTable:
         """Probe it at once: its next failed probe ends following it."""
         return Leaving(since=now, goodbye=False), [ProbeNow(peer.target)]
 
+    def _unproven_said_goodbye(self, peer: _Peer, now: float, probe: ProbeResult | None
+                               ) -> Step:
+        """Forget it now if mDNS found it and it never proved itself; else leaving."""
+        if peer.found_by == "mdns" and not peer.confirmed:
+            return None, [Forget(peer.name)]
+        return self._said_goodbye(peer, now, probe)
+
+    def _unproven_record_expired(self, peer: _Peer, now: float, probe: ProbeResult | None
+                                 ) -> Step:
+        """Forget it now if mDNS found it and it never proved itself; else leaving."""
+        if peer.found_by == "mdns" and not peer.confirmed:
+            return None, [Forget(peer.name)]
+        return self._record_expired(peer, now, probe)
+
     def _overruled(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
         """Others reach it: write no refusal of ours until we confirm it."""
         peer.contradicted = True
@@ -534,12 +559,15 @@ class PeerTable:
             return []  # ourselves, reached through a join address or a scan
         peer = self._peers.get(msg.name)
         if peer is None:
+            room = self._room_for(msg.name)
+            if room is None:
+                return [_no_room(msg.name)]
             view = self._views.get(msg.name)
             peer = self._peers[msg.name] = _Peer(
                 msg.name, msg.addresses, msg.port, msg.pid, found_by=msg.found_by,
                 joining_since=None if view is not None and view.ready else now,
             )
-            return [ProbeNow(peer.target)]
+            return [*room, ProbeNow(peer.target)]
         if FOUND_BY.index(msg.found_by) > FOUND_BY.index(peer.found_by):
             # Followed already through a more direct source (mDNS here, over what another
             # agent or a scan reports): its word on addresses and port stands, its probes go on.
@@ -654,13 +682,28 @@ class PeerTable:
             del self._peers[node.name]
             return [Forget(node.name)]
         if peer is None:
+            room = self._room_for(node.name)
+            if room is None:
+                return [_no_room(node.name)]
             peer = self._peers[node.name] = _Peer(node.name, addresses, port, pid,
                                                   found_by="store")
-            return [ProbeNow(peer.target)]
+            return [*room, ProbeNow(peer.target)]
         if (peer.addresses, peer.port) != (addresses, port):
             peer.addresses, peer.port = addresses, port
             return [ProbeNow(peer.target)]
         return []
+
+    def _room_for(self, name: str) -> list[Action] | None:
+        """Room for one more peer: [] if there is, the actions that forget the peer whose
+        place it takes, or None if every peer followed proved itself (module docstring)."""
+        if len(self._peers) < limits.PEERS:
+            return []
+        unproven = [p for p in self._peers.values() if not p.confirmed]  # oldest first
+        if not unproven:
+            return None
+        gone = next((p for p in unproven if p.found_by == "mdns"), unproven[0])
+        del self._peers[gone.name]
+        return [Forget(gone.name), _no_room(gone.name, f"{name} takes its place")]
 
     # --- timers -----------------------------------------------------------------------------
 
@@ -784,6 +827,12 @@ class PeerTable:
 
 
 # What a handler returns: the peer's next state (None: forget it) and the actions to carry out.
+def _no_room(name: str, detail: str = "") -> Reject:
+    """A peer not followed, or no longer, for want of room (`limits.PEERS`)."""
+    return Reject(name, "too-many-peers",
+                  detail or f"already following {limits.PEERS} peers that proved themselves")
+
+
 Step = tuple[State | None, list[Action]]
 Handler = Callable[[PeerTable, _Peer, float, ProbeResult | None], Step]
 
@@ -803,6 +852,10 @@ def _rows(
     return {(state, event): Transition(to, handler) for state in states}
 
 
+# The states a peer that never proved itself can be in, and the others.
+_MAYBE_UNPROVEN: tuple[type[State], ...] = (New, Unauthenticated)
+_PROVEN = tuple(state for state in STATES if state not in _MAYBE_UNPROVEN)
+
 # Every (state, event) pair that does something; the module docstring shows it as a table.
 TRANSITIONS: dict[tuple[type[State], PeerEvent], Transition] = {
     **_rows((New, Alive, Suspect, Refused, Unauthenticated), PeerEvent.ANSWERED, (Alive,),
@@ -815,7 +868,10 @@ TRANSITIONS: dict[tuple[type[State], PeerEvent], Transition] = {
     **_rows((New, Alive, Suspect, Refused, Leaving), PeerEvent.UNAUTHENTICATED,
             (Unauthenticated,), PeerTable._unproven),
     **_rows((Leaving,), PeerEvent.ANNOUNCED, (New,), PeerTable._announced_again),
-    **_rows(STATES, PeerEvent.GOODBYE, (Leaving,), PeerTable._said_goodbye),
-    **_rows(STATES, PeerEvent.UNANNOUNCED, (Leaving,), PeerTable._record_expired),
+    **_rows(_PROVEN, PeerEvent.GOODBYE, (Leaving,), PeerTable._said_goodbye),
+    **_rows(_PROVEN, PeerEvent.UNANNOUNCED, (Leaving,), PeerTable._record_expired),
+    **_rows(_MAYBE_UNPROVEN, PeerEvent.GOODBYE, (Leaving, None), PeerTable._unproven_said_goodbye),
+    **_rows(_MAYBE_UNPROVEN, PeerEvent.UNANNOUNCED, (Leaving, None),
+            PeerTable._unproven_record_expired),
     **_rows((Refused,), PeerEvent.NODE_READY, (Refused,), PeerTable._overruled),
 }

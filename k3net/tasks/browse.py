@@ -9,12 +9,16 @@ there), so the handler only notes the latest change of each instance in `Pending
 blocks: a burst of hundreds of agents announcing at once costs one entry per agent, and an
 instance that changes again before it is handled keeps its place with its newest change (Added
 then Removed is just Removed). Only more distinct instances than `_MAX_PENDING` are dropped,
-counted and logged. One resolver loop takes them in order: Added/Updated are resolved (mostly
-from zeroconf's cache, which the browse answers already filled) and validated by
-`mdns.peer_from_info`; one that does not resolve in time is tried again later (`Retries`), not
-dropped; Removed becomes PeerGone, saying whether it was a goodbye (a PTR record
-with TTL 0, noted by `Goodbyes`) or a record that expired with nobody answering for it, which
-zeroconf reports the same way but which proves nothing about the agent.
+counted and logged. A pool of `limits.RESOLVER_SLOTS` resolvers takes them in order, never two
+changes of one instance at once: Added/Updated are resolved (mostly from zeroconf's cache, which
+the browse answers already filled) and validated by `mdns.peer_from_info`, and only the
+addresses on this machine's links are kept, a few at most (`mdns.bound_addresses`). An entry
+that does not resolve in time (a PTR record with nothing behind it) holds one resolver while it
+waits, not all of them, and is tried again later (`Retries`), up to `limits.RESOLVE_TRIES` times
+in all; then it is dropped until it is announced again. Removed becomes PeerGone, saying
+whether it was a goodbye (a PTR record with TTL 0, noted by `Goodbyes`) or a record that
+expired with nobody answering for it, which zeroconf reports the same way but which proves
+nothing about the agent.
 
 A peer's old address can outlive the announcement of its new one by up to a second: RFC 6762
 10.2 keeps a cache-flushed record one more second, and a goodbye for the old address may come
@@ -28,7 +32,8 @@ from __future__ import annotations
 
 import heapq
 import logging
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
 
 import trio
 from trio_asyncio import aio_as_trio
@@ -36,10 +41,11 @@ from zeroconf import RecordUpdateListener, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 from zeroconf.const import _TYPE_PTR
 
+from k3net import limits
 from k3net.core.messages import PeerGone, PeerRejected, PeerSeen
 from k3net.core.names import is_valid_name
 from k3net.durations import format_duration
-from k3net.mdns import peer_from_info
+from k3net.mdns import bound_addresses, on_link, peer_from_info
 from k3net.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -86,14 +92,16 @@ async def run(
     metrics: Metrics,
     *,
     loopback: bool = False,
+    networks: Sequence[str] = (),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Browse `service_type` (e.g. `_k3._tcp.local.`) until cancelled; `own_name` is ignored.
-    `loopback` keeps peers' loopback addresses (`mdns.loopback_only`). Closes `out` when it
-    returns."""
+    `loopback` keeps peers' loopback addresses (`mdns.loopback_only`); `networks`, those of the
+    interfaces mDNS runs on (`mdns.networks_of`), bound the addresses kept (empty: every one).
+    Closes `out` when it returns."""
     pending = PendingChanges(_MAX_PENDING)
     second_looks = SecondLooks(pending, SECOND_LOOK)
-    retries = Retries(pending, RETRY_FIRST, RETRY_LAST)
+    retries = Retries(pending, RETRY_FIRST, RETRY_LAST, tries=limits.RESOLVE_TRIES)
 
     def on_change(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -106,6 +114,8 @@ async def run(
             metrics.rejected.labels(reason="overflow").inc()
             log.warning("more than %d mDNS entries waiting: dropped %s %s",
                         _MAX_PENDING, kind, name)
+        elif pending.busy >= limits.RESOLVER_SLOTS:
+            metrics.limit_hit("resolver-slots")  # it waits for a resolver
 
     async with out:
         goodbyes = Goodbyes(service_type)
@@ -115,29 +125,50 @@ async def run(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(second_looks.run)
                 nursery.start_soon(retries.run)
-                task_status.started()
                 resolver = _Resolver(zc, service_type, own_name, out, metrics, loopback,
-                                     second_looks, goodbyes, retries)
-                while True:
-                    instance, change = await pending.get()
-                    await resolver.handle(instance, change)
+                                     second_looks, goodbyes, retries, networks)
+                for _ in range(limits.RESOLVER_SLOTS):
+                    nursery.start_soon(_resolve_changes, pending, resolver)
+                task_status.started()
         finally:
             zc.zeroconf.async_remove_listener(goodbyes)
             with trio.move_on_after(_CANCEL_TIMEOUT, shield=True):
                 await aio_as_trio(browser.async_cancel)()
 
 
+class Handler(Protocol):
+    async def handle(self, instance: str, change: Change) -> None: ...
+
+
+async def _resolve_changes(pending: PendingChanges, resolver: Handler) -> None:
+    """One of the resolvers: handle the changes `pending` hands out, one at a time."""
+    while True:
+        instance, change = await pending.get()
+        try:
+            await resolver.handle(instance, change)
+        finally:
+            pending.done(instance)
+
+
 class PendingChanges:
-    """Browse events waiting for the resolver: the latest change of each instance, in the order
-    the instances first changed. `put` never blocks (it runs in zeroconf's callback)."""
+    """Browse events waiting for the resolvers: the latest change of each instance, in the order
+    the instances first changed. `put` never blocks (it runs in zeroconf's callback). `get`
+    hands out an instance only while no resolver has it (until `done`): its changes are
+    handled in order."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._changes: dict[str, Change] = {}
+        self._busy: set[str] = set()  # instances a resolver has now
         self._wakeup = trio.Event()
 
     def __len__(self) -> int:
         return len(self._changes)
+
+    @property
+    def busy(self) -> int:
+        """Instances that resolvers have now."""
+        return len(self._busy)
 
     def put(self, instance: str, change: Change) -> bool:
         """Note a change; False if it had to be dropped (too many distinct instances). A second
@@ -153,11 +184,22 @@ class PendingChanges:
         return True
 
     async def get(self) -> tuple[str, Change]:
-        while not self._changes:
-            self._wakeup = trio.Event()
+        """The first instance waiting that no resolver has, and its change; it is busy until
+        `done`. (At most one busy instance per resolver is skipped: the search is short.)"""
+        while True:
+            instance = next((i for i in self._changes if i not in self._busy), None)
+            if instance is not None:
+                self._busy.add(instance)
+                return instance, self._changes.pop(instance)
+            if self._wakeup.is_set():
+                self._wakeup = trio.Event()
             await self._wakeup.wait()
-        instance = next(iter(self._changes))
-        return instance, self._changes.pop(instance)
+
+    def done(self, instance: str) -> None:
+        """The resolver that had `instance` is done with it."""
+        self._busy.discard(instance)
+        if instance in self._changes:
+            self._wakeup.set()  # a change of it came meanwhile
 
 
 class Goodbyes(RecordUpdateListener):
@@ -226,28 +268,37 @@ class SecondLooks:
 
 class Retries:
     """Entries that did not resolve, to resolve again later: each is put back into `pending` as a
-    "retry" when its time comes, the wait doubling from `first` to at most `last` for as long
-    as it fails. A lost answer (a burst of hundreds of agents announcing at once, a lossy LAN)
-    must not leave a peer unseen until its record changes, and an entry that never resolves
-    costs one query every `last` seconds, never a loop. `cancel` when it resolves or goes."""
+    "retry" when its time comes, the wait doubling from `first` to at most `last`, until it
+    failed `tries` times in all. A lost answer (a burst of hundreds of agents announcing at
+    once, a lossy LAN) must not leave a peer unseen until its record changes, and an entry that
+    never resolves costs a few queries, never a loop nor a resolver for good. `cancel` when it
+    resolves or goes."""
 
-    def __init__(self, pending: PendingChanges, first: float, last: float) -> None:
+    def __init__(self, pending: PendingChanges, first: float, last: float,
+                 tries: int = limits.RESOLVE_TRIES) -> None:
         self.pending = pending
         self.first = first
         self.last = last
-        self._due: dict[str, tuple[float, float]] = {}  # instance -> (when, the wait before it)
+        self.tries = tries
+        # instance -> (when, the wait before it, the failures so far)
+        self._due: dict[str, tuple[float, float, int]] = {}
         self._heap: list[tuple[float, str]] = []  # (when, instance); stale items are skipped
         self._wakeup = trio.Event()
 
     def __len__(self) -> int:
         return len(self._due)
 
-    def schedule(self, instance: str) -> float:
-        """After a failure: the next try of `instance`; returns the wait."""
+    def schedule(self, instance: str) -> float | None:
+        """After a failure: the next try of `instance`; returns the wait, or None when it has
+        failed `tries` times: it is dropped (tried again only when announced again)."""
         previous = self._due.get(instance)
+        failures = 1 if previous is None else previous[2] + 1
+        if failures >= self.tries:
+            self._due.pop(instance, None)
+            return None
         wait = self.first if previous is None else min(self.last, previous[1] * 2)
         when = trio.current_time() + wait
-        self._due[instance] = (when, wait)
+        self._due[instance] = (when, wait, failures)
         heapq.heappush(self._heap, (when, instance))
         self._wakeup.set()
         return wait
@@ -285,8 +336,10 @@ class _Resolver:
         second_looks: SecondLooks | None = None,
         goodbyes: Goodbyes | None = None,
         retries: Retries | None = None,
+        networks: Sequence[str] = (),
     ) -> None:
         self.zc = zc
+        self.networks = networks
         self.retries = retries
         self.second_looks = second_looks
         self.goodbyes = goodbyes
@@ -316,6 +369,11 @@ class _Resolver:
             self.metrics.mdns_events.labels(kind="unresolved").inc()
             if self.retries is not None:
                 wait = self.retries.schedule(instance)
+                if wait is None:
+                    self.metrics.limit_hit("resolve-tries")
+                    log.warning("mDNS entry %s did not resolve in %d tries: dropped until it is "
+                                "announced again", instance, self.retries.tries)
+                    return
                 log.log(logging.INFO if change != "retry" else logging.DEBUG,
                         "mDNS entry %s did not resolve within %s; trying again in %s",
                         instance, format_duration(_RESOLVE_TIMEOUT_MS / 1000),
@@ -323,7 +381,7 @@ class _Resolver:
             return
         if self.retries is not None:
             self.retries.cancel(instance)
-        message = peer_from_info(info, loopback=self.loopback)
+        message = self._bounded(instance, peer_from_info(info, loopback=self.loopback))
         if isinstance(message, PeerRejected):
             self.peer_names[instance.lower()] = None
             log.warning("rejected mDNS entry %r: %s (%s)",
@@ -348,12 +406,21 @@ class _Resolver:
         info = AsyncServiceInfo(self.service_type, instance)
         if not info.load_from_cache(self.zc.zeroconf):
             return  # the records are going: a Removed follows, or the next announcement
-        message = peer_from_info(info, loopback=self.loopback)
+        message = self._bounded(instance, peer_from_info(info, loopback=self.loopback))
         if isinstance(message, PeerSeen) and message != last and message.name == last.name:
             log.info("mDNS entry %s now resolves to %s (was %s)", instance,
                      ", ".join(message.addresses), ", ".join(last.addresses))
             self.last_seen[key] = message
             await self.out.send(message)
+
+    def _bounded(self, instance: str, message: PeerSeen | PeerRejected
+                 ) -> PeerSeen | PeerRejected:
+        """Only the addresses on this machine's links, a few at most (module docstring)."""
+        if not isinstance(message, PeerSeen):
+            return message
+        if len(on_link(message.addresses, self.networks)) > limits.ADDRESSES_PER_PEER:
+            self.metrics.limit_hit("addresses-per-peer")
+        return bound_addresses(instance, message, self.networks)
 
     async def _removed(self, instance: str, label: str) -> None:
         key = instance.lower()

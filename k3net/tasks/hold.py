@@ -20,8 +20,10 @@ How a hold ends (`HoldEnd`), and what follows:
   page): probes only for that target.
 
 A hold is released when its peer is forgotten or moves to another address or port (it is held
-again once confirmed there). At most `MAX_HELD` peers are held, so an agent of a large LAN keeps
-its file descriptors. The answer is read with the probes' HTTP reader (`identity.AnswerReader`).
+again once confirmed there). At most `limits.HELD` peers are held, so an agent of a large LAN
+keeps its file descriptors; a peer confirmed past that is not held (counted in
+k3net_limit_hits_total{limit="held"}) and relies on its probes. The answer is read with the
+probes' HTTP reader (`identity.AnswerReader`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Literal
 import attrs
 import trio
 
+from k3net import limits
 from k3net.core.identity import AnswerReader, get
 from k3net.core.table import ProbeTarget
 from k3net.metrics import Metrics
@@ -40,8 +43,6 @@ from k3net.tasks.tcp import connect
 
 log = logging.getLogger("k3net.hold")
 
-# Peers whose /hold is held open at most: one file descriptor each here and one at the peer.
-MAX_HELD = 256
 # What an agent's /hold sends first (k3net.web.app), after its head.
 HOLD_MARK = b"held\n"
 # A hold that ends sooner than this after it was set up is not tried again for that target:
@@ -131,9 +132,12 @@ class Holds:
 
     def confirmed(self, target: ProbeTarget, address: str) -> None:
         """A probe confirmed `target` at `address`: hold it there, unless it is held already,
-        answers no hold, or MAX_HELD are held."""
+        answers no hold, or limits.HELD are held."""
         name = target.name
-        if name in self._held or target in self._no_hold or len(self._held) >= MAX_HELD:
+        if name in self._held or target in self._no_hold:
+            return
+        if len(self._held) >= limits.HELD:
+            self.metrics.limit_hit("held")
             return
         hold = self._held[name] = Hold(target, address)
         self._nursery.start_soon(self._run, hold)

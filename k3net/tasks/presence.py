@@ -61,6 +61,7 @@ class _Session:
     zc: AsyncZeroconf
     specs: tuple[str | int, ...]
     stack: contextlib.AsyncExitStack
+    networks: tuple[str, ...] = ()  # on the links of its interfaces: browse keeps only these
 
 
 def _chosen(settings: Settings) -> list[mdns.Interface]:
@@ -87,7 +88,8 @@ class Presence:
     async def _open(self, interfaces: Sequence[mdns.Interface]) -> _Session:
         stack = contextlib.AsyncExitStack()
         zc = await stack.enter_async_context(mdns.open_zeroconf([i.name for i in interfaces]))
-        return _Session(zc, tuple(mdns.zeroconf_interfaces(interfaces)), stack)
+        return _Session(zc, tuple(mdns.zeroconf_interfaces(interfaces)), stack,
+                        mdns.networks_of(interfaces))
 
     # --- the Lan protocol ---------------------------------------------------------------
 
@@ -133,7 +135,8 @@ class Presence:
 
         async def on(session: _Session, *, task_status: trio.TaskStatus[None]) -> None:
             await browse.run(session.zc, service_type, s.node_name, out.clone(), self.metrics,
-                             loopback=self.loopback, task_status=task_status)
+                             loopback=self.loopback, networks=session.networks,
+                             task_status=task_status)
 
         async with out:
             await follow(self.session, on, task_status=task_status)

@@ -23,6 +23,12 @@ The table asks for a probe at once when a peer appears or says goodbye (`ProbeNo
 delay (a re-probe that confirms a refusal); besides, every peer is probed once per interval at a
 phase of its own (see `Prober`).
 
+Bounds (`k3net.limits`): a peer is probed at its first `ADDRESSES_PER_PEER` addresses in the
+canonical order (IPv4 first), whatever its source announced, and every probe shares one budget
+of `PROBE_SOCKETS` sockets (`tcp.Sockets`): an address waits for a socket before its timeout
+starts, so a flood of peers with unreachable addresses slows the probes down but never makes
+one fail, nor the agent run out of file descriptors. Both count in k3net_limit_hits_total.
+
 Once a peer is confirmed, its /hold is held open (`k3net.tasks.hold`): when its process dies,
 the held connection closes and the peer is probed at once.
 """
@@ -38,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import trio
 
+from k3net import limits
 from k3net.core import addresses as addrs
 from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, judge_reader, request
 from k3net.core.messages import ProbeOutcome, ProbeResult
@@ -45,7 +52,7 @@ from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.durations import format_duration
 from k3net.metrics import Metrics
 from k3net.tasks.hold import Holds
-from k3net.tasks.tcp import connect, exchange
+from k3net.tasks.tcp import Sockets, connect, exchange
 
 log = logging.getLogger("k3net.probe")
 
@@ -79,14 +86,27 @@ class _Tried:
 async def _ask(
     address: str, port: int, name: str, nonce: bytes, key: bytes | None,
     timeout: float,  # noqa: ASYNC109  (not a caller's deadline: --probe-timeout defines failure)
+    sockets: Sockets | None = None,
 ) -> _Tried:
-    """Connect to one address, ask /info, judge the answer; all within `timeout`. A connection
-    that was accepted but never answered is an answer of its own (unverified)."""
+    """Connect to one address, ask /info, judge the answer; all within `timeout`, which starts
+    once a socket of `sockets` is ours. A connection that was accepted but never answered is an
+    answer of its own (unverified)."""
+    if sockets is None:
+        return await _ask_now(address, port, name, nonce, key, timeout, None)
+    async with sockets.one():
+        return await _ask_now(address, port, name, nonce, key, timeout, sockets)
+
+
+async def _ask_now(
+    address: str, port: int, name: str, nonce: bytes, key: bytes | None,
+    timeout: float,  # noqa: ASYNC109  (as _ask's)
+    sockets: Sockets | None,
+) -> _Tried:
     connected = False
     reader = AnswerReader()
     with trio.move_on_after(timeout):
         try:
-            sock = await connect(address, port)
+            sock = await connect(address, port, sockets=sockets)
         except ConnectionRefusedError:
             return _Tried(address, refused=True, error=f"{address}: connection refused")
         except OSError as exc:
@@ -131,9 +151,11 @@ async def probe_peer(
     *,
     key: bytes | None = None,
     own: Own = Own(),
+    sockets: Sockets | None = None,
 ) -> ProbeResult:
-    """One identity probe of peer `name` on every address at once, each within `timeout`;
-    the first confirmed answer ends it. See the module docstring for the outcome."""
+    """One identity probe of peer `name` on every address at once (the first
+    ADDRESSES_PER_PEER of them), each within `timeout` once it has a socket of `sockets`; the
+    first confirmed answer ends it. See the module docstring for the outcome."""
     start = trio.current_time()
     nonce = secrets.token_bytes(NONCE_BYTES)
     tried: list[_Tried] = []
@@ -141,7 +163,7 @@ async def probe_peer(
 
     async def one(address: str, mine: bool, scope: trio.CancelScope) -> None:
         nonlocal skipped
-        result = await _ask(address, port, name, nonce, key, timeout)
+        result = await _ask(address, port, name, nonce, key, timeout, sockets)
         confirmed = result.answer is not None and result.answer.outcome == "confirmed"
         if mine and not confirmed:
             skipped += 1  # an own address is no evidence about another machine
@@ -151,10 +173,8 @@ async def probe_peer(
             scope.cancel()  # the first confirmed answer wins
 
     async with trio.open_nursery() as nursery:
-        for address in dict.fromkeys(addresses):
-            ip = addrs.parse(address)
-            if ip is None:
-                continue
+        parsed = dict.fromkeys(ip for ip in map(addrs.parse, addresses) if ip is not None)
+        for ip in list(parsed)[:limits.ADDRESSES_PER_PEER]:
             mine = str(ip) in own.addresses
             if mine and port == own.port:
                 skipped += 1  # that is us: never dialled
@@ -177,7 +197,8 @@ class Prober:
     agent for itself: agents started together do not probe in step, and with k agents probing a
     peer, one of them reaches it every interval/k on average, so a peer that dies is found
     sooner than by rounds in lock step. The load on the LAN is smooth instead of a burst per
-    round. At most `limit` probes run at once, and never two scheduled ones for the same peer.
+    round. At most `limit` probes run at once, and never two scheduled ones for the same peer;
+they share `sockets` sockets (module docstring).
     A confirmed peer is also held (`k3net.tasks.hold`); when its hold ends, it is probed at once.
     """
 
@@ -190,6 +211,7 @@ class Prober:
         key: bytes | None = None,
         own: Callable[[], Own] = Own,
         limit: int = 64,
+        sockets: int = limits.PROBE_SOCKETS,
         rng: random.Random | None = None,
     ) -> None:
         self.interval = interval
@@ -202,6 +224,8 @@ class Prober:
         self._schedules: dict[str, trio.CancelScope] = {}
         self._limiter = trio.CapacityLimiter(limit)
         self._inflight: Counter[str] = Counter()  # probes under way, by peer
+        # Every probe's sockets, over all peers (module docstring).
+        self._sockets = Sockets(sockets, on_full=lambda: metrics.limit_hit("probe-sockets"))
         self._holds: Holds | None = None  # the peers' held connections, while running
 
     def held(self) -> dict[str, str]:
@@ -236,6 +260,9 @@ class Prober:
                         holds.release(msg.name)
                         continue
                     name = msg.target.name
+                    if (len(msg.target.addresses) > limits.ADDRESSES_PER_PEER
+                            and self.targets.get(name) != msg.target):
+                        self.metrics.limit_hit("addresses-per-peer")  # once per new target
                     holds.asked(msg.target, anew=msg.delay == 0)
                     self.targets[name] = msg.target
                     if name not in self._schedules:
@@ -280,7 +307,7 @@ class Prober:
             async with self._limiter:
                 result = await probe_peer(
                     target.name, target.addresses, target.port, self.timeout,
-                    key=self.key, own=self.own(),
+                    key=self.key, own=self.own(), sockets=self._sockets,
                 )
         finally:
             self._inflight[target.name] -= 1

@@ -87,6 +87,8 @@ async def run(
                                 format_duration(seconds))
                 case Reject(instance=instance, reason=reason, detail=detail):
                     metrics.rejected.labels(reason=reason).inc()
+                    if reason == "too-many-peers":
+                        metrics.limit_hit("peers")
                     hub.rejected(instance, reason, detail)
 
     async with writes, probes:

@@ -11,6 +11,11 @@ connected after `STAGGER`, another starts beside it, up to `ATTEMPTS` in all; th
 connect wins and the others are closed. On a healthy LAN the first connects within a
 millisecond and nothing more is sent. Any answer of the host (a refusal, an unreachable error)
 ends the attempts at once: only silence is worth another try.
+
+Sockets are a budget (`Sockets`): the probes share one of `limits.PROBE_SOCKETS` over every
+peer. Whoever connects holds one socket of it for the connection; the extra attempts take theirs
+only if they are free at once (they are an optimisation, never worth a wait) and give them back
+before `connect` returns, when at most one socket is left open.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import errno
 import functools
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -31,6 +37,45 @@ ATTEMPTS = 4
 STAGGER = 0.2
 
 _READ_SIZE = 4096
+
+
+class Sockets:
+    """A budget of sockets open at once (module docstring). `on_full()` is called whenever
+    someone has to wait for one, or an extra attempt is not made for want of one."""
+
+    def __init__(self, limit: int, on_full: Callable[[], None] = lambda: None) -> None:
+        self._free = trio.Semaphore(limit)
+        self.on_full = on_full
+
+    @asynccontextmanager
+    async def one(self) -> AsyncIterator[None]:
+        """Hold one socket of the budget for the block, waiting for it if none is free."""
+        try:
+            self._free.acquire_nowait()
+        except trio.WouldBlock:
+            self.on_full()
+            await self._free.acquire()
+        try:
+            yield
+        finally:
+            self._free.release()
+
+    def take(self) -> bool:
+        """One more socket now if one is free (released with `give_back`), else False."""
+        try:
+            self._free.acquire_nowait()
+        except trio.WouldBlock:
+            self.on_full()
+            return False
+        return True
+
+    def give_back(self, n: int) -> None:
+        for _ in range(n):
+            self._free.release()
+
+    @property
+    def free(self) -> int:
+        return self._free.value
 
 
 class Attempt:
@@ -64,6 +109,7 @@ class Attempt:
 async def connect(
     address: str, port: int, *, attempts: int = ATTEMPTS,
     attempt_factory: Callable[[int, str, int], Attempt] = Attempt,
+    sockets: Sockets | None = None,
 ) -> trio.socket.SocketType:
     """A socket connected to `address:port` (an IP address as text). Raises the OSError of the
     first attempt the host answered with (ConnectionRefusedError: nothing listens). No timeout:
@@ -71,25 +117,38 @@ async def connect(
 
     The first attempt is waited for alone (no task, no nursery: a probe's usual case costs one
     connect); only one that is not up after STAGGER gets others beside it (`_race`).
-    `attempt_factory(family, address, port)` starts an attempt (the tests script them)."""
+    `attempt_factory(family, address, port)` starts an attempt (the tests script them).
+    `sockets`: the budget the caller holds one socket of (`Sockets.one`) for this connection;
+    the extra attempts are made only while it has more free."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     start = functools.partial(attempt_factory, family, address, port)
     pending = [start()]
+    extra = 0  # sockets of the budget taken for extra attempts
+
+    def start_extra() -> Attempt | None:
+        nonlocal extra
+        if sockets is not None and not sockets.take():
+            return None
+        extra += 1
+        return start()
+
     try:
         with trio.move_on_after(STAGGER):
             await pending[0].wait()
             return pending.pop().connected()
-        return await _race(pending, start, attempts)
+        return await _race(pending, start_extra, attempts)
     finally:
         for attempt in pending:
             attempt.close()
+        if sockets is not None:
+            sockets.give_back(extra)  # at most one socket is left open: the caller's
 
 
-async def _race(pending: list[Attempt], start: Callable[[], Attempt], attempts: int
+async def _race(pending: list[Attempt], start: Callable[[], Attempt | None], attempts: int
                 ) -> trio.socket.SocketType:
     """The attempts in `pending` and more beside them, one every STAGGER, up to `attempts` in
-    all; the first to end decides (connected, or the host's answer). Attempts left in `pending`
-    are the caller's to close."""
+    all (fewer when `start` returns None: no socket free for one); the first to end decides
+    (connected, or the host's answer). Attempts left in `pending` are the caller's to close."""
     ended: list[Attempt | OSError] = []
 
     def end(outcome: Attempt | OSError, done: trio.CancelScope) -> None:
@@ -114,8 +173,9 @@ async def _race(pending: list[Attempt], start: Callable[[], Attempt], attempts: 
                 except OSError as exc:  # the host (or our routing) answered at once
                     end(exc, nursery.cancel_scope)
                     break
-                pending.append(attempt)
-                nursery.start_soon(watch, attempt, nursery.cancel_scope)
+                if attempt is not None:
+                    pending.append(attempt)
+                    nursery.start_soon(watch, attempt, nursery.cancel_scope)
                 if n < attempts - 1:
                     await trio.sleep(STAGGER)
     except BaseException:

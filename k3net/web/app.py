@@ -7,19 +7,23 @@
 | `GET /livez` | `200 ok` while the process serves; `?verbose`, `?exclude=` (see `k3net.web.checks`) |
 | `GET /readyz` | `200 ok` when the checks `store`, `mdns`, `http` pass, else 503 naming the failed ones; `?verbose`, `?exclude=`, `/readyz/<check>` (and `/livez/<check>`) |
 | `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, commit, store, subscribers, epoch |
-| `GET /hold` | `200` and then nothing while the agent runs: peers hold it open, and see its end at once when this process dies (`k3net.tasks.hold`); 503 past `MAX_HOLDS` |
+| `GET /hold` | `200` and then nothing while the agent runs: peers hold it open, and see its end at once when this process dies (`k3net.tasks.hold`); 429 past `limits.HOLDS_PER_CLIENT` from one client address, 503 past `limits.HOLDS` in all |
 | `GET /peers` | the peers this agent follows: name, addresses, port, pid, state, foundBy (mdns, join, scan, store), confirmed, held (the address of the connection held to its /hold, or null), lastProbe {outcome, latencySeconds, address, error} (null before the first) |
 | `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
 | `GET /metrics` | Prometheus text format |
 | `GET /events/snapshot` | the event hub's current view: the snapshot message /events starts with |
-| `/events` (websocket) | the event stream of `k3net.events`; `?since=N[&epoch=E]` resumes |
+| `/events` (websocket) | the event stream of `k3net.events`; `?since=N[&epoch=E]` resumes; refused with HTTP 429 past `limits.SUBSCRIBERS_PER_CLIENT` from one client address, 503 past `limits.SUBSCRIBERS` in all |
 
 The app runs in hypercorn's trio worker (possibly inside `trio_asyncio.open_loop()`, so store
 calls of the etcd and MySQL backends work): everything here is trio code. It only reads: the
 store is written by the agent's writer task alone.
 
 Websocket close codes: 1001 "agent shutting down" (hub closed or server stopping), 4008
-"subscriber fell behind" (resume with `?since=`), 1008 for a bad query string.
+"subscriber fell behind" (resume with `?since=`), 1008 for a bad query string, 1009 (by
+hypercorn) for a client message longer than `limits.WEBSOCKET_MESSAGE` bytes.
+
+Connections that stay open (/hold, /events) are admitted per client address and in all
+(`Admission`): one client cannot take the slots that the others, or a restarted agent, need.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import attrs
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from k3net import version
+from k3net import limits, version
 from k3net.convert import format_time, node_list
 from k3net.core import identity, parse
 from k3net.core.messages import ProbeResult
@@ -124,9 +128,41 @@ def parse_events_query(query: bytes) -> tuple[int | None, str | None]:
     return since, epoch
 
 
-# Held /hold requests at most (one file descriptor each); more are refused with 503, and those
-# peers rely on their probes alone.
-MAX_HOLDS = 512
+class Admission:
+    """Long-lived connections of one kind open now, counted by client address: at most
+    `per_client` from one address and `overall` in all. Pure bookkeeping."""
+
+    def __init__(self, per_client: int, overall: int) -> None:
+        self.per_client = per_client
+        self.overall = overall
+        self._open: dict[str, int] = {}
+        self.total = 0
+
+    def admit(self, client: str) -> str | None:
+        """Count one more connection from `client` and return None, or return which cap
+        refuses it ("per-client" or "overall") and count nothing."""
+        if self._open.get(client, 0) >= self.per_client:
+            return "per-client"
+        if self.total >= self.overall:
+            return "overall"
+        self._open[client] = self._open.get(client, 0) + 1
+        self.total += 1
+        return None
+
+    def release(self, client: str) -> None:
+        """One connection `admit` let in has ended."""
+        left = self._open[client] - 1
+        if left:
+            self._open[client] = left
+        else:
+            del self._open[client]
+        self.total -= 1
+
+
+def _client(scope: Scope) -> str:
+    """The client's address (no port): what the caps per client count by."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 class App:
@@ -138,6 +174,8 @@ class App:
         self.state = state
         self._streams: set[Subscription] = set()
         self._holds: set[trio.Event] = set()  # set to end a /hold (shutdown)
+        self._hold_slots = Admission(limits.HOLDS_PER_CLIENT, limits.HOLDS)
+        self._event_slots = Admission(limits.SUBSCRIBERS_PER_CLIENT, limits.SUBSCRIBERS)
         self._stopping = False
         self._assets = load_assets()
         self._routes: dict[str, Callable[[], Awaitable[tuple[int, str, bytes]]]] = {
@@ -159,7 +197,7 @@ class App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["path"] == "/hold" and scope["method"] == "GET":
-                await self._hold(receive, send)
+                await self._hold(_client(scope), receive, send)
             else:
                 await self._http(scope, send)
         elif scope["type"] == "websocket":
@@ -203,11 +241,12 @@ class App:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
-    async def _hold(self, receive: Receive, send: Send) -> None:
+    async def _hold(self, client: str, receive: Receive, send: Send) -> None:
         """Answer 200 and send nothing more until the client goes or this agent stops."""
-        if self._stopping or len(self._holds) >= MAX_HOLDS:
-            body = b"shutting down\n" if self._stopping else b"too many held connections\n"
-            await send({"type": "http.response.start", "status": 503, "headers": [
+        refused = "stopping" if self._stopping else self._hold_slots.admit(client)
+        if refused is not None:
+            status, body = self._refusal(refused, "held connections", "holds", client)
+            await send({"type": "http.response.start", "status": status, "headers": [
                 (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
             return
@@ -232,6 +271,17 @@ class App:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self._holds.discard(done)
+            self._hold_slots.release(client)
+
+    def _refusal(self, why: str, what: str, limit: str, client: str) -> tuple[int, bytes]:
+        """The status and body refusing a long-lived connection; counts the cap reached."""
+        if why == "stopping":
+            return 503, b"shutting down\n"
+        if why == "per-client":
+            self.state.metrics.limit_hit(f"{limit}-per-client")
+            return 429, f"too many {what} from {client}\n".encode()
+        self.state.metrics.limit_hit(limit)
+        return 503, f"too many {what}\n".encode()
 
     async def _healthz(self) -> tuple[int, str, bytes]:
         return 200, "text/plain; charset=utf-8", b"ok\n"
@@ -308,6 +358,20 @@ class App:
         if scope["path"] != "/events":
             await send({"type": "websocket.close"})  # before accept: hypercorn answers 403
             return
+        client = _client(scope)
+        refused = self._event_slots.admit(client)
+        if refused is not None:
+            status, body = self._refusal(refused, "/events subscribers", "subscribers", client)
+            await send({"type": "websocket.http.response.start", "status": status, "headers": [
+                (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        try:
+            await self._subscribed(scope, receive, send)
+        finally:
+            self._event_slots.release(client)
+
+    async def _subscribed(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.accept"})
         try:
             since, epoch = parse_events_query(scope.get("query_string", b""))

@@ -26,6 +26,7 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config
 
+from k3net.limits import WEBSOCKET_MESSAGE
 from k3net.web.listen import BACKLOG, listen_socket
 
 log = logging.getLogger("k3net.web")
@@ -46,6 +47,8 @@ def hypercorn_config(fd: int | None = None) -> Config:
     # agent says what it serves itself.
     config.errorlog = logging.getLogger("k3net.web.hypercorn")
     config.backlog = BACKLOG
+    # A longer message closes its websocket with 1009 (k3net.limits.WEBSOCKET_MESSAGE).
+    config.websocket_max_message_size = WEBSOCKET_MESSAGE
     return config
 
 

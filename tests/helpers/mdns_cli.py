@@ -1,8 +1,10 @@
 """A process for the mDNS end-to-end tests; run it inside a test network namespace only.
 
     python tests/helpers/mdns_cli.py advertise --name node-a --port 7001 [--iface lo] [--move-to ADDR]
+                                               [--also ADDR]...
     python tests/helpers/mdns_cli.py browse --own-name self [--iface lo]
     python tests/helpers/mdns_cli.py peers [--iface lo]        (k3net.commands.peers.main, JSON output)
+    python tests/helpers/mdns_cli.py ptr-flood --count 8 [--iface lo]
 
 Prints one JSON object per line on stdout, each with `t` = time.monotonic() (the same clock in
 every process of the machine, so the test can subtract them):
@@ -15,6 +17,8 @@ every process of the machine, so the test can subtract them):
     {"event": "PeerGone", "name": ...} / {"event": "PeerRejected", "instance": ..., "reason": ...}
     {"event": "stopped"}             after SIGTERM/SIGINT, once the goodbye was sent
     {"event": "NameTaken", ...}      advertise: another responder owns the name (exit 3)
+    {"event": "flooded", "count": N} ptr-flood: one packet of N PTR records sent, for instances
+                                     that nobody answers for (no SRV, TXT or address records)
 
 `advertise` does not validate `--name`, so invalid names reach the LAN as a misbehaving agent
 would send them.
@@ -58,6 +62,8 @@ async def _close_at_once(stream: trio.SocketStream) -> None:
 async def advertise_main(args: argparse.Namespace) -> None:
     settings = Settings(node_name=args.name, listen_port=args.port, interfaces=tuple(args.iface))
     info = mdns.service_info(settings)
+    if args.also:  # addresses announced besides our own, as a careless or hostile sender would
+        info = mdns.service_info(settings, addresses=[*info.parsed_addresses(), *args.also])
     async with trio_asyncio.open_loop(), mdns.open_zeroconf(settings.interfaces) as zc:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal, nursery.cancel_scope)
@@ -84,12 +90,32 @@ async def browse_main(args: argparse.Namespace) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal, nursery.cancel_scope)
             chosen = mdns.choose_interfaces(tuple(args.iface), mdns.list_interfaces())
-            await nursery.start(functools.partial(browse.run, loopback=mdns.loopback_only(chosen)),
+            await nursery.start(functools.partial(browse.run, loopback=mdns.loopback_only(chosen),
+                                                  networks=mdns.networks_of(chosen)),
                                 zc, stype, args.own_name, send, Metrics())
             emit("browsing")
             async with recv:
                 async for message in recv:
                     emit(type(message).__name__, **attrs.asdict(message))
+    emit("stopped")
+
+
+async def ptr_flood_main(args: argparse.Namespace) -> None:
+    from zeroconf import DNSOutgoing, DNSPointer
+    from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_RESPONSE, _TYPE_PTR
+
+    stype = mdns.service_type("_k3._tcp", "local.")
+    async with trio_asyncio.open_loop(), mdns.open_zeroconf(tuple(args.iface)) as zc:
+        out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+        for i in range(args.count):
+            out.add_answer_at_time(
+                DNSPointer(stype, _TYPE_PTR, _CLASS_IN, 4500, f"ghost-{i}.{stype}"), 0)
+        await trio_asyncio.aio_as_trio(zc.zeroconf.async_wait_for_start)()
+        zc.zeroconf.async_send(out)
+        emit("flooded", count=args.count)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break
     emit("stopped")
 
 
@@ -101,6 +127,8 @@ def main() -> None:
     adv.add_argument("--port", type=int, required=True)
     adv.add_argument("--iface", action="append", default=[])
     adv.add_argument("--listen", action="store_true", help="accept TCP on 127.0.0.1:port")
+    adv.add_argument("--also", metavar="ADDR", action="append", default=[],
+                     help="announce ADDR too (not one of ours)")
     adv.add_argument("--move-to", metavar="ADDR",
                      help="once registered, announce ADDR, then withdraw the first addresses")
     brw = sub.add_parser("browse")
@@ -109,11 +137,15 @@ def main() -> None:
     pee = sub.add_parser("peers")
     pee.add_argument("--iface", action="append", default=[])
     pee.add_argument("--timeout", type=float, default=2.0)
+    flo = sub.add_parser("ptr-flood")
+    flo.add_argument("--count", type=int, default=8)
+    flo.add_argument("--iface", action="append", default=[])
     args = parser.parse_args()
     if args.mode == "peers":
         sys.exit(peers.main("_k3._tcp", "local.", tuple(args.iface), args.timeout, 0.7, "json"))
     try:
-        clock.run(advertise_main if args.mode == "advertise" else browse_main, args)
+        mains = {"advertise": advertise_main, "browse": browse_main, "ptr-flood": ptr_flood_main}
+        clock.run(mains[args.mode], args)
     except* advertise.NameTakenError as group:
         exc: BaseException = group
         while isinstance(exc, BaseExceptionGroup):  # nurseries nest the error

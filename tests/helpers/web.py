@@ -3,6 +3,7 @@ the event hub as in the agent; and an HTTP GET run in a thread, so the app keeps
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -106,6 +107,15 @@ def _get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
 
 async def get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
     return await trio.to_thread.run_sync(_get, url, method)
+
+
+async def connect_from(source: str, port: int) -> trio.SocketStream:
+    """A TCP stream to the app at 127.0.0.1:port from the loopback address `source` (all of
+    127/8 is loopback on Linux): a client address of its own, for the caps per client."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    await sock.bind((source, 0))
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
 
 
 async def write_nodes(store: MemoryStore, *nodes: Node) -> None:

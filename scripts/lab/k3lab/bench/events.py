@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed, wrap_client_stream
 
+from k3net import limits
 from k3net.current import Current
 from k3net.events import EventHub
 from k3net.health import StoreHealth
@@ -35,7 +36,9 @@ from k3net.store.memory import MemoryStore
 from k3net.web import serve
 from k3net.web.app import AppState, make_app
 
-MAX_CLIENTS = 1000
+# The agent serves at most limits.SUBSCRIBERS, and SUBSCRIBERS_PER_CLIENT per client address:
+# each client connects from a loopback address of its own.
+MAX_CLIENTS = limits.SUBSCRIBERS
 MAX_COMMITS = 10_000
 NODES = 10  # commits cycle over this many Nodes
 
@@ -58,10 +61,15 @@ async def pump(store: MemoryStore, hub: EventHub, *, task_status: Any) -> None:
             hub.observe(event)
 
 
-async def client(url: str, expected: int, received: dict[str, float], closed: list[int], *,
-                 task_status: Any) -> None:
-    """Record when each benchmark reason arrives; stop after `expected` of them."""
-    async with open_websocket_url(url) as ws:
+async def client(port: int, n: int, expected: int, received: dict[str, float],
+                 closed: list[int], *, task_status: Any) -> None:
+    """Record when each benchmark reason arrives; stop after `expected` of them. Client `n`
+    connects from 127.1.0.n+1 (all of 127/8 is loopback)."""
+    sock = trio.socket.socket()
+    await sock.bind((f"127.1.{n // 250}.{n % 250 + 1}", 0))
+    await sock.connect(("127.0.0.1", port))
+    async with trio.open_nursery() as nursery, await wrap_client_stream(
+            nursery, trio.SocketStream(sock), "127.0.0.1", "/events") as ws:
         await ws.get_message()  # the snapshot
         task_status.started()
         try:
@@ -107,10 +115,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     await serve.run(make_app(state), "127.0.0.1", 0, task_status=task_status)
 
             port = await nursery.start(serve_app)
-            url = f"ws://127.0.0.1:{port}/events"
             async with trio.open_nursery() as clients:
                 for i in range(args.clients):
-                    await clients.start(client, url, args.commits, received[i], closed)
+                    await clients.start(client, port, i, args.commits, received[i], closed)
                 start = trio.current_time()
                 for n in range(args.commits):
                     name = f"bench-{n % NODES}"

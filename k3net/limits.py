@@ -1,0 +1,80 @@
+"""The caps on what an outsider can make an agent spend. Each is a named constant with the reason
+for its value; `docs/network.md` ("Limits") lists them, and every time one is reached
+`k3net_limit_hits_total{limit=...}` counts it (`Metrics.limit_hit`), with the names of `NAMES`.
+
+A cap bounds one source (a peer, a client address) and the whole agent, so that one noisy
+source cannot take what the others need, and all of them together stay inside what the systemd
+unit allows (`LimitNOFILE`, `TasksMax`, `MemoryMax`: see the docs). Pure constants: no imports.
+"""
+
+from __future__ import annotations
+
+# Addresses probed per peer. A machine has a few LAN addresses (IPv4, a ULA, a global IPv6, a
+# second NIC); past that an announcement is more likely a flood than a host. Every address is
+# dialled at once, so this is also the sockets one probe can open (times tcp.ATTEMPTS).
+ADDRESSES_PER_PEER = 8
+
+# Peers followed (probed, held) at once. Far above a LAN's agents (k3 clusters are tens of
+# machines; the benchmark LAN goes to 2,000); at the cap, a peer mDNS announced that never
+# proved itself is the first to go.
+PEERS = 2048
+
+# Sockets open for probing at once, over every peer (not per peer): with the holds and the
+# server's connections, it keeps the agent well under LimitNOFILE, and 256 concurrent
+# connection attempts still probe a full table of PEERS every few seconds.
+PROBE_SOCKETS = 256
+
+# mDNS entries resolved at once. One at a time, an entry whose records never come (a PTR with
+# nothing behind it) made every other entry wait for its whole timeout (3 s): one packet of 8
+# such records delayed a new agent's discovery from 1.5 s to 22 s. With 16, a packet of up to
+# 15 leaves a resolver free; each costs a task and a pending query, nothing more.
+RESOLVER_SLOTS = 16
+
+# Tries of an mDNS entry that does not resolve before it is dropped (until it is announced
+# again). A real agent answers the first query or one of the next (a lost packet); an entry
+# that never answers would otherwise cost a query every RETRY_LAST seconds forever.
+RESOLVE_TRIES = 4
+
+# Peers whose /hold this agent holds open (k3net.tasks.hold): one socket each here and one at
+# the peer. A crash of one of them is seen in a second; the rest rely on their probes.
+HELD = 256
+
+# Held /hold connections from one client address. One agent holds one connection to us; a
+# few more cover several agents on one host and a restarted one whose old connection has not
+# ended yet.
+HOLDS_PER_CLIENT = 4
+
+# Held /hold connections in all, each one file descriptor: one per agent that holds us (an agent
+# holds at most HELD peers, so on the largest LANs not every one of them holds us).
+HOLDS = 1024
+
+# Open /events websockets from one client address: a few browser tabs and `k3net watch`.
+SUBSCRIBERS_PER_CLIENT = 8
+
+# Open /events websockets in all. Each costs about 25 kB (its queue, hypercorn's buffers): 256
+# is about 6 MB, and more dashboards than any cluster has.
+SUBSCRIBERS = 256
+
+# Bytes of one websocket message a client may send. /events clients send nothing; hypercorn's
+# default (16 MiB) let four clients hold 61 MB with messages never finished.
+WEBSOCKET_MESSAGE = 1024
+
+# `rejected` events kept for resuming, in a ring apart from the Node changes: a flood of bad
+# announcements must not push real transitions out of the history (`k3net.events`).
+REJECTED_HISTORY = 64
+
+# The `limit` label of k3net_limit_hits_total, one per cap above but WEBSOCKET_MESSAGE, which
+# hypercorn enforces itself (close code 1009) without telling the app.
+NAMES = (
+    "addresses-per-peer",
+    "peers",
+    "probe-sockets",
+    "held",
+    "resolver-slots",
+    "resolve-tries",
+    "holds-per-client",
+    "holds",
+    "subscribers-per-client",
+    "subscribers",
+    "rejected-history",
+)
