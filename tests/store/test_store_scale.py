@@ -36,8 +36,6 @@ async def preload_etcd(raw: RawEtcd, count: int) -> None:
         await aio_as_trio(client.transaction)(compare=[], success=puts, failure=[])
 
 
-@pytest.mark.etcd
-
 async def snapshot_then_follows(store: Store) -> None:
     """The watch's first Snapshot holds all MANY Nodes, and it follows on right after it: the
     next write arrives."""
@@ -49,6 +47,7 @@ async def snapshot_then_follows(store: Store) -> None:
         later = await store.update(make_node(first.name, step="2"), first.version)
         assert await next_event(events) == Put(later)
 
+@pytest.mark.etcd
 async def test_etcd_lists_and_watches_10000_nodes(
     etcd_store: EtcdStore, raw_etcd: RawEtcd
 ) -> None:
