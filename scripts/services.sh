@@ -9,8 +9,10 @@
 # start_services installs etcd (Debian etcd-server/etcd-client), MariaDB and nftables when missing, starts
 # a fresh private etcd on 127.0.0.1:23790 (data in .k3net-test/etcd), makes sure MariaDB answers
 # on its Debian socket (starting it if needed), recreates the database k3net_test, and exports
-# the K3NET_TEST_* variables the store tests read. stop_services stops what start_services
-# started, and nothing else: a MariaDB that was already running is left running.
+# the K3NET_TEST_* variables the store tests read (under pytest-xdist each worker starts an etcd
+# of its own and makes the database <name>_<worker> beside it: tests/store/conftest.py).
+# stop_services stops what start_services started, and nothing else: a MariaDB that was already
+# running is left running.
 # Every wait is bounded. Functions return non-zero on failure and never exit the caller's shell.
 
 K3NET_SERVICES_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

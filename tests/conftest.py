@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +21,40 @@ def _no_leftover_namespaces() -> Iterator[None]:
     yield
 
 
+# Under pytest-xdist (scripts/test): this process's worker, `gw0`, `gw1`, ...; None when serial.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+# How many namespace tests may run at once across the workers (K3NET_TEST_LAB_SLOTS).
+LAB_SLOTS = int(os.environ.get("K3NET_TEST_LAB_SLOTS", "2"))
+_SLOT_WAIT = 900  # seconds; no namespace test takes a slot for that long
+
+
 @pytest.fixture
-def netns_ok() -> None:
+def lab_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One of LAB_SLOTS places for a test on namespace LANs, shared by the xdist workers of a
+    run. Such tests start agent processes (about a CPU second each on start) and judge real
+    time (a peer-ttl of 3 s, /healthz within 15 s): on two cores, four of them at once would
+    starve each other. The other workers go on with the in-process tests meanwhile."""
+    if WORKER is None:
+        yield
+        return
+    # The workers' base directories (popen-gw0, ...) share the run's one.
+    run_dir = tmp_path_factory.getbasetemp().parent
+    deadline = time.monotonic() + _SLOT_WAIT
+    while time.monotonic() < deadline:
+        for i in range(LAB_SLOTS):
+            with open(run_dir / f"lab-slot-{i}", "w") as slot:
+                try:
+                    fcntl.flock(slot, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                yield  # the lock goes with the file, when the test is done
+                return
+        time.sleep(0.05)
+    pytest.fail(f"no namespace test slot free within {_SLOT_WAIT}s")
+
+
+@pytest.fixture
+def netns_ok(lab_slot: None) -> None:
     require(netns.can_use_netns(), "needs root and iproute2 for network namespaces")
 
 

@@ -155,7 +155,9 @@ def test_scan_finds_the_agents_on_the_other_side_and_nothing_else(
             d = agents.start(d_host, "node-d", *FAST)
             for agent in (c, d):
                 agent.wait_ready()
-            a = agents.start(a_host, "node-a", *FAST, "--scan", "10.79.2.0/24")
+            # A scan every 5 s: one that a busy machine lets time out whole is not the last.
+            a = agents.start(a_host, "node-a", *FAST, "--scan", "10.79.2.0/24",
+                             "--scan-interval", "5s")
             a.wait_ready()
             wait_for(sees(a, {"node-c": "scan", "node-d": "scan"}), 30, what="a finds c, d")
             assert set(a.nodes()) == {"node-a", "node-c", "node-d"}

@@ -5,20 +5,28 @@ need the test services that scripts/test starts (env K3NET_TEST_ETCD=host:port,
 K3NET_TEST_MYSQL_SOCKET, K3NET_TEST_MYSQL_DB); without them those tests are skipped, or fail
 when K3NET_REQUIRE_SERVICES=1. `raw_etcd` and `raw_mysql` reach the same data the way the Go
 components do, bypassing k3net, for the interop tests.
+
+Every test empties the Node prefix and drops the Node table before it starts, so two tests must
+never share them. A serial run uses the services as they are; under pytest-xdist each worker
+(env PYTEST_XDIST_WORKER, `gw0`, `gw1`, ...) starts an etcd of its own and uses a database of
+its own, K3NET_TEST_MYSQL_DB with the worker's name appended, on the same MariaDB.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aetcd
+import pymysql
 import pytest
 import trio
 import trio_asyncio
 from trio_asyncio import aio_as_trio
 
+from k3lab.services import EtcdServer, ServiceError, free_port
 from k3net.config import EtcdConfig, MySQLConfig, parse_endpoint
 from k3net.store.base import Store
 from k3net.store.etcd import EtcdStore
@@ -36,13 +44,72 @@ def service_env(name: str) -> str:
     return value
 
 
-def etcd_config() -> EtcdConfig:
-    return EtcdConfig(endpoints=(f"http://{service_env('K3NET_TEST_ETCD')}",), dial_timeout=2.0)
+# This process's pytest-xdist worker (`gw0`, `gw1`, ...); None in a serial run.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 
-def mysql_config() -> MySQLConfig:
+def _start_etcd(data_dir: Path) -> EtcdServer:
+    """A private etcd on free loopback ports. A port free when asked may be taken by another
+    process before etcd binds it (etcd then exits at once): other ports are tried then."""
+    attempt = 0
+    while True:
+        server = EtcdServer(data_dir / f"try{attempt}", client_port=free_port(),
+                            peer_port=free_port())
+        try:
+            server.start()
+            return server
+        except ServiceError:
+            attempt += 1
+            if attempt == 3 or "address already in use" not in server.log.read_text():
+                raise
+
+
+@pytest.fixture(scope="session")
+def etcd_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """host:port of the etcd this process's store tests own: the one scripts/test started in a
+    serial run, one of its own for each pytest-xdist worker."""
+    shared = service_env("K3NET_TEST_ETCD")
+    if WORKER is None:
+        yield shared
+        return
+    server = _start_etcd(tmp_path_factory.mktemp("etcd"))
+    with server:
+        yield server.address
+
+
+def _mysql_root(socket: str, sql: str) -> None:
+    conn = pymysql.connect(unix_socket=socket, user="root", autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def mysql_database() -> Iterator[str]:
+    """The database this process's store tests own on the test MariaDB: the one scripts/test
+    made in a serial run, a fresh one for each pytest-xdist worker (dropped at the end)."""
+    socket, shared = service_env("K3NET_TEST_MYSQL_SOCKET"), service_env("K3NET_TEST_MYSQL_DB")
+    if WORKER is None:
+        yield shared
+        return
+    own = f"{shared}_{WORKER}"
+    _mysql_root(socket, f"DROP DATABASE IF EXISTS `{own}`")
+    _mysql_root(socket, f"CREATE DATABASE `{own}`")
+    try:
+        yield own
+    finally:
+        _mysql_root(socket, f"DROP DATABASE IF EXISTS `{own}`")
+
+
+def etcd_config(address: str) -> EtcdConfig:
+    return EtcdConfig(endpoints=(f"http://{address}",), dial_timeout=2.0)
+
+
+def mysql_config(database: str) -> MySQLConfig:
     return MySQLConfig(
-        socket=service_env("K3NET_TEST_MYSQL_SOCKET"), database=service_env("K3NET_TEST_MYSQL_DB"),
+        socket=service_env("K3NET_TEST_MYSQL_SOCKET"), database=database,
         poll_interval=TEST_POLL_INTERVAL,
     )
 
@@ -63,13 +130,13 @@ async def aio_loop() -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-def etcd_settings() -> EtcdConfig:
-    return etcd_config()
+def etcd_settings(etcd_address: str) -> EtcdConfig:
+    return etcd_config(etcd_address)
 
 
 @pytest.fixture
-def mysql_settings() -> MySQLConfig:
-    return mysql_config()
+def mysql_settings(mysql_database: str) -> MySQLConfig:
+    return mysql_config(mysql_database)
 
 
 @pytest.fixture
@@ -122,9 +189,9 @@ async def mysql_store(mysql_settings: MySQLConfig, raw_mysql: RawMySQL) -> Async
 def backend(request: pytest.FixtureRequest) -> EtcdConfig | MySQLConfig | None:
     """Which backend `store` is: its config (checked here, synchronously), None for memory."""
     if request.param == "etcd":
-        return etcd_config()
+        return etcd_config(request.getfixturevalue("etcd_address"))
     if request.param == "mysql":
-        return mysql_config()
+        return mysql_config(request.getfixturevalue("mysql_database"))
     return None
 
 
