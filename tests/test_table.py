@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from k3net.convert import node_from_dict, node_to_dict
+from k3net.core.identity import Facts
 from k3net.core import table as peer_table
 from k3net.core.messages import (
     Deleted,
@@ -113,7 +114,9 @@ def writes(actions: list[Any]) -> list[Write]:
 
 
 def ok(peer: PeerSeen = PEER, started: float = 0.0) -> ProbeResult:
-    return ProbeResult(peer.name, "confirmed", 0.001, address=peer.addresses[0], started=started)
+    """The peer answered as itself and proved what it announced."""
+    return ProbeResult(peer.name, "confirmed", 0.001, address=peer.addresses[0], started=started,
+                       facts=Facts(peer.name, peer.port, peer.pid, peer.addresses))
 
 
 def fail(peer: PeerSeen = PEER) -> ProbeResult:
@@ -376,7 +379,7 @@ def test_clock_skew_does_not_change_timing(stored_last_seen: str) -> None:
 def test_goodbye_is_probed_at_once() -> None:
     t = table()
     joined(t)
-    assert t.handle(PeerGone("peer-a"), 5.0) == [
+    assert t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0) == [
         ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))
     ]
 
@@ -384,7 +387,7 @@ def test_goodbye_is_probed_at_once() -> None:
 def test_goodbye_and_failed_probe_marks_left_and_forgets() -> None:
     t = table()
     put = joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     assert t.handle(fail(), 5.01) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
     assert t.handle(fail(), 6.0) == []  # forgotten: a late result changes nothing
 
@@ -392,14 +395,14 @@ def test_goodbye_and_failed_probe_marks_left_and_forgets() -> None:
 def test_goodbye_and_ok_probe_stays_alive_and_is_probed_again_soon() -> None:
     t = table()
     joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     assert t.handle(ok(started=5.0), 5.01) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
 
 
 def test_quick_reprobes_after_a_goodbye_are_bounded() -> None:
     t = table()
     joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     reprobes = [t.handle(ok(started=5.0 + i), 5.0 + i) for i in range(1, 10)]
     assert sum(len(a) for a in reprobes) == LEAVING_REPROBES
 
@@ -414,7 +417,7 @@ def test_failed_probe_without_goodbye_writes_nothing() -> None:
 def test_peer_seen_again_after_goodbye_is_not_left_on_a_failed_probe() -> None:
     t = table()
     joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     t.handle(PEER, 5.5)  # restarted
     assert t.handle(fail(), 6.0) == []
 
@@ -425,7 +428,7 @@ def test_goodbye_then_listener_gone_later_is_left(outcome: ProbeOutcome) -> None
     the peer announces itself again, so the first failed probe after it is decisive."""
     t = table()
     put = joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     answered = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10", started=5.01)
     assert writes(t.handle(answered, 5.02)) == []  # still listening: nothing to write yet
     failed = ProbeResult("peer-a", outcome, 0.001, started=6.0)
@@ -435,20 +438,23 @@ def test_goodbye_then_listener_gone_later_is_left(outcome: ProbeOutcome) -> None
 def test_ok_probe_started_before_the_goodbye_does_not_refute_it() -> None:
     t = table()
     put = joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     late = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10", started=4.9)
     assert t.handle(late, 5.02) == []
     assert t.handle(fail(), 5.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
 
 
-def test_goodbye_of_a_peer_known_only_from_the_store() -> None:
+def test_goodbye_of_a_peer_known_only_from_the_store_changes_nothing() -> None:
+    """The store says where peer-a is, but peer-a never proved itself to this agent: a goodbye
+    heard for it counts against nothing (its Node is judged by its lastSeen)."""
     t = table()
     put = joined(table())
     t.handle(put, 0.0)  # this agent just started: it never browsed peer-a
-    assert t.handle(PeerGone("peer-a"), 1.0) == [
-        ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))
-    ]
-    assert t.handle(fail(), 1.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
+    # it only makes us ask peer-a
+    assert t.handle(PeerGone("peer-a", addresses=PEER.addresses), 1.0) == [
+        ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))]
+    assert t.handle(fail(), 1.1) == []
+    assert [p.state for p in t.peers()] == ["new"]
 
 
 def test_an_expired_record_of_a_dead_peer_ends_following_it_and_writes_nothing() -> None:
@@ -456,7 +462,7 @@ def test_an_expired_record_of_a_dead_peer_ends_following_it_and_writes_nothing()
     (the record lives for over an hour) it must not turn the Node into PeerLeft."""
     t = table()
     joined(t)
-    assert t.handle(PeerGone("peer-a", goodbye=False), 5.0) == [ProbeNow(TARGET)]
+    assert t.handle(PeerGone("peer-a", goodbye=False, addresses=PEER.addresses), 5.0) == [ProbeNow(TARGET)]
     assert t.handle(fail(), 5.1) == [Forget("peer-a")]
     assert t.handle(fail(), 6.0) == []  # forgotten
 
@@ -464,7 +470,7 @@ def test_an_expired_record_of_a_dead_peer_ends_following_it_and_writes_nothing()
 def test_an_expired_record_of_a_peer_that_still_answers_keeps_it() -> None:
     t = table()
     joined(t)
-    t.handle(PeerGone("peer-a", goodbye=False), 5.0)
+    t.handle(PeerGone("peer-a", goodbye=False, addresses=PEER.addresses), 5.0)
     assert writes(t.handle(ok(started=5.0), 5.01)) == []
     assert [p.name for p in t.peers()] == ["peer-a"]
 
@@ -472,7 +478,7 @@ def test_an_expired_record_of_a_peer_that_still_answers_keeps_it() -> None:
 def test_an_expired_record_of_a_peer_found_otherwise_does_nothing() -> None:
     t = table()
     t.handle(joined(table()), 0.0)  # found in the store
-    assert t.handle(PeerGone("peer-a", goodbye=False), 1.0) == []
+    assert t.handle(PeerGone("peer-a", goodbye=False, addresses=PEER.addresses), 1.0) == []
     assert t.handle(PeerGone("nobody", goodbye=False), 1.0) == []
 
 
@@ -481,11 +487,12 @@ def test_a_goodbye_after_a_refusal_is_written_as_left() -> None:
     the goodbye is the better word and replaces it."""
     t = table()
     put = joined(t)
-    refused = ProbeResult("peer-a", "refused", 0.001, error="refused")
+    refused = ProbeResult("peer-a", "refused", 0.001, error="refused",
+                          refused=PEER.addresses)
     t.handle(refused, 5.0)
     put = commit(only_write(t.handle(refused, 6.0)), wall=6.0)
     t.handle(put, 6.0)
-    assert t.handle(PeerGone("peer-a"), 7.0) == [ProbeNow(TARGET)]
+    assert t.handle(PeerGone("peer-a", addresses=PEER.addresses), 7.0) == [ProbeNow(TARGET)]
     left = only_write([a for a in t.handle(refused, 7.1) if isinstance(a, Write)])
     node = render(put.stored.node, left.intent, WALL0 + dt.timedelta(seconds=7.1))
     assert node is not None and node.condition().reason == "PeerLeft"  # type: ignore[union-attr]
@@ -503,7 +510,7 @@ def test_goodbye_of_a_peer_with_an_unmanaged_node_never_writes() -> None:
     t.handle(foreign_put("peer-a"), 0.0)
     t.handle(PEER, 0.0)
     assert t.handle(ok(), 0.1) == []  # never touched
-    t.handle(PeerGone("peer-a"), 1.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 1.0)
     assert t.handle(fail(), 1.1) == [Forget("peer-a")]
 
 
@@ -512,7 +519,8 @@ def test_goodbye_of_a_peer_not_yet_in_the_view_is_marked_from_the_store() -> Non
     without a base, and the writer reads the Node before it marks it."""
     t = table()
     t.handle(PEER, 0.0)
-    t.handle(PeerGone("peer-a"), 0.5)
+    t.handle(ok(), 0.1)  # its creation is on its way to the store
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 0.5)
     assert t.handle(fail(), 0.6) == [Forget("peer-a"), Write(Left("peer-a"), None)]
 
 
@@ -522,7 +530,8 @@ def test_goodbye_of_an_unmanaged_node_only_forgets() -> None:
     foreign = node_from_dict({"metadata": {"name": "peer-a"}, "status": {"conditions": [
         {"type": "Ready", "status": "True"}]}})
     t.handle(Put(Stored(foreign, "1")), 0.1)
-    t.handle(PeerGone("peer-a"), 0.5)
+    t.handle(ok(), 0.2)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 0.5)
     assert t.handle(fail(), 0.6) == [Forget("peer-a")]
 
 
@@ -685,7 +694,7 @@ def test_refresh_timer_restarts_after_an_outage() -> None:
 def test_expiry_does_not_overtake_a_pending_goodbye() -> None:
     t = table()
     joined(t, now=0.0)
-    t.handle(PeerGone("peer-a"), 80.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 80.0)
     (_, left) = t.handle(fail(), 80.5)
     assert isinstance(left, Write) and left.intent == Left("peer-a")
     assert t.handle(Tick(), 90.0) == []  # Left is on its way; no vaguer Unknown on top
@@ -708,7 +717,10 @@ def test_a_short_store_hiccup_shifts_ages_by_the_time_lost() -> None:
 
 
 def result(outcome: ProbeOutcome, started: float = 0.0, peer: PeerSeen = PEER) -> ProbeResult:
-    return ProbeResult(peer.name, outcome, 0.001, started=started)
+    if outcome == "confirmed":
+        return ok(peer, started)
+    refused = peer.addresses if outcome == "refused" else ()
+    return ProbeResult(peer.name, outcome, 0.001, started=started, refused=refused)
 
 
 def test_refused_twice_marks_the_node_refused_at_once() -> None:
@@ -764,11 +776,12 @@ def test_a_refusal_others_contradict_is_written_once_only() -> None:
 def test_unverified_counts_only_for_a_peer_never_confirmed() -> None:
     t = table()
     t.handle(PEER, 0.0)
-    (create,) = writes(t.handle(result("unverified"), 0.1))
-    assert isinstance(create.intent, Alive)
+    # it answers (an open cluster's foreign advertiser), but proved nothing: nothing is written
+    assert writes(t.handle(result("unverified"), 0.1)) == []
+    assert [p.state for p in t.peers()] == ["alive"]
     t2 = table()
     put = joined(t2)  # confirmed once
-    t2.handle(PeerGone("peer-a"), 5.0)
+    t2.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     # a confirmed peer that now answers as no agent: a failure, decisive after its goodbye
     assert t2.handle(result("unverified", 5.1), 5.2) == [
         Forget("peer-a"), Write(Left("peer-a"), put.stored)
@@ -822,13 +835,18 @@ def remote_put(status: str = "True") -> Put:
     return put if status == "True" else with_status(put, status, "PeerLeft")
 
 
+STORED_PEER = PeerSeen("peer-a", ("10.1.2.3",), 7946, 77)
+
+
 def test_a_ready_managed_node_with_a_port_is_probed_as_a_peer() -> None:
     t = table()
     assert t.handle(remote_put(), 1.0) == [ProbeNow(ProbeTarget("peer-a", ("10.1.2.3",), 7946))]
     assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "store")]
+    t.handle(ok(STORED_PEER), 1.1)
     # judged like any peer: a refusal confirmed by a re-probe marks it at once
-    t.handle(result("refused", 5.0), 5.0)
-    assert [type(w.intent) for w in writes(t.handle(result("refused", 6.0), 6.0))] == [Refused]
+    t.handle(result("refused", 5.0, STORED_PEER), 5.0)
+    assert [type(w.intent) for w in writes(t.handle(result("refused", 6.0, STORED_PEER), 6.0))] \
+        == [Refused]
 
 
 @pytest.mark.parametrize("put", [
@@ -875,7 +893,8 @@ def test_a_move_to_another_store_writes_what_the_table_knows_there() -> None:
     joined(t, PEER, 0.0)
     joined(t, OTHER, 0.0)
     t.handle(fail(OTHER), 1.0)
-    t.handle(ProbeResult(OTHER.name, "refused", 0.001, error="refused"), 1.0)  # SUSPECT now
+    t.handle(ProbeResult(OTHER.name, "refused", 0.001, error="refused",
+                         refused=OTHER.addresses), 1.0)  # SUSPECT now
     moved = writes(t.handle(StoreChanged(), 2.0))
     # Our own Node and the peer that answers, created there (no base from the old store);
     # nothing for the peer whose last probe failed: its next probe decides.
@@ -906,7 +925,7 @@ def test_a_peer_followed_through_mdns_keeps_its_mdns_word() -> None:
 def test_only_mdns_voids_a_goodbye() -> None:
     t = table()
     put = joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     t.handle(PeerSeen("peer-a", PEER.addresses, PEER.port, None, found_by="join"), 5.1)
     assert t.handle(fail(), 5.2) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
 
@@ -917,7 +936,8 @@ def test_a_second_refusal_sooner_than_the_reprobe_confirms_nothing() -> None:
     that long after the first is decisive."""
     t = table()
     put = joined(t)
-    refused = ProbeResult("peer-a", "refused", 0.001, error="refused")
+    refused = ProbeResult("peer-a", "refused", 0.001, error="refused",
+                          refused=PEER.addresses)
     assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
     # too soon: nothing written; the re-probe is asked for its time again
     assert t.handle(refused, 10.05) == [ProbeNow(TARGET, delay=10.0 + REPROBE_DELAY - 10.05)]
@@ -933,7 +953,8 @@ def test_a_refusal_is_confirmed_even_when_the_peer_moves_before_its_reprobe() ->
     refusal must still be confirmed a re-probe delay after the first, not at the next round."""
     t = table()
     put = joined(t)
-    refused = ProbeResult("peer-a", "refused", 0.001, error="refused")
+    refused = ProbeResult("peer-a", "refused", 0.001, error="refused",
+                          refused=PEER.addresses)
     assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
     moved = PeerSeen("peer-a", ("192.168.1.10", "fd00::10"), 7946, 4242)
     probe_now = ProbeNow(ProbeTarget("peer-a", moved.addresses, 7946))
@@ -1027,8 +1048,10 @@ def test_the_module_docstring_shows_the_transition_table() -> None:
 # same state twice where the time of the event matters (a refusal too soon after the first)
 # or its data does (a goodbye, or only an expired record).
 def _new(t: PeerTable) -> float:
-    t.handle(PEER, 0.0)
-    return 1.0
+    joined(t)  # proven once, so that evidence against it counts
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
+    t.handle(PEER, 6.0)  # announced again after its goodbye
+    return 7.0
 
 
 def _alive(t: PeerTable) -> float:
@@ -1052,13 +1075,13 @@ def _refused(t: PeerTable) -> float:
 
 def _leaving(t: PeerTable, *, goodbye: bool) -> float:
     joined(t)
-    t.handle(PeerGone("peer-a", goodbye=goodbye), 10.0)
+    t.handle(PeerGone("peer-a", goodbye=goodbye, addresses=PEER.addresses), 10.0)
     return 11.0
 
 
 def _unauthenticated(t: PeerTable) -> float:
-    t.handle(PEER, 0.0)
-    t.handle(result("unauthenticated"), 0.1)
+    joined(t)
+    t.handle(result("unauthenticated"), 0.1)  # proven once, now without the key
     return 1.0
 
 
@@ -1088,9 +1111,9 @@ def _happen(t: PeerTable, event: PeerEvent, now: float) -> None:
         case PeerEvent.ANNOUNCED:
             t.handle(PEER, now)
         case PeerEvent.GOODBYE:
-            t.handle(PeerGone("peer-a", goodbye=True), now)
+            t.handle(PeerGone("peer-a", goodbye=True, addresses=PEER.addresses), now)
         case PeerEvent.UNANNOUNCED:
-            t.handle(PeerGone("peer-a", goodbye=False), now)
+            t.handle(PeerGone("peer-a", goodbye=False, addresses=PEER.addresses), now)
         case PeerEvent.NODE_READY:
             ready = commit(Write(Alive("peer-a", ("192.168.1.10",), 7946, 4242), None))
             t.handle(with_status(ready, "False", "PeerLeft"), now)

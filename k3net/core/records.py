@@ -25,7 +25,7 @@ def _port(text: str | None) -> int | None:
 
 
 def peer_from_record(
-    instance: str,
+    instance: str,  # the instance's label (`node-a`, not `node-a._k3._tcp.local.`)
     properties: Mapping[bytes, bytes | None],
     srv_port: int | None,
     addresses: Sequence[str],
@@ -36,6 +36,7 @@ def peer_from_record(
 
     - bad-txt: a TXT value longer than MAX_TXT_VALUE, or `node`/`port`/`pid` not UTF-8;
     - invalid-name: the peer name (TXT `node`, else the instance label) is no DNS-1123 name;
+    - node-mismatch: TXT `node` names another node than the instance's own label;
     - bad-port: neither TXT `port` nor the SRV port is a port number (1..65535);
     - no-address: no A/AAAA record usable from another machine (`core.addresses`: never
       loopback, unless `loopback` (an agent on loopback alone), unspecified, multicast or
@@ -59,6 +60,11 @@ def peer_from_record(
     problem = name_problem(name)
     if problem is not None:
         return PeerRejected(instance, "invalid-name", f"{name[:64]!r}: {problem}")
+    if name.lower() != instance.lower():
+        # Every agent (k3net and the Go agent) names its instance after its node: an instance
+        # that speaks for another node is someone announcing what is not theirs.
+        return PeerRejected(instance, "node-mismatch",
+                            f"TXT node {name[:64]!r} is not the instance's name")
 
     port = _port(texts["port"]) or (srv_port if srv_port and 0 < srv_port < 65536 else None)
     if port is None:

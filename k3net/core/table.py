@@ -117,6 +117,7 @@ from typing import Any, ClassVar
 import attrs
 
 from k3net.core import nodes
+from k3net.core.identity import Facts
 from k3net.core.messages import (
     Deleted,
     Lost,
@@ -311,9 +312,10 @@ class _Peer:
     """One peer this agent follows."""
 
     name: str
-    addresses: tuple[str, ...]  # where to probe it, in canonical order
-    port: int
-    pid: int | None  # as announced (TXT pid, the Node's annotation); None: not given
+    # Where others say it is (mDNS, a join list, another agent, the store): hints of where to
+    # ask it, never written (`proven` is).
+    addresses: tuple[str, ...]
+    port: int  # the port to ask it on: its own word once proven, else what was announced
     found_by: str  # the most direct way it was found (FOUND_BY)
     state: State = New()  # changed only by `PeerTable._fire`, as TRANSITIONS says
     # When it was first seen, while its Node has not been seen Ready yet: the join latency counts
@@ -322,10 +324,19 @@ class _Peer:
     # The two facts that outlive every state (module docstring):
     confirmed: bool = False  # an agent proved to be this peer at least once
     contradicted: bool = False  # Ready again by others while REFUSED: write no refusal of ours
+    # What the peer itself proved in its last confirmed answer: the only addresses, port and pid
+    # written into its Node, and the only addresses where evidence against it counts.
+    proven: Facts | None = None
 
     @property
     def target(self) -> ProbeTarget:
-        return ProbeTarget(self.name, self.addresses, self.port)
+        proven = self.proven.addresses if self.proven is not None else ()
+        return ProbeTarget(self.name, tuple(dict.fromkeys(proven + self.addresses)), self.port)
+
+    def proven_at(self, addresses: tuple[str, ...]) -> bool:
+        """Some of `addresses` are where this peer proved itself (on the port it proved)."""
+        return (self.proven is not None and self.port == self.proven.port
+                and not set(addresses).isdisjoint(self.proven.addresses))
 
 
 @attrs.define
@@ -352,6 +363,15 @@ def _internal_ips(node: Node) -> tuple[str, ...]:
     return tuple(a.address for a in node.status.addresses if a.type == "InternalIP")
 
 
+def _addresses_differ(stored: tuple[str, ...], known: tuple[str, ...], *, own: bool) -> bool:
+    """Our own Node must list exactly our addresses. A peer's Node is rewritten only when it
+    lacks an address the peer proved to us: the peer writes its own full list, and we may have
+    seen it answer at one address only (a Go agent lists none), so we must not take turns."""
+    if own:
+        return stored != ordered_addresses(known)
+    return not set(ordered_addresses(known)) <= set(stored)
+
+
 # The label of the peer gauge (`counts`, read by the metrics) for each Readiness.
 _COUNTED = {Readiness.TRUE: "ready", Readiness.FALSE: "not_ready", Readiness.UNKNOWN: "unknown"}
 
@@ -360,14 +380,17 @@ def _counted(node: Node) -> str:
     return _COUNTED[readiness(node)]
 
 
-def _probe_event(outcome: ProbeOutcome, *, unverified_counts: bool) -> PeerEvent:
-    """The event a probe's outcome is for a peer (module docstring)."""
+def _probe_event(
+    outcome: ProbeOutcome, *, unverified_counts: bool, refusal_counts: bool
+) -> PeerEvent:
+    """The event a probe's outcome is for a peer (module docstring). A refusal only where the
+    peer never proved itself is no evidence against it: a failure."""
     match outcome:
         case "confirmed":
             return PeerEvent.ANSWERED
         case "unverified" if unverified_counts:
             return PeerEvent.ANSWERED
-        case "refused":
+        case "refused" if refusal_counts:
             return PeerEvent.REFUSED
         case "unauthenticated":
             return PeerEvent.UNAUTHENTICATED
@@ -528,7 +551,7 @@ class PeerTable:
         if peer is None:
             view = self._views.get(msg.name)
             peer = self._peers[msg.name] = _Peer(
-                msg.name, msg.addresses, msg.port, msg.pid, found_by=msg.found_by,
+                msg.name, msg.addresses, msg.port, found_by=msg.found_by,
                 joining_since=None if view is not None and view.ready else now,
             )
             return [ProbeNow(peer.target)]
@@ -536,26 +559,22 @@ class PeerTable:
             # Followed already through a more direct source (mDNS here, over what another
             # agent or a scan reports): its word on addresses and port stands, its probes go on.
             return []
-        peer.addresses, peer.port, peer.pid = msg.addresses, msg.port, msg.pid
+        # A hint: where to ask it next. What is written comes only from its answers.
+        peer.addresses, peer.port = msg.addresses, msg.port
         peer.found_by = msg.found_by
         actions = self._fire(peer, PeerEvent.ANNOUNCED, now) if msg.found_by == "mdns" else []
         return actions + [ProbeNow(peer.target)]
 
     def _gone(self, msg: PeerGone, now: float) -> list[Action]:
         peer = self._peers.get(msg.name)
-        if not msg.goodbye and (peer is None or peer.found_by != "mdns"):
-            return []  # an expired record says nothing of a peer mDNS did not find here
-        if peer is None:
-            view = self._views.get(msg.name)
-            port = view.stored.node.metadata.annotations.get(ANN_PORT, "") if view else ""
-            if view is None or not port.isdigit():
-                return []  # nothing known to probe, nothing stored to mark
-            node = view.stored.node
-            pid_text = node.metadata.annotations.get(ANN_PID, "")
-            pid = int(pid_text) if pid_text.isdigit() else None
-            peer = self._peers[msg.name] = _Peer(
-                msg.name, _internal_ips(node), int(port), pid, found_by="mdns"
-            )
+        if peer is None or (not msg.goodbye and peer.found_by != "mdns"):
+            # Nothing proven to judge it by; an expired record says nothing of a peer mDNS did
+            # not find here.
+            return []
+        if not peer.proven_at(msg.addresses):
+            # A departure announced for addresses where it never proved itself (anyone can
+            # send that): it only makes us ask the peer.
+            return [ProbeNow(peer.target)]
         event = PeerEvent.GOODBYE if msg.goodbye else PeerEvent.UNANNOUNCED
         return self._fire(peer, event, now)
 
@@ -567,7 +586,11 @@ class PeerTable:
         unverified_counts = not (peer.confirmed or self.keyed)
         if result.outcome == "confirmed":
             peer.confirmed, peer.contradicted = True, False
-        event = _probe_event(result.outcome, unverified_counts=unverified_counts)
+            if result.facts is not None and result.facts.node == peer.name:
+                peer.proven = result.facts
+                peer.port = result.facts.port or peer.port
+        event = _probe_event(result.outcome, unverified_counts=unverified_counts,
+                             refusal_counts=peer.proven_at(result.refused))
         return self._fire(peer, event, now, result)
 
     # --- the store --------------------------------------------------------------------------
@@ -659,11 +682,8 @@ class PeerTable:
             del self._peers[node.name]
             return [Forget(node.name)]
         if peer is None:
-            pid_text = node.metadata.annotations.get(ANN_PID, "")
-            peer = self._peers[node.name] = _Peer(
-                node.name, addresses, int(port), int(pid_text) if pid_text.isdigit() else None,
-                found_by="store",
-            )
+            peer = self._peers[node.name] = _Peer(node.name, addresses, int(port),
+                                                  found_by="store")
             return [ProbeNow(peer.target)]
         if (peer.addresses, peer.port) != (addresses, int(port)):
             peer.addresses, peer.port = addresses, int(port)
@@ -726,7 +746,12 @@ class PeerTable:
     # --- decisions --------------------------------------------------------------------------
 
     def _alive_peer(self, peer: _Peer, now: float) -> list[Action]:
-        return self._alive(peer.name, peer.addresses, peer.port, peer.pid, PEER_ALIVE, now)
+        """Write what the peer proved (`_Peer.proven`), and nothing if it proved nothing."""
+        proven = peer.proven
+        if proven is None:
+            return []
+        port = proven.port or peer.port
+        return self._alive(peer.name, proven.addresses, port, proven.pid, PEER_ALIVE, now)
 
     def _alive(
         self,
@@ -749,7 +774,7 @@ class PeerTable:
             ready is None
             or readiness(node) is not Readiness.TRUE
             or (ready.reason != reason and reason != PEER_ALIVE)  # see nodes.render
-            or _internal_ips(node) != ordered_addresses(addresses)
+            or _addresses_differ(_internal_ips(node), addresses, own=name == self.me.name)
             or annotations.get(ANN_PORT) != str(port)
             or (pid is not None and annotations.get(ANN_PID) != str(pid))
         )

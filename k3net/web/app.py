@@ -243,7 +243,8 @@ class App:
 
     async def _info(self, query: bytes = b"") -> tuple[int, str, bytes]:
         """Who we are. Peers' probes ask this with `?nonce=...`; with a cluster key the answer
-        carries `proof`, HMAC(key, nonce || node): see k3net.core.identity."""
+        carries `proof`, HMAC(key, nonce || node), and `mac`, which covers the node, port, pid and
+addresses too: see k3net.core.identity."""
         s = self.state
         settings = s.settings.value
         info: dict[str, Any] = {
@@ -265,6 +266,8 @@ class App:
         nonce = identity.nonce_from_query(query) if key is not None else None
         if key is not None and nonce is not None:
             info["proof"] = identity.proof(key, nonce, settings.node_name)
+            info["mac"] = identity.facts_mac(key, nonce, settings.node_name, info["port"],
+                                             info["pid"], info["addrs"])
         return _json(200, info)
 
     async def _snapshot(self) -> tuple[int, str, bytes]:
