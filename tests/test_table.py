@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from k3net.convert import node_from_dict, node_to_dict
-from k3net.core.identity import Facts
 from k3net.core import table as peer_table
+from k3net.core.identity import Facts
 from k3net.core.messages import (
     Deleted,
     Lost,
@@ -62,7 +62,7 @@ from k3net.core.table import (
     Transition,
     Write,
 )
-from k3net.model import Node
+from k3net.model import ANN_PID, Node
 
 TTL = 90.0
 REFRESH = 30.0
@@ -1156,3 +1156,99 @@ def test_walk_the_transition_table() -> None:
     for (state, event), transition in TRANSITIONS.items():
         targets = {"forgotten" if s is None else s.label for s in transition.to}
         assert reached.get((state.label, event)) == targets, (state.label, event)
+
+
+# --- trust: only what a peer proves is written (design.md section 6) ---------------------------
+
+FORGED = PeerSeen("peer-a", ("192.168.1.10", "192.168.1.66", "192.168.1.77"), 7946, 31337)
+
+
+def test_announced_addresses_and_pid_are_never_written_only_what_the_peer_proved() -> None:
+    """A stranger announces peer-a at its real address plus two of its own, pid 31337: peer-a
+    answers at its real address and proves its own facts; only those reach its Node."""
+    t = table()
+    assert t.handle(FORGED, 0.0) == [ProbeNow(ProbeTarget("peer-a", FORGED.addresses, 7946))]
+    answer = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10",
+                         facts=Facts("peer-a", 7946, 4242, ("192.168.1.10",)))
+    (create,) = writes(t.handle(answer, 0.1))
+    assert create.intent == Alive("peer-a", ("192.168.1.10",), 7946, 4242, PEER_ALIVE,
+                                  refresh=True)
+    put = commit(create)
+    t.handle(put, 0.2)
+    # announced again with the foreign addresses: asked, but nothing new is written
+    assert writes(t.handle(FORGED, 1.0)) == []
+    assert writes(t.handle(answer, 1.1)) == []
+    node = put.stored.node
+    assert [a.address for a in node.status.addresses if a.type == "InternalIP"] == [
+        "192.168.1.10"]
+    assert node.metadata.annotations[ANN_PID] == "4242"
+
+
+def test_a_confirmed_answer_without_facts_writes_nothing() -> None:
+    t = table()
+    t.handle(FORGED, 0.0)
+    bare = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10")
+    assert writes(t.handle(bare, 0.1)) == []
+
+
+def test_a_goodbye_at_addresses_where_the_peer_never_proved_itself_only_asks() -> None:
+    """Forged departure: peer-a announced at an address where nothing listens, then a goodbye
+    for it: peer-a is asked, its Node is not touched, and it stays alive."""
+    t = table()
+    joined(t)
+    forged = PeerSeen("peer-a", ("192.168.1.99",), 7946)
+    t.handle(forged, 2.0)
+    assert t.handle(PeerGone("peer-a", addresses=forged.addresses), 3.0) == [
+        ProbeNow(ProbeTarget("peer-a", ("192.168.1.10", "192.168.1.99"), 7946))]
+    assert [p.state for p in t.peers()] == ["alive"]
+    assert writes(t.handle(fail(), 3.1)) == []
+    assert writes(t.handle(PeerGone("peer-a", goodbye=False, addresses=("192.168.1.99",)),
+                           4.0)) == []
+    assert [p.state for p in t.peers()] == ["alive"]
+
+
+def test_refusals_at_addresses_where_the_peer_never_proved_itself_change_nothing() -> None:
+    t = table()
+    joined(t)
+    t.handle(PeerSeen("peer-a", ("192.168.1.99",), 7946), 2.0)
+    for now in (10.0, 11.5, 13.0):
+        refused = ProbeResult("peer-a", "refused", 0.001, started=now,
+                              refused=("192.168.1.99",))
+        assert writes(t.handle(refused, now)) == []
+    assert [p.state for p in t.peers()] == ["alive"]
+    # at its proven address a refusal still counts
+    t.handle(result("refused", 20.0), 20.0)
+    assert [p.state for p in t.peers()] == ["suspect"]
+
+
+def test_a_never_proven_peer_is_never_marked_refused() -> None:
+    """A store-found or announced peer that never answered as itself to this agent: its Node is
+    left to the agents that reached it, and to expiry."""
+    t = table()
+    put = joined(table())
+    t.handle(put, 0.0)
+    t.handle(PEER, 0.0)
+    for now in (1.0, 2.5, 4.0):
+        assert writes(t.handle(result("refused", now), now)) == []
+
+
+def test_a_peer_node_listing_more_addresses_than_proven_is_not_rewritten() -> None:
+    """A Go agent proves only the address it answered at; its own Node lists all of its
+    addresses: no agent takes turns rewriting that list."""
+    t = table()
+    own_write = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, register_self=True,
+                          me=SelfInfo("peer-a", lambda: ("192.168.1.10", "10.9.9.9"), 7946, 4242))
+    own_write.handle(Snapshot(()), 0.0)
+    (create,) = writes(own_write.handle(SelfHeartbeat(), 0.0))
+    t.handle(commit(create), 0.0)
+    t.handle(PEER, 0.0)
+    go_answer = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10",
+                            facts=Facts("peer-a", 7946, 4242, ("192.168.1.10",)))
+    assert writes(t.handle(go_answer, 0.1)) == []
+    # a refresh when due keeps the peer's own list
+    (refresh,) = writes(t.handle(go_answer, REFRESH + 1))
+    stored = commit(create).stored.node
+    node = render(stored, refresh.intent, WALL0 + dt.timedelta(seconds=REFRESH + 1))
+    assert node is not None  # lastSeen refreshed
+    assert [a.address for a in node.status.addresses if a.type == "InternalIP"] == [
+        "10.9.9.9", "192.168.1.10"]
