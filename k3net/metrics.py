@@ -84,6 +84,11 @@ class Metrics:
             " an entry whose records did not come in time, tried again later).",
             ["kind"], registry=r,
         )
+        self.name_conflict = Gauge(
+            "k3net_name_conflict", "1 while another live agent answers as this agent's node "
+            "name (a twin): this agent stands down and does not write that Node.",
+            registry=r,
+        )
         self.rejected = Counter(
             "k3net_rejected_peers", "mDNS entries dropped and never written, by reason.",
             ["reason"], registry=r,

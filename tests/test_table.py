@@ -52,6 +52,7 @@ from k3net.core.table import (
     TRANSITIONS,
     Forget,
     JoinLatency,
+    NameConflict,
     Paused,
     PeerEvent,
     PeerTable,
@@ -78,7 +79,8 @@ _versions = itertools.count(1)
 def table(register_self: bool = True, me: SelfInfo = ME) -> PeerTable:
     """A table whose store watch delivered its first (empty) Snapshot, as every watch does."""
     t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=me, register_self=register_self)
-    assert t.handle(Snapshot(()), 0.0) == []
+    first = t.handle(Snapshot(()), 0.0)  # nobody holds our name: registered at once
+    assert [type(w.intent) for w in writes(first)] == ([Alive] if register_self else [])
     return t
 
 
@@ -1252,3 +1254,41 @@ def test_a_peer_node_listing_more_addresses_than_proven_is_not_rewritten() -> No
     assert node is not None  # lastSeen refreshed
     assert [a.address for a in node.status.addresses if a.type == "InternalIP"] == [
         "10.9.9.9", "192.168.1.10"]
+
+
+# --- twins: another live agent holding our name -------------------------------------------------
+
+def _twin_node() -> Put:
+    """Node `me` as written by another agent of that name (another host, pid 555)."""
+    twin = table(me=SelfInfo("me", lambda: ("10.0.0.99",), 7946, 555))
+    (create,) = writes(twin.handle(SelfHeartbeat(), 0.0))
+    return commit(create)
+
+
+def test_a_twin_that_answers_makes_us_stand_down_without_writing_our_node() -> None:
+    t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=ME, register_self=True)
+    put = _twin_node()
+    asked = t.handle(Snapshot((put.stored,)), 0.0)
+    assert asked == [ProbeNow(ProbeTarget("me", ("10.0.0.99",), 7946))]
+    assert writes(t.handle(SelfHeartbeat(), 0.5)) == []  # not while it is being checked
+    twin = ProbeResult("me", "confirmed", 0.001, address="10.0.0.99",
+                       facts=Facts("me", 7946, 555, ("10.0.0.99",)))
+    actions = t.handle(twin, 1.0)
+    assert actions == [Forget("me"), NameConflict("me", "10.0.0.99", 7946, 555)]
+    assert t.name_conflict is not None
+    # it never writes that Node again: no heartbeat, no correction, no shutdown mark
+    assert writes(t.handle(SelfHeartbeat(), 30.0)) == []
+    assert writes(t.handle(with_status(put, "False", "PeerLeft"), 31.0)) == []
+    assert writes(t.handle(Stopping(), 32.0)) == []
+
+
+@pytest.mark.parametrize("outcome", ["refused", "timeout", "unauthenticated"])
+def test_a_node_of_our_name_left_by_a_previous_run_is_taken_over(outcome: ProbeOutcome) -> None:
+    t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=ME, register_self=True)
+    put = _twin_node()
+    t.handle(Snapshot((put.stored,)), 0.0)
+    gone = ProbeResult("me", outcome, 0.5, refused=("10.0.0.99",) if outcome == "refused" else ())
+    actions = t.handle(gone, 1.0)
+    assert actions[0] == Forget("me")
+    (own,) = writes(actions)
+    assert own.intent.pid == ME.pid and t.name_conflict is None  # type: ignore[union-attr]

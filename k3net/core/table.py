@@ -211,7 +211,18 @@ class Reject:
     detail: str = ""
 
 
-Action = ProbeNow | Forget | Write | JoinLatency | Reject | Paused
+@attrs.frozen
+class NameConflict:
+    """Another live agent answers as this agent's own node name (a twin: a host cloned with its
+    name). This agent stands down: it never writes that Node again while it runs."""
+
+    name: str
+    address: str  # where the other agent answered
+    port: int
+    pid: int | None
+
+
+Action = ProbeNow | Forget | Write | JoinLatency | Reject | Paused | NameConflict
 
 
 @attrs.frozen
@@ -359,6 +370,13 @@ class _View:
         return readiness(self.stored.node) is Readiness.TRUE
 
 
+def _port_of(node: Node) -> int | None:
+    text = node.metadata.annotations.get(ANN_PORT, "")
+    if text.isascii() and text.isdigit() and 0 < int(text) < 65536:
+        return int(text)
+    return None
+
+
 def _internal_ips(node: Node) -> tuple[str, ...]:
     return tuple(a.address for a in node.status.addresses if a.type == "InternalIP")
 
@@ -421,6 +439,12 @@ class PeerTable:
         self._ticked_at: float | None = None  # the last Tick (`_paused`)
         self._peers: dict[str, _Peer] = {}
         self._views: dict[str, _View] = {}
+        # Our own Node is written only once the store was read (a twin may hold it), and never
+        # while a Node of our name written by another process is being checked (`_own_seen`),
+        # nor after another live agent proved to hold our name (`name_conflict`).
+        self._store_read = False
+        self._twin_asked = False
+        self.name_conflict: NameConflict | None = None
         # Stored Nodes by Ready state, kept as views change (read by the metrics at scrape time).
         self.counts: dict[str, int] = dict.fromkeys(_COUNTED.values(), 0)
 
@@ -579,6 +603,8 @@ class PeerTable:
         return self._fire(peer, event, now)
 
     def _probed(self, result: ProbeResult, now: float) -> list[Action]:
+        if result.name == self.me.name:
+            return self._twin_answered(result, now)
         peer = self._peers.get(result.name)
         if peer is None:
             return []  # forgotten while the probe ran
@@ -638,7 +664,12 @@ class PeerTable:
                 view.changed_at = view.changed_at + lost if lost < self.peer_ttl else now
                 view.refresh_asked_at = None
             self.store_live, self._lost_at = True, None
-        return [a for stored in event.items for a in self._observe(stored, now)]
+        first = not self._store_read
+        self._store_read = True
+        actions = [a for stored in event.items for a in self._observe(stored, now)]
+        if first and self.me.name not in self._views:
+            actions += self._heartbeat(now)  # nobody holds our name: register at once
+        return actions
 
     def _observe(self, stored: Stored, now: float) -> list[Action]:
         seen = last_seen(stored.node)
@@ -662,11 +693,40 @@ class PeerTable:
             if ready and not was_ready:
                 actions += self._fire(peer, PeerEvent.NODE_READY, now)
         if stored.name == self.me.name:
-            if not ready:
-                actions += self._heartbeat(now)  # someone marked us down while we run: correct it
+            actions += self._own_seen(stored.node, ready, now)
         else:
             actions += self._found_in_store(stored.node, ready, now)
         return actions
+
+    def _own_seen(self, node: Node, ready: bool, now: float) -> list[Action]:
+        """Our own Node as stored. Written by another process (another pid or port) and Ready:
+        perhaps a twin, perhaps our own previous run; ask who answers there before writing it
+        (`_twin_answered`). Not Ready while we run: someone marked us down, correct it."""
+        if self.name_conflict is not None or not self.register_self:
+            return []
+        annotations = node.metadata.annotations
+        ours = (annotations.get(ANN_PID) == str(self.me.pid)
+                and annotations.get(ANN_PORT) == str(self.me.port))
+        port = _port_of(node)
+        if ready and node.managed and not ours and port is not None and _internal_ips(node):
+            if self._twin_asked:
+                return []
+            self._twin_asked = True
+            return [ProbeNow(ProbeTarget(self.me.name, _internal_ips(node), port))]
+        return [] if ready else self._heartbeat(now)
+
+    def _twin_answered(self, result: ProbeResult, now: float) -> list[Action]:
+        """Who answered as our name where our Node said: another live agent (a twin), or
+        nobody (our own previous run, gone): then we register."""
+        if not self._twin_asked:
+            return []
+        self._twin_asked = False
+        facts, me = result.facts, self.me
+        if result.outcome == "confirmed" and facts is not None and result.address is not None \
+                and not (result.address in me.addresses() and facts.pid == me.pid):
+            self.name_conflict = NameConflict(me.name, result.address, facts.port or 0, facts.pid)
+            return [Forget(me.name), self.name_conflict]
+        return [Forget(me.name), *self._heartbeat(now)]
 
     def _found_in_store(self, node: Node, ready: bool, now: float) -> list[Action]:
         """Follow a managed, Ready Node with a port and addresses as a peer (module docstring)."""
@@ -730,7 +790,8 @@ class PeerTable:
 
     def _heartbeat(self, now: float) -> list[Action]:
         """This agent is alive: keep its own Node Ready and its lastSeen fresh."""
-        if not self.register_self or self.shutting_down:
+        if (not self.register_self or self.shutting_down or not self._store_read
+                or self._twin_asked or self.name_conflict is not None):
             return []
         me = self.me
         return self._alive(me.name, me.addresses(), me.port, me.pid, AGENT_READY, now)
@@ -738,8 +799,8 @@ class PeerTable:
     def _stop(self) -> list[Action]:
         """This agent stops: its own Node goes False/AgentShutdown."""
         self.shutting_down = True
-        if not self.register_self:
-            return []
+        if not self.register_self or self.name_conflict is not None:
+            return []  # (a Node held by a twin is not ours to mark)
         view = self._views.get(self.me.name)
         return [Write(nodes.Shutdown(self.me.name), view.stored if view else None)]
 

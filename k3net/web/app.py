@@ -74,6 +74,10 @@ def _no_peers() -> list[PeerView]:
     return []
 
 
+def _no_conflict() -> str | None:
+    return None
+
+
 def _no_addrs() -> Sequence[str]:
     return ()
 
@@ -99,6 +103,9 @@ class AppState:
     mdns_up: Callable[[], bool] = _no_mdns
     # The peers the agent's table follows now (read on every /peers).
     peers: Callable[[], list[PeerView]] = _no_peers
+    # Why this agent stands down from its own name (another live agent holds it), or None
+    # (the /readyz `name` check; /info then no longer answers as that name).
+    name_conflict: Callable[[], str | None] = _no_conflict
 
 
 class QueryError(ValueError):
@@ -239,6 +246,7 @@ class App:
             "store": lambda: None if s.health.ok else s.health.reason,
             "mdns": lambda: None if s.mdns_up() else "advertisement not registered",
             "http": lambda: "shutting down" if self._stopping else None,
+            "name": s.name_conflict,
         }
 
     async def _info(self, query: bytes = b"") -> tuple[int, str, bytes]:
@@ -247,6 +255,11 @@ class App:
 addresses too: see k3net.core.identity."""
         s = self.state
         settings = s.settings.value
+        conflict = s.name_conflict()
+        if conflict is not None:
+            # Standing down: answering as the name would make peers write our facts into the
+            # Node the other agent holds.
+            return _json(409, {"error": conflict})
         info: dict[str, Any] = {
             "node": settings.node_name,
             "port": settings.listen_port,
