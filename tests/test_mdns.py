@@ -446,4 +446,5 @@ def test_taken_name_is_not_renamed(lan2: Lan) -> None:
     second = start(b, "advertise", "--name", "node-a", "--port", "7402")
     taken = second.wait_for(event("NameTaken"))
     assert "node-a._k3._tcp.local." in taken["message"]
+    assert f"by {a.address} port 7401" in taken["message"]  # the holder, said out loud
     assert second.proc.wait(5) == 3

@@ -39,7 +39,11 @@ def test_a_twin_on_a_shared_etcd_stands_down_and_the_node_is_not_fought_over(
         wait_for(lambda: "held by another live agent" in twin.log(), 20,
                  what="the twin's conflict logged")
         logged = time.monotonic() - started
-        assert lan[0].address in twin.log()
+        assert f"at {lan[0].address}:7946" in twin.log()
+        status, text = twin.client.get(twin.url + "/readyz?verbose")
+        assert status == 503 and "[-]name failed: node name node-t is held" in text, text
+        assert twin.client.get(twin.url + "/info")[0] == 409  # it no longer answers as node-t
+        assert first.client.get(first.url + "/readyz")[0] == 200
         wait_for(lambda: twin.metric("k3net_name_conflict") == 1, 5, what="conflict gauge")
         changes = set()
         until = time.monotonic() + 6
