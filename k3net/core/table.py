@@ -69,10 +69,27 @@ Two facts about a peer outlive every state, so they are fields of the peer, not 
 `confirmed` (an agent proved to be this peer at least once: from then on `unverified` is a
 failure) and `contradicted` (see below).
 
+Only proven facts are written (design.md section 6). What mDNS, a join list, a scan, another
+agent's /peers or the store say about a peer are hints: where to ask it (`_Peer.addresses`, its
+port until it proves its own). What reaches its Node is `_Peer.proven`, the addresses, port and
+pid from its own last confirmed answer (`ProbeResult.facts`; with a key, only what the answer's
+MAC covers, see `core.identity`). Evidence against a peer counts only where it proved itself: a
+refusal is `refused` only if an address it proved refused on the port it proved (elsewhere it is
+`failed`, which proves nothing), and a goodbye or an expired record is an event only if the
+record was at an address it proved; otherwise it only makes the agent ask the peer (`ProbeNow`).
+A peer that never proved itself to this agent is never written and never marked down by it.
+
+Our own name is checked before it is written (design.md, "Say it, then stand down"): our Node is
+written only once the store was read; a Ready Node of our name written by another pid or port is
+first asked who answers there (a probe of our own name). Another live agent answering as our name
+is a twin: the table reports `NameConflict` and never writes that Node again while it runs (the
+agent that holds it keeps it); nobody answering means it was our previous run's, and we register.
+
 Positive evidence is fast, absence is slow:
 
 - `unverified` (something accepted the connection but no agent answered) is `answered` only for
-  a peer that was never confirmed and only without a cluster key; otherwise it is `failed`, like
+  a peer that was never confirmed and only without a cluster key (and, proving nothing, writes
+  nothing); otherwise it is `failed`, like
   `timeout` and `wrong-node`. A failure proves nothing (a lost packet, a busy host): only expiry
   at peer-ttl decides, except for a LEAVING peer.
 - A refusal is confirmed by a quick re-probe (`REPROBE_DELAY` later) before anything is written:
@@ -105,7 +122,8 @@ twice, whichever ways it was found.
 Actions: `ProbeNow` (probe this peer, now or after a delay, and keep probing it every round),
 `Forget` (stop probing it), `Write` (hand an intent to the writer, with the Node as last seen in
 the store), `JoinLatency` (a peer's first mDNS sighting to its Node seen Ready), `Reject` (an
-entry dropped, never written), `Paused` (this agent did not run for a while).
+entry dropped, never written), `Paused` (this agent did not run for a while), `NameConflict`
+(another live agent holds our name: this agent stands down).
 """
 
 from __future__ import annotations
