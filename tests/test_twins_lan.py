@@ -53,3 +53,28 @@ def test_a_twin_on_a_shared_etcd_stands_down_and_the_node_is_not_fought_over(
             time.sleep(0.2)
         assert changes == {pid}  # never written by the twin
         print(f"\nmeasured: twin conflict logged {logged:.2f}s after its start")
+
+
+def test_a_twin_mdns_can_see_exits_without_writing_the_node(
+    agents: AgentFactory, tmp_path: Path
+) -> None:
+    """Where mDNS shows both, the second cannot take the name there and exits with one line
+    naming the holder; it never wrote the Node first."""
+    with Lan(2) as lan, EtcdServer(tmp_path / "etcd", client_host=lan[0].address,
+                                   client_port=ETCD_PORT, peer_port=ETCD_PEER_PORT,
+                                   netns=lan[0].name) as etcd:
+        raw = RawEtcd(lan[0], etcd.address)
+        config = write_config(tmp_path / "k3.yaml", {
+            "type": "etcd", "etcd": {"endpoints": [etcd.endpoint], "dial_timeout": "2s"}})
+        first = agents.start(lan[0], "node-t", config=config)
+        first.wait_ready()
+        wait_for(lambda: raw.ready("node-t") == ("True", "AgentReady"), 10,
+                 what="node-t Ready in etcd")
+        _, revision = raw.nodes()["node-t"]
+        twin = agents.start(lan[1], "node-t", config=config, port=7950)
+        assert twin.proc.wait(20) != 0
+        assert lan[0].address in twin.log()
+        node, after = raw.nodes()["node-t"]
+        # only the first agent's own refreshes (lastSeen) may have changed it since
+        assert node["metadata"]["annotations"]["k3.network/port"] == "7946"
+        assert node["metadata"]["annotations"]["k3.network/pid"] == str(first.proc.pid)

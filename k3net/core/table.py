@@ -876,7 +876,8 @@ class PeerTable:
     def peers(self) -> list[PeerView]:
         """Every peer this agent follows, by name."""
         return [
-            PeerView(p.name, p.addresses, p.port, p.state.label, p.found_by, p.confirmed)
+            PeerView(p.name, p.target.addresses, p.port, p.state.label, p.found_by,
+                     p.confirmed)
             for p in sorted(self._peers.values(), key=lambda p: p.name)
         ]
 
