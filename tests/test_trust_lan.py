@@ -50,15 +50,17 @@ def _watch(a: AgentProc, seconds: float) -> list[tuple[tuple[str, str] | None, l
     return seen
 
 
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "open"])
 def test_a_stranger_cannot_write_addresses_pid_or_departures_of_a_member(
-    agents: AgentFactory, tmp_path: Path
+    agents: AgentFactory, tmp_path: Path, keyed: bool
 ) -> None:
     key = tmp_path / "cluster.key"
     key.write_bytes(KEY)
     key.chmod(0o600)
+    flags = ("--cluster-key-file", str(key)) if keyed else ()
     with Lan(3) as lan:
-        a = agents.start(lan[0], "node-a", "--cluster-key-file", str(key))
-        b = agents.start(lan[1], "node-b", "--cluster-key-file", str(key))
+        a = agents.start(lan[0], "node-a", *flags)
+        b = agents.start(lan[1], "node-b", *flags)
         a.wait_ready()
         b.wait_ready()
         wait_for(lambda: ready(a.nodes().get("node-b")) == ("True", "PeerAlive"), 15,
