@@ -170,12 +170,20 @@ class Agent:
             settings=self.settings, store=self.store, hub=self.hub, metrics=self.metrics,
             health=self.health, started_at=time.time(), addrs=self._advertised,
             self_up=self.table.self_up, mdns_up=self.advertised.is_set, peers=self.table.peers,
+            name_conflict=self._name_conflict,
         )
         # Store moves the table has handed over to the writer (tasks/table.py), and the version
         # of `store` whose watch runs: what `use_store` waits for.
         self._moves = Current(0)
         self._watched = Current(0)
         self._moving = trio.Lock()
+
+    def _name_conflict(self) -> str | None:
+        conflict = self.table.name_conflict
+        if conflict is None:
+            return None
+        return (f"node name {conflict.name} is held by another live agent at "
+                f"{conflict.address}:{conflict.port} (pid {conflict.pid or '?'})")
 
     def _advertised(self) -> tuple[str, ...]:
         return self.addresses.value.advertised

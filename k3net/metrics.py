@@ -180,6 +180,11 @@ class Metrics:
             " an entry whose records did not come in time, tried again later).",
             ["kind"], registry=r,
         )
+        self.name_conflict = Gauge(
+            "k3net_name_conflict", "1 while another live agent answers as this agent's node "
+            "name (a twin): this agent stands down and does not write that Node.",
+            registry=r,
+        )
         self.rejected = Counter(
             "k3net_rejected_peers", "mDNS entries dropped and never written, by reason.",
             ["reason"], registry=r,
@@ -227,12 +232,6 @@ class Metrics:
             self.limit_hits.labels(limit=name)
         self.scan_seconds = Gauge(
             "k3net_scan_seconds", "How long the last --scan of every range took.", registry=r,
-        )
-        self.name_conflict = Gauge(
-            "k3net_name_conflict",
-            "1 while another agent or writer claims this agent's node name and this agent"
-            " stands down from writing its Node (design: trust). No conflict is detected yet:"
-            " 0 until then, so that alerts can be written against it now.", registry=r,
         )
 
     def limit_hit(self, limit: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -155,3 +156,14 @@ async def nursery() -> object:
     async with trio.open_nursery() as n:
         yield n
         n.cancel_scope.cancel()
+
+
+async def test_a_keyed_probe_takes_the_facts_the_mac_covers(nursery: trio.Nursery) -> None:
+    """This agent's /info proves its port, pid and addresses under the key; the probe hands
+    exactly those to the table."""
+    port = await _serve_info(nursery, KEY)
+    result = await probe_peer("node-a", ["127.0.0.1"], port, 5.0, key=KEY)
+    assert result.outcome == "confirmed", result.error
+    assert result.facts is not None
+    assert (result.facts.port, result.facts.pid, result.facts.addresses) == (
+        7946, os.getpid(), ("10.77.0.2",))

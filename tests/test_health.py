@@ -70,7 +70,7 @@ async def test_readyz_verbose_with_the_store_down(web: Web) -> None:
     assert status == 503
     assert headers["content-type"].startswith("text/plain")
     assert body.decode().splitlines() == [
-        "[-]store failed: etcd: connection refused", "[+]mdns ok", "[+]http ok",
+        "[-]store failed: etcd: connection refused", "[+]mdns ok", "[+]http ok", "[+]name ok",
         "readyz check failed"]
     assert (await get(web.url("/readyz?exclude=store")))[::2] == (200, b"ok\n")
     assert (await get(web.url("/readyz/store")))[0] == 503

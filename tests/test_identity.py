@@ -183,3 +183,56 @@ def test_read_key_file(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="not a regular file"):
         os.chmod(tmp_path, 0o700)
         identity.read_key_file(str(tmp_path))
+
+
+# --- the facts an answer proves ------------------------------------------------------------------
+
+FACTS = {"node": "node-a", "port": 7946, "pid": 42, "addrs": ["10.0.0.9", "10.0.0.2"]}
+
+
+def keyed_answer(mac_over: dict[str, object] | None = None, **sent: object) -> bytes:
+    """A k3net answer with a `mac` computed over `mac_over` (default: what it sends)."""
+    data: dict[str, object] = {**FACTS, **sent}
+    over = mac_over or data
+    data["proof"] = identity.proof(KEY, NONCE, "node-a")
+    data["mac"] = identity.facts_mac(KEY, NONCE, str(over["node"]), over["port"],  # type: ignore[arg-type]
+                                     over["pid"], over["addrs"])  # type: ignore[arg-type]
+    return json.dumps(data).encode()
+
+
+def test_mac_is_hmac_sha256_over_nonce_and_the_canonical_facts() -> None:
+    text = b'{"addrs":["10.0.0.2"],"node":"node-a","pid":42,"port":7946}'
+    assert identity.facts_text("node-a", 7946, 42, ["10.0.0.2"]) == text
+    expected = hmac.new(KEY, NONCE + b"k3net-info-facts-v1\0" + text, hashlib.sha256).hexdigest()
+    assert identity.facts_mac(KEY, NONCE, "node-a", 7946, 42, ["10.0.0.2"]) == expected
+
+
+def test_a_valid_mac_proves_port_pid_and_addresses() -> None:
+    answer = judge(200, keyed_answer(), probed="node-a", nonce=NONCE, key=KEY)
+    assert answer.outcome == "confirmed"
+    assert answer.facts == identity.Facts("node-a", 7946, 42, ("10.0.0.2", "10.0.0.9"))
+
+
+@pytest.mark.parametrize("tampered", [
+    {"addrs": ["10.0.0.9", "10.0.0.2", "192.168.1.66"]},  # an address added on the way
+    {"pid": 31337}, {"port": 8000}, {"addrs": "10.0.0.2"},
+])
+def test_a_mac_that_does_not_cover_what_is_sent_is_refused(tampered: dict[str, object]) -> None:
+    body = keyed_answer(mac_over=FACTS, **tampered)
+    answer = judge(200, body, probed="node-a", nonce=NONCE, key=KEY)
+    assert (answer.outcome, answer.facts) == ("unauthenticated", None)
+
+
+def test_a_proof_of_the_name_alone_proves_nothing_else() -> None:
+    """An older k3net agent: its name is proven, its port, pid and addresses are not."""
+    body = info("node-a", port=7946, addrs=["192.168.1.66"], proof=GOOD_PROOF)
+    answer = judge(200, body, probed="node-a", nonce=NONCE, key=KEY)
+    assert (answer.outcome, answer.facts) == ("confirmed", identity.Facts("node-a"))
+
+
+def test_without_a_key_port_and_pid_are_taken_but_no_listed_address() -> None:
+    body = info("node-a", port=7946, addrs=["192.168.1.66"])
+    answer = judge(200, body, probed="node-a", nonce=NONCE, key=None)
+    assert answer.facts == identity.Facts("node-a", 7946, 42, ())
+    go = judge(200, info("node-a"), probed="node-a", nonce=NONCE, key=None)  # the Go agent
+    assert go.facts == identity.Facts("node-a", None, 42, ())

@@ -113,7 +113,9 @@ OK_TXT = {b"node": b"node-a", b"port": b"7946", b"pid": b"42"}
         pytest.param("node-a", OK_TXT, 7946, ["10.0.0.1"],
                      PeerSeen("node-a", ("10.0.0.1",), 7946, 42), id="all-fields"),
         pytest.param("whatever", {b"node": b"node-b"}, 8000, ["10.0.0.2"],
-                     PeerSeen("node-b", ("10.0.0.2",), 8000, None), id="txt-node-wins"),
+                     PeerRejected("whatever", "node-mismatch"), id="txt-node-names-another"),
+        pytest.param("node-b", {b"node": b"node-a"}, 8000, ["10.0.0.2"],
+                     PeerRejected("node-b", "node-mismatch"), id="txt-node-speaks-for-a-peer"),
         pytest.param("node-c", {}, 8000, ["10.0.0.3"],
                      PeerSeen("node-c", ("10.0.0.3",), 8000, None), id="instance-name-if-no-txt"),
         pytest.param("node-c", {b"node": b""}, 8000, ["10.0.0.3"],
@@ -584,6 +586,7 @@ def test_taken_name_is_not_renamed(lan2: Lan) -> None:
     second = start(b, "advertise", "--name", "node-a", "--port", "7402")
     taken = second.wait_for(event("NameTaken"))
     assert "node-a._k3._tcp.local." in taken["message"]
+    assert f"by {a.address} port 7401" in taken["message"]  # the holder, said out loud
     assert second.proc.wait(5) == 3
 
 

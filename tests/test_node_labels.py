@@ -96,12 +96,15 @@ def test_a_peers_probe_never_touches_labels() -> None:
     assert render(node, probe, NOW) is None
 
 
-def _table(labels: tuple[tuple[str, str], ...]) -> PeerTable:
+def _table(labels: tuple[tuple[str, str], ...], *stored: Node) -> tuple[PeerTable, list[Write]]:
+    """A table whose store watch delivered its first Snapshot (with `stored` in it), and the
+    writes that first reading of the store asks for (our own Node, once the store is read)."""
     t = PeerTable(peer_ttl=90.0, refresh_interval=30.0,
                   me=SelfInfo("me", lambda: ("192.168.1.2",), 7946, 100, labels),
                   register_self=True)
-    assert t.handle(Snapshot(()), 0.0) == []
-    return t
+    items = tuple(Stored(node, str(next(_versions))) for node in stored)
+    actions = t.handle(Snapshot(items), 0.0)
+    return t, [a for a in actions if isinstance(a, Write)]
 
 
 def _put(node: Node) -> Put:
@@ -109,18 +112,14 @@ def _put(node: Node) -> Put:
 
 
 def test_the_heartbeat_writes_labels_once_and_again_when_they_change() -> None:
-    t = _table((("env", "prod"),))
-    [write] = t.handle(SelfHeartbeat(), 0.0)
-    assert isinstance(write, Write)
+    t, [write] = _table((("env", "prod"),))
     node = render(None, write.intent, NOW)
     assert node is not None and node.metadata.labels["env"] == "prod"
     t.handle(_put(node), 0.0)
     assert t.handle(SelfHeartbeat(), 1.0) == []  # carried already: nothing to write
     assert not labels_differ(node, (("env", "prod"),))
-    changed = _table((("env", "staging"),))
-    changed.handle(_put(node), 0.0)
-    [rewrite] = changed.handle(SelfHeartbeat(), 1.0)
-    assert isinstance(rewrite, Write)
+    changed, _ = _table((("env", "staging"),), node)  # restarted with another label
+    [rewrite] = [a for a in changed.handle(SelfHeartbeat(), 1.0) if isinstance(a, Write)]
     after = render(node, rewrite.intent, NOW)
     assert after is not None and after.metadata.labels["env"] == "staging"
 

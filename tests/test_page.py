@@ -218,7 +218,7 @@ async def test_page_table_sort_filter_and_in_place_updates(web: Web, local_brows
     assert page["rows"]["k3-ctl"]["managed"] == "no" and page["rows"]["k3-ctl"]["port"] == "–"
     assert page["rows"]["node-10"]["addresses"] == "10.77.0.10"
     assert page["agent"]["a-store"] == "memory: answers"
-    assert page["agent"]["a-ready"] == "ready (store, mdns, http)"
+    assert page["agent"]["a-ready"] == "ready (store, mdns, http, name)"
     assert page["agent"]["a-node"].startswith("node-a")
 
     # Sort by Ready (not Ready first), then reversed.
@@ -436,7 +436,7 @@ def test_page_on_a_lan_follows_the_cluster(agents: Any) -> None:  # noqa: PLR091
             assert page["agent"]["a-store"] == "memory: answers"
             # The mDNS advertisement registers ~1.5 s after /healthz answers; the panel follows
             # at its next /readyz poll (every 5 s).
-            lan_page_until(br, lambda p: p["agent"]["a-ready"] == "ready (store, mdns, http)",
+            lan_page_until(br, lambda p: p["agent"]["a-ready"] == "ready (store, mdns, http, name)",
                            15, "the agent ready with every check")
 
             # A SIGTERMed peer turns not-Ready on the page soon after the store.

@@ -629,3 +629,18 @@ async def test_a_hold_that_got_no_answer_in_time_is_tried_again() -> None:
         await trio.sleep(TIMEOUT + 0.5)
         assert metrics.registry.get_sample_value("k3net_held_connections") == 1
         nursery.cancel_scope.cancel()
+
+
+def test_what_a_confirmed_probe_lets_the_table_write() -> None:
+    """The peer's proven facts; where it proved none, the address and port where it answered
+    as itself, never an address anyone announced."""
+    from k3net.core.identity import Facts
+    from k3net.tasks.probe import proven
+
+    assert proven(Facts("b", 7000, 9, ("10.0.0.5", "10.0.0.6")), "b", "10.0.0.5", 7946) == \
+        Facts("b", 7000, 9, ("10.0.0.5", "10.0.0.6"))
+    assert proven(Facts("b", None, 9), "b", "10.0.0.5", 7946) == Facts("b", 7946, 9, ("10.0.0.5",))
+    assert proven(None, "b", "10.0.0.5", 7946) == Facts("b", 7946, None, ("10.0.0.5",))
+    # loopback addresses only from an answer on loopback
+    assert proven(Facts("b", 1, 2, ("127.0.0.1",)), "b", "10.0.0.5", 1).addresses == ("10.0.0.5",)
+    assert proven(Facts("b", 1, 2, ("127.0.0.1",)), "b", "127.0.0.1", 1).addresses == ("127.0.0.1",)

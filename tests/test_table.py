@@ -14,6 +14,7 @@ import pytest
 
 from k3net.convert import node_from_dict, node_to_dict
 from k3net.core import table as peer_table
+from k3net.core.identity import Facts
 from k3net.core.messages import (
     Deleted,
     Lost,
@@ -51,6 +52,7 @@ from k3net.core.table import (
     TRANSITIONS,
     Forget,
     JoinLatency,
+    NameConflict,
     Paused,
     PeerEvent,
     PeerTable,
@@ -61,7 +63,7 @@ from k3net.core.table import (
     Transition,
     Write,
 )
-from k3net.model import Node
+from k3net.model import ANN_PID, Node
 
 TTL = 90.0
 REFRESH = 30.0
@@ -77,7 +79,8 @@ _versions = itertools.count(1)
 def table(register_self: bool = True, me: SelfInfo = ME) -> PeerTable:
     """A table whose store watch delivered its first (empty) Snapshot, as every watch does."""
     t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=me, register_self=register_self)
-    assert t.handle(Snapshot(()), 0.0) == []
+    first = t.handle(Snapshot(()), 0.0)  # nobody holds our name: registered at once
+    assert [type(w.intent) for w in writes(first)] == ([Alive] if register_self else [])
     return t
 
 
@@ -122,7 +125,9 @@ def writes(actions: list[Any]) -> list[Write]:
 
 
 def ok(peer: PeerSeen = PEER, started: float = 0.0) -> ProbeResult:
-    return ProbeResult(peer.name, "confirmed", 0.001, address=peer.addresses[0], started=started)
+    """The peer answered as itself and proved what it announced."""
+    return ProbeResult(peer.name, "confirmed", 0.001, address=peer.addresses[0], started=started,
+                       facts=Facts(peer.name, peer.port, peer.pid, peer.addresses))
 
 
 def fail(peer: PeerSeen = PEER) -> ProbeResult:
@@ -385,7 +390,7 @@ def test_clock_skew_does_not_change_timing(stored_last_seen: str) -> None:
 def test_goodbye_is_probed_at_once() -> None:
     t = table()
     joined(t)
-    assert t.handle(PeerGone("peer-a"), 5.0) == [
+    assert t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0) == [
         ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))
     ]
 
@@ -393,7 +398,7 @@ def test_goodbye_is_probed_at_once() -> None:
 def test_goodbye_and_failed_probe_marks_left_and_forgets() -> None:
     t = table()
     put = joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     assert t.handle(fail(), 5.01) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
     assert t.handle(fail(), 6.0) == []  # forgotten: a late result changes nothing
 
@@ -401,14 +406,14 @@ def test_goodbye_and_failed_probe_marks_left_and_forgets() -> None:
 def test_goodbye_and_ok_probe_stays_alive_and_is_probed_again_soon() -> None:
     t = table()
     joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     assert t.handle(ok(started=5.0), 5.01) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
 
 
 def test_quick_reprobes_after_a_goodbye_are_bounded() -> None:
     t = table()
     joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     reprobes = [t.handle(ok(started=5.0 + i), 5.0 + i) for i in range(1, 10)]
     assert sum(len(a) for a in reprobes) == LEAVING_REPROBES
 
@@ -423,7 +428,7 @@ def test_failed_probe_without_goodbye_writes_nothing() -> None:
 def test_peer_seen_again_after_goodbye_is_not_left_on_a_failed_probe() -> None:
     t = table()
     joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     t.handle(PEER, 5.5)  # restarted
     assert t.handle(fail(), 6.0) == []
 
@@ -434,7 +439,7 @@ def test_goodbye_then_listener_gone_later_is_left(outcome: ProbeOutcome) -> None
     the peer announces itself again, so the first failed probe after it is decisive."""
     t = table()
     put = joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     answered = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10", started=5.01)
     assert writes(t.handle(answered, 5.02)) == []  # still listening: nothing to write yet
     failed = ProbeResult("peer-a", outcome, 0.001, started=6.0)
@@ -444,20 +449,23 @@ def test_goodbye_then_listener_gone_later_is_left(outcome: ProbeOutcome) -> None
 def test_ok_probe_started_before_the_goodbye_does_not_refute_it() -> None:
     t = table()
     put = joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     late = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10", started=4.9)
     assert t.handle(late, 5.02) == []
     assert t.handle(fail(), 5.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
 
 
-def test_goodbye_of_a_peer_known_only_from_the_store() -> None:
+def test_goodbye_of_a_peer_known_only_from_the_store_changes_nothing() -> None:
+    """The store says where peer-a is, but peer-a never proved itself to this agent: a goodbye
+    heard for it counts against nothing (its Node is judged by its lastSeen)."""
     t = table()
     put = joined(table())
     t.handle(put, 0.0)  # this agent just started: it never browsed peer-a
-    assert t.handle(PeerGone("peer-a"), 1.0) == [
-        ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))
-    ]
-    assert t.handle(fail(), 1.1) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
+    # it only makes us ask peer-a
+    assert t.handle(PeerGone("peer-a", addresses=PEER.addresses), 1.0) == [
+        ProbeNow(ProbeTarget("peer-a", ("192.168.1.10",), 7946))]
+    assert t.handle(fail(), 1.1) == []
+    assert [p.state for p in t.peers()] == ["new"]
 
 
 def test_an_expired_record_of_a_dead_peer_ends_following_it_and_writes_nothing() -> None:
@@ -465,7 +473,7 @@ def test_an_expired_record_of_a_dead_peer_ends_following_it_and_writes_nothing()
     (the record lives for over an hour) it must not turn the Node into PeerLeft."""
     t = table()
     joined(t)
-    assert t.handle(PeerGone("peer-a", goodbye=False), 5.0) == [ProbeNow(TARGET)]
+    assert t.handle(PeerGone("peer-a", goodbye=False, addresses=PEER.addresses), 5.0) == [ProbeNow(TARGET)]
     assert t.handle(fail(), 5.1) == [Forget("peer-a")]
     assert t.handle(fail(), 6.0) == []  # forgotten
 
@@ -473,7 +481,7 @@ def test_an_expired_record_of_a_dead_peer_ends_following_it_and_writes_nothing()
 def test_an_expired_record_of_a_peer_that_still_answers_keeps_it() -> None:
     t = table()
     joined(t)
-    t.handle(PeerGone("peer-a", goodbye=False), 5.0)
+    t.handle(PeerGone("peer-a", goodbye=False, addresses=PEER.addresses), 5.0)
     assert writes(t.handle(ok(started=5.0), 5.01)) == []
     assert [p.name for p in t.peers()] == ["peer-a"]
 
@@ -481,7 +489,7 @@ def test_an_expired_record_of_a_peer_that_still_answers_keeps_it() -> None:
 def test_an_expired_record_of_a_peer_found_otherwise_does_nothing() -> None:
     t = table()
     t.handle(joined(table()), 0.0)  # found in the store
-    assert t.handle(PeerGone("peer-a", goodbye=False), 1.0) == []
+    assert t.handle(PeerGone("peer-a", goodbye=False, addresses=PEER.addresses), 1.0) == []
     assert t.handle(PeerGone("nobody", goodbye=False), 1.0) == []
 
 
@@ -490,11 +498,12 @@ def test_a_goodbye_after_a_refusal_is_written_as_left() -> None:
     the goodbye is the better word and replaces it."""
     t = table()
     put = joined(t)
-    refused = ProbeResult("peer-a", "refused", 0.001, error="refused")
+    refused = ProbeResult("peer-a", "refused", 0.001, error="refused",
+                          refused=PEER.addresses)
     t.handle(refused, 5.0)
     put = commit(only_write(t.handle(refused, 6.0)), wall=6.0)
     t.handle(put, 6.0)
-    assert t.handle(PeerGone("peer-a"), 7.0) == [ProbeNow(TARGET)]
+    assert t.handle(PeerGone("peer-a", addresses=PEER.addresses), 7.0) == [ProbeNow(TARGET)]
     left = only_write([a for a in t.handle(refused, 7.1) if isinstance(a, Write)])
     node = render(put.stored.node, left.intent, WALL0 + dt.timedelta(seconds=7.1))
     assert node is not None and node.condition().reason == "PeerLeft"  # type: ignore[union-attr]
@@ -512,7 +521,7 @@ def test_goodbye_of_a_peer_with_an_unmanaged_node_never_writes() -> None:
     t.handle(foreign_put("peer-a"), 0.0)
     t.handle(PEER, 0.0)
     assert t.handle(ok(), 0.1) == []  # never touched
-    t.handle(PeerGone("peer-a"), 1.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 1.0)
     assert t.handle(fail(), 1.1) == [Forget("peer-a")]
 
 
@@ -521,8 +530,8 @@ def test_goodbye_of_a_peer_not_yet_in_the_view_is_marked_from_the_store() -> Non
     without a base, and the writer reads the Node before it marks it."""
     t = table()
     t.handle(PEER, 0.0)
-    t.handle(ok(), 0.1)  # confirmed: its Node is written, not yet seen in the watch
-    t.handle(PeerGone("peer-a"), 0.5)
+    t.handle(ok(), 0.1)  # its creation is on its way to the store
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 0.5)
     assert t.handle(fail(), 0.6) == [Forget("peer-a"), Write(Left("peer-a"), None)]
 
 
@@ -533,7 +542,7 @@ def test_goodbye_of_an_unmanaged_node_only_forgets() -> None:
         {"type": "Ready", "status": "True"}]}})
     t.handle(Put(Stored(foreign, "1")), 0.1)
     t.handle(ok(), 0.2)
-    t.handle(PeerGone("peer-a"), 0.5)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 0.5)
     assert t.handle(fail(), 0.6) == [Forget("peer-a")]
 
 
@@ -715,7 +724,7 @@ def test_refresh_timer_restarts_after_an_outage() -> None:
 def test_expiry_does_not_overtake_a_pending_goodbye() -> None:
     t = table()
     joined(t, now=0.0)
-    t.handle(PeerGone("peer-a"), 80.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 80.0)
     (_, left) = t.handle(fail(), 80.5)
     assert isinstance(left, Write) and left.intent == Left("peer-a")
     assert t.handle(Tick(), 90.0) == []  # Left is on its way; no vaguer Unknown on top
@@ -738,7 +747,10 @@ def test_a_short_store_hiccup_shifts_ages_by_the_time_lost() -> None:
 
 
 def result(outcome: ProbeOutcome, started: float = 0.0, peer: PeerSeen = PEER) -> ProbeResult:
-    return ProbeResult(peer.name, outcome, 0.001, started=started)
+    if outcome == "confirmed":
+        return ok(peer, started)
+    refused = peer.addresses if outcome == "refused" else ()
+    return ProbeResult(peer.name, outcome, 0.001, started=started, refused=refused)
 
 
 def test_refused_twice_marks_the_node_refused_at_once() -> None:
@@ -794,11 +806,12 @@ def test_a_refusal_others_contradict_is_written_once_only() -> None:
 def test_unverified_counts_only_for_a_peer_never_confirmed() -> None:
     t = table()
     t.handle(PEER, 0.0)
-    (create,) = writes(t.handle(result("unverified"), 0.1))
-    assert isinstance(create.intent, Alive)
+    # it answers (an open cluster's foreign advertiser), but proved nothing: nothing is written
+    assert writes(t.handle(result("unverified"), 0.1)) == []
+    assert [p.state for p in t.peers()] == ["alive"]
     t2 = table()
     put = joined(t2)  # confirmed once
-    t2.handle(PeerGone("peer-a"), 5.0)
+    t2.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     # a confirmed peer that now answers as no agent: a failure, decisive after its goodbye
     assert t2.handle(result("unverified", 5.1), 5.2) == [
         Forget("peer-a"), Write(Left("peer-a"), put.stored)
@@ -852,13 +865,18 @@ def remote_put(status: str = "True") -> Put:
     return put if status == "True" else with_status(put, status, "PeerLeft")
 
 
+STORED_PEER = PeerSeen("peer-a", ("10.1.2.3",), 7946, 77)
+
+
 def test_a_ready_managed_node_with_a_port_is_probed_as_a_peer() -> None:
     t = table()
     assert t.handle(remote_put(), 1.0) == [ProbeNow(ProbeTarget("peer-a", ("10.1.2.3",), 7946))]
     assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "store")]
+    t.handle(ok(STORED_PEER), 1.1)
     # judged like any peer: a refusal confirmed by a re-probe marks it at once
-    t.handle(result("refused", 5.0), 5.0)
-    assert [type(w.intent) for w in writes(t.handle(result("refused", 6.0), 6.0))] == [Refused]
+    t.handle(result("refused", 5.0, STORED_PEER), 5.0)
+    assert [type(w.intent) for w in writes(t.handle(result("refused", 6.0, STORED_PEER), 6.0))] \
+        == [Refused]
 
 
 @pytest.mark.parametrize("put", [
@@ -905,7 +923,8 @@ def test_a_move_to_another_store_writes_what_the_table_knows_there() -> None:
     joined(t, PEER, 0.0)
     joined(t, OTHER, 0.0)
     t.handle(fail(OTHER), 1.0)
-    t.handle(ProbeResult(OTHER.name, "refused", 0.001, error="refused"), 1.0)  # SUSPECT now
+    t.handle(ProbeResult(OTHER.name, "refused", 0.001, error="refused",
+                         refused=OTHER.addresses), 1.0)  # SUSPECT now
     moved = writes(t.handle(StoreChanged(), 2.0))
     # Our own Node and the peer that answers, created there (no base from the old store);
     # nothing for the peer whose last probe failed: its next probe decides.
@@ -936,7 +955,7 @@ def test_a_peer_followed_through_mdns_keeps_its_mdns_word() -> None:
 def test_only_mdns_voids_a_goodbye() -> None:
     t = table()
     put = joined(t)
-    t.handle(PeerGone("peer-a"), 5.0)
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
     t.handle(PeerSeen("peer-a", PEER.addresses, PEER.port, None, found_by="join"), 5.1)
     assert t.handle(fail(), 5.2) == [Forget("peer-a"), Write(Left("peer-a"), put.stored)]
 
@@ -947,7 +966,8 @@ def test_a_second_refusal_sooner_than_the_reprobe_confirms_nothing() -> None:
     that long after the first is decisive."""
     t = table()
     put = joined(t)
-    refused = ProbeResult("peer-a", "refused", 0.001, error="refused")
+    refused = ProbeResult("peer-a", "refused", 0.001, error="refused",
+                          refused=PEER.addresses)
     assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
     # too soon: nothing written; the re-probe is asked for its time again
     assert t.handle(refused, 10.05) == [ProbeNow(TARGET, delay=10.0 + REPROBE_DELAY - 10.05)]
@@ -963,7 +983,8 @@ def test_a_refusal_is_confirmed_even_when_the_peer_moves_before_its_reprobe() ->
     refusal must still be confirmed a re-probe delay after the first, not at the next round."""
     t = table()
     put = joined(t)
-    refused = ProbeResult("peer-a", "refused", 0.001, error="refused")
+    refused = ProbeResult("peer-a", "refused", 0.001, error="refused",
+                          refused=PEER.addresses)
     assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
     moved = PeerSeen("peer-a", ("192.168.1.10", "fd00::10"), 7946, 4242)
     probe_now = ProbeNow(ProbeTarget("peer-a", moved.addresses, 7946))
@@ -1057,12 +1078,25 @@ def test_the_module_docstring_shows_the_transition_table() -> None:
 # same state twice where the time of the event matters (a refusal too soon after the first)
 # or its data does (a goodbye, or only an expired record).
 def _new(t: PeerTable) -> float:
-    t.handle(PEER, 0.0)
-    return 1.0
+    joined(t)  # proven once, so that evidence against it counts
+    t.handle(PeerGone("peer-a", addresses=PEER.addresses), 5.0)
+    t.handle(PEER, 6.0)  # announced again after its goodbye
+    return 7.0
 
 
 def _alive(t: PeerTable) -> float:
     joined(t)
+    return 1.0
+
+
+def _new_never_proven(t: PeerTable) -> float:
+    t.handle(PEER, 0.0)  # announced over mDNS, never answered as itself
+    return 1.0
+
+
+def _unauthenticated_never_proven(t: PeerTable) -> float:
+    t.handle(PEER, 0.0)
+    t.handle(result("unauthenticated", 0.5), 0.5)
     return 1.0
 
 
@@ -1095,18 +1129,20 @@ def _refused(t: PeerTable) -> float:
 
 def _leaving(t: PeerTable, *, goodbye: bool) -> float:
     joined(t)
-    t.handle(PeerGone("peer-a", goodbye=goodbye), 10.0)
+    t.handle(PeerGone("peer-a", goodbye=goodbye, addresses=PEER.addresses), 10.0)
     return 11.0
 
 
 def _unauthenticated(t: PeerTable) -> float:
-    t.handle(PEER, 0.0)
-    t.handle(result("unauthenticated"), 0.1)
+    joined(t)
+    t.handle(result("unauthenticated"), 0.1)  # proven once, now without the key
     return 1.0
 
 
 RECIPES: dict[str, Any] = {
     "new": _new,
+    "new, never proven": _new_never_proven,
+    "unauthenticated, never proven": _unauthenticated_never_proven,
     "new, proven before": _new_proven_before,
     "alive": _alive,
     "suspect, the next refusal too soon": lambda t: _suspect(t, too_soon=True),
@@ -1133,9 +1169,9 @@ def _happen(t: PeerTable, event: PeerEvent, now: float) -> None:
         case PeerEvent.ANNOUNCED:
             t.handle(PEER, now)
         case PeerEvent.GOODBYE:
-            t.handle(PeerGone("peer-a", goodbye=True), now)
+            t.handle(PeerGone("peer-a", goodbye=True, addresses=PEER.addresses), now)
         case PeerEvent.UNANNOUNCED:
-            t.handle(PeerGone("peer-a", goodbye=False), now)
+            t.handle(PeerGone("peer-a", goodbye=False, addresses=PEER.addresses), now)
         case PeerEvent.NODE_READY:
             ready = commit(Write(Alive("peer-a", ("192.168.1.10",), 7946, 4242), None))
             t.handle(with_status(ready, "False", "PeerLeft"), now)
@@ -1156,12 +1192,20 @@ def test_the_recipes_reach_every_state() -> None:
     assert reached == {state.label for state in STATES}
 
 
+# A peer that never proved itself: only the end of its announcement is an event for it (a probe's
+# refusal or silence at addresses it never proved is no evidence: `PeerTable._probed`).
+ONLY = {"new, never proven": {PeerEvent.GOODBYE, PeerEvent.UNANNOUNCED},
+        "unauthenticated, never proven": {PeerEvent.GOODBYE, PeerEvent.UNANNOUNCED}}
+
+
 def test_walk_the_transition_table() -> None:
     """Every event in every state: a pair in TRANSITIONS leads to one of its states, a pair
     not in it leaves the state as it was; and each row's every target is reached."""
     reached: dict[tuple[str, PeerEvent], set[str]] = {}
     for name, recipe in RECIPES.items():
         for event in PeerEvent:
+            if event not in ONLY.get(name, set(PeerEvent)):
+                continue
             t = table()
             now = recipe(t)
             before = _state(t)
@@ -1184,7 +1228,10 @@ def test_the_table_keeps_pid_and_last_probe() -> None:
     t = table()
     t.handle(PEER, 0.0)
     [before] = t.peers()
-    assert (before.pid, before.last_probe) == (4242, None)
+    assert (before.pid, before.last_probe) == (None, None)  # an announced pid is no fact
+    t.handle(ok(), 0.5)
+    [proven] = t.peers()
+    assert proven.pid == 4242  # the pid the peer proved itself
     refused = ProbeResult(PEER.name, "refused", 0.001, error="connection refused", started=1.0)
     t.handle(refused, 1.0)
     [after] = t.peers()
@@ -1218,3 +1265,137 @@ def test_past_the_peer_cap_an_unproven_mdns_peer_makes_room_first(
     assert t.handle(PeerSeen("fake-4", ("10.0.0.6",), 1), 0.8) == [
         Reject("fake-4", "too-many-peers", "already following 3 peers that proved themselves")]
     assert sorted(p.name for p in t.peers()) == ["fake-2", "fake-3", "proven"]
+
+
+# --- trust: only what a peer proves is written (design.md section 6) ---------------------------
+
+FORGED = PeerSeen("peer-a", ("192.168.1.10", "192.168.1.66", "192.168.1.77"), 7946, 31337)
+
+
+def test_announced_addresses_and_pid_are_never_written_only_what_the_peer_proved() -> None:
+    """A stranger announces peer-a at its real address plus two of its own, pid 31337: peer-a
+    answers at its real address and proves its own facts; only those reach its Node."""
+    t = table()
+    assert t.handle(FORGED, 0.0) == [ProbeNow(ProbeTarget("peer-a", FORGED.addresses, 7946))]
+    answer = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10",
+                         facts=Facts("peer-a", 7946, 4242, ("192.168.1.10",)))
+    (create,) = writes(t.handle(answer, 0.1))
+    assert create.intent == Alive("peer-a", ("192.168.1.10",), 7946, 4242, PEER_ALIVE,
+                                  refresh=True)
+    put = commit(create)
+    t.handle(put, 0.2)
+    # announced again with the foreign addresses: asked, but nothing new is written
+    assert writes(t.handle(FORGED, 1.0)) == []
+    assert writes(t.handle(answer, 1.1)) == []
+    node = put.stored.node
+    assert [a.address for a in node.status.addresses if a.type == "InternalIP"] == [
+        "192.168.1.10"]
+    assert node.metadata.annotations[ANN_PID] == "4242"
+
+
+def test_a_confirmed_answer_without_facts_writes_nothing() -> None:
+    t = table()
+    t.handle(FORGED, 0.0)
+    bare = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10")
+    assert writes(t.handle(bare, 0.1)) == []
+
+
+def test_a_goodbye_at_addresses_where_the_peer_never_proved_itself_only_asks() -> None:
+    """Forged departure: peer-a announced at an address where nothing listens, then a goodbye
+    for it: peer-a is asked, its Node is not touched, and it stays alive."""
+    t = table()
+    joined(t)
+    forged = PeerSeen("peer-a", ("192.168.1.99",), 7946)
+    t.handle(forged, 2.0)
+    assert t.handle(PeerGone("peer-a", addresses=forged.addresses), 3.0) == [
+        ProbeNow(ProbeTarget("peer-a", ("192.168.1.10", "192.168.1.99"), 7946))]
+    assert [p.state for p in t.peers()] == ["alive"]
+    assert writes(t.handle(fail(), 3.1)) == []
+    assert writes(t.handle(PeerGone("peer-a", goodbye=False, addresses=("192.168.1.99",)),
+                           4.0)) == []
+    assert [p.state for p in t.peers()] == ["alive"]
+
+
+def test_refusals_at_addresses_where_the_peer_never_proved_itself_change_nothing() -> None:
+    t = table()
+    joined(t)
+    t.handle(PeerSeen("peer-a", ("192.168.1.99",), 7946), 2.0)
+    for now in (10.0, 11.5, 13.0):
+        refused = ProbeResult("peer-a", "refused", 0.001, started=now,
+                              refused=("192.168.1.99",))
+        assert writes(t.handle(refused, now)) == []
+    assert [p.state for p in t.peers()] == ["alive"]
+    # at its proven address a refusal still counts
+    t.handle(result("refused", 20.0), 20.0)
+    assert [p.state for p in t.peers()] == ["suspect"]
+
+
+def test_a_never_proven_peer_is_never_marked_refused() -> None:
+    """A store-found or announced peer that never answered as itself to this agent: its Node is
+    left to the agents that reached it, and to expiry."""
+    t = table()
+    put = joined(table())
+    t.handle(put, 0.0)
+    t.handle(PEER, 0.0)
+    for now in (1.0, 2.5, 4.0):
+        assert writes(t.handle(result("refused", now), now)) == []
+
+
+def test_a_peer_node_listing_more_addresses_than_proven_is_not_rewritten() -> None:
+    """A Go agent proves only the address it answered at; its own Node lists all of its
+    addresses: no agent takes turns rewriting that list."""
+    t = table()
+    own_write = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, register_self=True,
+                          me=SelfInfo("peer-a", lambda: ("192.168.1.10", "10.9.9.9"), 7946, 4242))
+    own_write.handle(Snapshot(()), 0.0)
+    (create,) = writes(own_write.handle(SelfHeartbeat(), 0.0))
+    t.handle(commit(create), 0.0)
+    t.handle(PEER, 0.0)
+    go_answer = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10",
+                            facts=Facts("peer-a", 7946, 4242, ("192.168.1.10",)))
+    assert writes(t.handle(go_answer, 0.1)) == []
+    # a refresh when due keeps the peer's own list
+    (refresh,) = writes(t.handle(go_answer, REFRESH + 1))
+    stored = commit(create).stored.node
+    node = render(stored, refresh.intent, WALL0 + dt.timedelta(seconds=REFRESH + 1))
+    assert node is not None  # lastSeen refreshed
+    assert [a.address for a in node.status.addresses if a.type == "InternalIP"] == [
+        "10.9.9.9", "192.168.1.10"]
+
+
+# --- twins: another live agent holding our name -------------------------------------------------
+
+def _twin_node() -> Put:
+    """Node `me` as written by another agent of that name (another host, pid 555)."""
+    twin = table(me=SelfInfo("me", lambda: ("10.0.0.99",), 7946, 555))
+    (create,) = writes(twin.handle(SelfHeartbeat(), 0.0))
+    return commit(create)
+
+
+def test_a_twin_that_answers_makes_us_stand_down_without_writing_our_node() -> None:
+    t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=ME, register_self=True)
+    put = _twin_node()
+    asked = t.handle(Snapshot((put.stored,)), 0.0)
+    assert asked == [ProbeNow(ProbeTarget("me", ("10.0.0.99",), 7946))]
+    assert writes(t.handle(SelfHeartbeat(), 0.5)) == []  # not while it is being checked
+    twin = ProbeResult("me", "confirmed", 0.001, address="10.0.0.99",
+                       facts=Facts("me", 7946, 555, ("10.0.0.99",)))
+    actions = t.handle(twin, 1.0)
+    assert actions == [Forget("me"), NameConflict("me", "10.0.0.99", 7946, 555)]
+    assert t.name_conflict is not None
+    # it never writes that Node again: no heartbeat, no correction, no shutdown mark
+    assert writes(t.handle(SelfHeartbeat(), 30.0)) == []
+    assert writes(t.handle(with_status(put, "False", "PeerLeft"), 31.0)) == []
+    assert writes(t.handle(Stopping(), 32.0)) == []
+
+
+@pytest.mark.parametrize("outcome", ["refused", "timeout", "unauthenticated"])
+def test_a_node_of_our_name_left_by_a_previous_run_is_taken_over(outcome: ProbeOutcome) -> None:
+    t = PeerTable(peer_ttl=TTL, refresh_interval=REFRESH, me=ME, register_self=True)
+    put = _twin_node()
+    t.handle(Snapshot((put.stored,)), 0.0)
+    gone = ProbeResult("me", outcome, 0.5, refused=("10.0.0.99",) if outcome == "refused" else ())
+    actions = t.handle(gone, 1.0)
+    assert actions[0] == Forget("me")
+    (own,) = writes(actions)
+    assert own.intent.pid == ME.pid and t.name_conflict is None  # type: ignore[union-attr]

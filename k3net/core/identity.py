@@ -15,7 +15,7 @@ probe, so an old answer cannot be replayed. The key itself never travels.
 
 | answer | outcome |
 |---|---|
-| HTTP 200, a JSON object whose `node` is P; with a key: a valid `proof` | confirmed |
+| HTTP 200, a JSON object whose `node` is P; with a key: a valid `mac` or `proof` | confirmed |
 | the same, but our key is set and `proof` is missing or wrong | unauthenticated |
 | `node` names another agent (a shared bridge address, a reused address) | wrong-node |
 | anything else: not HTTP, not 200, not JSON, no `node`, too long | unverified |
@@ -35,11 +35,12 @@ import hmac
 import json
 import os
 import stat
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import h11
 
+from k3net.core import addresses as addrs
 from k3net.core.private import MIN_KEY_BITS, exposure, key_bits
 
 NONCE_BYTES = 16
@@ -50,6 +51,22 @@ MAX_ANSWER = 16 * 1024
 Verdict = Literal["confirmed", "wrong-node", "unauthenticated", "unverified"]
 
 
+# At most this many addresses are taken from one answer's `addrs` (a host has a few).
+MAX_FACT_ADDRESSES = 16
+
+
+@attrs.frozen
+class Facts:
+    """What a confirmed answer proves about the peer, in its own words: what may be written into
+    its Node. None in a field: the answer did not say it, or (with a key) its MAC does not cover
+    it; the prober then uses what it saw itself (the address and port that answered)."""
+
+    node: str
+    port: int | None = None
+    pid: int | None = None
+    addresses: tuple[str, ...] = ()  # canonical order (`core.addresses`); () when not said
+
+
 @attrs.frozen
 class Answer:
     """What one address said, judged."""
@@ -57,6 +74,7 @@ class Answer:
     outcome: Verdict
     answered_by: str | None = None  # the `node` the answer named, when it named one
     detail: str = ""  # why, for logs and `k3net peers` (never the key, never the proof)
+    facts: Facts | None = None  # when confirmed: what the answer proves (`Facts`)
 
 
 # --- the request and the proof -------------------------------------------------------------
@@ -65,6 +83,48 @@ class Answer:
 def proof(key: bytes, nonce: bytes, node: str) -> str:
     """HMAC-SHA256(key, nonce || node), in lower-case hex."""
     return hmac.new(key, nonce + node.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+_MAC_LABEL = b"k3net-info-facts-v1\0"
+
+
+def facts_text(node: str, port: int | None, pid: int | None, addresses: list[str]) -> bytes:
+    """The canonical bytes a `mac` covers: compact JSON with sorted keys."""
+    data = {"addrs": addresses, "node": node, "pid": pid, "port": port}
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def facts_mac(
+    key: bytes, nonce: bytes, node: str, port: int | None, pid: int | None, addresses: list[str]
+) -> str:
+    """HMAC-SHA256(key, nonce || label || facts_text(...)), in lower-case hex: what an answer's
+    `mac` holds. The answering agent computes it over exactly the values it sends."""
+    message = nonce + _MAC_LABEL + facts_text(node, port, pid, addresses)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _same_hex(given: object, expected: str) -> bool:
+    return isinstance(given, str) and hmac.compare_digest(
+        given.lower().encode("ascii", "replace"), expected.encode("ascii"))
+
+
+def _number(value: object, low: int, high: int) -> int | None:
+    """An int within [low, high] from JSON (never a bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return None
+
+
+def _said(data: dict[str, Any], node: str) -> tuple[Facts, list[str] | None]:
+    """The facts an answer states about itself, each only if well formed, and its `addrs` as
+    sent (None: not a list of text), which is what a `mac` covers."""
+    listed = data.get("addrs")
+    texts = listed if isinstance(listed, list) and all(isinstance(a, str) for a in listed) \
+        else None
+    where = addrs.canonical(texts[:MAX_FACT_ADDRESSES], loopback=True) if texts else []
+    facts = Facts(node, _number(data.get("port"), 1, 65535),
+                  _number(data.get("pid"), 1, 2**31 - 1), tuple(where))
+    return facts, texts
 
 
 def request(host: str, port: int, nonce: bytes) -> bytes:
@@ -168,15 +228,27 @@ def judge(
     shown = node[:64]
     if node != probed:
         return Answer("wrong-node", answered_by=shown, detail=f"{shown!r} answered")
+    said, sent = _said(data, node)
     if key is None:
-        return Answer("confirmed", answered_by=node)
+        # Nothing proves the listed addresses: only the address that answered counts.
+        return Answer("confirmed", answered_by=node, facts=attrs.evolve(said, addresses=()))
+    mac = data.get("mac")
+    if mac is not None:
+        # Recomputed over the values as sent: a field it does not cover is not taken.
+        raw_port, raw_pid = data.get("port"), data.get("pid")
+        covered = (sent is not None and isinstance(raw_port, int | None)
+                   and isinstance(raw_pid, int | None))
+        if covered and _same_hex(mac, facts_mac(key, nonce, node, raw_port, raw_pid,
+                                                sent or [])):
+            return Answer("confirmed", answered_by=node, facts=said)
+        return Answer("unauthenticated", answered_by=node, detail="wrong mac of the cluster key")
     given = data.get("proof")
     if not isinstance(given, str):
         return Answer("unauthenticated", answered_by=node, detail="no proof of the cluster key")
-    if not hmac.compare_digest(given.lower().encode("ascii", "replace"),
-                               proof(key, nonce, node).encode("ascii")):
+    if not _same_hex(given, proof(key, nonce, node)):
         return Answer("unauthenticated", answered_by=node, detail="wrong proof of the cluster key")
-    return Answer("confirmed", answered_by=node)
+    # A proof of the name alone (an older agent): nothing else in the answer is proven.
+    return Answer("confirmed", answered_by=node, facts=Facts(node))
 
 
 def judge_reader(reader: AnswerReader, *, probed: str, nonce: bytes, key: bytes | None) -> Answer:

@@ -6,6 +6,7 @@ from typing import Literal
 
 import attrs
 
+from k3net.core.identity import Facts
 from k3net.model import Node
 
 
@@ -27,6 +28,8 @@ class PeerGone:
 
     name: str
     goodbye: bool = True
+    # Where the record last said it was: a departure counts only where the peer proved itself.
+    addresses: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -34,7 +37,7 @@ class PeerRejected:
     """browse: an mDNS entry that was dropped, never written. `reason` is a short slug."""
 
     instance: str
-    reason: str  # invalid-name | bad-port | bad-txt | no-address | overflow
+    reason: str  # invalid-name | node-mismatch | bad-port | bad-txt | no-address | overflow
     detail: str = ""
 
 
@@ -65,6 +68,10 @@ class ProbeResult:
     error: str = ""
     started: float = 0.0  # when the probe began, on the agent's clock
     answered_by: str | None = None  # the node that answered instead (wrong-node)
+    # confirmed: what the peer proved about itself in its answer, completed with what the probe
+    # saw (the address and port where it answered as itself): all that may be written.
+    facts: Facts | None = None
+    refused: tuple[str, ...] = ()  # the addresses that actively refused the connection
 
 
 @attrs.frozen

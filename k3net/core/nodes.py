@@ -291,7 +291,11 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
             # agent (AgentReady) or another peer gave, or agents would take turns rewriting it.
             reason, message = ready.reason or PEER_ALIVE, ready.message or message
         became_ready = _set_ready(node, Readiness.TRUE, reason, message, now)
-        _set_addresses(node, intent.name, intent.addresses)
+        listed = {a.address for a in node.status.addresses if a.type == "InternalIP"}
+        if intent.reason != PEER_ALIVE or not set(ordered_addresses(intent.addresses)) <= listed:
+            # (a peer's Node that lists every address it proved to us keeps its own list: the
+            # peer writes all of them, we may have seen it answer at one)
+            _set_addresses(node, intent.name, intent.addresses)
         if intent.labels is not None:
             _set_labels(node, intent.labels)
         annotations = node.metadata.annotations

@@ -19,7 +19,7 @@ def _txt(properties: Mapping[bytes, bytes | None], key: bytes) -> bytes | None:
 
 
 def peer_from_record(
-    instance: str,
+    instance: str,  # the instance's label (`node-a`, not `node-a._k3._tcp.local.`)
     properties: Mapping[bytes, bytes | None],
     srv_port: int | None,
     addresses: Sequence[str],
@@ -30,6 +30,7 @@ def peer_from_record(
 
     - bad-txt: a TXT value longer than MAX_TXT_VALUE, or `node`/`port`/`pid` not UTF-8;
     - invalid-name: the peer name (TXT `node`, else the instance label) is no DNS-1123 name;
+    - node-mismatch: TXT `node` names another node than the instance's own label;
     - bad-port: neither TXT `port` nor the SRV port is a port number (1..65535, ASCII digits:
       `core.parse`); a foreign TXT `port` or `pid` is noted there, and a foreign pid left out;
     - no-address: no A/AAAA record usable from another machine (`core.addresses`: never
@@ -54,6 +55,11 @@ def peer_from_record(
     problem = name_problem(name)
     if problem is not None:
         return PeerRejected(instance, "invalid-name", f"{name[:64]!r}: {problem}")
+    if name.lower() != instance.lower():
+        # Every agent (k3net and the Go agent) names its instance after its node: an instance
+        # that speaks for another node is someone announcing what is not theirs.
+        return PeerRejected(instance, "node-mismatch",
+                            f"TXT node {name[:64]!r} is not the instance's name")
 
     where = f"mDNS {instance[:64]}"
     port: int | parse.Foreign | None = None

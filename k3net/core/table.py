@@ -73,10 +73,27 @@ Two facts about a peer outlive every state, so they are fields of the peer, not 
 `confirmed` (an agent proved to be this peer at least once: from then on `unverified` is a
 failure) and `contradicted` (see below).
 
+Only proven facts are written (design.md section 6). What mDNS, a join list, a scan, another
+agent's /peers or the store say about a peer are hints: where to ask it (`_Peer.addresses`, its
+port until it proves its own). What reaches its Node is `_Peer.proven`, the addresses, port and
+pid from its own last confirmed answer (`ProbeResult.facts`; with a key, only what the answer's
+MAC covers, see `core.identity`). Evidence against a peer counts only where it proved itself: a
+refusal is `refused` only if an address it proved refused on the port it proved (elsewhere it is
+`failed`, which proves nothing), and a goodbye or an expired record is an event only if the
+record was at an address it proved; otherwise it only makes the agent ask the peer (`ProbeNow`).
+A peer that never proved itself to this agent is never written and never marked down by it.
+
+Our own name is checked before it is written (design.md, "Say it, then stand down"): our Node is
+written only once the store was read; a Ready Node of our name written by another pid or port is
+first asked who answers there (a probe of our own name). Another live agent answering as our name
+is a twin: the table reports `NameConflict` and never writes that Node again while it runs (the
+agent that holds it keeps it); nobody answering means it was our previous run's, and we register.
+
 Positive evidence is fast, absence is slow:
 
 - `unverified` (something accepted the connection but no agent answered) is `answered` only for
-  a peer that was never confirmed and only without a cluster key; otherwise it is `failed`, like
+  a peer that was never confirmed and only without a cluster key (and, proving nothing, writes
+  nothing); otherwise it is `failed`, like
   `timeout` and `wrong-node`. A failure proves nothing (a lost packet, a busy host): only expiry
   at peer-ttl decides, except for a LEAVING peer.
 - A refusal is confirmed by a quick re-probe (`REPROBE_DELAY` later) before anything is written:
@@ -115,7 +132,8 @@ nothing of it was written, and probing it more would only spend sockets on whate
 Actions: `ProbeNow` (probe this peer, now or after a delay, and keep probing it every round),
 `Forget` (stop probing it), `Write` (hand an intent to the writer, with the Node as last seen in
 the store), `JoinLatency` (a peer's first mDNS sighting to its Node seen Ready), `Reject` (an
-entry dropped, never written), `Paused` (this agent did not run for a while).
+entry dropped, never written), `Paused` (this agent did not run for a while), `NameConflict`
+(another live agent holds our name: this agent stands down).
 """
 
 from __future__ import annotations
@@ -128,6 +146,7 @@ import attrs
 
 from k3net import limits
 from k3net.core import nodes, parse
+from k3net.core.identity import Facts
 from k3net.core.messages import (
     Deleted,
     Lost,
@@ -221,7 +240,18 @@ class Reject:
     detail: str = ""
 
 
-Action = ProbeNow | Forget | Write | JoinLatency | Reject | Paused
+@attrs.frozen
+class NameConflict:
+    """Another live agent answers as this agent's own node name (a twin: a host cloned with its
+    name). This agent stands down: it never writes that Node again while it runs."""
+
+    name: str
+    address: str  # where the other agent answered
+    port: int
+    pid: int | None
+
+
+Action = ProbeNow | Forget | Write | JoinLatency | Reject | Paused | NameConflict
 
 
 @attrs.frozen
@@ -325,9 +355,10 @@ class _Peer:
     """One peer this agent follows."""
 
     name: str
-    addresses: tuple[str, ...]  # where to probe it, in canonical order
-    port: int
-    pid: int | None  # as announced (TXT pid, the Node's annotation); None: not given
+    # Where others say it is (mDNS, a join list, another agent, the store): hints of where to
+    # ask it, never written (`proven` is).
+    addresses: tuple[str, ...]
+    port: int  # the port to ask it on: its own word once proven, else what was announced
     found_by: str  # the most direct way it was found (FOUND_BY)
     state: State = New()  # changed only by `PeerTable._fire`, as TRANSITIONS says
     # When it was first seen, while its Node has not been seen Ready yet: the join latency counts
@@ -337,10 +368,19 @@ class _Peer:
     confirmed: bool = False  # an agent proved to be this peer at least once
     contradicted: bool = False  # Ready again by others while REFUSED: write no refusal of ours
     last_probe: ProbeResult | None = None  # the last probe's result (for /peers)
+    # What the peer itself proved in its last confirmed answer: the only addresses, port and pid
+    # written into its Node, and the only addresses where evidence against it counts.
+    proven: Facts | None = None
 
     @property
     def target(self) -> ProbeTarget:
-        return ProbeTarget(self.name, self.addresses, self.port)
+        proven = self.proven.addresses if self.proven is not None else ()
+        return ProbeTarget(self.name, tuple(dict.fromkeys(proven + self.addresses)), self.port)
+
+    def proven_at(self, addresses: tuple[str, ...]) -> bool:
+        """Some of `addresses` are where this peer proved itself (on the port it proved)."""
+        return (self.proven is not None and self.port == self.proven.port
+                and not set(addresses).isdisjoint(self.proven.addresses))
 
 
 @attrs.define
@@ -381,14 +421,26 @@ def _stored_peer(node: Node) -> tuple[tuple[str, ...], int | None, int | None]:
     return (ips, port if isinstance(port, int) else None, pid if isinstance(pid, int) else None)
 
 
-def _probe_event(outcome: ProbeOutcome, *, unverified_counts: bool) -> PeerEvent:
-    """The event a probe's outcome is for a peer (module docstring)."""
+def _addresses_differ(stored: tuple[str, ...], known: tuple[str, ...], *, own: bool) -> bool:
+    """Our own Node must list exactly our addresses. A peer's Node is rewritten only when it
+    lacks an address the peer proved to us: the peer writes its own full list, and we may have
+    seen it answer at one address only (a Go agent lists none), so we must not take turns."""
+    if own:
+        return stored != ordered_addresses(known)
+    return not set(ordered_addresses(known)) <= set(stored)
+
+
+def _probe_event(
+    outcome: ProbeOutcome, *, unverified_counts: bool, refusal_counts: bool
+) -> PeerEvent:
+    """The event a probe's outcome is for a peer (module docstring). A refusal only where the
+    peer never proved itself is no evidence against it: a failure."""
     match outcome:
         case "confirmed":
             return PeerEvent.ANSWERED
         case "unverified" if unverified_counts:
             return PeerEvent.ANSWERED
-        case "refused":
+        case "refused" if refusal_counts:
             return PeerEvent.REFUSED
         case "unauthenticated":
             return PeerEvent.UNAUTHENTICATED
@@ -419,6 +471,12 @@ class PeerTable:
         self._ticked_at: float | None = None  # the last Tick (`_paused`)
         self._peers: dict[str, _Peer] = {}
         self._views: dict[str, _View] = {}
+        # Our own Node is written only once the store was read (a twin may hold it), and never
+        # while a Node of our name written by another process is being checked (`_own_seen`),
+        # nor after another live agent proved to hold our name (`name_conflict`).
+        self._store_read = False
+        self._twin_asked = False
+        self.name_conflict: NameConflict | None = None
 
     def handle(self, msg: Message, now: float) -> list[Action]:
         match msg:
@@ -564,7 +622,7 @@ class PeerTable:
                 return [_no_room(msg.name)]
             view = self._views.get(msg.name)
             peer = self._peers[msg.name] = _Peer(
-                msg.name, msg.addresses, msg.port, msg.pid, found_by=msg.found_by,
+                msg.name, msg.addresses, msg.port, found_by=msg.found_by,
                 joining_since=None if view is not None and view.ready else now,
             )
             return [*room, ProbeNow(peer.target)]
@@ -572,25 +630,31 @@ class PeerTable:
             # Followed already through a more direct source (mDNS here, over what another
             # agent or a scan reports): its word on addresses and port stands, its probes go on.
             return []
-        peer.addresses, peer.port, peer.pid = msg.addresses, msg.port, msg.pid
+        # A hint: where to ask it next. What is written comes only from its answers.
+        peer.addresses, peer.port = msg.addresses, msg.port
         peer.found_by = msg.found_by
         actions = self._fire(peer, PeerEvent.ANNOUNCED, now) if msg.found_by == "mdns" else []
         return actions + [ProbeNow(peer.target)]
 
     def _gone(self, msg: PeerGone, now: float) -> list[Action]:
         peer = self._peers.get(msg.name)
-        if not msg.goodbye and (peer is None or peer.found_by != "mdns"):
-            return []  # an expired record says nothing of a peer mDNS did not find here
-        if peer is None:
-            view = self._views.get(msg.name)
-            ips, port, pid = _stored_peer(view.stored.node) if view else ((), None, None)
-            if port is None:
-                return []  # nothing known to probe, nothing stored to mark
-            peer = self._peers[msg.name] = _Peer(msg.name, ips, port, pid, found_by="mdns")
+        if peer is None or (not msg.goodbye and peer.found_by != "mdns"):
+            # Nothing proven to judge it by; an expired record says nothing of a peer mDNS did
+            # not find here.
+            return []
+        unproven_here = peer.found_by != "mdns" if peer.proven is None else \
+            not peer.proven_at(msg.addresses)
+        if unproven_here:
+            # A departure announced for addresses where it never proved itself (anyone can
+            # send that): it only makes us ask the peer. (A peer mDNS found that never proved
+            # anything had nothing written: the table's rows forget it.)
+            return [ProbeNow(peer.target)]
         event = PeerEvent.GOODBYE if msg.goodbye else PeerEvent.UNANNOUNCED
         return self._fire(peer, event, now)
 
     def _probed(self, result: ProbeResult, now: float) -> list[Action]:
+        if result.name == self.me.name:
+            return self._twin_answered(result, now)
         peer = self._peers.get(result.name)
         if peer is None:
             return []  # forgotten while the probe ran
@@ -599,7 +663,11 @@ class PeerTable:
         unverified_counts = not (peer.confirmed or self.keyed)
         if result.outcome == "confirmed":
             peer.confirmed, peer.contradicted = True, False
-        event = _probe_event(result.outcome, unverified_counts=unverified_counts)
+            if result.facts is not None and result.facts.node == peer.name:
+                peer.proven = result.facts
+                peer.port = result.facts.port or peer.port
+        event = _probe_event(result.outcome, unverified_counts=unverified_counts,
+                             refusal_counts=peer.proven_at(result.refused))
         return self._fire(peer, event, now, result)
 
     # --- the store --------------------------------------------------------------------------
@@ -643,7 +711,12 @@ class PeerTable:
                 view.changed_at = view.changed_at + lost if lost < self.peer_ttl else now
                 view.refresh_asked_at = None
             self.store_live, self._lost_at = True, None
-        return [a for stored in event.items for a in self._observe(stored, now)]
+        first = not self._store_read
+        self._store_read = True
+        actions = [a for stored in event.items for a in self._observe(stored, now)]
+        if first and self.me.name not in self._views:
+            actions += self._heartbeat(now)  # nobody holds our name: register at once
+        return actions
 
     def _observe(self, stored: Stored, now: float) -> list[Action]:
         seen = last_seen(stored.node)
@@ -664,11 +737,40 @@ class PeerTable:
             if ready and not was_ready:
                 actions += self._fire(peer, PeerEvent.NODE_READY, now)
         if stored.name == self.me.name:
-            if not ready:
-                actions += self._heartbeat(now)  # someone marked us down while we run: correct it
+            actions += self._own_seen(stored.node, ready, now)
         else:
             actions += self._found_in_store(stored.node, ready, now)
         return actions
+
+    def _own_seen(self, node: Node, ready: bool, now: float) -> list[Action]:
+        """Our own Node as stored. Written by another process (another pid or port) and Ready:
+        perhaps a twin, perhaps our own previous run; ask who answers there before writing it
+        (`_twin_answered`). Not Ready while we run: someone marked us down, correct it."""
+        if self.name_conflict is not None or not self.register_self:
+            return []
+        annotations = node.metadata.annotations
+        ours = (annotations.get(ANN_PID) == str(self.me.pid)
+                and annotations.get(ANN_PORT) == str(self.me.port))
+        addresses, port, _ = _stored_peer(node)  # (foreign values left out, never dialled)
+        if ready and node.managed and not ours and port is not None and addresses:
+            if self._twin_asked:
+                return []
+            self._twin_asked = True
+            return [ProbeNow(ProbeTarget(self.me.name, addresses, port))]
+        return [] if ready else self._heartbeat(now)
+
+    def _twin_answered(self, result: ProbeResult, now: float) -> list[Action]:
+        """Who answered as our name where our Node said: another live agent (a twin), or
+        nobody (our own previous run, gone): then we register."""
+        if not self._twin_asked:
+            return []
+        self._twin_asked = False
+        facts, me = result.facts, self.me
+        if result.outcome == "confirmed" and facts is not None and result.address is not None \
+                and not (result.address in me.addresses() and facts.pid == me.pid):
+            self.name_conflict = NameConflict(me.name, result.address, facts.port or 0, facts.pid)
+            return [Forget(me.name), self.name_conflict]
+        return [Forget(me.name), *self._heartbeat(now)]
 
     def _found_in_store(self, node: Node, ready: bool, now: float) -> list[Action]:
         """Follow a managed, Ready Node with a port and addresses as a peer (module docstring)."""
@@ -685,8 +787,7 @@ class PeerTable:
             room = self._room_for(node.name)
             if room is None:
                 return [_no_room(node.name)]
-            peer = self._peers[node.name] = _Peer(node.name, addresses, port, pid,
-                                                  found_by="store")
+            peer = self._peers[node.name] = _Peer(node.name, addresses, port, found_by="store")
             return [*room, ProbeNow(peer.target)]
         if (peer.addresses, peer.port) != (addresses, port):
             peer.addresses, peer.port = addresses, port
@@ -745,7 +846,8 @@ class PeerTable:
 
     def _heartbeat(self, now: float) -> list[Action]:
         """This agent is alive: keep its own Node Ready and its lastSeen fresh."""
-        if not self.register_self or self.shutting_down:
+        if (not self.register_self or self.shutting_down or not self._store_read
+                or self._twin_asked or self.name_conflict is not None):
             return []
         me = self.me
         return self._alive(me.name, me.addresses(), me.port, me.pid, AGENT_READY, now,
@@ -754,15 +856,20 @@ class PeerTable:
     def _stop(self) -> list[Action]:
         """This agent stops: its own Node goes False/AgentShutdown."""
         self.shutting_down = True
-        if not self.register_self:
-            return []
+        if not self.register_self or self.name_conflict is not None:
+            return []  # (a Node held by a twin is not ours to mark)
         view = self._views.get(self.me.name)
         return [Write(nodes.Shutdown(self.me.name), view.stored if view else None)]
 
     # --- decisions --------------------------------------------------------------------------
 
     def _alive_peer(self, peer: _Peer, now: float) -> list[Action]:
-        return self._alive(peer.name, peer.addresses, peer.port, peer.pid, PEER_ALIVE, now)
+        """Write what the peer proved (`_Peer.proven`), and nothing if it proved nothing."""
+        proven = peer.proven
+        if proven is None:
+            return []
+        port = proven.port or peer.port
+        return self._alive(peer.name, proven.addresses, port, proven.pid, PEER_ALIVE, now)
 
     def _alive(
         self,
@@ -788,7 +895,7 @@ class PeerTable:
             ready is None
             or readiness(node) is not Readiness.TRUE
             or (ready.reason != reason and reason != PEER_ALIVE)  # see nodes.render
-            or _internal_ips(node) != ordered_addresses(addresses)
+            or _addresses_differ(_internal_ips(node), addresses, own=name == self.me.name)
             or annotations.get(ANN_PORT) != str(port)
             or (pid is not None and annotations.get(ANN_PID) != str(pid))
             or (labels is not None and nodes.labels_differ(node, labels))
@@ -812,8 +919,8 @@ class PeerTable:
     def peers(self) -> list[PeerView]:
         """Every peer this agent follows, by name."""
         return [
-            PeerView(p.name, p.addresses, p.port, p.state.label, p.found_by, p.confirmed,
-                     p.pid, p.last_probe)
+            PeerView(p.name, p.target.addresses, p.port, p.state.label, p.found_by,
+                     p.confirmed, p.proven.pid if p.proven is not None else None, p.last_probe)
             for p in sorted(self._peers.values(), key=lambda p: p.name)
         ]
 

@@ -61,8 +61,8 @@ async def run(
         except NonUniqueNameException:
             announced = False  # the name is someone else's: never say goodbye for it
             raise NameTakenError(
-                f"mDNS name {info.name!r} is already advertised on the LAN: another agent uses "
-                f"this node name; choose another --node-name"
+                f"mDNS name {info.name!r} is already advertised on the LAN{_holder(zc, info)}: "
+                f"another agent uses this node name; choose another --node-name"
             ) from None
         log.info("advertising %s on port %s (%s)", info.name, info.port,
                  ", ".join(info.parsed_addresses()))
@@ -72,6 +72,15 @@ async def run(
         if announced and goodbye():
             with trio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
                 await _goodbye(zc, info)
+
+
+def _holder(zc: AsyncZeroconf, info: ServiceInfo) -> str:
+    """` by ADDR:PORT`, where the cached records of the name we could not take say its holder
+    is, or "" when they say nothing."""
+    other = ServiceInfo(info.type, info.name)
+    if not other.load_from_cache(zc.zeroconf) or not other.parsed_addresses():
+        return ""
+    return f" by {', '.join(other.parsed_addresses())} port {other.port}"
 
 
 async def _goodbye(zc: AsyncZeroconf, info: ServiceInfo) -> None:

@@ -424,7 +424,7 @@ class _Resolver:
 
     async def _removed(self, instance: str, label: str) -> None:
         key = instance.lower()
-        self.last_seen.pop(key, None)
+        last = self.last_seen.pop(key, None)
         if self.second_looks is not None:
             self.second_looks.cancel(instance)
         if self.retries is not None:
@@ -438,4 +438,5 @@ class _Resolver:
         goodbye = self.goodbyes is None or self.goodbyes.take(instance)
         if name is None or name == self.own_name:
             return
-        await self.out.send(PeerGone(name, goodbye=goodbye))
+        await self.out.send(PeerGone(name, goodbye=goodbye,
+                                     addresses=last.addresses if last is not None else ()))

@@ -46,7 +46,7 @@ import trio
 
 from k3net import limits
 from k3net.core import addresses as addrs
-from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, judge_reader, request
+from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, Facts, judge_reader, request
 from k3net.core.messages import ProbeOutcome, ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.durations import format_duration
@@ -181,12 +181,27 @@ async def probe_peer(
                 continue
             nursery.start_soon(one, str(ip), mine, nursery.cancel_scope)
     outcome, best, error = _decide(name, tried, skipped)
+    facts = None
+    if outcome == "confirmed" and best is not None and best.answer is not None:
+        facts = proven(best.answer.facts, name, best.address, port)
     return ProbeResult(
         name, outcome, trio.current_time() - start,
         address=best.address if best else None, error=error, started=start,
         answered_by=best.answer.answered_by if best and best.answer and outcome == "wrong-node"
         else None,
+        facts=facts, refused=tuple(t.address for t in tried if t.refused),
     )
+
+
+def proven(said: Facts | None, name: str, address: str, port: int) -> Facts:
+    """What a confirmed answer at `address:port` lets the table write: the addresses, port and
+    pid the peer proved in its answer (`core.identity.Facts`); where it proved none, the address
+    and port where it answered as itself. Loopback addresses only from an answer on loopback
+    (agents of one host)."""
+    said = said or Facts(name)
+    ip = addrs.parse(address)
+    listed = addrs.canonical(said.addresses, loopback=ip is not None and ip.is_loopback)
+    return Facts(name, said.port or port, said.pid, listed or (address,))
 
 
 class Prober:

@@ -36,6 +36,7 @@ from k3net.core.table import (
     Forget,
     JoinLatency,
     Message,
+    NameConflict,
     Paused,
     PeerTable,
     ProbeNow,
@@ -85,6 +86,12 @@ async def run(
                     log.warning("this agent did not run for %s (a stopped process, a paused "
                                 "VM, an overloaded host): nothing expires for that time",
                                 format_duration(seconds))
+                case NameConflict(name=name, address=address, port=port, pid=pid):
+                    metrics.name_conflict.set(1)
+                    log.error("node name %s is held by another live agent at %s:%d (pid %s), "
+                              "a host cloned with this name?: this agent stands down and does "
+                              "not write Node %s; give one of them another --node-name",
+                              name, address, port, pid or "?", name)
                 case Reject(instance=instance, reason=reason, detail=detail):
                     metrics.rejected.labels(reason=reason).inc()
                     if reason == "too-many-peers":

@@ -79,6 +79,10 @@ def _no_peers() -> list[PeerView]:
     return []
 
 
+def _no_conflict() -> str | None:
+    return None
+
+
 def _no_addrs() -> Sequence[str]:
     return ()
 def _none_held() -> dict[str, str]:
@@ -108,6 +112,9 @@ class AppState:
     peers: Callable[[], list[PeerView]] = _no_peers
     # The peers whose /hold this agent holds open now: name -> address (read on every /peers).
     held: Callable[[], dict[str, str]] = _none_held
+    # Why this agent stands down from its own name (another live agent holds it), or None
+    # (the /readyz `name` check; /info then no longer answers as that name).
+    name_conflict: Callable[[], str | None] = _no_conflict
 
 
 class QueryError(ValueError):
@@ -294,13 +301,20 @@ class App:
             "store": lambda: None if s.health.ok else s.health.reason,
             "mdns": lambda: None if s.mdns_up() else "advertisement not registered",
             "http": lambda: "shutting down" if self._stopping else None,
+            "name": s.name_conflict,
         }
 
     async def _info(self, query: bytes = b"") -> tuple[int, str, bytes]:
         """Who we are. Peers' probes ask this with `?nonce=...`; with a cluster key the answer
-        carries `proof`, HMAC(key, nonce || node): see k3net.core.identity."""
+        carries `proof`, HMAC(key, nonce || node), and `mac`, which covers the node, port, pid and
+addresses too: see k3net.core.identity."""
         s = self.state
         settings = s.settings.value
+        conflict = s.name_conflict()
+        if conflict is not None:
+            # Standing down: answering as the name would make peers write our facts into the
+            # Node the other agent holds.
+            return _json(409, {"error": conflict})
         info: dict[str, Any] = {
             "node": settings.node_name,
             "port": settings.listen_port,
@@ -320,6 +334,8 @@ class App:
         nonce = identity.nonce_from_query(query) if key is not None else None
         if key is not None and nonce is not None:
             info["proof"] = identity.proof(key, nonce, settings.node_name)
+            info["mac"] = identity.facts_mac(key, nonce, settings.node_name, info["port"],
+                                             info["pid"], info["addrs"])
         return _json(200, info)
 
     async def _snapshot(self) -> tuple[int, str, bytes]:
