@@ -11,7 +11,8 @@ import pytest
 
 from k3lab import netns
 from k3lab.agents import AgentFactory
-from tests.helpers.require import require
+
+from .helpers.require import require
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,8 @@ from k3net.core.addresses import MachineAddresses
 from k3net.current import Current
 from k3net.model import Node
 from k3net.tasks import addresses
-from tests.helpers.inprocess import (
+
+from .helpers.inprocess import (
     ME,
     FakeLan,
     Recorder,

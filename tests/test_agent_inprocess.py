@@ -18,7 +18,8 @@ import trio.testing
 from k3net.agent import SHUTDOWN_DEADLINE, Agent
 from k3net.core.nodes import Alive, render
 from k3net.core.table import Message
-from tests.helpers.inprocess import (
+
+from .helpers.inprocess import (
     HERE,
     ME,
     FakeLan,

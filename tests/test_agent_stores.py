@@ -18,7 +18,8 @@ from k3lab.netns import Lan, LoopbackHost
 from k3lab.nsclient import wait_for
 from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, RawMariaDB, write_config
 from k3lab.services import EtcdServer, MariaDBServer
-from tests.helpers.require import require
+
+from .helpers.require import require
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok", "etcd_ok")]
 

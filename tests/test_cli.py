@@ -15,7 +15,8 @@ from k3net import cli
 from k3net.config import ConfigError
 from k3net.core.discovery import JoinAddress
 from k3net.settings import Settings
-from tests.helpers.commands import exit_code
+
+from .helpers.commands import exit_code
 
 REPO = Path(__file__).resolve().parent.parent
 

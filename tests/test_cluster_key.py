@@ -24,7 +24,8 @@ from k3net.settings import Settings
 from k3net.store.memory import MemoryStore
 from k3net.tasks.probe import probe_peer
 from k3net.web.app import AppState
-from tests.helpers.web import start_server
+
+from .helpers.web import start_server
 
 KEY = b"6b3a55e0261b4c8d9f1e0a7c2d4b6e8f"
 

@@ -33,9 +33,10 @@ from k3net.commands.peers import PeerInfo, format_peers
 from k3net.commands.watch import events_url, format_event, render, watch
 from k3net.core.messages import ProbeResult
 from k3net.model import ANN_PID, LABEL_MANAGED, Node
-from tests.helpers.commands import Output, exit_code, free_port
-from tests.helpers.nodes import T0, make_node
-from tests.helpers.web import start_server, start_web, write_nodes
+
+from .helpers.commands import Output, exit_code, free_port
+from .helpers.nodes import T0, make_node
+from .helpers.web import start_server, start_web, write_nodes
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,8 @@ from k3net.store.memory import MemoryStore
 from k3net.tasks import join
 from k3net.tasks.whois import Unreachable, whois
 from k3net.web.app import AppState
-from tests.helpers.web import start_server
+
+from .helpers.web import start_server
 
 KEY = b"6b3a55e0261b4c8d9f1e0a7c2d4b6e8f"
 NONCE = bytes(range(16))

@@ -14,7 +14,8 @@ from k3net.model import (
     Node,
 )
 from k3net.store.base import Deleted, Put, Snapshot, Stored
-from tests.helpers.nodes import T0, make_node
+
+from .helpers.nodes import T0, make_node
 
 
 def put(node: Node, version: int = 1) -> Put:

@@ -44,7 +44,8 @@ from k3net.metrics import Metrics
 from k3net.model import ANN_LAST_SEEN, ANN_PID, ANN_PORT, LABEL_MANAGED, Node
 from k3net.store.etcd import PREFIX, stored_from_kv
 from k3net.store.mysql import stored_from_row
-from tests.helpers.web import get, start_web, write_nodes
+
+from .helpers.web import get, start_web, write_nodes
 
 BOUNDED = settings(max_examples=200, deadline=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

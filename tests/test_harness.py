@@ -12,7 +12,8 @@ import pytest
 
 from k3lab.netns import Lan, RoutedLan
 from k3lab.reach import listening, multicast_reaches, tcp_outcome
-from tests.helpers.require import require
+
+from .helpers.require import require
 
 
 def test_agent_never_imports_the_lab() -> None:

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from k3net import version
 from k3net.web import checks
-from tests.helpers.web import Web, get, start_web
+
+from .helpers.web import Web, get, start_web
 
 OK = None
 

@@ -17,9 +17,11 @@ from k3net.core.messages import ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
 from k3net.tasks.probe import Prober, probe_peer
-from tests.test_prober import TIMEOUT, _unanswering
+
+from .helpers.sockets import unanswering
 
 LOOPBACK = "127.0.0.1"
+PROBE_TIMEOUT = 0.7  # as the agent's default --probe-timeout
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def closed_port() -> int:
 def silent_port() -> Iterator[int]:
     """A loopback listener whose accept queue is full: connects hang, as to a host that
     drops them."""
-    yield from _unanswering(LOOPBACK)
+    yield from unanswering(LOOPBACK)
 
 
 def open_files() -> int:
@@ -64,7 +66,7 @@ async def test_probes_share_one_budget_of_sockets_and_none_fails_for_it(
     autojump_clock.autojump_threshold = 0.01  # a real loopback connect is never overtaken
     budget = 3
     metrics = Metrics()
-    prober = Prober(interval=3600, timeout=TIMEOUT, metrics=metrics, sockets=budget,
+    prober = Prober(interval=3600, timeout=PROBE_TIMEOUT, metrics=metrics, sockets=budget,
                     rng=random.Random(1))
     inbox_send, inbox_recv = trio.open_memory_channel[ProbeNow | Forget](0)
     results_send, results_recv = trio.open_memory_channel[ProbeResult](0)
@@ -113,7 +115,7 @@ async def test_probes_share_one_budget_of_sockets_and_none_fails_for_it(
 
 async def test_a_target_over_the_address_cap_is_counted_once() -> None:
     metrics = Metrics()
-    prober = Prober(interval=3600, timeout=TIMEOUT, metrics=metrics)
+    prober = Prober(interval=3600, timeout=PROBE_TIMEOUT, metrics=metrics)
     inbox_send, inbox_recv = trio.open_memory_channel[ProbeNow | Forget](0)
     results_send, results_recv = trio.open_memory_channel[ProbeResult](10)
     many = tuple(f"127.0.1.{n}" for n in range(1, 21))

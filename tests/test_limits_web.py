@@ -12,7 +12,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_st
 
 from k3net import limits
 from k3net.web.app import Admission
-from tests.helpers.web import Web, connect_from, start_web
+
+from .helpers.web import Web, connect_from, start_web
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from prometheus_client import generate_latest
 
 from k3net.metrics import Metrics
 from k3net.model import Node
-from tests.helpers.inprocess import ME, Recorder, RecordingStore, agent, running
-from tests.helpers.nodes import T0, make_node
+
+from .helpers.inprocess import ME, Recorder, RecordingStore, agent, running
+from .helpers.nodes import T0, make_node
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "contrib" / "prometheus" / "alerts.yaml"

@@ -21,8 +21,9 @@ from k3net.model import ANN_NODE_LABELS, Node
 from k3net.settings import Settings
 from k3net.store.base import Stored
 from k3net.store.memory import MemoryStore
-from tests.helpers.inprocess import HERE, FakeLan, Recorder, fake_http, running
-from tests.helpers.nodes import make_node
+
+from .helpers.inprocess import HERE, FakeLan, Recorder, fake_http, running
+from .helpers.nodes import make_node
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
 _versions = itertools.count(1)

@@ -27,9 +27,10 @@ from k3lab.netns import Lan, LoopbackHost
 from k3lab.nsclient import wait_for
 from k3net.model import ANN_LAST_SEEN
 from k3net.web.page import ASSETS, CSP
-from tests.helpers.nodes import make_node
-from tests.helpers.require import require
-from tests.helpers.web import Web, get, start_web, write_nodes
+
+from .helpers.nodes import make_node
+from .helpers.require import require
+from .helpers.web import Web, get, start_web, write_nodes
 
 T = TypeVar("T")
 
@@ -369,7 +370,7 @@ async def test_page_reconnects_and_resumes_after_a_drop(nursery: trio.Nursery,
     await web.store.update(make_node("node-b", ready="False", reason="PeerLeft"), stored.version)
     await web.store.create(make_node("node-c"))
     await hub_reached(web, 3)
-    from tests.helpers.web import start_server
+    from .helpers.web import start_server
     server = await start_server(nursery, web.state, web.port)
     page = await page_until(b, lambda p: p["conn"] == "live" and "node-c" in p["rows"],
                             "reconnected with node-c", within=15)

@@ -22,7 +22,8 @@ from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.memory import MemoryStore
 from k3net.web.app import AppState
-from tests.helpers.web import start_server
+
+from .helpers.web import start_server
 
 
 @pytest.fixture

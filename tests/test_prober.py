@@ -21,7 +21,9 @@ from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
 from k3net.tasks.hold import MIN_HOLD
 from k3net.tasks.probe import Own, Prober, probe_peer
-from tests.helpers.fakeagent import FakeAgent
+
+from .helpers.fakeagent import FakeAgent
+from .helpers.sockets import fill_accept_queue, unanswering
 
 LOOPBACK = "127.0.0.1"
 INTERVAL = 60.0
@@ -64,40 +66,13 @@ def closed_port() -> int:
 def unanswering_port() -> Iterator[int]:
     """A loopback listener whose accept queue is full: new connects hang (SYNs are dropped),
     like a peer that is there but does not answer."""
-    yield from _unanswering(LOOPBACK)
+    yield from unanswering(LOOPBACK)
 
 
 @pytest.fixture
 def unanswering_port_2() -> Iterator[int]:
     """The same on 127.0.0.2 (so 127.0.0.1 can answer on the same port)."""
-    yield from _unanswering("127.0.0.2")
-
-
-def _fill_accept_queue(host: str, port: int) -> list[socket.socket]:
-    """Connections that fill the accept queue of a listener with backlog 0: the kernel drops
-    the SYNs that come next (as a lossy LAN would), until the listener accepts."""
-    clients = []
-    for _ in range(8):
-        client = socket.socket()
-        client.setblocking(False)
-        try:
-            client.connect((host, port))
-        except BlockingIOError:
-            pass
-        clients.append(client)
-    return clients
-
-
-def _unanswering(host: str) -> Iterator[int]:
-    server = socket.socket()
-    server.bind((host, 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    clients = _fill_accept_queue(host, port)
-    yield port
-    for client in clients:
-        client.close()
-    server.close()
+    yield from unanswering("127.0.0.2")
 
 
 # --- one probe --------------------------------------------------------------------------------
@@ -577,7 +552,7 @@ async def test_a_lost_first_syn_does_not_fail_the_probe() -> None:
     await server.bind((LOOPBACK, 0))
     server.listen(0)
     port = server.getsockname()[1]
-    fillers = _fill_accept_queue(LOOPBACK, port)
+    fillers = fill_accept_queue(LOOPBACK, port)
     filler_ports = {c.getsockname()[1] for c in fillers}
 
     async def serve(nursery: trio.Nursery) -> None:

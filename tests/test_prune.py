@@ -25,7 +25,8 @@ from k3net.model import (
 from k3net.store.base import Stored
 from k3net.store.memory import MemoryStore
 from k3net.tasks import prune as prune_task
-from tests.helpers.nodes import T0, make_node
+
+from .helpers.nodes import T0, make_node
 
 HOUR = 3600.0
 

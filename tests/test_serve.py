@@ -9,7 +9,7 @@ import socket
 
 import trio
 
-from tests.helpers.web import _get, start_web
+from .helpers.web import _get, start_web
 
 
 def _open_fds() -> set[int]:

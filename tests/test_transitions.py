@@ -16,7 +16,8 @@ from k3net.core.messages import (
 )
 from k3net.core.nodes import Alive, Expired, Left, Refused
 from k3net.core.transitions import INFO, WARNING, Line, Transitions
-from tests.helpers.nodes import T0, make_node
+
+from .helpers.nodes import T0, make_node
 
 WALL = T0 + dt.timedelta(seconds=30)
 B = ("10.0.0.5",)

@@ -24,8 +24,9 @@ from k3net.store.base import StoreUnavailable
 from k3net.store.memory import MemoryStore
 from k3net.web import listen, serve
 from k3net.web.app import AppState, make_app
-from tests.helpers.nodes import make_node
-from tests.helpers.web import Web, connect_from, get, start_web, write_nodes
+
+from .helpers.nodes import make_node
+from .helpers.web import Web, connect_from, get, start_web, write_nodes
 
 
 @pytest.fixture

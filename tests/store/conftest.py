@@ -32,8 +32,9 @@ from k3net.store.base import Store
 from k3net.store.etcd import EtcdStore
 from k3net.store.memory import MemoryStore
 from k3net.store.mysql import MySQLStore
-from tests.helpers.require import missing
-from tests.helpers.stores import TEST_POLL_INTERVAL, RawEtcd, RawMySQL
+
+from ..helpers.require import missing
+from ..helpers.stores import TEST_POLL_INTERVAL, RawEtcd, RawMySQL
 
 
 def service_env(name: str) -> str:

@@ -20,7 +20,8 @@ from k3lab.nsclient import wait_for
 from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, PREFIX, RawEtcd, write_config
 from k3lab.services import EtcdServer, MariaDBServer
 from k3net.store.mysql import CREATE_TABLE
-from tests.helpers.require import require
+
+from ..helpers.require import require
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok")]
 

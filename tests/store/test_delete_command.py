@@ -12,7 +12,8 @@ from k3net.commands.delete import delete_node, delete_nodes
 from k3net.commands.delete import main as delete_main
 from k3net.config import EtcdConfig, MySQLConfig, StorageConfig
 from k3net.store.base import NotFound, Store, Stored
-from tests.helpers.nodes import make_node
+
+from ..helpers.nodes import make_node
 
 
 async def names(store: Store) -> list[str]:

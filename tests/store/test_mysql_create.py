@@ -16,8 +16,8 @@ import trio
 from k3net.config import MySQLConfig
 from k3net.store.base import StoreUnavailable
 from k3net.store.mysql import TABLE, MySQLStore
-from tests.store.conftest import RawMySQL
-from tests.store.test_store_contract import make_node
+
+from ..helpers.stores import RawMySQL, make_node
 
 pytestmark = pytest.mark.mysql
 

@@ -15,8 +15,9 @@ from k3net.commands import CommandError
 from k3net.commands.nodes import Query, StoreSource, follow, show
 from k3net.config import EtcdConfig, MySQLConfig, StorageConfig
 from k3net.store.base import Store
-from tests.helpers.commands import Output, free_port
-from tests.helpers.nodes import make_node
+
+from ..helpers.commands import Output, free_port
+from ..helpers.nodes import make_node
 
 
 def source(store: Store) -> StoreSource:

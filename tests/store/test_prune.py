@@ -23,7 +23,8 @@ from k3net.convert import format_time_precise
 from k3net.model import ANN_LAST_SEEN
 from k3net.store.base import Store
 from k3net.store.mysql import MySQLStore
-from tests.helpers.nodes import T0, make_node
+
+from ..helpers.nodes import T0, make_node
 
 DAYS_LATER = T0 + dt.timedelta(days=4)
 OLDER_THAN = 72 * 3600.0

@@ -18,7 +18,8 @@ from k3net.store.base import (
     Store,
     Stored,
 )
-from tests.helpers.stores import make_node, next_event
+
+from ..helpers.stores import make_node, next_event
 
 COUNTER = "test/counter"
 

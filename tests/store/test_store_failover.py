@@ -10,7 +10,8 @@ from k3lab.services import free_port
 from k3net.config import EtcdConfig
 from k3net.store.base import StoreUnavailable
 from k3net.store.etcd import EtcdStore
-from tests.helpers.stores import RawEtcd, make_node
+
+from ..helpers.stores import RawEtcd, make_node
 
 pytestmark = pytest.mark.etcd
 

@@ -22,7 +22,8 @@ from k3net.store.base import (
 )
 from k3net.store.etcd import PREFIX, EtcdStore
 from k3net.store.mysql import TABLE, MySQLStore
-from tests.helpers.stores import GO_NODE, RawEtcd, RawMySQL, insert_go_row, make_node, next_event
+
+from ..helpers.stores import GO_NODE, RawEtcd, RawMySQL, insert_go_row, make_node, next_event
 
 # etcd values of every shape that is not a Node of its key.
 ETCD_DAMAGE: list[Any] = [

@@ -15,7 +15,8 @@ from k3net.convert import node_to_dict
 from k3net.store.base import NotFound, Put, Snapshot
 from k3net.store.etcd import EtcdStore
 from k3net.store.mysql import MySQLStore, hashed_uid
-from tests.helpers.stores import (
+
+from ..helpers.stores import (
     CREATED,
     GO_NODE,
     GO_ROW,

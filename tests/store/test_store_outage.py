@@ -31,8 +31,9 @@ from k3net.store.base import (
 )
 from k3net.store.etcd import EtcdStore
 from k3net.store.mysql import MySQLStore
-from tests.helpers.require import missing
-from tests.helpers.stores import TEST_POLL_INTERVAL, make_node
+
+from ..helpers.require import missing
+from ..helpers.stores import TEST_POLL_INTERVAL, make_node
 
 # A call to a stopped server must fail within this many seconds.
 FAIL_FAST = 3.0

@@ -14,7 +14,8 @@ import trio
 from k3net.store import mysql as mysql_backend
 from k3net.store.base import Deleted, Put, Snapshot
 from k3net.store.mysql import TABLE, MySQLStore
-from tests.helpers.stores import RawMySQL, make_node, next_event
+
+from ..helpers.stores import RawMySQL, make_node, next_event
 
 
 async def polls_pass(store: MySQLStore, count: int) -> None:

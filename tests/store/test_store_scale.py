@@ -15,7 +15,8 @@ from k3net.store import etcd as etcd_backend
 from k3net.store.base import Put, Snapshot, Store
 from k3net.store.etcd import PREFIX, EtcdStore
 from k3net.store.mysql import TABLE, MySQLStore
-from tests.helpers.stores import RawEtcd, RawMySQL, make_node, next_event
+
+from ..helpers.stores import RawEtcd, RawMySQL, make_node, next_event
 
 MANY = 10_000
 

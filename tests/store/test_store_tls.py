@@ -18,8 +18,9 @@ from k3net.config import EtcdConfig, MySQLConfig
 from k3net.store.base import Conflict, Put, Snapshot, Store, StoreUnavailable
 from k3net.store.etcd import EtcdStore
 from k3net.store.mysql import MySQLStore
-from tests.helpers.require import require
-from tests.helpers.stores import make_node, next_event
+
+from ..helpers.require import require
+from ..helpers.stores import make_node, next_event
 
 
 @pytest.fixture(scope="module")
