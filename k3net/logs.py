@@ -81,8 +81,9 @@ def to_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
     redirected stderr under systemd, as `k3net run 2>file`, is not)."""
     value = environ.get("JOURNAL_STREAM", "")
     device, sep, inode = value.partition(":")
-    if not sep or not device.isdigit() or not inode.isdigit():
-        return False
+    if not sep or not (device.isascii() and device.isdigit() and inode.isascii()
+                       and inode.isdigit()):
+        return False  # (isdigit alone takes "²", which int() refuses)
     try:
         st = os.fstat(stream.fileno())
     except (OSError, ValueError, AttributeError):

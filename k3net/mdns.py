@@ -181,7 +181,7 @@ def link_facts(name: str, root: Path = _SYS_NET) -> LinkFacts | None:
             devtype = line.partition("=")[2].strip()
     return LinkFacts(
         physical=_physical(name, root),
-        link_type=int(link_type) if link_type.isdigit() else 1,
+        link_type=int(link_type) if link_type.isascii() and link_type.isdigit() else 1,
         devtype=devtype,
         has_master=(base / "master").exists(),
         tun=(base / "tun_flags").exists(),

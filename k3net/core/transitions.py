@@ -26,6 +26,7 @@ import datetime as dt
 import attrs
 
 from k3net.convert import parse_time
+from k3net.core import parse
 from k3net.core.messages import (
     Deleted,
     PeerGone,
@@ -43,11 +44,13 @@ from k3net.core.nodes import (
     PEER_LEFT,
     PEER_REFUSED,
     Intent,
+    Readiness,
+    readiness,
 )
 from k3net.model import ANN_LAST_SEEN, ANN_PORT, Node
 
 # The words `k3net nodes` shows for a Ready condition's status, as kubectl does.
-WORDS = {"True": "Ready", "False": "NotReady", "Unknown": "Unknown"}
+WORDS = {Readiness.TRUE: "Ready", Readiness.FALSE: "NotReady", Readiness.UNKNOWN: "Unknown"}
 # Not-Ready reasons that are planned, not failures: logged at info.
 PLANNED = {PEER_LEFT, AGENT_SHUTDOWN}
 
@@ -113,7 +116,7 @@ class Transitions:
 
     def __init__(self, me: str) -> None:
         self.me = me
-        self._status: dict[str, str] = {}  # the stored Ready status of every Node seen
+        self._status: dict[str, Readiness] = {}  # the stored Ready status of every Node seen
         self._evidence: dict[str, _Evidence] = {}
         self._started = False  # the first Snapshot came
 
@@ -162,11 +165,11 @@ class Transitions:
                 if self._started:  # a new snapshot after the store was lost: what changed
                     lines = [line for s in items if (line := self._changed(s, now, wall))]
                 self._started = True
-                self._status = {s.name: s.node.ready_status for s in items}
+                self._status = {s.name: readiness(s.node) for s in items}
                 return lines
             case Put(stored=stored):
                 line = self._changed(stored, now, wall)
-                self._status[stored.name] = stored.node.ready_status
+                self._status[stored.name] = readiness(stored.node)
                 return [line] if line else []
             case Deleted(name=name):
                 self._status.pop(name, None)
@@ -175,10 +178,10 @@ class Transitions:
 
     def _changed(self, stored: Stored, now: float, wall: dt.datetime) -> Line | None:
         node = stored.node
-        status = node.ready_status
+        status = readiness(node)
         if self._status.get(stored.name) == status:
             return None
-        if stored.name not in self._status and status != "True":
+        if stored.name not in self._status and status is not Readiness.TRUE:
             # A Node first seen not Ready (an old one, written so elsewhere): no change to tell.
             return None
         cond = node.condition()
@@ -186,8 +189,9 @@ class Transitions:
         ev = self._evidence.get(stored.name) or _Evidence()
         addresses = ev.addresses or _node_addresses(node)
         port = ev.port
-        if port is None and node.metadata.annotations.get(ANN_PORT, "").isdigit():
-            port = int(node.metadata.annotations[ANN_PORT])
+        if port is None:  # (a foreign port annotation is left out: `core.parse`)
+            stored_port = parse.port(node.metadata.annotations.get(ANN_PORT))
+            port = stored_port if isinstance(stored_port, int) else None
         text, peer = self._evidence_text(stored.name, status, reason, ev, addresses, port, now)
         since = None if ev.answered_at is None else max(0.0, now - ev.answered_at)
         if stored.name != self.me:
@@ -195,23 +199,24 @@ class Transitions:
                 text += f", last answer {since:.1f} s ago"
             elif (age := self._stored_age(node, wall)) is not None:
                 text += f", last seen {age:.1f} s ago (its stored lastSeen)"
-        word = WORDS.get(status, status)
-        level = INFO if status == "True" or reason in PLANNED else WARNING
+        word = WORDS[status]
+        level = INFO if status is Readiness.TRUE or reason in PLANNED else WARNING
         return Line(level=level, text=f"node {stored.name} {word} ({reason}): {text}",
                     node=stored.name, reason=reason, status=word, peer=peer,
                     addresses=tuple(addresses), last_answer=since)
 
     def _evidence_text(
-        self, name: str, status: str, reason: str, ev: _Evidence, addresses: tuple[str, ...],
+        self, name: str, status: Readiness, reason: str, ev: _Evidence,
+        addresses: tuple[str, ...],
         port: int | None, now: float,
     ) -> tuple[str, str | None]:
         """The evidence part of the line, and the endpoint it is about."""
         where = ", ".join(_endpoint(a, port) for a in addresses) or "its addresses"
         by_us = "" if ev.decided == _DECIDES.get(reason) else " (written by another agent)"
         if name == self.me:
-            return ("this agent" + (" is running" if status == "True" else " stopped cleanly"),
+            return ("this agent" + (" is running" if status is Readiness.TRUE else " stopped cleanly"),
                     None)
-        if status == "True":
+        if status is Readiness.TRUE:
             if reason == AGENT_READY and ev.answered_at is None:
                 return "its own agent wrote it Ready", None
             if ev.answered_by is not None:
