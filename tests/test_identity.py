@@ -230,9 +230,9 @@ def test_a_proof_of_the_name_alone_proves_nothing_else() -> None:
     assert (answer.outcome, answer.facts) == ("confirmed", identity.Facts("node-a"))
 
 
-def test_without_a_key_port_and_pid_are_taken_but_no_listed_address() -> None:
+def test_without_a_key_the_peers_own_answer_gives_port_pid_and_addresses() -> None:
     body = info("node-a", port=7946, addrs=["192.168.1.66"])
     answer = judge(200, body, probed="node-a", nonce=NONCE, key=None)
-    assert answer.facts == identity.Facts("node-a", 7946, 42, ())
+    assert answer.facts == identity.Facts("node-a", 7946, 42, ("192.168.1.66",))
     go = judge(200, info("node-a"), probed="node-a", nonce=NONCE, key=None)  # the Go agent
     assert go.facts == identity.Facts("node-a", None, 42, ())

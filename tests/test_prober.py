@@ -614,8 +614,10 @@ def test_what_a_confirmed_probe_lets_the_table_write() -> None:
 
     assert proven(Facts("b", 7000, 9, ("10.0.0.5", "10.0.0.6")), "b", "10.0.0.5", 7946) == \
         Facts("b", 7000, 9, ("10.0.0.5", "10.0.0.6"))
-    assert proven(Facts("b", None, 9), "b", "10.0.0.5", 7946) == Facts("b", 7946, 9, ("10.0.0.5",))
-    assert proven(None, "b", "10.0.0.5", 7946) == Facts("b", 7946, None, ("10.0.0.5",))
+    assert proven(Facts("b", None, 9), "b", "10.0.0.5", 7946) == Facts(
+        "b", 7946, 9, ("10.0.0.5",), listed=False)
+    assert proven(None, "b", "10.0.0.5", 7946) == Facts("b", 7946, None, ("10.0.0.5",),
+                                                        listed=False)
     # loopback addresses only from an answer on loopback
     assert proven(Facts("b", 1, 2, ("127.0.0.1",)), "b", "10.0.0.5", 1).addresses == ("10.0.0.5",)
     assert proven(Facts("b", 1, 2, ("127.0.0.1",)), "b", "127.0.0.1", 1).addresses == ("127.0.0.1",)

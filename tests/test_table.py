@@ -1352,7 +1352,7 @@ def test_a_peer_node_listing_more_addresses_than_proven_is_not_rewritten() -> No
     t.handle(commit(create), 0.0)
     t.handle(PEER, 0.0)
     go_answer = ProbeResult("peer-a", "confirmed", 0.001, address="192.168.1.10",
-                            facts=Facts("peer-a", 7946, 4242, ("192.168.1.10",)))
+                            facts=Facts("peer-a", 7946, 4242, ("192.168.1.10",), listed=False))
     assert writes(t.handle(go_answer, 0.1)) == []
     # a refresh when due keeps the peer's own list
     (refresh,) = writes(t.handle(go_answer, REFRESH + 1))

@@ -65,6 +65,9 @@ class Facts:
     port: int | None = None
     pid: int | None = None
     addresses: tuple[str, ...] = ()  # canonical order (`core.addresses`); () when not said
+    # The addresses are the peer's own whole list (False: only where it answered, as for a Go
+    # agent, which lists none: its Node's longer list, written by itself, is then kept).
+    listed: bool = True
 
 
 @attrs.frozen
@@ -230,8 +233,10 @@ def judge(
         return Answer("wrong-node", answered_by=shown, detail=f"{shown!r} answered")
     said, sent = _said(data, node)
     if key is None:
-        # Nothing proves the listed addresses: only the address that answered counts.
-        return Answer("confirmed", answered_by=node, facts=attrs.evolve(said, addresses=()))
+        # An open cluster: the peer's own answer, at an address where it answered as itself,
+        # is its word on its port, pid and addresses (what mDNS or another agent announced is
+        # not); a Go agent lists none, and then only the address that answered counts.
+        return Answer("confirmed", answered_by=node, facts=said)
     mac = data.get("mac")
     if mac is not None:
         # Recomputed over the values as sent: a field it does not cover is not taken.

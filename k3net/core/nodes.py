@@ -93,6 +93,9 @@ class Alive:
     seen_ready: Readiness | None = None
     # This agent's own Node only: the --node-label labels it carries (None: labels untouched).
     labels: tuple[tuple[str, str], ...] | None = None
+    # `addresses` is the whole list (False: only where a Go agent answered; a Node listing it
+    # among others keeps its list, which that agent writes itself).
+    exact: bool = True
 
 
 @attrs.frozen
@@ -292,9 +295,7 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
             reason, message = ready.reason or PEER_ALIVE, ready.message or message
         became_ready = _set_ready(node, Readiness.TRUE, reason, message, now)
         listed = {a.address for a in node.status.addresses if a.type == "InternalIP"}
-        if intent.reason != PEER_ALIVE or not set(ordered_addresses(intent.addresses)) <= listed:
-            # (a peer's Node that lists every address it proved to us keeps its own list: the
-            # peer writes all of them, we may have seen it answer at one)
+        if intent.exact or not set(ordered_addresses(intent.addresses)) <= listed:
             _set_addresses(node, intent.name, intent.addresses)
         if intent.labels is not None:
             _set_labels(node, intent.labels)

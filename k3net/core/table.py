@@ -421,11 +421,12 @@ def _stored_peer(node: Node) -> tuple[tuple[str, ...], int | None, int | None]:
     return (ips, port if isinstance(port, int) else None, pid if isinstance(pid, int) else None)
 
 
-def _addresses_differ(stored: tuple[str, ...], known: tuple[str, ...], *, own: bool) -> bool:
-    """Our own Node must list exactly our addresses. A peer's Node is rewritten only when it
-    lacks an address the peer proved to us: the peer writes its own full list, and we may have
-    seen it answer at one address only (a Go agent lists none), so we must not take turns."""
-    if own:
+def _addresses_differ(stored: tuple[str, ...], known: tuple[str, ...], *, exact: bool) -> bool:
+    """Our own Node, and a peer's that gave its whole list in its own answer, list exactly those
+    addresses (every agent that reaches it is told the same list: nobody takes turns). A peer
+    known only where it answered (a Go agent lists none) is rewritten only when its Node lacks
+    that address: it writes its own full list."""
+    if exact:
         return stored != ordered_addresses(known)
     return not set(ordered_addresses(known)) <= set(stored)
 
@@ -869,7 +870,8 @@ class PeerTable:
         if proven is None:
             return []
         port = proven.port or peer.port
-        return self._alive(peer.name, proven.addresses, port, proven.pid, PEER_ALIVE, now)
+        return self._alive(peer.name, proven.addresses, port, proven.pid, PEER_ALIVE, now,
+                           exact=proven.listed)
 
     def _alive(
         self,
@@ -881,11 +883,12 @@ class PeerTable:
         now: float,
         *,
         labels: tuple[tuple[str, str], ...] | None = None,
+        exact: bool = True,
     ) -> list[Action]:
         view = self._views.get(name)
         if view is None:
             return [Write(nodes.Alive(name, addresses, port, pid, reason, refresh=True,
-                                      labels=labels), None)]
+                                      labels=labels, exact=exact), None)]
         node = view.stored.node
         if not node.managed:
             return []
@@ -895,7 +898,7 @@ class PeerTable:
             ready is None
             or readiness(node) is not Readiness.TRUE
             or (ready.reason != reason and reason != PEER_ALIVE)  # see nodes.render
-            or _addresses_differ(_internal_ips(node), addresses, own=name == self.me.name)
+            or _addresses_differ(_internal_ips(node), addresses, exact=exact)
             or annotations.get(ANN_PORT) != str(port)
             or (pid is not None and annotations.get(ANN_PID) != str(pid))
             or (labels is not None and nodes.labels_differ(node, labels))
@@ -910,7 +913,7 @@ class PeerTable:
             view.refresh_asked_at = now
         intent = nodes.Alive(
             name, addresses, port, pid, reason, refresh_from=view.last_seen, refresh=due,
-            seen_ready=readiness(node), labels=labels,
+            seen_ready=readiness(node), labels=labels, exact=exact,
         )
         return [Write(intent, view.stored)]
 

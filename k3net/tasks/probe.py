@@ -201,7 +201,7 @@ def proven(said: Facts | None, name: str, address: str, port: int) -> Facts:
     said = said or Facts(name)
     ip = addrs.parse(address)
     listed = addrs.canonical(said.addresses, loopback=ip is not None and ip.is_loopback)
-    return Facts(name, said.port or port, said.pid, listed or (address,))
+    return Facts(name, said.port or port, said.pid, listed or (address,), listed=bool(listed))
 
 
 class Prober:
