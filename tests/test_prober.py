@@ -536,6 +536,57 @@ async def test_a_hold_that_closes_during_a_probe_is_followed_by_a_probe_of_its_o
         nursery.cancel_scope.cancel()
 
 
+async def test_a_probe_after_a_close_that_proves_nothing_is_followed_by_another() -> None:
+    """The probe that follows a hold's close may meet the dying process for a moment (accepted,
+    then closed without a word): it proves nothing, so the prober probes again shortly, and the
+    port, closed by then, refuses (k3net.tasks.probe CLOSED_PROBES)."""
+    crashed = trio.Event()
+
+    async with trio.open_nursery() as nursery:
+        listening = trio.CancelScope()
+
+        async def agent(stream: trio.SocketStream) -> None:
+            async with stream:
+                request = await stream.receive_some(4096)
+                if crashed.is_set():
+                    listening.cancel()  # the process is going away: nothing more listens
+                    return  # and this connection ends without an answer
+                if request.startswith(b"GET /hold "):
+                    await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"
+                                          b"\r\n\r\n5\r\nheld\n\r\n")
+                    await crashed.wait()
+                    return
+                body = b'{"node": "node-d", "pid": 7}'
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                      % (len(body), body))
+
+        async def serve(task_status: trio.TaskStatus[int]) -> None:
+            with listening:
+                listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+                task_status.started(listeners[0].socket.getsockname()[1])
+                await trio.serve_listeners(agent, listeners, handler_nursery=nursery)
+
+        port = await nursery.start(serve)
+        metrics = Metrics()
+        prober = Prober(interval=600, timeout=2.0, metrics=metrics)
+        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+        results, out = trio.open_memory_channel[ProbeResult](10)
+        await nursery.start(prober.run, inbox, results)
+        await asks.send(ProbeNow(ProbeTarget("node-d", (LOOPBACK,), port)))
+        with trio.fail_after(5):
+            assert (await out.receive()).outcome == "confirmed"
+            await _held(metrics, 1)
+        await trio.sleep(MIN_HOLD)  # a hold that lasted: its close is worth a probe
+        crashed.set()
+        outcomes = []
+        with trio.move_on_after(3):
+            while "refused" not in outcomes:
+                outcomes.append((await out.receive()).outcome)
+        assert outcomes[0] not in ("confirmed", "refused"), outcomes  # the dying process
+        assert "refused" in outcomes, outcomes
+        nursery.cancel_scope.cancel()
+
+
 async def _held(metrics: Metrics, count: int) -> None:
     """Wait until the prober holds `count` connections."""
     while metrics.registry.get_sample_value("k3net_held_connections") != count:  # noqa: ASYNC110

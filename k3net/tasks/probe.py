@@ -204,6 +204,11 @@ def proven(said: Facts | None, name: str, address: str, port: int) -> Facts:
     return Facts(name, said.port or port, said.pid, listed or (address,), listed=bool(listed))
 
 
+# After a held connection closes: how many probes at most, and the pause between them, while
+# they prove nothing either way (a probe that meets a process still going away).
+CLOSED_PROBES = 3
+CLOSED_PROBE_PAUSE = 0.25
+
 class Prober:
     """Probes every target once per `interval`, each at its own phase, and a target at once (or
     after a given delay) when the table asks.
@@ -256,10 +261,18 @@ they share `sockets` sockets (module docstring).
     ) -> None:
         async def closed(name: str) -> None:
             # Probed even if a probe is under way: that one began before the close, and may
-            # end without a word about it (a connection the crash broke proves nothing).
-            target = self.targets.get(name)
-            if target is not None:
-                await self._probe(target, results)
+            # end without a word about it (a connection the crash broke proves nothing). So
+            # may this one, when it lands while the process is still going away: probed again
+            # shortly, a few times, until the peer answers as itself or its port refuses.
+            for attempt in range(CLOSED_PROBES):
+                if attempt:
+                    await trio.sleep(CLOSED_PROBE_PAUSE)
+                target = self.targets.get(name)
+                if target is None:
+                    return  # forgotten meanwhile
+                result = await self._probe(target, results)
+                if result.outcome in ("confirmed", "refused", "unauthenticated"):
+                    return
 
         async with results, trio.open_nursery() as nursery:
             holds = self._holds = Holds(nursery, timeout=self.timeout, metrics=self.metrics,
@@ -316,7 +329,7 @@ they share `sockets` sockets (module docstring).
 
     async def _probe(
         self, target: ProbeTarget, results: trio.MemorySendChannel[ProbeResult]
-    ) -> None:
+    ) -> ProbeResult:
         self._inflight[target.name] += 1
         try:
             async with self._limiter:
@@ -337,3 +350,4 @@ they share `sockets` sockets (module docstring).
             await results.send(result)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the table is gone: the agent is stopping
+        return result
