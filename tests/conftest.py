@@ -13,6 +13,7 @@ from k3lab import netns
 from k3lab.agents import AgentFactory
 
 from .helpers.require import require
+from .helpers.sockets import unanswering
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,3 +82,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused)."""
+    from .helpers.commands import free_port
+
+    return free_port()
+
+
+@pytest.fixture
+def unanswering_port() -> Iterator[int]:
+    """A loopback listener whose accept queue is full: new connects hang (SYNs are dropped),
+    like a peer that is there but does not answer."""
+    yield from unanswering("127.0.0.1")

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import random
-import socket
-from collections.abc import Iterator
 
-import pytest
 import trio
 import trio.testing
 
@@ -18,24 +15,8 @@ from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
 from k3net.tasks.probe import Prober, probe_peer
 
-from .helpers.sockets import unanswering
-
 LOOPBACK = "127.0.0.1"
 PROBE_TIMEOUT = 0.7  # as the agent's default --probe-timeout
-
-
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A loopback listener whose accept queue is full: connects hang, as to a host that
-    drops them."""
-    yield from unanswering(LOOPBACK)
 
 
 def open_files() -> int:
@@ -58,7 +39,7 @@ async def test_a_peer_is_dialled_at_its_first_addresses_only(closed_port: int) -
 
 
 async def test_probes_share_one_budget_of_sockets_and_none_fails_for_it(
-    autojump_clock: trio.testing.MockClock, silent_port: int
+    autojump_clock: trio.testing.MockClock, unanswering_port: int
 ) -> None:
     """Peers whose addresses never answer, and peers that do, all at once on a budget of 3
     sockets: at no moment are more than 3 probe sockets open, and the peers that answer still
@@ -88,7 +69,7 @@ async def test_probes_share_one_budget_of_sockets_and_none_fails_for_it(
             most = max(most, open_files() - baseline - len(accepted))
             await trio.sleep(0.01)
 
-    silent = [ProbeTarget(f"silent-{n}", (LOOPBACK,), silent_port) for n in range(6)]
+    silent = [ProbeTarget(f"silent-{n}", (LOOPBACK,), unanswering_port) for n in range(6)]
     alive = [ProbeTarget(f"alive-{n}", (LOOPBACK,), port) for n in range(3)]
     async with trio.open_nursery() as nursery:
         await nursery.start(accept)

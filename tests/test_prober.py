@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import random
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -52,21 +51,6 @@ async def listeners() -> AsyncIterator[Listeners]:
     async with trio.open_nursery() as nursery:
         yield Listeners(nursery)
         nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def unanswering_port() -> Iterator[int]:
-    """A loopback listener whose accept queue is full: new connects hang (SYNs are dropped),
-    like a peer that is there but does not answer."""
-    yield from unanswering(LOOPBACK)
 
 
 @pytest.fixture
@@ -496,25 +480,9 @@ async def test_a_hold_that_closes_during_a_probe_is_followed_by_a_probe_of_its_o
     async with trio.open_nursery() as nursery:
         listening = trio.CancelScope()
 
-        async def serve(task_status: trio.TaskStatus[int]) -> None:
-            with listening:
-                listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
-                task_status.started(listeners[0].socket.getsockname()[1])
-                # The connections live on when the listener closes, as a dying process's do
-                # for a moment: each ends when its handler says.
-                await trio.serve_listeners(agent, listeners, handler_nursery=nursery)
-
-        port = await nursery.start(serve)
-        metrics = Metrics()
-        prober = Prober(interval=600, timeout=30.0, metrics=metrics)
-        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
-        results, out = trio.open_memory_channel[ProbeResult](10)
-        await nursery.start(prober.run, inbox, results)
+        port = await nursery.start(_serve_as_a_process, agent, listening, nursery)
         peer = ProbeTarget("node-h", (LOOPBACK,), port)
-        await asks.send(ProbeNow(peer))
-        with trio.fail_after(5):
-            assert (await out.receive()).outcome == "confirmed"
-            await _held(metrics, 1)
+        prober, metrics, asks, out = await _holding(nursery, peer, probe_timeout=30.0)
         assert prober.held() == {"node-h": LOOPBACK}  # what /peers shows as HELD
         slow.set()
         await asks.send(ProbeNow(peer))
@@ -560,22 +528,9 @@ async def test_a_probe_after_a_close_that_proves_nothing_is_followed_by_another(
                 await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
                                       % (len(body), body))
 
-        async def serve(task_status: trio.TaskStatus[int]) -> None:
-            with listening:
-                listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
-                task_status.started(listeners[0].socket.getsockname()[1])
-                await trio.serve_listeners(agent, listeners, handler_nursery=nursery)
-
-        port = await nursery.start(serve)
-        metrics = Metrics()
-        prober = Prober(interval=600, timeout=2.0, metrics=metrics)
-        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
-        results, out = trio.open_memory_channel[ProbeResult](10)
-        await nursery.start(prober.run, inbox, results)
-        await asks.send(ProbeNow(ProbeTarget("node-d", (LOOPBACK,), port)))
-        with trio.fail_after(5):
-            assert (await out.receive()).outcome == "confirmed"
-            await _held(metrics, 1)
+        port = await nursery.start(_serve_as_a_process, agent, listening, nursery)
+        _, _, _, out = await _holding(nursery, ProbeTarget("node-d", (LOOPBACK,), port),
+                                      probe_timeout=2.0)
         await trio.sleep(MIN_HOLD)  # a hold that lasted: its close is worth a probe
         crashed.set()
         outcomes = []
@@ -585,6 +540,36 @@ async def test_a_probe_after_a_close_that_proves_nothing_is_followed_by_another(
         assert outcomes[0] not in ("confirmed", "refused"), outcomes  # the dying process
         assert "refused" in outcomes, outcomes
         nursery.cancel_scope.cancel()
+
+
+async def _serve_as_a_process(
+    handler: Callable[[trio.SocketStream], Awaitable[None]], listening: trio.CancelScope, nursery: trio.Nursery, *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `handler` on a loopback port (reported started) until `listening` is cancelled.
+    The connections live on when the listener closes, as a dying process's do for a moment:
+    each ends when its handler says."""
+    with listening:
+        listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+
+
+async def _holding(
+    nursery: trio.Nursery, peer: ProbeTarget, *, probe_timeout: float
+) -> tuple[Prober, Metrics, trio.MemorySendChannel[ProbeNow | Forget],
+           trio.MemoryReceiveChannel[ProbeResult]]:
+    """A prober that probed `peer`, found it confirmed and holds its /hold; its channels."""
+    metrics = Metrics()
+    prober = Prober(interval=600, timeout=probe_timeout, metrics=metrics)
+    asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+    results, out = trio.open_memory_channel[ProbeResult](10)
+    await nursery.start(prober.run, inbox, results)
+    await asks.send(ProbeNow(peer))
+    with trio.fail_after(5):
+        assert (await out.receive()).outcome == "confirmed"
+        await _held(metrics, 1)
+    return prober, metrics, asks, out
 
 
 async def _held(metrics: Metrics, count: int) -> None:
