@@ -224,11 +224,9 @@ def sort_by(
     return sorted(items, key=lambda item: sort_key(lookup(document(item), steps)))
 
 
-# The one vocabulary of the Ready condition in every view (as kubectl get nodes).
-READY_WORDS = {"True": "Ready", "False": "NotReady"}
-
-
 def ready_word(status: str | None) -> str:
-    """A Ready condition's status as people read it: Ready, NotReady, or Unknown (also when
-    there is no condition)."""
-    return READY_WORDS.get(status or "", "Unknown")
+    """A Ready condition's status as people read it (`core.nodes.READY_WORDS`): Ready,
+    NotReady, or Unknown (also when there is no condition)."""
+    from k3net.core.nodes import READY_WORDS, status_readiness
+
+    return READY_WORDS[status_readiness(status)]

@@ -50,7 +50,7 @@ from k3net.commands import (
 from k3net.config import StorageConfig
 from k3net.convert import InvalidNode, node_from_dict, node_list, node_to_dict
 from k3net.core import parse
-from k3net.core.nodes import Readiness, readiness
+from k3net.core.nodes import READY_WORDS, readiness
 from k3net.durations import format_duration
 from k3net.model import ANN_LAST_SEEN, ANN_PID, ANN_PORT, Node
 from k3net.store.base import Deleted, Lost, Put, Snapshot, Store, StoreError
@@ -89,7 +89,6 @@ def age(seconds: float) -> str:
     return f"{d}d"
 
 
-_STATUS = {Readiness.TRUE: "Ready", Readiness.FALSE: "NotReady", Readiness.UNKNOWN: "Unknown"}
 
 
 def _since(value: dt.datetime | str | None, now: dt.datetime, missing: str) -> str:
@@ -118,7 +117,7 @@ def node_row(node: Node, now: dt.datetime, wide: bool) -> list[str]:
     ann = node.metadata.annotations
     row = [
         node.name,
-        _STATUS[readiness(node)],
+        READY_WORDS[readiness(node)],
         (cond.reason if cond is not None else None) or "<none>",
         _since(ann.get(ANN_LAST_SEEN), now, "<none>"),
         _since(node.metadata.creation_timestamp, now, "<unknown>"),

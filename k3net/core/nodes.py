@@ -66,13 +66,20 @@ class Readiness(enum.Enum):
 
 
 _READINESS = {r.value: r for r in Readiness}
+# The one vocabulary of the Ready condition in every view and log line (as kubectl get nodes).
+READY_WORDS = {Readiness.TRUE: "Ready", Readiness.FALSE: "NotReady", Readiness.UNKNOWN: "Unknown"}
+
+
+def status_readiness(status: str | None) -> Readiness:
+    """A Ready condition's status as Kubernetes writes it (any other text, or none: UNKNOWN)."""
+    return _READINESS.get(status or "", Readiness.UNKNOWN)
 
 
 def readiness(node: Node) -> Readiness:
     """The Node's Ready condition; a Node without one, or with a status that is none of the
     three Kubernetes strings, is UNKNOWN."""
     cond = node.condition(CONDITION_READY)
-    return Readiness.UNKNOWN if cond is None else _READINESS.get(cond.status, Readiness.UNKNOWN)
+    return status_readiness(cond.status if cond is not None else None)
 
 
 @attrs.frozen

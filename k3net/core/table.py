@@ -778,7 +778,7 @@ class PeerTable:
         peer = self._peers.get(node.name)
         if peer is not None and peer.found_by != "store":
             return []  # found on the LAN: the LAN's word on its addresses and port wins
-        addresses, port, pid = _stored_peer(node) if node.managed and ready else ((), None, None)
+        addresses, port, _ = _stored_peer(node) if node.managed and ready else ((), None, None)
         if port is None or not addresses:
             if peer is None or isinstance(peer.state, Refused):
                 return []  # (a refusal we wrote ourselves: keep the state, for contradictions)

@@ -43,14 +43,13 @@ from k3net.core.nodes import (
     PEER_EXPIRED,
     PEER_LEFT,
     PEER_REFUSED,
+    READY_WORDS,
     Intent,
     Readiness,
     readiness,
 )
 from k3net.model import ANN_LAST_SEEN, ANN_PORT, Node
 
-# The words `k3net nodes` shows for a Ready condition's status, as kubectl does.
-WORDS = {Readiness.TRUE: "Ready", Readiness.FALSE: "NotReady", Readiness.UNKNOWN: "Unknown"}
 # Not-Ready reasons that are planned, not failures: logged at info.
 PLANNED = {PEER_LEFT, AGENT_SHUTDOWN}
 
@@ -199,7 +198,7 @@ class Transitions:
                 text += f", last answer {since:.1f} s ago"
             elif (age := self._stored_age(node, wall)) is not None:
                 text += f", last seen {age:.1f} s ago (its stored lastSeen)"
-        word = WORDS[status]
+        word = READY_WORDS[status]
         level = INFO if status is Readiness.TRUE or reason in PLANNED else WARNING
         return Line(level=level, text=f"node {stored.name} {word} ({reason}): {text}",
                     node=stored.name, reason=reason, status=word, peer=peer,
