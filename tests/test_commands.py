@@ -161,8 +161,9 @@ def test_bad_selector_is_refused(text: str) -> None:
     ],
 )
 def test_set_based_selectors_pick_as_kubectl(selector: str, names: list[str]) -> None:
+    # "٣" is a digit to Python's int(), not to Kubernetes: no number, so never picked
     labels = {"a": {"env": "prod", "rank": "1"}, "b": {"env": "staging", "rank": "3"},
-              "c": {"env": "dev", "gpu": "", "rank": "x"}, "d": {}}
+              "c": {"env": "dev", "gpu": "", "rank": "x"}, "d": {"rank": "٣"}}
     nodes = []
     for name, more in labels.items():
         node = make_node(name)

@@ -208,12 +208,11 @@ class Requirement:
             case "!=" | "notin":  # as Kubernetes: true also when the label is absent
                 return value not in self.values
             case _:  # gt, lt: the label is an integer above / below the one given
-                try:
-                    have = int(value) if value is not None else None
-                except ValueError:
+                have = parse.number(value, 0, parse.REVISION_MAX)  # (int64, as Kubernetes)
+                if isinstance(have, parse.Foreign):
                     return False
                 want = int(self.values[0])
-                return have is not None and (have > want if self.op == "gt" else have < want)
+                return have > want if self.op == "gt" else have < want
 
 
 _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
