@@ -663,6 +663,18 @@ def test_delete_a_node_through_the_cli(
     assert capsys.readouterr().err == "k3net delete: node 'ghost' not found\n"
 
 
+@pytest.mark.parametrize(("ready", "warned"), [("True", True), ("False", False), ("Unknown", False)])
+async def test_deleting_a_ready_node_says_an_agent_writes_it_again(ready: str, warned: bool) -> None:
+    from k3net.commands.delete import delete_node
+    from k3net.store.memory import MemoryStore
+
+    store = MemoryStore()
+    await store.create(make_node("n1", ready=ready))
+    outcome = await delete_node(store, "n1", force=False)
+    assert outcome.deleted and not await store.list()
+    assert ("an agent that reaches it writes it again" in outcome.detail) is warned
+
+
 @pytest.mark.parametrize("command", ["nodes", "peers", "watch", "delete", "prune"])
 def test_every_client_command_has_a_description(
     command: str, capsys: pytest.CaptureFixture[str]

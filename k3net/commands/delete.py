@@ -25,6 +25,7 @@ import trio
 
 from k3net.commands import CommandError
 from k3net.config import StorageConfig
+from k3net.core.nodes import Readiness, readiness
 from k3net.durations import format_duration
 from k3net.model import LABEL_MANAGED
 from k3net.store.base import Conflict, ForeignValue, NotFound, Store, StoreError
@@ -64,7 +65,7 @@ async def delete_node(store: Store, name: str, force: bool) -> Outcome:
     except NotFound:
         return Outcome(name, False, f"node {name!r} was removed by someone else meanwhile")
     detail = f"node {name!r} deleted"
-    if node.managed and node.ready_status == "True":
+    if node.managed and readiness(node) is Readiness.TRUE:
         detail += " (it was Ready: an agent that reaches it writes it again)"
     return Outcome(name, True, detail)
 
