@@ -591,6 +591,38 @@ def test_taken_name_is_not_renamed(lan2: Lan) -> None:
 
 
 @netns
+def test_a_forged_record_of_our_name_does_not_stop_the_agent(lan2: Lan, tmp_path: Path) -> None:
+    # Host b advertises node-a's instance where nothing listens (a stranger's forged record, or
+    # a stale one): no agent proves to be node-a there. The agent node-a runs on, says why,
+    # and takes its name once the record is gone.
+    a, b = lan2.hosts
+    forged = start(b, "advertise", "--name", "node-a", "--port", "7946")
+    forged.wait_for(event("registered"))
+    path = tmp_path / "node-a.log"
+    with path.open("w") as out:
+        agent = a.popen([sys.executable, "-m", "k3net", "run", "--node-name", "node-a",
+                         "--listen", f"{a.address}:7946"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_text(path, "forged or stale record", 30)
+        assert agent.poll() is None
+        forged.proc.send_signal(signal.SIGTERM)  # its goodbye frees the name
+        forged.proc.wait(10)
+        _wait_for_text(path, "advertising node-a._k3._tcp.local.", 60)
+        assert agent.poll() is None
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(10)
+    assert f"by {b.address} port 7946, but no agent answers as this node" in path.read_text()
+
+
+def _wait_for_text(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert time.monotonic() < deadline, f"{text!r} not in {path}:\n{path.read_text()}"
+        time.sleep(0.1)
+
+
+@netns
 def test_an_agent_advertises_only_what_its_listener_serves(lan2: Lan, tmp_path: Path) -> None:
     # Host a holds a second LAN address. Agent node-one listens on its first address only,
     # agent node-demo on 127.0.0.1 (the quick start's demo): neither says --interface.

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 
 import attrs
@@ -50,6 +51,7 @@ from k3net.current import Current, follow
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.tasks import advertise, browse
+from k3net.tasks.probe import probe_peer
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +117,25 @@ class Presence:
             # After a move the name is ours already (advertise.run's `ours`). Started once
             # registered (probing and announcing, about 1.6 s): /readyz waits for it.
             await advertise.run(session.zc, info, goodbye=goodbye, ours=session is not first,
+                                verify=self._is_twin, on_forged=self._forged,
                                 task_status=task_status)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_addresses, here, here.version, here.value.advertised)
             await nursery.start(follow, self.session, on)
             task_status.started()
+
+    async def _is_twin(self, addresses: Sequence[str], port: int) -> bool:
+        """Whether another agent answers as this node at `addresses:port`: an identity probe of
+        our own name there, with the cluster key (an answer from this very process is none)."""
+        s = self.settings
+        result = await probe_peer(s.node_name, addresses, port, s.probe_timeout,
+                                  key=s.cluster_key)
+        return result.outcome == "confirmed" and not (
+            result.facts is not None and result.facts.pid == os.getpid())
+
+    def _forged(self) -> None:
+        self.metrics.rejected.labels(reason="forged-name").inc()
 
     async def browse(
         self,
