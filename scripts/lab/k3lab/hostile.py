@@ -671,16 +671,21 @@ def hogs(c: Cluster) -> list[Row]:
         try:  # a restarts while the hog takes every slot it can: a needs one on b
             crash = _crash_seen(c, lambda: stranger.call(hold.open))
             got = hold.got
-            other = NetnsClient(c.hosts[SPARE].name)
-            try:  # a host that is not the hog asks for one /hold too
-                one = Hog(b_host.address, PORT, 1, hold_request(b_host.address),
-                          b"HTTP/1.1 200")
-                left_for_others = other.call(one.open)
-                other.call(one.close)
-            finally:
-                other.close()
         finally:
             stranger.call(hold.close)
+        # The crash killed b: a live b, hogged again, for the host that is not the hog.
+        c.up("node-1", B)
+        hold = Hog(b_host.address, PORT, c.args.holds, hold_request(b_host.address),
+                   b"HTTP/1.1 200")
+        other = NetnsClient(c.hosts[SPARE].name)
+        try:  # a host that is not the hog asks for one /hold too
+            stranger.call(hold.open)
+            one = Hog(b_host.address, PORT, 1, hold_request(b_host.address), b"HTTP/1.1 200")
+            left_for_others = other.call(one.open)
+            other.call(one.close)
+        finally:
+            stranger.call(hold.close)
+            other.close()
         c.up("node-1", B)
         c.up("node-0", A)
         a = c.agents["node-0"]
