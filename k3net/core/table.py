@@ -182,7 +182,9 @@ REPROBE_DELAY = 1.0
 # A Tick this much later than due means this agent did not run meanwhile (module docstring).
 PAUSE = 1.0
 # How a peer was found, most direct first: a peer found several ways shows the most direct.
-FOUND_BY = ("mdns", "join", "scan", "store")
+# An introduction (k3net.tasks.introduce) comes last: anyone may send one, so it never changes
+# where a peer found another way is probed.
+FOUND_BY = ("mdns", "join", "scan", "store", "introduced")
 # How many quick re-probes a peer that said goodbye but still answers gets before it is left to
 # the ordinary rounds (an mDNS record that expired while its agent runs).
 LEAVING_REPROBES = 5
