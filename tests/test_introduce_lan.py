@@ -5,6 +5,7 @@ registration (RFC 6762 probing, over a second) has not let anybody hear of it ye
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -20,6 +21,11 @@ def _peer(agent: AgentProc, name: str) -> dict[str, Any] | None:
     return next((p for p in agent.get_json("/peers")["peers"] if p["name"] == name), None)
 
 
+def _confirmed(agent: AgentProc, name: str) -> dict[str, Any] | None:
+    peer = _peer(agent, name)
+    return peer if peer is not None and peer["confirmed"] else None
+
+
 def test_a_newcomer_is_confirmed_through_its_introduction_before_its_mdns_record(
     agents: AgentFactory,
 ) -> None:
@@ -30,11 +36,12 @@ def test_a_newcomer_is_confirmed_through_its_introduction_before_its_mdns_record
 
         b = agents.start(lan[1], "node-b")
         # The first moment node-a follows node-b confirmed: how it heard of it then.
-        seen = wait_for(lambda: (p := _peer(a, "node-b")) is not None and p["confirmed"] and p,
-                        15, interval=0.02, what="node-b confirmed at node-a")
+        seen = wait_for(partial(_confirmed, a, "node-b"), 15, interval=0.02,
+                        what="node-b confirmed at node-a")
         # node-b's advertisement is not registered yet (its /readyz mdns check fails): node-a
         # can only have heard of it through its hello.
         mdns_check = b.client.get(b.url + "/readyz/mdns")[0]
+        assert seen is not None
         assert seen["foundBy"] == "introduced", seen
         assert seen["addresses"] == [lan[1].address]
         assert seen["lastProbe"]["outcome"] == "confirmed"
