@@ -69,7 +69,7 @@ from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
-from k3net.tasks import addresses, introduce, join, prune, scan, watch
+from k3net.tasks import addresses, introduce, join, scan, watch
 from k3net.tasks import table as table_task
 from k3net.tasks.probe import Own, Prober
 from k3net.tasks.scan import Scanner
@@ -351,6 +351,8 @@ class Agent:
                 await self._carry_over(table, store)
             await nursery.start(watch.run, store, table.clone(), observe, self.health)
             if prune_after:
+                from k3net.tasks import prune  # (with the Node views: not at every start)
+
                 await nursery.start(prune.run, store, prune_after)
             self._watched.set(version)
             task_status.started()

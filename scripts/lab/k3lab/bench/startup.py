@@ -107,13 +107,14 @@ def _timeline(log: str, spawned_wall: float) -> dict[str, float | None]:
     return marks
 
 
-def run(store_kind: str, runs: int) -> dict[str, Any]:
+def run(store_kind: str, runs: int, logs: Path | None = None) -> dict[str, Any]:
     samples: list[float] = []
     missed = 0
     found_by: dict[str, int] = {}
     timelines: list[dict[str, float | None]] = []
     with tempfile.TemporaryDirectory(prefix="k3net-startup-") as tmp, Lan(5, SUBNET) as lan:
-        workdir = Path(tmp)
+        workdir = logs or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         store = SimStore(store_kind, workdir, lan, SUBNET)
         agents: list[AgentProc] = []
         try:
@@ -180,9 +181,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", choices=("memory", "etcd"), default="memory")
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="keep the agents' logs in this directory")
     parser.add_argument("--no-parts", action="store_true", help="skip the fresh-interpreter parts")
     args = parser.parse_args()
-    result = run(args.store, max(1, min(args.runs, 50)))
+    result = run(args.store, max(1, min(args.runs, 50)), args.logs)
     print(f"\nstart -> confirmed by a peer ({result['store']}, {result['runs']} runs, "
           f"{result['missed']} missed): p50 {_s(result['p50'])}, max {_s(result['max'])}; "
           f"found by {result['found_by']}")
