@@ -342,7 +342,6 @@ def _value(args: argparse.Namespace, name: str) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    _import_in_background("k3net.web.serve")
     from k3net import mdns
 
     try:
@@ -357,19 +356,6 @@ def _run(args: argparse.Namespace) -> int:
     log.info("k3net %s", describe(settings))
     # SIGHUP reads the config file again, with the same command line (k3net.reload).
     return agent_main(settings, reload=lambda: settings_from_args(args))
-
-
-def _import_in_background(module: str) -> None:
-    """Import `module` in a daemon thread, beside the agent's own imports. The web server
-    (hypercorn, ~35 ms of imports) is needed only once the port is bound, but a peer that hears
-    of us (our hello, k3net.tasks.introduce) probes us a few milliseconds later: imported after
-    the bind, it kept that probe waiting ~60 ms. The agent imports it again where it needs it
-    (`agent.serve_http`), which waits for this import if it is not done yet."""
-    import importlib
-    import threading
-
-    threading.Thread(target=importlib.import_module, args=(module,), daemon=True,
-                     name=f"import {module}").start()
 
 
 def _nodes(args: argparse.Namespace) -> int:
