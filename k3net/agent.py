@@ -69,10 +69,9 @@ from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
-from k3net.tasks import addresses, introduce, join, scan, watch
+from k3net.tasks import addresses, introduce, watch
 from k3net.tasks import table as table_task
 from k3net.tasks.probe import Own, Prober
-from k3net.tasks.scan import Scanner
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
 from k3net.web.app import AppState, make_app
@@ -291,11 +290,15 @@ class Agent:
         await producers.start(self.lan.browse, table_send.clone())
         # Beyond this segment (mDNS stops at the router): --join addresses and --scan ranges.
         if s.join:
+            from k3net.tasks import join  # (its readers of /info and /peers: only when asked)
+
             await producers.start(functools.partial(
                 join.run, s.join, port=s.listen_port, key=s.cluster_key, timeout=s.probe_timeout,
                 me=s.node_name, metrics=self.metrics), table_send.clone())
         if s.scan:
-            scanner = Scanner(s.scan, port=s.listen_port, key=s.cluster_key,
+            from k3net.tasks import scan
+
+            scanner = scan.Scanner(s.scan, port=s.listen_port, key=s.cluster_key,
                               timeout=s.probe_timeout, rate=s.scan_rate,
                               own=lambda: self.addresses.value.own, me=s.node_name,
                               metrics=self.metrics)

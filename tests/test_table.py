@@ -866,6 +866,23 @@ def remote_put(status: str = "True") -> Put:
 
 
 STORED_PEER = PeerSeen("peer-a", ("10.1.2.3",), 7946, 77)
+HELLO = PeerSeen("peer-a", ("10.9.9.9",), 7000, found_by="introduced")
+
+
+def test_an_introduced_peer_is_taken_over_by_its_ready_node_in_the_store() -> None:
+    t = table()
+    assert t.handle(HELLO, 0.5) == [ProbeNow(ProbeTarget("peer-a", ("10.9.9.9",), 7000))]
+    probes = [a for a in t.handle(remote_put(), 1.0) if isinstance(a, ProbeNow)]
+    assert probes == [ProbeNow(ProbeTarget("peer-a", ("10.1.2.3",), 7946))]
+    assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "store")]
+    assert t.handle(HELLO, 2.0) == []  # a hello never moves a peer found another way
+
+
+def test_a_node_not_ready_in_the_store_does_not_end_following_an_introduced_peer() -> None:
+    t = table()
+    t.handle(HELLO, 0.5)
+    assert not [a for a in t.handle(remote_put("False"), 1.0) if isinstance(a, Forget)]
+    assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "introduced")]
 
 
 def test_a_ready_managed_node_with_a_port_is_probed_as_a_peer() -> None:

@@ -778,14 +778,18 @@ class PeerTable:
     def _found_in_store(self, node: Node, ready: bool, now: float) -> list[Action]:
         """Follow a managed, Ready Node with a port and addresses as a peer (module docstring)."""
         peer = self._peers.get(node.name)
-        if peer is not None and peer.found_by != "store":
+        introduced = peer is not None and peer.found_by == "introduced"
+        if peer is not None and peer.found_by != "store" and not introduced:
             return []  # found on the LAN: the LAN's word on its addresses and port wins
         addresses, port, _ = _stored_peer(node) if node.managed and ready else ((), None, None)
         if port is None or not addresses:
-            if peer is None or isinstance(peer.state, Refused):
+            if peer is None or isinstance(peer.state, Refused) or introduced:
                 return []  # (a refusal we wrote ourselves: keep the state, for contradictions)
             del self._peers[node.name]
             return [Forget(node.name)]
+        if peer is not None and introduced:
+            # The store's word over a hello's (FOUND_BY): probed where its Node says.
+            peer.found_by = "store"
         if peer is None:
             room = self._room_for(node.name)
             if room is None:
