@@ -878,6 +878,20 @@ def test_an_introduced_peer_is_taken_over_by_its_ready_node_in_the_store() -> No
     assert t.handle(HELLO, 2.0) == []  # a hello never moves a peer found another way
 
 
+def test_an_introduced_peer_that_does_not_answer_as_itself_is_probed_once_and_forgotten() -> None:
+    for outcome in ("timeout", "refused", "wrong-node", "unverified"):
+        t = table()
+        t.handle(HELLO, 0.5)
+        assert t.handle(result(outcome, 1.0, HELLO), 1.0) == [Forget("peer-a")]
+        assert t.peers() == []
+    # Once it proved itself, it is judged like any peer: a failure does not forget it.
+    t = table()
+    t.handle(HELLO, 0.5)
+    t.handle(ok(HELLO), 1.0)
+    assert Forget("peer-a") not in t.handle(result("timeout", 20.0, HELLO), 20.0)
+    assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "introduced")]
+
+
 def test_a_node_not_ready_in_the_store_does_not_end_following_an_introduced_peer() -> None:
     t = table()
     t.handle(HELLO, 0.5)

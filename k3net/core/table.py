@@ -661,6 +661,11 @@ class PeerTable:
         peer = self._peers.get(result.name)
         if peer is None:
             return []  # forgotten while the probe ran
+        if peer.found_by == "introduced" and not peer.confirmed and result.outcome != "confirmed":
+            # A hello its sender's own address did not back up: probed once, then forgotten
+            # (k3net.tasks.introduce). Nothing of it was written.
+            del self._peers[peer.name]
+            return [Forget(peer.name)]
         peer.last_probe = result
         # A foreign advertiser that never proved anything counts as answering, as before keys.
         unverified_counts = not (peer.confirmed or self.keyed)

@@ -25,10 +25,12 @@ ways of discovery go on).
 
 Receiving (`Introductions`): an introduction is a HINT, like an mDNS announcement
 (design.md section 6). It carries only a name and a port; the address is the TCP connection's
-source, never anything the request says, so the most a stranger's hello can do is make this
-agent probe the stranger's own address, once. The peer table then probes it like any peer,
-and only its identity answer (at that address, as that name, with the key's proof when a key is
-set) is ever written. Hellos are admitted per client address and in all within a sliding
+source, never anything the request says. The peer table probes it like any peer, and only its
+identity answer (at that address, as that name, with the key's proof when a key is set) is ever
+written; one that does not answer as itself at its first probe is forgotten at once
+(core/table.py). So the most a stranger's hello can do is make this agent probe the stranger's
+own address, once. A hello never changes where a peer found another way is probed: "introduced"
+is the last of `core.table.FOUND_BY`, and the store's Ready Node takes over from it. Hellos are admitted per client address and in all within a sliding
 window (`limits.INTRODUCTIONS_PER_CLIENT`, `limits.INTRODUCTIONS`, per
 `limits.INTRODUCTION_WINDOW`): a refusal answers 429 or 503 and counts in
 `k3net_limit_hits_total`. The admitted wait in a small queue for the table (`QUEUE`); when it is
