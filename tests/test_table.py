@@ -869,13 +869,20 @@ STORED_PEER = PeerSeen("peer-a", ("10.1.2.3",), 7946, 77)
 HELLO = PeerSeen("peer-a", ("10.9.9.9",), 7000, found_by="introduced")
 
 
-def test_an_introduced_peer_is_taken_over_by_its_ready_node_in_the_store() -> None:
+def test_an_unproven_introduced_peer_is_taken_over_by_its_ready_node_in_the_store() -> None:
     t = table()
     assert t.handle(HELLO, 0.5) == [ProbeNow(ProbeTarget("peer-a", ("10.9.9.9",), 7000))]
     probes = [a for a in t.handle(remote_put(), 1.0) if isinstance(a, ProbeNow)]
     assert probes == [ProbeNow(ProbeTarget("peer-a", ("10.1.2.3",), 7946))]
     assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "store")]
     assert t.handle(HELLO, 2.0) == []  # a hello never moves a peer found another way
+    # Proven at the hello's address first, it stays where it answered (our own write of its
+    # Node, read back from the store, is no other way of finding it).
+    t = table()
+    t.handle(HELLO, 0.5)
+    t.handle(ok(HELLO), 0.6)
+    assert not [a for a in t.handle(remote_put(), 1.0) if isinstance(a, ProbeNow)]
+    assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "introduced")]
 
 
 def test_an_introduced_peer_that_does_not_answer_as_itself_is_probed_once_and_forgotten() -> None:

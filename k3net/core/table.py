@@ -783,7 +783,9 @@ class PeerTable:
     def _found_in_store(self, node: Node, ready: bool, now: float) -> list[Action]:
         """Follow a managed, Ready Node with a port and addresses as a peer (module docstring)."""
         peer = self._peers.get(node.name)
-        introduced = peer is not None and peer.found_by == "introduced"
+        # A hello's sender not proven yet: its Node's word on where it is beats the hello's
+        # (once proven, it is followed where it answered, as one found on the LAN).
+        introduced = peer is not None and peer.found_by == "introduced" and not peer.confirmed
         if peer is not None and peer.found_by != "store" and not introduced:
             return []  # found on the LAN: the LAN's word on its addresses and port wins
         addresses, port, _ = _stored_peer(node) if node.managed and ready else ((), None, None)
@@ -793,8 +795,7 @@ class PeerTable:
             del self._peers[node.name]
             return [Forget(node.name)]
         if peer is not None and introduced:
-            # The store's word over a hello's (FOUND_BY): probed where its Node says.
-            peer.found_by = "store"
+            peer.found_by = "store"  # (FOUND_BY: the store is the more direct way)
         if peer is None:
             room = self._room_for(node.name)
             if room is None:
