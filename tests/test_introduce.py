@@ -254,3 +254,33 @@ async def test_say_hello_introduces_this_agent_to_a_served_one(nursery: trio.Nur
                                                     found_by="introduced")
     assert await introduce.say_hello("127.0.0.1", server.port, "node-a", 7001) == 409
     server.scope.cancel()
+
+
+# --- the newcomer's first mDNS query --------------------------------------------------------------
+
+
+async def test_the_first_query_for_peers_asks_for_unicast_answers_at_once() -> None:
+    import trio_asyncio
+    from zeroconf import DNSOutgoing
+    from zeroconf.const import _TYPE_PTR
+
+    from k3net.tasks import presence
+
+    sent: list[DNSOutgoing] = []
+
+    class Zeroconf:
+        async def async_wait_for_start(self) -> None:
+            pass
+
+        def async_send(self, out: DNSOutgoing) -> None:
+            sent.append(out)
+
+    class AsyncZeroconf:
+        zeroconf = Zeroconf()
+
+    async with trio_asyncio.open_loop():
+        await presence._ask_peers_now(AsyncZeroconf(), "_k3._tcp.local.")  # type: ignore[arg-type]
+    (out,) = sent
+    (question,) = out.questions
+    # QU: peers answer at once, where a multicast question may wait 20-120 ms (RFC 6762).
+    assert (question.name, question.type, question.unicast) == ("_k3._tcp.local.", _TYPE_PTR, True)
