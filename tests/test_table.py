@@ -891,6 +891,13 @@ def test_an_introduced_peer_that_does_not_answer_as_itself_is_probed_once_and_fo
         t.handle(HELLO, 0.5)
         assert t.handle(result(outcome, 1.0, HELLO), 1.0) == [Forget("peer-a")]
         assert t.peers() == []
+    # One that cannot prove the cluster key is reported, as any such peer, and forgotten.
+    t = table()
+    t.handle(HELLO, 0.5)
+    rejected = ProbeResult("peer-a", "unauthenticated", 0.001, address="10.9.9.9")
+    assert t.handle(rejected, 1.0) == [
+        Reject("peer-a", "unauthenticated", "10.9.9.9 cannot prove the cluster key"),
+        Forget("peer-a")]
     # Once it proved itself, it is judged like any peer: a failure does not forget it.
     t = table()
     t.handle(HELLO, 0.5)

@@ -663,9 +663,12 @@ class PeerTable:
             return []  # forgotten while the probe ran
         if peer.found_by == "introduced" and not peer.confirmed and result.outcome != "confirmed":
             # A hello its sender's own address did not back up: probed once, then forgotten
-            # (k3net.tasks.introduce). Nothing of it was written.
+            # (k3net.tasks.introduce). Nothing of it was written ("unverified" neither: that
+            # counts only for an announcement, as before keys).
             del self._peers[peer.name]
-            return [Forget(peer.name)]
+            reported = self._unproven(peer, now, result)[1] \
+                if result.outcome == "unauthenticated" else []  # (as for any such peer)
+            return [*reported, Forget(peer.name)]
         peer.last_probe = result
         # A foreign advertiser that never proved anything counts as answering, as before keys.
         unverified_counts = not (peer.confirmed or self.keyed)
