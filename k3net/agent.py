@@ -2,7 +2,8 @@
 
     lan.browse --PeerSeen/PeerGone/PeerRejected--+
     join, scan --PeerSeen (found_by join, scan)--+
-    prober  ----ProbeResult----------------------+
+    /hello  ----PeerSeen (found_by introduced)---+
+    prober  --ProbeResult--> introduce.tap ------+   (greets each peer first confirmed)
     watch   ----Snapshot/Put/Deleted/Lost--------+--> table --Write--> writer --> store
     tick    ----Tick / SelfHeartbeat-------------+      |
     addresses --OwnAddresses---------------------+      |
@@ -59,7 +60,7 @@ from typing import Any, Protocol
 import trio
 
 from k3net.core.addresses import MachineAddresses
-from k3net.core.messages import OwnAddresses, SelfHeartbeat, StoreChanged, Tick
+from k3net.core.messages import OwnAddresses, ProbeResult, SelfHeartbeat, StoreChanged, Tick
 from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
 from k3net.current import Current, follow
 from k3net.durations import format_duration
@@ -68,10 +69,9 @@ from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
-from k3net.tasks import addresses, join, prune, scan, watch
+from k3net.tasks import addresses, introduce, watch
 from k3net.tasks import table as table_task
 from k3net.tasks.probe import Own, Prober
-from k3net.tasks.scan import Scanner
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
 from k3net.web.app import AppState, make_app
@@ -165,12 +165,14 @@ class Agent:
         self._stop_by = float("inf")
         # Set once the mDNS advertisement is registered (the /readyz `mdns` check, READY=1).
         self.advertised = trio.Event()
+        # Peers' introductions (POST /hello), admitted and bounded, on their way to the table.
+        self.introductions = introduce.Introductions(settings.node_name, self.metrics)
         # What the HTTP endpoints read: the owners above, and the table.
         self.web = AppState(
             settings=self.settings, store=self.store, hub=self.hub, metrics=self.metrics,
             health=self.health, started_at=time.time(), addrs=self._advertised,
             self_up=self.table.self_up, mdns_up=self.advertised.is_set, peers=self.table.peers,
-            name_conflict=self._name_conflict,
+            name_conflict=self._name_conflict, introduce=self.introductions.offer,
         )
         # Store moves the table has handed over to the writer (tasks/table.py), and the version
         # of `store` whose watch runs: what `use_store` waits for.
@@ -271,7 +273,14 @@ class Agent:
             foreign.observe(event)
 
         await producers.start(self._follow_store, table_send.clone(), observe)
-        await producers.start(prober.run, probe_recv, table_send.clone())
+        # Probe results reach the table through the introducer, which greets each peer the
+        # first time it is confirmed (k3net.tasks.introduce): peers hear of us at once.
+        results_send, results_recv = trio.open_memory_channel[ProbeResult](0)
+        await producers.start(functools.partial(
+            introduce.tap, results_recv, table_send.clone(), me=s.node_name, port=s.listen_port,
+            timeout=s.probe_timeout))
+        await producers.start(prober.run, probe_recv, results_send)
+        await producers.start(self.introductions.run, table_send.clone())
         every = expire_interval(s.peer_ttl)
         await producers.start(tick, table_send.clone(), Tick(every), every)
         if s.register_self:
@@ -281,11 +290,15 @@ class Agent:
         await producers.start(self.lan.browse, table_send.clone())
         # Beyond this segment (mDNS stops at the router): --join addresses and --scan ranges.
         if s.join:
+            from k3net.tasks import join  # (its readers of /info and /peers: only when asked)
+
             await producers.start(functools.partial(
                 join.run, s.join, port=s.listen_port, key=s.cluster_key, timeout=s.probe_timeout,
                 me=s.node_name, metrics=self.metrics), table_send.clone())
         if s.scan:
-            scanner = Scanner(s.scan, port=s.listen_port, key=s.cluster_key,
+            from k3net.tasks import scan
+
+            scanner = scan.Scanner(s.scan, port=s.listen_port, key=s.cluster_key,
                               timeout=s.probe_timeout, rate=s.scan_rate,
                               own=lambda: self.addresses.value.own, me=s.node_name,
                               metrics=self.metrics)
@@ -341,6 +354,8 @@ class Agent:
                 await self._carry_over(table, store)
             await nursery.start(watch.run, store, table.clone(), observe, self.health)
             if prune_after:
+                from k3net.tasks import prune  # (with the Node views: not at every start)
+
                 await nursery.start(prune.run, store, prune_after)
             self._watched.set(version)
             task_status.started()

@@ -63,6 +63,15 @@ WEBSOCKET_MESSAGE = 1024
 # announcements must not push real transitions out of the history (`k3net.events`).
 REJECTED_HISTORY = 64
 
+# Introductions (`POST /hello`, k3net.tasks.introduce) admitted within INTRODUCTION_WINDOW
+# seconds from one client address: each makes this agent probe that address, so a stranger gets
+# a few probes of itself, no more. 4 covers several agents on one host, or one restarting.
+INTRODUCTIONS_PER_CLIENT = 4
+# ... and from every client together: a LAN of a few hundred agents greeting a restarted one
+# within the window; past that the others still find it over mDNS and the store.
+INTRODUCTIONS = 256
+INTRODUCTION_WINDOW = 10.0
+
 # The `limit` label of k3net_limit_hits_total, one per cap above but WEBSOCKET_MESSAGE, which
 # hypercorn enforces itself (close code 1009) without telling the app.
 NAMES = (
@@ -77,4 +86,6 @@ NAMES = (
     "subscribers-per-client",
     "subscribers",
     "rejected-history",
+    "introductions-per-client",
+    "introductions",
 )

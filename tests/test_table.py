@@ -866,6 +866,51 @@ def remote_put(status: str = "True") -> Put:
 
 
 STORED_PEER = PeerSeen("peer-a", ("10.1.2.3",), 7946, 77)
+HELLO = PeerSeen("peer-a", ("10.9.9.9",), 7000, found_by="introduced")
+
+
+def test_an_unproven_introduced_peer_is_taken_over_by_its_ready_node_in_the_store() -> None:
+    t = table()
+    assert t.handle(HELLO, 0.5) == [ProbeNow(ProbeTarget("peer-a", ("10.9.9.9",), 7000))]
+    probes = [a for a in t.handle(remote_put(), 1.0) if isinstance(a, ProbeNow)]
+    assert probes == [ProbeNow(ProbeTarget("peer-a", ("10.1.2.3",), 7946))]
+    assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "store")]
+    assert t.handle(HELLO, 2.0) == []  # a hello never moves a peer found another way
+    # Proven at the hello's address first, it stays where it answered (our own write of its
+    # Node, read back from the store, is no other way of finding it).
+    t = table()
+    t.handle(HELLO, 0.5)
+    t.handle(ok(HELLO), 0.6)
+    assert not [a for a in t.handle(remote_put(), 1.0) if isinstance(a, ProbeNow)]
+    assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "introduced")]
+
+
+def test_an_introduced_peer_that_does_not_answer_as_itself_is_probed_once_and_forgotten() -> None:
+    for outcome in ("timeout", "refused", "wrong-node", "unverified"):
+        t = table()
+        t.handle(HELLO, 0.5)
+        assert t.handle(result(outcome, 1.0, HELLO), 1.0) == [Forget("peer-a")]
+        assert t.peers() == []
+    # One that cannot prove the cluster key is reported, as any such peer, and forgotten.
+    t = table()
+    t.handle(HELLO, 0.5)
+    rejected = ProbeResult("peer-a", "unauthenticated", 0.001, address="10.9.9.9")
+    assert t.handle(rejected, 1.0) == [
+        Reject("peer-a", "unauthenticated", "10.9.9.9 cannot prove the cluster key"),
+        Forget("peer-a")]
+    # Once it proved itself, it is judged like any peer: a failure does not forget it.
+    t = table()
+    t.handle(HELLO, 0.5)
+    t.handle(ok(HELLO), 1.0)
+    assert Forget("peer-a") not in t.handle(result("timeout", 20.0, HELLO), 20.0)
+    assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "introduced")]
+
+
+def test_a_node_not_ready_in_the_store_does_not_end_following_an_introduced_peer() -> None:
+    t = table()
+    t.handle(HELLO, 0.5)
+    assert not [a for a in t.handle(remote_put("False"), 1.0) if isinstance(a, Forget)]
+    assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "introduced")]
 
 
 def test_a_ready_managed_node_with_a_port_is_probed_as_a_peer() -> None:

@@ -18,7 +18,9 @@ class PeerSeen:
     addresses: tuple[str, ...]  # A/AAAA records as text, IPv4 first
     port: int  # TXT `port`, else the SRV port
     pid: int | None = None  # TXT `pid`, if it was a number
-    found_by: str = "mdns"  # how it was found: mdns, join (a --join address), scan (--scan)
+    # How it was found: mdns, join (a --join address), scan (--scan), introduced (its own hello,
+    # k3net.tasks.introduce: `addresses` is then the hello's TCP source address alone).
+    found_by: str = "mdns"
 
 
 @attrs.frozen

@@ -182,7 +182,9 @@ REPROBE_DELAY = 1.0
 # A Tick this much later than due means this agent did not run meanwhile (module docstring).
 PAUSE = 1.0
 # How a peer was found, most direct first: a peer found several ways shows the most direct.
-FOUND_BY = ("mdns", "join", "scan", "store")
+# An introduction (k3net.tasks.introduce) comes last: anyone may send one, so it never changes
+# where a peer found another way is probed.
+FOUND_BY = ("mdns", "join", "scan", "store", "introduced")
 # How many quick re-probes a peer that said goodbye but still answers gets before it is left to
 # the ordinary rounds (an mDNS record that expired while its agent runs).
 LEAVING_REPROBES = 5
@@ -659,6 +661,14 @@ class PeerTable:
         peer = self._peers.get(result.name)
         if peer is None:
             return []  # forgotten while the probe ran
+        if peer.found_by == "introduced" and not peer.confirmed and result.outcome != "confirmed":
+            # A hello its sender's own address did not back up: probed once, then forgotten
+            # (k3net.tasks.introduce). Nothing of it was written ("unverified" neither: that
+            # counts only for an announcement, as before keys).
+            del self._peers[peer.name]
+            reported = self._unproven(peer, now, result)[1] \
+                if result.outcome == "unauthenticated" else []  # (as for any such peer)
+            return [*reported, Forget(peer.name)]
         peer.last_probe = result
         # A foreign advertiser that never proved anything counts as answering, as before keys.
         unverified_counts = not (peer.confirmed or self.keyed)
@@ -776,14 +786,19 @@ class PeerTable:
     def _found_in_store(self, node: Node, ready: bool, now: float) -> list[Action]:
         """Follow a managed, Ready Node with a port and addresses as a peer (module docstring)."""
         peer = self._peers.get(node.name)
-        if peer is not None and peer.found_by != "store":
+        # A hello's sender not proven yet: its Node's word on where it is beats the hello's
+        # (once proven, it is followed where it answered, as one found on the LAN).
+        introduced = peer is not None and peer.found_by == "introduced" and not peer.confirmed
+        if peer is not None and peer.found_by != "store" and not introduced:
             return []  # found on the LAN: the LAN's word on its addresses and port wins
         addresses, port, _ = _stored_peer(node) if node.managed and ready else ((), None, None)
         if port is None or not addresses:
-            if peer is None or isinstance(peer.state, Refused):
+            if peer is None or isinstance(peer.state, Refused) or introduced:
                 return []  # (a refusal we wrote ourselves: keep the state, for contradictions)
             del self._peers[node.name]
             return [Forget(node.name)]
+        if peer is not None and introduced:
+            peer.found_by = "store"  # (FOUND_BY: the store is the more direct way)
         if peer is None:
             room = self._room_for(node.name)
             if room is None:

@@ -23,6 +23,14 @@ machine's advertised addresses change (tasks/addresses.py sets `here`), the adve
 TXT `addrs` (mdns.service_info) is the version of `here`: it grows with every change of this
 machine's addresses, so every new list of advertised ones announces a new TXT.
 
+At start (`open_presence`), one mDNS query for the service type goes out at once, with the
+unicast-response bit (QU): peers answer a QU question at once, where zeroconf's browser waits
+20-120 ms before its first query (RFC 6762 section 5.2, against bursts when many hosts power up
+together) and answers to a multicast question may wait 20-120 ms more (section 6). The answers
+land in zeroconf's cache, which the browser reads when it starts, so a newcomer knows its peers
+some 100 ms sooner and introduces itself to them (tasks/introduce.py) before its own
+registration is done. One packet per start: no burst.
+
 Either way, addresses we lost are withdrawn first (goodbyes of those A/AAAA records only), before
 the new ones are announced (in place: WITHDRAW_DELAY later), because zeroconf reports a new
 address record to browsers as Updated but never one that went away: a peer resolving our
@@ -41,8 +49,9 @@ from collections.abc import AsyncIterator, Sequence
 import attrs
 import trio
 from trio_asyncio import aio_as_trio
-from zeroconf import ServiceInfo
+from zeroconf import DNSOutgoing, DNSQuestion, ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
+from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
 
 from k3net import mdns
 from k3net.core.addresses import MachineAddresses
@@ -224,6 +233,16 @@ class Presence:
         log.info("mDNS record now announces %s", ", ".join(addresses))
 
 
+async def _ask_peers_now(zc: AsyncZeroconf, service_type: str) -> None:
+    """One QU query for `service_type`, sent now (module docstring)."""
+    await aio_as_trio(zc.zeroconf.async_wait_for_start)()
+    question = DNSQuestion(service_type, _TYPE_PTR, _CLASS_IN)
+    question.unicast = True
+    out = DNSOutgoing(_FLAGS_QR_QUERY)
+    out.add_question(question)
+    zc.zeroconf.async_send(out)
+
+
 @contextlib.asynccontextmanager
 async def open_presence(
     settings: Settings, interfaces: Sequence[mdns.Interface], metrics: Metrics
@@ -232,6 +251,8 @@ async def open_presence(
     Enter it inside `trio_asyncio.open_loop()`."""
     presence = Presence(settings, metrics, mdns.loopback_only(interfaces))
     presence._session = Current(await presence._open(interfaces))
+    await _ask_peers_now(presence.session.value.zc,
+                         mdns.service_type(settings.service, settings.domain))
     try:
         yield presence
     finally:

@@ -8,7 +8,8 @@
 | `GET /readyz` | `200 ok` when the checks `store`, `mdns`, `http` pass, else 503 naming the failed ones; `?verbose`, `?exclude=`, `/readyz/<check>` (and `/livez/<check>`) |
 | `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, commit, store, subscribers, epoch |
 | `GET /hold` | `200` and then nothing while the agent runs: peers hold it open, and see its end at once when this process dies (`k3net.tasks.hold`); 429 past `limits.HOLDS_PER_CLIENT` from one client address, 503 past `limits.HOLDS` in all |
-| `GET /peers` | the peers this agent follows: name, addresses, port, pid, state, foundBy (mdns, join, scan, store), confirmed, held (the address of the connection held to its /hold, or null), lastProbe {outcome, latencySeconds, address, error} (null before the first) |
+| `POST /hello?node=N&port=P` | an agent introduces itself (`k3net.tasks.introduce`): 202, and it is probed at the request's source address (a hint, never written as such); 400 for a bad query, 429 past `limits.INTRODUCTIONS_PER_CLIENT` from one client address, 503 past `limits.INTRODUCTIONS` in all, 404 where introductions are not taken |
+| `GET /peers` | the peers this agent follows: name, addresses, port, pid, state, foundBy (mdns, join, scan, store, introduced), confirmed, held (the address of the connection held to its /hold, or null), lastProbe {outcome, latencySeconds, address, error} (null before the first) |
 | `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
 | `GET /metrics` | Prometheus text format |
 | `GET /events/snapshot` | the event hub's current view: the snapshot message /events starts with |
@@ -115,6 +116,9 @@ class AppState:
     # Why this agent stands down from its own name (another live agent holds it), or None
     # (the /readyz `name` check; /info then no longer answers as that name).
     name_conflict: Callable[[], str | None] = _no_conflict
+    # Takes an introduction (client address, query string) -> (HTTP status, a line to answer):
+    # `k3net.tasks.introduce.Introductions.offer`. None: /hello is not served.
+    introduce: Callable[[str, bytes], tuple[int, str]] | None = None
 
 
 class QueryError(ValueError):
@@ -205,6 +209,8 @@ class App:
         if scope["type"] == "http":
             if scope["path"] == "/hold" and scope["method"] == "GET":
                 await self._hold(_client(scope), receive, send)
+            elif scope["path"] == "/hello" and scope["method"] == "POST":
+                await self._hello(scope, send)
             else:
                 await self._http(scope, send)
         elif scope["type"] == "websocket":
@@ -279,6 +285,20 @@ class App:
         finally:
             self._holds.discard(done)
             self._hold_slots.release(client)
+
+    async def _hello(self, scope: Scope, send: Send) -> None:
+        """An introduction (k3net.tasks.introduce): its query says who, the connection where.
+        The request body is never read."""
+        introduce = self.state.introduce
+        if introduce is None or self._stopping:
+            status, line = (404, "not found") if introduce is None else (503, "shutting down")
+        else:
+            status, line = introduce(_client(scope), scope.get("query_string", b""))
+        body = (line + "\n").encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": body})
 
     def _refusal(self, why: str, what: str, limit: str, client: str) -> tuple[int, bytes]:
         """The status and body refusing a long-lived connection; counts the cap reached."""
