@@ -58,6 +58,7 @@ from typing import Any, Protocol
 
 import trio
 
+from k3net import limits
 from k3net.core.addresses import MachineAddresses
 from k3net.core.messages import OwnAddresses, SelfHeartbeat, StoreChanged, Tick
 from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
@@ -448,9 +449,15 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
         nursery.cancel_scope.cancel()
 
 
-def _raise_file_limit(want: int = 65536) -> None:
+# The soft file descriptor limit the agent asks for at start (module docstring of limits): every
+# peer followed is held (limits.HELD) and holds us (limits.HOLDS), besides the probes' sockets.
+FILE_LIMIT = 8192
+
+
+def _raise_file_limit(want: int = FILE_LIMIT) -> int:
     """Held connections and probes take a file descriptor each: lift the soft limit (often 1024)
-    towards the hard one, as the Go runtime does for its programs."""
+    towards the hard one, up to `want`, as the Go runtime does for its programs. Logs and
+    returns the limit the agent runs with."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -458,8 +465,16 @@ def _raise_file_limit(want: int = 65536) -> None:
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError) as exc:
-            log.debug("file descriptor limit stays at %d: %s", soft, exc)
+            log.warning("file descriptor limit stays at %d: %s", soft, exc)
+    if soft != resource.RLIM_INFINITY and soft < 2 * limits.HELD:
+        log.warning("file descriptor limit %d: fewer than %d, not every peer can be held on a"
+                    " LAN that large (raise LimitNOFILE)", soft, 2 * limits.HELD)
+    else:
+        log.info("file descriptor limit: %s", "unlimited" if soft == resource.RLIM_INFINITY
+                 else soft)
+    return int(soft)
 
 
 async def _stop_on_signal(agent: Agent) -> None:

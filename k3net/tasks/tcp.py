@@ -190,6 +190,29 @@ async def _race(pending: list[Attempt], start: Callable[[], Attempt | None], att
     return outcome.connected()
 
 
+# TCP keepalive on a held connection (k3net.tasks.hold): the kernel probes an idle connection
+# after KEEPALIVE_IDLE seconds and every KEEPALIVE_INTERVAL after that (1 s: the least the
+# options take), and aborts it with ETIMEDOUT once nothing came back for the user timeout
+# (`silence`, `keepalive`). KEEPALIVE_COUNT only matters where TCP_USER_TIMEOUT is missing.
+KEEPALIVE_IDLE = 1
+KEEPALIVE_INTERVAL = 1
+KEEPALIVE_COUNT = 3
+
+
+def keepalive(sock: trio.socket.SocketType, silence: float) -> None:
+    """Have the kernel watch `sock`: keepalive probes every second while it is idle, and an
+    abort (ETIMEDOUT on the next receive) when nothing at all came back from the peer for
+    `silence` seconds (TCP_USER_TIMEOUT, which also bounds unacknowledged data). No Python runs
+    for it: the peer's kernel answers the probes, the abort wakes the task that waits to read."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                          ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+                          ("TCP_USER_TIMEOUT", max(1, round(silence * 1000)))):
+        number = getattr(socket, option, None)
+        if number is not None:  # (Linux has all four; elsewhere, what the system offers)
+            sock.setsockopt(socket.IPPROTO_TCP, number, value)
+
+
 async def exchange(stream: trio.SocketStream, message: bytes, reader: AnswerReader) -> None:
     """Send one HTTP request and feed the answer to `reader` until it has what it needs (the
     probes, whois and /peers all ask this way)."""
