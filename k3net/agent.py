@@ -65,7 +65,7 @@ from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Wri
 from k3net.current import Current, follow
 from k3net.durations import format_duration
 from k3net.events import EventHub
-from k3net.health import StoreHealth
+from k3net.health import LocalHealth, StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
@@ -150,6 +150,8 @@ class Agent:
         self.serve = serve
         self.metrics = metrics or Metrics()
         self.health = StoreHealth()
+        # This agent as an observer of its peers (k3net.health): exported, read by the prober.
+        self.local_health = LocalHealth(changed=self.metrics.local_health.set)
         self.hub = EventHub(self.metrics)
         self.writer = Writer(self.store, self.metrics, self.health)
         self.table = PeerTable(
@@ -262,8 +264,10 @@ class Agent:
         # and peers see us from the first packet): the rest starts meanwhile.
         producers.start_soon(self._advertise)
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
-                        key=s.cluster_key, own=self._own)
+                        key=s.cluster_key, own=self._own, health=self.local_health)
         self.web.held = prober.held
+        self.web.reach = prober.reach
+        await producers.start(self.local_health.run)
         foreign = ForeignTally()  # values under the Node prefix that are not Nodes, for /metrics
         self.metrics.watch_foreign(foreign)
 
@@ -451,7 +455,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
 
 # The soft file descriptor limit the agent asks for at start (module docstring of limits): every
 # peer followed is held (limits.HELD) and holds us (limits.HOLDS), besides the probes' sockets.
-FILE_LIMIT = 8192
+FILE_LIMIT = 16384
 
 
 def _raise_file_limit(want: int = FILE_LIMIT) -> int:

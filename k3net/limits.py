@@ -49,8 +49,8 @@ HOLDS_PER_CLIENT = 4
 
 # Held /hold connections in all, each one file descriptor: one per agent that holds us (every
 # agent holds every peer it follows, so as many as the peers an agent follows). With HELD, the
-# probes' sockets and the store's, an agent at both caps needs about 4,400 descriptors: the
-# unit's LimitNOFILE is 8192.
+# probes' sockets and the subscribers, an agent at every cap needs about 4,700 descriptors: the
+# unit's LimitNOFILE is 16384, twice that with room.
 HOLDS = PEERS
 
 # /reach questions answered at once, from one client address and in all. Each makes this
