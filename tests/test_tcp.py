@@ -316,3 +316,17 @@ async def test_a_real_refusal_is_raised_as_such_and_leaks_nothing() -> None:
     with pytest.raises(ConnectionRefusedError):
         await tcp.connect(LOOPBACK, port)
     assert _open_fds() == before
+
+
+def test_keepalive_has_the_kernel_watch_a_held_connection() -> None:
+    """Probes every second while idle, and an abort after `silence` with nothing back."""
+    import socket as stdlib
+
+    from k3net.tasks.tcp import KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, keepalive
+
+    with trio.socket.socket() as sock:
+        keepalive(sock, 2.0)
+        assert sock.getsockopt(stdlib.SOL_SOCKET, stdlib.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(stdlib.IPPROTO_TCP, stdlib.TCP_KEEPIDLE) == KEEPALIVE_IDLE
+        assert sock.getsockopt(stdlib.IPPROTO_TCP, stdlib.TCP_KEEPINTVL) == KEEPALIVE_INTERVAL
+        assert sock.getsockopt(stdlib.IPPROTO_TCP, stdlib.TCP_USER_TIMEOUT) == 2000
