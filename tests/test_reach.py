@@ -103,9 +103,12 @@ async def test_without_a_prober_every_name_is_unknown(web: Web) -> None:
 async def test_reach_is_capped_per_client_and_counted(web: Web) -> None:
     release = trio.Event()
     asked: list[str] = []
+    # Set once that many questions are under way.
+    under_way = {n: trio.Event() for n in range(1, limits.REACHES_PER_CLIENT + 2)}
 
     async def slow(name: str) -> ProbeResult | None:
         asked.append(name)
+        under_way[len(asked)].set()
         await release.wait()
         return ProbeResult(name, "timeout", 0.7)
 
@@ -130,15 +133,13 @@ async def test_reach_is_capped_per_client_and_counted(web: Web) -> None:
         for _ in range(limits.REACHES_PER_CLIENT):
             nursery.start_soon(keep, "127.0.0.1")
         with trio.fail_after(5):
-            while len(asked) < limits.REACHES_PER_CLIENT:
-                await trio.sleep(0.01)
+            await under_way[limits.REACHES_PER_CLIENT].wait()
         refused = await question("127.0.0.1")
         assert refused.startswith(b"HTTP/1.1 429")
         # Another client address still gets its answer.
         nursery.start_soon(keep, "127.0.0.2")
         with trio.fail_after(5):
-            while len(asked) < limits.REACHES_PER_CLIENT + 1:
-                await trio.sleep(0.01)
+            await under_way[limits.REACHES_PER_CLIENT + 1].wait()
         release.set()
     assert all(a.startswith(b"HTTP/1.1 200") for a in answers)
     assert web.metrics.limit_hits.labels(limit="reaches-per-client")._value.get() == 1

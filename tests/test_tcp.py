@@ -318,7 +318,7 @@ async def test_a_real_refusal_is_raised_as_such_and_leaks_nothing() -> None:
     assert _open_fds() == before
 
 
-def test_keepalive_has_the_kernel_watch_a_held_connection() -> None:
+async def test_keepalive_has_the_kernel_watch_a_held_connection() -> None:
     """Probes every second while idle, and an abort after `silence` with nothing back."""
     import socket as stdlib
 
