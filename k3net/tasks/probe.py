@@ -374,6 +374,12 @@ class _Reaching:
     result: ProbeResult | None = None
 
 
+# After a suspicion that was not confirmed and did not reach the peer itself (refuted by another
+# agent, or withheld): how many more probes at most, and the pause between them, to hold it again
+# as soon as it answers (a blip of the path), rather than at its next round.
+SILENT_PROBES = 5
+SILENT_PROBE_PAUSE = 1.0
+
 # After a held connection closes: how many probes at most, and the pause between them, while
 # they prove nothing either way (a probe that meets a process still going away).
 CLOSED_PROBES = 3
@@ -463,7 +469,8 @@ they share `sockets` sockets (module docstring).
         if not health.healthy(now):
             log.debug("%s went silent; local health %d: no accusation", name, health.score)
             self.metrics.suspicions.labels(result="withheld").inc()
-            await self._probe(target, results)
+            if (await self._probe(target, results)).outcome != "confirmed":
+                await self._until_held(name, results)
             return
         helpers = self._helpers(name)
         timeout = health.widen(self.timeout, now)
@@ -486,6 +493,21 @@ they share `sockets` sockets (module docstring).
         else:
             log.debug("suspicion of %s refuted (%s)", name, result.outcome)
         await self._report(target, result, results)
+        if verdict != "confirmed" and result.outcome != "confirmed":
+            await self._until_held(name, results)
+
+    async def _until_held(self, name: str, results: trio.MemorySendChannel[ProbeResult]
+                          ) -> None:
+        """Probe `name` again a few times (SILENT_PROBES), until it answers and is held again
+        or the table found it unreachable (its own re-probes take over)."""
+        for _ in range(SILENT_PROBES):
+            await trio.sleep(SILENT_PROBE_PAUSE)
+            target = self.targets.get(name)
+            if target is None or (self._holds is not None and name in self._holds.held()):
+                return
+            result = await self._probe(target, results)
+            if result.outcome in ("confirmed", "refused"):
+                return
     def held(self) -> dict[str, str]:
         """The peers whose /hold is held open now, by name: the address held (for /peers)."""
         return self._holds.held() if self._holds is not None else {}
