@@ -214,7 +214,13 @@ async def test_the_prober_withholds_while_its_health_is_in_doubt(
     results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
 ) -> None:
     metrics = Metrics()
-    health = LocalHealth(changed=metrics.local_health.set)
+    exported: list[float] = []
+
+    def changed(score: int) -> None:
+        metrics.local_health.set(score)
+        exported.append(metrics.registry.get_sample_value("k3net_local_health", {}) or 0.0)
+
+    health = LocalHealth(changed=changed)
     prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=metrics, health=health)
     prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
     prober.targets["peer-b"] = ProbeTarget("peer-b", (LOOPBACK,), unanswering_port)
@@ -229,7 +235,7 @@ async def test_the_prober_withholds_while_its_health_is_in_doubt(
     assert again == ["timeout"] * SILENT_PROBES
     value = metrics.registry.get_sample_value
     assert value("k3net_suspicions_total", {"result": "withheld"}) == 1
-    assert value("k3net_local_health", {}) == 1
+    assert exported == [1, 0]  # and back to 0 once healthy for a while (DECAY)
 
 
 async def test_reach_probes_only_a_peer_it_follows(
