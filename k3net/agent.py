@@ -73,6 +73,7 @@ from k3net.tasks import addresses, join, prune, scan, watch
 from k3net.tasks import table as table_task
 from k3net.tasks.probe import Own, Prober
 from k3net.tasks.scan import Scanner
+from k3net.tasks.tcp import SERVED_IDLE, SERVED_SILENCE, keepalive
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
 from k3net.web.app import AppState, make_app
@@ -119,6 +120,8 @@ async def serve_http(
     from k3net.web.listen import listen_socket
 
     sock = await listen_socket(host, port)
+    # Held connections served to peers end when their holder vanished (k3net.tasks.tcp).
+    keepalive(sock, SERVED_SILENCE, idle=SERVED_IDLE)
     try:
         task_status.started(sock.getsockname()[1])
         serve = await trio.to_thread.run_sync(importlib.import_module, "k3net.web.serve")

@@ -197,15 +197,24 @@ async def _race(pending: list[Attempt], start: Callable[[], Attempt | None], att
 KEEPALIVE_IDLE = 1
 KEEPALIVE_INTERVAL = 1
 KEEPALIVE_COUNT = 3
+# The served side of a held connection (the agent's listener, whose accepted connections inherit
+# these options): the holder's keepalive probes arrive every second, so it sends none of its own
+# while they come (idle SERVED_IDLE > 1 s), and a holder that vanished is let go after
+# SERVED_SILENCE: its /hold slot (limits.HOLDS_PER_CLIENT) is free again for the connection it
+# makes when it comes back. No hurry there: nothing is judged from it.
+SERVED_IDLE = 5
+SERVED_SILENCE = 15.0
 
 
-def keepalive(sock: trio.socket.SocketType, silence: float) -> None:
-    """Have the kernel watch `sock`: keepalive probes every second while it is idle, and an
-    abort (ETIMEDOUT on the next receive) when nothing at all came back from the peer for
-    `silence` seconds (TCP_USER_TIMEOUT, which also bounds unacknowledged data). No Python runs
-    for it: the peer's kernel answers the probes, the abort wakes the task that waits to read."""
+def keepalive(sock: socket.socket | trio.socket.SocketType, silence: float,
+              idle: int = KEEPALIVE_IDLE) -> None:
+    """Have the kernel watch `sock`: keepalive probes every second once it is idle for `idle`
+    seconds, and an abort (ETIMEDOUT on the next receive) when nothing at all came back from the
+    peer for `silence` seconds (TCP_USER_TIMEOUT, which also bounds unacknowledged data). No
+    Python runs for it: the peer's kernel answers the probes, the abort wakes the task that waits
+    to read."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+    for option, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
                           ("TCP_KEEPCNT", KEEPALIVE_COUNT),
                           ("TCP_USER_TIMEOUT", max(1, round(silence * 1000)))):
         number = getattr(socket, option, None)
