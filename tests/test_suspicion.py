@@ -17,7 +17,7 @@ from k3net.core.messages import ProbeResult
 from k3net.core.table import ProbeTarget
 from k3net.health import LocalHealth
 from k3net.metrics import Metrics
-from k3net.tasks.probe import SILENT_PROBES, Helper, Prober, probe_peer, suspect
+from k3net.tasks.probe import Helper, Prober, probe_peer, suspect
 
 from .helpers.fakeagent import FakeAgent
 
@@ -189,7 +189,7 @@ async def test_a_lagging_loop_withholds_accusations(
 @pytest.fixture
 async def results() -> AsyncIterator[
         tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]]]:
-    send, receive = trio.open_memory_channel[ProbeResult](10)
+    send, receive = trio.open_memory_channel[ProbeResult](100)
     yield send, receive
 
 
@@ -209,7 +209,7 @@ async def test_the_prober_confirms_an_unreachable_peer_and_counts_it(
     assert value("k3net_probes_total", {"result": "unreachable"}) == 1
 
 
-async def test_the_prober_withholds_while_its_health_is_in_doubt(
+async def test_the_prober_withholds_while_its_health_is_in_doubt_then_judges_again(
     autojump_clock: trio.testing.MockClock, unanswering_port: int,
     results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
 ) -> None:
@@ -230,11 +230,15 @@ async def test_the_prober_withholds_while_its_health_is_in_doubt(
     await prober._suspect("peer-b", 2, send)  # the second of 2 in a few seconds: our link
     withheld = receive.receive_nowait()
     assert withheld.outcome == "timeout"  # an ordinary failed probe: nothing written
-    # Then probed again a few times, a second apart, to hold it again once it answers.
-    again = [receive.receive_nowait().outcome for _ in range(SILENT_PROBES)]
-    assert again == ["timeout"] * SILENT_PROBES
+    # Then probed every second while it stays silent, and judged again once this agent is
+    # healthy (DECAY later): not left to peer-ttl.
+    again = []
+    while (outcome := receive.receive_nowait().outcome) == "timeout":
+        again.append(outcome)
+    assert again and outcome == "unreachable"
     value = metrics.registry.get_sample_value
     assert value("k3net_suspicions_total", {"result": "withheld"}) == 1
+    assert value("k3net_suspicions_total", {"result": "confirmed"}) == 2
     assert exported == [1, 0]  # and back to 0 once healthy for a while (DECAY)
 
 
@@ -259,3 +263,39 @@ async def test_reach_probes_only_a_peer_it_follows(
             nursery.start_soon(ask)
     assert outcomes == ["timeout"] * 3
     assert trio.current_time() - start == pytest.approx(TIMEOUT)
+
+
+async def test_a_suspicion_other_agents_refute_is_followed_by_probes_only(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
+) -> None:
+    """A firewall dropping only our packets: the others reach it. We keep probing it (to hold
+    it again once the path is back), for SILENT_FOLLOW at most, and never ask again."""
+    from k3net.tasks import probe
+
+    metrics = Metrics()
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=metrics)
+    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
+    prober._helpers = lambda suspect: HELPERS[:1]  # type: ignore[method-assign]
+    asked: list[str] = []
+
+    async def reaches(helper: Helper, node: str, budget: float, **kwargs: object) -> bool:
+        asked.append(helper.name)
+        return True
+
+    send, receive = results
+    monkeypatch.setattr(probe, "ask_reach", reaches)
+    start = trio.current_time()
+    await prober._suspect("peer-a", 3, send)
+    assert asked == ["peer-b"]
+    outcomes = []
+    while True:
+        try:
+            outcomes.append(receive.receive_nowait().outcome)
+        except trio.WouldBlock:
+            break
+    assert set(outcomes) == {"timeout"} and len(outcomes) > 10
+    assert trio.current_time() - start == pytest.approx(probe.SILENT_FOLLOW, abs=3.0)
+    assert metrics.registry.get_sample_value("k3net_suspicions_total",
+                                             {"result": "refuted"}) == 1

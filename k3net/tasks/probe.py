@@ -374,11 +374,12 @@ class _Reaching:
     result: ProbeResult | None = None
 
 
-# After a suspicion that was not confirmed and did not reach the peer itself (refuted by another
-# agent, or withheld): how many more probes at most, and the pause between them, to hold it again
-# as soon as it answers (a blip of the path), rather than at its next round.
-SILENT_PROBES = 5
+# After a suspicion that was not confirmed while the peer stays silent (refuted by another agent,
+# or withheld): the pause between follow-up probes, and for how long at most. It is held again as
+# soon as it answers (a blip of the path), and a withheld accusation is judged again once this
+# agent is healthy (`Prober._follow`). One probe a second per such peer, on the shared budget.
 SILENT_PROBE_PAUSE = 1.0
+SILENT_FOLLOW = 60.0
 
 # After a held connection closes: how many probes at most, and the pause between them, while
 # they prove nothing either way (a probe that meets a process still going away).
@@ -440,9 +441,10 @@ they share `sockets` sockets (module docstring).
             return pending.result
         pending = self._reaching[name] = _Reaching()
         try:
+            # The plain probe timeout, even while this agent's health widens its own: the asker
+            # waits 2 x its timeout + 0.5 s for the answer, and a late answer is no answer.
             pending.result = await probe_peer(
-                name, target.addresses, target.port,
-                self.health.widen(self.timeout, trio.current_time()),
+                name, target.addresses, target.port, self.timeout,
                 key=self.key, own=self.own(), sockets=self._sockets)
         finally:
             del self._reaching[name]
@@ -459,28 +461,37 @@ they share `sockets` sockets (module docstring).
     async def _suspect(self, name: str, held: int,
                        results: trio.MemorySendChannel[ProbeResult]) -> None:
         """A held connection to `name` went silent (`held` peers were held): judge it
-        (`suspect`), and hand the table what it must know."""
-        now = trio.current_time()
-        health = self.health
-        health.hold_silent(now, held)
+        (`_judge`), and unless that settled it, follow it up (`_follow`)."""
+        self.health.hold_silent(trio.current_time(), held)
+        judged = await self._judge(name, results)
+        if judged is None:
+            return
+        verdict, result = judged
+        if verdict != "confirmed" and _silent(result):
+            await self._follow(name, results, judge=verdict == "withheld")
+
+    async def _judge(self, name: str, results: trio.MemorySendChannel[ProbeResult]
+                     ) -> tuple[Verdict, ProbeResult] | None:
+        """Judge the suspect `name` (`suspect`; withheld at once while this agent's health is
+        not 0) and hand the table its result. None: forgotten meanwhile."""
         target = self.targets.get(name)
         if target is None:
-            return  # forgotten meanwhile
+            return None
+        health = self.health
+        now = trio.current_time()
         if not health.healthy(now):
-            log.debug("%s went silent; local health %d: no accusation", name, health.score)
+            log.debug("%s silent; local health %d: no accusation", name, health.score)
             self.metrics.suspicions.labels(result="withheld").inc()
-            if (await self._probe(target, results)).outcome != "confirmed":
-                await self._until_held(name, results)
-            return
+            return "withheld", await self._probe(target, results)
         helpers = self._helpers(name)
-        timeout = health.widen(self.timeout, now)
 
         async def direct() -> ProbeResult:
             return await self._probe_only(target)
 
         async def ask(helper: Helper) -> bool | None:
-            # The agent asked probes the suspect itself first (its own timeout), then answers.
-            return await ask_reach(helper, name, 2 * timeout + 0.5, key=self.key,
+            # The agent asked probes the suspect itself first (with its own, unwidened probe
+            # timeout: see `reach`), then answers.
+            return await ask_reach(helper, name, 2 * self.timeout + 0.5, key=self.key,
                                    sockets=self._sockets)
 
         verdict, result = await suspect(direct, ask, helpers, health)
@@ -493,21 +504,34 @@ they share `sockets` sockets (module docstring).
         else:
             log.debug("suspicion of %s refuted (%s)", name, result.outcome)
         await self._report(target, result, results)
-        if verdict != "confirmed" and result.outcome != "confirmed":
-            await self._until_held(name, results)
+        return verdict, result
 
-    async def _until_held(self, name: str, results: trio.MemorySendChannel[ProbeResult]
-                          ) -> None:
-        """Probe `name` again a few times (SILENT_PROBES), until it answers and is held again
-        or the table found it unreachable (its own re-probes take over)."""
-        for _ in range(SILENT_PROBES):
+    async def _follow(self, name: str, results: trio.MemorySendChannel[ProbeResult], *,
+                      judge: bool) -> None:
+        """A suspicion not confirmed while the peer stays silent: probe it every
+        SILENT_PROBE_PAUSE, for SILENT_FOLLOW at most, until it answers (and is held again) or
+        refuses. `judge`: the accusation was withheld, so once this agent's health is back to 0
+        the peer is judged again (`_judge`) rather than left to peer-ttl; after a refutation by
+        other agents (they reach it) plain probes only."""
+        deadline = trio.current_time() + SILENT_FOLLOW
+        while trio.current_time() < deadline:
             await trio.sleep(SILENT_PROBE_PAUSE)
             target = self.targets.get(name)
             if target is None or (self._holds is not None and name in self._holds.held()):
                 return
-            result = await self._probe(target, results)
-            if result.outcome in ("confirmed", "refused"):
+            if judge and self.health.healthy(trio.current_time()):
+                judged = await self._judge(name, results)
+                if judged is None:
+                    return
+                verdict, result = judged
+                if verdict == "confirmed":
+                    return  # the table re-probes it from now on
+                judge = verdict == "withheld"
+            else:
+                result = await self._probe(target, results)
+            if not _silent(result):
                 return
+
     def held(self) -> dict[str, str]:
         """The peers whose /hold is held open now, by name: the address held (for /peers)."""
         return self._holds.held() if self._holds is not None else {}
