@@ -51,7 +51,10 @@ verdict:
 
 Each is counted in k3net_suspicions_total{result}. The verdict takes one probe timeout (the
 agents asked answer after their own probe of it), so a vanished host is written about 1-2 s
-(the keepalive) + 0.7 s after it went.
+(the keepalive) + 0.7 s after it went. A peer still silent after a verdict other than confirmed
+is followed up (`Prober._follow`): probed every second for up to SILENT_FOLLOW, held again once
+it answers, and, when the accusation was only withheld, judged again as soon as this agent's
+health is back to 0.
 """
 
 from __future__ import annotations
