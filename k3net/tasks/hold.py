@@ -228,12 +228,15 @@ class Holds:
         if hold.scope.cancelled_caught:
             return  # released: forgotten, or moved
         if ended == "silent":
-            log.info("held connection to %s at %s went silent: suspecting it", target.name,
-                     address)
+            # (debug: on a LAN losing packets this is frequent, and settled by the suspicion)
+            log.debug("held connection to %s at %s went silent: suspecting it", target.name,
+                      address)
             self.metrics.held_silent.inc()
             if self._silent is not None:
                 await self._silent(target.name, held)
-                return
+            else:
+                await self._closed(target.name)  # no suspicion asked for: probe it now
+            return
         if ended == "no-hold":
             log.debug("no held connection to %s at %s: probes only", target.name, address)
             self._no_hold.add(target)  # no /hold there (a Go agent): probes only

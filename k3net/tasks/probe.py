@@ -502,8 +502,9 @@ they share `sockets` sockets (module docstring).
         if verdict == "confirmed":
             log.info("%s unreachable: %s", name, result.error)
         elif verdict == "withheld":
-            log.info("%s silent, but this agent's local health is %d: no accusation", name,
-                     health.score)
+            # (debug: LocalHealth logs at info when withholding starts and stops, and why)
+            log.debug("%s silent, but this agent's local health is %d: no accusation", name,
+                      health.score)
         else:
             log.debug("suspicion of %s refuted (%s)", name, result.outcome)
         await self._report(target, result, results)
