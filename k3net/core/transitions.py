@@ -7,7 +7,7 @@ and the evidence this agent holds, which comes from the messages the peer table 
 results, mDNS sightings and goodbyes) and from the writes it decided:
 
     node b NotReady (PeerRefused): 10.0.0.5:7946 refused twice, last answer 1.0 s ago
-    node b Unknown (PeerUnreachable): 10.0.0.5:7946 went silent, nobody asked reaches it, last answer 2.6 s ago
+    node b Unknown (PeerUnreachable): 10.0.0.5:7946 went silent, nobody reached it, last answer 2.6 s ago
     node b Unknown (PeerExpired): no agent refreshed its lastSeen for 90.2 s; our last probe: 10.0.0.5: timed out after 0.7s
     node b Ready (PeerAlive): answered at 10.0.0.5:7946, last answer 0.0 s ago
     node b NotReady (PeerLeft): said goodbye over mDNS 0.2 s ago, then 10.0.0.5:7946 refused once
@@ -238,8 +238,8 @@ class Transitions:
             return text + by_us, where
         if reason == PEER_UNREACHABLE:
             if ev.decided == "Unreachable":
-                return f"{where} went silent, nobody asked reaches it", where
-            return f"another agent found {where} silent, nobody it asked reaches it", where
+                return f"{where} went silent, nobody reached it", where
+            return f"another agent found {where} silent, nobody reached it", where
         if reason == PEER_EXPIRED:
             text = "no agent refreshed its lastSeen within the peer TTL"
             if ev.failure:
