@@ -66,6 +66,7 @@ import random
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Literal
 
 import attrs
 import trio
@@ -248,7 +249,8 @@ def proven(said: Facts | None, name: str, address: str, port: int) -> Facts:
 # suspect alone does not decide, few enough that a suspicion costs a handful of connections.
 HELPERS = 3
 
-Verdict = str  # confirmed | refuted | withheld (k3net_suspicions_total{result})
+# How a suspicion ended (k3net_suspicions_total{result}).
+Verdict = Literal["confirmed", "refuted", "withheld"]
 
 
 @attrs.frozen
