@@ -17,7 +17,7 @@ from k3net.core.messages import ProbeResult
 from k3net.core.table import ProbeTarget
 from k3net.health import LocalHealth
 from k3net.metrics import Metrics
-from k3net.tasks.probe import Helper, Prober, probe_peer, suspect
+from k3net.tasks.probe import REACH_REUSE, Helper, Prober, probe_peer, suspect
 
 from .helpers.fakeagent import FakeAgent
 
@@ -263,6 +263,13 @@ async def test_reach_probes_only_a_peer_it_follows(
             nursery.start_soon(ask)
     assert outcomes == ["timeout"] * 3
     assert trio.current_time() - start == pytest.approx(TIMEOUT)
+    # Asked again at once: the same answer, no new probe; later, a new probe.
+    start = trio.current_time()
+    await ask()
+    assert trio.current_time() == start
+    await trio.sleep(REACH_REUSE)
+    await ask()
+    assert trio.current_time() - start == pytest.approx(REACH_REUSE + TIMEOUT)
 
 
 async def test_a_suspicion_other_agents_refute_is_followed_by_probes_only(

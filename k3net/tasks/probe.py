@@ -371,12 +371,19 @@ async def suspect(
     return "confirmed", attrs.evolve(result, outcome="unreachable", error=result.error + asked)
 
 
+# A /reach probe's result answers every question about that peer for this long after it ended:
+# however fast a client asks, /reach probes a peer at most about twice a second (less than a
+# probe timeout old: as fresh as the question can tell).
+REACH_REUSE = 0.5
+
+
 @attrs.define
 class _Reaching:
     """A /reach probe under way, shared by every question about that peer meanwhile."""
 
     done: trio.Event = attrs.Factory(trio.Event)
     result: ProbeResult | None = None
+    ended: float = 0.0  # when the probe ended (`REACH_REUSE`)
 
 
 # After a suspicion that was not confirmed while the peer stays silent (refuted by another agent,
@@ -432,16 +439,19 @@ they share `sockets` sockets (module docstring).
         self._holds: Holds | None = None  # the peers' held connections, while running
         # This agent as an observer (k3net.health): widens timeouts, withholds accusations.
         self.health = health or LocalHealth()
-        self._reaching: dict[str, _Reaching] = {}  # /reach probes under way, by peer
+        # /reach probes under way, or ended less than REACH_REUSE ago, by peer.
+        self._reaching: dict[str, _Reaching] = {}
 
     async def reach(self, name: str) -> ProbeResult | None:
         """For /reach: probe the peer followed as `name` now (None: no such peer, or the probe
-        was cut short). Questions about one peer meanwhile share its probe."""
+        was cut short). Questions about one peer meanwhile, or within REACH_REUSE after, share
+        its probe."""
         target = self.targets.get(name)
         if target is None:
             return None
         pending = self._reaching.get(name)
-        if pending is not None:
+        if pending is not None and (not pending.done.is_set()
+                                    or trio.current_time() - pending.ended < REACH_REUSE):
             await pending.done.wait()
             return pending.result
         pending = self._reaching[name] = _Reaching()
@@ -452,9 +462,19 @@ they share `sockets` sockets (module docstring).
                 name, target.addresses, target.port, self.timeout,
                 key=self.key, own=self.own(), sockets=self._sockets)
         finally:
-            del self._reaching[name]
+            pending.ended = trio.current_time()
             pending.done.set()
+            if pending.result is None:
+                del self._reaching[name]  # cut short: nothing to share
+        self._forget_reached()
         return pending.result
+
+    def _forget_reached(self) -> None:
+        """Drop shared /reach results older than REACH_REUSE (bounded by the peers followed)."""
+        now = trio.current_time()
+        for name in [n for n, r in self._reaching.items()
+                     if r.done.is_set() and now - r.ended >= REACH_REUSE]:
+            del self._reaching[name]
 
     def _helpers(self, suspect: str) -> list[Helper]:
         """Up to HELPERS agents to ask about `suspect`: held peers, chosen at random."""
