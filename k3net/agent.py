@@ -59,19 +59,21 @@ from typing import Any, Protocol
 
 import trio
 
+from k3net import limits
 from k3net.core.addresses import MachineAddresses
 from k3net.core.messages import OwnAddresses, ProbeResult, SelfHeartbeat, StoreChanged, Tick
 from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
 from k3net.current import Current, follow
 from k3net.durations import format_duration
 from k3net.events import EventHub
-from k3net.health import StoreHealth
+from k3net.health import LocalHealth, StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
 from k3net.tasks import addresses, introduce, watch
 from k3net.tasks import table as table_task
 from k3net.tasks.probe import Own, Prober
+from k3net.tasks.tcp import SERVED_IDLE, SERVED_SILENCE, keepalive
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
 from k3net.web.app import AppState, make_app
@@ -118,6 +120,8 @@ async def serve_http(
     from k3net.web.listen import listen_socket
 
     sock = await listen_socket(host, port)
+    # Held connections served to peers end when their holder vanished (k3net.tasks.tcp).
+    keepalive(sock, SERVED_SILENCE, idle=SERVED_IDLE)
     try:
         task_status.started(sock.getsockname()[1])
         serve = await trio.to_thread.run_sync(importlib.import_module, "k3net.web.serve")
@@ -149,6 +153,8 @@ class Agent:
         self.serve = serve
         self.metrics = metrics or Metrics()
         self.health = StoreHealth()
+        # This agent as an observer of its peers (k3net.health): exported, read by the prober.
+        self.local_health = LocalHealth(changed=self.metrics.local_health.set)
         self.hub = EventHub(self.metrics)
         self.writer = Writer(self.store, self.metrics, self.health)
         self.table = PeerTable(
@@ -263,8 +269,10 @@ class Agent:
         # and peers see us from the first packet): the rest starts meanwhile.
         producers.start_soon(self._advertise)
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
-                        key=s.cluster_key, own=self._own)
+                        key=s.cluster_key, own=self._own, health=self.local_health)
         self.web.held = prober.held
+        self.web.reach = prober.reach
+        await producers.start(self.local_health.run)
         foreign = ForeignTally()  # values under the Node prefix that are not Nodes, for /metrics
         self.metrics.watch_foreign(foreign)
 
@@ -463,9 +471,15 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
         nursery.cancel_scope.cancel()
 
 
-def _raise_file_limit(want: int = 65536) -> None:
+# The soft file descriptor limit the agent asks for at start (module docstring of limits): every
+# peer followed is held (limits.HELD) and holds us (limits.HOLDS), besides the probes' sockets.
+FILE_LIMIT = 16384
+
+
+def _raise_file_limit(want: int = FILE_LIMIT) -> int:
     """Held connections and probes take a file descriptor each: lift the soft limit (often 1024)
-    towards the hard one, as the Go runtime does for its programs."""
+    towards the hard one, up to `want`, as the Go runtime does for its programs. Logs and
+    returns the limit the agent runs with."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -473,8 +487,16 @@ def _raise_file_limit(want: int = 65536) -> None:
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError) as exc:
-            log.debug("file descriptor limit stays at %d: %s", soft, exc)
+            log.warning("file descriptor limit stays at %d: %s", soft, exc)
+    if soft != resource.RLIM_INFINITY and soft < 2 * limits.HELD:
+        log.warning("file descriptor limit %d: fewer than %d, not every peer can be held on a"
+                    " LAN that large (raise LimitNOFILE)", soft, 2 * limits.HELD)
+    else:
+        log.info("file descriptor limit: %s", "unlimited" if soft == resource.RLIM_INFINITY
+                 else soft)
+    return int(soft)
 
 
 async def _stop_on_signal(agent: Agent) -> None:

@@ -36,17 +36,29 @@ RESOLVER_SLOTS = 16
 RESOLVE_TRIES = 4
 
 # Peers whose /hold this agent holds open (k3net.tasks.hold): one socket each here and one at
-# the peer. A crash of one of them is seen in a second; the rest rely on their probes.
-HELD = 256
+# the peer. Every peer followed is held: a crash is seen in a second, and a vanished host in a
+# few (its held connection goes silent), whatever the LAN's size. The kernel does the watching
+# (TCP keepalive), so a held peer costs a file descriptor, a sleeping task and a few hundred
+# bytes a second on the wire, no Python work; `agent._raise_file_limit` makes room for them.
+HELD = PEERS
 
 # Held /hold connections from one client address. One agent holds one connection to us; a
 # few more cover several agents on one host and a restarted one whose old connection has not
 # ended yet.
 HOLDS_PER_CLIENT = 4
 
-# Held /hold connections in all, each one file descriptor: one per agent that holds us (an agent
-# holds at most HELD peers, so on the largest LANs not every one of them holds us).
-HOLDS = 1024
+# Held /hold connections in all, each one file descriptor: one per agent that holds us (every
+# agent holds every peer it follows, so as many as the peers an agent follows). With HELD, the
+# probes' sockets and the subscribers, an agent at every cap needs about 4,700 descriptors: the
+# unit's LimitNOFILE is 16384, twice that with room.
+HOLDS = PEERS
+
+# /reach questions answered at once, from one client address and in all. Each makes this
+# agent probe a peer it already follows (never an address from the request), so it costs what a
+# probe costs: a suspicion asks at most 3 agents, and a client with more than a few questions
+# under way at once is not a peer being careful but a flood. Past either cap: 429 / 503.
+REACHES_PER_CLIENT = 4
+REACHES = 32
 
 # Open /events websockets from one client address: a few browser tabs and `k3net watch`.
 SUBSCRIBERS_PER_CLIENT = 8
@@ -83,6 +95,8 @@ NAMES = (
     "resolve-tries",
     "holds-per-client",
     "holds",
+    "reaches-per-client",
+    "reaches",
     "subscribers-per-client",
     "subscribers",
     "rejected-history",

@@ -145,7 +145,7 @@ class Metrics:
         r.register(_ForeignValues())
         self.probes = Counter(
             "k3net_probes", "Probes of peers, by result (confirmed, wrong-node, unauthenticated, refused,"
-            " timeout, unverified).", ["result"], registry=r,
+            " timeout, unverified; unreachable: a suspicion confirmed).", ["result"], registry=r,
         )
         self.held = Gauge(
             "k3net_held_connections", "Connections held open to peers' /hold now (tasks/hold.py).",
@@ -154,6 +154,23 @@ class Metrics:
         self.held_closed = Counter(
             "k3net_held_connections_closed", "Held connections that a peer closed, each answered by"
             " a probe at once.", registry=r,
+        )
+        self.held_silent = Counter(
+            "k3net_held_connections_silent", "Held connections that went silent (no ACK from the"
+            " peer's kernel for the keepalive's user timeout), each answered by a suspicion.",
+            registry=r,
+        )
+        self.suspicions = Counter(
+            "k3net_suspicions", "Suspicions of a silent peer, by result: confirmed (written"
+            " Unknown/PeerUnreachable), refuted (it, or an agent asked, reached it), withheld"
+            " (this agent's local health was not 0: it accused nobody).", ["result"], registry=r,
+        )
+        for result in ("confirmed", "refuted", "withheld"):
+            self.suspicions.labels(result=result)
+        self.local_health = Gauge(
+            "k3net_local_health", "This agent's local health score (k3net.health): 0 when it may"
+            " judge its peers; above 0 its timeouts are widened x(1+score) and it accuses nobody.",
+            registry=r,
         )
         self.probe_latency = Histogram(
             "k3net_probe_latency_seconds", "Time a probe took (connect, ask /info, read the answer).",

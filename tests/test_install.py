@@ -222,7 +222,7 @@ def test_shipped_unit_runs_in_its_own_limits() -> None:
     assert unit_values(unit, "Restart") == ["on-failure"]
     assert unit_values(unit, "MemoryMax") == ["256M"]
     assert unit_values(unit, "TasksMax") == ["128"]
-    assert unit_values(unit, "LimitNOFILE") == ["4096"]
+    assert unit_values(unit, "LimitNOFILE") == ["16384"]
     for line in ("Type=notify", "DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict",
                  "ProtectHome=yes", "WatchdogSec="):
         assert line in unit.read_text(), line

@@ -65,7 +65,7 @@ def test_a_killed_peer_is_one_warning_with_its_evidence(agents: AgentFactory) ->
         assert record["last_answer"] < 10
 
 
-def test_a_vanished_peer_expires_with_a_warning_and_returns_with_info(
+def test_a_vanished_peer_is_unreachable_with_a_warning_and_returns_with_info(
     agents: AgentFactory,
 ) -> None:
     with Lan(2) as lan:
@@ -74,18 +74,19 @@ def test_a_vanished_peer_expires_with_a_warning_and_returns_with_info(
         a.wait_ready()
         b.wait_ready()
         wait_for(partial(_ready_is, a, ("True", "PeerAlive")), 15, what="node-b Ready at a")
-        lan[1].link_down()  # nothing answers and nothing refuses: only the TTL decides
-        wait_for(partial(_ready_is, a, ("Unknown", "PeerExpired")), 10,
-                 what="node-b expired at node-a")
+        lan[1].link_down()  # nothing answers and nothing refuses: the held connection's silence
+        wait_for(partial(_ready_is, a, ("Unknown", "PeerUnreachable")), 10,
+                 what="node-b unreachable at node-a")
         lan[1].link_up()
         wait_for(partial(_ready_is, a, ("True", "PeerAlive")), 10, what="node-b back at a")
         wait_for(lambda: a.log().count("node node-b Ready") == 2, 5, what="the return logged")
 
         lines = [line for line in a.log().splitlines() if "k3net.nodes: node node-b" in line]
-        assert len(lines) == 3, lines  # arrival, expiry, return: one line each
+        assert len(lines) == 3, lines  # arrival, unreachable, return: one line each
         assert " INFO " in lines[0] and " INFO " in lines[2]
         assert re.search(
-            r" WARNING k3net\.nodes: node node-b Unknown \(PeerExpired\): no agent refreshed its "
-            r"lastSeen within the peer TTL; our last probe: .*, last answer \d+\.\d s ago$",
+            r" WARNING k3net\.nodes: node node-b Unknown \(PeerUnreachable\): "
+            rf"{re.escape(lan[1].address)}:7946 went silent, nobody reached it, "
+            r"last answer \d+\.\d s ago$",
             lines[1]), lines[1]
         assert re.search(r"Ready \(PeerAlive\): answered at ", lines[2]), lines[2]

@@ -103,7 +103,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
     done = subprocess.run([promtool(), "check", "rules", str(ALERTS)], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 4 rules found" in done.stdout
+    assert "SUCCESS: 5 rules found" in done.stdout
 
 
 def test_promtool_fails_on_a_bad_rule(tmp_path: Path) -> None:

@@ -35,16 +35,19 @@ from k3net.core.nodes import (
     AGENT_READY,
     PEER_ALIVE,
     PEER_REFUSED,
+    PEER_UNREACHABLE,
     Alive,
     Expired,
     Left,
     Readiness,
     Refused,
     Shutdown,
+    Unreachable,
     last_seen,
     render,
 )
 from k3net.core.table import (
+    DOWN_REPROBE,
     LEAVING_REPROBES,
     PAUSE,
     REPROBE_DELAY,
@@ -750,7 +753,9 @@ def result(outcome: ProbeOutcome, started: float = 0.0, peer: PeerSeen = PEER) -
     if outcome == "confirmed":
         return ok(peer, started)
     refused = peer.addresses if outcome == "refused" else ()
-    return ProbeResult(peer.name, outcome, 0.001, started=started, refused=refused)
+    silent = peer.addresses if outcome == "unreachable" else ()
+    return ProbeResult(peer.name, outcome, 0.001, started=started, refused=refused,
+                       silent=silent)
 
 
 def test_refused_twice_marks_the_node_refused_at_once() -> None:
@@ -1178,6 +1183,12 @@ def _leaving(t: PeerTable, *, goodbye: bool) -> float:
     return 11.0
 
 
+def _unreachable(t: PeerTable) -> float:
+    joined(t)
+    t.handle(result("unreachable", 10.0), 10.0)
+    return 10.0 + DOWN_REPROBE
+
+
 def _unauthenticated(t: PeerTable) -> float:
     joined(t)
     t.handle(result("unauthenticated"), 0.1)  # proven once, now without the key
@@ -1196,6 +1207,7 @@ RECIPES: dict[str, Any] = {
     "leaving after a goodbye": lambda t: _leaving(t, goodbye=True),
     "leaving after an expired record": lambda t: _leaving(t, goodbye=False),
     "unauthenticated": _unauthenticated,
+    "unreachable": _unreachable,
     "unauthenticated, proven before": _unauthenticated_proven_before,
 }
 
@@ -1209,6 +1221,8 @@ def _happen(t: PeerTable, event: PeerEvent, now: float) -> None:
             t.handle(result("refused", now), now)
         case PeerEvent.FAILED:
             t.handle(result("timeout", now), now)
+        case PeerEvent.UNREACHABLE:
+            t.handle(result("unreachable", now), now)
         case PeerEvent.UNAUTHENTICATED:
             t.handle(result("unauthenticated", now), now)
         case PeerEvent.ANNOUNCED:
@@ -1444,3 +1458,79 @@ def test_a_node_of_our_name_left_by_a_previous_run_is_taken_over(outcome: ProbeO
     assert actions[0] == Forget("me")
     (own,) = writes(actions)
     assert own.intent.pid == ME.pid and t.name_conflict is None  # type: ignore[union-attr]
+
+
+# --- silence: a suspicion confirmed -----------------------------------------------------------
+
+
+def test_an_unreachable_peer_is_written_unknown_at_once_and_ready_on_its_return() -> None:
+    t = table()
+    put = joined(t)
+    actions = t.handle(result("unreachable", 10.0), 10.0)
+    assert actions[0] == ProbeNow(TARGET, delay=DOWN_REPROBE)  # probed every second while down
+    write = only_write(actions[1:])
+    assert write == Write(Unreachable("peer-a", last_seen(put.stored.node)), put.stored)
+    down = commit(write, wall=10.0)
+    assert (down.stored.node.ready_status, down.stored.node.condition().reason) == (  # type: ignore[union-attr]
+        "Unknown", PEER_UNREACHABLE)
+    t.handle(down, 10.1)
+    # Still down: one re-probe a second, however many other probes fail meanwhile.
+    assert t.handle(result("timeout", 10.5), 10.5) == []  # a round's probe, before the due one
+    assert t.handle(result("timeout", 11.0), 11.0) == [ProbeNow(TARGET, delay=DOWN_REPROBE)]
+    assert t.handle(result("timeout", 11.2), 11.2) == []
+    # Back: its first answer writes it Ready, with a fresh lastSeen.
+    back = only_write(t.handle(ok(started=12.0), 12.0))
+    node = commit(back, wall=12.0).stored.node
+    assert node.ready_status == "True"
+    assert last_seen(node) != last_seen(put.stored.node)
+    assert [p.state for p in t.peers()] == ["alive"]
+
+
+def test_a_second_agent_finding_it_unreachable_writes_nothing_more() -> None:
+    """Every agent holding it goes silent at once: the first write wins, the others render to
+    nothing (the Node is no longer Ready with the lastSeen they saw)."""
+    first, second = table(), table()
+    put = joined(first)
+    joined_put = second.handle(PEER, 0.0)
+    assert joined_put == [ProbeNow(TARGET)]
+    second.handle(ok(), 0.0)
+    second.handle(put, 0.0)
+    mine = only_write(first.handle(result("unreachable", 10.0), 10.0)[1:])
+    theirs = only_write(second.handle(result("unreachable", 10.0), 10.0)[1:])
+    down = commit(mine, wall=10.0)
+    assert render(down.stored.node, theirs.intent, WALL0) is None
+
+
+def test_silence_where_the_peer_never_proved_itself_is_no_evidence() -> None:
+    t = table()
+    joined(t)
+    elsewhere = ProbeResult("peer-a", "unreachable", 0.7, silent=("10.9.9.9",), started=10.0)
+    assert t.handle(elsewhere, 10.0) == []
+    assert [p.state for p in t.peers()] == ["alive"]
+
+
+def test_an_unreachable_peer_others_reach_is_not_written_down() -> None:
+    """contradicted (a firewall that drops only this agent's packets): nothing written."""
+    t = table()
+    put = joined(t)
+    t.handle(result("refused", 10.0), 10.0)
+    refusal = only_write(t.handle(result("refused", 11.0), 11.0))
+    t.handle(commit(refusal, wall=11.0), 11.0)
+    t.handle(with_status(put, "True", PEER_ALIVE), 12.0)  # others reach it: contradicted
+    assert writes(t.handle(result("unreachable", 20.0), 20.0)) == []
+
+
+def test_an_unreachable_store_found_peer_stays_followed_to_be_written_ready_again() -> None:
+    """A peer beyond the router, found in the store: its Node going Unknown must not make us
+    forget it (a store-found peer is followed only while Ready), or nobody would write it Ready
+    on its return."""
+    t = table()
+    put = commit(Write(Alive("peer-a", ("192.168.1.10",), 7946, 4242), None))
+    assert t.handle(put, 0.0) == [ProbeNow(TARGET)]
+    t.handle(ok(), 0.5)
+    assert [(p.found_by, p.state) for p in t.peers()] == [("store", "alive")]
+    down = commit(only_write(t.handle(result("unreachable", 10.0), 10.0)[1:]), wall=10.0)
+    assert Forget("peer-a") not in t.handle(down, 10.1)
+    assert [p.state for p in t.peers()] == ["unreachable"]
+    assert commit(only_write(t.handle(ok(started=12.0), 12.0)), wall=12.0).stored.node \
+        .ready_status == "True"

@@ -316,3 +316,36 @@ async def test_a_real_refusal_is_raised_as_such_and_leaks_nothing() -> None:
     with pytest.raises(ConnectionRefusedError):
         await tcp.connect(LOOPBACK, port)
     assert _open_fds() == before
+
+
+async def test_keepalive_has_the_kernel_watch_a_held_connection() -> None:
+    """Probes every second while idle, and an abort after `silence` with nothing back."""
+    import socket as stdlib
+
+    from k3net.tasks.tcp import KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, keepalive
+
+    with trio.socket.socket() as sock:
+        keepalive(sock, 2.0)
+        assert sock.getsockopt(stdlib.SOL_SOCKET, stdlib.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(stdlib.IPPROTO_TCP, stdlib.TCP_KEEPIDLE) == KEEPALIVE_IDLE
+        assert sock.getsockopt(stdlib.IPPROTO_TCP, stdlib.TCP_KEEPINTVL) == KEEPALIVE_INTERVAL
+        assert sock.getsockopt(stdlib.IPPROTO_TCP, stdlib.TCP_USER_TIMEOUT) == 2000
+
+
+async def test_connections_served_inherit_the_listeners_keepalive() -> None:
+    """A peer's /hold served here ends when its holder vanished (its slot is free again)."""
+    import socket as stdlib
+
+    from k3net.tasks.tcp import SERVED_IDLE, SERVED_SILENCE, keepalive
+
+    with stdlib.socket() as listener, stdlib.socket() as client:
+        listener.bind(("127.0.0.1", 0))
+        keepalive(listener, SERVED_SILENCE, idle=SERVED_IDLE)
+        listener.listen(1)
+        client.connect(listener.getsockname())
+        served, _ = listener.accept()
+        with served:
+            assert served.getsockopt(stdlib.SOL_SOCKET, stdlib.SO_KEEPALIVE) == 1
+            assert served.getsockopt(stdlib.IPPROTO_TCP, stdlib.TCP_KEEPIDLE) == SERVED_IDLE
+            assert served.getsockopt(stdlib.IPPROTO_TCP, stdlib.TCP_USER_TIMEOUT) == \
+                SERVED_SILENCE * 1000

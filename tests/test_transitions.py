@@ -14,7 +14,7 @@ from k3net.core.messages import (
     Snapshot,
     Stored,
 )
-from k3net.core.nodes import Alive, Expired, Left, Refused
+from k3net.core.nodes import Alive, Expired, Left, Refused, Unreachable
 from k3net.core.transitions import INFO, WARNING, Line, Transitions
 
 from .helpers.nodes import T0, make_node
@@ -132,3 +132,21 @@ def test_deleted_nodes_are_forgotten() -> None:
     [line] = t.store(Put(stored("True", "PeerAlive")), 2.0, WALL)
     assert line.text.startswith("node node-b Ready (PeerAlive): reached by another agent at "
                                 "10.0.0.5:7946")
+
+
+def test_a_vanished_host_is_one_warning_whoever_confirmed_it() -> None:
+    t = started(stored("True", "PeerAlive"))
+    answered(t, 10.0)
+    t.seen(ProbeResult("node-b", "unreachable", 0.7, silent=B,
+                       error="10.0.0.5: timed out after 700ms; none of 3 agents asked reach it"),
+           12.7)
+    t.decided(Unreachable("node-b", None))
+    [line] = t.store(Put(stored("Unknown", "PeerUnreachable", version=2)), 12.7, WALL)
+    assert (line.level, line.status, line.peer) == (WARNING, "Unknown", "10.0.0.5:7946")
+    assert line.text == ("node node-b Unknown (PeerUnreachable): 10.0.0.5:7946 went silent, "
+                         "nobody reached it, last answer 2.7 s ago")
+    other = started(stored("True", "PeerAlive"))
+    answered(other, 10.0)
+    [line] = other.store(Put(stored("Unknown", "PeerUnreachable", version=2)), 12.7, WALL)
+    assert line.text.startswith("node node-b Unknown (PeerUnreachable): another agent found "
+                                "10.0.0.5:7946 silent")

@@ -44,7 +44,8 @@ class PeerRejected:
 
 
 ProbeOutcome = Literal[
-    "confirmed", "wrong-node", "unauthenticated", "refused", "timeout", "unverified"
+    "confirmed", "wrong-node", "unauthenticated", "refused", "timeout", "unverified",
+    "unreachable",
 ]
 
 
@@ -60,7 +61,10 @@ class ProbeResult:
       written (a `rejected` event, reason `unauthenticated`);
     - refused: every address actively refused the connection: nothing listens there;
     - timeout: no address answered in time;
-    - unverified: something accepted the connection but did not answer as an agent.
+    - unverified: something accepted the connection but did not answer as an agent;
+    - unreachable: a suspicion confirmed (`k3net.tasks.probe`): its held connection went silent,
+      a direct probe got no answer at all at `silent` (no SYN-ACK, no refusal), and no other
+      agent asked could reach it; never concluded while this agent's local health is not 0.
     """
 
     name: str
@@ -74,6 +78,7 @@ class ProbeResult:
     # saw (the address and port where it answered as itself): all that may be written.
     facts: Facts | None = None
     refused: tuple[str, ...] = ()  # the addresses that actively refused the connection
+    silent: tuple[str, ...] = ()  # the addresses where nothing answered at all (no SYN-ACK)
 
 
 @attrs.frozen

@@ -52,6 +52,7 @@ AGENT_READY = "AgentReady"
 PEER_LEFT = "PeerLeft"
 PEER_EXPIRED = "PeerExpired"
 PEER_REFUSED = "PeerRefused"
+PEER_UNREACHABLE = "PeerUnreachable"
 AGENT_SHUTDOWN = "AgentShutdown"
 
 
@@ -132,13 +133,24 @@ class Refused:
 
 
 @attrs.frozen
+class Unreachable:
+    """The peer's host went silent and nobody reaches it (a suspicion confirmed by this agent and
+    the agents it asked, `k3net.tasks.probe`): Ready=Unknown at once, as an expiry would say
+    after peer-ttl. Applies only while the Node is still Ready with lastSeen ==
+    `seen_last_seen`: an agent that reached it meanwhile wins."""
+
+    name: str
+    seen_last_seen: str | None
+
+
+@attrs.frozen
 class Shutdown:
     """This agent is stopping cleanly: its own Node goes Ready=False."""
 
     name: str
 
 
-Intent = Alive | Left | Expired | Refused | Shutdown
+Intent = Alive | Left | Expired | Refused | Unreachable | Shutdown
 
 
 def ordered_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -253,6 +265,8 @@ def _message(intent: Intent) -> str:
         return "no agent reached the peer within the peer TTL"
     if isinstance(intent, Refused):
         return "nothing listens on the peer's port any more: its agent stopped"
+    if isinstance(intent, Unreachable):
+        return "the peer's host stopped answering: no agent reaches it"
     return "k3net agent shut down"
 
 
@@ -276,7 +290,7 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         or last_seen(existing) != intent.stale_last_seen
     ):
         return None  # someone reached it meanwhile, or it is already not Ready
-    if isinstance(intent, Refused) and existing is not None and (
+    if isinstance(intent, (Refused, Unreachable)) and existing is not None and (
         readiness(existing) is not Readiness.TRUE
         or last_seen(existing) != intent.seen_last_seen
     ):
@@ -322,6 +336,8 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         _set_ready(node, Readiness.UNKNOWN, PEER_EXPIRED, _message(intent), now)
     elif isinstance(intent, Refused):
         _set_ready(node, Readiness.FALSE, PEER_REFUSED, _message(intent), now)
+    elif isinstance(intent, Unreachable):
+        _set_ready(node, Readiness.UNKNOWN, PEER_UNREACHABLE, _message(intent), now)
     else:
         _set_ready(node, Readiness.FALSE, AGENT_SHUTDOWN, _message(intent), now)
 

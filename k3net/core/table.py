@@ -31,8 +31,9 @@ When the agent moves to another store (`StoreChanged`, a reload) the view is emp
 way and what this agent knows is written there at once (`_store_changed`).
 
 Each peer this agent follows is in exactly one state, one value of `State`: NEW, ALIVE,
-SUSPECT, REFUSED, LEAVING or UNAUTHENTICATED (the classes `New` to `Unauthenticated` below,
-shown in /peers by their names in lower case; SUSPECT and LEAVING carry what only they need).
+SUSPECT, REFUSED, LEAVING, UNAUTHENTICATED or UNREACHABLE (the classes `New` to `Unreachable`
+below, shown in /peers by their names in lower case; SUSPECT, LEAVING and UNREACHABLE carry what
+only they need).
 What can happen to a peer is one `PeerEvent`: a probe's outcome (see `ProbeResult`), an mDNS
 announcement or goodbye, its Node turning Ready. Every (state, event) pair that does something
 is one row of `TRANSITIONS`, an executable table, and its handler is the only code that moves a
@@ -42,11 +43,11 @@ found only in the store is forgotten when its Node stops being a live agent's (s
 The table as `tests/test_table.py` checks that it reads here (event, from which states, to
 which, what the handler does):
 
-    answered         new, alive, suspect, refused, unauthenticated -> alive
+    answered         new, alive, suspect, refused, unauthenticated, unreachable -> alive
                      Ask the writer for what its Node lacks, usually nothing (`_alive`).
     answered         leaving -> leaving
                      Write what its Node lacks; re-probe soon, LEAVING_REPROBES times.
-    refused          new, alive, unauthenticated -> suspect
+    refused          new, alive, unauthenticated, unreachable -> suspect
                      Re-probe REPROBE_DELAY later; nothing is written yet.
     refused          suspect -> refused or suspect
                      Write False/PeerRefused (too soon after the first: re-probe).
@@ -54,13 +55,21 @@ which, what the handler does):
                      Stop probing it; after a goodbye, write False/PeerLeft.
     failed           leaving -> forgotten
                      Stop probing it; after a goodbye, write False/PeerLeft.
-    unauthenticated  new, alive, suspect, refused, leaving -> unauthenticated
+    unreachable      alive, suspect, refused -> unreachable
+                     Write Unknown/PeerUnreachable at once; re-probe DOWN_REPROBE later.
+    unreachable      unreachable -> unreachable
+                     Re-probe DOWN_REPROBE later (once per due re-probe: no chains pile up).
+    failed           unreachable -> unreachable
+                     Re-probe DOWN_REPROBE later (once per due re-probe: no chains pile up).
+    unreachable      leaving -> forgotten
+                     Stop probing it; after a goodbye, write False/PeerLeft.
+    unauthenticated  new, alive, suspect, refused, leaving, unreachable -> unauthenticated
                      Report it rejected, once; it is never written.
     announced        leaving -> new
                      Its goodbye is void: it is probed as a new peer.
-    goodbye          alive, suspect, refused, leaving -> leaving
+    goodbye          alive, suspect, refused, leaving, unreachable -> leaving
                      Probe it at once: its next failed probe writes False/PeerLeft.
-    unannounced      alive, suspect, refused, leaving -> leaving
+    unannounced      alive, suspect, refused, leaving, unreachable -> leaving
                      Probe it at once: its next failed probe ends following it.
     goodbye          new, unauthenticated -> leaving or forgotten
                      Forget it now if mDNS found it and it never proved itself; else leaving.
@@ -114,6 +123,13 @@ Positive evidence is fast, absence is slow:
   after its Node went not-Ready, and must not turn it into PeerLeft).
 - `unauthenticated` (the peer answers but cannot prove the cluster key): never written; reported
   once per peer as a rejected entry.
+- Silence is the one absence judged before peer-ttl, and only once confirmed elsewhere: the
+  prober turns a held connection gone silent into a suspicion (`k3net.tasks.probe`), and only a
+  suspicion confirmed (nothing answered at the addresses the peer proved, no agent asked reached
+  it, this agent's local health is 0) arrives here, as the outcome `unreachable`. For a peer that
+  proved itself there it writes Unknown/PeerUnreachable at once (unless `contradicted`: others
+  reach it), and the peer is re-probed every DOWN_REPROBE: its first answer writes it Ready
+  again (`_reached`), its host's refusal makes it SUSPECT.
 
 Peers are found over mDNS on this segment, from `--join` and `--scan` (`PeerSeen.found_by`), and
 in the shared store: a managed Node that is Ready and carries a port annotation and addresses is
@@ -185,6 +201,11 @@ PAUSE = 1.0
 # An introduction (k3net.tasks.introduce) comes last: anyone may send one, so it never changes
 # where a peer found another way is probed.
 FOUND_BY = ("mdns", "join", "scan", "store", "introduced")
+# A peer found unreachable (its held connection went silent, nobody reaches it) is probed this
+# often until it answers: its Node is Ready again within about this much of its return. Every
+# such probe shares the probes' socket budget (`limits.PROBE_SOCKETS`), so many hosts down at
+# once slow each other's re-probes down, never the agent.
+DOWN_REPROBE = 1.0
 # How many quick re-probes a peer that said goodbye but still answers gets before it is left to
 # the ordinary rounds (an mDNS record that expired while its agent runs).
 LEAVING_REPROBES = 5
@@ -335,8 +356,18 @@ class Unauthenticated(_State):
     """It answers, but cannot prove the cluster key: never written."""
 
 
-State = New | Alive | Suspect | Refused | Leaving | Unauthenticated
-STATES: tuple[type[State], ...] = (New, Alive, Suspect, Refused, Leaving, Unauthenticated)
+@attrs.frozen
+class Unreachable(_State):
+    """Its host went silent and no agent asked could reach it: its Node was marked
+    Unknown/PeerUnreachable (unless `contradicted`). Re-probed every DOWN_REPROBE until it
+    answers."""
+
+    due: float  # when the next quick re-probe is due: a failure before that asks for no other
+
+
+State = New | Alive | Suspect | Refused | Leaving | Unauthenticated | Unreachable
+STATES: tuple[type[State], ...] = (New, Alive, Suspect, Refused, Leaving, Unauthenticated,
+                                   Unreachable)
 
 
 class PeerEvent(enum.Enum):
@@ -350,6 +381,9 @@ class PeerEvent(enum.Enum):
     GOODBYE = "goodbye"  # its mDNS goodbye
     UNANNOUNCED = "unannounced"  # its mDNS record expired unanswered: no goodbye
     NODE_READY = "node-ready"  # its Node turned Ready in the store, whoever wrote it
+    # A suspicion confirmed (`unreachable`): its held connection went silent, nothing answered
+    # at the addresses it proved, and no agent asked reached it.
+    UNREACHABLE = "unreachable"
 
 
 @attrs.define
@@ -434,10 +468,11 @@ def _addresses_differ(stored: tuple[str, ...], known: tuple[str, ...], *, exact:
 
 
 def _probe_event(
-    outcome: ProbeOutcome, *, unverified_counts: bool, refusal_counts: bool
+    outcome: ProbeOutcome, *, unverified_counts: bool, refusal_counts: bool,
+    silence_counts: bool = False,
 ) -> PeerEvent:
-    """The event a probe's outcome is for a peer (module docstring). A refusal only where the
-    peer never proved itself is no evidence against it: a failure."""
+    """The event a probe's outcome is for a peer (module docstring). A refusal or a silence
+    only where the peer never proved itself is no evidence against it: a failure."""
     match outcome:
         case "confirmed":
             return PeerEvent.ANSWERED
@@ -447,6 +482,8 @@ def _probe_event(
             return PeerEvent.REFUSED
         case "unauthenticated":
             return PeerEvent.UNAUTHENTICATED
+        case "unreachable" if silence_counts:
+            return PeerEvent.UNREACHABLE
         case _:
             return PeerEvent.FAILED
 
@@ -608,6 +645,23 @@ class PeerTable:
             return None, [Forget(peer.name)]
         return self._record_expired(peer, now, probe)
 
+    def _unreachable(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Write Unknown/PeerUnreachable at once; re-probe DOWN_REPROBE later."""
+        state = Unreachable(due=now + DOWN_REPROBE)
+        actions: list[Action] = [ProbeNow(peer.target, delay=DOWN_REPROBE)]
+        view = self._views.get(peer.name)
+        if peer.contradicted or view is None or not view.stored.node.managed or not view.ready:
+            return state, actions  # (others reach it, or it is not Ready: nothing to mark)
+        return state, [*actions, Write(nodes.Unreachable(peer.name, view.last_seen), view.stored)]
+
+    def _still_unreachable(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
+        """Re-probe DOWN_REPROBE later (once per due re-probe: no chains pile up)."""
+        state = peer.state
+        assert isinstance(state, Unreachable)  # the only rows of this handler
+        if now < state.due:
+            return state, []  # another probe's failure (a round's): the due one is on its way
+        return Unreachable(due=now + DOWN_REPROBE), [ProbeNow(peer.target, delay=DOWN_REPROBE)]
+
     def _overruled(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
         """Others reach it: write no refusal of ours until we confirm it."""
         peer.contradicted = True
@@ -678,7 +732,8 @@ class PeerTable:
                 peer.proven = result.facts
                 peer.port = result.facts.port or peer.port
         event = _probe_event(result.outcome, unverified_counts=unverified_counts,
-                             refusal_counts=peer.proven_at(result.refused))
+                             refusal_counts=peer.proven_at(result.refused),
+                             silence_counts=peer.proven_at(result.silent))
         return self._fire(peer, event, now, result)
 
     # --- the store --------------------------------------------------------------------------
@@ -793,8 +848,10 @@ class PeerTable:
             return []  # found on the LAN: the LAN's word on its addresses and port wins
         addresses, port, _ = _stored_peer(node) if node.managed and ready else ((), None, None)
         if port is None or not addresses:
-            if peer is None or isinstance(peer.state, Refused) or introduced:
-                return []  # (a refusal we wrote ourselves: keep the state, for contradictions)
+            if peer is None or isinstance(peer.state, Refused | Unreachable) or introduced:
+                # (a refusal we wrote ourselves: keep the state, for contradictions; one we
+                # found unreachable: keep re-probing it, to write it Ready on its return)
+                return []
             del self._peers[node.name]
             return [Forget(node.name)]
         if peer is not None and introduced:
@@ -983,14 +1040,20 @@ _PROVEN = tuple(state for state in STATES if state not in _MAYBE_UNPROVEN)
 
 # Every (state, event) pair that does something; the module docstring shows it as a table.
 TRANSITIONS: dict[tuple[type[State], PeerEvent], Transition] = {
-    **_rows((New, Alive, Suspect, Refused, Unauthenticated), PeerEvent.ANSWERED, (Alive,),
-            PeerTable._reached),
+    **_rows((New, Alive, Suspect, Refused, Unauthenticated, Unreachable), PeerEvent.ANSWERED,
+            (Alive,), PeerTable._reached),
     **_rows((Leaving,), PeerEvent.ANSWERED, (Leaving,), PeerTable._still_answers),
-    **_rows((New, Alive, Unauthenticated), PeerEvent.REFUSED, (Suspect,), PeerTable._suspect),
+    **_rows((New, Alive, Unauthenticated, Unreachable), PeerEvent.REFUSED, (Suspect,),
+            PeerTable._suspect),
     **_rows((Suspect,), PeerEvent.REFUSED, (Refused, Suspect), PeerTable._refused_again),
     **_rows((Leaving,), PeerEvent.REFUSED, (None,), PeerTable._gone_for_good),
     **_rows((Leaving,), PeerEvent.FAILED, (None,), PeerTable._gone_for_good),
-    **_rows((New, Alive, Suspect, Refused, Leaving), PeerEvent.UNAUTHENTICATED,
+    **_rows((Alive, Suspect, Refused), PeerEvent.UNREACHABLE, (Unreachable,),
+            PeerTable._unreachable),
+    **_rows((Unreachable,), PeerEvent.UNREACHABLE, (Unreachable,), PeerTable._still_unreachable),
+    **_rows((Unreachable,), PeerEvent.FAILED, (Unreachable,), PeerTable._still_unreachable),
+    **_rows((Leaving,), PeerEvent.UNREACHABLE, (None,), PeerTable._gone_for_good),
+    **_rows((New, Alive, Suspect, Refused, Leaving, Unreachable), PeerEvent.UNAUTHENTICATED,
             (Unauthenticated,), PeerTable._unproven),
     **_rows((Leaving,), PeerEvent.ANNOUNCED, (New,), PeerTable._announced_again),
     **_rows(_PROVEN, PeerEvent.GOODBYE, (Leaving,), PeerTable._said_goodbye),

@@ -7,6 +7,7 @@ and the evidence this agent holds, which comes from the messages the peer table 
 results, mDNS sightings and goodbyes) and from the writes it decided:
 
     node b NotReady (PeerRefused): 10.0.0.5:7946 refused twice, last answer 1.0 s ago
+    node b Unknown (PeerUnreachable): 10.0.0.5:7946 went silent, nobody reached it, last answer 2.6 s ago
     node b Unknown (PeerExpired): no agent refreshed its lastSeen for 90.2 s; our last probe: 10.0.0.5: timed out after 0.7s
     node b Ready (PeerAlive): answered at 10.0.0.5:7946, last answer 0.0 s ago
     node b NotReady (PeerLeft): said goodbye over mDNS 0.2 s ago, then 10.0.0.5:7946 refused once
@@ -43,6 +44,7 @@ from k3net.core.nodes import (
     PEER_EXPIRED,
     PEER_LEFT,
     PEER_REFUSED,
+    PEER_UNREACHABLE,
     READY_WORDS,
     Intent,
     Readiness,
@@ -58,7 +60,8 @@ INFO, WARNING = "info", "warning"
 # the bound only matters against a flood of names, which then costs evidence, never memory.
 MAX_EVIDENCE = 4096
 # The write this agent decides for each not-Ready reason (an intent's class name).
-_DECIDES = {PEER_REFUSED: "Refused", PEER_LEFT: "Left", PEER_EXPIRED: "Expired"}
+_DECIDES = {PEER_REFUSED: "Refused", PEER_LEFT: "Left", PEER_EXPIRED: "Expired",
+            PEER_UNREACHABLE: "Unreachable"}
 
 
 @attrs.frozen
@@ -233,6 +236,10 @@ class Transitions:
             if ev.failure:
                 text += f", then {ev.failure}"
             return text + by_us, where
+        if reason == PEER_UNREACHABLE:
+            if ev.decided == "Unreachable":
+                return f"{where} went silent, nobody reached it", where
+            return f"another agent found {where} silent, nobody reached it", where
         if reason == PEER_EXPIRED:
             text = "no agent refreshed its lastSeen within the peer TTL"
             if ev.failure:

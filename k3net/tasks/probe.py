@@ -31,27 +31,56 @@ one fail, nor the agent run out of file descriptors. Both count in k3net_limit_h
 
 Once a peer is confirmed, its /hold is held open (`k3net.tasks.hold`): when its process dies,
 the held connection closes and the peer is probed at once.
+
+Suspicion (SWIM's indirect probe): when a held connection goes silent (its host stopped ACKing
+the kernel's keepalive), the peer is suspected, and nothing is written before the suspicion is
+confirmed (`suspect`). At once and together: the peer is probed directly, and up to HELPERS
+other agents, chosen at random among the peers held open now (confirmed, alive, and not the
+suspect), are asked over their HTTP port whether they reach it (`GET /reach?node=NAME`, which
+probes the peer that agent follows under that name: never an address from the request). The
+verdict:
+
+- refuted: the direct probe got any answer from the host (confirmed, unverified: its kernel
+  accepted the connection, refused: its kernel lives), or any agent asked reached it;
+- withheld: this agent's local health is not 0 (`k3net.health`: its loop lags, many of its holds
+  went silent at once, an agent asked did not answer): it may be the one cut off, and accuses
+  nobody; the direct probe's result goes to the table as any probe's;
+- confirmed: nothing answered at any address (no SYN-ACK within the probe timeout, or "host
+  unreachable"), and no agent asked reached it: the table gets the outcome `unreachable`, and
+  writes Unknown/PeerUnreachable. An agent with no other peer held decides alone.
+
+Each is counted in k3net_suspicions_total{result}. The verdict takes one probe timeout (the
+agents asked answer after their own probe of it), so a vanished host is written about 1-2 s
+(the keepalive) + 0.7 s after it went. A peer still silent after a verdict other than confirmed
+is followed up (`Prober._follow`): probed every second for up to SILENT_FOLLOW, held again once
+it answers, and, when the accusation was only withheld, judged again as soon as this agent's
+health is back to 0.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import random
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Literal
 
 import attrs
 import trio
 
 from k3net import limits
 from k3net.core import addresses as addrs
+from k3net.core import identity
 from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, Facts, judge_reader, request
 from k3net.core.messages import ProbeOutcome, ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.durations import format_duration
+from k3net.health import LocalHealth
 from k3net.metrics import Metrics
-from k3net.tasks.hold import Holds
+from k3net.tasks.hold import Holds, silence
 from k3net.tasks.tcp import Sockets, connect, exchange
 
 log = logging.getLogger("k3net.probe")
@@ -81,6 +110,13 @@ class _Tried:
     answer: Answer | None = None  # None: no connection
     refused: bool = False
     error: str = ""
+    silent: bool = False  # no connection and no word from the host at all (no SYN-ACK)
+
+
+# A connection error that says nobody answered at that address (the neighbour did not answer
+# ARP, or a router says the host is unreachable): silence, as a connect timeout is. A network
+# unreachable is not: that is our own routing, no word about the peer.
+_SILENT_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ETIMEDOUT})
 
 
 async def _ask(
@@ -110,7 +146,8 @@ async def _ask_now(
         except ConnectionRefusedError:
             return _Tried(address, refused=True, error=f"{address}: connection refused")
         except OSError as exc:
-            return _Tried(address, error=f"{address}: {exc.strerror or exc}")
+            return _Tried(address, error=f"{address}: {exc.strerror or exc}",
+                          silent=exc.errno in _SILENT_ERRNOS)
         connected = True
         with sock:
             try:
@@ -122,7 +159,8 @@ async def _ask_now(
         return _Tried(address, Answer(
             "unverified",
             detail=f"{address}: accepted, but no answer within {format_duration(timeout)}"))
-    return _Tried(address, error=f"{address}: timed out after {format_duration(timeout)}")
+    return _Tried(address, error=f"{address}: timed out after {format_duration(timeout)}",
+                  silent=True)
 
 
 def _decide(name: str, tried: Sequence[_Tried], skipped: int) -> tuple[ProbeOutcome, _Tried | None, str]:
@@ -190,6 +228,7 @@ async def probe_peer(
         answered_by=best.answer.answered_by if best and best.answer and outcome == "wrong-node"
         else None,
         facts=facts, refused=tuple(t.address for t in tried if t.refused),
+        silent=tuple(t.address for t in tried if t.silent) if outcome == "timeout" else (),
     )
 
 
@@ -203,6 +242,156 @@ def proven(said: Facts | None, name: str, address: str, port: int) -> Facts:
     listed = addrs.canonical(said.addresses, loopback=ip is not None and ip.is_loopback)
     return Facts(name, said.port or port, said.pid, listed or (address,), listed=bool(listed))
 
+
+# --- suspicion (module docstring) ---------------------------------------------------------------
+
+# Other agents asked to reach a suspect, at most (SWIM's k): enough that one agent cut off from the
+# suspect alone does not decide, few enough that a suspicion costs a handful of connections.
+HELPERS = 3
+
+# How a suspicion ended (k3net_suspicions_total{result}).
+Verdict = Literal["confirmed", "refuted", "withheld"]
+
+
+@attrs.frozen
+class Helper:
+    """An agent asked to reach a suspect: one of our held peers, where its hold goes."""
+
+    name: str
+    address: str
+    port: int
+
+
+def reach_proof(key: bytes, nonce: bytes, helper: str, node: str, reached: bool) -> str:
+    """What a /reach answer carries with a cluster key: HMAC over the asker's nonce, who answers,
+    about whom, and the answer, so that only a member of the cluster can refute or confirm."""
+    return identity.proof(key, nonce, f"reach\0{helper}\0{node}\0{int(reached)}")
+
+
+def reach_query(node: str, nonce: bytes | None) -> str:
+    """The target of a /reach question about `node`."""
+    query = f"/reach?node={node}"
+    return query + (f"&nonce={nonce.hex()}" if nonce is not None else "")
+
+
+def judge_reach(reader: AnswerReader, helper: str, node: str, nonce: bytes,
+                key: bytes | None) -> bool | None:
+    """A /reach answer: True (the helper reached `node`), False (it did not), None (no answer
+    worth the name: an error, a 404 or 429, a proof missing or wrong)."""
+    if reader.status != 200 or not reader.complete:
+        return None
+    try:
+        data = json.loads(reader.body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("node") != node:
+        return None
+    reached = data.get("reached")
+    if not isinstance(reached, bool):
+        return None
+    if key is not None and data.get("proof") != reach_proof(key, nonce, helper, node, reached):
+        return None
+    return reached
+
+
+async def ask_reach(
+    helper: Helper, node: str,
+    timeout: float,  # noqa: ASYNC109  (the question's own budget: the helper's probe and back)
+    *, key: bytes | None = None, sockets: Sockets | None = None,
+) -> bool | None:
+    """Ask `helper` whether it reaches `node` (`judge_reach`); None when it does not answer in
+    `timeout`."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    reader = AnswerReader()
+    with trio.move_on_after(timeout):
+        try:
+            if sockets is None:
+                sock = await connect(helper.address, helper.port)
+            else:
+                async with sockets.one():
+                    sock = await connect(helper.address, helper.port, sockets=sockets)
+            with sock:
+                target = reach_query(node, nonce if key is not None else None)
+                await exchange(trio.SocketStream(sock), identity.get(
+                    helper.address, helper.port, target), reader)
+        except (OSError, trio.BrokenResourceError):
+            return None
+        return judge_reach(reader, helper.name, node, nonce, key)
+    return None
+
+
+def _silent(result: ProbeResult) -> bool:
+    """A direct probe that heard nothing at all from the host: no answer, no refusal, silence
+    at some address."""
+    return result.outcome == "timeout" and not result.refused and bool(result.silent)
+
+
+async def suspect(
+    result_of: Callable[[], Awaitable[ProbeResult]],
+    ask: Callable[[Helper], Awaitable[bool | None]],
+    helpers: Sequence[Helper],
+    health: LocalHealth,
+) -> tuple[Verdict, ProbeResult]:
+    """Judge a suspect (module docstring): `result_of()` probes it directly, `ask(helper)`
+    asks one agent, all at once. The verdict, and the result the table gets: the direct probe's,
+    or the same as `unreachable` when confirmed."""
+    answers: dict[str, bool | None] = {}
+    direct: list[ProbeResult] = []
+
+    async def probe_it(asks: trio.CancelScope) -> None:
+        direct.append(await result_of())
+        if not _silent(direct[0]):
+            asks.cancel()  # the suspect answered itself: the others' word is not needed
+
+    async def ask_one(helper: Helper) -> None:
+        answers[helper.name] = await ask(helper)
+
+    async with trio.open_nursery() as nursery:
+        asks = trio.CancelScope()
+        nursery.start_soon(probe_it, asks)
+
+        async def ask_all() -> None:
+            with asks:
+                async with trio.open_nursery() as inner:
+                    for helper in helpers:
+                        inner.start_soon(ask_one, helper)
+        nursery.start_soon(ask_all)
+    result = direct[0]
+    if not _silent(result):
+        return "refuted", result
+    reached_by = [name for name, reached in answers.items() if reached]
+    if reached_by:
+        return "refuted", result
+    now = trio.current_time()
+    health.unanswered(now, len(helpers), sum(1 for r in answers.values() if r is not None))
+    if not health.healthy(now):
+        return "withheld", result
+    asked = f"; none of {len(helpers)} agents asked reach it" if helpers else \
+        "; no other agent to ask"
+    return "confirmed", attrs.evolve(result, outcome="unreachable", error=result.error + asked)
+
+
+# A /reach probe's result answers every question about that peer for this long after it ended:
+# however fast a client asks, /reach probes a peer at most about twice a second (less than a
+# probe timeout old: as fresh as the question can tell).
+REACH_REUSE = 0.5
+
+
+@attrs.define
+class _Reaching:
+    """A /reach probe under way, shared by every question about that peer meanwhile."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: ProbeResult | None = None
+    ended: float = 0.0  # when the probe ended (`REACH_REUSE`)
+
+
+# After a suspicion that was not confirmed while the peer stays silent (refuted by another agent,
+# or withheld): the pause between follow-up probes, and for how long at most. It is held again as
+# soon as it answers (a blip of the path), and a withheld accusation is judged again once this
+# agent is healthy (`Prober._follow`). One probe a second per such peer, on the shared budget.
+SILENT_PROBE_PAUSE = 1.0
+SILENT_FOLLOW = 60.0
 
 # After a held connection closes: how many probes at most, and the pause between them, while
 # they prove nothing either way (a probe that meets a process still going away).
@@ -233,6 +422,7 @@ they share `sockets` sockets (module docstring).
         limit: int = 64,
         sockets: int = limits.PROBE_SOCKETS,
         rng: random.Random | None = None,
+        health: LocalHealth | None = None,
     ) -> None:
         self.interval = interval
         self.key = key  # the cluster key, if any: answers must prove it
@@ -247,6 +437,126 @@ they share `sockets` sockets (module docstring).
         # Every probe's sockets, over all peers (module docstring).
         self._sockets = Sockets(sockets, on_full=lambda: metrics.limit_hit("probe-sockets"))
         self._holds: Holds | None = None  # the peers' held connections, while running
+        # This agent as an observer (k3net.health): widens timeouts, withholds accusations.
+        self.health = health or LocalHealth()
+        # /reach probes under way, or ended less than REACH_REUSE ago, by peer.
+        self._reaching: dict[str, _Reaching] = {}
+
+    async def reach(self, name: str) -> ProbeResult | None:
+        """For /reach: probe the peer followed as `name` now (None: no such peer, or the probe
+        was cut short). Questions about one peer meanwhile, or within REACH_REUSE after, share
+        its probe."""
+        target = self.targets.get(name)
+        if target is None:
+            return None
+        pending = self._reaching.get(name)
+        if pending is not None and (not pending.done.is_set()
+                                    or trio.current_time() - pending.ended < REACH_REUSE):
+            await pending.done.wait()
+            return pending.result
+        pending = self._reaching[name] = _Reaching()
+        try:
+            # The plain probe timeout, even while this agent's health widens its own: the asker
+            # waits 2 x its timeout + 0.5 s for the answer, and a late answer is no answer.
+            pending.result = await probe_peer(
+                name, target.addresses, target.port, self.timeout,
+                key=self.key, own=self.own(), sockets=self._sockets)
+        finally:
+            pending.ended = trio.current_time()
+            pending.done.set()
+            if pending.result is None:
+                del self._reaching[name]  # cut short: nothing to share
+        self._forget_reached()
+        return pending.result
+
+    def _forget_reached(self) -> None:
+        """Drop shared /reach results older than REACH_REUSE (bounded by the peers followed)."""
+        now = trio.current_time()
+        for name in [n for n, r in self._reaching.items()
+                     if r.done.is_set() and now - r.ended >= REACH_REUSE]:
+            del self._reaching[name]
+
+    def _helpers(self, suspect: str) -> list[Helper]:
+        """Up to HELPERS agents to ask about `suspect`: held peers, chosen at random."""
+        held = [(name, address) for name, address in self.held().items()
+                if name != suspect and name in self.targets]
+        chosen = self.rng.sample(held, min(HELPERS, len(held)))
+        return [Helper(name, address, self.targets[name].port) for name, address in chosen]
+
+    async def _suspect(self, name: str, held: int,
+                       results: trio.MemorySendChannel[ProbeResult]) -> None:
+        """A held connection to `name` went silent (`held` peers were held): judge it
+        (`_judge`), and unless that settled it, follow it up (`_follow`)."""
+        self.health.hold_silent(trio.current_time(), held)
+        judged = await self._judge(name, results)
+        if judged is None:
+            return
+        verdict, result = judged
+        if verdict != "confirmed" and _silent(result):
+            await self._follow(name, results, judge=verdict == "withheld")
+
+    async def _judge(self, name: str, results: trio.MemorySendChannel[ProbeResult]
+                     ) -> tuple[Verdict, ProbeResult] | None:
+        """Judge the suspect `name` (`suspect`; withheld at once while this agent's health is
+        not 0) and hand the table its result. None: forgotten meanwhile."""
+        target = self.targets.get(name)
+        if target is None:
+            return None
+        health = self.health
+        now = trio.current_time()
+        if not health.healthy(now):
+            log.debug("%s silent; local health %d: no accusation", name, health.score)
+            self.metrics.suspicions.labels(result="withheld").inc()
+            return "withheld", await self._probe(target, results)
+        helpers = self._helpers(name)
+
+        async def direct() -> ProbeResult:
+            return await self._probe_only(target)
+
+        async def ask(helper: Helper) -> bool | None:
+            # The agent asked probes the suspect itself first (with its own, unwidened probe
+            # timeout: see `reach`), then answers.
+            return await ask_reach(helper, name, 2 * self.timeout + 0.5, key=self.key,
+                                   sockets=self._sockets)
+
+        verdict, result = await suspect(direct, ask, helpers, health)
+        self.metrics.suspicions.labels(result=verdict).inc()
+        if verdict == "confirmed":
+            log.info("%s unreachable: %s", name, result.error)
+        elif verdict == "withheld":
+            # (debug: LocalHealth logs at info when withholding starts and stops, and why)
+            log.debug("%s silent, but this agent's local health is %d: no accusation", name,
+                      health.score)
+        else:
+            log.debug("suspicion of %s refuted (%s)", name, result.outcome)
+        await self._report(target, result, results)
+        return verdict, result
+
+    async def _follow(self, name: str, results: trio.MemorySendChannel[ProbeResult], *,
+                      judge: bool) -> None:
+        """A suspicion not confirmed while the peer stays silent: probe it every
+        SILENT_PROBE_PAUSE, for SILENT_FOLLOW at most, until it answers (and is held again) or
+        refuses. `judge`: the accusation was withheld, so once this agent's health is back to 0
+        the peer is judged again (`_judge`) rather than left to peer-ttl; after a refutation by
+        other agents (they reach it) plain probes only."""
+        deadline = trio.current_time() + SILENT_FOLLOW
+        while trio.current_time() < deadline:
+            await trio.sleep(SILENT_PROBE_PAUSE)
+            target = self.targets.get(name)
+            if target is None or (self._holds is not None and name in self._holds.held()):
+                return
+            if judge and self.health.healthy(trio.current_time()):
+                judged = await self._judge(name, results)
+                if judged is None:
+                    return
+                verdict, result = judged
+                if verdict == "confirmed":
+                    return  # the table re-probes it from now on
+                judge = verdict == "withheld"
+            else:
+                result = await self._probe(target, results)
+            if not _silent(result):
+                return
 
     def held(self) -> dict[str, str]:
         """The peers whose /hold is held open now, by name: the address held (for /peers)."""
@@ -275,8 +585,14 @@ they share `sockets` sockets (module docstring).
                     return
 
         async with results, trio.open_nursery() as nursery:
+            async def silent(name: str, held: int) -> None:
+                await self._suspect(name, held, results)
+
+            def quiet() -> float:
+                return self.health.widen(silence(self.timeout), trio.current_time())
+
             holds = self._holds = Holds(nursery, timeout=self.timeout, metrics=self.metrics,
-                                        closed=closed)
+                                        closed=closed, silent=silent, quiet=quiet)
             task_status.started()
             async with inbox:
                 async for msg in inbox:
@@ -330,17 +646,30 @@ they share `sockets` sockets (module docstring).
     async def _probe(
         self, target: ProbeTarget, results: trio.MemorySendChannel[ProbeResult]
     ) -> ProbeResult:
+        result = await self._probe_only(target)
+        await self._report(target, result, results)
+        return result
+
+    async def _probe_only(self, target: ProbeTarget) -> ProbeResult:
+        """One probe of `target`, its timeout widened by local health; not reported yet."""
         self._inflight[target.name] += 1
         try:
             async with self._limiter:
-                result = await probe_peer(
-                    target.name, target.addresses, target.port, self.timeout,
+                return await probe_peer(
+                    target.name, target.addresses, target.port,
+                    self.health.widen(self.timeout, trio.current_time()),
                     key=self.key, own=self.own(), sockets=self._sockets,
                 )
         finally:
             self._inflight[target.name] -= 1
             if not self._inflight[target.name]:
                 del self._inflight[target.name]
+
+    async def _report(
+        self, target: ProbeTarget, result: ProbeResult,
+        results: trio.MemorySendChannel[ProbeResult],
+    ) -> None:
+        """Count a probe's result, hold a confirmed peer, and hand the result to the table."""
         self.metrics.probes.labels(result=result.outcome).inc()
         self.metrics.probe_latency.observe(result.latency)
         if (result.outcome == "confirmed" and result.address and self._holds is not None
@@ -350,4 +679,3 @@ they share `sockets` sockets (module docstring).
             await results.send(result)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the table is gone: the agent is stopping
-        return result

@@ -10,6 +10,7 @@
 | `GET /hold` | `200` and then nothing while the agent runs: peers hold it open, and see its end at once when this process dies (`k3net.tasks.hold`); 429 past `limits.HOLDS_PER_CLIENT` from one client address, 503 past `limits.HOLDS` in all |
 | `POST /hello?node=N&port=P` | an agent introduces itself (`k3net.tasks.introduce`): 202, and it is probed at the request's source address (a hint, never written as such); 400 for a bad query, 429 past `limits.INTRODUCTIONS_PER_CLIENT` from one client address, 503 past `limits.INTRODUCTIONS` in all, 404 where introductions are not taken |
 | `GET /peers` | the peers this agent follows: name, addresses, port, pid, state, foundBy (mdns, join, scan, store, introduced), confirmed, held (the address of the connection held to its /hold, or null), lastProbe {outcome, latencySeconds, address, error} (null before the first) |
+| `GET /reach?node=NAME` | whether this agent reaches the peer it follows as NAME, probed now (`k3net.tasks.probe`, the suspicion's indirect probe): `{node, reached, outcome, latencySeconds, by}` (with a cluster key and `&nonce=`, `proof`); never an address from the request; 404 for a name it does not follow; 429 past `limits.REACHES_PER_CLIENT` questions at once from one client address, 503 past `limits.REACHES` |
 | `GET /nodes` | every Node in the store as a Kubernetes `NodeList` (503 `Status` if unreachable) |
 | `GET /metrics` | Prometheus text format |
 | `GET /events/snapshot` | the event hub's current view: the snapshot message /events starts with |
@@ -30,6 +31,7 @@ Connections that stay open (/hold, /events) are admitted per client address and 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -52,6 +54,7 @@ from k3net.health import StoreHealth
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import Store, StoreError
+from k3net.tasks.probe import reach_proof
 from k3net.web import checks
 from k3net.web.page import Asset, load_assets, not_modified
 
@@ -119,6 +122,9 @@ class AppState:
     # Takes an introduction (client address, query string) -> (HTTP status, a line to answer):
     # `k3net.tasks.introduce.Introductions.offer`. None: /hello is not served.
     introduce: Callable[[str, bytes], tuple[int, str]] | None = None
+    # Probes the peer followed under a name now, for /reach (None: no such peer); None: no
+    # prober runs, every name is unknown.
+    reach: Callable[[str], Awaitable[ProbeResult | None]] | None = None
 
 
 class QueryError(ValueError):
@@ -187,6 +193,7 @@ class App:
         self._holds: set[trio.Event] = set()  # set to end a /hold (shutdown)
         self._hold_slots = Admission(limits.HOLDS_PER_CLIENT, limits.HOLDS)
         self._event_slots = Admission(limits.SUBSCRIBERS_PER_CLIENT, limits.SUBSCRIBERS)
+        self._reach_slots = Admission(limits.REACHES_PER_CLIENT, limits.REACHES)
         self._stopping = False
         self._assets = load_assets()
         self._routes: dict[str, Callable[[], Awaitable[tuple[int, str, bytes]]]] = {
@@ -227,6 +234,8 @@ class App:
             await _send_asset(scope, send, asset)
             return
         handler = self._routes.get(path)
+        if path == "/reach":
+            handler = functools.partial(self._reach, scope)
         health = path in ("/livez", "/readyz") or path.startswith(("/livez/", "/readyz/"))
         if handler is None and health and method in ("GET", "HEAD"):
             endpoint, _, only = path[1:].partition("/")
@@ -357,6 +366,40 @@ addresses too: see k3net.core.identity."""
             info["mac"] = identity.facts_mac(key, nonce, settings.node_name, info["port"],
                                              info["pid"], info["addrs"])
         return _json(200, info)
+
+    async def _reach(self, scope: Scope) -> tuple[int, str, bytes]:
+        """Whether we reach the peer we follow under `?node=` (the suspicion's indirect probe,
+        `k3net.tasks.probe`). Only a name is taken: the peer is probed where this agent knows
+        it, so a stranger cannot make it dial an address of its choosing. Any sign of the host
+        (an answer, a refusal, a connection accepted) is `reached`: it refutes a suspicion."""
+        s = self.state
+        query = scope.get("query_string", b"")
+        names = parse_qs(query.decode("latin-1")).get("node", [])
+        if len(names) != 1 or not names[0]:
+            return _json(400, {"error": "expected one node=NAME"})
+        name = names[0]
+        client = _client(scope)
+        refused = "stopping" if self._stopping else self._reach_slots.admit(client)
+        if refused is not None:
+            status, body = self._refusal(refused, "reach questions", "reaches", client)
+            return status, "text/plain", body
+        try:
+            result = await s.reach(name) if s.reach is not None else None
+        finally:
+            self._reach_slots.release(client)
+        if result is None:
+            return _json(404, {"error": f"no peer {name[:64]!r} followed here"})
+        settings = s.settings.value
+        reached = result.outcome != "timeout"
+        answer: dict[str, Any] = {
+            "node": name, "reached": reached, "outcome": result.outcome,
+            "latencySeconds": round(result.latency, 6), "by": settings.node_name,
+        }
+        key = settings.cluster_key
+        nonce = identity.nonce_from_query(query) if key is not None else None
+        if key is not None and nonce is not None:
+            answer["proof"] = reach_proof(key, nonce, settings.node_name, name, reached)
+        return _json(200, answer)
 
     async def _snapshot(self) -> tuple[int, str, bytes]:
         # From the hub's memory, not the store: the page polls it for lastSeen, which /events

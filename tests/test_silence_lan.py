@@ -1,0 +1,93 @@
+"""End to end: a host that vanishes (its link cut: nothing closes, nothing refuses) is written
+Unknown/PeerUnreachable within seconds by the agents that held a connection to it, and Ready again
+soon after its link returns; an agent that is only stopped (SIGSTOP) is not written not-Ready.
+Real agents as processes on a netns LAN, real mDNS, one shared etcd, default timings (peer-ttl
+90 s: whatever is seen here is not expiry). The store is read raw (etcdctl)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from k3lab.agents import AgentFactory, AgentProc
+from k3lab.netns import Lan
+from k3lab.nsclient import wait_for
+from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
+from k3lab.services import EtcdServer
+
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok", "etcd_ok")]
+
+NAMES = ["node-a", "node-b", "node-c"]
+READY = {("True", "AgentReady"), ("True", "PeerAlive")}
+
+
+def _held_everywhere(procs: list[AgentProc]) -> bool:
+    """Every agent holds a connection to both others (what notices the silence)."""
+    for proc in procs:
+        held = {p["name"] for p in proc.get_json("/peers")["peers"] if p["held"]}
+        if held != set(NAMES) - {proc.name}:
+            return False
+    return True
+
+
+def test_a_vanished_host_is_unreachable_in_seconds_and_a_stopped_agent_is_not(
+    agents: AgentFactory, tmp_path: Path
+) -> None:
+    with Lan(3) as lan:
+        store_host = lan[0]
+        with EtcdServer(tmp_path / "etcd", client_host=store_host.address,
+                        client_port=ETCD_PORT, peer_port=ETCD_PEER_PORT,
+                        netns=store_host.name) as etcd:
+            raw = RawEtcd(store_host, etcd.address)
+            config = write_config(tmp_path / "k3.yaml", {
+                "type": "etcd", "etcd": {"endpoints": [etcd.endpoint], "dial_timeout": "2s"},
+            })
+            procs = [agents.start(host, name, config=config)
+                     for host, name in zip(lan.hosts, NAMES, strict=True)]
+            for proc in procs:
+                proc.wait_ready()
+            wait_for(lambda: all(raw.ready(n) in READY for n in NAMES), 15,
+                     what="every Node Ready in etcd")
+            wait_for(lambda: _held_everywhere(procs), 30, what="every peer held everywhere")
+            a, b, c = procs
+
+            # node-c's link is cut: its Node goes Unknown/PeerUnreachable long before peer-ttl.
+            cut = time.monotonic()
+            lan[2].link_down()
+            wait_for(lambda: raw.ready("node-c") == ("Unknown", "PeerUnreachable"), 10,
+                     what="node-c Unknown/PeerUnreachable in etcd", interval=0.1)
+            lost = time.monotonic() - cut
+            assert raw.ready("node-a") in READY and raw.ready("node-b") in READY
+            confirmed = sum(p.metric("k3net_suspicions_total", result="confirmed")
+                            for p in (a, b))
+            assert confirmed >= 1
+
+            # Back: Ready again, written by the first agent that reaches it.
+            back = time.monotonic()
+            lan[2].link_up()
+            wait_for(lambda: raw.ready("node-c") in READY, 10, what="node-c Ready again",
+                     interval=0.1)
+            returned = time.monotonic() - back
+            assert raw.ready("node-a") in READY and raw.ready("node-b") in READY
+
+            # A stopped agent's kernel still answers: its holds stay quiet, nothing is written.
+            wait_for(lambda: _held_everywhere(procs), 30, what="every peer held again")
+            before = sum(p.metric("k3net_suspicions_total", result="confirmed") for p in procs)
+            b.signal(signal.SIGSTOP)
+            stopped_until = time.monotonic() + 5
+            while time.monotonic() < stopped_until:
+                assert raw.ready("node-b") in READY
+                time.sleep(0.25)
+            b.signal(signal.SIGCONT)
+            settle = time.monotonic() + 3
+            while time.monotonic() < settle:
+                assert raw.ready("node-b") in READY
+                time.sleep(0.25)
+            assert sum(p.metric("k3net_suspicions_total", result="confirmed")
+                       for p in procs) == before
+
+            print(f"\nmeasured: link cut to Unknown/PeerUnreachable {lost:.2f}s, link back to"
+                  f" Ready {returned:.2f}s (3 agents, shared etcd, default timings)")

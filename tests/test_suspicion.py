@@ -1,0 +1,308 @@
+"""Silence: a held connection gone silent is a suspicion, confirmed by a direct probe and by other
+agents before anything is written (`k3net.tasks.probe.suspect`), and never concluded by an agent
+whose own health is in doubt (`k3net.health.LocalHealth`). On trio's MockClock; the direct
+probes go to loopback sockets that behave as a vanished host (SYNs dropped) or a living one."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trio
+import trio.testing
+
+from k3net import health as local
+from k3net.core.messages import ProbeResult
+from k3net.core.table import ProbeTarget
+from k3net.health import LocalHealth
+from k3net.metrics import Metrics
+from k3net.tasks.probe import REACH_REUSE, Helper, Prober, probe_peer, suspect
+
+from .helpers.fakeagent import FakeAgent
+
+LOOPBACK = "127.0.0.1"
+TIMEOUT = 0.7
+HELPERS = [Helper("peer-b", "127.0.0.2", 7946), Helper("peer-c", "127.0.0.3", 7946),
+           Helper("peer-d", "127.0.0.4", 7946)]
+
+
+def silent_probe(port: int) -> Callable[[], Awaitable[ProbeResult]]:
+    """A direct probe of a host that vanished: nothing answers (its SYNs are dropped)."""
+    return functools.partial(probe_peer, "peer-a", [LOOPBACK], port, TIMEOUT)
+
+
+def answers(by: dict[str, bool | None], asked: list[str], *, delay: float = TIMEOUT
+            ) -> Callable[[Helper], Awaitable[bool | None]]:
+    """Agents asked: each answers (after its own probe) with `by[name]`."""
+    async def ask(helper: Helper) -> bool | None:
+        asked.append(helper.name)
+        await trio.sleep(delay)
+        return by[helper.name]
+    return ask
+
+
+async def test_silent_and_nobody_reaches_it_is_confirmed_unreachable(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int
+) -> None:
+    asked: list[str] = []
+    start = trio.current_time()
+    verdict, result = await suspect(
+        silent_probe(unanswering_port),
+        answers(dict.fromkeys(["peer-b", "peer-c", "peer-d"], False), asked), HELPERS,
+        LocalHealth())
+    assert verdict == "confirmed"
+    assert (result.outcome, result.silent) == ("unreachable", (LOOPBACK,))
+    assert "none of 3 agents asked reach it" in result.error
+    assert sorted(asked) == ["peer-b", "peer-c", "peer-d"]
+    # Asked together with the direct probe: the verdict takes one probe timeout, not four.
+    assert trio.current_time() - start == pytest.approx(TIMEOUT)
+
+
+async def test_one_agent_that_reaches_it_refutes(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int
+) -> None:
+    """A path cut between us and the suspect only (a firewall dropping our packets)."""
+    verdict, result = await suspect(
+        silent_probe(unanswering_port),
+        answers({"peer-b": False, "peer-c": True, "peer-d": False}, []), HELPERS, LocalHealth())
+    assert verdict == "refuted"
+    assert result.outcome == "timeout"  # the table hears a failed probe: nothing is written
+
+
+async def test_the_suspect_answering_refutes_without_waiting_for_the_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(
+            trio.serve_tcp, FakeAgent("peer-a").handle, 0, host=LOOPBACK))
+        port = listeners[0].socket.getsockname()[1]
+        start = trio.current_time()
+        verdict, result = await suspect(
+            functools.partial(probe_peer, "peer-a", [LOOPBACK], port, TIMEOUT),
+            answers(dict.fromkeys(["peer-b", "peer-c", "peer-d"], None), [], delay=5.0),
+            HELPERS, health := LocalHealth())
+        assert (verdict, result.outcome) == ("refuted", "confirmed")
+        assert trio.current_time() - start < 0.1  # the questions were cancelled
+        assert health.score == 0  # agents cut short did not fail to answer
+        nursery.cancel_scope.cancel()
+
+
+async def test_its_kernel_refusing_refutes(
+    autojump_clock: trio.testing.MockClock, closed_port: int
+) -> None:
+    """A refusal is its host's kernel answering: a living host (the refusal path judges it)."""
+    verdict, result = await suspect(
+        functools.partial(probe_peer, "peer-a", [LOOPBACK], closed_port, TIMEOUT),
+        answers(dict.fromkeys(["peer-b", "peer-c", "peer-d"], False), []), HELPERS,
+        LocalHealth())
+    assert (verdict, result.outcome) == ("refuted", "refused")
+
+
+async def test_an_agent_alone_with_the_peer_decides_alone(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int
+) -> None:
+    verdict, result = await suspect(silent_probe(unanswering_port), answers({}, []), [],
+                                    LocalHealth())
+    assert (verdict, result.outcome) == ("confirmed", "unreachable")
+    assert "no other agent to ask" in result.error
+
+
+async def test_agents_that_do_not_answer_make_it_withhold(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int
+) -> None:
+    """No answer from an agent asked: the path to them is bad too (likely ours)."""
+    health = LocalHealth()
+    verdict, result = await suspect(
+        silent_probe(unanswering_port),
+        answers({"peer-b": False, "peer-c": None, "peer-d": False}, []), HELPERS, health)
+    assert (verdict, result.outcome) == ("withheld", "timeout")
+    assert health.score == 1
+
+
+# --- local health ---------------------------------------------------------------------------
+
+
+async def test_many_holds_silent_at_once_withhold_accusations(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int
+) -> None:
+    """Our own link cut: every hold goes silent within a second or two."""
+    scores: list[int] = []
+    health = LocalHealth(changed=scores.append)
+    now = trio.current_time()
+    health.hold_silent(now, held=4)
+    assert health.healthy(now)  # one host vanishing: a suspicion as usual
+    health.hold_silent(now + 1.0, held=4)
+    assert not health.healthy(now + 1.0)
+    verdict, result = await suspect(
+        silent_probe(unanswering_port),
+        answers(dict.fromkeys(["peer-b", "peer-c", "peer-d"], False), []), HELPERS, health)
+    assert (verdict, result.outcome) == ("withheld", "timeout")
+    # Forgotten over time: one point less every DECAY seconds.
+    later = now + 1.0 + local.DECAY
+    assert health.healthy(later)
+    assert scores == [1, 0]
+
+
+def test_silent_holds_far_apart_or_few_of_many_are_no_point() -> None:
+    health = LocalHealth()
+    health.hold_silent(0.0, held=10)
+    health.hold_silent(1.0, held=10)  # 2 of 10: two hosts, not our link
+    assert health.healthy(1.0)
+    health = LocalHealth()
+    health.hold_silent(0.0, held=2)
+    health.hold_silent(local.SILENT_WINDOW + 1.0, held=2)  # too far apart
+    assert health.healthy(local.SILENT_WINDOW + 1.0)
+
+
+def test_timeouts_widen_with_the_score_and_it_is_capped() -> None:
+    health = LocalHealth()
+    for n in range(10):
+        health.point(float(n), "test")
+    assert health.score == local.MAX_SCORE
+    assert health.widen(0.7, 9.0) == pytest.approx(0.7 * (1 + local.MAX_SCORE))
+
+
+async def test_a_lagging_loop_withholds_accusations(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ticker sees its own sleep wake late (a starved or stopped agent), and says so."""
+    caplog.set_level("INFO", logger="k3net.health")
+    health = LocalHealth()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(health.run)
+        await trio.sleep(1.0)
+        assert health.healthy(trio.current_time())
+        autojump_clock.jump(3.0)  # time passes while the loop cannot run
+        await trio.sleep(local.TICK * 2)
+        assert not health.healthy(trio.current_time())
+        assert "withholding accusations (event loop " in caplog.text
+        await trio.sleep(local.DECAY + local.TICK)
+        assert health.healthy(trio.current_time())
+        assert "local health back to 0" in caplog.text
+        nursery.cancel_scope.cancel()
+
+
+# --- the prober: from a silent hold to what the table hears ---------------------------------
+
+
+@pytest.fixture
+async def results() -> AsyncIterator[
+        tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]]]:
+    send, receive = trio.open_memory_channel[ProbeResult](100)
+    yield send, receive
+
+
+async def test_the_prober_confirms_an_unreachable_peer_and_counts_it(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int,
+    results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
+) -> None:
+    metrics = Metrics()
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=metrics)
+    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
+    send, receive = results
+    await prober._suspect("peer-a", 3, send)
+    result = receive.receive_nowait()
+    assert (result.outcome, result.silent) == ("unreachable", (LOOPBACK,))
+    value = metrics.registry.get_sample_value
+    assert value("k3net_suspicions_total", {"result": "confirmed"}) == 1
+    assert value("k3net_probes_total", {"result": "unreachable"}) == 1
+
+
+async def test_the_prober_withholds_while_its_health_is_in_doubt_then_judges_again(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int,
+    results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
+) -> None:
+    metrics = Metrics()
+    exported: list[float] = []
+
+    def changed(score: int) -> None:
+        metrics.local_health.set(score)
+        exported.append(metrics.registry.get_sample_value("k3net_local_health", {}) or 0.0)
+
+    health = LocalHealth(changed=changed)
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=metrics, health=health)
+    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
+    prober.targets["peer-b"] = ProbeTarget("peer-b", (LOOPBACK,), unanswering_port)
+    send, receive = results
+    await prober._suspect("peer-a", 2, send)  # 1 of 2 silent: a suspicion
+    assert receive.receive_nowait().outcome == "unreachable"
+    await prober._suspect("peer-b", 2, send)  # the second of 2 in a few seconds: our link
+    withheld = receive.receive_nowait()
+    assert withheld.outcome == "timeout"  # an ordinary failed probe: nothing written
+    # Then probed every second while it stays silent, and judged again once this agent is
+    # healthy (DECAY later): not left to peer-ttl.
+    again = []
+    while (outcome := receive.receive_nowait().outcome) == "timeout":
+        again.append(outcome)
+    assert again and outcome == "unreachable"
+    value = metrics.registry.get_sample_value
+    assert value("k3net_suspicions_total", {"result": "withheld"}) == 1
+    assert value("k3net_suspicions_total", {"result": "confirmed"}) == 2
+    assert exported == [1, 0]  # and back to 0 once healthy for a while (DECAY)
+
+
+async def test_reach_probes_only_a_peer_it_follows(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int
+) -> None:
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics())
+    assert await prober.reach("127.0.0.1") is None  # a name, never an address to dial
+    assert await prober.reach("peer-a") is None
+    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
+    # Questions about one peer meanwhile share its probe.
+    outcomes: list[str] = []
+
+    async def ask() -> None:
+        result = await prober.reach("peer-a")
+        assert result is not None
+        outcomes.append(result.outcome)
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(ask)
+    assert outcomes == ["timeout"] * 3
+    assert trio.current_time() - start == pytest.approx(TIMEOUT)
+    # Asked again at once: the same answer, no new probe; later, a new probe.
+    start = trio.current_time()
+    await ask()
+    assert trio.current_time() == start
+    await trio.sleep(REACH_REUSE)
+    await ask()
+    assert trio.current_time() - start == pytest.approx(REACH_REUSE + TIMEOUT)
+
+
+async def test_a_suspicion_other_agents_refute_is_followed_by_probes_only(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
+) -> None:
+    """A firewall dropping only our packets: the others reach it. We keep probing it (to hold
+    it again once the path is back), for SILENT_FOLLOW at most, and never ask again."""
+    from k3net.tasks import probe
+
+    metrics = Metrics()
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=metrics)
+    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
+    prober._helpers = lambda suspect: HELPERS[:1]  # type: ignore[method-assign]
+    asked: list[str] = []
+
+    async def reaches(helper: Helper, node: str, budget: float, **kwargs: object) -> bool:
+        asked.append(helper.name)
+        return True
+
+    send, receive = results
+    monkeypatch.setattr(probe, "ask_reach", reaches)
+    start = trio.current_time()
+    await prober._suspect("peer-a", 3, send)
+    assert asked == ["peer-b"]
+    outcomes = []
+    while True:
+        try:
+            outcomes.append(receive.receive_nowait().outcome)
+        except trio.WouldBlock:
+            break
+    assert set(outcomes) == {"timeout"} and len(outcomes) > 10
+    assert trio.current_time() - start == pytest.approx(probe.SILENT_FOLLOW, abs=3.0)
+    assert metrics.registry.get_sample_value("k3net_suspicions_total",
+                                             {"result": "refuted"}) == 1
