@@ -124,6 +124,16 @@ def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float 
     return None
 
 
+def udp_counters(host: Any) -> dict[str, int]:
+    """The kernel's UDP counters in `host`'s namespace (/proc/net/snmp): `RcvbufErrors` counts the
+    datagrams (mDNS, here) dropped because a socket's receive buffer was full."""
+    lines = [line.split() for line in host.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if line.startswith("Udp:")]
+    if len(lines) < 2:
+        return {}
+    return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=False)}
+
+
 def bench_one(peers: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     helpers_n = max(1, min(args.helpers, peers))
     interval = args.peer_ttl / 6
@@ -147,6 +157,7 @@ def bench_one(peers: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         per = [peers // helpers_n + (1 if h < peers % helpers_n else 0) for h in range(helpers_n)]
         names = [f"peer-{h + 1}-{i}" for h in range(helpers_n) for i in range(per[h])]
         cpu_join0 = cpu_seconds(pid)
+        udp0 = udp_counters(lan[0])
         t_start = time.monotonic()
         helpers = [Helper(lan[h + 1], per[h], f"peer-{h + 1}", log_dir / f"accepts-{h + 1}.json")
                    for h in range(helpers_n)]
@@ -156,6 +167,8 @@ def bench_one(peers: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         t_all = watcher.wait_until(lambda s: all(s.status(n) == "True" for n in names),
                                    JOIN_TIMEOUT)
         cpu_join = cpu_seconds(pid) - cpu_join0
+        udp1 = udp_counters(lan[0])
+        m_join = parse_metrics(agent.client.get(agent.url + "/metrics")[1])
         state = watcher.snapshot()
         ready_n = sum(1 for n in names if state.status(n) == "True")
         firsts: dict[str, float] = {}
@@ -167,6 +180,11 @@ def bench_one(peers: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
             "ready": ready_n,
             "peer_ready": summary(firsts.get(n) for n in names),
             "agent_cpu_during_join_s": round(cpu_join, 2),
+            # What the agent's host received over UDP meanwhile, and dropped for a full buffer.
+            "udp_datagrams_in": udp1.get("InDatagrams", 0) - udp0.get("InDatagrams", 0),
+            "udp_rcvbuf_drops": udp1.get("RcvbufErrors", 0) - udp0.get("RcvbufErrors", 0),
+            "mdns_events": {k: v for k, v in by_label(m_join, "k3net_mdns_events_total",
+                                                      "kind").items() if v},
         }
         log(f"P={peers}: {ready_n}/{peers} Ready, all after {fmt_s(result['join']['all_ready_after'])}")
 
