@@ -49,6 +49,8 @@ import functools
 import ipaddress
 import os
 import socket
+import sys
+import weakref
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -84,6 +86,9 @@ _IFF_MULTICAST = 0x1000
 RECEIVE_BUFFER = 4 * 1024 * 1024
 # Linux's SO_RCVBUFFORCE (asm-generic/socket.h); Python's socket module names it from 3.12 on.
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+# Linux's SO_RXQ_OVFL: each datagram read carries the socket's count of datagrams dropped so far.
+_SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+_ANCILLARY_SPACE = socket.CMSG_SPACE(4)
 
 # Datagrams read from one of zeroconf's sockets per wakeup (`drain_readers`). A wakeup comes once
 # per round of trio's scheduler at best, and a round of an agent probing 2,000 peers can take
@@ -452,11 +457,23 @@ async def open_zeroconf(interfaces: Sequence[str] = ()) -> AsyncIterator[AsyncZe
         grow_receive_buffer(sock, RECEIVE_BUFFER)
     try:
         await aio_as_trio(zc.zeroconf.async_wait_for_start)()
-        drain_readers(zc.zeroconf, sockets)
+        drain_readers(zc.zeroconf, sockets, receive_drops(zc))
         yield zc
     finally:
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await aio_as_trio(zc.async_close)()
+
+
+_DROPS: weakref.WeakKeyDictionary[AsyncZeroconf, Drops] = weakref.WeakKeyDictionary()
+
+
+def receive_drops(zc: AsyncZeroconf) -> Drops:
+    """What the kernel dropped on the sockets of `zc` (counted for one that `open_zeroconf`
+    opened; zero for any other)."""
+    drops = _DROPS.get(zc)
+    if drops is None:
+        drops = _DROPS[zc] = Drops()
+    return drops
 
 
 def zeroconf_sockets(zc: Zeroconf) -> list[socket.socket]:
@@ -486,9 +503,11 @@ def grow_receive_buffer(sock: socket.socket, size: int) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
-def drain_readers(zc: Zeroconf, sockets: Sequence[socket.socket]) -> int:
+def drain_readers(zc: Zeroconf, sockets: Sequence[socket.socket], drops: Drops | None = None
+                  ) -> int:
     """Make each of zeroconf's sockets read up to `DRAIN_BATCH` datagrams per wakeup instead of
-    one; returns the sockets changed. Call once zeroconf has started.
+    one, and count what the kernel dropped into `drops`; returns the sockets changed. Call once
+    zeroconf has started.
 
     asyncio's datagram transport reads one datagram each time its socket is readable. Under
     trio-asyncio every such read is a round of trio's scheduler and then of the asyncio loop
@@ -507,29 +526,69 @@ def drain_readers(zc: Zeroconf, sockets: Sequence[socket.socket]) -> int:
         sock = raw.get(wrapped.fileno)
         if sock is None:
             continue  # not one of the sockets zeroconf made at start: left as it reads
+        with contextlib.suppress(OSError):  # the kernel then tells each read what it dropped
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
         protocol = wrapped.transport.get_protocol()
         # asyncio's own (private) way to set the one reader of a file descriptor that a
         # transport owns; trio-asyncio's loop implements it too. It replaces the transport's.
         loop._add_reader(wrapped.fileno, drain_socket,  # type: ignore[union-attr]
-                         sock, protocol, DRAIN_BATCH)
+                         sock, protocol, DRAIN_BATCH, drops)
         changed += 1
     return changed
 
 
-def drain_socket(sock: socket.socket, protocol: Any, batch: int) -> int:
+@attrs.define
+class Drops:
+    """The datagrams the kernel dropped on zeroconf's sockets for want of buffer space, as the
+    reads learn it (SO_RXQ_OVFL), and when the count last grew. Each announcement lost that way
+    leaves a peer unseen until some later answer names it again; `browse` asks again once a
+    flood is over (`browse.Requery`)."""
+
+    total: int = 0
+    last_at: float | None = None  # trio.current_time() of the last growth
+    _per_socket: dict[int, int] = attrs.field(factory=dict)
+    _grew: trio.Event = attrs.field(factory=trio.Event)
+
+    def note(self, fd: int, dropped: int) -> None:
+        """The kernel's count for socket `fd` (it only grows, from the socket's creation)."""
+        before = self._per_socket.get(fd, 0)
+        if dropped > before:
+            self._per_socket[fd] = dropped
+            self.total += dropped - before
+            self.last_at = trio.current_time()
+            self._grew.set()
+            self._grew = trio.Event()
+
+    async def wait_beyond(self, total: int) -> None:
+        """Until more than `total` datagrams were dropped in all."""
+        while self.total <= total:
+            await self._grew.wait()
+
+
+def drain_socket(sock: socket.socket, protocol: Any, batch: int, drops: Drops | None = None
+                 ) -> int:
     """Read up to `batch` datagrams from the non-blocking `sock` into the asyncio datagram
     `protocol` (as the transport would, one by one); an error goes to `protocol.error_received`
-    as the transport would send it. Returns the datagrams read."""
-    for n in range(batch):
-        try:
-            data, addr = sock.recvfrom(_DATAGRAM_MAX)
-        except (BlockingIOError, InterruptedError):
-            return n
-        except OSError as exc:
-            protocol.error_received(exc)
-            return n
-        protocol.datagram_received(data, addr)
-    return batch
+    as the transport would send it. The kernel's drop count, where a read carries it, goes to
+    `drops`. Returns the datagrams read."""
+    dropped = -1
+    try:
+        for n in range(batch):
+            try:
+                data, ancillary, _flags, addr = sock.recvmsg(_DATAGRAM_MAX, _ANCILLARY_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return n
+            except OSError as exc:
+                protocol.error_received(exc)
+                return n
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(value) >= 4:
+                    dropped = int.from_bytes(value[:4], sys.byteorder)
+            protocol.datagram_received(data, addr)
+        return batch
+    finally:
+        if drops is not None and dropped >= 0:
+            drops.note(sock.fileno(), dropped)
 
 
 # --- this agent's service ----------------------------------------------------------------
