@@ -11,7 +11,8 @@ instance that changes again before it is handled keeps its place with its newest
 then Removed is just Removed). Only more distinct instances than `_MAX_PENDING` are dropped,
 counted and logged. A pool of `limits.RESOLVER_SLOTS` resolvers takes them in order, never two
 changes of one instance at once: Added/Updated are resolved (mostly from zeroconf's cache, which
-the browse answers already filled) and validated by `mdns.peer_from_info`, and only the
+the browse answers already filled: then at once, without a hop through the asyncio loop, which
+under load costs milliseconds and capped a join at some 340 agents a second) and validated by `mdns.peer_from_info`, and only the
 addresses on this machine's links are kept, a few at most (`mdns.bound_addresses`). An entry
 that does not resolve in time (a PTR record with nothing behind it) holds one resolver while it
 waits, not all of them, and is tried again later (`Retries`), up to `limits.RESOLVE_TRIES` times
@@ -35,6 +36,12 @@ next query, which zeroconf spaces out exponentially (seconds, then minutes). So 
 has dropped datagrams and the flood has been quiet for `REQUERY_QUIET`, the browser asks for the
 service type again at once (`Requery`), with what it knows as known answers: only the agents it
 missed answer. At most one such query per `REQUERY_GAP`.
+
+In such a flood zeroconf also reports most entries Updated several times over (every answer
+that brings a record back counts), although nothing changed. Each PeerSeen makes the table
+probe the peer at once, so an Updated that resolves to exactly what was sent for the entry less
+than `SAME_AGAIN` ago is not sent again (counted as `repeated`): at 2,000 agents that was 1,500
+extra probes in the middle of the join.
 """
 
 from __future__ import annotations
@@ -79,6 +86,10 @@ SECOND_LOOK = 1.2
 # between two queries of ours (zeroconf's question history suppresses a repeat within 1 s).
 REQUERY_QUIET = 0.5
 REQUERY_GAP = 1.0
+# An Updated that resolves to exactly the PeerSeen sent for that entry less than this ago is not
+# sent again (module docstring): a flood lasts a few seconds; a peer that comes back after a cut
+# link or a restart is gone for longer, or comes back with another pid.
+SAME_AGAIN = 3.0
 
 _KINDS = {
     ServiceStateChange.Added: "added",
@@ -195,6 +206,14 @@ class Requery:
                 await self.drops.wait_beyond(total)
             if scope.cancelled_caught:
                 return
+
+
+def is_repeat(change: Change, message: PeerSeen, last: PeerSeen | None, sent_at: float | None,
+              now: float, window: float = SAME_AGAIN) -> bool:
+    """True for an Updated that resolved to exactly `last`, the PeerSeen sent for the entry at
+    `sent_at`, less than `window` seconds ago: not worth sending (module docstring)."""
+    return (change is ServiceStateChange.Updated and message == last and sent_at is not None
+            and now - sent_at < window)
 
 
 class Handler(Protocol):
@@ -412,8 +431,9 @@ class _Resolver:
         # instance (lower case) -> its peer name, or None for an entry we ignore (rejected, or
         # ourselves), so that its Removed is ignored too.
         self.peer_names: dict[str, str | None] = {}
-        # instance (lower case) -> the last PeerSeen sent for it, for second looks.
+        # instance (lower case) -> the last PeerSeen sent for it, for second looks; and when.
         self.last_seen: dict[str, PeerSeen] = {}
+        self.sent_at: dict[str, float] = {}
 
     async def handle(self, instance: str, change: Change) -> None:
         label = _label(instance, self.service_type)
@@ -426,7 +446,11 @@ class _Resolver:
             await self._look_again(instance)
             return
         info = AsyncServiceInfo(self.service_type, instance)
-        if not await aio_as_trio(info.async_request)(self.zc.zeroconf, _RESOLVE_TIMEOUT_MS):
+        # From the cache first, on this thread: the browse answers mostly brought every record
+        # already, and zeroconf's own request would cost a hop through the asyncio loop even
+        # then, a few rounds of trio's scheduler, while this resolver holds its slot.
+        if not info.load_from_cache(self.zc.zeroconf) and \
+                not await aio_as_trio(info.async_request)(self.zc.zeroconf, _RESOLVE_TIMEOUT_MS):
             self.metrics.mdns_events.labels(kind="unresolved").inc()
             if self.retries is not None:
                 wait = self.retries.schedule(instance)
@@ -452,8 +476,14 @@ class _Resolver:
         if message.name == self.own_name:
             self.peer_names[instance.lower()] = None
             return
-        self.peer_names[instance.lower()] = message.name
-        self.last_seen[instance.lower()] = message
+        key = instance.lower()
+        now = trio.current_time()
+        if is_repeat(change, message, self.last_seen.get(key), self.sent_at.get(key), now):
+            self.metrics.mdns_events.labels(kind="repeated").inc()
+            return  # the same again, just sent: nothing to probe anew (module docstring)
+        self.peer_names[key] = message.name
+        self.last_seen[key] = message
+        self.sent_at[key] = now
         if self.second_looks is not None:
             self.second_looks.schedule(instance)
         await self.out.send(message)
@@ -486,6 +516,7 @@ class _Resolver:
     async def _removed(self, instance: str, label: str) -> None:
         key = instance.lower()
         last = self.last_seen.pop(key, None)
+        self.sent_at.pop(key, None)
         if self.second_looks is not None:
             self.second_looks.cancel(instance)
         if self.retries is not None:
