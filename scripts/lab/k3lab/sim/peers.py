@@ -83,7 +83,7 @@ async def run(args: argparse.Namespace) -> list[float]:
                            properties={"node": name, "port": str(port), "pid": str(os.getpid())},
                            server=f"{args.prefix}.local.", parsed_addresses=[args.address])
         async with limit:
-            await (await zc.async_register_service(info))
+            await (await zc.async_register_service(info, cooperating_responders=args.no_probe))
 
     await asyncio.gather(*(register(i) for i in range(args.count)))
     say(event="registered", t=time.monotonic(), count=args.count)
@@ -109,6 +109,10 @@ def main() -> int:
     parser.add_argument("--accept-log", help="write accepted-connection times here at exit")
     parser.add_argument("--concurrency", type=int, default=REGISTER_CONCURRENCY,
                         help="registrations under way at once (default %(default)s)")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="announce without probing the names first (zeroconf's probe asks "
+                             "for the whole service type, which every peer announced already "
+                             "answers: with hundreds starting at once, a flood)")
     parser.add_argument("--lifetime", type=float, default=900, help="exit after this (s)")
     args = parser.parse_args()
     accepts = asyncio.run(run(args))
