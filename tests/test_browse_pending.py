@@ -3,15 +3,12 @@ latest change of each instance, and only a flood of distinct instances is droppe
 
 from __future__ import annotations
 
-import attrs
-import pytest
 import trio
 import trio.lowlevel
 import trio.testing
 from zeroconf import DNSPointer, RecordUpdate, ServiceStateChange
 from zeroconf.const import _CLASS_IN, _TYPE_PTR
 
-from k3net.core.messages import PeerSeen
 from k3net.tasks.browse import (
     Change,
     Goodbyes,
@@ -19,7 +16,6 @@ from k3net.tasks.browse import (
     Retries,
     SecondLooks,
     _resolve_changes,
-    is_repeat,
 )
 
 ADDED, UPDATED, REMOVED = (
@@ -215,25 +211,3 @@ def test_only_a_ptr_with_ttl_0_of_our_service_is_a_goodbye() -> None:
     assert not goodbyes.take("node-b._k3._tcp.local.")
     assert not goodbyes.take("printer._ipp._tcp.local.")
 
-
-A = PeerSeen("node-a", ("10.0.0.5",), 7946, pid=100, found_by="mdns")
-
-
-@pytest.mark.parametrize(
-    ("change", "message", "last", "sent_at", "now", "repeat"),
-    [
-        pytest.param(UPDATED, A, A, 10.0, 11.0, True, id="same-again-in-a-flood"),
-        pytest.param(UPDATED, A, A, 10.0, 13.5, False, id="same-after-a-while-(link-back)"),
-        pytest.param(UPDATED, attrs.evolve(A, pid=101), A, 10.0, 10.5, False, id="restarted"),
-        pytest.param(UPDATED, attrs.evolve(A, addresses=("10.0.0.6",)), A, 10.0, 10.5, False,
-                     id="moved"),
-        pytest.param(ADDED, A, A, 10.0, 10.5, False, id="added-again"),
-        pytest.param("retry", A, A, 10.0, 10.5, False, id="a-retry"),
-        pytest.param(UPDATED, A, None, None, 10.5, False, id="never-sent"),
-    ],
-)
-def test_only_an_update_that_says_nothing_new_is_a_repeat(
-    change: Change, message: PeerSeen, last: PeerSeen | None, sent_at: float | None,
-    now: float, repeat: bool,
-) -> None:
-    assert is_repeat(change, message, last, sent_at, now, window=3.0) is repeat

@@ -36,12 +36,6 @@ next query, which zeroconf spaces out exponentially (seconds, then minutes). So 
 has dropped datagrams and the flood has been quiet for `REQUERY_QUIET`, the browser asks for the
 service type again at once (`Requery`), with what it knows as known answers: only the agents it
 missed answer. At most one such query per `REQUERY_GAP`.
-
-In such a flood zeroconf also reports most entries Updated several times over (every answer
-that brings a record back counts), although nothing changed. Each PeerSeen makes the table
-probe the peer at once, so an Updated that resolves to exactly what was sent for the entry less
-than `SAME_AGAIN` ago is not sent again (counted as `repeated`): at 2,000 agents that was 1,500
-extra probes in the middle of the join.
 """
 
 from __future__ import annotations
@@ -86,10 +80,6 @@ SECOND_LOOK = 1.2
 # between two queries of ours (zeroconf's question history suppresses a repeat within 1 s).
 REQUERY_QUIET = 0.5
 REQUERY_GAP = 1.0
-# An Updated that resolves to exactly the PeerSeen sent for that entry less than this ago is not
-# sent again (module docstring): a flood lasts a few seconds; a peer that comes back after a cut
-# link or a restart is gone for longer, or comes back with another pid.
-SAME_AGAIN = 3.0
 
 _KINDS = {
     ServiceStateChange.Added: "added",
@@ -206,14 +196,6 @@ class Requery:
                 await self.drops.wait_beyond(total)
             if scope.cancelled_caught:
                 return
-
-
-def is_repeat(change: Change, message: PeerSeen, last: PeerSeen | None, sent_at: float | None,
-              now: float, window: float = SAME_AGAIN) -> bool:
-    """True for an Updated that resolved to exactly `last`, the PeerSeen sent for the entry at
-    `sent_at`, less than `window` seconds ago: not worth sending (module docstring)."""
-    return (change is ServiceStateChange.Updated and message == last and sent_at is not None
-            and now - sent_at < window)
 
 
 class Handler(Protocol):
@@ -431,9 +413,8 @@ class _Resolver:
         # instance (lower case) -> its peer name, or None for an entry we ignore (rejected, or
         # ourselves), so that its Removed is ignored too.
         self.peer_names: dict[str, str | None] = {}
-        # instance (lower case) -> the last PeerSeen sent for it, for second looks; and when.
+        # instance (lower case) -> the last PeerSeen sent for it, for second looks.
         self.last_seen: dict[str, PeerSeen] = {}
-        self.sent_at: dict[str, float] = {}
 
     async def handle(self, instance: str, change: Change) -> None:
         label = _label(instance, self.service_type)
@@ -477,13 +458,8 @@ class _Resolver:
             self.peer_names[instance.lower()] = None
             return
         key = instance.lower()
-        now = trio.current_time()
-        if is_repeat(change, message, self.last_seen.get(key), self.sent_at.get(key), now):
-            self.metrics.mdns_events.labels(kind="repeated").inc()
-            return  # the same again, just sent: nothing to probe anew (module docstring)
         self.peer_names[key] = message.name
         self.last_seen[key] = message
-        self.sent_at[key] = now
         if self.second_looks is not None:
             self.second_looks.schedule(instance)
         await self.out.send(message)
@@ -516,7 +492,6 @@ class _Resolver:
     async def _removed(self, instance: str, label: str) -> None:
         key = instance.lower()
         last = self.last_seen.pop(key, None)
-        self.sent_at.pop(key, None)
         if self.second_looks is not None:
             self.second_looks.cancel(instance)
         if self.retries is not None:
