@@ -210,4 +210,3 @@ def test_only_a_ptr_with_ttl_0_of_our_service_is_a_goodbye() -> None:
     assert not goodbyes.take("node-a._k3._tcp.local.")  # taken: the next Removed is an expiry
     assert not goodbyes.take("node-b._k3._tcp.local.")
     assert not goodbyes.take("printer._ipp._tcp.local.")
-
