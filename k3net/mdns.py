@@ -44,13 +44,17 @@ address it likes. (zeroconf does not say on which of them a record came: any cou
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import os
 import socket
+import sys
+import weakref
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import ifaddr
@@ -70,6 +74,31 @@ from k3net.settings import Settings
 _IFF_UP = 0x1
 _IFF_LOOPBACK = 0x8
 _IFF_MULTICAST = 0x1000
+
+# The kernel's receive buffer asked for on zeroconf's sockets. mDNS comes in bursts: hundreds of
+# agents starting together send thousands of probes and announcements within a second or two,
+# and the default buffer (net.core.rmem_default, 208 KiB: some 200 datagrams) overflowed at once
+# on a LAN of 2,000 agents: 25,000 of 27,000 datagrams were dropped, the services they announced
+# were seen only by the browser's later queries, 16 s after they started. 4 MiB holds a few
+# thousand datagrams while the agent catches up; it is a bound, not an allocation (the kernel
+# charges only what is queued). Set with SO_RCVBUFFORCE where the agent may (root,
+# CAP_NET_ADMIN), else with SO_RCVBUF, which the kernel caps at net.core.rmem_max.
+RECEIVE_BUFFER = 4 * 1024 * 1024
+# Linux's SO_RCVBUFFORCE (asm-generic/socket.h); Python's socket module names it from 3.12 on.
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+# Linux's SO_RXQ_OVFL: each datagram read carries the socket's count of datagrams dropped so far.
+_SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+_ANCILLARY_SPACE = socket.CMSG_SPACE(4)
+
+# Datagrams read from one of zeroconf's sockets per wakeup (`drain_readers`). A wakeup comes once
+# per round of trio's scheduler at best, and a round of an agent probing 2,000 peers can take
+# tens of milliseconds: the batch must hold what arrives meanwhile (thousands a second when a
+# LAN of agents starts). Bounded so that one wakeup never reads for long: zeroconf handles a
+# datagram in tens of microseconds, 512 of them in some 20 ms.
+DRAIN_BATCH = 512
+# The largest datagram read: mDNS messages are at most 9000 bytes (RFC 6762 17); zeroconf drops
+# anything larger itself, and a UDP datagram cannot exceed this.
+_DATAGRAM_MAX = 65535
 
 # zeroconf sends its goodbyes and closes its sockets in well under a second; this only bounds
 # a close that hangs, so that a stopping agent never waits on mDNS for long.
@@ -423,11 +452,143 @@ async def open_zeroconf(interfaces: Sequence[str] = ()) -> AsyncIterator[AsyncZe
     chosen = choose_interfaces(interfaces, list_interfaces())
     # use_asyncio=True: attach to the trio-asyncio loop, fail at once without one.
     zc = AsyncZeroconf(zc=Zeroconf(interfaces=zeroconf_interfaces(chosen), use_asyncio=True))
+    sockets = zeroconf_sockets(zc.zeroconf)  # read before the start: zeroconf then lets go
+    for sock in sockets:
+        grow_receive_buffer(sock, RECEIVE_BUFFER)
     try:
+        await aio_as_trio(zc.zeroconf.async_wait_for_start)()
+        drain_readers(zc.zeroconf, sockets, receive_drops(zc))
         yield zc
     finally:
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await aio_as_trio(zc.async_close)()
+
+
+_DROPS: weakref.WeakKeyDictionary[AsyncZeroconf, Drops] = weakref.WeakKeyDictionary()
+
+
+def receive_drops(zc: AsyncZeroconf) -> Drops:
+    """What the kernel dropped on the sockets of `zc` (counted for one that `open_zeroconf`
+    opened; zero for any other)."""
+    drops = _DROPS.get(zc)
+    if drops is None:
+        drops = _DROPS[zc] = Drops()
+    return drops
+
+
+def zeroconf_sockets(zc: Zeroconf) -> list[socket.socket]:
+    """The sockets zeroconf will read: the one joined to the multicast group and those it
+    answers from (unicast replies come back to them). zeroconf has no public accessor for them,
+    and forgets them once started (its transports wrap them): call it before."""
+    engine = zc.engine
+    found = [engine._listen_socket, *engine._respond_sockets]
+    unique: dict[int, socket.socket] = {}
+    for sock in found:
+        if sock is not None:
+            unique.setdefault(id(sock), sock)
+    return list(unique.values())
+
+
+def grow_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for a receive buffer of `size` bytes (`RECEIVE_BUFFER` says why); never shrinks it.
+    Returns the size the kernel granted (it doubles the request for its own bookkeeping)."""
+    current = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if current >= size:
+        return current
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+    except OSError:  # not permitted: the unprivileged way, capped by net.core.rmem_max
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def drain_readers(zc: Zeroconf, sockets: Sequence[socket.socket], drops: Drops | None = None
+                  ) -> int:
+    """Make each of zeroconf's sockets read up to `DRAIN_BATCH` datagrams per wakeup instead of
+    one, and count what the kernel dropped into `drops`; returns the sockets changed. Call once
+    zeroconf has started.
+
+    asyncio's datagram transport reads one datagram each time its socket is readable. Under
+    trio-asyncio every such read is a round of trio's scheduler and then of the asyncio loop
+    (a task per reader that waits, runs the callback, then waits for the loop to catch up), so
+    an agent busy with thousands of probes read some 800 datagrams a second, while a LAN of
+    2,000 agents starting together sends far more: the kernel dropped the rest (see
+    `RECEIVE_BUFFER`). Here the reader callback of each socket is replaced by one that reads
+    until the socket is empty or the batch is full and hands each datagram to the same zeroconf
+    protocol. The transport stays as it was (it sends, and closing it removes this reader).
+    `sockets`: zeroconf's own, from `zeroconf_sockets` before it started."""
+    engine = zc.engine
+    loop = engine.loop
+    raw = {sock.fileno(): sock for sock in sockets}
+    changed = 0
+    for wrapped in engine.readers:
+        sock = raw.get(wrapped.fileno)
+        if sock is None:
+            continue  # not one of the sockets zeroconf made at start: left as it reads
+        with contextlib.suppress(OSError):  # the kernel then tells each read what it dropped
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+        protocol = wrapped.transport.get_protocol()
+        # asyncio's own (private) way to set the one reader of a file descriptor that a
+        # transport owns; trio-asyncio's loop implements it too. It replaces the transport's.
+        loop._add_reader(wrapped.fileno, drain_socket,  # type: ignore[union-attr]
+                         sock, protocol, DRAIN_BATCH, drops)
+        changed += 1
+    return changed
+
+
+@attrs.define
+class Drops:
+    """The datagrams the kernel dropped on zeroconf's sockets for want of buffer space, as the
+    reads learn it (SO_RXQ_OVFL), and when the count last grew. Each announcement lost that way
+    leaves a peer unseen until some later answer names it again; `browse` asks again once a
+    flood is over (`browse.Requery`)."""
+
+    total: int = 0
+    last_at: float | None = None  # trio.current_time() of the last growth
+    _per_socket: dict[int, int] = attrs.field(factory=dict)
+    _grew: trio.Event = attrs.field(factory=trio.Event)
+
+    def note(self, fd: int, dropped: int) -> None:
+        """The kernel's count for socket `fd` (it only grows, from the socket's creation)."""
+        before = self._per_socket.get(fd, 0)
+        if dropped > before:
+            self._per_socket[fd] = dropped
+            self.total += dropped - before
+            self.last_at = trio.current_time()
+            self._grew.set()
+            self._grew = trio.Event()
+
+    async def wait_beyond(self, total: int) -> None:
+        """Until more than `total` datagrams were dropped in all."""
+        while self.total <= total:
+            await self._grew.wait()
+
+
+def drain_socket(sock: socket.socket, protocol: Any, batch: int, drops: Drops | None = None
+                 ) -> int:
+    """Read up to `batch` datagrams from the non-blocking `sock` into the asyncio datagram
+    `protocol` (as the transport would, one by one); an error goes to `protocol.error_received`
+    as the transport would send it. The kernel's drop count, where a read carries it, goes to
+    `drops`. Returns the datagrams read."""
+    dropped = -1
+    try:
+        for n in range(batch):
+            try:
+                data, ancillary, _flags, addr = sock.recvmsg(_DATAGRAM_MAX, _ANCILLARY_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return n
+            except OSError as exc:
+                protocol.error_received(exc)
+                return n
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(value) >= 4:
+                    dropped = int.from_bytes(value[:4], sys.byteorder)
+            protocol.datagram_received(data, addr)
+        return batch
+    finally:
+        if drops is not None and dropped >= 0:
+            drops.note(sock.fileno(), dropped)
 
 
 # --- this agent's service ----------------------------------------------------------------

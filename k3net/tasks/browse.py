@@ -11,7 +11,8 @@ instance that changes again before it is handled keeps its place with its newest
 then Removed is just Removed). Only more distinct instances than `_MAX_PENDING` are dropped,
 counted and logged. A pool of `limits.RESOLVER_SLOTS` resolvers takes them in order, never two
 changes of one instance at once: Added/Updated are resolved (mostly from zeroconf's cache, which
-the browse answers already filled) and validated by `mdns.peer_from_info`, and only the
+the browse answers already filled: then at once, without a hop through the asyncio loop, which
+under load costs milliseconds and capped a join at some 340 agents a second) and validated by `mdns.peer_from_info`, and only the
 addresses on this machine's links are kept, a few at most (`mdns.bound_addresses`). An entry
 that does not resolve in time (a PTR record with nothing behind it) holds one resolver while it
 waits, not all of them, and is tried again later (`Retries`), up to `limits.RESOLVE_TRIES` times
@@ -26,22 +27,32 @@ just after the new announcement. zeroconf reports neither as a change, so a reso
 the announcement would keep the old address until the record's TTL (minutes). Every Added or
 Updated that was sent on is therefore resolved once more from the cache `SECOND_LOOK` seconds
 later (`SecondLooks`), and sent again only if what it resolves to changed.
+
+A LAN of agents starting together floods mDNS: each agent probes its name three times, and
+zeroconf's probe asks for the whole service type, which every agent already announced answers.
+Thousands of datagrams a second arrive, and what the kernel cannot queue it drops
+(`mdns.Drops`): the announcements lost that way leave their agents unseen until the browser's
+next query, which zeroconf spaces out exponentially (seconds, then minutes). So once the kernel
+has dropped datagrams and the flood has been quiet for `REQUERY_QUIET`, the browser asks for the
+service type again at once (`Requery`), with what it knows as known answers: only the agents it
+missed answer. At most one such query per `REQUERY_GAP`.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import trio
 from trio_asyncio import aio_as_trio
-from zeroconf import RecordUpdateListener, ServiceStateChange, Zeroconf
+from zeroconf import RecordUpdateListener, ServiceStateChange, Zeroconf, current_time_millis
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 from zeroconf.const import _TYPE_PTR
 
-from k3net import limits
+from k3net import limits, mdns
 from k3net.core.messages import PeerGone, PeerRejected, PeerSeen
 from k3net.core.names import is_valid_name
 from k3net.durations import format_duration
@@ -64,6 +75,11 @@ _CANCEL_TIMEOUT = 1.0
 # After an Added/Updated, when to resolve the entry again (module docstring): past the one second
 # an RFC 6762 responder keeps a flushed or withdrawn record.
 SECOND_LOOK = 1.2
+
+# After the kernel dropped mDNS datagrams: the quiet that ends a flood, and the least time
+# between two queries of ours (zeroconf's question history suppresses a repeat within 1 s).
+REQUERY_QUIET = 0.5
+REQUERY_GAP = 1.0
 
 _KINDS = {
     ServiceStateChange.Added: "added",
@@ -125,6 +141,10 @@ async def run(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(second_looks.run)
                 nursery.start_soon(retries.run)
+                requery = Requery(mdns.receive_drops(zc),
+                                  functools.partial(_ask_for_type, browser, service_type),
+                                  metrics)
+                nursery.start_soon(requery.run)
                 resolver = _Resolver(zc, service_type, own_name, out, metrics, loopback,
                                      second_looks, goodbyes, retries, networks)
                 for _ in range(limits.RESOLVER_SLOTS):
@@ -134,6 +154,48 @@ async def run(
             zc.zeroconf.async_remove_listener(goodbyes)
             with trio.move_on_after(_CANCEL_TIMEOUT, shield=True):
                 await aio_as_trio(browser.async_cancel)()
+
+
+def _ask_for_type(browser: AsyncServiceBrowser, service_type: str) -> None:
+    """The browser's own query for `service_type`, now: known answers from the cache, split over
+    as many packets as they need."""
+    browser.query_scheduler.async_send_ready_queries(False, current_time_millis(),
+                                                     {service_type})
+
+
+class Requery:
+    """Asks again (`ask`) after the kernel dropped datagrams (module docstring): once no drop
+    has come for `quiet` seconds, then at most once per `gap` while drops go on."""
+
+    def __init__(self, drops: mdns.Drops, ask: Callable[[], None], metrics: Metrics, *,
+                 quiet: float = REQUERY_QUIET, gap: float = REQUERY_GAP) -> None:
+        self.drops = drops
+        self.ask = ask
+        self.metrics = metrics
+        self.quiet = quiet
+        self.gap = gap
+
+    async def run(self) -> None:
+        seen = self.drops.total
+        while True:
+            await self.drops.wait_beyond(seen)
+            await self._quiet()
+            lost, seen = self.drops.total - seen, self.drops.total
+            self.metrics.mdns_events.labels(kind="dropped").inc(lost)
+            self.metrics.mdns_events.labels(kind="requery").inc()
+            log.info("the kernel dropped %d mDNS datagrams (a flood of announcements): asking "
+                     "for every agent again", lost)
+            self.ask()
+            await trio.sleep(self.gap)
+
+    async def _quiet(self) -> None:
+        """Until no datagram has been dropped for `quiet` seconds."""
+        while True:
+            total = self.drops.total
+            with trio.move_on_after(self.quiet) as scope:
+                await self.drops.wait_beyond(total)
+            if scope.cancelled_caught:
+                return
 
 
 class Handler(Protocol):
@@ -365,7 +427,11 @@ class _Resolver:
             await self._look_again(instance)
             return
         info = AsyncServiceInfo(self.service_type, instance)
-        if not await aio_as_trio(info.async_request)(self.zc.zeroconf, _RESOLVE_TIMEOUT_MS):
+        # From the cache first, on this thread: the browse answers mostly brought every record
+        # already, and zeroconf's own request would cost a hop through the asyncio loop even
+        # then, a few rounds of trio's scheduler, while this resolver holds its slot.
+        if not info.load_from_cache(self.zc.zeroconf) and \
+                not await aio_as_trio(info.async_request)(self.zc.zeroconf, _RESOLVE_TIMEOUT_MS):
             self.metrics.mdns_events.labels(kind="unresolved").inc()
             if self.retries is not None:
                 wait = self.retries.schedule(instance)
@@ -391,8 +457,9 @@ class _Resolver:
         if message.name == self.own_name:
             self.peer_names[instance.lower()] = None
             return
-        self.peer_names[instance.lower()] = message.name
-        self.last_seen[instance.lower()] = message
+        key = instance.lower()
+        self.peer_names[key] = message.name
+        self.last_seen[key] = message
         if self.second_looks is not None:
             self.second_looks.schedule(instance)
         await self.out.send(message)
