@@ -49,12 +49,17 @@ class AgentProc:
     def get_json(self, path: str) -> Any:
         return self.client.get_json(self.url + path)
 
-    def wait_ready(self, timeout: float = 15) -> None:
+    def wait_ready(self, timeout: float = 15, *, advertised: bool = True) -> None:
+        """Until the agent answers /healthz and, with `advertised`, its mDNS record is
+        registered (/readyz/mdns): peers may know of it sooner (the store, its hellos), but
+        only then can they see it leave over mDNS."""
         def up() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent {self.name} exited with {self.proc.returncode}:\n"
                                    + self.log())
-            return self.client.get(self.url + "/healthz")[0] == 200
+            if self.client.get(self.url + "/healthz")[0] != 200:
+                return False
+            return not advertised or self.client.get(self.url + "/readyz/mdns")[0] == 200
 
         try:
             wait_for(up, timeout, what=f"{self.name} /healthz")
