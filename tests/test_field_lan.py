@@ -21,6 +21,7 @@ and a blocked first address (test_real_hosts.py).
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import sys
@@ -275,19 +276,25 @@ def test_one_way_reject_makes_a_node_blip_at_most_once(
         assert len(_transitions(etcd.history("node-b", since))) <= 2
 
 
-def _wait_event(proc: subprocess.Popen[str], event: str, timeout: float) -> None:
-    """Read the fake agent's JSON lines until `event` (AssertionError after `timeout`)."""
+def _wait_event(proc: subprocess.Popen[str], event: str, timeout: float) -> tuple[list[str], str]:
+    """Read the fake agent's JSON lines until `event` (AssertionError after `timeout`): the
+    events read, and the start of a line not complete yet. Read from the pipe itself, never
+    through the text wrapper's buffer, which select cannot see: two lines that came in one
+    read would leave the second unseen until the next."""
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
+    fd, events, pending = proc.stdout.fileno(), [], b""
     while (left := deadline - time.monotonic()) > 0:
-        if not select.select([proc.stdout], [], [], left)[0]:
+        if not select.select([fd], [], [], left)[0]:
             break
-        line = proc.stdout.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             break
-        if json.loads(line).get("event") == event:
-            return
-    raise AssertionError(f"the fake agent did not report {event!r} within {timeout}s")
+        *lines, pending = (pending + chunk).split(b"\n")
+        events += [json.loads(line)["event"] for line in lines if line.strip()]
+        if event in events:
+            return events, pending.decode()
+    raise AssertionError(f"the fake agent did not report {event!r} within {timeout}s: {events}")
 
 
 @pytest.mark.parametrize(("order", "gap"), [
@@ -313,7 +320,7 @@ def test_go_style_goodbye_order_gives_peer_left(agents: AgentFactory, order: str
             wait_for(lambda: _status(a, "go-peer") == ("True", "PeerAlive"), 20,
                      what="the Go-style peer Ready at node-a")
             # Peers see it while it still announces; its SIGTERM handler is set once it is done.
-            _wait_event(go, "registered", 15)
+            seen, pending = _wait_event(go, "registered", 15)
             go.terminate()  # SIGTERM: goodbye and listener, `gap` s apart in the order asked
             stopped = time.monotonic()
             wait_for(lambda: _status(a, "go-peer") == ("False", "PeerLeft"), 10,
@@ -321,7 +328,7 @@ def test_go_style_goodbye_order_gives_peer_left(agents: AgentFactory, order: str
             print(f"\n    {order[2:]}: PeerLeft at node-a {time.monotonic() - stopped:.2f}s "
                   "after SIGTERM")
             out, _ = go.communicate(timeout=10)
-            events = ["registered"] + [json.loads(line)["event"] for line in out.splitlines()]
+            events = seen + [json.loads(line)["event"] for line in (pending + out).splitlines()]
             first = "goodbye-sent" if order == "--goodbye-first" else "listener-closed"
             assert events.index(first) < events.index(
                 "listener-closed" if first == "goodbye-sent" else "goodbye-sent"), events
