@@ -24,7 +24,8 @@ from k3net.store.memory import MemoryStore
 from k3net.tasks import introduce
 from k3net.tasks.introduce import Hello, Introductions, Window, parse_hello
 from k3net.web.app import AppState
-from tests.helpers.web import connect_from, start_server
+
+from .helpers.web import connect_from, start_server
 
 # --- the reader ------------------------------------------------------------------------------
 
