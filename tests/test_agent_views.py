@@ -126,7 +126,7 @@ def test_operator_views_of_real_agents(agents, tmp_path: Path) -> None:  # type:
 
         # k3net peers browses the LAN once and probes what it finds.
         peers = json.loads(host.run(
-            K3NET + ["peers", "--timeout", "2s", "--json", "--interface", "lo"]).stdout)
+            K3NET + ["peers", "--timeout", "4s", "--json", "--interface", "lo"]).stdout)
         by_name = {p["name"]: p for p in peers}
         assert set(by_name) == {"node-a"}
         assert by_name["node-a"]["port"] == 7101
