@@ -28,7 +28,7 @@ from typing import Any
 
 from k3lab import cpulimit
 from k3lab.sim.common import cpu_seconds, fmt_s, log, summary
-from k3lab.sim.field_lan import _etcd_history, _flips, run_fleet
+from k3lab.sim.field_lan import etcd_history, history_flips, run_fleet
 from k3lab.sim.report import Context, Row, rows, verdict
 from k3lab.sim.scenarios import (
     DEFAULT_TTL,
@@ -197,8 +197,8 @@ def gray(sim: Sim) -> None:
         "per_node_writes": {n: after.writes.get(n, 0) - before.writes.get(n, 0) for n in names},
     })
     if isinstance(watcher.reader, EtcdReader) and since_rev is not None:
-        history = {n: _etcd_history(watcher.reader, n, since_rev) for n in names}
-        result["status_changes_etcd"] = {n: _flips(h) for n, h in history.items()}
+        history = {n: etcd_history(watcher.reader, n, since_rev) for n in names}
+        result["status_changes_etcd"] = {n: history_flips(h) for n, h in history.items()}
         result["not_ready_values_etcd"] = {
             n: sum(1 for v in h if v is not None and v[0] != "True") for n, h in history.items()}
     sim.results["gray"] = result
