@@ -216,3 +216,16 @@ def test_lan_lists_the_silence_scenarios_and_bounds_gray() -> None:
     done = lan("--gray", "10")
     assert done.returncode == 2
     assert "--gray must be between 30 and 900" in done.stderr.strip().splitlines()[-1]
+
+
+def test_versus_markdown_names_the_run_and_keeps_the_table(tmp_path: Path) -> None:
+    from k3lab.versus.run import _write_md
+
+    results = {"trials": 3, "window_seconds": 60.0, "steady_seconds": 60.0, "hosts": 5,
+               "runtime_seconds": 1000.0, "k3net_revision": "abc1234",
+               "k3net_timings": "defaults", "serf": {"version": "Serf v0.9.4", "discovery": "mDNS"},
+               "k3net": {"join": measure.times([0.5])}}
+    _write_md(tmp_path / "v.md", results, "| measure | serf |")
+    text = (tmp_path / "v.md").read_text()
+    assert "k3net abc1234" in text and "Serf v0.9.4" in text and "--trials 3" in text
+    assert text.rstrip().endswith("| measure | serf |")

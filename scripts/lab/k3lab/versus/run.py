@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: dict[str, Any] = {
         "hosts": args.hosts, "trials": args.trials, "window_seconds": args.window,
-        "steady_seconds": args.steady, "k3net": k3net_revision(),
+        "steady_seconds": args.steady, "k3net_revision": k3net_revision(),
         "k3net_timings": "defaults: peer-ttl 90s, probe-interval 15s, probe-timeout 700ms",
         "serf_timings": "LAN profile (memberlist DefaultLANConfig)",
     }
@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 # A fresh LAN each: nothing one left behind (a qdisc, a route) touches the other.
                 with Lan(args.hosts, SUBNET) as lan:
                     log(f"LAN: {args.hosts} hosts on {SUBNET}, namespaces {lan.prefix}-*")
+                    # Under the contestant's name: "serf", "k3net".
                     contestants[kind] = runner(lan, workdir, args)
                     results[kind] = contestants[kind]
         finally:
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         text = measure.markdown(headers, rows)
         results["table"] = text
         serf = (contestants.get("serf") or {}).get("version", "Serf")
-        print(f"\nk3net {results['k3net']} vs {serf} on a {args.hosts}-host netns LAN ({args.trials} trials, {args.window:g}s gray "
+        print(f"\nk3net {results['k3net_revision']} vs {serf} on a {args.hosts}-host netns LAN ({args.trials} trials, {args.window:g}s gray "
               f"windows)\n{text}", flush=True)
         if args.md:
             _write_md(Path(args.md), results, text)
@@ -363,7 +364,7 @@ def _write_md(path: Path, results: dict[str, Any], table: str) -> None:
         "# k3net versus Serf: sample output\n\n"
         f"`nox -s versus -- --trials {results['trials']} --window {results['window_seconds']:g} "
         f"--steady {results['steady_seconds']:g}` on a {results['hosts']}-host netns LAN, "
-        f"runtime {results['runtime_seconds']:g} s. k3net {results['k3net']} at its defaults "
+        f"runtime {results['runtime_seconds']:g} s. k3net {results['k3net_revision']} at its defaults "
         f"({results['k3net_timings']}), {serf.get('version', 'Serf')} with its LAN profile, "
         f"discovery {serf.get('discovery', '-')}. What each row means: docs/versus.md.\n\n"
         + (f"Error: {results['error']}\n\n" if "error" in results else "")
