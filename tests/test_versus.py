@@ -229,3 +229,31 @@ def test_versus_markdown_names_the_run_and_keeps_the_table(tmp_path: Path) -> No
     text = (tmp_path / "v.md").read_text()
     assert "k3net abc1234" in text and "Serf v0.9.4" in text and "--trials 3" in text
     assert text.rstrip().endswith("| measure | serf |")
+
+
+def test_silence_rows_judge_the_goals_and_say_what_was_not_measured() -> None:
+    import argparse
+
+    from k3lab.sim import silence
+    from k3lab.sim.report import Context
+
+    ctx = Context(argparse.Namespace(store="etcd"), 6.0, 1.0)
+    fast = {"to_not_ready": measure.times([2.1, 2.9, 4.0]),
+            "back_to_ready": measure.times([0.5, 0.7, 0.9]),
+            "state_while_cut": [["Unknown", "PeerUnreachable"]] * 3, "other_nodes_flaps": 0}
+    cut, up = silence._hostloss_rows({"hostloss": fast}, ctx)
+    assert "PeerUnreachable" in cut[0] and cut[-1].startswith("met")
+    assert up[-1].startswith("met")
+    slow = {**fast, "to_not_ready": measure.times([2.0, 3.0, 80.0])}  # one cut seen late
+    assert silence._hostloss_rows({"hostloss": slow}, ctx)[0][-1].startswith("MISSED")
+    missed = {**fast, "to_not_ready": measure.times([2.0, None, 2.5])}  # one never seen
+    assert silence._hostloss_rows({"hostloss": missed}, ctx)[0][-1].startswith("MISSED")
+
+    gray = {"seconds": 180.0, "lossy": {"loss_percent_each_way": 20},
+            "starved": {"share_of_a_core": 0.05, "not_measured": "no cgroup cpu controller"},
+            "paused": {"pauses": 2, "seconds_each": 5.0}, "false_not_ready_polled": 1,
+            "writes_per_node_per_minute": 2.0, "per_node_writes": {"node-0": 6}}
+    rows = silence._gray_rows({"gray": gray}, ctx)
+    assert rows[0][3] == 1 and rows[0][-1].startswith("MISSED")
+    assert rows[1][-1].startswith("met")
+    assert rows[2][-1] == "not measured: no cgroup cpu controller"

@@ -249,9 +249,12 @@ def _gray_rows(results: dict[str, Any], ctx: Context) -> list[Row]:
                else f"{starved['share_of_a_core']:.0%} core") + f", {r['paused']['pauses']}x"
             f"{r['paused']['seconds_each']:g}s pause")
     w = r["writes_per_node_per_minute"]
+    how = "etcd history" if "not_ready_values_etcd" in r else "polled"
+    if "cpu_share_used" in starved:  # at rest an agent may need far less than its limit
+        how += f"; the starved agent used {starved['cpu_share_used']:.1%} of a core"
     out: list[Row] = [
         [f"gray {r['seconds']:g}s ({sick}): live Nodes not-Ready", DEFAULTS, 1, false, "-",
-         "0", verdict(false == 0, "etcd history" if "not_ready_values_etcd" in r else "polled")],
+         "0", verdict(false == 0, how)],
         [f"gray {r['seconds']:g}s: writes/node/min", DEFAULTS, len(r["per_node_writes"]),
          f"{w:.2f}", "-", f"<= {WRITES_GOAL:g}", verdict(w <= WRITES_GOAL, "")],
     ]
