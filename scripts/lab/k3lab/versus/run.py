@@ -364,7 +364,7 @@ def _write_md(path: Path, results: dict[str, Any], table: str) -> None:
         "# k3net versus Serf: sample output\n\n"
         f"`nox -s versus -- --trials {results['trials']} --window {results['window_seconds']:g} "
         f"--steady {results['steady_seconds']:g}` on a {results['hosts']}-host netns LAN, "
-        f"runtime {results['runtime_seconds']:g} s. k3net {results['k3net_revision']} at its defaults "
+        f"runtime {results['runtime_seconds']:g} s. k3net {results['k3net_revision']} "
         f"({results['k3net_timings']}), {serf.get('version', 'Serf')} with its LAN profile, "
         f"discovery {serf.get('discovery', '-')}. What each row means: docs/versus.md.\n\n"
         + (f"Error: {results['error']}\n\n" if "error" in results else "")
