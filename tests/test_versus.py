@@ -95,6 +95,7 @@ def test_table_has_one_column_per_contestant_and_says_what_was_not_measured() ->
     per_agent = {"a": {"cpu_percent": 1.0, "rss_mb": 20.0, "bytes_per_second": 100.0},
                  "b": {"cpu_percent": 3.0, "rss_mb": 40.0, "bytes_per_second": 300.0}}
     serf = {"join": measure.times([0.2]), "crash": measure.times([5.9, 6.1]),
+            "alive_again_while_cut": 0,
             "loss": {"false_failures": 2, "seconds": 60.0},
             "starved": {"not_measured": "no cgroup cpu controller"},
             "steady": {"per_agent": per_agent}}
@@ -104,6 +105,7 @@ def test_table_has_one_column_per_contestant_and_says_what_was_not_measured() ->
     assert by_label["join: start -> seen alive by another member"] == ["0.20s / 0.20s (n=1)", "-"]
     assert by_label["crash: SIGKILL, host alive -> failed"][0] == "5.90s / 6.10s (n=2)"
     assert by_label["20% frame loss on one host: false failures"][0] == "2 in 60s"
+    assert by_label["host loss: alive again while still cut (10 s held)"] == ["0", "-"]
     assert by_label["starved member (5% of a core): false failures"][0] == (
         "not measured: no cgroup cpu controller")
     assert by_label["CPU per agent, steady (mean / max)"][0] == "2.00 / 3.00 % of a core"
@@ -248,6 +250,9 @@ def test_silence_rows_judge_the_goals_and_say_what_was_not_measured() -> None:
     assert silence._hostloss_rows({"hostloss": slow}, ctx)[0][-1].startswith("MISSED")
     missed = {**fast, "to_not_ready": measure.times([2.0, None, 2.5])}  # one never seen
     assert silence._hostloss_rows({"hostloss": missed}, ctx)[0][-1].startswith("MISSED")
+    relapsed = {**fast, "ready_again_while_cut": [{"t": 9.0, "node": "node-4"}]}
+    row = silence._hostloss_rows({"hostloss": relapsed}, ctx)[0]
+    assert row[-1].startswith("MISSED") and "Ready again while cut 1x" in row[-1]
 
     gray = {"seconds": 180.0, "lossy": {"loss_percent_each_way": 20},
             "starved": {"share_of_a_core": 0.05, "not_measured": "no cgroup cpu controller"},

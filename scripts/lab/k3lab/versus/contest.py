@@ -211,9 +211,14 @@ class K3net:
                      max(0.0, since + timeout - time.monotonic()))
 
     def wait_back(self, i: int, since: float, timeout: float) -> float | None:
-        """After a link cut: its Node Ready again at the store."""
+        """After a link cut: its Node Ready again at the store (since `since`)."""
         name = self.name(i)
-        return self.watcher.wait_until(lambda s: s.status(name) == "True", timeout)
+
+        def ready_since() -> float | None:
+            return next((tr.t for tr in self.watcher.transitions(since, nodes={name})
+                         if tr.new is not None and tr.new[0] == "True"), None)
+
+        return _poll(ready_since, timeout)
 
     def wait_down(self, i: int, since: float, timeout: float, *, left: bool) -> float | None:
         name = self.name(i)

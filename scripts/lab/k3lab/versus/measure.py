@@ -70,12 +70,13 @@ def fmt_cost(per_agent: dict[str, dict[str, float]], key: str, unit: str, digits
 
 
 # The rows of the table: (label, key in a contestant's results, kind). A timing is a summary
-# (p50 / max); a count is a number of false failure events.
+# (p50 / max); a count is a number of false failure events in a window; a number is shown as is.
 ROWS: list[tuple[str, str, str]] = [
     ("join: start -> seen alive by another member", "join", "time"),
     ("leave: SIGINT (Serf) / SIGTERM (k3net) -> left", "leave", "time"),
     ("crash: SIGKILL, host alive -> failed", "crash", "time"),
     ("host loss: link cut -> failed", "hostloss", "time"),
+    ("host loss: alive again while still cut (10 s held)", "alive_again_while_cut", "number"),
     ("host loss: link up -> alive again", "hostback", "time"),
     ("20% frame loss on one host: false failures", "loss", "count"),
     ("starved member (5% of a core): false failures", "starved", "count"),
@@ -89,6 +90,8 @@ def cell(result: dict[str, Any] | None, key: str, kind: str) -> str:
     value = result[key]
     if kind == "time":
         return fmt_time(value)
+    if kind == "number":
+        return str(value)
     if "not_measured" in value:
         return "not measured: " + value["not_measured"]
     return f"{value['false_failures']} in {value['seconds']:g}s"

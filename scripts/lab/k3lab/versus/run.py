@@ -15,7 +15,8 @@ observer):
   join      a member that left starts again: time until another member sees it alive
   leave     SIGINT (Serf's graceful leave) / SIGTERM (k3net's): time until it is seen gone
   crash     SIGKILL, the host lives: time until it is declared failed
-  hostloss  the host's link cut (nothing closes): time until failed; link up: until alive
+  hostloss  the host's link cut (nothing closes): time until failed (then held 10 s: is it
+            alive again while cut?); link up: until alive
   loss      one host drops 20 % of its frames each way for --window s: false failures
   starved   one agent held to 5 % of a core (k3lab.cpulimit) for --window s: false failures
   paused    one agent stopped twice for 5 s (SIGSTOP/SIGCONT) in --window s: false failures
@@ -61,6 +62,9 @@ START_TIMEOUT = 60.0
 DOWN_TIMEOUT = 120.0
 SEEN_TIMEOUT = 60.0  # join, and alive again after a link cut (Serf reconnects every 30 s)
 SETTLE = 3.0  # after a member is back, before the next fault
+# A host declared failed stays cut this long: alive again before its link returns would be a
+# false recovery (a suspicion that lapsed while the host is still gone).
+HOLD = 10.0
 LOSS, SHARE, PAUSES, PAUSE_SECONDS = 20, 0.05, 2, 5.0
 SEED = 5
 
@@ -163,7 +167,7 @@ def crash(c: Contestant, n: int, trials: int, rng: random.Random) -> dict[str, A
 def hostloss(c: Contestant, lan: Lan, trials: int, rng: random.Random) -> dict[str, Any]:
     down: list[float | None] = []
     back: list[float | None] = []
-    states = []
+    states, relapses = [], 0
     for k in range(trials):
         i = victim(len(lan), k)
         host = lan[i]
@@ -174,6 +178,9 @@ def hostloss(c: Contestant, lan: Lan, trials: int, rng: random.Random) -> dict[s
             t = c.wait_down(i, t0, DOWN_TIMEOUT, left=False)
             down.append(None if t is None else t - t0)
             states.append(c.state(i))
+            if t is not None:
+                time.sleep(HOLD)
+                relapses += c.wait_back(i, t, 0) is not None
         finally:
             t1 = time.monotonic()
             host.link_up()
@@ -187,7 +194,8 @@ def hostloss(c: Contestant, lan: Lan, trials: int, rng: random.Random) -> dict[s
             c.start(i)
         _settle(c)
     return {"hostloss": measure.times(down), "hostback": measure.times(back),
-            "hostloss_states": states}
+            "hostloss_states": states, "alive_again_while_cut": relapses,
+            "cut_held_after_failed_seconds": HOLD}
 
 
 def gray(c: Contestant, lan: Lan, window: float) -> dict[str, Any]:
