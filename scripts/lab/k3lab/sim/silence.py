@@ -57,7 +57,7 @@ HOSTLOSS_HOLD = DEFAULT_PROBE
 GRAY_LOSS = 20  # percent of the lossy host's frames dropped, each way
 GRAY_SHARE = 0.05  # of one core, for the starved agent
 GRAY_PAUSES, GRAY_PAUSE_SECONDS = 2, 5.0
-GRAY_MIN, GRAY_MAX = 30.0, 900.0  # bounds of --gray
+GRAY_MIN, GRAY_MAX = 30.0, 900.0  # bounds of --gray (sim/cli.py says so to the user)
 # After the faults end, keep watching one probe interval: a false expiry may land just after.
 GRAY_TAIL = DEFAULT_PROBE
 WRITES_GOAL = 2.2
@@ -148,7 +148,7 @@ def false_failures(transitions: list[Transition]) -> list[Transition]:
 @scenario("gray", needs_fleet=False)
 def gray(sim: Sim) -> None:
     """sick but alive hosts at the DEFAULT timings: 20% loss, 5% of a core, 2 x 5 s pauses: 0 not-Ready"""
-    seconds = float(getattr(sim.args, "gray", 180.0))
+    seconds = min(max(float(getattr(sim.args, "gray", 180.0)), GRAY_MIN), GRAY_MAX)
     run_fleet(sim, "default", None)
     watcher = sim.ensure_watcher()
     lossy_i, starved_i, paused_i = gray_hosts(sim.n)
