@@ -104,7 +104,8 @@ class Serf:
 
     def reap(self, i: int) -> None:
         agent = self.agents.pop(i)
-        agent.wait(15)
+        agent.wait(15)  # a graceful leave takes up to its broadcast timeout (5 s)
+        agent.close()  # its log file; its events stay in memory
         self.old.append(agent)
 
     def _first(self, i: int, since: float, kinds: set[str]) -> float | None:
