@@ -205,7 +205,7 @@ def gray(c: Contestant, lan: Lan, window: float) -> dict[str, Any]:
     tail = c.probe_interval  # a false failure may land just after the window
 
     i = victim(n, 0)
-    t0 = time.monotonic()
+    t0 = c.window_start()
     how = lan.lose_host(i, LOSS)
     try:
         time.sleep(window)
@@ -224,7 +224,7 @@ def gray(c: Contestant, lan: Lan, window: float) -> dict[str, Any]:
     else:
         try:
             limit.add(c.pid(i))
-            cpu0, t0 = cpu_seconds(c.pid(i)), time.monotonic()
+            cpu0, t0 = cpu_seconds(c.pid(i)), c.window_start()
             time.sleep(window)
             used = (cpu_seconds(c.pid(i)) - cpu0) / (time.monotonic() - t0)
         finally:
@@ -238,7 +238,7 @@ def gray(c: Contestant, lan: Lan, window: float) -> dict[str, Any]:
     _settle(c)
 
     i = victim(n, 2)
-    t0 = time.monotonic()
+    t0 = c.window_start()
     for k in range(PAUSES):
         time.sleep(max(0.0, t0 + window * (k + 1) / (PAUSES + 1) - time.monotonic()))
         c.signal(i, signal.SIGSTOP)
