@@ -6,6 +6,7 @@ need root (network namespaces), so they run only when asked for.
     nox -s hostile -- --store etcd                  # each attack of issue 17, keyed and open
     nox -s bench -- --peers 50 200 500
     nox -s bench-page -- --nodes 500             # the cluster page in headless chromium
+    nox -s versus -- --trials 3 --md docs/versus-sample.md   # k3net against Serf, same faults
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ def lan(session: nox.Session) -> None:
     `nox -s lan -- --hosts 5 --store etcd --scenario all`; `-- --help` lists the options."""
     _install(session, "test")
     session.run("python", "-m", "k3lab.lan", *session.posargs)
+
+
+@nox.session(default=False)
+def versus(session: nox.Session) -> None:
+    """k3net against HashiCorp Serf (Debian's `serf`, installed with apt-get when missing) on
+    the same 5-host netns LAN (root), through the same faults: join, leave, crash, host loss,
+    20% loss, a starved and a paused member; CPU, RSS and bytes per agent. Prints one table;
+    writes results/versus.json (--out) and markdown (--md). `-- --help` lists the options."""
+    _install(session, "test")
+    session.run("python", "-m", "k3lab.versus.run", *session.posargs)
 
 
 @nox.session(default=False)

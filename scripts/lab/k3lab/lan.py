@@ -36,6 +36,12 @@ Field LAN scenarios (sim/field_lan.py, issue 9): field (a shared VM bridge on ev
 LAN address: SIGKILL -> not-Ready, steady writes at the defaults), crash-defaults (SIGKILL at
 peer-ttl 90s / probe 15s), readdress, asymmetric (one-way TCP reject), two-clusters (two keys).
 
+Silence scenarios (sim/silence.py, design section 7), at the DEFAULT timings (peer-ttl 90s, probe
+15s): hostloss (a host's link cut, nothing closes: time to not-Ready, goal p50 <= 3s and max <=
+5s; link up -> Ready, goal <= 3s) and gray (for --gray seconds one host loses 20% of its frames,
+one agent gets 5% of a core, one is paused 2 x 5s: goal 0 live Nodes written not-Ready, <= 2.2
+writes per node per minute).
+
 Failure scenarios run at short timings (--peer-ttl, default 6s, so probes every 1s); steady state
 restarts every agent at the defaults (peer-ttl 90s). The output says which timings each used.
 """

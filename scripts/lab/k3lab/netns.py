@@ -178,6 +178,20 @@ class Host:
         if self.gateway is not None:  # a link going down takes the default route with it
             _ip("-n", self.name, "route", "replace", "default", "via", self.gateway)
 
+    def wait_addresses_settled(self, timeout: float = 10) -> bool:
+        """Wait until no address of this host is still tentative (IPv6 duplicate address
+        detection, ~1-2 s after a link comes up): a program that sends to an IPv6 multicast
+        group before that gets "cannot assign requested address" (Serf's mDNS discovery gives
+        up its first poll on it). True once settled, False after `timeout` seconds."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.ip("-6", "addr", "show", "tentative", check=False).stdout.strip():
+                return True
+            time.sleep(0.1)
+        return False
+
     def stop_processes(self) -> None:
         for proc in self._procs:
             _stop(proc)
@@ -374,6 +388,39 @@ class Lan(_Namespaces):
                        "{ type filter hook forward priority 0 ; policy accept ; }\n"
                        f"add rule bridge {_NFT_TABLE} drops numgen random mod 100 < {percent} drop\n")
         _nft(self.bridge_namespace, script)
+
+
+    def lose_host(self, i: int, percent: int) -> str:
+        """Host i's link drops `percent` % of its frames, at random, in both directions (a bad
+        cable or a weak Wi-Fi on one machine); 0 makes it lossless again. The other hosts'
+        frames between themselves are untouched. tc netem on both ends of its veth where the
+        kernel has it (sch_netem), else nftables on the bridge's port (Debian's `nftables`):
+        returns which ("netem" or "nftables")."""
+        ends = [(self.hosts[i].name, self.hosts[i].interface), (self.bridge_namespace, f"v{i}")]
+        if not percent:
+            for namespace, dev in ends:  # no qdisc there (nftables was used): nothing to undo
+                subprocess.run(["ip", "netns", "exec", namespace, "tc", "qdisc", "del", "dev",
+                                dev, "root"], capture_output=True, timeout=_COMMAND_TIMEOUT,
+                               check=False)
+        elif all(subprocess.run(["ip", "netns", "exec", namespace, "tc", "qdisc", "replace",
+                                 "dev", dev, "root", "netem", "loss", f"{percent}%"],
+                                capture_output=True, timeout=_COMMAND_TIMEOUT,
+                                check=False).returncode == 0 for namespace, dev in ends):
+            return "netem"
+        table = f"{_NFT_TABLE}_v{i}"
+        script = f"add table bridge {table}\ndelete table bridge {table}\n"
+        if percent:
+            # prerouting sees every frame from the host (to the other hosts and to the bridge's
+            # own address, where the store listens), postrouting every frame to it.
+            script += f"add table bridge {table}\n"
+            for chain, hook, match in (("in", "prerouting", "iifname"),
+                                       ("out", "postrouting", "oifname")):
+                script += (f"add chain bridge {table} {chain} "
+                           f"{{ type filter hook {hook} priority 0 ; policy accept ; }}\n"
+                           f"add rule bridge {table} {chain} {match} \"v{i}\" "
+                           f"numgen random mod 100 < {percent} drop\n")
+        _nft(self.bridge_namespace, script)
+        return "nftables"
 
 
 class RoutedLan(_Namespaces):

@@ -21,7 +21,7 @@ from k3net.config import parse_duration
 
 # Modules that register scenarios (and their rows), in the order their scenarios run.
 SCENARIO_MODULES = ["k3lab.sim.clean_lan", "k3lab.sim.faults", "k3lab.sim.field_lan",
-                    "k3lab.sim.subnets"]
+                    "k3lab.sim.silence", "k3lab.sim.subnets"]
 SUBNET = "10.77.0.0/24"
 # --field: host 1's second LAN address, above every host's first (--hosts is at most 60) and
 # below the store's address (the subnet's last).
@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
                         help="peer-ttl of the failure scenarios (default 6s: probes every 1s)")
     parser.add_argument("--steady", type=float, default=120,
                         help="seconds of steady state to count writes over (default 120)")
+    parser.add_argument("--gray", type=float, default=180,
+                        help="seconds of the gray scenario's sickness (default 180, 30..900)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="samples of floor, leave, crash (default 3)")
     parser.add_argument("--mysql-socket", help="use this existing MariaDB instead of a private "
@@ -80,6 +82,8 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
         parser.error("--store memory needs --hosts 3 or more (agent 0 only watches)")
     if not 10 <= args.steady <= 900:
         parser.error("--steady must be between 10 and 900 seconds")
+    if not 30 <= args.gray <= 900:
+        parser.error("--gray must be between 30 and 900 seconds")
     args.repeat = max(1, min(args.repeat, 10))
     return args
 

@@ -44,14 +44,18 @@ def require_root() -> None:
 
 
 def begin_run(prefix: str) -> Path:
-    """What every simulation does first: check for root, remove the namespaces of dead runs,
-    make SIGINT/SIGTERM clean up, and return a fresh work directory."""
+    """What every simulation does first: check for root, remove the namespaces and CPU-limit
+    groups of dead runs, make SIGINT/SIGTERM clean up, and return a fresh work directory."""
+    from k3lab import cpulimit
     from k3lab.netns import remove_leftovers
 
     require_root()
     removed = remove_leftovers()
     if removed:
         log(f"removed {len(removed)} namespaces left by dead runs")
+    groups = cpulimit.remove_leftovers()
+    if groups:
+        log(f"removed {len(groups)} CPU-limit groups left by dead runs")
     install_signal_handlers()
     return Path(tempfile.mkdtemp(prefix=prefix))
 

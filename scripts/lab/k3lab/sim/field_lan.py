@@ -376,8 +376,8 @@ def asymmetric(sim: Sim) -> None:
         "other_nodes_flaps": len(status_flips(watcher.transitions(t0, t1, nodes=others))),
     }
     if isinstance(watcher.reader, EtcdReader) and since_rev is not None:
-        history = _etcd_history(watcher.reader, name, since_rev)
-        result["status_transitions_etcd"] = _flips(history)
+        history = etcd_history(watcher.reader, name, since_rev)
+        result["status_transitions_etcd"] = history_flips(history)
         result["etcd_values"] = len(history)
     if not shared:
         result["note"] = ("memory store: each agent judges alone; agent 0's view is shown, "
@@ -399,7 +399,7 @@ def _probes(sim: Sim, i: int, result: str) -> float:
         return 0.0
 
 
-def _etcd_history(reader: EtcdReader, name: str, since: int, limit: int = 400) -> list[Any]:
+def etcd_history(reader: EtcdReader, name: str, since: int, limit: int = 400) -> list[Any]:
     """Every Ready value of Node `name` from store revision `since` on, oldest first, read back
     from etcd's own history (one revision before the other): no write hides between polls."""
     import urllib.request
@@ -429,7 +429,7 @@ def _etcd_history(reader: EtcdReader, name: str, since: int, limit: int = 400) -
     return values[::-1]
 
 
-def _flips(history: list[Any]) -> int:
+def history_flips(history: list[Any]) -> int:
     return sum(1 for old, new in zip(history, history[1:], strict=False)
                if (old or (None,))[0] != (new or (None,))[0])
 
