@@ -4,6 +4,7 @@ served by the real app, and the sending side's tap on the probe results."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import trio
@@ -136,9 +137,10 @@ async def _hello(port: int, source: str, query: str) -> bytes:
     return answer
 
 
-async def test_a_served_hello_makes_the_table_probe_the_sender_and_no_named_address(
+async def _serving_introductions(
     nursery: trio.Nursery,
-) -> None:
+) -> tuple[Introductions, AppState, Any]:
+    """Node-a's app, taking introductions, served on a loopback port."""
     metrics = Metrics()
     intro = Introductions("node-a", metrics)
     state = AppState(
@@ -146,7 +148,13 @@ async def test_a_served_hello_makes_the_table_probe_the_sender_and_no_named_addr
         store=Current(MemoryStore()), hub=EventHub(metrics), metrics=metrics,
         health=StoreHealth(), started_at=time.time(), introduce=intro.offer,
     )
-    server = await start_server(nursery, state)
+    return intro, state, await start_server(nursery, state)
+
+
+async def test_a_served_hello_makes_the_table_probe_the_sender_and_no_named_address(
+    nursery: trio.Nursery,
+) -> None:
+    intro, state, server = await _serving_introductions(nursery)
     send, recv = trio.open_memory_channel[Message](0)
     await nursery.start(intro.run, send)
     table = PeerTable(peer_ttl=90, refresh_interval=30, register_self=False,
@@ -242,14 +250,7 @@ async def test_a_hello_that_gets_no_answer_is_bounded_by_the_probe_timeout(
 
 
 async def test_say_hello_introduces_this_agent_to_a_served_one(nursery: trio.Nursery) -> None:
-    metrics = Metrics()
-    intro = Introductions("node-a", metrics)
-    state = AppState(
-        settings=Current(Settings(node_name="node-a", listen_port=7946)),
-        store=Current(MemoryStore()), hub=EventHub(metrics), metrics=metrics,
-        health=StoreHealth(), started_at=time.time(), introduce=intro.offer,
-    )
-    server = await start_server(nursery, state)
+    intro, state, server = await _serving_introductions(nursery)
     assert await introduce.say_hello("127.0.0.1", server.port, "node-b", 7001) == 202
     assert intro._recv.receive_nowait() == PeerSeen("node-b", ("127.0.0.1",), 7001,
                                                     found_by="introduced")
