@@ -3,7 +3,7 @@ need root (network namespaces), so they run only when asked for.
 
     nox -s tests -- -k table          # arguments after -- go to pytest
     nox -s lan -- --hosts 5 --store etcd --scenario all
-    nox -s hostile -- --store etcd                  # each attack of issue 17, keyed and open
+    nox -s hostile -- --store etcd                  # each hostile attack, keyed and open
     nox -s bench -- --peers 50 200 500
     nox -s bench-page -- --nodes 500             # the cluster page in headless chromium
     nox -s versus -- --trials 3 --md docs/versus-sample.md   # k3net against Serf, same faults

@@ -1,4 +1,4 @@
-"""The field LAN, end to end (issue 9): what the peer table decides, seen from outside on namespace
+"""The field LAN, end to end: what the peer table decides, seen from outside on namespace
 LANs shaped like real machines. Agents are processes listening on every address of their port
 (as by default), so that on a host carrying libvirt's virbr0 192.168.122.1 a connection to that
 address reaches the host's OWN agent, whichever peer announced it.

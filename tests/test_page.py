@@ -2,7 +2,7 @@
 
 Three layers: the HTTP side (assets, headers, /info and /events/snapshot fields the page reads)
 against the app served by real hypercorn on 127.0.0.1; the page's own logic in a real headless
-chromium against that same in-process app, driven through its MemoryStore; and the issue's
+chromium against that same in-process app, driven through its MemoryStore; and the page's
 end-to-end claims with real agents on a netns LAN, the browser inside a host namespace.
 """
 

@@ -1,4 +1,4 @@
-"""Real hosts, end to end (issue 9): agents as processes on namespace LANs that look like the
+"""Real hosts, end to end: agents as processes on namespace LANs that look like the
 machines people run, with a VM bridge whose address every host repeats, two LAN addresses, a
 readdress, a move to another network interface, a Go-style peer, and a second cluster with
 another key on the same LAN. Each agent

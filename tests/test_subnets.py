@@ -1,4 +1,4 @@
-"""Beyond one broadcast domain, end to end (issue 13): real agents on two subnets joined by a
+"""Beyond one broadcast domain, end to end: real agents on two subnets joined by a
 router namespace that forwards unicast but not multicast (`RoutedLan`), so mDNS stays on each
 segment. With a shared etcd in the router namespace (both subnets reach it) every agent lists
 every other one Ready, and a crash on one side is found by the probes of the other side; with

@@ -8,7 +8,7 @@ namespace hosts on 10.77.0.0/16 (k3lab.netns.Lan) shares one private etcd in the
 namespace (k3lab.sim.stores.SimStore): host 0 runs agent a (`node-0`), host 1 agent b
 (`node-1`), host 2 is the stranger (no agent, no key), host 3 takes newcomers and the twin.
 Agents run at short timings (--peer-ttl, 6s: a probe every second) unless a measure needs the
-defaults. Every attack of issue 17 runs once, bounded in count and time, and is measured from
+defaults. Every attack runs once, bounded in count and time, and is measured from
 the store (etcd revisions, Ready transitions) and from /proc:
 
   key bypass   the stranger announces `node=node-1` at b's real address plus two of its own
@@ -908,7 +908,7 @@ def markdown(results: dict[str, Any], rows: Sequence[Row]) -> str:
         f"a measure says otherwise; {met} of {judged} goals met; runtime "
         f"{results.get('runtime_seconds', '-')}s.",
         "",
-        "Each attack of issue 17 runs once against real agents on a network-namespace LAN "
+        "Each attack runs once against real agents on a network-namespace LAN "
         "(scripts/lab/k3lab/hostile.py, the attacks in scripts/lab/k3lab/attacks.py): agent a "
         "(`node-0`), agent b (`node-1`), a stranger without the key and without an agent, a "
         "spare host for newcomers and the twin; one private etcd shared by all. Both agents are "

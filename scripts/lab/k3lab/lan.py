@@ -32,7 +32,7 @@ Scenarios (`--scenario` takes one name, several separated by commas, or `all`):
             namespace: crash and leave across the router vs within a segment, probes per
             second, and the cost of a /24 --scan (its own network and etcd, whatever --store)
 
-Field LAN scenarios (sim/field_lan.py, issue 9): field (a shared VM bridge on every host, a second
+Field LAN scenarios (sim/field_lan.py): field (a shared VM bridge on every host, a second
 LAN address: SIGKILL -> not-Ready, steady writes at the defaults), crash-defaults (SIGKILL at
 peer-ttl 90s / probe 15s), readdress, asymmetric (one-way TCP reject), two-clusters (two keys).
 

@@ -1,6 +1,6 @@
 """The stores at scale: one agent following 10,000 Nodes in etcd and in MariaDB.
 
-Reported (goals from issue 10, never asserted):
+Reported (goals, never asserted):
 - agent start to first snapshot (process start until its table holds every Node): <= 5 s;
 - the agent's RSS with them (and its peak): <= 200 MB;
 - watch-event handling p99 (the table and the event hub on one Put, with N Nodes): <= 1 ms;
@@ -281,7 +281,7 @@ def main() -> int:
 RECORD_HEAD = """# Stores at scale (`nox -s bench-store`)
 
 One agent (`--register-self=false`) following N Nodes preloaded in a private etcd and a private
-MariaDB. Goals (issue 10, reported, not asserted): start to first snapshot <= 5 s, RSS <= 200 MB,
+MariaDB. Goals (reported, not asserted): start to first snapshot <= 5 s, RSS <= 200 MB,
 watch-event handling p99 <= 1 ms, an idle MySQL poll reads O(1) rows.
 
 - start to first snapshot: from the agent process's start until its table holds every Node

@@ -1,4 +1,4 @@
-"""The field LAN scenarios of `nox -s lan` (issue 9): machines as people actually run them.
+"""The field LAN scenarios of `nox -s lan`: machines as people actually run them.
 
     field           every host carries libvirt's virbr0 192.168.122.1 and the last host a second
                     LAN address; SIGKILL one agent (its host lives): time to not-Ready at the
@@ -61,7 +61,7 @@ PORT = 7946
 BRIDGE = VIRBR[1].split("/")[0]
 SECOND_ADDRESS = "10.77.0.100/24"
 DEFAULT_PROBE = DEFAULT_TTL / 6
-# crash-defaults: kills per run (at least this many, or 2 x --repeat), and the goals of issue 9.
+# crash-defaults: kills per run (at least this many, or 2 x --repeat), and their goals.
 DEFAULT_KILLS = 10
 CRASH_DEFAULT_P50_GOAL, CRASH_DEFAULT_MAX_GOAL = 5.0, 17.0
 # How long after a Node went not-Ready we keep watching that nothing (the bridge, a second
