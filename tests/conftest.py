@@ -25,8 +25,9 @@ def _no_leftover_namespaces() -> Iterator[None]:
 
 # Under pytest-xdist (scripts/test): this process's worker, `gw0`, `gw1`, ...; None when serial.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-# How many namespace tests may run at once across the workers (K3NET_TEST_LAB_SLOTS).
-LAB_SLOTS = int(os.environ.get("K3NET_TEST_LAB_SLOTS", "2"))
+# How many namespace tests may run at once across the workers (K3NET_TEST_LAB_SLOTS). They wait
+# in real time far more than they compute: 3 on 2 cores took the suite from 3:59 to 2:54.
+LAB_SLOTS = int(os.environ.get("K3NET_TEST_LAB_SLOTS", "3"))
 _SLOT_WAIT = 900  # seconds; no namespace test takes a slot for that long
 
 
