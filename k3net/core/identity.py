@@ -135,11 +135,12 @@ def request(host: str, port: int, nonce: bytes) -> bytes:
     return get(host, port, f"/info?nonce={nonce.hex()}")
 
 
-def get(host: str, port: int, target: str) -> bytes:
-    """An HTTP/1.1 `GET target` of `host:port` (an IP address as text), closing after it."""
+def get(host: str, port: int, target: str, *, method: str = "GET") -> bytes:
+    """An HTTP/1.1 `GET target` (or another `method`, without a body) of `host:port` (an IP
+    address as text), closing after it."""
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return (
-        f"GET {target} HTTP/1.1\r\n"
+        f"{method} {target} HTTP/1.1\r\n"
         f"Host: {authority}\r\n"
         "User-Agent: k3net-probe\r\n"
         "Accept: application/json\r\n"

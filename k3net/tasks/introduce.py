@@ -50,7 +50,7 @@ import trio
 from k3net import limits
 from k3net.core import addresses as addrs
 from k3net.core import parse
-from k3net.core.identity import AnswerReader
+from k3net.core.identity import AnswerReader, get
 from k3net.core.messages import PeerSeen, ProbeResult
 from k3net.core.names import name_problem
 from k3net.core.table import Message
@@ -191,15 +191,7 @@ class Introductions:
 def hello_request(host: str, port: int, me: str, my_port: int) -> bytes:
     """The HTTP/1.1 `POST /hello` that introduces `me` (listening on `my_port`) to the agent at
     `host:port` (an IP address as text)."""
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return (
-        f"POST /hello?node={me}&port={my_port} HTTP/1.1\r\n"
-        f"Host: {authority}\r\n"
-        "User-Agent: k3net-hello\r\n"
-        "Content-Length: 0\r\n"
-        "Connection: close\r\n"
-        "\r\n"
-    ).encode("ascii")
+    return get(host, port, f"/hello?node={me}&port={my_port}", method="POST")
 
 
 async def say_hello(address: str, port: int, me: str, my_port: int) -> int | None:
