@@ -72,7 +72,7 @@ from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
 from k3net.tasks import addresses, introduce, watch
 from k3net.tasks import table as table_task
-from k3net.tasks.probe import Own, Prober
+from k3net.tasks.probe import Own, Prober, held_interval
 from k3net.tasks.tcp import SERVED_IDLE, SERVED_SILENCE, keepalive
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
@@ -269,6 +269,7 @@ class Agent:
         # and peers see us from the first packet): the rest starts meanwhile.
         producers.start_soon(self._advertise)
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
+                        held=held_interval(s.probe_interval, s.refresh_interval),
                         key=s.cluster_key, own=self._own, health=self.local_health)
         self.web.held = prober.held
         self.web.reach = prober.reach

@@ -657,3 +657,68 @@ def test_what_a_confirmed_probe_lets_the_table_write() -> None:
     # loopback addresses only from an answer on loopback
     assert proven(Facts("b", 1, 2, ("127.0.0.1",)), "b", "10.0.0.5", 1).addresses == ("10.0.0.5",)
     assert proven(Facts("b", 1, 2, ("127.0.0.1",)), "b", "127.0.0.1", 1).addresses == ("127.0.0.1",)
+
+
+async def test_a_held_peer_that_answers_is_probed_once_per_refresh(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its held connection reports a crash or a vanished host; a probe only has to show that
+    its process answers, once per lastSeen refresh (`held_interval`). A held peer that stops
+    answering (a frozen process keeps its hold: its kernel ACKs) is probed every interval
+    again, and once per refresh after it answers again."""
+    from k3net.tasks.probe import held_interval
+
+    autojump_clock.autojump_threshold = 0.01  # (see the `prober` fixture)
+    interval, refresh = 10.0, 20.0
+    held = held_interval(interval, refresh)
+    assert held == 22.5
+    asked: list[tuple[float, bool]] = []  # (when, answered) of every /info
+    mute = False
+
+    async def agent(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = await stream.receive_some(4096)
+            if request.startswith(b"GET /hold "):
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      b"5\r\nheld\n\r\n")
+                await trio.sleep_forever()
+            asked.append((trio.current_time(), not mute))
+            if mute:
+                await trio.sleep_forever()
+            body = b'{"node": "node-h", "pid": 7}'
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (len(body), body))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, agent, 0,
+                                                          host=LOOPBACK))
+        port = listeners[0].socket.getsockname()[1]
+        metrics = Metrics()
+        prober = Prober(interval=interval, held=held, timeout=TIMEOUT, metrics=metrics,
+                        rng=random.Random(3))
+        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+        results, out = trio.open_memory_channel[ProbeResult](1000)
+        await nursery.start(prober.run, inbox, results)
+        await asks.send(ProbeNow(ProbeTarget("node-h", (LOOPBACK,), port)))
+        await _held(metrics, 1)
+        await trio.sleep(interval + 4 * held)
+        answering = [t for t, _ in asked[1:]]  # the scheduled probes, after the first one
+        mute = True
+        await trio.sleep(4 * interval)
+        muted = [t for t, answered in asked if not answered]
+        mute = False
+        await trio.sleep(interval + 3 * held)
+        assert metrics.registry.get_sample_value("k3net_held_connections") == 1  # all along
+        nursery.cancel_scope.cancel()
+
+    def gaps(times: list[float]) -> list[float]:
+        return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+    assert gaps(answering) == pytest.approx([held] * (len(answering) - 1), abs=TIMEOUT)
+    assert len(answering) >= 4
+    assert gaps(muted) == pytest.approx([interval] * (len(muted) - 1), abs=TIMEOUT + 0.1)
+    assert len(muted) >= 3
+    again = [t for t, _ in asked if t > muted[-1]]
+    # the first probe after it answers again comes an interval later; then once per refresh
+    assert gaps(again)[1:] == pytest.approx([held] * (len(again) - 2), abs=TIMEOUT)
+    assert len(again) >= 3

@@ -169,14 +169,15 @@ class Holds:
         self._silent = silent
         self._quiet = quiet  # the silence that ends a hold set up now (`silence`, widened)
         self._held: dict[str, Hold] = {}  # by peer name
-        self._no_hold: set[ProbeTarget] = set()  # followed by probes only (module docstring)
+        # Targets followed by probes only (module docstring), by peer name.
+        self._no_hold: dict[str, set[ProbeTarget]] = {}
         self._open = 0  # holds set up and not ended yet (the gauge)
 
     def confirmed(self, target: ProbeTarget, address: str) -> None:
         """A probe confirmed `target` at `address`: hold it there, unless it is held already,
         answers no hold, or limits.HELD are held."""
         name = target.name
-        if name in self._held or target in self._no_hold:
+        if name in self._held or target in self._no_hold.get(name, ()):
             return
         if len(self._held) >= limits.HELD:
             self.metrics.limit_hit("held")
@@ -187,8 +188,8 @@ class Holds:
     def asked(self, target: ProbeTarget, *, anew: bool) -> None:
         """The table asks for a probe of `target`; `anew`: it was seen anew (restarted?), so a
         target that answered no hold is tried again. A hold of it elsewhere is released."""
-        if anew:
-            self._no_hold.discard(target)
+        if anew and target in self._no_hold.get(target.name, ()):
+            self._no_hold[target.name].discard(target)
         hold = self._held.get(target.name)
         if hold is not None and not hold.serves(target):
             self.release(target.name)  # it moved: held again once confirmed there
@@ -198,7 +199,12 @@ class Holds:
         hold = self._held.pop(name, None)
         if hold is not None:
             hold.scope.cancel()
-        self._no_hold = {t for t in self._no_hold if t.name != name}
+        self._no_hold.pop(name, None)
+
+    def is_open(self, name: str) -> bool:
+        """A connection to `name`'s /hold is held open now."""
+        hold = self._held.get(name)
+        return hold is not None and hold.open
 
     def held(self) -> dict[str, str]:
         """The peers whose /hold is held open now, by name: the address held (for /peers)."""
@@ -239,7 +245,7 @@ class Holds:
             return
         if ended == "no-hold":
             log.debug("no held connection to %s at %s: probes only", target.name, address)
-            self._no_hold.add(target)  # no /hold there (a Go agent): probes only
+            self._no_hold.setdefault(target.name, set()).add(target)  # a Go agent: probes only
             return
         if ended == "failed":
             # No answer in time (a LAN losing packets, a busy peer): no evidence of anything.
@@ -250,7 +256,8 @@ class Holds:
             log.debug("held connection to %s at %s closed: probing it now", target.name, address)
             self.metrics.held_closed.inc()
             if trio.current_time() - began < MIN_HOLD:
-                self._no_hold.add(target)  # closed at once: probes only, never a loop of holds
+                # Closed at once: probes only, never a loop of holds.
+                self._no_hold.setdefault(target.name, set()).add(target)
         else:
             log.debug("hold refused by %s at %s: probing it now", target.name, address)
         await self._closed(target.name)

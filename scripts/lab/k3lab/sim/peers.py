@@ -6,7 +6,8 @@ namespace host. Run inside a network namespace only.
 
 Each simulated peer is a TCP listener on `address:port` (what k3net probes) that answers
 `GET /info` as an agent does (`{"node": "<prefix>-<i>", "pid": ...}`, so the agent's identity
-probes confirm it), and an mDNS service `<prefix>-<i>._k3._tcp.local.` with TXT node/port/pid,
+probes confirm it) and serves `GET /hold` as an agent does (200, `held`, then nothing until the
+agent lets go; `--no-hold`: the /info answer instead, no hold), and an mDNS service `<prefix>-<i>._k3._tcp.local.` with TXT node/port/pid,
 as a real agent announces itself. Every
 peer of the process shares the address, with its own port. The process prints JSON lines:
 {"event": "listening", "t"}, then {"event": "registered", "t", "count"} once every service is
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -54,13 +56,21 @@ async def run(args: argparse.Namespace) -> list[float]:
     accepts: list[float] = []
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepts.append(time.monotonic())
+        connected = time.monotonic()
         port = writer.get_extra_info("sockname")[1]
         body = json.dumps({"node": f"{args.prefix}-{port - args.first_port}",
                            "pid": os.getpid()}).encode()
         try:
             # The request ends with an empty line; an agent's is ~150 bytes.
-            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_TIMEOUT)
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_TIMEOUT)
+            if request.startswith(b"GET /hold ") and not args.no_hold:
+                # As an agent's /hold: 200, a first piece of body, then nothing while it runs.
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"5\r\nheld\n\r\n")
+                await writer.drain()
+                await reader.read()  # until the agent lets go (or this process stops)
+                return
+            accepts.append(connected)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
             await writer.drain()
@@ -113,8 +123,14 @@ def main() -> int:
                         help="announce without probing the names first (zeroconf's probe asks "
                              "for the whole service type, which every peer announced already "
                              "answers: with hundreds starting at once, a flood)")
+    parser.add_argument("--no-hold", action="store_true",
+                        help="serve no agent's hold (/hold gets the /info answer), so that the "
+                             "agent follows the peers by probes only")
     parser.add_argument("--lifetime", type=float, default=900, help="exit after this (s)")
     args = parser.parse_args()
+    # A listener and a held connection per peer: past the usual soft limit of 1,024 files.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     accepts = asyncio.run(run(args))
     if args.accept_log:
         Path(args.accept_log).write_text(json.dumps(accepts))
