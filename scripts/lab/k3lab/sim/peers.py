@@ -54,6 +54,7 @@ async def run(args: argparse.Namespace) -> list[float]:
         loop.add_signal_handler(sig, stop.set)
 
     accepts: list[float] = []
+    holding: set[asyncio.StreamWriter] = set()  # the agent's held connections (/hold)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connected = time.monotonic()
@@ -68,7 +69,11 @@ async def run(args: argparse.Namespace) -> list[float]:
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                              b"5\r\nheld\n\r\n")
                 await writer.drain()
-                await reader.read()  # until the agent lets go (or this process stops)
+                holding.add(writer)
+                try:
+                    await reader.read()  # until the agent lets go (or this process stops)
+                finally:
+                    holding.discard(writer)
                 return
             accepts.append(connected)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -103,6 +108,9 @@ async def run(args: argparse.Namespace) -> list[float]:
         pass
     for server in servers:
         server.close()
+    for writer in list(holding):
+        writer.close()  # each hold's reader sees the end, and its handler returns
+    await asyncio.sleep(0.1)
     try:
         await asyncio.wait_for(zc.async_close(), CLOSE_TIMEOUT)
     except TimeoutError:
