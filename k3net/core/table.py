@@ -903,15 +903,10 @@ class PeerTable:
         if not self.store_live:
             return actions
         for name, view in self._views.items():
-            node = view.stored.node
-            if (
-                name == self.me.name
-                or view.expiry_sent
-                or view.left_sent
-                or not node.managed
-                or not view.ready
-                or now - view.changed_at < self.peer_ttl
-            ):
+            # (Run every tick over every Node: the cheap test that passes over nearly all first.)
+            if now - view.changed_at < self.peer_ttl or view.expiry_sent or view.left_sent:
+                continue
+            if name == self.me.name or not view.stored.node.managed or not view.ready:
                 continue
             view.expiry_sent = True
             actions.append(Write(nodes.Expired(name, view.last_seen), view.stored))

@@ -50,11 +50,13 @@ class _Frozen:
     version: str
 
     @classmethod
-    def of(cls, node: Node, version: str) -> _Frozen:
+    def of(cls, node: Node, version: str) -> tuple[_Frozen, Stored]:
+        """The Node frozen at `version`, and as the writer gets it back: the caller's own Node
+        (it made it; the store keeps only the pickle) with the new resource version."""
         # A shallow change of the metadata: pickling copies the whole Node, deeply.
         meta = attrs.evolve(node.metadata, resource_version=version)
-        return cls(pickle.dumps(attrs.evolve(node, metadata=meta), pickle.HIGHEST_PROTOCOL),
-                   version)
+        node = attrs.evolve(node, metadata=meta)
+        return cls(pickle.dumps(node, pickle.HIGHEST_PROTOCOL), version), Stored(node, version)
 
     def stored(self) -> Stored:
         """A copy of its own for the caller."""
@@ -87,11 +89,11 @@ class MemoryStore:
 
     def _stored(self, node: Node) -> Stored:
         self._revision += 1
-        frozen = _Frozen.of(node, str(self._revision))
+        frozen, stored = _Frozen.of(node, str(self._revision))
         self._nodes[node.metadata.name] = frozen
         for watcher in self._watchers:
             watcher.push(Put(frozen.stored()))
-        return frozen.stored()
+        return stored
 
     async def get(self, name: str) -> Stored:
         await trio.lowlevel.checkpoint_if_cancelled()
