@@ -341,8 +341,8 @@ class Settings:
         default=attrs.Factory(_sixth_of_peer_ttl, takes_self=True), metadata=flag(
             "probe-interval", positive_duration, "DUR", show=format_duration,
             derived="peer-ttl/6",
-            help="how often every peer is probed (the default gives six chances per peer-ttl); "
-                 "a peer held open that answers, about once per lastSeen refresh (peer-ttl/3)"))
+            help="how often each peer is probed; a held peer that answers, once per "
+                 "lastSeen refresh (peer-ttl/3)"))
     probe_timeout: float = attrs.field(default=0.7, metadata=flag(
         "probe-timeout", positive_duration, "DUR", show=format_duration,
         help="a probe that takes longer failed (700ms is far above LAN round trips)"))

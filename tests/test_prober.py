@@ -722,3 +722,53 @@ async def test_a_held_peer_that_answers_is_probed_once_per_refresh(
     # the first probe after it answers again comes an interval later; then once per refresh
     assert gaps(again)[1:] == pytest.approx([held] * (len(again) - 2), abs=TIMEOUT)
     assert len(again) >= 3
+
+
+async def test_a_held_peer_that_stops_answering_is_probed_every_interval_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A held peer waits for its next probe a whole refresh; when its hold closes (its process
+    died) and its probe no longer confirms it, the schedule must not sleep out that refresh:
+    it is probed every interval from then on, as a peer that was never held."""
+    autojump_clock.autojump_threshold = 0.01  # (see the `prober` fixture)
+    interval, held = 1.0, 10.0
+    crashed = trio.Event()
+    asked: list[float] = []
+
+    async def agent(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = await stream.receive_some(4096)
+            if request.startswith(b"GET /hold "):
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      b"5\r\nheld\n\r\n")
+                await crashed.wait()
+                return
+            asked.append(trio.current_time())
+            if crashed.is_set():
+                return  # accepted, and closed unanswered: no agent answers there now
+            body = b'{"node": "node-h", "pid": 7}'
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (len(body), body))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, agent, 0,
+                                                          host=LOOPBACK))
+        port = listeners[0].socket.getsockname()[1]
+        metrics = Metrics()
+        prober = Prober(interval=interval, held=held, timeout=TIMEOUT, metrics=metrics)
+        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+        results, out = trio.open_memory_channel[ProbeResult](1000)
+        await nursery.start(prober.run, inbox, results)
+        await asks.send(ProbeNow(ProbeTarget("node-h", (LOOPBACK,), port)))
+        await _held(metrics, 1)
+        await trio.sleep(2.5 * held)  # probed once per `held` by now; the next is due in ~5 s
+        crash = trio.current_time()
+        crashed.set()
+        await trio.sleep(4 * interval)
+        nursery.cancel_scope.cancel()
+    after = [t - crash for t in asked if t >= crash]
+    # the close's own probes (CLOSED_PROBES) and, well before `held` is out, the schedule's,
+    # every interval
+    assert len(after) >= 5, after
+    assert after[-1] - after[-2] == pytest.approx(interval, abs=TIMEOUT), after
+    assert after[-1] < held / 2, after

@@ -450,6 +450,9 @@ they share `sockets` sockets (module docstring).
         self.rng = rng or random.Random()
         self.targets: dict[str, ProbeTarget] = {}
         self._schedules: dict[str, trio.CancelScope] = {}
+        # Set when a probe of the peer did not confirm it, by any path (a hold's end, the table,
+        # a suspicion): its schedule goes back to the plain interval at once (`_every_interval`).
+        self._unconfirmed: dict[str, trio.Event] = {}
         self._limiter = trio.CapacityLimiter(limit)
         self._inflight: Counter[str] = Counter()  # probes under way, by peer
         # Every probe's sockets, over all peers (module docstring).
@@ -637,23 +640,35 @@ they share `sockets` sockets (module docstring).
         self, name: str, scope: trio.CancelScope, results: trio.MemorySendChannel[ProbeResult]
     ) -> None:
         """Probe `name` once per interval at its own phase, until it is forgotten; while it is
-        held and its last probe here confirmed it, once per `held_every` (`held_interval`)."""
+        held and its last probe confirmed it, once per `held_every` (`held_interval`). A probe
+        that does not confirm it, whoever asked for it (its hold ended, the table, a suspicion),
+        brings the plain interval back at once."""
         with scope:
             due = trio.current_time() + self.rng.random() * self.interval
-            while True:
-                if due <= trio.current_time():
-                    due = trio.current_time()  # fell behind (a slow probe): no burst to catch up
-                await trio.sleep_until(due)
-                target = self.targets.get(name)
-                if target is None:
-                    return
-                every = self.interval
-                if name not in self._inflight:
-                    result = await self._probe(target, results)
-                    if (result.outcome == "confirmed" and self._holds is not None
-                            and self._holds.is_open(name)):
-                        every = self.held_every
-                due += every
+            began = due  # when the last scheduled probe was due: the phase
+            unconfirmed: trio.Event | None = None
+            try:
+                while True:
+                    if due <= trio.current_time():
+                        due = trio.current_time()  # fell behind (a slow probe): no burst
+                    unconfirmed = self._unconfirmed[name] = trio.Event()
+                    with trio.move_on_at(due):
+                        await unconfirmed.wait()
+                        due = min(due, began + self.interval)
+                        continue
+                    target = self.targets.get(name)
+                    if target is None:
+                        return
+                    began, every = due, self.interval
+                    if name not in self._inflight:
+                        result = await self._probe(target, results)
+                        if (result.outcome == "confirmed" and self._holds is not None
+                                and self._holds.is_open(name)):
+                            every = self.held_every
+                    due = began + every
+            finally:
+                if self._unconfirmed.get(name) is unconfirmed:
+                    del self._unconfirmed[name]
 
     async def _asked(
         self, target: ProbeTarget, delay: float, results: trio.MemorySendChannel[ProbeResult]
@@ -695,6 +710,9 @@ they share `sockets` sockets (module docstring).
         """Count a probe's result, hold a confirmed peer, and hand the result to the table."""
         self.metrics.probes.labels(result=result.outcome).inc()
         self.metrics.probe_latency.observe(result.latency)
+        if result.outcome != "confirmed" and (unconfirmed := self._unconfirmed.get(
+                target.name)) is not None:
+            unconfirmed.set()
         if (result.outcome == "confirmed" and result.address and self._holds is not None
                 and self.targets.get(target.name) == target):
             self._holds.confirmed(target, result.address)
