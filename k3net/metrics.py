@@ -194,7 +194,9 @@ class Metrics:
         )
         self.mdns_events = Counter(
             "k3net_mdns_events", "mDNS browse events, by kind (added, updated, removed; unresolved:"
-            " an entry whose records did not come in time, tried again later).",
+            " an entry whose records did not come in time, tried again later; dropped: datagrams"
+            " the kernel dropped, requery: asked again after that; repeated: a response"
+            " received again from its sender within 1 s, skipped).",
             ["kind"], registry=r,
         )
         self.name_conflict = Gauge(

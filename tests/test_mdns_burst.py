@@ -84,6 +84,51 @@ def test_a_burst_is_read_in_batches_in_order(udp_pair: tuple[socket.socket, sock
     assert protocol.errors == []
 
 
+# DNS headers (RFC 1035 4.1.1): id 0, flags, no records; what matters here is the QR bit.
+RESPONSE = b"\x00\x00\x84\x00" + b"\x00" * 8
+QUERY = b"\x00\x00\x00\x00" + b"\x00" * 8
+
+
+def test_a_response_received_again_within_a_second_is_handled_once(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A LAN of agents starting together answers every name probe with the same responses:
+    a response that repeats one from its sender handled less than a second ago is skipped
+    before zeroconf parses it, and counted. A query is always handled: it may need our answer."""
+    receiver, sender = udp_pair
+    other = RESPONSE + b"other record"
+    for data in (RESPONSE, RESPONSE, other, QUERY, RESPONSE, QUERY):
+        sender.send(data)
+    _wait_queued(receiver, 6)
+    protocol = Protocol()
+    counted: list[None] = []
+    repeats = mdns.Repeats(count=lambda: counted.append(None))
+    assert mdns.drain_socket(receiver, protocol, 512, None, repeats) == 6
+    assert [data for data, _ in protocol.datagrams] == [RESPONSE, other, QUERY, QUERY]
+    assert repeats.total == 2 and len(counted) == 2
+
+
+def test_repeats_are_skipped_only_within_the_window_and_per_sender() -> None:
+    repeats = mdns.Repeats(window=1.0)
+    a, b = ("10.0.0.1", 5353), ("10.0.0.2", 5353)
+    assert not repeats.repeat(a, RESPONSE, 10.0)
+    assert repeats.repeat(a, RESPONSE, 10.9)  # within a second of the one handled
+    assert not repeats.repeat(a, RESPONSE, 11.0)  # a second after it: handled again
+    assert not repeats.repeat(b, RESPONSE, 11.1)  # the same bytes from another sender
+    assert not repeats.repeat(a, RESPONSE[:2], 11.2)  # no DNS header: left to zeroconf
+    assert repeats.total == 1
+
+
+def test_what_repeats_remember_stays_bounded() -> None:
+    """A flood of distinct responses is handled in full (nothing of it is a repeat), and what is
+    remembered never exceeds `kept`."""
+    repeats = mdns.Repeats(window=1.0, kept=100)
+    for i in range(1000):
+        assert not repeats.repeat(("10.0.0.1", 5353), RESPONSE + b"%d" % i, 5.0 + i / 1e6)
+        assert len(repeats._handled) <= 100
+    assert repeats.total == 0
+
+
 def test_a_socket_error_goes_to_the_protocol_as_the_transport_would() -> None:
     class Failing:
         def recvmsg(self, size: int, ancillary: int) -> tuple[bytes, list[Any], int, Any]:

@@ -133,6 +133,8 @@ async def run(
         elif pending.busy >= limits.RESOLVER_SLOTS:
             metrics.limit_hit("resolver-slots")  # it waits for a resolver
 
+    # Responses received again lately are skipped before zeroconf parses them: counted here.
+    mdns.repeated_responses(zc).count = metrics.mdns_events.labels(kind="repeated").inc
     async with out:
         goodbyes = Goodbyes(service_type)
         zc.zeroconf.async_add_listener(goodbyes, None)  # before the browser: same packets
