@@ -31,8 +31,6 @@ from pathlib import Path
 from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
-from k3net import mdns
-
 SERVICE = "_k3._tcp.local."
 # Registrations under way at once (--concurrency; 0: all): each one probes its name three times,
 # 250 ms apart, then announces it. Real agents start on machines of their own, each on its own
@@ -92,15 +90,6 @@ async def run(args: argparse.Namespace) -> list[float]:
     say(event="listening", t=time.monotonic())
 
     zc = AsyncZeroconf(interfaces=[args.address])
-    # Read mDNS as a k3net agent does (k3net.mdns.open_zeroconf): a large receive buffer, many
-    # datagrams per wakeup, repeated responses skipped. Each helper stands for hundreds of
-    # agents on one CPU share, and would otherwise drown in the flood of a LAN starting
-    # together (each agent's probe answered by all), answering the agent's probes late.
-    sockets = mdns.zeroconf_sockets(zc.zeroconf)
-    for sock in sockets:
-        mdns.grow_receive_buffer(sock, mdns.RECEIVE_BUFFER)
-    await zc.zeroconf.async_wait_for_start()
-    mdns.drain_readers(zc.zeroconf, sockets, None, mdns.Repeats())
     limit = asyncio.Semaphore(args.concurrency or args.count)
 
     async def register(i: int) -> None:
