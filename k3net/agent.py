@@ -287,7 +287,7 @@ class Agent:
         results_send, results_recv = trio.open_memory_channel[ProbeResult](0)
         await producers.start(functools.partial(
             introduce.tap, results_recv, table_send.clone(), me=s.node_name, port=s.listen_port,
-            timeout=s.probe_timeout))
+            timeout=s.probe_timeout, needed=self._needs_hello))
         await producers.start(prober.run, probe_recv, results_send)
         await producers.start(self.introductions.run, table_send.clone())
         every = expire_interval(s.peer_ttl)
@@ -316,6 +316,11 @@ class Agent:
         if self.machine is not None:
             await producers.start(addresses.run, self.machine, self.addresses)
             producers.start_soon(self._rewrite_own_node, table_send.clone())
+
+    def _needs_hello(self, name: str) -> bool:
+        """Whether peer `name` may not have heard of us yet (k3net.tasks.introduce): unless our
+        mDNS record is out and the peer was found over mDNS (it has that record then)."""
+        return not self.advertised.is_set() or self.table.found_by(name) != "mdns"
 
     def _own(self) -> Own:
         """What a probe must not take for a peer, now: this machine's addresses, our port."""

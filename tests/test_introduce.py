@@ -224,6 +224,32 @@ async def test_each_peer_is_greeted_once_where_it_proved_itself(nursery: trio.Nu
                                ("10.77.0.4", 7946, "node-a", 7946)]
 
 
+async def test_a_peer_that_has_heard_of_us_is_not_greeted(nursery: trio.Nursery) -> None:
+    """Once this agent's mDNS record is out, a peer found over mDNS has it already (the agent's
+    `needed` says so): no hello. One that needs it again later is greeted at its next
+    confirmation."""
+    greeted: list[str] = []
+    has_heard = {"node-b"}
+
+    async def greet(address: str, port: int, me: str, my_port: int) -> int | None:
+        greeted.append(address)
+        return 202
+
+    results_send, results_recv = trio.open_memory_channel[ProbeResult](0)
+    out_send, out_recv = trio.open_memory_channel[Message](10)
+    await nursery.start(lambda task_status: introduce.tap(
+        results_recv, out_send, me="node-a", port=7946, timeout=0.7, greet=greet,
+        needed=lambda name: name not in has_heard, task_status=task_status))
+    await results_send.send(_confirmed("node-b", "10.77.0.3", 7000))
+    await results_send.send(_confirmed("node-c", "10.77.0.4", 7946))
+    await trio.testing.wait_all_tasks_blocked()
+    assert greeted == ["10.77.0.4"]
+    has_heard.clear()
+    await results_send.send(_confirmed("node-b", "10.77.0.3", 7000))
+    await trio.testing.wait_all_tasks_blocked()
+    assert greeted == ["10.77.0.4", "10.77.0.3"]
+
+
 async def test_a_hello_that_gets_no_answer_is_bounded_by_the_probe_timeout(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -994,6 +994,11 @@ class PeerTable:
             for p in sorted(self._peers.values(), key=lambda p: p.name)
         ]
 
+    def found_by(self, name: str) -> str | None:
+        """How the peer `name` was found (the most direct way, FOUND_BY), or None: not followed."""
+        peer = self._peers.get(name)
+        return peer.found_by if peer is not None else None
+
     def nodes(self) -> list[Node]:
         """The stored Nodes as this agent last read them (read by the metrics at scrape time)."""
         return [view.stored.node for view in self._views.values()]

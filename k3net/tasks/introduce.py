@@ -18,7 +18,10 @@ the Ready Nodes. So the newcomer introduces itself, as Serf's joiner does over T
 Sending (`tap`): every probe result passes through on its way to the table; the first time a
 peer is confirmed (it answered at an address as itself, with the cluster key's proof if one is
 set), this agent says hello to it there, once per peer name while it runs (a peer that
-restarts is found again by the other ways). Only proven agents are greeted: an announcement
+restarts is found again by the other ways), if the peer still needs it (`needed`): once this
+agent's own mDNS record is out, a peer found over mDNS has that record already, so only peers
+found other ways (the store, `--join`, `--scan`, beyond a router) are greeted then. An agent up
+before 2,000 peers start makes 2,000 connections fewer. Only proven agents are greeted: an announcement
 from a stranger cannot make us send requests anywhere. At most `SENDERS` hellos are under way
 at once; each is bounded by the probe timeout; a hello that fails is not retried (the other
 ways of discovery go on).
@@ -219,10 +222,12 @@ async def tap(
     port: int,
     timeout: float,  # noqa: ASYNC109  (--probe-timeout: each hello is bounded by it)
     greet: Greet = say_hello,
+    needed: Callable[[str], bool] = lambda name: True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Pass every probe result on to `out` (the table); greet each peer the first time it is
-    confirmed (module docstring). Ends when the prober closes `inbox`."""
+    confirmed while `needed(name)` says it has not heard of us yet (module docstring). Ends
+    when the prober closes `inbox`."""
     greeted: set[str] = set()
     limiter = trio.CapacityLimiter(SENDERS)
 
@@ -240,7 +245,8 @@ async def tap(
             # The port where it answered as itself (the prober completes the facts with it).
             peer_port = result.facts.port if result.facts is not None else None
             if (result.outcome == "confirmed" and result.address is not None and peer_port
-                    and result.name not in greeted and len(greeted) < limits.PEERS):
+                    and result.name not in greeted and len(greeted) < limits.PEERS
+                    and needed(result.name)):
                 greeted.add(result.name)
                 nursery.start_soon(one, result.name, result.address, peer_port)
         nursery.cancel_scope.cancel()
