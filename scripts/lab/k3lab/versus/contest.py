@@ -210,12 +210,17 @@ class K3net:
 
     def wait_seen(self, i: int, since: float, timeout: float) -> float | None:
         name, pid = self.name(i), str(self.pid(i))
+        # Seen by node-0 first: its own Node at the store says nothing about the others, and
+        # waiting for that first made the join the later of the two.
+        seen = _poll(lambda: self._confirmed_by_0(name, pid), timeout)
         t_store = self.watcher.wait_until(
             lambda s: (v := s.nodes.get(name)) is not None and v.pid == pid and v.status == "True",
-            timeout)
+            max(0.0, since + timeout - time.monotonic()))
+        if t_store is not None:  # when it turned Ready (the watcher's history), not now
+            t_store = next((tr.t for tr in self.watcher.transitions(since, nodes={name})
+                            if tr.new is not None and tr.new[0] == "True"), t_store)
         self.store_ready.append(None if t_store is None else t_store - since)
-        return _poll(lambda: self._confirmed_by_0(name, pid),
-                     max(0.0, since + timeout - time.monotonic()))
+        return seen
 
     def wait_back(self, i: int, since: float, timeout: float) -> float | None:
         """After a link cut: its Node Ready again at the store (since `since`)."""
