@@ -659,6 +659,53 @@ def test_what_a_confirmed_probe_lets_the_table_write() -> None:
     assert proven(Facts("b", 1, 2, ("127.0.0.1",)), "b", "127.0.0.1", 1).addresses == ("127.0.0.1",)
 
 
+class HeldAgent:
+    """A fake agent that serves /hold as agents do and answers /info as `node-h`, noting when
+    each /info came and whether it was answered: `mute` leaves them unanswered (a frozen
+    process), `crashed` ends its holds and closes each /info unanswered (a dead one)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[float, bool]] = []  # (when, answered) of every /info
+        self.mute = False
+        self.crashed = trio.Event()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            request = await stream.receive_some(4096)
+            if request.startswith(b"GET /hold "):
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      b"5\r\nheld\n\r\n")
+                await self.crashed.wait()
+                return
+            answered = not self.mute and not self.crashed.is_set()
+            self.asked.append((trio.current_time(), answered))
+            if self.mute:
+                await trio.sleep_forever()
+            if answered:
+                body = b'{"node": "node-h", "pid": 7}'
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                      % (len(body), body))
+
+    async def held_by(self, nursery: trio.Nursery, interval: float, held: float) -> Metrics:
+        """A prober (`interval`, `held`) asked to probe this agent, once it holds its /hold."""
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, self.handle, 0,
+                                                          host=LOOPBACK))
+        port = listeners[0].socket.getsockname()[1]
+        metrics = Metrics()
+        prober = Prober(interval=interval, held=held, timeout=TIMEOUT, metrics=metrics,
+                        rng=random.Random(3))
+        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+        results, _ = trio.open_memory_channel[ProbeResult](1000)
+        await nursery.start(prober.run, inbox, results)
+        await asks.send(ProbeNow(ProbeTarget("node-h", (LOOPBACK,), port)))
+        await _held(metrics, 1)
+        return metrics
+
+
+def _gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
 async def test_a_held_peer_that_answers_is_probed_once_per_refresh(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -672,55 +719,26 @@ async def test_a_held_peer_that_answers_is_probed_once_per_refresh(
     interval, refresh = 10.0, 20.0
     held = held_interval(interval, refresh)
     assert held == 22.5
-    asked: list[tuple[float, bool]] = []  # (when, answered) of every /info
-    mute = False
-
-    async def agent(stream: trio.SocketStream) -> None:
-        async with stream:
-            request = await stream.receive_some(4096)
-            if request.startswith(b"GET /hold "):
-                await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                      b"5\r\nheld\n\r\n")
-                await trio.sleep_forever()
-            asked.append((trio.current_time(), not mute))
-            if mute:
-                await trio.sleep_forever()
-            body = b'{"node": "node-h", "pid": 7}'
-            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                                  % (len(body), body))
-
+    agent = HeldAgent()
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, agent, 0,
-                                                          host=LOOPBACK))
-        port = listeners[0].socket.getsockname()[1]
-        metrics = Metrics()
-        prober = Prober(interval=interval, held=held, timeout=TIMEOUT, metrics=metrics,
-                        rng=random.Random(3))
-        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
-        results, out = trio.open_memory_channel[ProbeResult](1000)
-        await nursery.start(prober.run, inbox, results)
-        await asks.send(ProbeNow(ProbeTarget("node-h", (LOOPBACK,), port)))
-        await _held(metrics, 1)
+        metrics = await agent.held_by(nursery, interval, held)
         await trio.sleep(interval + 4 * held)
-        answering = [t for t, _ in asked[1:]]  # the scheduled probes, after the first one
-        mute = True
+        answering = [t for t, _ in agent.asked[1:]]  # the scheduled probes, after the first one
+        agent.mute = True
         await trio.sleep(4 * interval)
-        muted = [t for t, answered in asked if not answered]
-        mute = False
+        muted = [t for t, answered in agent.asked if not answered]
+        agent.mute = False
         await trio.sleep(interval + 3 * held)
         assert metrics.registry.get_sample_value("k3net_held_connections") == 1  # all along
         nursery.cancel_scope.cancel()
 
-    def gaps(times: list[float]) -> list[float]:
-        return [b - a for a, b in zip(times, times[1:], strict=False)]
-
-    assert gaps(answering) == pytest.approx([held] * (len(answering) - 1), abs=TIMEOUT)
+    assert _gaps(answering) == pytest.approx([held] * (len(answering) - 1), abs=TIMEOUT)
     assert len(answering) >= 4
-    assert gaps(muted) == pytest.approx([interval] * (len(muted) - 1), abs=TIMEOUT + 0.1)
+    assert _gaps(muted) == pytest.approx([interval] * (len(muted) - 1), abs=TIMEOUT + 0.1)
     assert len(muted) >= 3
-    again = [t for t, _ in asked if t > muted[-1]]
+    again = [t for t, _ in agent.asked if t > muted[-1]]
     # the first probe after it answers again comes an interval later; then once per refresh
-    assert gaps(again)[1:] == pytest.approx([held] * (len(again) - 2), abs=TIMEOUT)
+    assert _gaps(again)[1:] == pytest.approx([held] * (len(again) - 2), abs=TIMEOUT)
     assert len(again) >= 3
 
 
@@ -732,41 +750,15 @@ async def test_a_held_peer_that_stops_answering_is_probed_every_interval_at_once
     it is probed every interval from then on, as a peer that was never held."""
     autojump_clock.autojump_threshold = 0.01  # (see the `prober` fixture)
     interval, held = 1.0, 10.0
-    crashed = trio.Event()
-    asked: list[float] = []
-
-    async def agent(stream: trio.SocketStream) -> None:
-        async with stream:
-            request = await stream.receive_some(4096)
-            if request.startswith(b"GET /hold "):
-                await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                      b"5\r\nheld\n\r\n")
-                await crashed.wait()
-                return
-            asked.append(trio.current_time())
-            if crashed.is_set():
-                return  # accepted, and closed unanswered: no agent answers there now
-            body = b'{"node": "node-h", "pid": 7}'
-            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                                  % (len(body), body))
-
+    agent = HeldAgent()
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, agent, 0,
-                                                          host=LOOPBACK))
-        port = listeners[0].socket.getsockname()[1]
-        metrics = Metrics()
-        prober = Prober(interval=interval, held=held, timeout=TIMEOUT, metrics=metrics)
-        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
-        results, out = trio.open_memory_channel[ProbeResult](1000)
-        await nursery.start(prober.run, inbox, results)
-        await asks.send(ProbeNow(ProbeTarget("node-h", (LOOPBACK,), port)))
-        await _held(metrics, 1)
+        await agent.held_by(nursery, interval, held)
         await trio.sleep(2.5 * held)  # probed once per `held` by now; the next is due in ~5 s
         crash = trio.current_time()
-        crashed.set()
+        agent.crashed.set()
         await trio.sleep(4 * interval)
         nursery.cancel_scope.cancel()
-    after = [t - crash for t in asked if t >= crash]
+    after = [t - crash for t, _ in agent.asked if t >= crash]
     # the close's own probes (CLOSED_PROBES) and, well before `held` is out, the schedule's,
     # every interval
     assert len(after) >= 5, after
