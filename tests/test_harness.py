@@ -142,3 +142,16 @@ def test_lan_bad_option_exits_2_with_one_line(args: list[str], message: str) -> 
     assert done.returncode == 2
     assert message in done.stderr.strip().splitlines()[-1]
     assert "Traceback" not in done.stderr
+
+
+def test_a_missing_server_program_is_named_with_its_package(tmp_path: Path) -> None:
+    """A machine without etcd (or MariaDB) gets one line that says what to install, and nothing
+    is started, instead of "exited at start" and a log that the run's cleanup removes."""
+    from k3lab.services import EtcdServer, MariaDBServer, ServiceError
+
+    for server in (EtcdServer(tmp_path / "etcd"), MariaDBServer(tmp_path / "db")):
+        server.binary = str(tmp_path / "not-installed")
+        with pytest.raises(ServiceError, match=f"{server.name} is not installed .* Debian "
+                                               f"package {server.package}"):
+            server.start()
+        assert not server.running

@@ -81,6 +81,8 @@ class _Server:
     """start/stop and the context-manager protocol shared by both servers."""
 
     name = "server"
+    binary = ""  # the server's program, checked before a start
+    package = ""  # the Debian package that has it
     start_timeout = 30.0
     stop_timeout = 30.0
 
@@ -104,6 +106,9 @@ class _Server:
     def start(self) -> None:
         if self.running:
             return
+        if self.binary and not os.access(self.binary, os.X_OK):
+            raise ServiceError(f"{self.name} is not installed ({self.binary}: Debian package "
+                               f"{self.package}; scripts/test installs it)")
         self._prepare()
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
@@ -151,6 +156,7 @@ class EtcdServer(_Server):
     port on the same host), optionally inside the network namespace `netns`."""
 
     name = "etcd"
+    binary, package = ETCD, "etcd-server"
     start_timeout = 20.0
     stop_timeout = 10.0
 
@@ -224,6 +230,7 @@ class MariaDBServer(_Server):
     socket stays plain: MariaDB counts it as secure)."""
 
     name = "mariadb"
+    binary, package = MARIADBD, "mariadb-server"
     TCP_USER, TCP_PASSWORD = "k3tcp", "k3tcp-secret"
 
     def __init__(
