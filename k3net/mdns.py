@@ -95,11 +95,8 @@ _ANCILLARY_SPACE = socket.CMSG_SPACE(4)
 # per round of trio's scheduler at best, and a round of an agent probing 2,000 peers can take
 # tens of milliseconds: the batch must hold what arrives meanwhile (thousands a second when a
 # LAN of agents starts). Bounded so that one wakeup never reads for long: zeroconf handles a
-# datagram in tens of microseconds, 512 of them in some 20 ms; but a flood of large ones (200
-# addresses each) takes ten times that on a slow machine, and everything else on the loop (the
-# HTTP port's answers) waits meanwhile. So a wakeup also stops after DRAIN_TIME seconds.
+# datagram in tens of microseconds, 512 of them in some 20 ms.
 DRAIN_BATCH = 512
-DRAIN_TIME = 0.02
 # A response identical, byte for byte, to one from the same sender handled less than this long
 # ago is not handled again (`Repeats`), and at most this many distinct ones are remembered.
 REPEAT_WINDOW = 1.0
@@ -631,15 +628,11 @@ def drain_socket(sock: socket.socket, protocol: Any, batch: int, drops: Drops | 
     """Read up to `batch` datagrams from the non-blocking `sock` into the asyncio datagram
     `protocol` (as the transport would, one by one); an error goes to `protocol.error_received`
     as the transport would send it. The kernel's drop count, where a read carries it, goes to
-    `drops`; a response `repeats` has handled lately is skipped. Stops after DRAIN_TIME seconds
-    too. Returns the datagrams read."""
+    `drops`; a response `repeats` has handled lately is skipped. Returns the datagrams read."""
     dropped = -1
     now = time.monotonic()
-    until = now + DRAIN_TIME
     try:
         for n in range(batch):
-            if n and not n % 8 and time.monotonic() >= until:
-                return n  # (the rest at the next wakeup: the socket is still readable)
             try:
                 data, ancillary, _flags, addr = sock.recvmsg(_DATAGRAM_MAX, _ANCILLARY_SPACE)
             except (BlockingIOError, InterruptedError):
