@@ -202,6 +202,10 @@ class Holds:
             hold.scope.cancel()
         self._no_hold.pop(name, None)
 
+    def _probes_only(self, target: ProbeTarget) -> None:
+        """Follow `target` by probes only, until it is seen anew or released."""
+        self._no_hold.setdefault(target.name, set()).add(target)
+
     def is_open(self, name: str) -> bool:
         """A connection to `name`'s /hold is held open now."""
         hold = self._held.get(name)
@@ -246,7 +250,7 @@ class Holds:
             return
         if ended == "no-hold":
             log.debug("no held connection to %s at %s: probes only", target.name, address)
-            self._no_hold.setdefault(target.name, set()).add(target)  # a Go agent: probes only
+            self._probes_only(target)  # no /hold there (a Go agent)
             return
         if ended == "failed":
             # No answer in time (a LAN losing packets, a busy peer): no evidence of anything.
@@ -257,8 +261,7 @@ class Holds:
             log.debug("held connection to %s at %s closed: probing it now", target.name, address)
             self.metrics.held_closed.inc()
             if trio.current_time() - began < MIN_HOLD:
-                # Closed at once: probes only, never a loop of holds.
-                self._no_hold.setdefault(target.name, set()).add(target)
+                self._probes_only(target)  # closed at once: never a loop of holds
         else:
             log.debug("hold refused by %s at %s: probing it now", target.name, address)
         await self._closed(target.name)
