@@ -160,6 +160,17 @@ class Metrics:
             " peer's kernel for the keepalive's user timeout), each answered by a suspicion.",
             registry=r,
         )
+        self.beats = Counter(
+            "k3net_held_beats", "Beats read on held connections (tasks/hold.py): good (the peer's"
+            " process runs; with a key, proved for this connection), bad (out of order, or a"
+            " wrong proof: ignored).", ["result"], registry=r,
+        )
+        for result in ("good", "bad"):
+            self.beats.labels(result=result)
+        self.probes_spared = Counter(
+            "k3net_probes_spared", "Scheduled probes of a held peer not made: a good beat on its"
+            " hold since the last one showed its process runs (tasks/probe.py).", registry=r,
+        )
         self.suspicions = Counter(
             "k3net_suspicions", "Suspicions of a silent peer, by result: confirmed (written"
             " Unknown/PeerUnreachable), refuted (it, or an agent asked, reached it), withheld"

@@ -8,12 +8,16 @@ import functools
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import attrs
 import pytest
 import trio
 
+from k3net.core.identity import BeatReader, hold_target
 from k3net.core.table import ProbeTarget
 from k3net.metrics import Metrics
 from k3net.tasks.hold import Hold, Holds, hold_open
+
+from .helpers.web import start_web
 
 LOOPBACK = "127.0.0.1"
 HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -164,3 +168,33 @@ async def test_a_peer_that_moved_or_was_forgotten_is_let_go_without_a_probe(
         await until_held(0)
         nursery.cancel_scope.cancel()
     assert probed == []  # letting go is no evidence: nothing to probe
+
+
+async def test_an_agents_hold_beats_for_its_holder_with_the_cluster_key(
+    nursery: trio.Nursery,
+) -> None:
+    """The served side: a hold that asks for beats gets one a second (`?beat=1`), made with the
+    cluster key for this holder's nonce, which the holder's reader takes; a holder with another
+    key takes none of them; an agent that stands down from its name sends none."""
+    key, nonce = b"k" * 32, bytes(range(16))
+    w = await start_web(nursery)
+    w.state.settings.set(attrs.evolve(w.state.settings.value, cluster_key=key))
+
+    async def beats_in(seconds: float, reader: BeatReader) -> tuple[int, int]:
+        counts = [0, 0]
+
+        def beaten(good: int, bad: int) -> None:
+            counts[0] += good
+            counts[1] += bad
+
+        with trio.move_on_after(seconds):
+            await hold_open(LOOPBACK, w.port, 2.0, Opened(), path=hold_target(1, nonce),
+                            beats=reader, beaten=beaten)
+        return counts[0], counts[1]
+
+    good, bad = await beats_in(3.5, BeatReader("node-a", nonce, key))
+    assert 2 <= good <= 4 and bad == 0
+    good, bad = await beats_in(2.5, BeatReader("node-a", nonce, b"x" * 32))
+    assert good == 0 and bad >= 1
+    w.state.name_conflict = lambda: "node-a is held by another agent"
+    assert await beats_in(2.5, BeatReader("node-a", nonce, key)) == (0, 0)

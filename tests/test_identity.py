@@ -236,3 +236,66 @@ def test_without_a_key_the_peers_own_answer_gives_port_pid_and_addresses() -> No
     assert answer.facts == identity.Facts("node-a", 7946, 42, ("192.168.1.66",))
     go = judge(200, info("node-a"), probed="node-a", nonce=NONCE, key=None)  # the Go agent
     assert go.facts == identity.Facts("node-a", None, 42, ())
+
+
+# --- beats on a held connection ---------------------------------------------------------------
+
+
+def beats(*seqs: int, key: bytes | None = KEY, node: str = "node-b", nonce: bytes = NONCE,
+          framing: bool = True) -> bytes:
+    """What a served hold sends after its mark: each beat in an HTTP chunk, as hypercorn does."""
+    out = b""
+    for seq in seqs:
+        line = identity.beat_line(seq, node, key, nonce)
+        out += b"%x\r\n%s\r\n" % (len(line), line) if framing else line
+    return out
+
+
+def test_beats_are_counted_through_chunk_framing_and_split_reads() -> None:
+    reader = identity.BeatReader("node-b", NONCE, KEY)
+    data = beats(1, 2, 3)
+    assert reader.feed(data[:7]) == (0, 0)  # half a line: nothing yet
+    assert reader.feed(data[7:]) == (3, 0)
+    assert reader.seq == 3
+    assert reader.feed(beats(4, framing=False)) == (1, 0)  # unframed lines count as well
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (beats(2, 2), "a repeat"),
+    (beats(2, 1), "out of order"),
+    (beats(2, key=b"another key of 32 bytes length!!"), "another cluster's key"),
+    (beats(2, node="node-c"), "made for another node"),
+    (beats(2, nonce=bytes(16)), "made for another connection"),
+    (beats(2, key=None), "no proof, and we have a key"),
+    (b"beat x\n", "not a number"),
+    (b"beat 9" + b"9" * 200 + b"\n", "a line too long"),
+])
+def test_a_bad_beat_is_counted_and_vouches_for_nothing(data: bytes, why: str) -> None:
+    reader = identity.BeatReader("node-b", NONCE, KEY)
+    assert reader.feed(beats(1)) == (1, 0)
+    good, bad = reader.feed(data)
+    assert bad >= 1, why
+    assert reader.seq <= 2 and good <= 1, why  # (`2, 2`: the first one is good)
+
+
+def test_without_a_key_a_beat_needs_no_proof_and_lines_that_are_no_beat_are_ignored() -> None:
+    reader = identity.BeatReader("node-b", NONCE, None)
+    assert reader.feed(b"hello\n" + beats(1, key=None) + b"x" * 500 + b"\n") == (1, 0)
+    assert reader.feed(b"y" * 5000) == (0, 0)  # a line without an end is kept only so long
+    assert reader.feed(b"\n" + beats(2, key=None)) == (1, 0)
+
+
+@pytest.mark.parametrize(("query", "seconds"), [
+    (b"nonce=00&beat=15", 15), (b"beat=1", 1), (b"beat=600", 600), (b"beat=0", None),
+    (b"beat=601", None), (b"beat=1.5", None), (b"beat=-3", None), (b"beat=", None),
+    (b"beat=\xd9\xa3", None), (b"nonce=00", None), (b"", None),
+])
+def test_the_beat_period_a_hold_asks_for(query: bytes, seconds: int | None) -> None:
+    assert identity.beat_from_query(query) == seconds
+
+
+@pytest.mark.parametrize(("asked", "sent"), [(15.0, 15), (0.25, 1), (2.6, 3), (10_000.0, 600)])
+def test_a_holder_asks_for_a_whole_number_of_seconds_within_bounds(asked: float, sent: int) -> None:
+    target = identity.hold_target(asked, NONCE)
+    assert target == f"/hold?nonce={NONCE.hex()}&beat={sent}"
+    assert identity.beat_from_query(target.partition("?")[2].encode()) == sent

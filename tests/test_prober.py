@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from k3net.core import identity
 from k3net.core.messages import ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
@@ -462,7 +463,7 @@ async def test_a_hold_that_closes_during_a_probe_is_followed_by_a_probe_of_its_o
     async def agent(stream: trio.SocketStream) -> None:
         async with stream:
             request = await stream.receive_some(4096)
-            if request.startswith(b"GET /hold "):
+            if request.startswith(b"GET /hold"):
                 await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                       b"5\r\nheld\n\r\n")
                 await crashed.wait()
@@ -519,7 +520,7 @@ async def test_a_probe_after_a_close_that_proves_nothing_is_followed_by_another(
                 if crashed.is_set():
                     listening.cancel()  # the process is going away: nothing more listens
                     return  # and this connection ends without an answer
-                if request.startswith(b"GET /hold "):
+                if request.startswith(b"GET /hold"):
                     await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"
                                           b"\r\n\r\n5\r\nheld\n\r\n")
                     await crashed.wait()
@@ -621,7 +622,7 @@ async def test_a_hold_that_got_no_answer_in_time_is_tried_again() -> None:
         nonlocal holds
         async with stream:
             request = await stream.receive_some(4096)
-            if request.startswith(b"GET /hold "):
+            if request.startswith(b"GET /hold"):
                 holds += 1
                 if holds > 1:  # the first gets no answer in time
                     await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
@@ -661,21 +662,36 @@ def test_what_a_confirmed_probe_lets_the_table_write() -> None:
 
 class HeldAgent:
     """A fake agent that serves /hold as agents do and answers /info as `node-h`, noting when
-    each /info came and whether it was answered: `mute` leaves them unanswered (a frozen
-    process), `crashed` ends its holds and closes each /info unanswered (a dead one)."""
+    each /info came and whether it was answered: `mute` leaves them unanswered and stops its
+    beats (a frozen process), `crashed` ends its holds and closes each /info unanswered (a dead
+    one). `beats`: its holds beat as asked (agents before beats send none)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, beats: bool = False) -> None:
         self.asked: list[tuple[float, bool]] = []  # (when, answered) of every /info
         self.mute = False
         self.crashed = trio.Event()
+        self.beats = beats
+        self.results: trio.MemoryReceiveChannel[ProbeResult] | None = None  # what the table got
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
             request = await stream.receive_some(4096)
-            if request.startswith(b"GET /hold "):
+            if request.startswith(b"GET /hold"):
                 await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                       b"5\r\nheld\n\r\n")
-                await self.crashed.wait()
+                query = request.split(b" ")[1].partition(b"?")[2]
+                every = identity.beat_from_query(query) if self.beats else None
+                if every is None:
+                    await self.crashed.wait()
+                    return
+                seq = 0
+                while not self.crashed.is_set():
+                    with trio.move_on_after(every):
+                        await self.crashed.wait()
+                    if not self.mute and not self.crashed.is_set():
+                        seq += 1
+                        line = identity.beat_line(seq, "node-h", None, None)
+                        await stream.send_all(b"%x\r\n%s\r\n" % (len(line), line))
                 return
             answered = not self.mute and not self.crashed.is_set()
             self.asked.append((trio.current_time(), answered))
@@ -695,7 +711,7 @@ class HeldAgent:
         prober = Prober(interval=interval, held=held, timeout=TIMEOUT, metrics=metrics,
                         rng=random.Random(3))
         asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
-        results, _ = trio.open_memory_channel[ProbeResult](1000)
+        results, self.results = trio.open_memory_channel[ProbeResult](1000)
         await nursery.start(prober.run, inbox, results)
         await asks.send(ProbeNow(ProbeTarget("node-h", (LOOPBACK,), port)))
         await _held(metrics, 1)
@@ -764,3 +780,46 @@ async def test_a_held_peer_that_stops_answering_is_probed_every_interval_at_once
     assert len(after) >= 5, after
     assert after[-1] - after[-2] == pytest.approx(interval, abs=TIMEOUT), after
     assert after[-1] < held / 2, after
+
+
+async def test_a_held_peer_that_beats_is_not_probed_while_its_beats_come(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A beat on its hold shows that its process runs: while its beats come, a good one stands
+    in for each scheduled probe (the table gets the confirmation, with the facts of its last
+    probe), and the peer is not dialled at all. When its beats stop (a frozen process keeps its
+    hold, not its beats), it is probed again, every interval while it does not answer."""
+    autojump_clock.autojump_threshold = 0.01  # (see the `prober` fixture)
+    interval, held = 10.0, 22.5
+    agent = HeldAgent(beats=True)
+    async with trio.open_nursery() as nursery:
+        metrics = await agent.held_by(nursery, interval, held)
+        await trio.sleep(interval + 6 * held)
+        beating = list(agent.asked)
+        spared = metrics.registry.get_sample_value("k3net_probes_spared_total")
+        agent.mute = True
+        frozen = trio.current_time()
+        await trio.sleep(2 * held + 4 * interval)
+        nursery.cancel_scope.cancel()
+
+    # the probe that confirmed it, perhaps its first scheduled one (before the first beat came,
+    # an interval after the hold), then no other
+    assert len(beating) <= 2 and all(t <= interval + TIMEOUT for t, _ in beating), beating
+    assert spared is not None and spared >= 6
+    assert agent.results is not None
+    got = []
+    while True:
+        try:
+            got.append(agent.results.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    # (a beat's confirmation is dated at the beat; one before `frozen` may stand in later)
+    vouched = [r for r in got if interval + TIMEOUT < r.started < frozen]
+    assert len(vouched) >= spared
+    assert {(r.outcome, r.address) for r in vouched} == {("confirmed", LOOPBACK)}
+    assert {r.facts for r in vouched} == {got[0].facts}  # what its first probe proved
+    assert got[0].facts is not None and got[0].facts.pid == 7
+    muted = [t for t, answered in agent.asked if not answered]
+    assert muted and muted[0] - frozen <= held + 1.5 * interval + TIMEOUT  # (a late beat counts)
+    assert _gaps(muted) == pytest.approx([interval] * (len(muted) - 1), abs=TIMEOUT + 0.1)
+    assert len(muted) >= 3

@@ -162,6 +162,97 @@ def nonce_from_query(query: bytes) -> bytes | None:
     return None
 
 
+# --- beats on a held connection ---------------------------------------------------------------
+
+# A holder asks for beats with `GET /hold?nonce=<32 hex digits>&beat=<seconds>`; the agent that
+# serves the hold then sends one line every `beat` seconds after its `held` mark:
+#
+#     beat <seq>[ <mac>]\n
+#
+# seq counts from 1; with a cluster key, mac is HMAC(key, nonce || label || node || NUL || seq),
+# which only an agent of the cluster, answering as that node on this very connection (the
+# holder's nonce), can make. A beat shows that the process the holder confirmed still runs: its
+# event loop answers, not only its kernel. The lines may arrive inside HTTP chunks: anything on a
+# line of its own that is not a beat is ignored.
+_BEAT_LABEL = b"k3net-hold-beat-v1\0"
+BEAT_MIN, BEAT_MAX = 1, 600  # the beat periods a holder may ask for, in whole seconds
+_BEAT_LINE = 128  # a longer line is no beat (the rest of it is dropped)
+
+
+def beat_mac(key: bytes, nonce: bytes, node: str, seq: int) -> str:
+    """HMAC-SHA256(key, nonce || label || node || NUL || seq), in lower-case hex."""
+    message = nonce + _BEAT_LABEL + node.encode("utf-8") + b"\0" + str(seq).encode("ascii")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def beat_line(seq: int, node: str, key: bytes | None, nonce: bytes | None) -> bytes:
+    """The served side's beat number `seq` (with a mac when it has a key and the holder a
+    nonce)."""
+    if key is None or nonce is None:
+        return f"beat {seq}\n".encode("ascii")
+    return f"beat {seq} {beat_mac(key, nonce, node, seq)}\n".encode("ascii")
+
+
+def hold_target(beat: float, nonce: bytes) -> str:
+    """The request target of a hold that asks for a beat every `beat` seconds (made whole and
+    kept within BEAT_MIN..BEAT_MAX)."""
+    seconds = min(BEAT_MAX, max(BEAT_MIN, round(beat)))
+    return f"/hold?nonce={nonce.hex()}&beat={seconds}"
+
+
+def beat_from_query(query: bytes) -> int | None:
+    """The beat period a /hold query asks for, in seconds, or None (none asked, or not a whole
+    number within BEAT_MIN..BEAT_MAX)."""
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name == b"beat":
+            if not (value.isdigit() and len(value) <= 4):
+                return None
+            seconds = int(value)
+            return seconds if BEAT_MIN <= seconds <= BEAT_MAX else None
+    return None
+
+
+class BeatReader:
+    """Sans-I/O reader of the beats a held connection brings (the part after the `held` mark).
+    `feed(data)` returns how many good and how many bad beats the data completed: a good one
+    counts up from the last and, when we have a key, carries the mac of `node` for our nonce."""
+
+    def __init__(self, node: str, nonce: bytes, key: bytes | None) -> None:
+        self.node, self.nonce, self.key = node, nonce, key
+        self.seq = 0  # the last good beat's number
+        self._rest = b""  # an incomplete line
+
+    def feed(self, data: bytes) -> tuple[int, int]:
+        lines = (self._rest + data).split(b"\n")
+        rest = lines.pop()
+        self._rest = rest if len(rest) <= _BEAT_LINE else b""
+        good = bad = 0
+        for line in lines:
+            if not line.startswith(b"beat "):
+                continue  # chunk framing, or anything else: not a beat
+            if len(line) <= _BEAT_LINE and self._good(line[5:].split(b" ")):
+                good += 1
+            else:
+                bad += 1
+        return good, bad
+
+    def _good(self, fields: list[bytes]) -> bool:
+        if not fields[0].isdigit() or len(fields[0]) > 18:
+            return False
+        seq = int(fields[0])
+        if seq <= self.seq:
+            return False  # a repeat, or out of order
+        if self.key is not None:
+            if len(fields) != 2:
+                return False
+            expected = beat_mac(self.key, self.nonce, self.node, seq)
+            if not hmac.compare_digest(fields[1], expected.encode("ascii")):
+                return False
+        self.seq = seq
+        return True
+
+
 # --- reading the answer ----------------------------------------------------------------------
 
 

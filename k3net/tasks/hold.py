@@ -2,8 +2,11 @@
 
 Once a peer is confirmed at an address (`k3net.tasks.probe`), a connection to its `GET /hold` is
 kept open there: an agent answers it with 200 and a first piece of body, `held`, and sends
-nothing more while it runs (`k3net.web.app`). When the peer's process dies, its kernel closes
-that connection at once, and the peer is probed at once: a crash on a living host is seen in
+nothing more while it runs (`k3net.web.app`) but, when asked (`identity.hold_target`), a beat
+line every interval that shows its process runs (`identity.BeatReader` reads them; the prober
+lets a fresh one stand in for a scheduled probe, `Holds.vouch`). When the peer's process dies,
+its kernel closes that connection at once, and the peer is probed at once: a crash on a living
+host is seen in
 about a second (the probe, then the table's re-probe), whatever the probe interval, even by an
 agent that is the only one to probe it.
 
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -51,7 +55,16 @@ import attrs
 import trio
 
 from k3net import limits
-from k3net.core.identity import AnswerReader, get
+from k3net.core.identity import (
+    BEAT_MAX,
+    BEAT_MIN,
+    NONCE_BYTES,
+    AnswerReader,
+    BeatReader,
+    get,
+    hold_target,
+)
+from k3net.core.messages import Facts
 from k3net.core.table import ProbeTarget
 from k3net.metrics import Metrics
 from k3net.tasks.tcp import connect, keepalive
@@ -93,8 +106,12 @@ class Hold:
 
     target: ProbeTarget  # the peer as it was confirmed
     address: str  # the address it was confirmed at, where the connection goes
+    # What the peer proved in its last confirmed probe while this hold went to that process:
+    # what a beat vouches for (`Holds.vouch`); None once a probe found another process.
+    facts: Facts | None = None
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)  # cancelled to release it
     open: bool = False  # set up, and counted in k3net_held_connections
+    beat_at: float | None = None  # when its last good beat came (the agent's clock)
 
     def serves(self, target: ProbeTarget) -> bool:
         """The peer is still where this hold goes (same port, the address still one of its)."""
@@ -106,10 +123,16 @@ async def hold_open(
     timeout: float,  # noqa: ASYNC109  (not a caller's deadline: --probe-timeout defines failure)
     opened: Callable[[], None],
     quiet: float = SILENCE,
+    *,
+    path: str = "/hold",
+    beats: BeatReader | None = None,
+    beaten: Callable[[int, int], None] = lambda good, bad: None,
 ) -> HoldEnd:
     """Hold a /hold at `address:port` until it ends; how it ended (module docstring). Setting up
     (connect, then the answer) takes at most `timeout`; `opened()` is called once it is held.
-    `quiet`: the seconds of silence from the peer's host after which the kernel ends it."""
+    `quiet`: the seconds of silence from the peer's host after which the kernel ends it.
+    `path`: the request target (`identity.hold_target` asks for beats); what comes once held
+    goes to `beats`, and `beaten(good, bad)` is called for each read that completed beats."""
     try:
         with trio.fail_after(timeout):
             sock = await connect(address, port)
@@ -123,7 +146,7 @@ async def hold_open(
         reader = AnswerReader()
         try:
             with trio.fail_after(timeout):
-                await stream.send_all(get(address, port, "/hold"))
+                await stream.send_all(get(address, port, path))
                 # An agent's hold: 200, then a first piece of the body that says so. Any other
                 # answer, complete or broken, is no hold.
                 while True:
@@ -136,11 +159,19 @@ async def hold_open(
             return "no-hold"
         except trio.TooSlowError:
             return "failed"
-        del reader  # (its parser's state: nothing more is read while held, at 2,048 holds)
+        rest = reader.body[reader.body.index(HOLD_MARK) + len(HOLD_MARK):]
+        del reader  # (its parser's state: beats are read as lines, at 2,048 holds)
         opened()
         try:
-            while await stream.receive_some(_READ_SIZE):
-                pass  # nothing more is sent while the peer runs
+            data = rest
+            while True:
+                if beats is not None and data:
+                    good, bad = beats.feed(data)
+                    if good or bad:
+                        beaten(good, bad)
+                data = await stream.receive_some(_READ_SIZE)
+                if not data:
+                    break  # nothing but beats is sent while the peer runs
         except (OSError, trio.BrokenResourceError) as exc:
             if _timed_out(exc):
                 return "silent"  # its host stopped answering the keepalive probes
@@ -162,9 +193,14 @@ class Holds:
         closed: Callable[[str], Awaitable[None]],
         silent: Callable[[str, int], Awaitable[None]] | None = None,
         quiet: Callable[[], float] = lambda: SILENCE,
+        beat: float | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.timeout = timeout  # for setting a hold up: the probe timeout
         self.metrics = metrics
+        # The beat period asked of every held peer (None: none asked), and the cluster key
+        # their beats must prove (module docstring).
+        self.beat, self.key = beat, key
         self._nursery = nursery
         self._closed = closed
         self._silent = silent
@@ -174,16 +210,22 @@ class Holds:
         self._no_hold: dict[str, set[ProbeTarget]] = {}
         self._open = 0  # holds set up and not ended yet (the gauge)
 
-    def confirmed(self, target: ProbeTarget, address: str) -> None:
-        """A probe confirmed `target` at `address`: hold it there, unless it is held already,
-        answers no hold, or limits.HELD are held."""
+    def confirmed(self, target: ProbeTarget, address: str, facts: Facts | None = None) -> None:
+        """A probe confirmed `target` at `address`, the peer proving `facts`: hold it there,
+        unless it is held already, answers no hold, or limits.HELD are held. A hold of it
+        keeps the latest facts its process proved (what its beats vouch for)."""
         name = target.name
-        if name in self._held or target in self._no_hold.get(name, ()):
+        held = self._held.get(name)
+        if held is not None:
+            same = held.facts is not None and facts is not None and facts.pid == held.facts.pid
+            held.facts = facts if same else None  # another process: the hold goes to an old one
+            return
+        if target in self._no_hold.get(name, ()):
             return
         if len(self._held) >= limits.HELD:
             self.metrics.limit_hit("held")
             return
-        hold = self._held[name] = Hold(target, address)
+        hold = self._held[name] = Hold(target, address, facts)
         self._nursery.start_soon(self._run, hold)
 
     def asked(self, target: ProbeTarget, *, anew: bool) -> None:
@@ -211,6 +253,22 @@ class Holds:
         hold = self._held.get(name)
         return hold is not None and hold.open
 
+    @property
+    def beat_window(self) -> float:
+        """How old a peer's last good beat may be for it to vouch (`vouch`): a beat and a half
+        of the period asked, and the probe timeout for a late one (a busy peer)."""
+        every = round(min(BEAT_MAX, max(BEAT_MIN, self.beat or BEAT_MIN)))
+        return 1.5 * every + self.timeout
+
+    def vouch(self, name: str, since: float) -> Hold | None:
+        """`name`'s hold if it is open and a good beat came on it at `since` or later: its
+        process ran then, as the facts of `Hold.facts` (never None here) show it."""
+        hold = self._held.get(name)
+        if (hold is None or not hold.open or hold.facts is None or hold.beat_at is None
+                or hold.beat_at < since):
+            return None
+        return hold
+
     def held(self) -> dict[str, str]:
         """The peers whose /hold is held open now, by name: the address held (for /peers)."""
         return {name: hold.address for name, hold in self._held.items() if hold.open}
@@ -224,10 +282,24 @@ class Holds:
         target, address = hold.target, hold.address
         ended: HoldEnd = "failed"
         began = trio.current_time()
+        path, beats = "/hold", None
+        if self.beat is not None:
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            path, beats = hold_target(self.beat, nonce), BeatReader(target.name, nonce, self.key)
+
+        def beaten(good: int, bad: int) -> None:
+            if good:
+                hold.beat_at = trio.current_time()
+                self.metrics.beats.labels(result="good").inc(good)
+            if bad:
+                self.metrics.beats.labels(result="bad").inc(bad)
+                log.debug("%d bad beat(s) from %s at %s: ignored", bad, target.name, address)
+
         try:
             with hold.scope:
                 ended = await hold_open(address, target.port, self.timeout,
-                                        lambda: self._opened(hold), self._quiet())
+                                        lambda: self._opened(hold), self._quiet(),
+                                        path=path, beats=beats, beaten=beaten)
         finally:
             if hold.open:
                 hold.open = False

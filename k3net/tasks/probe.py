@@ -35,7 +35,17 @@ the held connection closes and the peer is probed at once. Its host vanishing sh
 hold goes silent), so what only a probe still shows of a held peer is that its process answers
 as itself, which its Node needs once per refresh of lastSeen: a held peer whose last probe
 confirmed it is probed every `held_interval` (33.75 s at the defaults instead of 15 s), any
-other peer every interval. At 2,000 peers that is 59 probes a second instead of 133.
+other peer every interval. And a held peer's process shows that it runs by itself: its hold
+brings a beat every interval (`k3net.core.identity`, proved with the cluster key for this very
+connection), so a scheduled probe of a held peer whose last good beat is fresh
+(`Holds.beat_window`) is not made at all: the beat stands in for it, as a confirmation dated at
+the beat, with the facts the peer proved in its last probe (`_vouched`, counted in
+k3net_probes_spared_total). What a held peer says about itself changes only with its
+announcement, and a changed announcement is probed at once. At 2,000 peers that is about 133
+beats read a second (a few microseconds each) and no probes, instead of 59 probes (connect,
+HTTP, proof: about a millisecond each on both sides). A peer without beats (an older agent) is
+probed once per `held_interval` as before; one whose beats stop (a frozen process keeps its
+hold) is probed at its next due time.
 
 Suspicion (SWIM's indirect probe): when a held connection goes silent (its host stopped ACKing
 the kernel's keepalive), the peer is suspected, and nothing is written before the suspicion is
@@ -613,7 +623,8 @@ they share `sockets` sockets (module docstring).
                 return self.health.widen(silence(self.timeout), trio.current_time())
 
             holds = self._holds = Holds(nursery, timeout=self.timeout, metrics=self.metrics,
-                                        closed=closed, silent=silent, quiet=quiet)
+                                        closed=closed, silent=silent, quiet=quiet,
+                                        beat=self.interval, key=self.key)
             task_status.started()
             async with inbox:
                 async for msg in inbox:
@@ -661,6 +672,10 @@ they share `sockets` sockets (module docstring).
                         return
                     began, every = due, self.interval
                     if name not in self._inflight:
+                        if await self._vouched(name, results):
+                            every = self.held_every  # (no probe: a beat showed it runs)
+                            due = began + every
+                            continue
                         result = await self._probe(target, results)
                         if (result.outcome == "confirmed" and self._holds is not None
                                 and self._holds.is_open(name)):
@@ -669,6 +684,22 @@ they share `sockets` sockets (module docstring).
             finally:
                 if self._unconfirmed.get(name) is unconfirmed:
                     del self._unconfirmed[name]
+
+    async def _vouched(self, name: str, results: trio.MemorySendChannel[ProbeResult]) -> bool:
+        """Whether a fresh beat on `name`'s hold (`Holds.vouch`) stood in for its scheduled
+        probe: then the table has the confirmation the beat makes, with the facts its process
+        proved in its last probe, at the held address, as of the beat."""
+        holds = self._holds
+        if holds is None:
+            return False
+        hold = holds.vouch(name, trio.current_time() - holds.beat_window)
+        if hold is None:
+            return False
+        assert hold.beat_at is not None
+        self.metrics.probes_spared.inc()
+        await self._hand(ProbeResult(name, "confirmed", 0.0, address=hold.address,
+                                     started=hold.beat_at, facts=hold.facts), results)
+        return True
 
     async def _asked(
         self, target: ProbeTarget, delay: float, results: trio.MemorySendChannel[ProbeResult]
@@ -715,7 +746,12 @@ they share `sockets` sockets (module docstring).
             unconfirmed.set()
         if (result.outcome == "confirmed" and result.address and self._holds is not None
                 and self.targets.get(target.name) == target):
-            self._holds.confirmed(target, result.address)
+            self._holds.confirmed(target, result.address, result.facts)
+        await self._hand(result, results)
+
+    @staticmethod
+    async def _hand(result: ProbeResult, results: trio.MemorySendChannel[ProbeResult]) -> None:
+        """Hand a result to the table."""
         try:
             await results.send(result)
         except (trio.ClosedResourceError, trio.BrokenResourceError):

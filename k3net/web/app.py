@@ -7,7 +7,7 @@
 | `GET /livez` | `200 ok` while the process serves; `?verbose`, `?exclude=` (see `k3net.web.checks`) |
 | `GET /readyz` | `200 ok` when the checks `store`, `mdns`, `http` pass, else 503 naming the failed ones; `?verbose`, `?exclude=`, `/readyz/<check>` (and `/livez/<check>`) |
 | `GET /info` | this agent: node, port, pid, addrs, ts, mdns {service, domain}, selfUp, startedAt, version, commit, store, subscribers, epoch |
-| `GET /hold` | `200` and then nothing while the agent runs: peers hold it open, and see its end at once when this process dies (`k3net.tasks.hold`); 429 past `limits.HOLDS_PER_CLIENT` from one client address, 503 past `limits.HOLDS` in all |
+| `GET /hold` | `200` and then nothing while the agent runs: peers hold it open, and see its end at once when this process dies (`k3net.tasks.hold`); with `?nonce=N&beat=S`, a beat line every S seconds (1..600) that shows this process runs (`k3net.core.identity.beat_line`); 429 past `limits.HOLDS_PER_CLIENT` from one client address, 503 past `limits.HOLDS` in all |
 | `POST /hello?node=N&port=P` | an agent introduces itself (`k3net.tasks.introduce`): 202, and it is probed at the request's source address (a hint, never written as such); 400 for a bad query, 429 past `limits.INTRODUCTIONS_PER_CLIENT` from one client address, 503 past `limits.INTRODUCTIONS` in all, 404 where introductions are not taken |
 | `GET /peers` | the peers this agent follows: name, addresses, port, pid, state, foundBy (mdns, join, scan, store, introduced), confirmed, held (the address of the connection held to its /hold, or null), lastProbe {outcome, latencySeconds, address, error} (null before the first) |
 | `GET /reach?node=NAME` | whether this agent reaches the peer it follows as NAME, probed now (`k3net.tasks.probe`, the suspicion's indirect probe): `{node, reached, outcome, latencySeconds, by}` (with a cluster key and `&nonce=`, `proof`); never an address from the request; 404 for a name it does not follow; 429 past `limits.REACHES_PER_CLIENT` questions at once from one client address, 503 past `limits.REACHES` |
@@ -215,7 +215,7 @@ class App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["path"] == "/hold" and scope["method"] == "GET":
-                await self._hold(_client(scope), receive, send)
+                await self._hold(_client(scope), scope.get("query_string", b""), receive, send)
             elif scope["path"] == "/hello" and scope["method"] == "POST":
                 await self._hello(scope, send)
             else:
@@ -263,8 +263,10 @@ class App:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
-    async def _hold(self, client: str, receive: Receive, send: Send) -> None:
-        """Answer 200 and send nothing more until the client goes or this agent stops."""
+    async def _hold(self, client: str, query: bytes, receive: Receive, send: Send) -> None:
+        """Answer 200, then send nothing more until the client goes or this agent stops; but
+        a beat every `?beat=` seconds (`identity.beat_line`: with a cluster key, made for the
+        holder's `?nonce=`), while this agent answers as its name."""
         refused = "stopping" if self._stopping else self._hold_slots.admit(client)
         if refused is not None:
             status, body = self._refusal(refused, "held connections", "holds", client)
@@ -288,12 +290,27 @@ class App:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client_gone)
+                beat = identity.beat_from_query(query)
+                if beat is not None:
+                    nursery.start_soon(self._beats, beat, identity.nonce_from_query(query), send)
                 await done.wait()
                 nursery.cancel_scope.cancel()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self._holds.discard(done)
             self._hold_slots.release(client)
+
+    async def _beats(self, every: int, nonce: bytes | None, send: Send) -> None:
+        """A held connection's beats (`_hold`), none while standing down from our name."""
+        seq = 0
+        while True:
+            await trio.sleep(every)
+            if self.state.name_conflict() is not None:
+                continue
+            settings = self.state.settings.value
+            seq += 1
+            line = identity.beat_line(seq, settings.node_name, settings.cluster_key, nonce)
+            await send({"type": "http.response.body", "body": line, "more_body": True})
 
     async def _hello(self, scope: Scope, send: Send) -> None:
         """An introduction (k3net.tasks.introduce): its query says who, the connection where.

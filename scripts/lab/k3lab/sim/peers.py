@@ -6,8 +6,9 @@ namespace host. Run inside a network namespace only.
 
 Each simulated peer is a TCP listener on `address:port` (what k3net probes) that answers
 `GET /info` as an agent does (`{"node": "<prefix>-<i>", "pid": ...}`, so the agent's identity
-probes confirm it) and serves `GET /hold` as an agent does (200, `held`, then nothing until the
-agent lets go; `--no-hold`: the /info answer instead, no hold), and an mDNS service `<prefix>-<i>._k3._tcp.local.` with TXT node/port/pid,
+probes confirm it) and serves `GET /hold` as an agent does (200, `held`, then a beat every
+`?beat=` seconds until the agent lets go; `--no-beat`: no beats, as agents before beats;
+`--no-hold`: the /info answer instead, no hold), and an mDNS service `<prefix>-<i>._k3._tcp.local.` with TXT node/port/pid,
 as a real agent announces itself. Every
 peer of the process shares the address, with its own port. The process prints JSON lines:
 {"event": "listening", "t"}, then {"event": "registered", "t", "count"} once every service is
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
+
+from k3net.core.identity import beat_from_query, beat_line
 
 SERVICE = "_k3._tcp.local."
 # Registrations under way at once (--concurrency; 0: all): each one probes its name three times,
@@ -59,19 +62,22 @@ async def run(args: argparse.Namespace) -> list[float]:
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connected = time.monotonic()
         port = writer.get_extra_info("sockname")[1]
-        body = json.dumps({"node": f"{args.prefix}-{port - args.first_port}",
-                           "pid": os.getpid()}).encode()
+        name = f"{args.prefix}-{port - args.first_port}"
+        body = json.dumps({"node": name, "pid": os.getpid()}).encode()
         try:
             # The request ends with an empty line; an agent's is ~150 bytes.
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_TIMEOUT)
-            if request.startswith(b"GET /hold ") and not args.no_hold:
-                # As an agent's /hold: 200, a first piece of body, then nothing while it runs.
+            if request.startswith((b"GET /hold ", b"GET /hold?")) and not args.no_hold:
+                # As an agent's /hold: 200, a first piece of body, then only its beats.
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                              b"5\r\nheld\n\r\n")
                 await writer.drain()
+                query = request.split(b" ", 2)[1].partition(b"?")[2]
+                every = None if args.no_beat else beat_from_query(query)
                 holding.add(writer)
                 try:
-                    await reader.read()  # until the agent lets go (or this process stops)
+                    # until the agent lets go (or this process stops)
+                    await beat(reader, writer, name, every)
                 finally:
                     holding.discard(writer)
                 return
@@ -83,6 +89,21 @@ async def run(args: argparse.Namespace) -> list[float]:
             pass
         finally:
             writer.close()
+
+    async def beat(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str,
+                   every: int | None) -> None:
+        """Until the holder goes: a beat every `every` seconds (none: None), as an agent's."""
+        gone = asyncio.ensure_future(reader.read())
+        seq = 0
+        try:
+            while not gone.done():
+                await asyncio.wait([gone], timeout=every)
+                if not gone.done():
+                    seq += 1
+                    line = beat_line(seq, name, None, None)
+                    writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+        finally:
+            gone.cancel()
 
     servers = []
     for i in range(args.count):
@@ -134,6 +155,9 @@ def main() -> int:
     parser.add_argument("--no-hold", action="store_true",
                         help="serve no agent's hold (/hold gets the /info answer), so that the "
                              "agent follows the peers by probes only")
+    parser.add_argument("--no-beat", action="store_true",
+                        help="no beats on a held connection (as agents before beats): the "
+                             "agent probes its held peers once per refresh")
     parser.add_argument("--lifetime", type=float, default=900, help="exit after this (s)")
     args = parser.parse_args()
     # A listener and a held connection per peer: past the usual soft limit of 1,024 files.
