@@ -6,9 +6,8 @@ nothing more while it runs (`k3net.web.app`) but, when asked (`identity.hold_tar
 line every interval that shows its process runs (`identity.BeatReader` reads them; the prober
 lets a fresh one stand in for a scheduled probe, `Holds.vouch`). When the peer's process dies,
 its kernel closes that connection at once, and the peer is probed at once: a crash on a living
-host is seen in
-about a second (the probe, then the table's re-probe), whatever the probe interval, even by an
-agent that is the only one to probe it.
+host is seen in about a second (the probe, then the table's re-probe), whatever the probe
+interval, even by an agent that is the only one to probe it.
 
 A link cut, a dead host, a kernel panic or a paused VM closes nothing. So the kernel watches
 every held connection (`tcp.keepalive`): while it is idle, a keepalive probe goes out every
