@@ -254,10 +254,11 @@ class Holds:
 
     @property
     def beat_window(self) -> float:
-        """How old a peer's last good beat may be for it to vouch (`vouch`): a beat and a half
-        of the period asked, and the probe timeout for a late one (a busy peer)."""
+        """How old a peer's last good beat may be for it to vouch (`vouch`): the period asked,
+        and the probe timeout for a late one (a busy peer). So a frozen process is confirmed at
+        most that long after it froze (then probed: it does not answer)."""
         every = round(min(BEAT_MAX, max(BEAT_MIN, self.beat or BEAT_MIN)))
-        return 1.5 * every + self.timeout
+        return every + self.timeout
 
     def vouch(self, name: str, since: float) -> Hold | None:
         """`name`'s hold if it is open and a good beat came on it at `since` or later: its

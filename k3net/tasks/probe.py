@@ -45,7 +45,9 @@ announcement, and a changed announcement is probed at once. At 2,000 peers that 
 beats read a second (a few microseconds each) and no probes, instead of 59 probes (connect,
 HTTP, proof: about a millisecond each on both sides). A peer without beats (an older agent) is
 probed once per `held_interval` as before; one whose beats stop (a frozen process keeps its
-hold) is probed at its next due time.
+hold) is probed at its next due time. So a frozen agent's last beat may refresh its lastSeen
+once more: its Node goes Unknown at most one interval (and a probe timeout) later than by
+probes alone, still only by peer-ttl.
 
 Suspicion (SWIM's indirect probe): when a held connection goes silent (its host stopped ACKing
 the kernel's keepalive), the peer is suspected, and nothing is written before the suspicion is
