@@ -3,7 +3,8 @@
     nox -s bench -- [--peers 50 200 500] [--out results/bench.json]
 
 For each P: a fresh LAN (k3lab.netns.Lan) of 1 + --helpers hosts. Host 0 runs
-`k3net run` on its memory store at the default timings (peer-ttl 90s, probes every 15s). Each other host runs
+`k3net run` on its memory store at the default timings (peer-ttl 90s, probes every 15s) and the
+default log level (info). Each other host runs
 one helper process (k3lab/sim/peers.py) that announces P/helpers peers with AsyncZeroconf, each a
 service with its own live TCP listener (same address, different ports) that answers the
 agent's identity probes (`GET /info`) with its name, as real agents would.
@@ -176,8 +177,10 @@ def bench_one(peers: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         lan = stack.enter_context(Lan(1 + helpers_n, SUBNET))
         log_dir = workdir / f"p{peers}"
         log_dir.mkdir(parents=True, exist_ok=True)
+        # At the default log level, as an installed agent runs (the lab's agents log at debug:
+        # a line per write and per held connection, a cost of the lab, not of the agent).
         agent = AgentProc(lan[0], "bench-agent", PORT, log_dir, "--log-format", "json",
-                          "--peer-ttl", f"{args.peer_ttl:g}s")
+                          "--log-level", "info", "--peer-ttl", f"{args.peer_ttl:g}s")
         stack.callback(agent.close)
         agent.wait_ready()
         pid = agent.proc.pid
