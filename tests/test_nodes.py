@@ -22,7 +22,7 @@ from k3net.core.nodes import (
     readiness,
     render,
 )
-from k3net.model import Node
+from k3net.model import Node, copy_node
 
 T0 = dt.datetime(2026, 11, 29, 10, 0, 0, tzinfo=dt.UTC)
 NAME = "peer-a"
@@ -464,3 +464,25 @@ def test_a_foreign_ready_status_is_replaced_as_a_transition(intent: Intent, writ
     cond = ready(node)
     assert cond["status"] == readiness(node).value == written
     assert cond["lastTransitionTime"] == "2026-11-29T10:00:40Z"
+
+
+def test_a_copy_of_a_node_shares_nothing_that_can_change() -> None:
+    """render changes a copy of the stored Node; nothing of that may reach the original, down
+    to the fields k3net does not know (kept in `extra`)."""
+    node = created()
+    node.extra["x"] = {"list": [1]}
+    node.spec["taints"] = [{"key": "a"}]
+    node.status.addresses[0].extra["zone"] = {"id": 1}
+    before = node_to_dict(node)
+    twin = copy_node(node)
+    assert twin == node and node_to_dict(twin) == before
+    twin.metadata.labels["l"] = "x"
+    twin.metadata.annotations["a"] = "x"
+    twin.metadata.extra["m"] = 1
+    twin.spec["taints"][0]["key"] = "b"
+    twin.status.addresses[0].extra["zone"]["id"] = 2
+    twin.status.addresses.append(twin.status.addresses[0])
+    twin.status.conditions[0].status = "False"
+    twin.status.extra["s"] = 1
+    twin.extra["x"]["list"].append(2)
+    assert node_to_dict(node) == before

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from k3net.convert import format_time_precise, node_from_dict, node_to_dict
+from k3net.convert import format_time_precise
 from k3net.core.addresses import canonical as canonical_addresses
 from k3net.model import (
     ANN_LAST_SEEN,
@@ -44,6 +44,7 @@ from k3net.model import (
     NodeAddress,
     NodeCondition,
     ObjectMeta,
+    copy_node,
 )
 
 # Ready condition reasons.
@@ -305,7 +306,7 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         # is only what peers guessed when its listener closed first: the goodbye replaces it.
         return None
 
-    node = _new_node(intent.name, now) if existing is None else _copy(existing)
+    node = _new_node(intent.name, now) if existing is None else copy_node(existing)
     _own(node, intent.name)
     if isinstance(intent, Alive):
         reason, message = intent.reason, _message(intent)
@@ -341,7 +342,7 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
     else:
         _set_ready(node, Readiness.FALSE, AGENT_SHUTDOWN, _message(intent), now)
 
-    if existing is not None and node_to_dict(node) == node_to_dict(existing):
+    if existing is not None and node == existing:  # (field by field, deeply)
         return None
     return node
 
@@ -350,6 +351,3 @@ def _ready_reason(node: Node) -> str | None:
     cond = node.condition(CONDITION_READY)
     return cond.reason if cond is not None else None
 
-
-def _copy(node: Node) -> Node:
-    return node_from_dict(node_to_dict(node))
