@@ -175,10 +175,12 @@ async def test_an_agents_hold_beats_for_its_holder_with_the_cluster_key(
 ) -> None:
     """The served side: a hold that asks for beats gets one a second (`?beat=1`), made with the
     cluster key for this holder's nonce, which the holder's reader takes; a holder with another
-    key takes none of them; an agent that stands down from its name sends none."""
+    key takes none of them; an agent beats no more often than its own probe interval, and one
+    that stands down from its name sends none."""
     key, nonce = b"k" * 32, bytes(range(16))
     w = await start_web(nursery)
-    w.state.settings.set(attrs.evolve(w.state.settings.value, cluster_key=key))
+    w.state.settings.set(attrs.evolve(w.state.settings.value, cluster_key=key,
+                                      probe_interval=1.0))
 
     async def beats_in(seconds: float, reader: BeatReader) -> tuple[int, int]:
         counts = [0, 0]
@@ -196,5 +198,8 @@ async def test_an_agents_hold_beats_for_its_holder_with_the_cluster_key(
     assert 2 <= good <= 4 and bad == 0
     good, bad = await beats_in(2.5, BeatReader("node-a", nonce, b"x" * 32))
     assert good == 0 and bad >= 1
+    # never more often than the agent's own probe interval, whatever the holder asks
+    w.state.settings.set(attrs.evolve(w.state.settings.value, probe_interval=3.0))
+    assert await beats_in(3.5, BeatReader("node-a", nonce, key)) == (1, 0)
     w.state.name_conflict = lambda: "node-a is held by another agent"
     assert await beats_in(2.5, BeatReader("node-a", nonce, key)) == (0, 0)

@@ -301,10 +301,12 @@ class App:
             self._hold_slots.release(client)
 
     async def _beats(self, every: int, nonce: bytes | None, send: Send) -> None:
-        """A held connection's beats (`_hold`), none while standing down from our name."""
+        """A held connection's beats (`_hold`), none while standing down from our name. Never
+        more often than our own probe interval: holders of our cluster ask for theirs, and
+        one who asks for more could make every slot of `limits.HOLDS` beat once a second."""
         seq = 0
         while True:
-            await trio.sleep(every)
+            await trio.sleep(max(every, self.state.settings.value.probe_interval))
             if self.state.name_conflict() is not None:
                 continue
             settings = self.state.settings.value
