@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import attrs
 import pytest
 import trio
+import trio.testing
 
-from k3net.core.identity import BeatReader, hold_target
+from k3net.core.identity import BeatReader, Facts, hold_target
 from k3net.core.table import ProbeTarget
 from k3net.metrics import Metrics
 from k3net.tasks.hold import Hold, Holds, hold_open
@@ -203,3 +204,46 @@ async def test_an_agents_hold_beats_for_its_holder_with_the_cluster_key(
     assert await beats_in(3.5, BeatReader("node-a", nonce, key)) == (1, 0)
     w.state.name_conflict = lambda: "node-a is held by another agent"
     assert await beats_in(2.5, BeatReader("node-a", nonce, key)) == (0, 0)
+
+
+async def test_a_beat_vouches_only_for_the_process_its_hold_goes_to(
+    serve: Callable[[Handler], Awaitable[int]], autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A held peer's beats vouch for it with the facts of its last probe: while they come and
+    while that probe found the same process (pid). Once a probe finds another process there (it
+    restarted; the hold still goes to the old one for a moment), the hold vouches for nothing,
+    nor once its beats are older than the window."""
+    autojump_clock.autojump_threshold = 0.01
+
+    async def agent(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(4096)
+            await stream.send_all(HEAD + b"5\r\nheld\n\r\n")
+            for seq in range(1, 1000):
+                await trio.sleep(1.0)
+                line = b"beat %d\n" % seq
+                await stream.send_all(b"%x\r\n%s\r\n" % (len(line), line))
+
+    port = await serve(agent)
+    peer = ProbeTarget("peer-a", (LOOPBACK,), port)
+    facts = Facts("peer-a", port, 41, (LOOPBACK,))
+
+    async def closed(name: str) -> None:
+        pass
+
+    async with trio.open_nursery() as nursery:
+        holds = Holds(nursery, timeout=0.5, metrics=Metrics(), closed=closed, beat=1.0)
+        assert holds.beat_window == 1.5
+        holds.confirmed(peer, LOOPBACK, facts)
+        await trio.sleep(2.5)
+        hold = holds.vouch("peer-a", trio.current_time() - holds.beat_window)
+        assert hold is not None and hold.facts == facts and hold.address == LOOPBACK
+        newer = attrs.evolve(facts, addresses=(LOOPBACK, "10.0.0.9"))
+        holds.confirmed(peer, LOOPBACK, newer)  # the same process says more: that is vouched
+        hold = holds.vouch("peer-a", trio.current_time() - holds.beat_window)
+        assert hold is not None and hold.facts == newer
+        assert holds.vouch("peer-a", trio.current_time() + 1) is None  # no beat that fresh
+        holds.confirmed(peer, LOOPBACK, attrs.evolve(facts, pid=42))  # restarted
+        await trio.sleep(2.0)
+        assert holds.vouch("peer-a", trio.current_time() - holds.beat_window) is None
+        nursery.cancel_scope.cancel()
