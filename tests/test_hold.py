@@ -4,6 +4,7 @@ hold tried again, never held in a loop) is in test_prober.py."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ import trio.testing
 from k3net.core.identity import BeatReader, Facts, hold_target
 from k3net.core.table import ProbeTarget
 from k3net.metrics import Metrics
-from k3net.tasks.hold import Hold, Holds, hold_open
+from k3net.tasks.hold import NOISE, Hold, Holds, hold_open
 
 from .helpers.web import start_web
 
@@ -247,3 +248,29 @@ async def test_a_beat_vouches_only_for_the_process_its_hold_goes_to(
         await trio.sleep(2.0)
         assert holds.vouch("peer-a", trio.current_time() - holds.beat_window) is None
         nursery.cancel_scope.cancel()
+
+
+async def test_a_hold_that_brings_anything_but_beats_is_let_go(
+    serve: Callable[[Handler], Awaitable[int]],
+) -> None:
+    """Asked for beats, a peer's hold brings a line now and then. One that streams anything else
+    (more than NOISE bytes without a good beat) is let go as no hold: the holder follows that
+    peer by probes, and does not read and split what it sends for ever."""
+    async def streamer(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(4096)
+            await stream.send_all(HEAD + b"5\r\nheld\n\r\n")
+            junk = b"beat 1 " + b"x" * 4000 + b"\n"
+            with contextlib.suppress(trio.BrokenResourceError):
+                for _ in range(4 * NOISE // len(junk)):
+                    await stream.send_all(b"%x\r\n%s\r\n" % (len(junk), junk))
+                await trio.sleep_forever()
+
+    port = await serve(streamer)
+    counts: list[tuple[int, int]] = []
+    with trio.fail_after(5):
+        ended = await hold_open(LOOPBACK, port, 1.0, Opened(), path=hold_target(1, bytes(16)),
+                                beats=BeatReader("peer-a", bytes(16), None),
+                                beaten=lambda good, bad: counts.append((good, bad)))
+    assert ended == "no-hold"
+    assert sum(good for good, _ in counts) == 0 and sum(bad for _, bad in counts) > 0

@@ -33,7 +33,8 @@ How a hold ends (`HoldEnd`), and what follows:
 - failed: no connection or no answer in time (a LAN losing packets, a busy peer): no evidence of
   anything; held again after the next confirmed probe;
 - no-hold: something answered, but not with an agent's hold (a Go agent's 404, a web server's
-  page): probes only for that target.
+  page), or, asked for beats, it sent more than NOISE bytes without a good one: probes only for
+  that target.
 
 A hold is released when its peer is forgotten or moves to another address or port (it is held
 again once confirmed there). At most `limits.HELD` peers are held, so an agent of a large LAN
@@ -82,6 +83,10 @@ SILENCE = 2.0
 MIN_HOLD = 5.0
 
 _READ_SIZE = 4096
+# Bytes a held connection may bring after its mark without a good beat among them: more ends it
+# as no hold (probes only). A peer's agent sends beats of ~80 bytes and nothing else; a peer
+# that streams anything else must not keep the holder reading and splitting it for ever.
+NOISE = 64 * 1024
 
 # How a held connection ended (module docstring).
 HoldEnd = Literal["closed", "silent", "refused", "failed", "no-hold"]
@@ -161,6 +166,7 @@ async def hold_open(
         rest = reader.body[reader.body.index(HOLD_MARK) + len(HOLD_MARK):]
         del reader  # (its parser's state: beats are read as lines, at 2,048 holds)
         opened()
+        noise = 0  # bytes since the last good beat (NOISE)
         try:
             data = rest
             while True:
@@ -168,6 +174,9 @@ async def hold_open(
                     good, bad = beats.feed(data)
                     if good or bad:
                         beaten(good, bad)
+                    noise = 0 if good else noise + len(data)
+                    if noise > NOISE:
+                        return "no-hold"  # not an agent's beats: probes only
                 data = await stream.receive_some(_READ_SIZE)
                 if not data:
                     break  # nothing but beats is sent while the peer runs
