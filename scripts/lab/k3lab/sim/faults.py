@@ -25,14 +25,16 @@ PROBE_RESULTS = ("confirmed", "timeout", "unverified", "refused", "wrong-node")
 
 
 def _probes(sim: Sim) -> dict[str, float]:
-    """Every running agent's k3net_probes_total, summed by result."""
-    totals = dict.fromkeys(PROBE_RESULTS, 0.0)
+    """Every running agent's k3net_probes_total, summed by result, and under "spared" the
+    scheduled probes of held peers that a beat stood in for (k3net_probes_spared_total)."""
+    totals = dict.fromkeys((*PROBE_RESULTS, "spared"), 0.0)
     for agent in sim.fleet.agents.values():
-        for result in PROBE_RESULTS:
-            try:
+        try:
+            for result in PROBE_RESULTS:
                 totals[result] += agent.metric("k3net_probes_total", result=result)
-            except (AssertionError, OSError):
-                pass  # an agent that cannot answer right now: its share is missing
+            totals["spared"] += agent.metric("k3net_probes_spared_total") or 0.0
+        except (AssertionError, OSError):
+            pass  # an agent that cannot answer right now: its share is missing
     return totals
 
 
@@ -60,8 +62,8 @@ def lossy(sim: Sim) -> None:
         sim.lan.lose(0)
     sim.restart(i, sim.ttl)
     sim.wait_all_ready(30)
-    counts = {r: after[r] - before[r] for r in PROBE_RESULTS}
-    total = sum(counts.values()) or 1.0
+    counts = {r: after[r] - before[r] for r in (*PROBE_RESULTS, "spared")}
+    total = sum(counts[r] for r in PROBE_RESULTS) or 1.0
     sim.results["lossy"] = {
         "timings": sim.timings(sim.ttl),
         "loss_percent": LOSS,
@@ -126,7 +128,9 @@ def _lossy(results: dict[str, Any], ctx: Context) -> list[Row]:
     c = r["crash_to_not_ready"]
     return [
         [f"lossy {r['loss_percent']}%: flaps in {r['observed_seconds']:g}s", ctx.short, 1,
-         f"{r['probes_failed_share'] * 100:.1f}% probes failed", "-", "0 flaps",
+         f"{r['probes_failed_share'] * 100:.1f}% probes failed"
+         + (f" ({r['probes']['spared']:g} beats stood in)" if r["probes"].get("spared") else ""),
+         "-", "0 flaps",
          verdict(r["flaps"] == 0, f"{r['flaps']} flaps")],
         [f"lossy {r['loss_percent']}%: SIGKILL -> not Ready", ctx.short, c["n"], fmt_s(c["p50"]),
          fmt_s(c["max"]), f"<= {r['goal']:g}s",
