@@ -193,11 +193,15 @@ def beat_line(seq: int, node: str, key: bytes | None, nonce: bytes | None) -> by
     return f"beat {seq} {beat_mac(key, nonce, node, seq)}\n".encode("ascii")
 
 
+def beat_seconds(beat: float) -> int:
+    """The beat period a holder asks for, for a wish of `beat` seconds: made whole and kept
+    within BEAT_MIN..BEAT_MAX."""
+    return min(BEAT_MAX, max(BEAT_MIN, round(beat)))
+
+
 def hold_target(beat: float, nonce: bytes) -> str:
-    """The request target of a hold that asks for a beat every `beat` seconds (made whole and
-    kept within BEAT_MIN..BEAT_MAX)."""
-    seconds = min(BEAT_MAX, max(BEAT_MIN, round(beat)))
-    return f"/hold?nonce={nonce.hex()}&beat={seconds}"
+    """The request target of a hold that asks for a beat every `beat_seconds(beat)`."""
+    return f"/hold?nonce={nonce.hex()}&beat={beat_seconds(beat)}"
 
 
 def beat_from_query(query: bytes) -> int | None:

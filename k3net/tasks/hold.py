@@ -56,11 +56,11 @@ import trio
 
 from k3net import limits
 from k3net.core.identity import (
-    BEAT_MAX,
     BEAT_MIN,
     NONCE_BYTES,
     AnswerReader,
     BeatReader,
+    beat_seconds,
     get,
     hold_target,
 )
@@ -266,8 +266,7 @@ class Holds:
         """How old a peer's last good beat may be for it to vouch (`vouch`): the period asked,
         and the probe timeout for a late one (a busy peer). So a frozen process is confirmed at
         most that long after it froze (then probed: it does not answer)."""
-        every = round(min(BEAT_MAX, max(BEAT_MIN, self.beat or BEAT_MIN)))
-        return every + self.timeout
+        return beat_seconds(self.beat or BEAT_MIN) + self.timeout
 
     def vouch(self, name: str, since: float) -> Hold | None:
         """`name`'s hold if it is open and a good beat came on it at `since` or later: its

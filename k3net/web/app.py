@@ -307,9 +307,9 @@ class App:
         seq = 0
         while True:
             await trio.sleep(max(every, self.state.settings.value.probe_interval))
+            settings = self.state.settings.value  # (a reload may change name and key)
             if self.state.name_conflict() is not None:
                 continue
-            settings = self.state.settings.value
             seq += 1
             line = identity.beat_line(seq, settings.node_name, settings.cluster_key, nonce)
             await send({"type": "http.response.body", "body": line, "more_body": True})
