@@ -4,12 +4,19 @@ watcher (tasks/addresses.py), setting their one owner, and what follows a change
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 
 import pytest
 import trio
 import trio.testing
 
+from k3lab.netns import LoopbackHost
 from k3net.agent import Agent
 from k3net.core.addresses import MachineAddresses
 from k3net.current import Current
@@ -139,3 +146,153 @@ async def test_agent_follows_a_readdress(autojump_clock: trio.testing.MockClock)
         assert a.web.addrs() == ("192.168.1.9",)  # what /info shows
         a.stop()
     assert a.addresses.value == MOVED
+
+
+# --- the kernel's news (rtnetlink) ---------------------------------------------------------------
+
+
+class FakeNews:
+    """The kernel's side of a KernelNews, on a datagram socketpair: each `say()` is one message
+    (the task reads messages, never parses them)."""
+
+    def __init__(self) -> None:
+        self.kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ours.setblocking(False)
+        self.news = addresses.KernelNews(ours)
+
+    def say(self, messages: int = 1) -> None:
+        for _ in range(messages):
+            self.kernel.send(b"RTM_NEWADDR")
+
+    def close(self) -> None:
+        self.kernel.close()
+        self.news.sock.close()
+
+
+@pytest.fixture
+def kernel() -> Iterator[FakeNews]:
+    news = FakeNews()
+    yield news
+    news.close()
+
+
+async def test_news_from_the_kernel_is_read_at_once(
+    autojump_clock: trio.testing.MockClock, kernel: FakeNews
+) -> None:
+    """With the kernel's news, a change is read as soon as it is told (after SETTLE), not at
+    the next poll; nothing is read while it says nothing (until SAFETY_POLL)."""
+    machine = Machine()
+    here = Current(FIRST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(addresses.run, machine, here, news=kernel.news))
+        await trio.sleep(addresses.SAFETY_POLL - 1)
+        assert machine.reads == 0  # quiet kernel: no polling
+        machine.now = MOVED
+        kernel.say()
+        told = trio.current_time()
+        assert await here.wait_changed(0) == MOVED
+        assert trio.current_time() - told <= addresses.SETTLE + 0.01
+        assert machine.reads == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_news_a_reading_comes_every_safety_poll(
+    autojump_clock: trio.testing.MockClock, kernel: FakeNews
+) -> None:
+    machine = Machine()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(addresses.run, machine, Current(FIRST),
+                                              news=kernel.news))
+        await trio.sleep(3 * addresses.SAFETY_POLL + 1)
+        assert machine.reads == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burst_of_news_is_one_reading_and_a_storm_is_bounded(
+    autojump_clock: trio.testing.MockClock, kernel: FakeNews
+) -> None:
+    """An address replaced is several messages: one reading. Links flapping all the time (a
+    container host making veths): a reading at most every MIN_GAP, whatever the kernel says."""
+    machine = Machine()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(addresses.run, machine, Current(FIRST),
+                                              news=kernel.news))
+        kernel.say(50)
+        await trio.sleep(1)
+        assert machine.reads == 1
+        storm = 10.0
+        until = trio.current_time() + storm
+        while trio.current_time() < until:
+            kernel.say()
+            await trio.sleep(0.01)
+        assert machine.reads <= 1 + storm / addresses.MIN_GAP + 1
+        assert machine.reads >= storm / addresses.MIN_GAP / 2  # each still read, soon
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_reading_is_retried_without_news(
+    autojump_clock: trio.testing.MockClock, kernel: FakeNews
+) -> None:
+    """The interface lost its address and the kernel said so once: the reading fails, and is
+    retried every POLL_INTERVAL until it works, though no more news comes."""
+    machine = Machine()
+    here = Current(FIRST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(addresses.run, machine, here, news=kernel.news))
+        machine.fail = True
+        kernel.say()
+        await trio.sleep(3 * addresses.POLL_INTERVAL)
+        assert machine.reads >= 3
+        machine.fail = False
+        machine.now = MOVED
+        assert await here.wait_changed(0) == MOVED
+        nursery.cancel_scope.cancel()
+
+
+class _Overrun:
+    """A netlink socket that says the kernel could not queue its messages (ENOBUFS), then
+    nothing more."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def recv(self, size: int) -> bytes:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        raise BlockingIOError
+
+
+def test_lost_news_is_news() -> None:
+    news = addresses.KernelNews(_Overrun())  # type: ignore[arg-type]
+    assert news.drain() is True  # messages were lost: read the addresses again
+    assert news.drain() is False
+
+
+def test_the_real_kernel_tells_of_an_address_added(netns_ok: None) -> None:
+    """The kernel's own news, in a namespace of its own: an address added on its loopback
+    is told to a subscriber started before it (a process inside that namespace)."""
+    listener = (
+        "import trio\n"
+        "from k3net.tasks import addresses\n"
+        "async def main():\n"
+        "    async with addresses.kernel_news() as news:\n"
+        "        assert news is not None, 'no rtnetlink socket'\n"
+        "        print('listening', flush=True)\n"
+        "        with trio.fail_after(20):\n"
+        "            await news.wait()\n"
+        "        print('news', flush=True)\n"
+        "trio.run(main)\n"
+    )
+    with LoopbackHost() as host:
+        proc = host.popen([sys.executable, "-c", listener], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "listening"
+            host.ip("addr", "add", "10.99.0.1/32", "dev", "lo")
+            assert proc.stdout.readline().strip() == "news"
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
