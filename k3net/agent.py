@@ -189,6 +189,8 @@ class Agent:
         self._moves = Current(0)
         self._watched = Current(0)
         self._moving = trio.Lock()
+        # The last `_own()`, with what it was made from.
+        self._own_made: tuple[tuple[frozenset[str], int], Own] | None = None
 
     def _name_conflict(self) -> str | None:
         conflict = self.table.name_conflict
@@ -328,8 +330,12 @@ class Agent:
         return not self.advertised.is_set() or self.table.found_by(name) != "mdns"
 
     def _own(self) -> Own:
-        """What a probe must not take for a peer, now: this machine's addresses, our port."""
-        return Own.of(self.addresses.value.own, self.settings.value.listen_port)
+        """What a probe must not take for a peer, now: this machine's addresses, our port.
+        Made again only when they changed (every probe asks: 2,000 of them at a LAN's start)."""
+        key = (self.addresses.value.own, self.settings.value.listen_port)
+        if self._own_made is None or self._own_made[0] != key:
+            self._own_made = (key, Own.of(*key))
+        return self._own_made[1]
 
     async def _rewrite_own_node(self, table: trio.MemorySendChannel[Message]) -> None:
         """Our advertised addresses changed: the table rewrites our own Node at once (without

@@ -144,6 +144,8 @@ async def test_agent_follows_a_readdress(autojump_clock: trio.testing.MockClock)
                         break
         assert "readdress 192.168.1.9" in log.events  # the mDNS record follows
         assert a.web.addrs() == ("192.168.1.9",)  # what /info shows
+        # What the probes must not take for a peer: the new set (made once, then kept).
+        assert a._own().addresses == MOVED.own and a._own() is a._own()
         a.stop()
     assert a.addresses.value == MOVED
 
