@@ -298,3 +298,52 @@ def test_the_real_kernel_tells_of_an_address_added(netns_ok: None) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+async def test_without_rtnetlink_the_addresses_are_polled(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A sandbox that refuses netlink sockets (or another kernel): no news, and the task polls
+    every POLL_INTERVAL as before."""
+
+    def refused(*args: object, **kwargs: object) -> socket.socket:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(addresses.socket, "socket", refused)
+    machine = Machine()
+    async with addresses.kernel_news() as news, trio.open_nursery() as nursery:
+        assert news is None
+        await nursery.start(functools.partial(addresses.run, machine, Current(FIRST), news=news))
+        await trio.sleep(5 * addresses.POLL_INTERVAL + 0.1)
+        assert machine.reads == 5
+        nursery.cancel_scope.cancel()
+
+
+class _Broken:
+    """A netlink socket that fails for good."""
+
+    def fileno(self) -> int:
+        return -1
+
+    def recv(self, size: int) -> bytes:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+
+async def test_news_that_breaks_turns_into_polling(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    machine = Machine()
+    here = Current(FIRST)
+    caplog.set_level(logging.WARNING, logger=addresses.__name__)
+    machine.now = MOVED
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(
+            addresses.run, machine, here,
+            news=addresses.KernelNews(_Broken())))  # type: ignore[arg-type]
+        assert await here.wait_changed(0) == MOVED  # read at once, then polled
+        assert trio.current_time() == 0
+        await trio.sleep(3 * addresses.POLL_INTERVAL + 0.1)
+        assert machine.reads == 4
+        nursery.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records] == [
+        "address news from the kernel failed ([Errno 9] Bad file descriptor): polling every 2s"]
