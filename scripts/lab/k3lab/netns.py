@@ -258,8 +258,18 @@ class Host:
                   f"add rule inet {_NFT_TABLE} out {family} daddr {address} tcp dport {port} "
                   "reject with tcp reset\n")
 
+    def drop_tcp(self, address: str, port: int) -> None:
+        """As `reject_tcp`, but silent: this host's packets to `address:port` are dropped, so
+        its connections there (those open too) hang until their timeouts."""
+        family = "ip6" if ipaddress.ip_address(address).version == 6 else "ip"
+        self._nft(f"add table inet {_NFT_TABLE}\n"
+                  f"add chain inet {_NFT_TABLE} out "
+                  "{ type filter hook output priority 0 ; policy accept ; }\n"
+                  f"add rule inet {_NFT_TABLE} out {family} daddr {address} tcp dport {port} "
+                  "drop\n")
+
     def clear_rejects(self) -> None:
-        """Undo every `reject_tcp` on this host."""
+        """Undo every `reject_tcp` and `drop_tcp` on this host."""
         self._nft(f"add table inet {_NFT_TABLE}\ndelete table inet {_NFT_TABLE}\n")
 
     def _nft(self, script: str) -> None:

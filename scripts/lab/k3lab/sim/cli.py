@@ -21,7 +21,7 @@ from k3net.config import parse_duration
 
 # Modules that register scenarios (and their rows), in the order their scenarios run.
 SCENARIO_MODULES = ["k3lab.sim.clean_lan", "k3lab.sim.faults", "k3lab.sim.field_lan",
-                    "k3lab.sim.silence", "k3lab.sim.subnets"]
+                    "k3lab.sim.silence", "k3lab.sim.subnets", "k3lab.sim.cutoff"]
 SUBNET = "10.77.0.0/24"
 # --field: host 1's second LAN address, above every host's first (--hosts is at most 60) and
 # below the store's address (the subnet's last).

@@ -44,6 +44,9 @@ class SimStore:
         self.config: Path | None = None
         self.where = ""
         self.can_stop = kind != "memory"
+        # The store's address and port on the LAN (etcd; None: not on the LAN).
+        self.address: str | None = None
+        self.port: int | None = None
         self._stack = contextlib.ExitStack()
         self._server: Any = None
         self._reader: Any = None
@@ -67,6 +70,7 @@ class SimStore:
                                   client_port=ETCD_PORT, peer_port=ETCD_PEER_PORT, netns=br)
         self._server.start()
         self._stack.callback(self._server.stop)
+        self.address, self.port = address, ETCD_PORT  # where agents reach it
         client = NetnsClient(br)
         self._stack.callback(client.close)
         self._reader = EtcdReader(self._server.address, call=client.call)

@@ -1,0 +1,135 @@
+"""Scenario `cutoff`: one agent loses the shared store while its LAN works (a firewall rule, a
+route gone on that host alone, the store's network partitioned from one rack).
+
+Its peers still reach it, so nothing about it is wrong: its Node must stay Ready (they refresh
+its lastSeen), nobody's Node may flap, and a crash elsewhere during the cut is still written by
+the agents that have the store. The cut agent says so (/readyz `store`), keeps its intents, and
+when the store comes back it writes nothing false from what it decided while cut off: 0 live
+Nodes written not-Ready, the crashed one left not-Ready. Done twice: connections to the store
+reset at once (`reject`), then dropped without a word (`drop`: every request waits for its
+timeout). etcd only: the lab's MariaDB is this machine's own, not on the LAN's bridge.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from k3lab.sim.common import fmt_s, log, summary
+from k3lab.sim.report import Context, Row, rows, verdict
+from k3lab.sim.scenarios import Sim, all_ready, not_ready, scenario, transition
+from k3lab.sim.store_watch import status_flips
+
+# How long the agent is cut off, in peer-ttls: long enough for its own Node to expire if
+# nobody else kept it alive.
+CUT_TTLS = 3
+# After the store is back: how long to watch for false writes, in peer-ttls.
+AFTER_TTLS = 2
+
+
+def _cut(sim: Sim, i: int, how: str) -> None:
+    host, address, port = sim.lan[i], sim.store.address, sim.store.port
+    assert address is not None and port is not None
+    if how == "reject":
+        host.reject_tcp(address, port)
+    else:
+        host.drop_tcp(address, port)
+
+
+def _store_check(sim: Sim, i: int) -> int | None:
+    """The cut agent's /readyz/store status code (None: no answer)."""
+    agent = sim.fleet.agents[i]
+    try:
+        return agent.client.get(agent.url + "/readyz/store")[0]
+    except OSError:
+        return None
+
+
+def _one_cut(sim: Sim, how: str, i: int, j: int) -> dict[str, Any]:
+    watcher = sim.ensure_watcher()
+    cut, crashed = f"node-{i}", f"node-{j}"
+    live = {n for n in sim.watched_names() if n != crashed}
+    seconds = CUT_TTLS * sim.ttl
+    t0 = time.monotonic()
+    _cut(sim, i, how)
+    try:
+        time.sleep(seconds / 3)
+        store_check = _store_check(sim, i)
+        t_kill = time.monotonic()
+        sim.fleet.stop(j, signal.SIGKILL)
+        t = watcher.wait_until(not_ready(crashed), sim.ttl + 10)
+        crash = None if t is None else t - t_kill
+        time.sleep(max(0.0, t0 + seconds - time.monotonic()))
+    finally:
+        sim.lan[i].clear_rejects()
+    t_back = time.monotonic()
+    time.sleep(AFTER_TTLS * sim.ttl)
+    t_end = time.monotonic()
+    during = status_flips(watcher.transitions(t0, t_back, nodes=live))
+    after = status_flips(watcher.transitions(t_back, t_end, nodes=live))
+    crashed_after = [transition(tr) for tr in watcher.transitions(t_back, t_end,
+                                                                   nodes={crashed})]
+    store_ok = _store_check(sim, i)
+    sim.restart(j, sim.ttl)
+    t = watcher.wait_until(all_ready(sim.watched_names()), 30)
+    return {
+        "how": how,
+        "cut_node": cut,
+        "cut_seconds": round(t_back - t0, 1),
+        "cut_agent_readyz_store_while_cut": store_check,
+        "cut_agent_readyz_store_after": store_ok,
+        "live_flaps_while_cut": len(during),
+        "live_flaps_after": len(after),
+        "flap_transitions": [transition(tr) for tr in (*during, *after)],
+        "crash_during_cut_to_not_ready": crash,
+        "crashed_node_transitions_after": crashed_after,
+        "all_ready_again": t is not None,
+    }
+
+
+@scenario("cutoff", needs_fleet=True)
+def cutoff(sim: Sim) -> None:
+    """one agent loses the store (reset, then silent) while its LAN works; a crash meanwhile"""
+    if sim.store.address is None:
+        sim.results["cutoff"] = {"skipped": "etcd only (the store must be on the LAN)"}
+        return
+    i, j = sim.victim(0), sim.victim(1)
+    cuts = []
+    for how in ("reject", "drop"):
+        cut = _one_cut(sim, how, i, j)
+        cuts.append(cut)
+        log(f"cutoff ({how}): {cut['cut_node']} cut off {cut['cut_seconds']:g}s: live flaps "
+            f"{cut['live_flaps_while_cut']} while, {cut['live_flaps_after']} after; crash "
+            f"meanwhile seen {fmt_s(cut['crash_during_cut_to_not_ready'])}; /readyz/store "
+            f"{cut['cut_agent_readyz_store_while_cut']} while, "
+            f"{cut['cut_agent_readyz_store_after']} after")
+    sim.results["cutoff"] = {
+        "timings": sim.timings(sim.ttl),
+        "cuts": cuts,
+        "crash": summary([c["crash_during_cut_to_not_ready"] for c in cuts]),
+        "goal": sim.ttl + sim.probe + 0.5,
+    }
+
+
+@rows("cutoff")
+def _cutoff(results: dict[str, Any], ctx: Context) -> list[Row]:
+    r = results["cutoff"]
+    if "skipped" in r:
+        return [["cutoff: one agent without the store", ctx.short, 0, "-", "-", "-",
+                 f"skipped ({r['skipped']})"]]
+    out: list[Row] = []
+    for c in r["cuts"]:
+        flaps = c["live_flaps_while_cut"] + c["live_flaps_after"]
+        told = c["cut_agent_readyz_store_while_cut"] == 503
+        back = c["cut_agent_readyz_store_after"] == 200
+        out.append([f"cutoff ({c['how']}): live flaps, {c['cut_seconds']:g}s cut + after",
+                    ctx.short, 1, str(flaps), "-", "0, /readyz says it",
+                    verdict(flaps == 0 and told and back and c["all_ready_again"],
+                            f"{flaps} flaps, /readyz/store {c['cut_agent_readyz_store_while_cut']}"
+                            f" then {c['cut_agent_readyz_store_after']}")])
+    crash = r["crash"]
+    out.append(["cutoff: SIGKILL elsewhere meanwhile -> not Ready", ctx.short, crash["n"],
+                fmt_s(crash["p50"]), fmt_s(crash["max"]), f"<= {r['goal']:g}s",
+                verdict(crash["n"] == len(r["cuts"]) and crash["max"] <= r["goal"], "")])
+    return out
