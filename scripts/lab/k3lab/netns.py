@@ -251,22 +251,20 @@ class Host:
         """A one-way firewall: this host's TCP connections to `address:port` are answered with
         a reset (the caller sees "connection refused"); nothing else changes, and connections
         the other way still work. Needs Debian's `nftables`."""
-        family = "ip6" if ipaddress.ip_address(address).version == 6 else "ip"
-        self._nft(f"add table inet {_NFT_TABLE}\n"
-                  f"add chain inet {_NFT_TABLE} out "
-                  "{ type filter hook output priority 0 ; policy accept ; }\n"
-                  f"add rule inet {_NFT_TABLE} out {family} daddr {address} tcp dport {port} "
-                  "reject with tcp reset\n")
+        self._block_tcp(address, port, "reject with tcp reset")
 
     def drop_tcp(self, address: str, port: int) -> None:
         """As `reject_tcp`, but silent: this host's packets to `address:port` are dropped, so
         its connections there (those open too) hang until their timeouts."""
+        self._block_tcp(address, port, "drop")
+
+    def _block_tcp(self, address: str, port: int, verdict: str) -> None:
         family = "ip6" if ipaddress.ip_address(address).version == 6 else "ip"
         self._nft(f"add table inet {_NFT_TABLE}\n"
                   f"add chain inet {_NFT_TABLE} out "
                   "{ type filter hook output priority 0 ; policy accept ; }\n"
                   f"add rule inet {_NFT_TABLE} out {family} daddr {address} tcp dport {port} "
-                  "drop\n")
+                  f"{verdict}\n")
 
     def clear_rejects(self) -> None:
         """Undo every `reject_tcp` and `drop_tcp` on this host."""
