@@ -314,3 +314,27 @@ def test_a_move_to_another_network_interface_is_followed(field: Agents) -> None:
         held = {p["name"]: p["held"] for p in a.get_json("/peers")["peers"]}
         assert held.get("node-b") in (None, "10.88.0.2"), held  # never the interface gone
         assert b.ready("node-a") == ("True", "PeerAlive")
+
+
+def test_an_ipv6_only_lan(field: Agents) -> None:
+    """Hosts with no IPv4 address at all (an IPv6-only LAN, ULA addresses): the agents find
+    each other over mDNS on IPv6, confirm each other there, write only those addresses, and a
+    crash is seen as on IPv4."""
+    with Lan(2) as lan:
+        for i, host in enumerate(lan.hosts):
+            for address in host.addresses():
+                host.ip("addr", "del", address, "dev", host.interface)
+            host.ip("-6", "addr", "add", f"fd00:77::{i + 1}/64", "dev", host.interface, "nodad")
+        a = field.start(lan[0], "node-a", *FAST)
+        b = field.start(lan[1], "node-b", *FAST)
+        _up(a, b)
+        wait_for(lambda: a.ready("node-b") == ("True", "PeerAlive")
+                 and b.ready("node-a") == ("True", "PeerAlive"), 15, what="both Ready")
+        assert a.internal_ips("node-b") == ["fd00:77::2"]
+        assert b.internal_ips("node-a") == ["fd00:77::1"]
+        assert a.internal_ips("node-a") == ["fd00:77::1"]  # its own Node
+        wait_for(lambda: {p["name"]: p["held"] for p in a.get_json("/peers")["peers"]}
+                 == {"node-b": "fd00:77::2"}, 10, what="node-a holding node-b over IPv6")
+        b.proc.kill()
+        wait_for(lambda: a.ready("node-b") == ("False", "PeerRefused"), 10,
+                 what="node-b's crash seen by node-a")
