@@ -10,9 +10,12 @@ Writes are etcd transactions: create succeeds only if the key does not exist
 
 Connection: made on first use, not in `__init__`. `config.endpoints` are tried in order, each
 for at most `dial_timeout`; after any failure the connection is dropped and the next call dials
-again, so a restarted etcd or a dead endpoint costs one failed call. gRPC keepalive pings let a
-silently dead connection fail instead of hanging. Every aetcd, gRPC and asyncio error becomes
-StoreUnavailable here, nowhere else.
+again, so a restarted etcd or a dead endpoint costs one failed call. Every request has a
+deadline (REQUEST_TIMEOUT: a store on the LAN answers in milliseconds), so a store that stops
+answering (its packets dropped on the way, a hung server) fails the request within seconds and
+the agent says so (/readyz `store`) instead of waiting on it; gRPC keepalive pings let a silently
+dead connection that nobody is asking anything fail too. Every aetcd, gRPC and asyncio error
+becomes StoreUnavailable here, nowhere else.
 
 Watch: a Snapshot (with the revision it was read at), then Put/Deleted from an etcd watch that
 starts at the next revision, so nothing falls between the two. When the watch breaks (etcd
@@ -85,6 +88,11 @@ GRPC_OPTIONS = {
     # One page of 500 Nodes of up to 64 kB each (gRPC's default is 4 MiB).
     "grpc.max_receive_message_length": 32 * 1024 * 1024,
 }
+# Every request (read, transaction, the creation of a watch; not the watch's stream) fails once
+# it has waited this long: a store on the LAN answers in milliseconds, and a list of 10,000 Nodes
+# is read in pages of PAGE_SIZE. Without it a request on a connection whose packets are dropped
+# waited for the keepalive above, up to 15 s, while the agent still called the store healthy.
+REQUEST_TIMEOUT = 5
 # Nodes per page when listing: 500 Nodes of a few kB each make a response of a few MB, well
 # inside the receive limit below (a k3 Node is 1-3 kB; a Go-written one with many images more).
 PAGE_SIZE = 500
@@ -215,9 +223,10 @@ def _client(
 ) -> aetcd.Client:
     if not endpoint_uses_tls(endpoint):
         return aetcd.Client(host, port, username=config.username, password=password,
-                            options=GRPC_OPTIONS)
+                            timeout=REQUEST_TIMEOUT, options=GRPC_OPTIONS)
     return _TLSClient(host, port, username=config.username, password=password,
-                      options=GRPC_OPTIONS, credentials=_credentials(config))
+                      timeout=REQUEST_TIMEOUT, options=GRPC_OPTIONS,
+                      credentials=_credentials(config))
 
 
 def _credentials(config: EtcdConfig) -> grpc.ChannelCredentials:
