@@ -62,6 +62,10 @@ watch one more. No reader can take a connection the writer needs.
 
 Limits: statements are bounded on the server (MariaDB's max_statement_time, and lock waits),
 because a query cancelled from trio drops the connection while the server keeps running it.
+A TCP connection to a server that stops answering (its packets dropped on the way, its host
+gone) is ended by the kernel within SERVER_SILENCE (`_watched`: keepalive probes and
+TCP_USER_TIMEOUT), so the call fails as StoreUnavailable instead of waiting for TCP to give up
+(about 15 minutes): aiomysql has no read timeout of its own.
 Rows that are not a Node (invalid JSON, wrong types) are reported as `Foreign` by scan and the
 watch and left out of list; get of such a row raises ForeignValue, and update refuses to write
 over one (see `k3net.store.base`). max_idle_conns has no equivalent in
@@ -78,6 +82,7 @@ import hashlib
 import json
 import logging
 import random
+import socket
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -111,6 +116,7 @@ from k3net.store.base import (
     WatchEvent,
     foreign,
 )
+from k3net.tasks.tcp import keepalive
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +169,12 @@ SESSION_INIT = (
 )
 # A connection attempt that takes this long has failed (the server is down or unreachable).
 CONNECT_SECONDS = 5
+# A TCP connection whose server's kernel answered nothing (no acknowledgement of what we sent,
+# no answer to a keepalive probe) for this long is ended by ours; idle connections are probed
+# after SERVER_IDLE. The server's kernel acknowledges at once even while a statement runs for
+# STATEMENT_SECONDS, so only a server gone from the network trips it.
+SERVER_SILENCE = 10.0
+SERVER_IDLE = 10
 # A create waits at most this long for another create of the same name (which takes
 # milliseconds) before reporting the store unavailable.
 CREATE_LOCK_SECONDS = 3
@@ -535,8 +547,21 @@ async def _on_connection(pool: Any, work: Callable[..., Awaitable[T]], *args: An
             # aiomysql quietly stays plain with a server that offers no TLS: refuse that.
             conn.close()
             raise TLSRefused("the server did not start TLS (storage.mysql.ca_file is set)")
+        _watched(conn)
         async with conn.cursor() as cur:
             return await work(cur, *args)
+
+
+def _watched(conn: Any) -> None:
+    """Have the kernel watch `conn`'s TCP connection (module docstring), once per connection; a
+    unix socket needs nothing (no packet of it is ever lost)."""
+    if getattr(conn, "k3net_watched", False):
+        return
+    conn.k3net_watched = True
+    writer = getattr(conn, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        keepalive(sock, SERVER_SILENCE, idle=SERVER_IDLE)
 
 
 class TLSRefused(pymysql.err.OperationalError):

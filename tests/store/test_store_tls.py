@@ -5,16 +5,19 @@ refuse a server its CA did not sign."""
 from __future__ import annotations
 
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from trio_asyncio import aio_as_trio
 
 from k3lab.services import EtcdServer, MariaDBServer, free_port
 from k3lab.tls import Certs, make_certs
 from k3net.config import EtcdConfig, MySQLConfig
+from k3net.store import mysql
 from k3net.store.base import Conflict, Put, Snapshot, Store, StoreUnavailable
 from k3net.store.etcd import EtcdStore
 from k3net.store.mysql import MySQLStore
@@ -152,3 +155,26 @@ async def test_tls_asked_of_a_server_without_it_is_refused(
         config = mysql_config(plain, certs)
         message = await refused(MySQLStore(config))
         assert "did not start TLS" in message
+
+
+async def test_mariadb_tcp_connections_are_watched_by_the_kernel(
+    mariadb_tls: MariaDBServer, certs: Certs, aio_loop: Any
+) -> None:
+    """aiomysql has no read timeout: a TCP connection to a server gone from the network would
+    wait for TCP to give up (minutes). Each connection the store uses has keepalive probes and
+    TCP_USER_TIMEOUT set, so the kernel ends it within SERVER_SILENCE."""
+    mariadb_tls.sql("DROP TABLE IF EXISTS k3.k8s_core_v1_node")
+    store = MySQLStore(mysql_config(mariadb_tls, certs))
+    try:
+        await store.create(make_node("watched"))
+        pool = store._pools["write"]
+        conn = await aio_as_trio(pool.acquire)()
+        try:
+            sock = conn._writer.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == round(
+                mysql.SERVER_SILENCE * 1000)
+        finally:
+            pool.release(conn)
+    finally:
+        await store.aclose()
