@@ -72,7 +72,6 @@ from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
 from k3net.tasks import addresses, introduce, watch
 from k3net.tasks import table as table_task
-from k3net.tasks.addresses import KernelNews
 from k3net.tasks.probe import Own, Prober, held_interval
 from k3net.tasks.tcp import SERVED_IDLE, SERVED_SILENCE, keepalive
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
@@ -141,18 +140,15 @@ class Agent:
         lan: Lan,
         addresses: MachineAddresses,
         machine: Callable[[], MachineAddresses] | None = None,
-        address_news: KernelNews | None = None,
         serve: ServeHttp = serve_http,
         metrics: Metrics | None = None,
     ) -> None:
         # The one owner of each fact that changes while we run (module docstring).
         self.settings = Current(settings)  # set by a reload (k3net.reload)
         self.store = Current(store)  # set by use_store
-        self.addresses = Current(addresses)  # set by tasks/addresses.py, reading `machine`
+        self.addresses = Current(addresses)  # set by tasks/addresses.py, polling `machine`
         # Reads this machine's addresses now (mdns.machine_addresses); None: they never change.
         self.machine = machine
-        # The kernel's news of address changes (tasks/addresses.py); None: `machine` is polled.
-        self.address_news = address_news
         self.lan = lan
         self.serve = serve
         self.metrics = metrics or Metrics()
@@ -320,8 +316,7 @@ class Agent:
             await producers.start(functools.partial(scan.run, scanner, interval=s.scan_interval),
                                   table_send.clone())
         if self.machine is not None:
-            await producers.start(functools.partial(
-                addresses.run, self.machine, self.addresses, news=self.address_news))
+            await producers.start(addresses.run, self.machine, self.addresses)
             producers.start_soon(self._rewrite_own_node, table_send.clone())
 
     def _needs_hello(self, name: str) -> bool:
@@ -448,10 +443,9 @@ async def _machine(settings: Settings) -> AsyncIterator[Agent]:
     async with (
         trio_asyncio.open_loop(),
         open_presence(settings, interfaces, metrics) as lan,
-        addresses.kernel_news() as news,
     ):
         agent = Agent(settings, store=make_store(settings.storage), lan=lan, addresses=now,
-                      machine=read, address_news=news, metrics=metrics)
+                      machine=read, metrics=metrics)
         try:
             yield agent
         finally:

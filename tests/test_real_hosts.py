@@ -212,9 +212,7 @@ def test_two_clusters_with_different_keys_keep_separate_node_lists(
 
 def test_readdress_is_followed_without_going_not_ready(field: Agents) -> None:
     # Until node-a learns the new address it cannot reach node-b: a ttl of 10 s leaves that
-    # room on a loaded machine (the move itself takes well under a second: the kernel's news
-    # of the change, one mDNS update). The agent reads its addresses every 60 s otherwise, so
-    # this is also the end-to-end test of that news (k3net.tasks.addresses).
+    # room on a loaded machine (the move itself takes about 2 s: one poll, one registration).
     timings = ("--peer-ttl", "10s", "--probe-interval", "1s")
     with Lan(2) as lan:
         a_host, b_host = lan.hosts
