@@ -268,6 +268,9 @@ def test_new_ipv6_address_is_announced_in_place(field: Agents) -> None:
         b = field.start(b_host, "node-b", "--peer-ttl", "10s", "--probe-interval", "1s")
         _up(a, b)
         wait_for(lambda: a.ready("node-b") == ("True", "PeerAlive"), 15, what="node-b Ready")
+        # (node-a may hear of node-b before node-b's record is registered: its hello)
+        wait_for(lambda: b.client.get(b.url + "/readyz/mdns")[0] == 200, 15,
+                 what="node-b's mDNS record registered")
         # A new IPv6 address on the same interface (a privacy address, a new prefix): zeroconf
         # stays bound as it was, so the record is updated in place, without a new registration.
         b_host.ip("-6", "addr", "add", "fd00:77::2/64", "dev", "eth0", "nodad")
