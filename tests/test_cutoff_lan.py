@@ -16,8 +16,7 @@ import pytest
 from k3lab.agents import AgentFactory, AgentProc
 from k3lab.netns import Lan
 from k3lab.nsclient import wait_for
-from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
-from k3lab.services import EtcdServer
+from k3lab.raw import RawEtcd, lan_etcd
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok", "etcd_ok")]
 
@@ -44,14 +43,7 @@ def test_an_agent_cut_off_from_the_store_changes_nothing_and_says_so(
     agents: AgentFactory, tmp_path: Path
 ) -> None:
     with Lan(3) as lan:
-        store_host = lan[0]
-        with EtcdServer(tmp_path / "etcd", client_host=store_host.address,
-                        client_port=ETCD_PORT, peer_port=ETCD_PEER_PORT,
-                        netns=store_host.name) as etcd:
-            raw = RawEtcd(store_host, etcd.address)
-            config = write_config(tmp_path / "k3.yaml", {
-                "type": "etcd", "etcd": {"endpoints": [etcd.endpoint], "dial_timeout": "2s"},
-            })
+        with lan_etcd(lan[0], tmp_path) as (etcd, raw, config):
             procs = [agents.start(host, name, *FAST, config=config)
                      for host, name in zip(lan.hosts, NAMES, strict=True)]
             for proc in procs:

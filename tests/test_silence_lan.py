@@ -15,8 +15,7 @@ import pytest
 from k3lab.agents import AgentFactory, AgentProc
 from k3lab.netns import Lan
 from k3lab.nsclient import wait_for
-from k3lab.raw import ETCD_PEER_PORT, ETCD_PORT, RawEtcd, write_config
-from k3lab.services import EtcdServer
+from k3lab.raw import lan_etcd
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok", "etcd_ok")]
 
@@ -37,14 +36,7 @@ def test_a_vanished_host_is_unreachable_in_seconds_and_a_stopped_agent_is_not(
     agents: AgentFactory, tmp_path: Path
 ) -> None:
     with Lan(3) as lan:
-        store_host = lan[0]
-        with EtcdServer(tmp_path / "etcd", client_host=store_host.address,
-                        client_port=ETCD_PORT, peer_port=ETCD_PEER_PORT,
-                        netns=store_host.name) as etcd:
-            raw = RawEtcd(store_host, etcd.address)
-            config = write_config(tmp_path / "k3.yaml", {
-                "type": "etcd", "etcd": {"endpoints": [etcd.endpoint], "dial_timeout": "2s"},
-            })
+        with lan_etcd(lan[0], tmp_path) as (_, raw, config):
             procs = [agents.start(host, name, config=config)
                      for host, name in zip(lan.hosts, NAMES, strict=True)]
             for proc in procs:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from k3lab.agents import ready
 from k3lab.netns import Host
+from k3lab.services import EtcdServer
 
 PREFIX = "/kubernetes//v1/Node/"
 TABLE = "k8s_core_v1_node"
@@ -72,3 +74,15 @@ def write_config(path: Path, storage: dict[str, Any]) -> Path:
     """A k3 config file with this storage section (JSON is YAML)."""
     path.write_text(json.dumps({"storage": storage}))
     return path
+
+
+@contextmanager
+def lan_etcd(host: Host, workdir: Path) -> Iterator[tuple[EtcdServer, RawEtcd, Path]]:
+    """An etcd in `host`'s namespace on its LAN address (the LAN's shared store), raw access to
+    it, and a k3 config file (in `workdir`) that points agents at it; stopped at the end."""
+    with EtcdServer(workdir / "etcd", client_host=host.address, client_port=ETCD_PORT,
+                    peer_port=ETCD_PEER_PORT, netns=host.name) as etcd:
+        config = write_config(workdir / "k3.yaml", {
+            "type": "etcd", "etcd": {"endpoints": [etcd.endpoint], "dial_timeout": "2s"},
+        })
+        yield etcd, RawEtcd(host, etcd.address), config
