@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from k3net.core import identity
+from k3net.core.identity import Facts
 from k3net.core.messages import ProbeResult
 from k3net.core.table import Forget, ProbeNow, ProbeTarget
 from k3net.metrics import Metrics
@@ -823,3 +824,25 @@ async def test_a_held_peer_that_beats_is_not_probed_while_its_beats_come(
     assert muted and muted[0] - frozen <= held + interval + TIMEOUT  # (a late beat counts)
     assert _gaps(muted) == pytest.approx([interval] * (len(muted) - 1), abs=TIMEOUT + 0.1)
     assert len(muted) >= 3
+
+
+def test_a_confirmed_peer_is_probed_where_it_proved_itself() -> None:
+    """A peer known only at the address its hello came from proves a second address: it is
+    probed at both from then on (proven first), so a first address blocked later is no refusal
+    while the second answers, even before the table's next word on it. Facts of another port,
+    or a Go agent's answer that lists none, change nothing."""
+    p = Prober(interval=INTERVAL, timeout=TIMEOUT, metrics=Metrics())
+    known = ProbeTarget("node-b", ("10.77.0.2",), 7946)
+    p.targets["node-b"] = known
+    both = Facts("node-b", 7946, 42, ("10.77.0.2", "10.77.0.50"))
+    p._learn(known, ProbeResult("node-b", "confirmed", 0.01, address="10.77.0.2", facts=both))
+    assert p.targets["node-b"].addresses == ("10.77.0.2", "10.77.0.50")
+    p.targets["node-b"] = known
+    elsewhere = Facts("node-b", 7947, 42, ("10.77.0.2", "10.77.0.50"))
+    go = Facts("node-b", None, None, ("10.77.0.2",), listed=False)
+    for facts in (elsewhere, go):
+        p._learn(known, ProbeResult("node-b", "confirmed", 0.01, address="10.77.0.2",
+                                    facts=facts))
+        assert p.targets["node-b"] == known
+    p._learn(known, ProbeResult("node-b", "refused", 0.01, facts=both))
+    assert p.targets["node-b"] == known

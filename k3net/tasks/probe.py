@@ -749,7 +749,22 @@ they share `sockets` sockets (module docstring).
         if (result.outcome == "confirmed" and result.address and self._holds is not None
                 and self.targets.get(target.name) == target):
             self._holds.confirmed(target, result.address, result.facts)
+        self._learn(target, result)
         await self._hand(result, results)
+
+    def _learn(self, target: ProbeTarget, result: ProbeResult) -> None:
+        """Where a confirmed peer proved itself, it is probed from now on, as the table's target
+        of it will say (its proven addresses first): a peer first known only at the address its
+        hello came from, that proved a second one, is not judged refused when the first one is
+        blocked while the table's next word on it is still to come."""
+        facts = result.facts
+        if (result.outcome != "confirmed" or facts is None or not facts.listed
+                or facts.port not in (None, target.port)
+                or self.targets.get(target.name) != target
+                or set(facts.addresses) <= set(target.addresses)):
+            return
+        self.targets[target.name] = attrs.evolve(
+            target, addresses=tuple(dict.fromkeys(facts.addresses + target.addresses)))
 
     @staticmethod
     async def _hand(result: ProbeResult, results: trio.MemorySendChannel[ProbeResult]) -> None:
