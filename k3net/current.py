@@ -4,6 +4,7 @@
     here.value                               # what it is now (no copy kept anywhere else)
     here.set(new)                            # wakes every task waiting for a change
     await here.wait_for(lambda v: ...)       # until the value satisfies a condition
+    await wait_any((here, seen), (other, o)) # until either changes past the version seen
     await nursery.start(follow, here, run)   # run(value) while value is current
 
 A `Current` holds a value and wakes whoever waits when it changes; readers take `.value` when they
@@ -85,3 +86,18 @@ async def follow(
             task_status = trio.TASK_STATUS_IGNORED
             await current.wait_changed(version)
             nursery.cancel_scope.cancel()
+
+
+async def wait_any(*seen: tuple[Current[Any], int]) -> None:
+    """Until any of the `(current, since)` pairs has changed past `since` (at once if one
+    has already)."""
+    if any(current.version != since for current, since in seen):
+        return
+    async with trio.open_nursery() as nursery:
+
+        async def one(current: Current[Any], since: int) -> None:
+            await current.wait_changed(since)
+            nursery.cancel_scope.cancel()
+
+        for current, since in seen:
+            nursery.start_soon(one, current, since)

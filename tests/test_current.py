@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from k3net.current import Current, follow
+from k3net.current import Current, follow, wait_any
 
 
 async def test_set_wakes_every_waiter_with_the_new_value(
@@ -69,6 +69,27 @@ async def test_wait_for_returns_once_the_condition_holds(
         assert await here.wait_for(lambda n: n >= 3) == 3
         assert trio.current_time() == 3.0
     assert await here.wait_for(lambda n: n > 0) == 5  # holds already: no wait
+
+
+async def test_wait_any_returns_at_the_first_change_of_either(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    addresses, registered = Current("a"), Current(0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_set_later, registered, 1, 2.0)
+        nursery.start_soon(_set_later, addresses, "b", 5.0)
+        await wait_any((addresses, 0), (registered, 0))
+        assert trio.current_time() == 2.0  # the second one, the first to change
+        await wait_any((addresses, 0), (registered, 0))  # one changed already: no wait
+        assert trio.current_time() == 2.0
+        await wait_any((addresses, 0), (registered, 1))
+        assert trio.current_time() == 5.0
+    assert not nursery.child_tasks  # nothing left waiting
+
+
+async def _set_later(current: Current[Any], value: Any, at: float) -> None:
+    await trio.sleep_until(at)
+    current.set(value)
 
 
 class Runs:

@@ -491,6 +491,26 @@ def test_an_old_address_withdrawn_after_the_new_one_is_announced_is_dropped(
 
 
 @netns
+def test_addresses_that_change_during_the_registration_are_announced(
+    lo_host: LoopbackHost,
+) -> None:
+    """A readdress while the record is still being registered (a boot with DHCP settling):
+    the record announces the new addresses once it is registered, and the agent never takes its
+    own record for a rival's."""
+    browser = start(lo_host, "browse", "--own-name", "me")
+    browser.wait_for(event("browsing"))
+    agent = start(lo_host, "present", "--name", "node-r", "--port", "7501",
+                  "--readdress", "127.0.0.7", "--after", "0.2")
+    agent.wait_for(event("readdressed"))
+    agent.wait_for(event("registered"))
+    browser.wait_for(lambda r: r["event"] == "PeerSeen" and r["name"] == "node-r"
+                     and r["addresses"] == ["127.0.0.7"], timeout=8)
+    agent.drain(1.0)
+    assert not [line for line in agent.other if "forged" in line or "not updated" in line], \
+        agent.other
+
+
+@netns
 def test_entries_nobody_answers_for_do_not_delay_a_new_agent(
     lo_host: LoopbackHost, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -49,27 +49,37 @@ class NameTakenError(Exception):
 
 async def run(
     zc: AsyncZeroconf,
-    info: ServiceInfo,
+    record: ServiceInfo | Callable[[], ServiceInfo],
     *,
     goodbye: Goodbye = lambda: True,
     ours: bool = False,
     verify: Verify | None = None,
     on_forged: Callable[[], None] | None = None,
+    on_registered: Callable[[ServiceInfo], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Register `info`, report started once it is announced, then wait to be cancelled; on
+    """Register `record`, report started once it is announced, then wait to be cancelled; on
     cancellation send the goodbye (bounded, shielded). A registration cancelled half-way sends
-    the goodbye too: peers may have seen our probes and announcements already. `goodbye()`
-    False skips it: the advertisement moves to a new zeroconf (tasks/presence.py). `ours`: the
-    name was registered by this agent a moment ago (a move to new addresses), so a record of it
-    still cached or heard on the LAN is our own and no conflict; no probing for the name.
-    `verify`: when the name is taken, whether its holder proves to be this node (module
-    docstring); None believes the record (a twin at once). `on_forged()` is called for each
-    record that did not prove it."""
+    the goodbye too: peers may have seen our probes and announcements already. `record` may be
+    a function that gives the record as it is now: it is asked at every attempt to register (the
+    addresses may have changed while a forged record held the name) and for the goodbye (the
+    record may have been updated since). `on_registered(info)` is called once `info` is
+    registered and announced: from then on the caller may update it in place. `goodbye()`
+    False skips the goodbye: the advertisement moves to a new zeroconf (tasks/presence.py).
+    `ours`: the name was registered by this agent a moment ago (a move to new addresses), so a
+    record of it still cached or heard on the LAN is our own and no conflict; no probing for
+    the name. `verify`: when the name is taken, whether its holder proves to be this node
+    (module docstring); None believes the record (a twin at once). `on_forged()` is called for
+    each record that did not prove it."""
+
+    def latest() -> ServiceInfo:
+        return record() if callable(record) else record
+
     announced = False  # something of ours may be on the LAN
     attempt = 0
     try:
         while True:
+            info = latest()
             try:
                 # zeroconf returns a task that completes when probing and announcing are done.
                 announced = True
@@ -102,13 +112,15 @@ async def run(
             await trio.sleep(delay)
         log.info("advertising %s on port %s (%s)", info.name, info.port,
                  ", ".join(info.parsed_addresses()))
+        if on_registered is not None:
+            on_registered(info)
         if not attempt:
             task_status.started()
         await trio.sleep_forever()
     finally:
         if announced and goodbye():
             with trio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
-                await _goodbye(zc, info)
+                await _goodbye(zc, latest())
 
 
 def _holder(zc: AsyncZeroconf, info: ServiceInfo) -> tuple[list[str], int] | None:

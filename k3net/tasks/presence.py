@@ -56,13 +56,22 @@ from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
 from k3net import mdns
 from k3net.core.addresses import MachineAddresses
 from k3net.core.table import Message
-from k3net.current import Current, follow
+from k3net.current import Current, follow, wait_any
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.tasks import advertise, browse
 from k3net.tasks.probe import probe_peer
 
 log = logging.getLogger(__name__)
+
+
+@attrs.frozen(eq=False)
+class _Registered:
+    """Our record as registered (and announced) on the current zeroconf, and the addresses it
+    announces."""
+
+    info: ServiceInfo
+    addresses: tuple[str, ...]
 
 
 @attrs.define
@@ -89,7 +98,12 @@ class Presence:
         # Only loopback interfaces (a test namespace): peers' loopback addresses are kept.
         self.loopback = loopback
         self._session: Current[_Session] | None = None  # the zeroconf in use
-        self._info: ServiceInfo | None = None  # our record as registered in the session
+        # Our record as last handed to the session's zeroconf (registering, or registered),
+        # and the addresses it announces.
+        self._info: ServiceInfo | None = None
+        self._announces: tuple[str, ...] = ()
+        # Set once that record is registered on the current session; None while registering.
+        self._registered: Current[_Registered | None] = Current(None)
 
     @property
     def session(self) -> Current[_Session]:
@@ -116,21 +130,34 @@ class Presence:
         first = self.session.value
 
         async def on(session: _Session, *, task_status: trio.TaskStatus[None]) -> None:
-            info = self._info = mdns.service_info(
-                self.settings, addresses=here.value.advertised, generation=here.version
-            )
+            self._registered.set(None)
+
+            def record() -> ServiceInfo:
+                # While registering (again), the addresses of now; once registered, the
+                # record as last updated in place (for the goodbye).
+                registered = self._registered.value
+                if registered is not None:
+                    return registered.info
+                self._announces = here.value.advertised
+                self._info = mdns.service_info(self.settings, addresses=self._announces,
+                                               generation=here.version)
+                return self._info
+
+            def registered(info: ServiceInfo) -> None:
+                if self.session.value is session:
+                    self._registered.set(_Registered(info, self._announces))
 
             def goodbye() -> bool:
                 return self.session.value is session  # not when we moved to another zeroconf
 
             # After a move the name is ours already (advertise.run's `ours`). Started once
             # registered (probing and announcing, about 1.6 s): /readyz waits for it.
-            await advertise.run(session.zc, info, goodbye=goodbye, ours=session is not first,
+            await advertise.run(session.zc, record, goodbye=goodbye, ours=session is not first,
                                 verify=self._is_twin, on_forged=self._forged,
-                                task_status=task_status)
+                                on_registered=registered, task_status=task_status)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._follow_addresses, here, here.version, here.value.advertised)
+            nursery.start_soon(self._follow_addresses, here)
             await nursery.start(follow, self.session, on)
             task_status.started()
 
@@ -165,23 +192,30 @@ class Presence:
         async with out:
             await follow(self.session, on, task_status=task_status)
 
-    async def _follow_addresses(
-        self, here: Current[MachineAddresses], seen: int, announced: tuple[str, ...]
-    ) -> None:
-        """Every change of the advertised addresses since version `seen` (when the record
-        announced `announced`), followed by our record in turn."""
+    async def _follow_addresses(self, here: Current[MachineAddresses]) -> None:
+        """Every change of the advertised addresses, followed by our record in turn. A record
+        being registered is not touched: zeroconf's registration announces what it was given
+        (three announcements over a second or more), and an update meanwhile would be
+        overtaken by them. The record is compared with the addresses of now once it is
+        registered, and follows then; only a move to another zeroconf does not wait (the one in
+        use may be unable to reach the LAN any more)."""
         while True:
-            now = await here.wait_changed(seen)
-            seen = here.version
-            if now.advertised and now.advertised != announced:
-                gone = [a for a in announced if a not in now.advertised]
-                announced = now.advertised
-                await self._readdress(now.advertised, gone, seen)
+            seen, registered = here.version, self._registered.version
+            now = here.value.advertised
+            record = self._registered.value
+            announced = record.addresses if record is not None else self._announces
+            if now and now != announced:
+                gone = [a for a in announced if a not in now]
+                await self._readdress(now, gone, seen, record)
+            if here.version == seen and self._registered.version == registered:
+                await wait_any((here, seen), (self._registered, registered))
 
     async def _readdress(
-        self, addresses: tuple[str, ...], gone: list[str], generation: int
+        self, addresses: tuple[str, ...], gone: list[str], generation: int,
+        record: _Registered | None,
     ) -> None:
-        """Our record announces `addresses` from now on, not `gone` (module docstring)."""
+        """Our record announces `addresses` from now on, not `gone` (module docstring); not
+        registered yet (`record` None), only a move is made now."""
         old = self.session.value
         try:
             chosen = _chosen(self.settings)
@@ -189,25 +223,25 @@ class Presence:
             log.warning("mDNS interfaces unusable now (%s); keeping them", exc)
             chosen = []
         if not chosen or tuple(mdns.zeroconf_interfaces(chosen)) == old.specs:
-            await self._update_in_place(old, addresses, gone, generation)
+            if record is not None:  # (else the registration under way: compared when done)
+                await self._update_in_place(old, record, addresses, gone, generation)
             return
         log.info("mDNS moves to this machine's new addresses (%s): registering again",
                  ", ".join(addresses))
         new = await self._open(chosen)
         try:
-            if self._info is not None:
+            if record is not None:
                 # Out of the old registry first: the old zeroconf must no longer answer for
                 # our name with the old addresses, nor send a goodbye when it closes.
                 # zeroconf's loop runs on this thread.
-                old.zc.zeroconf.registry.async_remove(self._info)
-            if gone:
+                old.zc.zeroconf.registry.async_remove(record.info)
+            if gone and self._info is not None:
                 # The goodbyes of the lost addresses go out before advertise announces on
                 # the new zeroconf (it starts on the change of session): a peer that heard
                 # them the other way round would resolve both addresses and never hear of the
                 # old one again.
                 await aio_as_trio(new.zc.zeroconf.async_wait_for_start)()
-                mdns.withdraw_addresses(new.zc, self._info or mdns.service_info(
-                    self.settings, addresses=addresses, generation=generation), gone)
+                mdns.withdraw_addresses(new.zc, self._info, gone)
         except BaseException:
             with trio.CancelScope(shield=True):  # stopped meanwhile: nobody uses the new one
                 await new.stack.aclose()
@@ -216,20 +250,21 @@ class Presence:
         await old.stack.aclose()
 
     async def _update_in_place(
-        self, session: _Session, addresses: tuple[str, ...], gone: list[str], generation: int
+        self, session: _Session, record: _Registered, addresses: tuple[str, ...],
+        gone: list[str], generation: int,
     ) -> None:
-        if gone and self._info is not None:
-            mdns.withdraw_addresses(session.zc, self._info, gone)
+        if gone:
+            mdns.withdraw_addresses(session.zc, record.info, gone)
             await trio.sleep(mdns.WITHDRAW_DELAY)
         info = mdns.service_info(self.settings, addresses=addresses, generation=generation)
         try:
             await mdns.update_service(session.zc, info)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            # Not registered yet: the registration under way announces what it was given;
-            # the advertise loop takes the new addresses at its next registration.
+        except (KeyError, ValueError, RuntimeError) as exc:  # (gone from zeroconf meanwhile)
             log.warning("mDNS record not updated: %r", exc)
             return
-        self._info = info
+        self._info, self._announces = info, addresses
+        if self.session.value is session:
+            self._registered.set(_Registered(info, addresses))
         log.info("mDNS record now announces %s", ", ".join(addresses))
 
 

@@ -2,6 +2,7 @@
 
     python tests/helpers/mdns_cli.py advertise --name node-a --port 7001 [--iface lo] [--move-to ADDR]
                                                [--also ADDR]...
+    python tests/helpers/mdns_cli.py present --name node-a --port 7001 --readdress ADDR [--after S]
     python tests/helpers/mdns_cli.py browse --own-name self [--iface lo]
     python tests/helpers/mdns_cli.py peers [--iface lo]        (k3net.commands.peers.main, JSON output)
     python tests/helpers/mdns_cli.py ptr-flood --count 8 [--iface lo]
@@ -12,6 +13,7 @@ every process of the machine, so the test can subtract them):
     {"event": "starting"}            advertise: about to register
     {"event": "registered"}          advertise: announced (advertise.run started)
     {"event": "moved"}               advertise --move-to: the new address announced
+    {"event": "readdressed"}         present: this machine's addresses set to --readdress
     {"event": "browsing"}            browse: the browser runs
     {"event": "PeerSeen", "name": ..., "addresses": [...], "port": ..., "pid": ...}
     {"event": "PeerGone", "name": ...} / {"event": "PeerRejected", "instance": ..., "reason": ...}
@@ -83,6 +85,33 @@ async def advertise_main(args: argparse.Namespace) -> None:
     emit("stopped")
 
 
+async def present_main(args: argparse.Namespace) -> None:
+    """The agent's own presence (tasks/presence.py) on `lo`, whose addresses change to
+    `--readdress` `--after` seconds after the start (during the registration by default)."""
+    from k3net.core.addresses import MachineAddresses
+    from k3net.current import Current
+    from k3net.tasks.presence import open_presence
+
+    settings = Settings(node_name=args.name, listen_port=args.port, interfaces=("lo",))
+    chosen = mdns.interfaces_for(settings)
+    first = tuple(mdns.advertised_addresses(chosen))
+    here = Current(MachineAddresses(first, frozenset(first)))
+    async with trio_asyncio.open_loop(), open_presence(settings, chosen, Metrics()) as lan:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+            emit("starting", addresses=list(first))
+
+            async def readdress() -> None:
+                await trio.sleep(args.after)
+                here.set(MachineAddresses((args.readdress,), frozenset({args.readdress})))
+                emit("readdressed", addresses=[args.readdress])
+
+            nursery.start_soon(readdress)
+            await nursery.start(lan.advertise, here)
+            emit("registered")
+    emit("stopped")
+
+
 async def browse_main(args: argparse.Namespace) -> None:
     send, recv = trio.open_memory_channel[browse.Message](0)
     stype = mdns.service_type("_k3._tcp", "local.")
@@ -131,6 +160,11 @@ def main() -> None:
                      help="announce ADDR too (not one of ours)")
     adv.add_argument("--move-to", metavar="ADDR",
                      help="once registered, announce ADDR, then withdraw the first addresses")
+    pre = sub.add_parser("present")
+    pre.add_argument("--name", required=True)
+    pre.add_argument("--port", type=int, required=True)
+    pre.add_argument("--readdress", metavar="ADDR", required=True)
+    pre.add_argument("--after", type=float, default=0.2, metavar="S")
     brw = sub.add_parser("browse")
     brw.add_argument("--own-name", default="")
     brw.add_argument("--iface", action="append", default=[])
@@ -144,7 +178,8 @@ def main() -> None:
     if args.mode == "peers":
         sys.exit(peers.main("_k3._tcp", "local.", tuple(args.iface), args.timeout, 0.7, "json"))
     try:
-        mains = {"advertise": advertise_main, "browse": browse_main, "ptr-flood": ptr_flood_main}
+        mains = {"advertise": advertise_main, "present": present_main, "browse": browse_main,
+                 "ptr-flood": ptr_flood_main}
         clock.run(mains[args.mode], args)
     except* advertise.NameTakenError as group:
         exc: BaseException = group
