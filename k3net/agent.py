@@ -177,6 +177,7 @@ class Agent:
         self.web = AppState(
             settings=self.settings, store=self.store, hub=self.hub, metrics=self.metrics,
             health=self.health, started_at=time.time(), addrs=self._advertised,
+            facts_changed=self._readdressed,
             self_up=self.table.self_up, mdns_up=self.advertised.is_set, peers=self.table.peers,
             name_conflict=self._name_conflict, introduce=self.introductions.offer,
         )
@@ -197,6 +198,11 @@ class Agent:
 
     def _advertised(self) -> tuple[str, ...]:
         return self.addresses.value.advertised
+
+    async def _readdressed(self) -> None:
+        """Returns once the advertised addresses are no longer those of now."""
+        now = self._advertised()
+        await self.addresses.wait_for(lambda addresses: addresses.advertised != now)
 
     def stop(self) -> None:
         """Begin the shutdown (module docstring); `run` returns within SHUTDOWN_DEADLINE."""

@@ -126,6 +126,15 @@ async def test_agent_follows_a_readdress(autojump_clock: trio.testing.MockClock)
         await wait_for_own(store, "True")
         own = await store.get(ME)
         assert own is not None and _internal_ips(own.node) == ["192.168.1.2"]
+        holds_end = trio.Event()  # what a held connection served now waits for
+
+        async def a_hold_served() -> None:
+            await a.web.facts_changed()
+            holds_end.set()
+
+        nursery.start_soon(a_hold_served)
+        await trio.sleep(3 * addresses.POLL_INTERVAL)
+        assert not holds_end.is_set()  # the same addresses: held on
         machine.now = MOVED
         with trio.fail_after(3 * addresses.POLL_INTERVAL):
             async with store.watch() as events:
@@ -136,6 +145,7 @@ async def test_agent_follows_a_readdress(autojump_clock: trio.testing.MockClock)
                     if _internal_ips(stored.node) == ["192.168.1.9"]:
                         break
         assert "readdress 192.168.1.9" in log.events  # the mDNS record follows
+        assert holds_end.is_set()  # held connections end: their holders probe and learn
         assert a.web.addrs() == ("192.168.1.9",)  # what /info shows
         # What the probes must not take for a peer: the new set (made once, then kept).
         assert a._own().addresses == MOVED.own and a._own() is a._own()

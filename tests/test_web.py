@@ -364,6 +364,32 @@ async def test_hold_stays_open_until_the_agent_stops(nursery: trio.Nursery) -> N
     await stream.aclose()
 
 
+async def test_a_hold_ends_when_the_agents_addresses_change(nursery: trio.Nursery) -> None:
+    """A holder takes beats as proof of the facts it last probed (the addresses among them):
+    when this agent's addresses change, its held connections end, so that every holder probes
+    it again and learns the new ones. The agent serves on."""
+    w = await start_web(nursery)
+    readdressed = trio.Event()
+    w.state.facts_changed = readdressed.wait
+    stream = await trio.open_tcp_stream("127.0.0.1", w.port)
+    await stream.send_all(b"GET /hold?beat=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = b""
+    with trio.fail_after(5):
+        while b"held\n" not in head:
+            head += await stream.receive_some(4096)
+    with trio.move_on_after(0.5) as idle:  # held while the addresses stay
+        assert await stream.receive_some(4096) == b"never"
+    assert idle.cancelled_caught
+    readdressed.set()
+    rest = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(4096):
+            rest += chunk
+    assert rest.endswith(b"0\r\n\r\n")  # the response ended, then the connection closed
+    await stream.aclose()
+    assert (await get(f"http://127.0.0.1:{w.port}/healthz"))[0] == 200
+
+
 async def test_hold_is_refused_while_stopping() -> None:
     app = make_app(AppState(
         settings=Current(Settings(node_name="node-a")), store=Current(MemoryStore()),

@@ -24,9 +24,10 @@ it never answers a probe again). Silence means the host, or the path to it, is g
 
 How a hold ends (`HoldEnd`), and what follows:
 
-- closed: the peer closed it once set up (its process died): probe it now. One that lasted less
-  than MIN_HOLD is not held again for that target (probes only): a peer that closes at once
-  must not be held in a loop;
+- closed: the peer closed it once set up (its process died, or its addresses changed: its
+  beats vouched for the facts of its last probe): probe it now. One that lasted less than
+  MIN_HOLD is not held again for that target (probes only): a peer that closes at once must not
+  be held in a loop;
 - refused: nothing listens any more (it died since its probe): probe it now;
 - silent: the kernel aborted it, nothing came back from the peer's host for the user timeout
   (`silence`): a suspicion begins (probe it directly, and ask other agents to reach it);

@@ -108,6 +108,10 @@ class AppState:
     started_at: float
     # This node's addresses as advertised over mDNS now (read from their owner on every /info).
     addrs: Callable[[], Sequence[str]] = _no_addrs
+    # Returns once what /info answers for this node changes (its advertised addresses): every
+    # held connection (/hold) ends then, so that its holder probes again and learns them; its
+    # beats would go on vouching for the old ones.
+    facts_changed: Callable[[], Awaitable[None]] = trio.sleep_forever
     # True once this agent's own Node is written Ready (read on every /info).
     self_up: Callable[[], bool] = _never_up
     # True while this agent's mDNS advertisement is registered (the /readyz `mdns` check).
@@ -264,9 +268,10 @@ class App:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
     async def _hold(self, client: str, query: bytes, receive: Receive, send: Send) -> None:
-        """Answer 200, then send nothing more until the client goes or this agent stops; but
-        a beat every `?beat=` seconds (`identity.beat_line`: with a cluster key, made for the
-        holder's `?nonce=`), while this agent answers as its name."""
+        """Answer 200, then send nothing more until the client goes, this agent stops or its
+        addresses change (`AppState.facts_changed`); but a beat every `?beat=` seconds
+        (`identity.beat_line`: with a cluster key, made for the holder's `?nonce=`), while this
+        agent answers as its name."""
         refused = "stopping" if self._stopping else self._hold_slots.admit(client)
         if refused is not None:
             status, body = self._refusal(refused, "held connections", "holds", client)
@@ -288,8 +293,13 @@ class App:
                     pass
                 done.set()
 
+            async def facts_changed() -> None:
+                await self.state.facts_changed()
+                done.set()
+
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client_gone)
+                nursery.start_soon(facts_changed)
                 beat = identity.beat_from_query(query)
                 if beat is not None:
                     nursery.start_soon(self._beats, beat, identity.nonce_from_query(query), send)
