@@ -8,7 +8,7 @@
     tick    ----Tick / SelfHeartbeat-------------+      |
     addresses --OwnAddresses---------------------+      |
     use_store --StoreChanged---------------------+      |
-                                                        +--ProbeNow/Forget--> prober
+                                                        +--ProberOrder-----> prober
     watch   --(every committed change)--> event hub --> /events subscribers
 
 `Agent` takes everything that touches the machine from outside (the store, the LAN's mDNS, the
@@ -62,7 +62,7 @@ import trio
 from k3net import limits
 from k3net.core.addresses import MachineAddresses
 from k3net.core.messages import OwnAddresses, ProbeResult, SelfHeartbeat, StoreChanged, Tick
-from k3net.core.table import Forget, Message, PeerTable, ProbeNow, SelfInfo, Write
+from k3net.core.table import Message, PeerTable, ProberOrder, SelfInfo, Write
 from k3net.current import Current, follow
 from k3net.durations import format_duration
 from k3net.events import EventHub
@@ -229,7 +229,7 @@ class Agent:
         s = self.settings.value
         writer = self.writer
         write_send, write_recv = trio.open_memory_channel[Write](0)
-        probe_send, probe_recv = trio.open_memory_channel[ProbeNow | Forget](0)
+        probe_send, probe_recv = trio.open_memory_channel[ProberOrder](0)
         table_send, table_recv = trio.open_memory_channel[Message](0)
         writer_done = trio.Event()
 
@@ -270,7 +270,7 @@ class Agent:
         self,
         producers: trio.Nursery,
         table_send: trio.MemorySendChannel[Message],
-        probe_recv: trio.MemoryReceiveChannel[ProbeNow | Forget],
+        probe_recv: trio.MemoryReceiveChannel[ProberOrder],
     ) -> None:
         s = self.settings.value
         # First, since mDNS registration takes its time (about 1.6 s of probing and announcing,

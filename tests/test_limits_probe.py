@@ -11,7 +11,7 @@ import trio.testing
 
 from k3net import limits
 from k3net.core.messages import ProbeResult
-from k3net.core.table import Forget, ProbeNow, ProbeTarget
+from k3net.core.table import ProbeNow, ProberOrder, ProbeTarget
 from k3net.metrics import Metrics
 from k3net.tasks.probe import Prober, probe_peer
 
@@ -49,7 +49,7 @@ async def test_probes_share_one_budget_of_sockets_and_none_fails_for_it(
     metrics = Metrics()
     prober = Prober(interval=3600, timeout=PROBE_TIMEOUT, metrics=metrics, sockets=budget,
                     rng=random.Random(1))
-    inbox_send, inbox_recv = trio.open_memory_channel[ProbeNow | Forget](0)
+    inbox_send, inbox_recv = trio.open_memory_channel[ProberOrder](0)
     results_send, results_recv = trio.open_memory_channel[ProbeResult](0)
     answering = await trio.open_tcp_listeners(0, host=LOOPBACK)
     port = answering[0].socket.getsockname()[1]
@@ -97,7 +97,7 @@ async def test_probes_share_one_budget_of_sockets_and_none_fails_for_it(
 async def test_a_target_over_the_address_cap_is_counted_once() -> None:
     metrics = Metrics()
     prober = Prober(interval=3600, timeout=PROBE_TIMEOUT, metrics=metrics)
-    inbox_send, inbox_recv = trio.open_memory_channel[ProbeNow | Forget](0)
+    inbox_send, inbox_recv = trio.open_memory_channel[ProberOrder](0)
     results_send, results_recv = trio.open_memory_channel[ProbeResult](10)
     many = tuple(f"127.0.1.{n}" for n in range(1, 21))
     async with trio.open_nursery() as nursery:

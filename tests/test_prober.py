@@ -18,7 +18,7 @@ import trio.testing
 from k3net.core import identity
 from k3net.core.identity import Facts
 from k3net.core.messages import ProbeResult
-from k3net.core.table import Forget, ProbeNow, ProbeTarget
+from k3net.core.table import Forget, ProbeNow, ProberOrder, ProbeTarget, Retarget
 from k3net.metrics import Metrics
 from k3net.tasks.hold import MIN_HOLD
 from k3net.tasks.probe import Own, Prober, probe_peer
@@ -251,7 +251,7 @@ async def test_unusable_and_duplicate_addresses_are_not_dialled(fake_agents: Age
 
 
 class Running:
-    def __init__(self, prober: Prober, inbox: trio.MemorySendChannel[ProbeNow | Forget],
+    def __init__(self, prober: Prober, inbox: trio.MemorySendChannel[ProberOrder],
                  results: trio.MemoryReceiveChannel[ProbeResult]) -> None:
         self.prober = prober
         self.inbox = inbox
@@ -280,7 +280,7 @@ async def prober(autojump_clock: trio.testing.MockClock) -> AsyncIterator[Runnin
     # Jump the mock clock only after 10ms of real idleness, so that a slow machine's loopback
     # connect is never overtaken by a jump to the probe deadline.
     autojump_clock.autojump_threshold = 0.01
-    inbox_send, inbox_recv = trio.open_memory_channel[ProbeNow | Forget](0)
+    inbox_send, inbox_recv = trio.open_memory_channel[ProberOrder](0)
     results_send, results_recv = trio.open_memory_channel[ProbeResult](0)
     p = Prober(interval=INTERVAL, timeout=TIMEOUT, metrics=Metrics(), rng=random.Random(5))
     async with trio.open_nursery() as nursery:
@@ -400,7 +400,7 @@ async def test_unanswering_peer_does_not_delay_the_others(
 
 
 async def test_closing_the_inbox_stops_the_prober(autojump_clock: trio.testing.MockClock) -> None:
-    inbox_send, inbox_recv = trio.open_memory_channel[ProbeNow | Forget](0)
+    inbox_send, inbox_recv = trio.open_memory_channel[ProberOrder](0)
     results_send, results_recv = trio.open_memory_channel[ProbeResult](0)
     p = Prober(interval=INTERVAL, timeout=TIMEOUT, metrics=Metrics())
     with trio.fail_after(1):
@@ -421,7 +421,7 @@ async def _probing(
     port = listeners[0].socket.getsockname()[1]
     metrics = Metrics()
     prober = Prober(interval=interval, timeout=TIMEOUT, metrics=metrics)
-    asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+    asks, inbox = trio.open_memory_channel[ProberOrder](1)
     results, out = trio.open_memory_channel[ProbeResult](100)
     await nursery.start(prober.run, inbox, results)
     await asks.send(ProbeNow(ProbeTarget(name, (LOOPBACK,), port)))
@@ -559,12 +559,12 @@ async def _serve_as_a_process(
 
 async def _holding(
     nursery: trio.Nursery, peer: ProbeTarget, *, probe_timeout: float
-) -> tuple[Prober, Metrics, trio.MemorySendChannel[ProbeNow | Forget],
+) -> tuple[Prober, Metrics, trio.MemorySendChannel[ProberOrder],
            trio.MemoryReceiveChannel[ProbeResult]]:
     """A prober that probed `peer`, found it confirmed and holds its /hold; its channels."""
     metrics = Metrics()
     prober = Prober(interval=600, timeout=probe_timeout, metrics=metrics)
-    asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+    asks, inbox = trio.open_memory_channel[ProberOrder](1)
     results, out = trio.open_memory_channel[ProbeResult](10)
     await nursery.start(prober.run, inbox, results)
     await asks.send(ProbeNow(peer))
@@ -647,7 +647,6 @@ async def test_a_hold_that_got_no_answer_in_time_is_tried_again() -> None:
 def test_what_a_confirmed_probe_lets_the_table_write() -> None:
     """The peer's proven facts; where it proved none, the address and port where it answered
     as itself, never an address anyone announced."""
-    from k3net.core.identity import Facts
     from k3net.tasks.probe import proven
 
     assert proven(Facts("b", 7000, 9, ("10.0.0.5", "10.0.0.6")), "b", "10.0.0.5", 7946) == \
@@ -711,7 +710,7 @@ class HeldAgent:
         metrics = Metrics()
         prober = Prober(interval=interval, held=held, timeout=TIMEOUT, metrics=metrics,
                         rng=random.Random(3))
-        asks, inbox = trio.open_memory_channel[ProbeNow | Forget](1)
+        asks, inbox = trio.open_memory_channel[ProberOrder](1)
         results, self.results = trio.open_memory_channel[ProbeResult](1000)
         await nursery.start(prober.run, inbox, results)
         await asks.send(ProbeNow(ProbeTarget("node-h", (LOOPBACK,), port)))
@@ -826,23 +825,18 @@ async def test_a_held_peer_that_beats_is_not_probed_while_its_beats_come(
     assert len(muted) >= 3
 
 
-def test_a_confirmed_peer_is_probed_where_it_proved_itself() -> None:
-    """A peer known only at the address its hello came from proves a second address: it is
-    probed at both from then on (proven first), so a first address blocked later is no refusal
-    while the second answers, even before the table's next word on it. Facts of another port,
-    or a Go agent's answer that lists none, change nothing."""
-    p = Prober(interval=INTERVAL, timeout=TIMEOUT, metrics=Metrics())
-    known = ProbeTarget("node-b", ("10.77.0.2",), 7946)
-    p.targets["node-b"] = known
-    both = Facts("node-b", 7946, 42, ("10.77.0.2", "10.77.0.50"))
-    p._learn(known, ProbeResult("node-b", "confirmed", 0.01, address="10.77.0.2", facts=both))
-    assert p.targets["node-b"].addresses == ("10.77.0.2", "10.77.0.50")
-    p.targets["node-b"] = known
-    elsewhere = Facts("node-b", 7947, 42, ("10.77.0.2", "10.77.0.50"))
-    go = Facts("node-b", None, None, ("10.77.0.2",), listed=False)
-    for facts in (elsewhere, go):
-        p._learn(known, ProbeResult("node-b", "confirmed", 0.01, address="10.77.0.2",
-                                    facts=facts))
-        assert p.targets["node-b"] == known
-    p._learn(known, ProbeResult("node-b", "refused", 0.01, facts=both))
-    assert p.targets["node-b"] == known
+async def test_a_retarget_moves_where_a_peer_is_asked_without_a_probe(
+    autojump_clock: trio.testing.MockClock, prober: Running, listeners: Listeners
+) -> None:
+    """The table's Retarget: the peer is asked at the new target from then on (its scheduled
+    probes, and the probes its hold's end brings), and no probe is made for it; a Retarget of
+    a peer the prober does not follow starts nothing."""
+    port = await listeners.open()
+    await prober.inbox.send(ProbeNow(target("node-a", port)))
+    await prober.next_results(1)
+    moved = target("node-a", port, "127.0.0.2", LOOPBACK)
+    await prober.inbox.send(Retarget(moved))
+    await prober.inbox.send(Retarget(target("node-z", port)))
+    assert prober.prober.targets["node-a"] == moved
+    assert "node-z" not in prober.prober.targets
+    assert await prober.results_during(INTERVAL * 0.2) == []  # no probe now

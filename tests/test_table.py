@@ -62,6 +62,7 @@ from k3net.core.table import (
     ProbeNow,
     ProbeTarget,
     Reject,
+    Retarget,
     SelfInfo,
     Transition,
     Write,
@@ -225,8 +226,11 @@ def test_changed_addresses_are_written_without_refresh() -> None:
     t = table()
     put = joined(t)
     moved = PeerSeen("peer-a", ("192.168.1.99",), 7946, 4242)
-    t.handle(moved, 5.0)
-    write = only_write(t.handle(ok(moved), 5.0))
+    t.handle(moved, 5.0)  # asked at the address it proved and at the new one
+    actions = t.handle(ok(moved), 5.0)
+    # Proven at the new one alone: asked only there from now on.
+    assert actions[1:] == [Retarget(ProbeTarget("peer-a", ("192.168.1.99",), 7946))]
+    write = only_write(actions[:1])
     assert write.intent == Alive("peer-a", ("192.168.1.99",), 7946, 4242, PEER_ALIVE,
                                  refresh_from=last_seen(put.stored.node), refresh=False,
                                  seen_ready=Readiness.TRUE)
@@ -909,6 +913,26 @@ def test_an_introduced_peer_that_does_not_answer_as_itself_is_probed_once_and_fo
     t.handle(ok(HELLO), 1.0)
     assert Forget("peer-a") not in t.handle(result("timeout", 20.0, HELLO), 20.0)
     assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "introduced")]
+
+
+def test_a_peer_that_proves_more_addresses_than_it_was_asked_at_is_asked_there() -> None:
+    """Known only at its hello's address, the peer's answer lists a second one: the prober is
+    told at once to ask at both (proven first), with no probe now, so a first address blocked
+    later is no refusal while the second answers. An answer that changes nothing, or a Go
+    agent's that lists no addresses, tells the prober nothing."""
+    t = table()
+    t.handle(HELLO, 0.5)
+    both = ProbeResult("peer-a", "confirmed", 0.001, address="10.9.9.9",
+                       facts=Facts("peer-a", 7000, 42, ("10.9.9.8", "10.9.9.9")))
+    actions = t.handle(both, 0.6)
+    assert [a for a in actions if not isinstance(a, Write)] == [
+        Retarget(ProbeTarget("peer-a", ("10.9.9.8", "10.9.9.9"), 7000))]
+    assert not [a for a in t.handle(both, 5.0) if isinstance(a, Retarget)]  # nothing new
+    t = table()
+    t.handle(HELLO, 0.5)
+    go = ProbeResult("peer-a", "confirmed", 0.001, address="10.9.9.9",
+                     facts=Facts("peer-a", None, None, ("10.9.9.9",), listed=False))
+    assert not [a for a in t.handle(go, 0.6) if isinstance(a, Retarget)]
 
 
 def test_a_node_not_ready_in_the_store_does_not_end_following_an_introduced_peer() -> None:

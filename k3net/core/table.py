@@ -230,8 +230,20 @@ class ProbeNow:
 
 
 @attrs.frozen
+class Retarget:
+    """A peer's target changed with no probe due: its answer proved addresses it was not asked
+    at. The prober asks it there from now on (a probe its hold's end brings, too)."""
+
+    target: ProbeTarget
+
+
+@attrs.frozen
 class Forget:
     name: str
+
+
+# What the table tells the prober.
+ProberOrder = ProbeNow | Retarget | Forget
 
 
 @attrs.frozen
@@ -274,7 +286,7 @@ class NameConflict:
     pid: int | None
 
 
-Action = ProbeNow | Forget | Write | JoinLatency | Reject | Paused | NameConflict
+Action = ProberOrder | Write | JoinLatency | Reject | Paused | NameConflict
 
 
 @attrs.frozen
@@ -726,6 +738,7 @@ class PeerTable:
         peer.last_probe = result
         # A foreign advertiser that never proved anything counts as answering, as before keys.
         unverified_counts = not (peer.confirmed or self.keyed)
+        target = peer.target
         if result.outcome == "confirmed":
             peer.confirmed, peer.contradicted = True, False
             if result.facts is not None and result.facts.node == peer.name:
@@ -734,7 +747,13 @@ class PeerTable:
         event = _probe_event(result.outcome, unverified_counts=unverified_counts,
                              refusal_counts=peer.proven_at(result.refused),
                              silence_counts=peer.proven_at(result.silent))
-        return self._fire(peer, event, now, result)
+        actions = self._fire(peer, event, now, result)
+        if (peer.target != target and self._peers.get(peer.name) is peer
+                and not any(isinstance(a, ProbeNow | Forget) for a in actions)):
+            # Where it proved itself, it is asked from now on: a peer known only at its
+            # hello's address that proved a second one is not judged by the first alone.
+            actions.append(Retarget(peer.target))
+        return actions
 
     # --- the store --------------------------------------------------------------------------
 

@@ -20,7 +20,9 @@ really runs on this machine: several agents on one host, `--interface lo`); a re
 wrong node or non-agent there is ignored. A peer with nothing but such addresses gets `timeout`.
 
 The table asks for a probe at once when a peer appears or says goodbye (`ProbeNow`), or after a
-delay (a re-probe that confirms a refusal); besides, every peer is probed once per interval at a
+delay (a re-probe that confirms a refusal), and says where a peer is asked from then on when an
+answer proved other addresses than it was asked at (`Retarget`: the table owns the target, the
+prober only follows it); besides, every peer is probed once per interval at a
 phase of its own (see `Prober`), and a held peer that answered once per lastSeen refresh
 (`held_interval`).
 
@@ -93,7 +95,7 @@ from k3net.core import addresses as addrs
 from k3net.core import identity
 from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, Facts, judge_reader, request
 from k3net.core.messages import ProbeOutcome, ProbeResult
-from k3net.core.table import Forget, ProbeNow, ProbeTarget
+from k3net.core.table import Forget, ProberOrder, ProbeTarget, Retarget
 from k3net.durations import format_duration
 from k3net.health import LocalHealth
 from k3net.metrics import Metrics
@@ -597,7 +599,7 @@ they share `sockets` sockets (module docstring).
 
     async def run(
         self,
-        inbox: trio.MemoryReceiveChannel[ProbeNow | Forget],
+        inbox: trio.MemoryReceiveChannel[ProberOrder],
         results: trio.MemorySendChannel[ProbeResult],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -638,6 +640,11 @@ they share `sockets` sockets (module docstring).
                         holds.release(msg.name)
                         continue
                     name = msg.target.name
+                    if isinstance(msg, Retarget):  # no probe now: where to ask from now on
+                        if name in self.targets:
+                            holds.asked(msg.target, anew=False)
+                            self.targets[name] = msg.target
+                        continue
                     if (len(msg.target.addresses) > limits.ADDRESSES_PER_PEER
                             and self.targets.get(name) != msg.target):
                         self.metrics.limit_hit("addresses-per-peer")  # once per new target
@@ -749,22 +756,7 @@ they share `sockets` sockets (module docstring).
         if (result.outcome == "confirmed" and result.address and self._holds is not None
                 and self.targets.get(target.name) == target):
             self._holds.confirmed(target, result.address, result.facts)
-        self._learn(target, result)
         await self._hand(result, results)
-
-    def _learn(self, target: ProbeTarget, result: ProbeResult) -> None:
-        """Where a confirmed peer proved itself, it is probed from now on, as the table's target
-        of it will say (its proven addresses first): a peer first known only at the address its
-        hello came from, that proved a second one, is not judged refused when the first one is
-        blocked while the table's next word on it is still to come."""
-        facts = result.facts
-        if (result.outcome != "confirmed" or facts is None or not facts.listed
-                or facts.port not in (None, target.port)
-                or self.targets.get(target.name) != target
-                or set(facts.addresses) <= set(target.addresses)):
-            return
-        self.targets[target.name] = attrs.evolve(
-            target, addresses=tuple(dict.fromkeys(facts.addresses + target.addresses)))
 
     @staticmethod
     async def _hand(result: ProbeResult, results: trio.MemorySendChannel[ProbeResult]) -> None:

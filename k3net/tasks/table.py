@@ -41,7 +41,9 @@ from k3net.core.table import (
     Paused,
     PeerTable,
     ProbeNow,
+    ProberOrder,
     Reject,
+    Retarget,
     Write,
 )
 from k3net.core.transitions import INFO, Transitions
@@ -58,7 +60,7 @@ async def run(
     table: PeerTable,
     inbox: trio.MemoryReceiveChannel[Message],
     writes: trio.MemorySendChannel[Write],
-    probes: trio.MemorySendChannel[ProbeNow | Forget],
+    probes: trio.MemorySendChannel[ProberOrder],
     metrics: Metrics,
     hub: EventHub,
     *,
@@ -73,7 +75,7 @@ async def run(
                 case Write():
                     transitions.decided(action.intent)
                     await _send(writes, action)
-                case ProbeNow() | Forget():
+                case ProbeNow() | Retarget() | Forget():
                     try:
                         await _send(probes, action)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
