@@ -296,7 +296,8 @@ class Agent:
         await producers.start(functools.partial(
             introduce.tap, results_recv, table_send.clone(), me=s.node_name, port=s.listen_port,
             timeout=s.probe_timeout, needed=self._needs_hello))
-        await producers.start(prober.run, probe_recv, results_send)
+        await producers.start(functools.partial(
+            prober.run, probe_recv, results_send, suspicions=table_send.clone()))
         await producers.start(self.introductions.run, table_send.clone())
         every = expire_interval(s.peer_ttl)
         await producers.start(tick, table_send.clone(), Tick(every), every)

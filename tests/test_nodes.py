@@ -17,12 +17,14 @@ from k3net.core.nodes import (
     Left,
     Readiness,
     Shutdown,
+    Suspicion,
+    Unreachable,
     last_seen,
     ordered_addresses,
     readiness,
     render,
 )
-from k3net.model import Node, copy_node
+from k3net.model import ANN_SUSPECTED, Node, copy_node
 
 T0 = dt.datetime(2026, 11, 29, 10, 0, 0, tzinfo=dt.UTC)
 NAME = "peer-a"
@@ -486,3 +488,44 @@ def test_a_copy_of_a_node_shares_nothing_that_can_change() -> None:
     twin.status.extra["s"] = 1
     twin.extra["x"]["list"].append(2)
     assert node_to_dict(node) == before
+
+
+# --- suspicion --------------------------------------------------------------------------------
+
+
+def test_a_suspicion_marks_a_ready_node_and_changes_nothing_else() -> None:
+    node = created()
+    marked = render(node, Suspicion(NAME, "node-x", last_seen(node)), at(5))
+    assert marked is not None
+    assert marked.metadata.annotations[ANN_SUSPECTED] == "node-x"
+    without = copy_node(marked)
+    del without.metadata.annotations[ANN_SUSPECTED]
+    assert without == node  # Ready, lastSeen, heartbeat: untouched
+    # Not again while marked (another agent's suspicion is answered the same way), nor on a
+    # Node reached since the suspicion began, nor on one that is not Ready.
+    assert render(stored(marked), Suspicion(NAME, "node-y", last_seen(node)), at(6)) is None
+    assert render(node, Suspicion(NAME, "node-x", "2026-11-29T09:00:00.000000Z"), at(6)) is None
+    assert render(with_ready("False", "PeerLeft"), Suspicion(NAME, "node-x", last_seen(node)),
+                  at(6)) is None
+    assert render(None, Suspicion(NAME, "node-x", None), at(6)) is None  # nothing to mark
+
+
+def test_an_alive_write_answers_a_suspicion_with_a_fresh_last_seen() -> None:
+    node = created()
+    marked = stored(render(node, Suspicion(NAME, "node-x", last_seen(node)), at(5)))
+    # Nothing else would be written (not due), but the mark is taken off and lastSeen refreshed:
+    # the suspicion's Unreachable, decided against the lastSeen of before, then writes nothing.
+    answered = render(marked, alive(reason=AGENT_READY), at(6))
+    assert answered is not None
+    assert ANN_SUSPECTED not in answered.metadata.annotations
+    assert last_seen(answered) == format_time_precise(at(6))
+    assert render(stored(answered), Unreachable(NAME, last_seen(node)), at(7)) is None
+
+
+def test_a_verdict_takes_the_mark_off() -> None:
+    node = created()
+    marked = stored(render(node, Suspicion(NAME, "node-x", last_seen(node)), at(5)))
+    down = render(marked, Unreachable(NAME, last_seen(node)), at(6))
+    assert down is not None and readiness(down) is Readiness.UNKNOWN
+    assert ANN_SUSPECTED not in down.metadata.annotations
+    assert last_seen(down) == last_seen(node)  # an accusation refreshes nothing

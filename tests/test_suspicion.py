@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from k3net import health as local
-from k3net.core.messages import ProbeResult
+from k3net.core.messages import ProbeResult, Suspected
 from k3net.core.table import ProbeTarget
 from k3net.health import LocalHealth
 from k3net.metrics import Metrics
@@ -207,6 +207,39 @@ async def test_the_prober_confirms_an_unreachable_peer_and_counts_it(
     value = metrics.registry.get_sample_value
     assert value("k3net_suspicions_total", {"result": "confirmed"}) == 1
     assert value("k3net_probes_total", {"result": "unreachable"}) == 1
+
+
+async def test_the_table_hears_of_a_suspicion_before_its_verdict_and_not_of_a_withheld_one(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int,
+    results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
+) -> None:
+    """So that the suspect's Node is marked, and its own agent can answer through the store,
+    while the verdict is still to come. A judgement withheld tells nothing (no accusation
+    follows it); the one made once this agent is healthy again does."""
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth())
+    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
+    prober.targets["peer-b"] = ProbeTarget("peer-b", (LOOPBACK,), unanswering_port)
+    told, heard = trio.open_memory_channel[Suspected](10)
+    prober._suspicions = told
+    send, receive = results
+    start = trio.current_time()
+    await prober._suspect("peer-a", 2, send)
+    assert heard.receive_nowait() == Suspected("peer-a")  # (told before the verdict came)
+    assert receive.receive_nowait().started == start
+    withheld_at = trio.current_time()
+    await prober._suspect("peer-b", 2, send)  # withheld (2 of 2 silent), judged again later
+    assert heard.receive_nowait() == Suspected("peer-b")
+    verdicts = []
+    while True:
+        try:
+            verdicts.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert verdicts[0].outcome == "timeout"  # the withheld one: a plain probe's result
+    assert verdicts[-1].outcome == "unreachable"
+    assert verdicts[-1].started >= withheld_at + local.DECAY  # told only for this one
+    with pytest.raises(trio.WouldBlock):
+        heard.receive_nowait()
 
 
 async def test_the_prober_withholds_while_its_health_is_in_doubt_then_judges_again(

@@ -29,6 +29,7 @@ from k3net.core.messages import (
     Stopping,
     StoreChanged,
     Stored,
+    Suspected,
     Tick,
 )
 from k3net.core.nodes import (
@@ -42,6 +43,7 @@ from k3net.core.nodes import (
     Readiness,
     Refused,
     Shutdown,
+    Suspicion,
     Unreachable,
     last_seen,
     render,
@@ -67,7 +69,7 @@ from k3net.core.table import (
     Transition,
     Write,
 )
-from k3net.model import ANN_PID, Node
+from k3net.model import ANN_PID, ANN_SUSPECTED, Node
 
 TTL = 90.0
 REFRESH = 30.0
@@ -1523,6 +1525,51 @@ def test_a_second_agent_finding_it_unreachable_writes_nothing_more() -> None:
     theirs = only_write(second.handle(result("unreachable", 10.0), 10.0)[1:])
     down = commit(mine, wall=10.0)
     assert render(down.stored.node, theirs.intent, WALL0) is None
+
+
+def test_a_suspect_is_marked_and_its_answer_through_the_store_stops_the_accusation() -> None:
+    """A split LAN: both halves reach the store. The suspect's Node is marked while this agent
+    judges it; the suspect's own agent sees the mark and writes its Node (lastSeen fresh); the
+    verdict, confirmed on the LAN, then writes nothing, and the peer is not accused again until
+    this agent reaches it."""
+    t = table()
+    put = joined(t)
+    marking = only_write(t.handle(Suspected("peer-a"), 10.0))
+    assert marking == Write(Suspicion("peer-a", "me", last_seen(put.stored.node)), put.stored)
+    marked = commit(marking, wall=10.0)
+    assert t.handle(marked, 10.01) == []
+    # peer-a's own agent, as its table decides on seeing the mark: it answers.
+    suspect = table(me=SelfInfo("peer-a", lambda: ("192.168.1.10",), 7946, 4242))
+    suspect.handle(put, 10.0)
+    answer = only_write(suspect.handle(marked, 10.02))
+    answered = commit(answer, wall=10.02)
+    assert ANN_SUSPECTED not in answered.stored.node.metadata.annotations
+    assert last_seen(answered.stored.node) != last_seen(put.stored.node)
+    assert suspect.handle(answered, 10.03) == []  # answered once
+    t.handle(answered, 10.03)
+    assert writes(t.handle(result("unreachable", 10.7), 10.7)) == []
+    assert t.handle(Suspected("peer-a"), 20.0) == []  # contradicted: no more marks
+    # Once this agent reaches it again, its suspicions count again.
+    t.handle(ok(started=30.0), 30.0)
+    assert writes(t.handle(Suspected("peer-a"), 40.0))
+
+
+def test_an_unanswered_suspicion_ends_in_the_accusation_and_its_mark_goes() -> None:
+    t = table()
+    put = joined(t)
+    marked = commit(only_write(t.handle(Suspected("peer-a"), 10.0)), wall=10.0)
+    t.handle(marked, 10.01)
+    # Another agent's suspicion meanwhile adds no mark of its own.
+    other = table()
+    other.handle(PEER, 0.0)
+    other.handle(ok(), 0.0)
+    other.handle(marked, 10.02)
+    assert writes(other.handle(Suspected("peer-a"), 10.02)) == []
+    down = only_write(t.handle(result("unreachable", 10.7), 10.7)[1:])
+    assert down == Write(Unreachable("peer-a", last_seen(put.stored.node)), marked.stored)
+    node = commit(down, wall=10.7).stored.node
+    assert node.ready_status == "Unknown"
+    assert ANN_SUSPECTED not in node.metadata.annotations
 
 
 def test_silence_where_the_peer_never_proved_itself_is_no_evidence() -> None:

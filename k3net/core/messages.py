@@ -108,6 +108,14 @@ class Tick:
 
 
 @attrs.frozen
+class Suspected:
+    """probe: a held connection to the peer went silent and this agent now asks whether anyone
+    reaches it (`k3net.tasks.probe`); its verdict follows as a ProbeResult."""
+
+    name: str
+
+
+@attrs.frozen
 class SelfHeartbeat:
     """self: this agent is alive; refresh our own Node when due."""
 

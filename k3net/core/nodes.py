@@ -5,8 +5,9 @@ applies it to the Node as stored and returns the Node to write, or None when the
 to write. That None is how k3net writes only what changed, and how it keeps its hands off:
 
 - a Node without `k3.network/managed=true` (one the k3 controller reported) is never touched;
-- only the fields k3net owns change: its three labels, its three annotations, `status.phase`,
-  `status.addresses` and the Ready condition. Every other label, annotation, condition, `spec`,
+- only the fields k3net owns change: its three labels, its annotations (lastSeen, port, pid,
+  nodeLabels, and suspectedBy while a suspicion lasts), `status.phase`, `status.addresses` and
+  the Ready condition. Every other label, annotation, condition, `spec`,
   capacity, nodeInfo and unknown key stays exactly as it was;
 - `lastTransitionTime` changes only when the Ready status changes;
 - readiness is a `Readiness`, not a string: the Kubernetes strings ("True", "False", "Unknown")
@@ -36,6 +37,7 @@ from k3net.model import (
     ANN_NODE_LABELS,
     ANN_PID,
     ANN_PORT,
+    ANN_SUSPECTED,
     CONDITION_READY,
     LABEL_DISCOVERED,
     LABEL_HOSTNAME,
@@ -145,13 +147,28 @@ class Unreachable:
 
 
 @attrs.frozen
+class Suspicion:
+    """A held connection to the peer went silent and this agent (`by`) asks whether anyone
+    reaches it: the Node gets the annotation k3.network/suspectedBy, nothing else changes. Its
+    own agent, if it runs and reaches the store, answers by writing its Node (every Alive write
+    takes the mark off and refreshes lastSeen), so that the Unreachable this suspicion may end
+    in, decided against the lastSeen of before, writes nothing: one half of a split LAN does not
+    write the other half not-Ready while both reach the store. Applies only while the Node is
+    Ready with lastSeen == `seen_last_seen` and carries no mark yet."""
+
+    name: str
+    by: str
+    seen_last_seen: str | None
+
+
+@attrs.frozen
 class Shutdown:
     """This agent is stopping cleanly: its own Node goes Ready=False."""
 
     name: str
 
 
-Intent = Alive | Left | Expired | Refused | Unreachable | Shutdown
+Intent = Alive | Left | Expired | Refused | Unreachable | Suspicion | Shutdown
 
 
 def ordered_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -296,6 +313,12 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         or last_seen(existing) != intent.seen_last_seen
     ):
         return None  # someone reached it since we decided, or its departure is recorded
+    if isinstance(intent, Suspicion) and existing is not None and (
+        readiness(existing) is not Readiness.TRUE
+        or last_seen(existing) != intent.seen_last_seen
+        or ANN_SUSPECTED in existing.metadata.annotations
+    ):
+        return None  # reached since, not Ready, or suspected already: its agent answers that
     if (
         isinstance(intent, (Left, Shutdown))
         and existing is not None
@@ -308,6 +331,11 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
 
     node = _new_node(intent.name, now) if existing is None else copy_node(existing)
     _own(node, intent.name)
+    if isinstance(intent, Suspicion):
+        node.metadata.annotations[ANN_SUSPECTED] = intent.by
+        return None if existing is not None and node == existing else node
+    # Every other write decides: a suspicion's mark ends with it (an Alive one answers it).
+    suspected = node.metadata.annotations.pop(ANN_SUSPECTED, None) is not None
     if isinstance(intent, Alive):
         reason, message = intent.reason, _message(intent)
         ready = node.condition(CONDITION_READY)
@@ -326,7 +354,8 @@ def render(existing: Node | None, intent: Intent, now: dt.datetime) -> Node | No
         if intent.pid is not None:
             annotations[ANN_PID] = str(intent.pid)
         stale = intent.refresh and last_seen(existing) == intent.refresh_from
-        if existing is None or became_ready or stale or ANN_LAST_SEEN not in annotations:
+        if (existing is None or became_ready or stale or suspected
+                or ANN_LAST_SEEN not in annotations):
             annotations[ANN_LAST_SEEN] = format_time_precise(now)
             ready = node.condition(CONDITION_READY)
             assert ready is not None

@@ -56,7 +56,7 @@ which, what the handler does):
     failed           leaving -> forgotten
                      Stop probing it; after a goodbye, write False/PeerLeft.
     unreachable      alive, suspect, refused -> unreachable
-                     Write Unknown/PeerUnreachable at once; re-probe DOWN_REPROBE later.
+                     Write Unknown/PeerUnreachable at once (if unrefreshed since); re-probe later.
     unreachable      unreachable -> unreachable
                      Re-probe DOWN_REPROBE later (once per due re-probe: no chains pile up).
     failed           unreachable -> unreachable
@@ -179,6 +179,7 @@ from k3net.core.messages import (
     Stopping,
     StoreChanged,
     Stored,
+    Suspected,
     Tick,
     WatchEvent,
 )
@@ -191,7 +192,7 @@ from k3net.core.nodes import (
     ordered_addresses,
     readiness,
 )
-from k3net.model import ANN_PID, ANN_PORT, Node
+from k3net.model import ANN_PID, ANN_PORT, ANN_SUSPECTED, Node
 
 # A refused probe is checked again this much later before it is acted on: an agent restarting
 # in place is back within it, a dead one is not.
@@ -212,8 +213,8 @@ DOWN_REPROBE = 1.0
 LEAVING_REPROBES = 5
 
 Message = (
-    PeerSeen | PeerGone | PeerRejected | ProbeResult | Tick | SelfHeartbeat | OwnAddresses
-    | StoreChanged | Stopping | WatchEvent
+    PeerSeen | PeerGone | PeerRejected | ProbeResult | Suspected | Tick | SelfHeartbeat
+    | OwnAddresses | StoreChanged | Stopping | WatchEvent
 )
 
 
@@ -420,6 +421,9 @@ class _Peer:
     # What the peer itself proved in its last confirmed answer: the only addresses, port and pid
     # written into its Node, and the only addresses where evidence against it counts.
     proven: Facts | None = None
+    # While this agent judges it silent (`Suspected`): its Node's lastSeen when that began. The
+    # Unreachable the verdict may write holds only if nobody refreshed it since.
+    suspected_from: tuple[str | None] | None = None
 
     @property
     def target(self) -> ProbeTarget:
@@ -541,6 +545,8 @@ class PeerTable:
                 return [Reject(msg.instance, msg.reason, msg.detail)]
             case ProbeResult():
                 return self._probed(msg, now)
+            case Suspected():
+                return self._suspected(msg.name)
             case Tick(interval=interval):
                 return self._paused(now, interval) + self._expire(now)
             case SelfHeartbeat():
@@ -659,13 +665,36 @@ class PeerTable:
         return self._record_expired(peer, now, probe)
 
     def _unreachable(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
-        """Write Unknown/PeerUnreachable at once; re-probe DOWN_REPROBE later."""
+        """Write Unknown/PeerUnreachable at once (if unrefreshed since); re-probe later.
+
+        The write holds only while the Node's lastSeen is the one of when the suspicion began:
+        its own agent answered our mark through the store, or an agent reached it, meanwhile:
+        nothing is written. Re-probed DOWN_REPROBE later."""
         state = Unreachable(due=now + DOWN_REPROBE)
         actions: list[Action] = [ProbeNow(peer.target, delay=DOWN_REPROBE)]
         view = self._views.get(peer.name)
+        began, peer.suspected_from = peer.suspected_from, None
         if peer.contradicted or view is None or not view.stored.node.managed or not view.ready:
             return state, actions  # (others reach it, or it is not Ready: nothing to mark)
+        if began is not None and began[0] != view.last_seen:
+            # Refreshed since the suspicion began: its agent answered through the store, or an
+            # agent reached it. Accuse it no more until we reach it ourselves.
+            peer.contradicted = True
+            return state, actions
         return state, [*actions, Write(nodes.Unreachable(peer.name, view.last_seen), view.stored)]
+
+    def _suspected(self, name: str) -> list[Action]:
+        """A held connection to `name` went silent: while this agent asks whether anyone reaches
+        it, mark its Node (`nodes.Suspicion`) so that its own agent can answer through the store
+        before the verdict; remember its lastSeen for the verdict (`_unreachable`)."""
+        peer, view = self._peers.get(name), self._views.get(name)
+        if (peer is None or peer.contradicted or view is None or not view.stored.node.managed
+                or not view.ready):
+            return []
+        peer.suspected_from = (view.last_seen,)
+        if ANN_SUSPECTED in view.stored.node.metadata.annotations:
+            return []  # another agent's suspicion: its agent answers that one
+        return [Write(nodes.Suspicion(name, self.me.name, view.last_seen), view.stored)]
 
     def _still_unreachable(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
         """Re-probe DOWN_REPROBE later (once per due re-probe: no chains pile up)."""
@@ -843,7 +872,10 @@ class PeerTable:
                 return []
             self._twin_asked = True
             return [ProbeNow(ProbeTarget(self.me.name, addresses, port))]
-        return [] if ready else self._heartbeat(now)
+        if ready and ANN_SUSPECTED not in node.metadata.annotations:
+            return []
+        # Marked down, or suspected (a peer lost us: a split LAN, our link): we run, say so.
+        return self._heartbeat(now)
 
     def _twin_answered(self, result: ProbeResult, now: float) -> list[Action]:
         """Who answered as our name where our Node said: another live agent (a twin), or
@@ -989,6 +1021,7 @@ class PeerTable:
             or annotations.get(ANN_PORT) != str(port)
             or (pid is not None and annotations.get(ANN_PID) != str(pid))
             or (labels is not None and nodes.labels_differ(node, labels))
+            or ANN_SUSPECTED in annotations  # a suspicion to answer: it is alive
         )
         due = now - view.changed_at >= self.refresh_interval and (
             view.refresh_asked_at is None

@@ -94,7 +94,7 @@ from k3net import limits
 from k3net.core import addresses as addrs
 from k3net.core import identity
 from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, Facts, judge_reader, request
-from k3net.core.messages import ProbeOutcome, ProbeResult
+from k3net.core.messages import ProbeOutcome, ProbeResult, Suspected
 from k3net.core.table import Forget, ProberOrder, ProbeTarget, Retarget
 from k3net.durations import format_duration
 from k3net.health import LocalHealth
@@ -472,6 +472,9 @@ they share `sockets` sockets (module docstring).
         # Every probe's sockets, over all peers (module docstring).
         self._sockets = Sockets(sockets, on_full=lambda: metrics.limit_hit("probe-sockets"))
         self._holds: Holds | None = None  # the peers' held connections, while running
+        # Where a suspicion is told as it begins (the table marks the suspect's Node), while
+        # running; None: nowhere.
+        self._suspicions: trio.MemorySendChannel[Suspected] | None = None
         # This agent as an observer (k3net.health): widens timeouts, withholds accusations.
         self.health = health or LocalHealth()
         # /reach probes under way, or ended less than REACH_REUSE ago, by peer.
@@ -554,7 +557,9 @@ they share `sockets` sockets (module docstring).
             return await ask_reach(helper, name, 2 * self.timeout + 0.5, key=self.key,
                                    sockets=self._sockets)
 
-        verdict, result = await suspect(direct, ask, helpers, health)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._tell_suspected, name)  # (before its verdict)
+            verdict, result = await suspect(direct, ask, helpers, health)
         self.metrics.suspicions.labels(result=verdict).inc()
         if verdict == "confirmed":
             log.info("%s unreachable: %s", name, result.error)
@@ -566,6 +571,13 @@ they share `sockets` sockets (module docstring).
             log.debug("suspicion of %s refuted (%s)", name, result.outcome)
         await self._report(target, result, results)
         return verdict, result
+
+    async def _tell_suspected(self, name: str) -> None:
+        if self._suspicions is not None:
+            try:
+                await self._suspicions.send(Suspected(name))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass  # the table is gone: the agent is stopping
 
     async def _follow(self, name: str, results: trio.MemorySendChannel[ProbeResult], *,
                       judge: bool) -> None:
@@ -602,7 +614,26 @@ they share `sockets` sockets (module docstring).
         inbox: trio.MemoryReceiveChannel[ProberOrder],
         results: trio.MemorySendChannel[ProbeResult],
         *,
+        suspicions: trio.MemorySendChannel[Suspected] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Probe what `inbox` asks for, and every peer once per interval, until `inbox` ends;
+        every result goes to `results`, and each suspicion as it begins to `suspicions` (both
+        closed at the end)."""
+        self._suspicions = suspicions
+        try:
+            await self._run(inbox, results, task_status=task_status)
+        finally:
+            self._suspicions = None
+            if suspicions is not None:
+                suspicions.close()
+
+    async def _run(
+        self,
+        inbox: trio.MemoryReceiveChannel[ProberOrder],
+        results: trio.MemorySendChannel[ProbeResult],
+        *,
+        task_status: trio.TaskStatus[None],
     ) -> None:
         async def closed(name: str) -> None:
             # Probed even if a probe is under way: that one began before the close, and may

@@ -397,6 +397,25 @@ class Lan(_Namespaces):
                        f"add rule bridge {_NFT_TABLE} drops numgen random mod 100 < {percent} drop\n")
         _nft(self.bridge_namespace, script)
 
+    def split(self, side: Sequence[int], other: Sequence[int] | None = None) -> None:
+        """The LAN splits in two: frames between the hosts in `side` and those in `other` (by
+        default every other host) are dropped by the bridge, both ways (a failed link between
+        two switches or racks), while every host still reaches the bridge's own address (where
+        the lab's store listens) and the hosts in neither group. An empty `side` joins the LAN
+        again. Needs Debian's `nftables`."""
+        table = f"{_NFT_TABLE}_split"
+        script = f"add table bridge {table}\ndelete table bridge {table}\n"
+        if side:
+            rest = [i for i in range(len(self.hosts)) if i not in side] if other is None \
+                else other
+            one = ", ".join(f'"v{i}"' for i in sorted(side))
+            them = ", ".join(f'"v{i}"' for i in sorted(rest))
+            script += (f"add table bridge {table}\n"
+                       f"add chain bridge {table} cut "
+                       "{ type filter hook forward priority 0 ; policy accept ; }\n"
+                       f"add rule bridge {table} cut iifname {{ {one} }} oifname {{ {them} }} drop\n"
+                       f"add rule bridge {table} cut iifname {{ {them} }} oifname {{ {one} }} drop\n")
+        _nft(self.bridge_namespace, script)
 
     def lose_host(self, i: int, percent: int) -> str:
         """Host i's link drops `percent` % of its frames, at random, in both directions (a bad

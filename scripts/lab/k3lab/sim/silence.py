@@ -275,3 +275,72 @@ def _gray_rows(results: dict[str, Any], ctx: Context) -> list[Row]:
         out.append(["gray: starved agent (5% of a core)", "-", 0, "-", "-", "-",
                     "not measured: " + starved["not_measured"]])
     return out
+
+
+# --- partition -------------------------------------------------------------------------------
+
+# Longer than peer-ttl: past it, a half knows the other only through the store, where the other
+# half keeps its own Nodes' lastSeen fresh.
+PARTITION_SECONDS = 120.0
+
+
+@scenario("partition", needs_fleet=False)
+def partition(sim: Sim) -> None:
+    """the LAN split in two halves for 2 min at the DEFAULT timings, the store reached by both: live Nodes written not-Ready"""
+    run_fleet(sim, "default", None)
+    watcher = sim.ensure_watcher()
+    names = sim.watched_names()
+    side = list(range(max(1, sim.n // 2)))
+    before = watcher.snapshot()
+    since_rev = before.revision
+    log(f"partition: hosts {side} cut off from the others for {PARTITION_SECONDS:g}s "
+        "(each half still reaches the store)")
+    t0 = time.monotonic()
+    sim.lan.split(side)
+    try:
+        time.sleep(PARTITION_SECONDS)
+    finally:
+        t1 = time.monotonic()
+        sim.lan.split(())
+    time.sleep(GRAY_TAIL)
+    t_end = time.monotonic()
+    after = watcher.snapshot()
+    trs = watcher.transitions(t0, t_end)
+    false = false_failures(trs)
+    writes = sum(after.writes.get(n, 0) - before.writes.get(n, 0) for n in names)
+    result: dict[str, Any] = {
+        "timings": sim.timings(DEFAULT_TTL) + " (defaults)",
+        "seconds": PARTITION_SECONDS,
+        "side": [f"node-{i}" for i in side],
+        "observed_seconds": round(t_end - t0, 1),
+        "status_changes_polled": len(status_flips(trs)),
+        "false_not_ready_polled": len(false),
+        "false_transitions": [transition(tr) for tr in false],
+        "writes_per_node_per_minute": round(writes / len(names) / ((t1 - t0) / 60), 3),
+    }
+    if isinstance(watcher.reader, EtcdReader) and since_rev is not None:
+        history = {n: etcd_history(watcher.reader, n, since_rev) for n in names}
+        result["status_changes_etcd"] = {n: history_flips(h) for n, h in history.items()}
+        result["not_ready_values_etcd"] = {
+            n: sum(1 for v in h if v is not None and v[0] != "True") for n, h in history.items()}
+        result["values_etcd"] = {n: [list(v) if v else None for v in h]
+                                 for n, h in history.items()}
+    sim.results["partition"] = result
+    log(f"partition: {gray_false_count(result)} live Nodes written not-Ready, "
+        f"{result['writes_per_node_per_minute']} writes/node/min")
+    if sim.wait_all_ready(BACK_WAIT) is None:
+        raise RuntimeError("partition: not every Node Ready again after the LAN joined")
+
+
+@rows("partition")
+def _partition_rows(results: dict[str, Any], ctx: Context) -> list[Row]:
+    r = results["partition"]
+    false = gray_false_count(r)
+    w = r["writes_per_node_per_minute"]
+    how = "etcd history" if "not_ready_values_etcd" in r else "polled"
+    return [
+        [f"partition {r['seconds']:g}s ({len(r['side'])} hosts apart): live Nodes not-Ready",
+         DEFAULTS, 1, false, "-", "0", verdict(false == 0, how)],
+        [f"partition {r['seconds']:g}s: writes/node/min", DEFAULTS, 1, f"{w:.2f}", "-",
+         f"<= {WRITES_GOAL:g}", verdict(w <= WRITES_GOAL, "")],
+    ]

@@ -1,0 +1,76 @@
+"""End to end: the LAN splits in two (a failed link between two switches) while both halves
+still reach the shared store. Every host lives, so no Node may go not-Ready: each half's agents
+suspect the other half's hosts (their held connections go silent), mark their Nodes as
+suspected, and each marked agent answers through the store (its Node written, lastSeen fresh),
+so the suspicions' verdicts write nothing. Real agents as processes on a netns LAN, real mDNS,
+one etcd on a fifth host that both halves reach, default timings (peer-ttl 90 s: nothing
+expires here). Status changes are read from every agent's own log of the store's watch, which
+sees every write, however short a blip."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from k3lab.agents import AgentFactory, AgentProc
+from k3lab.netns import Lan
+from k3lab.nsclient import wait_for
+from k3lab.raw import lan_etcd
+
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_ok", "etcd_ok")]
+
+NAMES = ["node-a", "node-b", "node-c", "node-d"]
+READY = {("True", "AgentReady"), ("True", "PeerAlive")}
+# Long enough for every held connection across the split to go silent (2 s) and every
+# suspicion to end in its verdict (a probe timeout), with room on a loaded machine.
+APART = 40.0
+
+
+def _held_everywhere(procs: list[AgentProc]) -> bool:
+    for proc in procs:
+        held = {p["name"] for p in proc.get_json("/peers")["peers"] if p["held"]}
+        if held != set(NAMES) - {proc.name}:
+            return False
+    return True
+
+
+def _suspicions(procs: list[AgentProc]) -> float:
+    return sum(p.metric("k3net_suspicions_total", result=r) for p in procs
+               for r in ("confirmed", "refuted", "withheld"))
+
+
+def test_a_split_lan_whose_halves_reach_the_store_writes_no_node_not_ready(
+    agents: AgentFactory, tmp_path: Path
+) -> None:
+    with Lan(5) as lan:
+        with lan_etcd(lan[4], tmp_path) as (_, raw, config):
+            procs = [agents.start(host, name, config=config)
+                     for host, name in zip(lan.hosts, NAMES, strict=False)]
+            for proc in procs:
+                proc.wait_ready()
+            wait_for(lambda: all(raw.ready(n) in READY for n in NAMES), 15,
+                     what="every Node Ready in etcd")
+            wait_for(lambda: _held_everywhere(procs), 30, what="every peer held everywhere")
+            logged = [len(p.log()) for p in procs]
+
+            lan.split([0, 1], [2, 3])
+            try:
+                until = time.monotonic() + APART
+                while time.monotonic() < until:
+                    assert all(raw.ready(n) in READY for n in NAMES)
+                    time.sleep(0.25)
+                suspected = _suspicions(procs)
+            finally:
+                lan.split(())
+            assert suspected >= 4  # each half lost the other: every agent suspected someone
+            for proc, start in zip(procs, logged, strict=True):
+                tail = proc.log()[start:]
+                assert "PeerUnreachable" not in tail, f"{proc.name}:\n{tail[-3000:]}"
+            # Every mark of a suspicion was taken off by the answers.
+            wait_for(lambda: not any("k3.network/suspectedBy" in node["metadata"].get(
+                "annotations", {}) for node in procs[0].nodes().values()), 10,
+                     what="no Node marked as suspected")
+            wait_for(lambda: _held_everywhere(procs), 30, what="every peer held again")
+            assert all(raw.ready(n) in READY for n in NAMES)
