@@ -242,6 +242,24 @@ async def test_the_table_hears_of_a_suspicion_before_its_verdict_and_not_of_a_wi
         heard.receive_nowait()
 
 
+async def test_a_suspicion_settled_at_once_tells_nothing(
+    autojump_clock: trio.testing.MockClock, closed_port: int,
+    results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
+) -> None:
+    """Its host's kernel answers the direct probe at once (a hold that a lossy link aborted):
+    refuted before MARK_AFTER, so its Node is not marked, and no write is spent on it."""
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth())
+    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), closed_port)
+    told, heard = trio.open_memory_channel[Suspected](10)
+    prober._suspicions = told
+    send, receive = results
+    with trio.move_on_after(5):
+        await prober._suspect("peer-a", 3, send)
+    assert receive.receive_nowait().outcome == "refused"
+    with pytest.raises(trio.WouldBlock):
+        heard.receive_nowait()
+
+
 async def test_the_prober_withholds_while_its_health_is_in_doubt_then_judges_again(
     autojump_clock: trio.testing.MockClock, unanswering_port: int,
     results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],

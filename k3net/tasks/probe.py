@@ -74,6 +74,14 @@ agents asked answer after their own probe of it), so a vanished host is written 
 is followed up (`Prober._follow`): probed every second for up to SILENT_FOLLOW, held again once
 it answers, and, when the accusation was only withheld, judged again as soon as this agent's
 health is back to 0.
+
+The suspect can answer too, through the store. A suspicion not settled within MARK_AFTER of a
+probe timeout is told to the table (`Suspected`), which marks the suspect's Node
+(`k3net.core.nodes.Suspicion`); its own agent, if it runs and reaches the store, answers by
+writing its Node with lastSeen fresh, and the confirmed verdict then writes nothing (the table
+holds it to the lastSeen of the suspicion's start). That is what keeps a LAN split in two
+halves, both of which reach the store, from writing either half's Nodes not-Ready: nobody on
+the LAN reaches across, but every host lives.
 """
 
 from __future__ import annotations
@@ -411,6 +419,11 @@ class _Reaching:
 # agent is healthy (`Prober._follow`). One probe a second per such peer, on the shared budget.
 SILENT_PROBE_PAUSE = 1.0
 SILENT_FOLLOW = 60.0
+# A suspicion not settled within this share of the probe timeout is told to the table, which
+# marks the suspect's Node so that its own agent can answer through the store (`Suspected`):
+# the rest of the timeout (at least) is the answer's time. One that settles sooner (the direct
+# probe answered: a held connection a lossy link aborted) costs no write.
+MARK_AFTER = 0.25
 
 # After a held connection closes: how many probes at most, and the pause between them, while
 # they prove nothing either way (a probe that meets a process still going away).
@@ -560,6 +573,8 @@ they share `sockets` sockets (module docstring).
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._tell_suspected, name)  # (before its verdict)
             verdict, result = await suspect(direct, ask, helpers, health)
+            if verdict != "confirmed":
+                nursery.cancel_scope.cancel()  # (settled before its Node needed a mark)
         self.metrics.suspicions.labels(result=verdict).inc()
         if verdict == "confirmed":
             log.info("%s unreachable: %s", name, result.error)
@@ -573,6 +588,10 @@ they share `sockets` sockets (module docstring).
         return verdict, result
 
     async def _tell_suspected(self, name: str) -> None:
+        """Tell the table of the suspicion of `name` unless it is settled within MARK_AFTER of
+        a probe timeout: a host that lives mostly answers the direct probe at once (a held
+        connection that a lossy link aborted), and its Node needs no mark."""
+        await trio.sleep(MARK_AFTER * self.timeout)
         if self._suspicions is not None:
             try:
                 await self._suspicions.send(Suspected(name))
