@@ -4,6 +4,7 @@
     join, scan --PeerSeen (found_by join, scan)--+
     /hello  ----PeerSeen (found_by introduced)---+
     prober  --ProbeResult--> introduce.tap ------+   (greets each peer first confirmed)
+    prober  ----Suspected (a suspicion begins)---+
     watch   ----Snapshot/Put/Deleted/Lost--------+--> table --Write--> writer --> store
     tick    ----Tick / SelfHeartbeat-------------+      |
     addresses --OwnAddresses---------------------+      |

@@ -764,10 +764,17 @@ def result(outcome: ProbeOutcome, started: float = 0.0, peer: PeerSeen = PEER) -
                        silent=silent)
 
 
+def marking(put: Put) -> Write:
+    """The write that marks peer-a's Node (`put`) as suspected by this agent."""
+    return Write(Suspicion("peer-a", "me", last_seen(put.stored.node)), put.stored)
+
+
 def test_refused_twice_marks_the_node_refused_at_once() -> None:
     t = table()
     put = joined(t)
-    assert t.handle(result("refused", 10.0), 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
+    # (its Node marked meanwhile: its agent, if it runs, may answer through the store)
+    assert t.handle(result("refused", 10.0), 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY),
+                                                        marking(put)]
     assert t.handle(result("refused", 11.0), 11.0) == [
         Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)
     ]
@@ -779,10 +786,28 @@ def test_refused_twice_marks_the_node_refused_at_once() -> None:
 def test_a_refusal_answered_on_the_reprobe_writes_nothing() -> None:
     """An agent restarting in place refuses for a moment: the re-probe finds it back."""
     t = table()
-    joined(t)
+    put = joined(t)
     t.handle(result("refused", 10.0), 10.0)
     assert writes(t.handle(ok(started=11.0), 11.0)) == []
-    assert t.handle(result("refused", 20.0), 20.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
+    assert t.handle(result("refused", 20.0), 20.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY),
+                                                        marking(put)]
+
+
+def test_a_refusal_its_agent_answers_through_the_store_is_not_written() -> None:
+    """A firewall that rejects only this agent's packets: the peer's own agent sees the mark
+    on its Node and writes it (lastSeen fresh) within the re-probe's delay; the confirmed
+    refusal then writes nothing, and this agent writes no refusal of it again until it
+    reaches it itself."""
+    t = table()
+    put = joined(t)
+    marked = commit(t.handle(result("refused", 10.0), 10.0)[1], wall=10.0)
+    t.handle(marked, 10.01)
+    suspect = table(me=SelfInfo("peer-a", lambda: ("192.168.1.10",), 7946, 4242))
+    suspect.handle(put, 10.0)
+    t.handle(commit(only_write(suspect.handle(marked, 10.02)), wall=10.02), 10.03)
+    assert writes(t.handle(result("refused", 11.0), 11.0)) == []
+    assert writes(t.handle(result("refused", 30.0), 30.0)) == []
+    assert writes(t.handle(result("refused", 31.0), 31.0)) == []
 
 
 @pytest.mark.parametrize("outcome", ["timeout", "wrong-node"])
@@ -1044,11 +1069,12 @@ def test_a_second_refusal_sooner_than_the_reprobe_confirms_nothing() -> None:
     put = joined(t)
     refused = ProbeResult("peer-a", "refused", 0.001, error="refused",
                           refused=PEER.addresses)
-    assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
+    assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY), marking(put)]
     # too soon: nothing written; the re-probe is asked for its time again
     assert t.handle(refused, 10.05) == [ProbeNow(TARGET, delay=10.0 + REPROBE_DELAY - 10.05)]
     assert writes(t.handle(ok(started=10.9), 10.9)) == []  # back: restarted in place
-    assert t.handle(refused, 20.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]  # anew
+    assert t.handle(refused, 20.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY),  # anew
+                                       marking(put)]
     assert writes(t.handle(refused, 20.0 + REPROBE_DELAY)) == [
         Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)]
 
@@ -1061,7 +1087,7 @@ def test_a_refusal_is_confirmed_even_when_the_peer_moves_before_its_reprobe() ->
     put = joined(t)
     refused = ProbeResult("peer-a", "refused", 0.001, error="refused",
                           refused=PEER.addresses)
-    assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY)]
+    assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY), marking(put)]
     moved = PeerSeen("peer-a", ("192.168.1.10", "fd00::10"), 7946, 4242)
     probe_now = ProbeNow(ProbeTarget("peer-a", moved.addresses, 7946))
     assert t.handle(moved, 10.2) == [probe_now]

@@ -48,7 +48,7 @@ which, what the handler does):
     answered         leaving -> leaving
                      Write what its Node lacks; re-probe soon, LEAVING_REPROBES times.
     refused          new, alive, unauthenticated, unreachable -> suspect
-                     Re-probe REPROBE_DELAY later; nothing is written yet.
+                     Re-probe REPROBE_DELAY later; only its Node is marked meanwhile (`_mark`).
     refused          suspect -> refused or suspect
                      Write False/PeerRefused (too soon after the first: re-probe).
     refused          leaving -> forgotten
@@ -597,8 +597,8 @@ class PeerTable:
         return state, actions + self._alive_peer(peer, now)
 
     def _suspect(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
-        """Re-probe REPROBE_DELAY later; nothing is written yet."""
-        return Suspect(since=now), [ProbeNow(peer.target, delay=REPROBE_DELAY)]
+        """Re-probe REPROBE_DELAY later; only its Node is marked meanwhile (`_mark`)."""
+        return Suspect(since=now), [ProbeNow(peer.target, delay=REPROBE_DELAY), *self._mark(peer)]
 
     def _refused_again(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
         """Write False/PeerRefused (too soon after the first: re-probe)."""
@@ -609,7 +609,8 @@ class PeerTable:
             # again for its time in case the first was dropped (the peer's target changed).
             return state, [ProbeNow(peer.target, delay=state.since + REPROBE_DELAY - now)]
         view = self._views.get(peer.name)
-        if peer.contradicted or view is None or not view.stored.node.managed or not view.ready:
+        if (peer.contradicted or view is None or not view.stored.node.managed or not view.ready
+                or self._answered(peer, view)):
             return Refused(), []
         return Refused(), [Write(nodes.Refused(peer.name, view.last_seen), view.stored)]
 
@@ -673,28 +674,39 @@ class PeerTable:
         state = Unreachable(due=now + DOWN_REPROBE)
         actions: list[Action] = [ProbeNow(peer.target, delay=DOWN_REPROBE)]
         view = self._views.get(peer.name)
-        began, peer.suspected_from = peer.suspected_from, None
-        if peer.contradicted or view is None or not view.stored.node.managed or not view.ready:
+        if (peer.contradicted or view is None or not view.stored.node.managed or not view.ready
+                or self._answered(peer, view)):
             return state, actions  # (others reach it, or it is not Ready: nothing to mark)
-        if began is not None and began[0] != view.last_seen:
-            # Refreshed since the suspicion began: its agent answered through the store, or an
-            # agent reached it. Accuse it no more until we reach it ourselves.
-            peer.contradicted = True
-            return state, actions
         return state, [*actions, Write(nodes.Unreachable(peer.name, view.last_seen), view.stored)]
 
     def _suspected(self, name: str) -> list[Action]:
-        """A held connection to `name` went silent: while this agent asks whether anyone reaches
-        it, mark its Node (`nodes.Suspicion`) so that its own agent can answer through the store
-        before the verdict; remember its lastSeen for the verdict (`_unreachable`)."""
-        peer, view = self._peers.get(name), self._views.get(name)
-        if (peer is None or peer.contradicted or view is None or not view.stored.node.managed
-                or not view.ready):
+        """A held connection to `name` went silent: this agent asks whether anyone reaches it,
+        its Node marked meanwhile (`_mark`)."""
+        peer = self._peers.get(name)
+        return [] if peer is None else self._mark(peer)
+
+    def _mark(self, peer: _Peer) -> list[Action]:
+        """Before this agent may write `peer` down (a suspicion of its silence, a first
+        refusal), mark its Node (`nodes.Suspicion`), so that its own agent, if it runs and
+        reaches the store, can answer (lastSeen fresh); remember its lastSeen for the verdict
+        (`_answered`). A Node marked already (another agent's suspicion) is answered the same."""
+        view = self._views.get(peer.name)
+        if peer.contradicted or view is None or not view.stored.node.managed or not view.ready:
             return []
         peer.suspected_from = (view.last_seen,)
         if ANN_SUSPECTED in view.stored.node.metadata.annotations:
-            return []  # another agent's suspicion: its agent answers that one
-        return [Write(nodes.Suspicion(name, self.me.name, view.last_seen), view.stored)]
+            return []
+        return [Write(nodes.Suspicion(peer.name, self.me.name, view.last_seen), view.stored)]
+
+    def _answered(self, peer: _Peer, view: _View) -> bool:
+        """Whether the Node's lastSeen moved since `peer`'s suspicion began (`_mark`): its agent
+        answered through the store, or an agent reached it. Then this agent accuses it no more
+        until it reaches it itself (`contradicted`)."""
+        began, peer.suspected_from = peer.suspected_from, None
+        if began is None or began[0] == view.last_seen:
+            return False
+        peer.contradicted = True
+        return True
 
     def _still_unreachable(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
         """Re-probe DOWN_REPROBE later (once per due re-probe: no chains pile up)."""
