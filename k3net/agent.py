@@ -200,6 +200,13 @@ class Agent:
     def _advertised(self) -> tuple[str, ...]:
         return self.addresses.value.advertised
 
+    def _answer_time(self) -> float:
+        """How long a suspect's answer through the store may take to reach our table at the
+        latest: its watch sees our mark, then ours its answer. etcd pushes both at once;
+        MySQL's watch polls (`poll_interval`)."""
+        storage = self.settings.value.storage
+        return 2 * storage.mysql.poll_interval if storage.type == "mysql" else 0.0
+
     async def _readdressed(self) -> None:
         """Returns once the advertised addresses are no longer those of now."""
         now = self._advertised()
@@ -279,7 +286,8 @@ class Agent:
         producers.start_soon(self._advertise)
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
                         held=held_interval(s.probe_interval, s.refresh_interval),
-                        key=s.cluster_key, own=self._own, health=self.local_health)
+                        key=s.cluster_key, own=self._own, health=self.local_health,
+                        answer_time=self._answer_time)
         self.web.held = prober.held
         self.web.reach = prober.reach
         await producers.start(self.local_health.run)

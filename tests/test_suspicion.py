@@ -17,7 +17,7 @@ from k3net.core.messages import ProbeResult, Suspected
 from k3net.core.table import ProbeTarget
 from k3net.health import LocalHealth
 from k3net.metrics import Metrics
-from k3net.tasks.probe import REACH_REUSE, Helper, Prober, probe_peer, suspect
+from k3net.tasks.probe import MARK_AFTER, REACH_REUSE, Helper, Prober, probe_peer, suspect
 
 from .helpers.fakeagent import FakeAgent
 
@@ -240,6 +240,25 @@ async def test_the_table_hears_of_a_suspicion_before_its_verdict_and_not_of_a_wi
     assert verdicts[-1].started >= withheld_at + local.DECAY  # told only for this one
     with pytest.raises(trio.WouldBlock):
         heard.receive_nowait()
+
+
+async def test_a_confirmed_verdict_leaves_the_suspect_its_answer_time(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int,
+    results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
+) -> None:
+    """On a store whose watch polls (MySQL), the suspect sees the mark and we its answer only
+    after a poll each: the confirmed verdict reaches the table no sooner than that after the
+    mark, so an answer can still stop the accusation."""
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), answer_time=lambda: 1.0)
+    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
+    told, heard = trio.open_memory_channel[Suspected](10)
+    prober._suspicions = told
+    send, receive = results
+    start = trio.current_time()
+    await prober._suspect("peer-a", 3, send)
+    assert heard.receive_nowait() == Suspected("peer-a")
+    assert receive.receive_nowait().outcome == "unreachable"
+    assert trio.current_time() - start == pytest.approx(MARK_AFTER * TIMEOUT + 1.0)
 
 
 async def test_a_suspicion_settled_at_once_tells_nothing(

@@ -467,8 +467,12 @@ they share `sockets` sockets (module docstring).
         sockets: int = limits.PROBE_SOCKETS,
         rng: random.Random | None = None,
         health: LocalHealth | None = None,
+        answer_time: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.interval = interval
+        # How long a suspect's answer through the store may take to reach the table at the
+        # latest, now (MySQL's watch polls); a confirmed verdict waits that long after the mark.
+        self.answer_time = answer_time
         self.held_every = interval if held is None else held  # a held peer that answered
         self.key = key  # the cluster key, if any: answers must prove it
         self.own = own  # what a probe must not take for a peer, now (this machine changes)
@@ -570,11 +574,14 @@ they share `sockets` sockets (module docstring).
             return await ask_reach(helper, name, 2 * self.timeout + 0.5, key=self.key,
                                    sockets=self._sockets)
 
+        told: list[float] = []  # when the table was told (`_tell_suspected`)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._tell_suspected, name)  # (before its verdict)
+            nursery.start_soon(self._tell_suspected, name, told)  # (before its verdict)
             verdict, result = await suspect(direct, ask, helpers, health)
             if verdict != "confirmed":
                 nursery.cancel_scope.cancel()  # (settled before its Node needed a mark)
+        if verdict == "confirmed" and told:
+            await trio.sleep_until(told[0] + self.answer_time())  # (its answer's time)
         self.metrics.suspicions.labels(result=verdict).inc()
         if verdict == "confirmed":
             log.info("%s unreachable: %s", name, result.error)
@@ -587,16 +594,18 @@ they share `sockets` sockets (module docstring).
         await self._report(target, result, results)
         return verdict, result
 
-    async def _tell_suspected(self, name: str) -> None:
+    async def _tell_suspected(self, name: str, told: list[float]) -> None:
         """Tell the table of the suspicion of `name` unless it is settled within MARK_AFTER of
         a probe timeout: a host that lives mostly answers the direct probe at once (a held
-        connection that a lossy link aborted), and its Node needs no mark."""
+        connection that a lossy link aborted), and its Node needs no mark. Notes the time in
+        `told`."""
         await trio.sleep(MARK_AFTER * self.timeout)
         if self._suspicions is not None:
             try:
                 await self._suspicions.send(Suspected(name))
             except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass  # the table is gone: the agent is stopping
+                return  # the table is gone: the agent is stopping
+            told.append(trio.current_time())
 
     async def _follow(self, name: str, results: trio.MemorySendChannel[ProbeResult], *,
                       judge: bool) -> None:
