@@ -73,7 +73,7 @@ from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
 from k3net.tasks import addresses, introduce, watch
 from k3net.tasks import table as table_task
-from k3net.tasks.probe import Own, Prober, held_interval
+from k3net.tasks.probe import ANSWER_TIME, Own, Prober, held_interval
 from k3net.tasks.tcp import SERVED_IDLE, SERVED_SILENCE, keepalive
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
@@ -200,12 +200,14 @@ class Agent:
     def _advertised(self) -> tuple[str, ...]:
         return self.addresses.value.advertised
 
-    def _answer_time(self) -> float:
-        """How long a suspect's answer through the store may take to reach our table at the
-        latest: its watch sees our mark, then ours its answer. etcd pushes both at once;
-        MySQL's watch polls (`poll_interval`)."""
+    def _answer_time(self) -> float | None:
+        """How long a suspect's answer through the store may take to reach our table: its watch
+        sees our mark, then ours its answer. etcd pushes both; MySQL's watch polls
+        (`poll_interval`) twice more; the memory store is ours alone (None: nobody answers)."""
         storage = self.settings.value.storage
-        return 2 * storage.mysql.poll_interval if storage.type == "mysql" else 0.0
+        if storage.type == "memory":
+            return None
+        return ANSWER_TIME + (2 * storage.mysql.poll_interval if storage.type == "mysql" else 0)
 
     async def _readdressed(self) -> None:
         """Returns once the advertised addresses are no longer those of now."""

@@ -17,7 +17,7 @@ from k3net.core.messages import ProbeResult, Suspected
 from k3net.core.table import ProbeTarget
 from k3net.health import LocalHealth
 from k3net.metrics import Metrics
-from k3net.tasks.probe import MARK_AFTER, REACH_REUSE, Helper, Prober, probe_peer, suspect
+from k3net.tasks.probe import REACH_REUSE, Helper, Prober, probe_peer, suspect
 
 from .helpers.fakeagent import FakeAgent
 
@@ -216,7 +216,8 @@ async def test_the_table_hears_of_a_suspicion_before_its_verdict_and_not_of_a_wi
     """So that the suspect's Node is marked, and its own agent can answer through the store,
     while the verdict is still to come. A judgement withheld tells nothing (no accusation
     follows it); the one made once this agent is healthy again does."""
-    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth())
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth(),
+                    answer_time=lambda: 0.3)
     prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
     prober.targets["peer-b"] = ProbeTarget("peer-b", (LOOPBACK,), unanswering_port)
     told, heard = trio.open_memory_channel[Suspected](10)
@@ -249,25 +250,36 @@ async def test_a_confirmed_verdict_leaves_the_suspect_its_answer_time(
     """On a store whose watch polls (MySQL), the suspect sees the mark and we its answer only
     after a poll each: the confirmed verdict reaches the table no sooner than that after the
     mark, so an answer can still stop the accusation."""
-    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), answer_time=lambda: 1.0)
+    answer: float | None = 1.0
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(),
+                    answer_time=lambda: answer)
     prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
     told, heard = trio.open_memory_channel[Suspected](10)
     prober._suspicions = told
     send, receive = results
     start = trio.current_time()
-    await prober._suspect("peer-a", 3, send)
+    await prober._suspect("peer-a", 10, send)  # (one of ten held: no doubt about ourselves)
     assert heard.receive_nowait() == Suspected("peer-a")
     assert receive.receive_nowait().outcome == "unreachable"
-    assert trio.current_time() - start == pytest.approx(MARK_AFTER * TIMEOUT + 1.0)
+    assert trio.current_time() - start == pytest.approx(TIMEOUT + 1.0)
+    # A store of this agent's own (memory): nobody could answer, so no mark and no wait.
+    answer = None
+    start = trio.current_time()
+    await prober._suspect("peer-a", 10, send)
+    assert receive.receive_nowait().outcome == "unreachable"
+    assert trio.current_time() - start == pytest.approx(TIMEOUT)
+    with pytest.raises(trio.WouldBlock):
+        heard.receive_nowait()
 
 
 async def test_a_suspicion_settled_at_once_tells_nothing(
     autojump_clock: trio.testing.MockClock, closed_port: int,
     results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
 ) -> None:
-    """Its host's kernel answers the direct probe at once (a hold that a lossy link aborted):
-    refuted before MARK_AFTER, so its Node is not marked, and no write is spent on it."""
-    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth())
+    """Its host's kernel answers the direct probe (a hold that a lossy link aborted): refuted,
+    so its Node is not marked, and no write is spent on it."""
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth(),
+                    answer_time=lambda: 0.3)
     prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), closed_port)
     told, heard = trio.open_memory_channel[Suspected](10)
     prober._suspicions = told

@@ -75,11 +75,12 @@ is followed up (`Prober._follow`): probed every second for up to SILENT_FOLLOW, 
 it answers, and, when the accusation was only withheld, judged again as soon as this agent's
 health is back to 0.
 
-The suspect can answer too, through the store. A suspicion not settled within MARK_AFTER of a
-probe timeout is told to the table (`Suspected`), which marks the suspect's Node
-(`k3net.core.nodes.Suspicion`); its own agent, if it runs and reaches the store, answers by
-writing its Node with lastSeen fresh, and the confirmed verdict then writes nothing (the table
-holds it to the lastSeen of the suspicion's start). That is what keeps a LAN split in two
+The suspect can answer too, through the store. A confirmed verdict is first told to the table
+(`Suspected`), which marks the suspect's Node (`k3net.core.nodes.Suspicion`), and reaches it
+ANSWER_TIME later: the suspect's own agent, if it runs and reaches the store, answers by writing
+its Node with lastSeen fresh, and the verdict then writes nothing (the table holds it to the
+lastSeen of the mark). Only a verdict about to accuse costs the mark: a suspicion refuted or
+withheld (a lossy link's aborted holds) writes nothing at all. That is what keeps a LAN split in two
 halves, both of which reach the store, from writing either half's Nodes not-Ready: nobody on
 the LAN reaches across, but every host lives.
 """
@@ -419,11 +420,10 @@ class _Reaching:
 # agent is healthy (`Prober._follow`). One probe a second per such peer, on the shared budget.
 SILENT_PROBE_PAUSE = 1.0
 SILENT_FOLLOW = 60.0
-# A suspicion not settled within this share of the probe timeout is told to the table, which
-# marks the suspect's Node so that its own agent can answer through the store (`Suspected`):
-# the rest of the timeout (at least) is the answer's time. One that settles sooner (the direct
-# probe answered: a held connection a lossy link aborted) costs no write.
-MARK_AFTER = 0.25
+# How long a suspect's answer through a store that pushes changes (etcd) may take: our mark's
+# write and its watch, its table and its write, our watch (milliseconds each on a LAN; room for a
+# loaded host). A store whose watch polls adds two polls (`Agent._answer_time`).
+ANSWER_TIME = 0.3
 
 # After a held connection closes: how many probes at most, and the pause between them, while
 # they prove nothing either way (a probe that meets a process still going away).
@@ -467,11 +467,11 @@ they share `sockets` sockets (module docstring).
         sockets: int = limits.PROBE_SOCKETS,
         rng: random.Random | None = None,
         health: LocalHealth | None = None,
-        answer_time: Callable[[], float] = lambda: 0.0,
+        answer_time: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.interval = interval
-        # How long a suspect's answer through the store may take to reach the table at the
-        # latest, now (MySQL's watch polls); a confirmed verdict waits that long after the mark.
+        # How long a suspect's answer through the store may take to reach the table, now: a
+        # confirmed verdict waits that long after the mark (None: no store shared, no mark).
         self.answer_time = answer_time
         self.held_every = interval if held is None else held  # a held peer that answered
         self.key = key  # the cluster key, if any: answers must prove it
@@ -574,14 +574,9 @@ they share `sockets` sockets (module docstring).
             return await ask_reach(helper, name, 2 * self.timeout + 0.5, key=self.key,
                                    sockets=self._sockets)
 
-        told: list[float] = []  # when the table was told (`_tell_suspected`)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._tell_suspected, name, told)  # (before its verdict)
-            verdict, result = await suspect(direct, ask, helpers, health)
-            if verdict != "confirmed":
-                nursery.cancel_scope.cancel()  # (settled before its Node needed a mark)
-        if verdict == "confirmed" and told:
-            await trio.sleep_until(told[0] + self.answer_time())  # (its answer's time)
+        verdict, result = await suspect(direct, ask, helpers, health)
+        if verdict == "confirmed":
+            await self._let_it_answer(name)
         self.metrics.suspicions.labels(result=verdict).inc()
         if verdict == "confirmed":
             log.info("%s unreachable: %s", name, result.error)
@@ -594,18 +589,18 @@ they share `sockets` sockets (module docstring).
         await self._report(target, result, results)
         return verdict, result
 
-    async def _tell_suspected(self, name: str, told: list[float]) -> None:
-        """Tell the table of the suspicion of `name` unless it is settled within MARK_AFTER of
-        a probe timeout: a host that lives mostly answers the direct probe at once (a held
-        connection that a lossy link aborted), and its Node needs no mark. Notes the time in
-        `told`."""
-        await trio.sleep(MARK_AFTER * self.timeout)
-        if self._suspicions is not None:
-            try:
-                await self._suspicions.send(Suspected(name))
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return  # the table is gone: the agent is stopping
-            told.append(trio.current_time())
+    async def _let_it_answer(self, name: str) -> None:
+        """Before a confirmed verdict on `name` goes to the table: tell the table (`Suspected`),
+        which marks its Node, and leave its own agent `answer_time()` to answer through the
+        store. Nothing when nobody could answer there (None: this agent's store is its own)."""
+        window = self.answer_time()
+        if window is None or self._suspicions is None:
+            return
+        try:
+            await self._suspicions.send(Suspected(name))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return  # the table is gone: the agent is stopping
+        await trio.sleep(window)
 
     async def _follow(self, name: str, results: trio.MemorySendChannel[ProbeResult], *,
                       judge: bool) -> None:
