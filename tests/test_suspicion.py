@@ -225,11 +225,11 @@ async def test_the_table_hears_of_a_suspicion_before_its_verdict_and_not_of_a_wi
     send, receive = results
     start = trio.current_time()
     await prober._suspect("peer-a", 2, send)
-    assert heard.receive_nowait() == Suspected("peer-a")  # (told before the verdict came)
+    assert heard.receive_nowait() == Suspected("peer-a", start)  # (before the verdict came)
     assert receive.receive_nowait().started == start
     withheld_at = trio.current_time()
     await prober._suspect("peer-b", 2, send)  # withheld (2 of 2 silent), judged again later
-    assert heard.receive_nowait() == Suspected("peer-b")
+    assert heard.receive_nowait().name == "peer-b"
     verdicts = []
     while True:
         try:
@@ -259,7 +259,7 @@ async def test_a_confirmed_verdict_leaves_the_suspect_its_answer_time(
     send, receive = results
     start = trio.current_time()
     await prober._suspect("peer-a", 10, send)  # (one of ten held: no doubt about ourselves)
-    assert heard.receive_nowait() == Suspected("peer-a")
+    assert heard.receive_nowait() == Suspected("peer-a", start)
     assert receive.receive_nowait().outcome == "unreachable"
     assert trio.current_time() - start == pytest.approx(TIMEOUT + 1.0)
     # A store of this agent's own (memory): nobody could answer, so no mark and no wait.

@@ -1560,7 +1560,7 @@ def test_a_suspect_is_marked_and_its_answer_through_the_store_stops_the_accusati
     this agent reaches it."""
     t = table()
     put = joined(t)
-    marking = only_write(t.handle(Suspected("peer-a"), 10.0))
+    marking = only_write(t.handle(Suspected("peer-a", since=9.0), 10.0))
     assert marking == Write(Suspicion("peer-a", "me", last_seen(put.stored.node)), put.stored)
     marked = commit(marking, wall=10.0)
     assert t.handle(marked, 10.01) == []
@@ -1574,23 +1574,36 @@ def test_a_suspect_is_marked_and_its_answer_through_the_store_stops_the_accusati
     assert suspect.handle(answered, 10.03) == []  # answered once
     t.handle(answered, 10.03)
     assert writes(t.handle(result("unreachable", 10.7), 10.7)) == []
-    assert t.handle(Suspected("peer-a"), 20.0) == []  # contradicted: no more marks
+    assert t.handle(Suspected("peer-a", 19.0), 20.0) == []  # contradicted: no more marks
     # Once this agent reaches it again, its suspicions count again.
     t.handle(ok(started=30.0), 30.0)
-    assert writes(t.handle(Suspected("peer-a"), 40.0))
+    assert writes(t.handle(Suspected("peer-a", 39.0), 40.0))
+
+
+def test_a_suspicion_that_began_before_the_suspects_answer_marks_nothing_more() -> None:
+    """Several agents judge a split LAN's other half at once: the first one's mark is answered;
+    another whose suspicion began before that answer sees the lastSeen moved since, marks
+    nothing and accuses no more."""
+    t = table()
+    put = joined(t)
+    answered = commit(Write(Alive("peer-a", ("192.168.1.10",), 7946, 4242, refresh=True,
+                                  refresh_from=last_seen(put.stored.node)), put.stored), wall=9.5)
+    t.handle(answered, 9.5)
+    assert t.handle(Suspected("peer-a", since=9.0), 10.0) == []
+    assert writes(t.handle(result("unreachable", 10.3), 10.3)) == []
 
 
 def test_an_unanswered_suspicion_ends_in_the_accusation_and_its_mark_goes() -> None:
     t = table()
     put = joined(t)
-    marked = commit(only_write(t.handle(Suspected("peer-a"), 10.0)), wall=10.0)
+    marked = commit(only_write(t.handle(Suspected("peer-a", 9.0), 10.0)), wall=10.0)
     t.handle(marked, 10.01)
     # Another agent's suspicion meanwhile adds no mark of its own.
     other = table()
     other.handle(PEER, 0.0)
     other.handle(ok(), 0.0)
     other.handle(marked, 10.02)
-    assert writes(other.handle(Suspected("peer-a"), 10.02)) == []
+    assert writes(other.handle(Suspected("peer-a", 9.0), 10.02)) == []
     down = only_write(t.handle(result("unreachable", 10.7), 10.7)[1:])
     assert down == Write(Unreachable("peer-a", last_seen(put.stored.node)), marked.stored)
     node = commit(down, wall=10.7).stored.node

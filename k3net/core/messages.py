@@ -109,10 +109,12 @@ class Tick:
 
 @attrs.frozen
 class Suspected:
-    """probe: a held connection to the peer went silent and this agent now asks whether anyone
-    reaches it (`k3net.tasks.probe`); its verdict follows as a ProbeResult."""
+    """probe: a held connection to the peer went silent at `since` (this agent's clock), nobody
+    reached it, and this agent is about to accuse it (`k3net.tasks.probe`): the verdict follows
+    as a ProbeResult once the peer had the time to answer through the store."""
 
     name: str
+    since: float
 
 
 @attrs.frozen

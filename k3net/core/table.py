@@ -546,7 +546,7 @@ class PeerTable:
             case ProbeResult():
                 return self._probed(msg, now)
             case Suspected():
-                return self._suspected(msg.name)
+                return self._suspected(msg)
             case Tick(interval=interval):
                 return self._paused(now, interval) + self._expire(now)
             case SelfHeartbeat():
@@ -679,11 +679,18 @@ class PeerTable:
             return state, actions  # (others reach it, or it is not Ready: nothing to mark)
         return state, [*actions, Write(nodes.Unreachable(peer.name, view.last_seen), view.stored)]
 
-    def _suspected(self, name: str) -> list[Action]:
-        """A held connection to `name` went silent: this agent asks whether anyone reaches it,
-        its Node marked meanwhile (`_mark`)."""
-        peer = self._peers.get(name)
-        return [] if peer is None else self._mark(peer)
+    def _suspected(self, msg: Suspected) -> list[Action]:
+        """A peer went silent and nobody reached it: its Node is marked (`_mark`) before this
+        agent accuses it. Unless its lastSeen moved since the silence began: it answered
+        another agent's mark meanwhile (several agents judge a split LAN's other half at
+        once), or an agent reached it; then it is accused no more (`contradicted`)."""
+        peer, view = self._peers.get(msg.name), self._views.get(msg.name)
+        if peer is None:
+            return []
+        if view is not None and view.changed_at > msg.since:
+            peer.contradicted, peer.suspected_from = True, None
+            return []
+        return self._mark(peer)
 
     def _mark(self, peer: _Peer) -> list[Action]:
         """Before this agent may write `peer` down (a suspicion of its silence, a first

@@ -576,7 +576,7 @@ they share `sockets` sockets (module docstring).
 
         verdict, result = await suspect(direct, ask, helpers, health)
         if verdict == "confirmed":
-            await self._let_it_answer(name)
+            await self._let_it_answer(name, now)
         self.metrics.suspicions.labels(result=verdict).inc()
         if verdict == "confirmed":
             log.info("%s unreachable: %s", name, result.error)
@@ -589,15 +589,16 @@ they share `sockets` sockets (module docstring).
         await self._report(target, result, results)
         return verdict, result
 
-    async def _let_it_answer(self, name: str) -> None:
-        """Before a confirmed verdict on `name` goes to the table: tell the table (`Suspected`),
-        which marks its Node, and leave its own agent `answer_time()` to answer through the
-        store. Nothing when nobody could answer there (None: this agent's store is its own)."""
+    async def _let_it_answer(self, name: str, since: float) -> None:
+        """Before a confirmed verdict on `name` (silent since `since`) goes to the table: tell
+        the table (`Suspected`), which marks its Node, and leave its own agent `answer_time()`
+        to answer through the store. Nothing when nobody could answer there (None: this agent's
+        store is its own)."""
         window = self.answer_time()
         if window is None or self._suspicions is None:
             return
         try:
-            await self._suspicions.send(Suspected(name))
+            await self._suspicions.send(Suspected(name, since))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return  # the table is gone: the agent is stopping
         await trio.sleep(window)
