@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from k3lab.agents import AgentFactory, AgentProc
+from k3lab.agents import AgentFactory, held_everywhere
 from k3lab.netns import Lan
 from k3lab.nsclient import wait_for
 from k3lab.raw import lan_etcd
@@ -23,27 +23,12 @@ NAMES = ["node-a", "node-b", "node-c"]
 READY = {("True", "AgentReady"), ("True", "PeerAlive")}
 
 
-def _held_everywhere(procs: list[AgentProc]) -> bool:
-    """Every agent holds a connection to both others (what notices the silence)."""
-    for proc in procs:
-        held = {p["name"] for p in proc.get_json("/peers")["peers"] if p["held"]}
-        if held != set(NAMES) - {proc.name}:
-            return False
-    return True
-
-
 def test_a_vanished_host_is_unreachable_in_seconds_and_a_stopped_agent_is_not(
     agents: AgentFactory, tmp_path: Path
 ) -> None:
     with Lan(3) as lan:
         with lan_etcd(lan[0], tmp_path) as (_, raw, config):
-            procs = [agents.start(host, name, config=config)
-                     for host, name in zip(lan.hosts, NAMES, strict=True)]
-            for proc in procs:
-                proc.wait_ready()
-            wait_for(lambda: all(raw.ready(n) in READY for n in NAMES), 15,
-                     what="every Node Ready in etcd")
-            wait_for(lambda: _held_everywhere(procs), 30, what="every peer held everywhere")
+            procs = agents.start_held(lan.hosts, NAMES, config, lambda n: raw.ready(n) in READY)
             a, b, c = procs
 
             # node-c's link is cut: its Node goes Unknown/PeerUnreachable long before peer-ttl.
@@ -66,7 +51,7 @@ def test_a_vanished_host_is_unreachable_in_seconds_and_a_stopped_agent_is_not(
             assert raw.ready("node-a") in READY and raw.ready("node-b") in READY
 
             # A stopped agent's kernel still answers: its holds stay quiet, nothing is written.
-            wait_for(lambda: _held_everywhere(procs), 30, what="every peer held again")
+            wait_for(lambda: held_everywhere(procs), 30, what="every peer held again")
             before = sum(p.metric("k3net_suspicions_total", result="confirmed") for p in procs)
             b.signal(signal.SIGSTOP)
             stopped_until = time.monotonic() + 5

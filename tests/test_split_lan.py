@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from k3lab.agents import AgentFactory, AgentProc
+from k3lab.agents import AgentFactory, AgentProc, held_everywhere
 from k3lab.netns import Lan
 from k3lab.nsclient import wait_for
 from k3lab.raw import lan_etcd
@@ -28,14 +28,6 @@ READY = {("True", "AgentReady"), ("True", "PeerAlive")}
 APART = 40.0
 
 
-def _held_everywhere(procs: list[AgentProc]) -> bool:
-    for proc in procs:
-        held = {p["name"] for p in proc.get_json("/peers")["peers"] if p["held"]}
-        if held != set(NAMES) - {proc.name}:
-            return False
-    return True
-
-
 def _suspicions(procs: list[AgentProc]) -> float:
     return sum(p.metric("k3net_suspicions_total", result=r) for p in procs
                for r in ("confirmed", "refuted", "withheld"))
@@ -46,13 +38,8 @@ def test_a_split_lan_whose_halves_reach_the_store_writes_no_node_not_ready(
 ) -> None:
     with Lan(5) as lan:
         with lan_etcd(lan[4], tmp_path) as (_, raw, config):
-            procs = [agents.start(host, name, config=config)
-                     for host, name in zip(lan.hosts, NAMES, strict=False)]
-            for proc in procs:
-                proc.wait_ready()
-            wait_for(lambda: all(raw.ready(n) in READY for n in NAMES), 15,
-                     what="every Node Ready in etcd")
-            wait_for(lambda: _held_everywhere(procs), 30, what="every peer held everywhere")
+            procs = agents.start_held(lan.hosts[:4], NAMES, config,
+                                      lambda n: raw.ready(n) in READY)
             logged = [len(p.log()) for p in procs]
 
             lan.split([0, 1], [2, 3])
@@ -72,5 +59,5 @@ def test_a_split_lan_whose_halves_reach_the_store_writes_no_node_not_ready(
             wait_for(lambda: not any("k3.network/suspectedBy" in node["metadata"].get(
                 "annotations", {}) for node in procs[0].nodes().values()), 10,
                      what="no Node marked as suspected")
-            wait_for(lambda: _held_everywhere(procs), 30, what="every peer held again")
+            wait_for(lambda: held_everywhere(procs), 30, what="every peer held again")
             assert all(raw.ready(n) in READY for n in NAMES)

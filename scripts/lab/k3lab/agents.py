@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,27 @@ class AgentFactory:
     def close(self) -> None:
         for agent in self.agents:
             agent.close()
+
+    def start_held(self, hosts: Sequence[Host], names: Sequence[str], config: Path,
+                   ready_in_store: Callable[[str], bool]) -> list[AgentProc]:
+        """One agent per host, on the store of `config`; returns once every Node is Ready in the
+        store (`ready_in_store(name)`) and every agent holds a connection to every other one
+        (what notices a silence)."""
+        procs = [self.start(host, name, config=config)
+                 for host, name in zip(hosts, names, strict=False)]
+        for proc in procs:
+            proc.wait_ready()
+        wait_for(lambda: all(ready_in_store(n) for n in names), 15,
+                 what="every Node Ready in the store")
+        wait_for(lambda: held_everywhere(procs), 30, what="every peer held everywhere")
+        return procs
+
+
+def held_everywhere(procs: Sequence[AgentProc]) -> bool:
+    """Every agent of `procs` holds a connection to every other one."""
+    names = {proc.name for proc in procs}
+    return all({p["name"] for p in proc.get_json("/peers")["peers"] if p["held"]}
+               == names - {proc.name} for proc in procs)
 
 
 def ready(node: dict[str, Any] | None) -> tuple[str, str] | None:
