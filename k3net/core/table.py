@@ -147,10 +147,10 @@ nothing of it was written, and probing it more would only spend sockets on whate
 
 Actions: `ProbeNow` (probe this peer, now or after a delay, and keep probing it every round),
 `Retarget` (ask this peer at these addresses from now on, no probe now: its answer proved
-others), `Forget` (stop probing it), `Write` (hand an intent to the writer, with the Node as last seen in
-the store), `JoinLatency` (a peer's first mDNS sighting to its Node seen Ready), `Reject` (an
-entry dropped, never written), `Paused` (this agent did not run for a while), `NameConflict`
-(another live agent holds our name: this agent stands down).
+others), `Forget` (stop probing it), `Write` (hand an intent to the writer, with the Node as
+last seen in the store), `JoinLatency` (a peer's first mDNS sighting to its Node seen Ready),
+`Reject` (an entry dropped, never written), `Paused` (this agent did not run for a while),
+`NameConflict` (another live agent holds our name: this agent stands down).
 """
 
 from __future__ import annotations
