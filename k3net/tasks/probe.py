@@ -22,9 +22,8 @@ wrong node or non-agent there is ignored. A peer with nothing but such addresses
 The table asks for a probe at once when a peer appears or says goodbye (`ProbeNow`), or after a
 delay (a re-probe that confirms a refusal), and says where a peer is asked from then on when an
 answer proved other addresses than it was asked at (`Retarget`: the table owns the target, the
-prober only follows it); besides, every peer is probed once per interval at a
-phase of its own (see `Prober`), and a held peer that answered once per lastSeen refresh
-(`held_interval`).
+prober only follows it); besides, every peer is probed once per interval at a phase of its own
+(see `Prober`), and a held peer that answered once per lastSeen refresh (`held_interval`).
 
 Bounds (`k3net.limits`): a peer is probed at its first `ADDRESSES_PER_PEER` addresses in the
 canonical order (IPv4 first), whatever its source announced, and every probe shares one budget
@@ -80,9 +79,9 @@ The suspect can answer too, through the store. A confirmed verdict is first told
 ANSWER_TIME later: the suspect's own agent, if it runs and reaches the store, answers by writing
 its Node with lastSeen fresh, and the verdict then writes nothing (the table holds it to the
 lastSeen of the mark). Only a verdict about to accuse costs the mark: a suspicion refuted or
-withheld (a lossy link's aborted holds) writes nothing at all. That is what keeps a LAN split in two
-halves, both of which reach the store, from writing either half's Nodes not-Ready: nobody on
-the LAN reaches across, but every host lives.
+withheld (a lossy link's aborted holds) writes nothing at all. That is what keeps a LAN split in
+two halves, both of which reach the store, from writing either half's Nodes not-Ready: nobody
+on the LAN reaches across, but every host lives.
 """
 
 from __future__ import annotations
@@ -489,8 +488,8 @@ they share `sockets` sockets (module docstring).
         # Every probe's sockets, over all peers (module docstring).
         self._sockets = Sockets(sockets, on_full=lambda: metrics.limit_hit("probe-sockets"))
         self._holds: Holds | None = None  # the peers' held connections, while running
-        # Where a suspicion is told as it begins (the table marks the suspect's Node), while
-        # running; None: nowhere.
+        # Where an accusation is told before it is made (the table marks the suspect's Node),
+        # while running; None: nowhere.
         self._suspicions: trio.MemorySendChannel[Suspected] | None = None
         # This agent as an observer (k3net.health): widens timeouts, withholds accusations.
         self.health = health or LocalHealth()
@@ -642,8 +641,8 @@ they share `sockets` sockets (module docstring).
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Probe what `inbox` asks for, and every peer once per interval, until `inbox` ends;
-        every result goes to `results`, and each suspicion as it begins to `suspicions` (both
-        closed at the end)."""
+        every result goes to `results`, and each accusation, before it is made, to
+        `suspicions` (both closed at the end)."""
         self._suspicions = suspicions
         try:
             await self._run(inbox, results, task_status=task_status)
