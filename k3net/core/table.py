@@ -400,6 +400,14 @@ class PeerEvent(enum.Enum):
     UNREACHABLE = "unreachable"
 
 
+@attrs.frozen
+class _Marked:
+    """This agent marked the peer's Node before accusing it (`PeerTable._mark`): the Node's
+    lastSeen then. The accusation holds only if nobody refreshed it since."""
+
+    last_seen: str | None
+
+
 @attrs.define
 class _Peer:
     """One peer this agent follows."""
@@ -421,9 +429,8 @@ class _Peer:
     # What the peer itself proved in its last confirmed answer: the only addresses, port and pid
     # written into its Node, and the only addresses where evidence against it counts.
     proven: Facts | None = None
-    # While this agent judges it silent (`Suspected`): its Node's lastSeen when that began. The
-    # Unreachable the verdict may write holds only if nobody refreshed it since.
-    suspected_from: tuple[str | None] | None = None
+    # Set while an accusation of it waits for its answer through the store (`_Marked`).
+    marked: _Marked | None = None
 
     @property
     def target(self) -> ProbeTarget:
@@ -688,7 +695,7 @@ class PeerTable:
         if peer is None:
             return []
         if view is not None and view.changed_at > msg.since:
-            peer.contradicted, peer.suspected_from = True, None
+            peer.contradicted, peer.marked = True, None
             return []
         return self._mark(peer)
 
@@ -700,7 +707,7 @@ class PeerTable:
         view = self._views.get(peer.name)
         if peer.contradicted or view is None or not view.stored.node.managed or not view.ready:
             return []
-        peer.suspected_from = (view.last_seen,)
+        peer.marked = _Marked(view.last_seen)
         if ANN_SUSPECTED in view.stored.node.metadata.annotations:
             return []
         return [Write(nodes.Suspicion(peer.name, self.me.name, view.last_seen), view.stored)]
@@ -709,8 +716,8 @@ class PeerTable:
         """Whether the Node's lastSeen moved since `peer`'s suspicion began (`_mark`): its agent
         answered through the store, or an agent reached it. Then this agent accuses it no more
         until it reaches it itself (`contradicted`)."""
-        began, peer.suspected_from = peer.suspected_from, None
-        if began is None or began[0] == view.last_seen:
+        marked, peer.marked = peer.marked, None
+        if marked is None or marked.last_seen == view.last_seen:
             return False
         peer.contradicted = True
         return True
