@@ -23,9 +23,9 @@ ANN_PID = "k3.network/pid"
 # The keys of the labels this agent put on its own Node from --node-label, comma-separated: so
 # that a label no longer asked for is taken off, and k3net prune knows them as k3net's.
 ANN_NODE_LABELS = "k3.network/nodeLabels"
-# Set while an agent suspects the Node's host went silent (its value: that agent's name), so that
-# the Node's own agent can answer through the store before anything else is written; taken off
-# by the next write that decides (k3net.core.nodes.Suspicion).
+# Set by an agent about to write the Node down (its value: that agent's name), so that the
+# Node's own agent can answer through the store first; taken off by the next write that decides
+# (k3net.core.nodes.Suspicion).
 ANN_SUSPECTED = "k3.network/suspectedBy"
 
 CONDITION_READY = "Ready"

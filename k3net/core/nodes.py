@@ -148,11 +148,11 @@ class Unreachable:
 
 @attrs.frozen
 class Suspicion:
-    """A held connection to the peer went silent and this agent (`by`) asks whether anyone
-    reaches it: the Node gets the annotation k3.network/suspectedBy, nothing else changes. Its
-    own agent, if it runs and reaches the store, answers by writing its Node (every Alive write
-    takes the mark off and refreshes lastSeen), so that the Unreachable this suspicion may end
-    in, decided against the lastSeen of before, writes nothing: one half of a split LAN does not
+    """This agent (`by`) is about to write the peer down (a confirmed silence, or a refusal
+    its re-probe is to confirm): the Node gets the annotation k3.network/suspectedBy first,
+    nothing else changes. Its own agent, if it runs and reaches the store, answers by writing
+    its Node (every Alive write takes the mark off and refreshes lastSeen), so that the
+    accusation, held to the lastSeen of before, writes nothing: one half of a split LAN does not
     write the other half not-Ready while both reach the store. Applies only while the Node is
     Ready with lastSeen == `seen_last_seen` and carries no mark yet."""
 
