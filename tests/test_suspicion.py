@@ -209,6 +209,20 @@ async def test_the_prober_confirms_an_unreachable_peer_and_counts_it(
     assert value("k3net_probes_total", {"result": "unreachable"}) == 1
 
 
+def _telling_prober(
+    port: int, *names: str, answer_time: Callable[[], float | None] = lambda: 0.3,
+) -> tuple[Prober, trio.MemoryReceiveChannel[Suspected]]:
+    """A prober following `names` at 127.0.0.1:`port`, and what it tells the table before an
+    accusation (as the agent wires it to the table)."""
+    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth(),
+                    answer_time=answer_time)
+    for name in names:
+        prober.targets[name] = ProbeTarget(name, (LOOPBACK,), port)
+    told, heard = trio.open_memory_channel[Suspected](10)
+    prober._suspicions = told
+    return prober, heard
+
+
 async def test_the_table_hears_of_a_suspicion_before_its_verdict_and_not_of_a_withheld_one(
     autojump_clock: trio.testing.MockClock, unanswering_port: int,
     results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
@@ -216,12 +230,7 @@ async def test_the_table_hears_of_a_suspicion_before_its_verdict_and_not_of_a_wi
     """So that the suspect's Node is marked, and its own agent can answer through the store,
     while the verdict is still to come. A judgement withheld tells nothing (no accusation
     follows it); the one made once this agent is healthy again does."""
-    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth(),
-                    answer_time=lambda: 0.3)
-    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
-    prober.targets["peer-b"] = ProbeTarget("peer-b", (LOOPBACK,), unanswering_port)
-    told, heard = trio.open_memory_channel[Suspected](10)
-    prober._suspicions = told
+    prober, heard = _telling_prober(unanswering_port, "peer-a", "peer-b")
     send, receive = results
     start = trio.current_time()
     await prober._suspect("peer-a", 2, send)
@@ -251,11 +260,7 @@ async def test_a_confirmed_verdict_leaves_the_suspect_its_answer_time(
     after a poll each: the confirmed verdict reaches the table no sooner than that after the
     mark, so an answer can still stop the accusation."""
     answer: float | None = 1.0
-    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(),
-                    answer_time=lambda: answer)
-    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), unanswering_port)
-    told, heard = trio.open_memory_channel[Suspected](10)
-    prober._suspicions = told
+    prober, heard = _telling_prober(unanswering_port, "peer-a", answer_time=lambda: answer)
     send, receive = results
     start = trio.current_time()
     await prober._suspect("peer-a", 10, send)  # (one of ten held: no doubt about ourselves)
@@ -278,11 +283,7 @@ async def test_a_suspicion_settled_at_once_tells_nothing(
 ) -> None:
     """Its host's kernel answers the direct probe (a hold that a lossy link aborted): refuted,
     so its Node is not marked, and no write is spent on it."""
-    prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth(),
-                    answer_time=lambda: 0.3)
-    prober.targets["peer-a"] = ProbeTarget("peer-a", (LOOPBACK,), closed_port)
-    told, heard = trio.open_memory_channel[Suspected](10)
-    prober._suspicions = told
+    prober, heard = _telling_prober(closed_port, "peer-a")
     send, receive = results
     with trio.move_on_after(5):
         await prober._suspect("peer-a", 3, send)
