@@ -33,11 +33,15 @@ def _suspicions(procs: list[AgentProc]) -> float:
                for r in ("confirmed", "refuted", "withheld"))
 
 
+# The store near (a LAN's etcd: answers in milliseconds), and far: every byte to and from it
+# 150 ms late each way, so that a suspect's answer through it (our mark's write and its watch,
+# the suspect's write, our watch) takes about 0.6 s, twice the window a near store needs.
+@pytest.mark.parametrize("delay", [0.0, 0.15], ids=["store-near", "store-far"])
 def test_a_split_lan_whose_halves_reach_the_store_writes_no_node_not_ready(
-    agents: AgentFactory, tmp_path: Path
+    agents: AgentFactory, tmp_path: Path, delay: float
 ) -> None:
     with Lan(5) as lan:
-        with lan_etcd(lan[4], tmp_path) as (_, raw, config):
+        with lan_etcd(lan[4], tmp_path, delay=delay) as (_, raw, config):
             procs = agents.start_held(lan.hosts[:4], NAMES, config,
                                       lambda n: raw.ready(n) in READY)
             logged = [len(p.log()) for p in procs]
@@ -46,7 +50,8 @@ def test_a_split_lan_whose_halves_reach_the_store_writes_no_node_not_ready(
             try:
                 until = time.monotonic() + APART
                 while time.monotonic() < until:
-                    assert all(raw.ready(n) in READY for n in NAMES)
+                    seen = {n: raw.ready(n) for n in NAMES}
+                    assert all(v in READY for v in seen.values()), seen
                     time.sleep(0.25)
                 suspected = _suspicions(procs)
             finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ from k3lab.services import EtcdServer
 PREFIX = "/kubernetes//v1/Node/"
 TABLE = "k8s_core_v1_node"
 ETCD_PORT, ETCD_PEER_PORT = 23795, 23805
+SLOW_PORT = 23796  # k3lab.slowlink in front of etcd (`lan_etcd(delay=...)`)
 
 
 class RawEtcd:
@@ -77,12 +80,31 @@ def write_config(path: Path, storage: dict[str, Any]) -> Path:
 
 
 @contextmanager
-def lan_etcd(host: Host, workdir: Path) -> Iterator[tuple[EtcdServer, RawEtcd, Path]]:
+def lan_etcd(host: Host, workdir: Path, *, delay: float = 0.0
+             ) -> Iterator[tuple[EtcdServer, RawEtcd, Path]]:
     """An etcd in `host`'s namespace on its LAN address (the LAN's shared store), raw access to
-    it, and a k3 config file (in `workdir`) that points agents at it; stopped at the end."""
+    it, and a k3 config file (in `workdir`) that points agents at it; stopped at the end. With a
+    `delay`, the agents reach it through `k3lab.slowlink`, every byte that much late each way (a
+    store far away or slow to answer); raw access goes to etcd itself."""
     with EtcdServer(workdir / "etcd", client_host=host.address, client_port=ETCD_PORT,
                     peer_port=ETCD_PEER_PORT, netns=host.name) as etcd:
+        endpoint = etcd.endpoint
+        relay = None
+        if delay:
+            relay = host.popen([sys.executable, "-m", "k3lab.slowlink",
+                                "--listen", f"{host.address}:{SLOW_PORT}",
+                                "--to", etcd.address, "--delay", str(delay)],
+                               stdout=subprocess.PIPE, text=True)
+            assert relay.stdout is not None
+            if "listening" not in relay.stdout.readline():
+                raise RuntimeError("k3lab.slowlink did not start")
+            endpoint = f"http://{host.address}:{SLOW_PORT}"
         config = write_config(workdir / "k3.yaml", {
-            "type": "etcd", "etcd": {"endpoints": [etcd.endpoint], "dial_timeout": "2s"},
+            "type": "etcd", "etcd": {"endpoints": [endpoint], "dial_timeout": "2s"},
         })
-        yield etcd, RawEtcd(host, etcd.address), config
+        try:
+            yield etcd, RawEtcd(host, etcd.address), config
+        finally:
+            if relay is not None:
+                relay.terminate()
+                relay.wait(10)
