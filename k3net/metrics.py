@@ -178,6 +178,12 @@ class Metrics:
         )
         for result in ("confirmed", "refuted", "withheld"):
             self.suspicions.labels(result=result)
+        self.answer_wait = Gauge(
+            "k3net_suspect_answer_wait_seconds", "How long the last accusation waited for its"
+            " suspect's answer through the store: its mark's time to show in this agent's watch"
+            " (the store's round trip), then the answer time and twice that round trip.",
+            registry=r,
+        )
         self.local_health = Gauge(
             "k3net_local_health", "This agent's local health score (k3net.health): 0 when it may"
             " judge its peers; above 0 its timeouts are widened x(1+score) and it accuses nobody.",

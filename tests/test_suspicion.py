@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -17,7 +18,7 @@ from k3net.core.messages import ProbeResult, Suspected
 from k3net.core.table import ProbeTarget
 from k3net.health import LocalHealth
 from k3net.metrics import Metrics
-from k3net.tasks.probe import REACH_REUSE, Helper, Prober, probe_peer, suspect
+from k3net.tasks.probe import MARK_WAIT, REACH_REUSE, Helper, Prober, probe_peer, suspect
 
 from .helpers.fakeagent import FakeAgent
 
@@ -209,17 +210,38 @@ async def test_the_prober_confirms_an_unreachable_peer_and_counts_it(
     assert value("k3net_probes_total", {"result": "unreachable"}) == 1
 
 
+@attrs.define
+class _Table:
+    """As the table answers the prober's `Suspected`: the mark is written and shows in the
+    watch `echo` seconds later (`MarkSeen`); `echo` None: none is ever seen (a store away).
+    What it was told goes on to `told`."""
+
+    prober: Prober
+    told: trio.MemorySendChannel[Suspected]
+    echo: float | None = 0.0
+
+    async def send(self, value: Suspected, /) -> None:
+        await self.told.send(value)
+        if self.echo is not None:
+            trio.lowlevel.spawn_system_task(self._seen, value.name, self.echo)
+
+    async def _seen(self, name: str, echo: float) -> None:
+        await trio.sleep(echo)
+        self.prober.mark_seen(name, wrote=True)
+
+
 def _telling_prober(
     port: int, *names: str, answer_time: Callable[[], float | None] = lambda: 0.3,
+    echo: float | None = 0.0,
 ) -> tuple[Prober, trio.MemoryReceiveChannel[Suspected]]:
     """A prober following `names` at 127.0.0.1:`port`, and what it tells the table before an
-    accusation (as the agent wires it to the table)."""
+    accusation (as the agent wires it to the table, which answers after `echo`: `_Table`)."""
     prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth(),
                     answer_time=answer_time)
     for name in names:
         prober.targets[name] = ProbeTarget(name, (LOOPBACK,), port)
     told, heard = trio.open_memory_channel[Suspected](10)
-    prober._suspicions = told
+    prober._suspicions = _Table(prober, told, echo)
     return prober, heard
 
 
@@ -275,6 +297,52 @@ async def test_a_confirmed_verdict_leaves_the_suspect_its_answer_time(
     assert trio.current_time() - start == pytest.approx(TIMEOUT)
     with pytest.raises(trio.WouldBlock):
         heard.receive_nowait()
+
+
+async def test_a_far_store_gives_the_suspect_the_time_its_answer_takes(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int,
+    results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
+) -> None:
+    """A store 150 ms away each way (or slow to sync): our mark takes 0.6 s to show in our
+    watch, and the suspect's answer about as long again. The verdict waits for the mark, then
+    the answer time and twice the round trip it measured; the next accusation, whose mark is
+    another agent's already (no write of ours, nothing measured), keeps the last round trip."""
+    prober, heard = _telling_prober(unanswering_port, "peer-a", "peer-b", echo=0.6)
+    send, receive = results
+    start = trio.current_time()
+    await prober._suspect("peer-a", 10, send)
+    assert heard.receive_nowait() == Suspected("peer-a", start)
+    assert receive.receive_nowait().outcome == "unreachable"
+    assert prober.store_echo == pytest.approx(0.6)
+    assert trio.current_time() - start == pytest.approx(TIMEOUT + 0.6 + 0.3 + 2 * 0.6)
+    assert prober.metrics.registry.get_sample_value(
+        "k3net_suspect_answer_wait_seconds", {}) == pytest.approx(0.6 + 0.3 + 2 * 0.6)
+    # Marked already by another agent: the table answers at once, and wrote nothing.
+    assert isinstance(prober._suspicions, _Table)
+    prober._suspicions.echo = None
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(prober._suspect, "peer-b", 10, send)
+        await heard.receive()
+        prober.mark_seen("peer-b", wrote=False)
+    assert receive.receive_nowait().outcome == "unreachable"
+    assert trio.current_time() - start == pytest.approx(TIMEOUT + 0.3 + 2 * 0.6)
+
+
+async def test_a_mark_the_store_never_shows_delays_the_verdict_by_mark_wait_at_most(
+    autojump_clock: trio.testing.MockClock, unanswering_port: int,
+    results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store is away (or slower than MARK_WAIT): the accusation goes on, said in the log."""
+    prober, heard = _telling_prober(unanswering_port, "peer-a", echo=None)
+    send, receive = results
+    start = trio.current_time()
+    await prober._suspect("peer-a", 10, send)
+    assert receive.receive_nowait().outcome == "unreachable"
+    assert trio.current_time() - start == pytest.approx(TIMEOUT + MARK_WAIT)
+    assert "did not show in the store" in caplog.text
+    assert prober.store_echo == 0.0
 
 
 async def test_a_suspicion_settled_at_once_tells_nothing(

@@ -147,7 +147,8 @@ nothing of it was written, and probing it more would only spend sockets on whate
 
 Actions: `ProbeNow` (probe this peer, now or after a delay, and keep probing it every round),
 `Retarget` (ask this peer at these addresses from now on, no probe now: its answer proved
-others), `Forget` (stop probing it), `Write` (hand an intent to the writer, with the Node as
+others), `Forget` (stop probing it), `MarkSeen` (a suspicion's mark is in the store, or none
+was needed: the suspect's answer is timed from here), `Write` (hand an intent to the writer, with the Node as
 last seen in the store), `JoinLatency` (a peer's first mDNS sighting to its Node seen Ready),
 `Reject` (an entry dropped, never written), `Paused` (this agent did not run for a while),
 `NameConflict` (another live agent holds our name: this agent stands down).
@@ -244,8 +245,19 @@ class Forget:
     name: str
 
 
+@attrs.frozen
+class MarkSeen:
+    """The answer to a `Suspected`: the suspect's Node carries a mark as this agent's watch
+    shows it (or the suspect answered it already), so the suspect's own agent has seen it too,
+    or will within a watch's delay; or no mark was needed (`wrote` False, told at once). The
+    prober times the suspect's answer from here (`tasks.probe.Prober._let_it_answer`)."""
+
+    name: str
+    wrote: bool  # this agent wrote the mark: the wait for it measured the store's round trip
+
+
 # What the table tells the prober.
-ProberOrder = ProbeNow | Retarget | Forget
+ProberOrder = ProbeNow | Retarget | Forget | MarkSeen
 
 
 @attrs.frozen
@@ -406,6 +418,9 @@ class _Marked:
     lastSeen then. The accusation holds only if nobody refreshed it since."""
 
     last_seen: str | None
+    # This agent wrote the mark for a suspicion whose prober waits for it to be in the store
+    # (`MarkSeen`, owed until the watch shows it).
+    awaited: bool = False
 
 
 @attrs.define
@@ -690,14 +705,20 @@ class PeerTable:
         """A peer went silent and nobody reached it: its Node is marked (`_mark`) before this
         agent accuses it. Unless its lastSeen moved since the silence began: it answered
         another agent's mark meanwhile (several agents judge a split LAN's other half at
-        once), or an agent reached it; then it is accused no more (`contradicted`)."""
+        once), or an agent reached it; then it is accused no more (`contradicted`). The prober
+        waits for `MarkSeen`: once the watch shows our mark, or at once when none is written."""
         peer, view = self._peers.get(msg.name), self._views.get(msg.name)
         if peer is None:
-            return []
+            return [MarkSeen(msg.name, wrote=False)]
         if view is not None and view.changed_at > msg.since:
             peer.contradicted, peer.marked = True, None
-            return []
-        return self._mark(peer)
+            return [MarkSeen(msg.name, wrote=False)]
+        actions = self._mark(peer)
+        if not actions:
+            return [MarkSeen(msg.name, wrote=False)]
+        assert peer.marked is not None  # (`_mark` wrote it)
+        peer.marked = attrs.evolve(peer.marked, awaited=True)
+        return actions
 
     def _mark(self, peer: _Peer) -> list[Action]:
         """Before this agent may write `peer` down (a suspicion of its silence, a first
@@ -872,6 +893,14 @@ class PeerTable:
         actions: list[Action] = []
         peer = self._peers.get(stored.name)
         if peer is not None:
+            marked = peer.marked
+            if marked is not None and marked.awaited and (
+                    ANN_SUSPECTED in stored.node.metadata.annotations
+                    or marked.last_seen != seen):
+                # Our mark is in the store (or was answered already: a watch that polls may
+                # show only the answer): the prober's wait for it ends.
+                peer.marked = attrs.evolve(marked, awaited=False)
+                actions.append(MarkSeen(peer.name, wrote=True))
             if peer.joining_since is not None and ready:
                 actions.append(JoinLatency(peer.name, now - peer.joining_since))
                 peer.joining_since = None

@@ -93,7 +93,7 @@ import random
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import attrs
 import trio
@@ -103,7 +103,7 @@ from k3net.core import addresses as addrs
 from k3net.core import identity
 from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, Facts, judge_reader, request
 from k3net.core.messages import ProbeOutcome, ProbeResult, Suspected
-from k3net.core.table import Forget, ProberOrder, ProbeTarget, Retarget
+from k3net.core.table import Forget, MarkSeen, ProberOrder, ProbeTarget, Retarget
 from k3net.durations import format_duration
 from k3net.health import LocalHealth
 from k3net.metrics import Metrics
@@ -413,16 +413,35 @@ class _Reaching:
     ended: float = 0.0  # when the probe ended (`REACH_REUSE`)
 
 
+class Told(Protocol):
+    """Where the prober tells an accusation before it is made: the table's inbox."""
+
+    async def send(self, value: Suspected, /) -> None: ...
+
+
+@attrs.define
+class _Marking:
+    """An accusation waiting for its mark to be in the store (`Prober._let_it_answer`)."""
+
+    seen: trio.Event = attrs.Factory(trio.Event)
+    wrote: bool = False  # this agent wrote the mark (its wait measured the store's round trip)
+
+
 # After a suspicion that was not confirmed while the peer stays silent (refuted by another agent,
 # or withheld): the pause between follow-up probes, and for how long at most. It is held again as
 # soon as it answers (a blip of the path), and a withheld accusation is judged again once this
 # agent is healthy (`Prober._follow`). One probe a second per such peer, on the shared budget.
 SILENT_PROBE_PAUSE = 1.0
 SILENT_FOLLOW = 60.0
-# How long a suspect's answer through a store that pushes changes (etcd) may take: our mark's
-# write and its watch, its table and its write, our watch (milliseconds each on a LAN; room for a
-# loaded host). A store whose watch polls adds two polls (`Agent._answer_time`).
+# How long a suspect's answer through a store that pushes changes (etcd) may take once our watch
+# shows our mark: its watch, its table and its write, our watch (milliseconds each on a LAN; room
+# for a loaded host). A store whose watch polls adds two polls (`Agent._answer_time`). To this
+# comes twice the store's round trip as the mark's own wait measured it (`_let_it_answer`): the
+# suspect's write takes as long as ours, its watch and ours no longer.
 ANSWER_TIME = 0.3
+# The longest wait for our mark to show in our watch (a store that slow, or away: the verdict
+# goes on, and is still held to the mark's lastSeen if an answer comes before it is written).
+MARK_WAIT = 5.0
 
 # After a held connection closes: how many probes at most, and the pause between them, while
 # they prove nothing either way (a probe that meets a process still going away).
@@ -490,11 +509,15 @@ they share `sockets` sockets (module docstring).
         self._holds: Holds | None = None  # the peers' held connections, while running
         # Where an accusation is told before it is made (the table marks the suspect's Node),
         # while running; None: nowhere.
-        self._suspicions: trio.MemorySendChannel[Suspected] | None = None
+        self._suspicions: Told | None = None
         # This agent as an observer (k3net.health): widens timeouts, withholds accusations.
         self.health = health or LocalHealth()
         # /reach probes under way, or ended less than REACH_REUSE ago, by peer.
         self._reaching: dict[str, _Reaching] = {}
+        # Accusations waiting for their mark to be in the store (`MarkSeen`), by peer; and the
+        # store's round trip the last such wait measured (a mark written to our watch's echo).
+        self._marking: dict[str, _Marking] = {}
+        self.store_echo = 0.0
 
     async def reach(self, name: str) -> ProbeResult | None:
         """For /reach: probe the peer followed as `name` now (None: no such peer, or the probe
@@ -590,17 +613,44 @@ they share `sockets` sockets (module docstring).
 
     async def _let_it_answer(self, name: str, since: float) -> None:
         """Before a confirmed verdict on `name` (silent since `since`) goes to the table: tell
-        the table (`Suspected`), which marks its Node, and leave its own agent `answer_time()`
-        to answer through the store. Nothing when nobody could answer there (None: this agent's
-        store is its own)."""
+        the table (`Suspected`), which marks its Node; wait until our watch shows the mark
+        (`MarkSeen`, MARK_WAIT at most), then leave its own agent `answer_time()` and twice the
+        store's round trip to answer through the store: a far or slow store (a write that takes
+        150 ms) gets the time its answer takes. Nothing when nobody could answer there (None:
+        this agent's store is its own)."""
         window = self.answer_time()
         if window is None or self._suspicions is None:
             return
+        marking = self._marking[name] = _Marking()
+        asked = trio.current_time()
         try:
             await self._suspicions.send(Suspected(name, since))
+            with trio.move_on_after(MARK_WAIT) as waited:
+                await marking.seen.wait()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return  # the table is gone: the agent is stopping
-        await trio.sleep(window)
+        finally:
+            if self._marking.get(name) is marking:
+                del self._marking[name]
+        if waited.cancelled_caught:
+            log.warning("the mark on %s did not show in the store within %s: accusing it "
+                        "without waiting for its answer", name, format_duration(MARK_WAIT))
+            return
+        if marking.wrote:
+            self.store_echo = trio.current_time() - asked
+        wait = window + 2 * self.store_echo
+        self.metrics.answer_wait.set(trio.current_time() - asked + wait)
+        log.debug("%s: mark in the store after %s, its answer awaited %s more", name,
+                  format_duration(trio.current_time() - asked), format_duration(wait))
+        await trio.sleep(wait)
+
+    def mark_seen(self, name: str, *, wrote: bool) -> None:
+        """The table's answer to our `Suspected` of `name` (`MarkSeen`): the accusation's wait
+        for its mark ends (`_let_it_answer`)."""
+        marking = self._marking.get(name)
+        if marking is not None:
+            marking.wrote = wrote
+            marking.seen.set()
 
     async def _follow(self, name: str, results: trio.MemorySendChannel[ProbeResult], *,
                       judge: bool) -> None:
@@ -688,10 +738,14 @@ they share `sockets` sockets (module docstring).
                 async for msg in inbox:
                     if isinstance(msg, Forget):
                         self.targets.pop(msg.name, None)
+                        self.mark_seen(msg.name, wrote=False)  # its verdict writes nothing
                         schedule = self._schedules.pop(msg.name, None)
                         if schedule is not None:
                             schedule.cancel()
                         holds.release(msg.name)
+                        continue
+                    if isinstance(msg, MarkSeen):
+                        self.mark_seen(msg.name, wrote=msg.wrote)
                         continue
                     name = msg.target.name
                     if isinstance(msg, Retarget):  # no probe now: where to ask from now on

@@ -36,6 +36,7 @@ from k3net.core.table import (
     Action,
     Forget,
     JoinLatency,
+    MarkSeen,
     Message,
     NameConflict,
     Paused,
@@ -75,7 +76,7 @@ async def run(
                 case Write():
                     transitions.decided(action.intent)
                     await _send(writes, action)
-                case ProbeNow() | Retarget() | Forget():
+                case ProbeNow() | Retarget() | Forget() | MarkSeen():
                     try:
                         await _send(probes, action)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
