@@ -15,10 +15,10 @@ import trio.testing
 
 from k3net import health as local
 from k3net.core.messages import ProbeResult, Suspected
-from k3net.core.table import ProbeTarget
+from k3net.core.table import MARK_WAIT, ProbeTarget
 from k3net.health import LocalHealth
 from k3net.metrics import Metrics
-from k3net.tasks.probe import MARK_WAIT, REACH_REUSE, Helper, Prober, probe_peer, suspect
+from k3net.tasks.probe import REACH_REUSE, Helper, Prober, probe_peer, suspect
 
 from .helpers.fakeagent import FakeAgent
 

@@ -51,6 +51,7 @@ from k3net.core.nodes import (
 from k3net.core.table import (
     DOWN_REPROBE,
     LEAVING_REPROBES,
+    MARK_WAIT,
     PAUSE,
     REPROBE_DELAY,
     STATES,
@@ -510,7 +511,7 @@ def test_a_goodbye_after_a_refusal_is_written_as_left() -> None:
     put = joined(t)
     refused = ProbeResult("peer-a", "refused", 0.001, error="refused",
                           refused=PEER.addresses)
-    t.handle(refused, 5.0)
+    refuse(t, 5.0, refused)
     put = commit(only_write(t.handle(refused, 6.0)), wall=6.0)
     t.handle(put, 6.0)
     assert t.handle(PeerGone("peer-a", addresses=PEER.addresses), 7.0) == [ProbeNow(TARGET)]
@@ -770,14 +771,28 @@ def marking(put: Put) -> Write:
     return Write(Suspicion("peer-a", "me", last_seen(put.stored.node)), put.stored)
 
 
+def refuse(t: PeerTable, now: float, refusal: ProbeResult | None = None) -> Put | None:
+    """A first refusal (`refusal`, by default peer-a's at `now`), and the mark it writes
+    shown by the watch at once, as a store near by does: the Put of the marked Node."""
+    actions = t.handle(refusal or result("refused", now), now)
+    marks = [w for w in writes(actions) if isinstance(w.intent, Suspicion)]
+    if not marks:
+        return None
+    marked = commit(marks[0], wall=now)
+    t.handle(marked, now)
+    return marked
+
+
 def test_refused_twice_marks_the_node_refused_at_once() -> None:
     t = table()
     put = joined(t)
     # (its Node marked meanwhile: its agent, if it runs, may answer through the store)
     assert t.handle(result("refused", 10.0), 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY),
                                                         marking(put)]
+    marked = commit(marking(put), wall=10.0)
+    assert t.handle(marked, 10.01) == []  # the mark in the store (a store near by)
     assert t.handle(result("refused", 11.0), 11.0) == [
-        Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)
+        Write(Refused("peer-a", last_seen(put.stored.node)), marked.stored)
     ]
     node = render(put.stored.node, Refused("peer-a", last_seen(put.stored.node)), WALL0)
     assert node is not None and node.condition() is not None
@@ -819,12 +834,54 @@ def test_timeouts_and_wrong_nodes_never_write(outcome: ProbeOutcome) -> None:
         assert t.handle(result(outcome, now), now) == []
 
 
+def test_a_refusal_waits_for_its_mark_and_the_answer_a_far_store_takes() -> None:
+    """A firewall that rejects only this agent, the store 150 ms away: our mark shows in our
+    watch 0.6 s after we asked for it, and the suspect's answer can take about as long again.
+    The re-probe a second after the first refusal is too soon: the refusal is confirmed only
+    once twice that round trip has passed since the mark showed (10.6 + 1.2 s), and an answer
+    meanwhile stops it."""
+    for answered in (False, True):
+        t = table()
+        put = joined(t)
+        t.handle(result("refused", 10.0), 10.0)
+        marked = commit(marking(put), wall=10.0)
+        t.handle(marked, 10.6)
+        (reprobe,) = t.handle(result("refused", 11.0), 11.0)
+        assert isinstance(reprobe, ProbeNow) and reprobe.target == TARGET
+        assert reprobe.delay == pytest.approx(10.6 + 2 * 0.6 - 11.0)
+        if answered:  # peer-a's own agent saw the mark and wrote its Node
+            answer = commit(Write(Alive("peer-a", ("192.168.1.10",), 7946, 4242, refresh=True,
+                                        refresh_from=last_seen(put.stored.node)),
+                                  marked.stored), wall=11.5)
+            t.handle(answer, 11.5)
+            assert writes(t.handle(result("refused", 11.8), 11.8)) == []
+        else:
+            assert writes(t.handle(result("refused", 11.8), 11.8)) == [
+                Write(Refused("peer-a", last_seen(put.stored.node)), marked.stored)]
+
+
+def test_a_refusal_whose_mark_never_shows_is_written_after_mark_wait() -> None:
+    """The store is away (or slower than MARK_WAIT): re-probed every REPROBE_DELAY meanwhile,
+    then written (the writer holds it until the store takes it)."""
+    t = table()
+    put = joined(t)
+    t.handle(result("refused", 10.0), 10.0)
+    now = 11.0
+    while now < 10.0 + MARK_WAIT:
+        (reprobe,) = t.handle(result("refused", now), now)
+        assert isinstance(reprobe, ProbeNow) and reprobe.target == TARGET
+        assert reprobe.delay == pytest.approx(min(REPROBE_DELAY, 10.0 + MARK_WAIT - now))
+        now += REPROBE_DELAY
+    assert writes(t.handle(result("refused", now), now)) == [
+        Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)]
+
+
 def test_a_refusal_others_contradict_is_written_once_only() -> None:
     """A firewall that rejects only this agent: our refusal is written once, others (or the
     peer's own agent) make the Node Ready again, and we do not fight them."""
     t = table()
     put = joined(t)
-    t.handle(result("refused", 10.0), 10.0)
+    refuse(t, 10.0)
     (refusal,) = writes(t.handle(result("refused", 11.0), 11.0))
     down = commit(refusal, wall=11.0)
     t.handle(down, 11.1)
@@ -835,7 +892,7 @@ def test_a_refusal_others_contradict_is_written_once_only() -> None:
         assert writes(t.handle(result("refused", float(now)), float(now))) == []
     # once this agent reaches the peer itself, a later refusal counts again
     t.handle(ok(started=300.0), 300.0)
-    t.handle(result("refused", 310.0), 310.0)
+    refuse(t, 310.0)
     assert len(writes(t.handle(result("refused", 311.0), 311.0))) == 1
     assert put.stored.name == "peer-a"
 
@@ -976,7 +1033,7 @@ def test_a_ready_managed_node_with_a_port_is_probed_as_a_peer() -> None:
     assert [(p.name, p.found_by) for p in t.peers()] == [("peer-a", "store")]
     t.handle(ok(STORED_PEER), 1.1)
     # judged like any peer: a refusal confirmed by a re-probe marks it at once
-    t.handle(result("refused", 5.0, STORED_PEER), 5.0)
+    refuse(t, 5.0, result("refused", 5.0, STORED_PEER))
     assert [type(w.intent) for w in writes(t.handle(result("refused", 6.0, STORED_PEER), 6.0))] \
         == [Refused]
 
@@ -1076,8 +1133,10 @@ def test_a_second_refusal_sooner_than_the_reprobe_confirms_nothing() -> None:
     assert writes(t.handle(ok(started=10.9), 10.9)) == []  # back: restarted in place
     assert t.handle(refused, 20.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY),  # anew
                                        marking(put)]
+    marked = commit(marking(put), wall=20.0)
+    t.handle(marked, 20.0)
     assert writes(t.handle(refused, 20.0 + REPROBE_DELAY)) == [
-        Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)]
+        Write(Refused("peer-a", last_seen(put.stored.node)), marked.stored)]
 
 
 def test_a_refusal_is_confirmed_even_when_the_peer_moves_before_its_reprobe() -> None:
@@ -1089,12 +1148,14 @@ def test_a_refusal_is_confirmed_even_when_the_peer_moves_before_its_reprobe() ->
     refused = ProbeResult("peer-a", "refused", 0.001, error="refused",
                           refused=PEER.addresses)
     assert t.handle(refused, 10.0) == [ProbeNow(TARGET, delay=REPROBE_DELAY), marking(put)]
+    marked = commit(marking(put), wall=10.0)
+    t.handle(marked, 10.0)
     moved = PeerSeen("peer-a", ("192.168.1.10", "fd00::10"), 7946, 4242)
     probe_now = ProbeNow(ProbeTarget("peer-a", moved.addresses, 7946))
     assert t.handle(moved, 10.2) == [probe_now]
     assert t.handle(refused, 10.25) == [ProbeNow(probe_now.target, delay=10.0 + REPROBE_DELAY - 10.25)]
     assert writes(t.handle(refused, 10.0 + REPROBE_DELAY)) == [
-        Write(Refused("peer-a", last_seen(put.stored.node)), put.stored)]
+        Write(Refused("peer-a", last_seen(put.stored.node)), marked.stored)]
 
 
 def ticks(t: PeerTable, start: float, end: float, every: float = 1.0) -> list[Any]:
@@ -1218,15 +1279,15 @@ def _unauthenticated_proven_before(t: PeerTable) -> float:
 
 def _suspect(t: PeerTable, *, too_soon: bool) -> float:
     joined(t)
-    t.handle(result("refused", 10.0), 10.0)
+    refuse(t, 10.0)
     return 10.0 + (REPROBE_DELAY / 2 if too_soon else REPROBE_DELAY)
 
 
 def _refused(t: PeerTable) -> float:
-    put = joined(t)
-    t.handle(result("refused", 10.0), 10.0)
+    joined(t)
+    marked = refuse(t, 10.0)
     (refusal,) = writes(t.handle(result("refused", 11.0), 11.0))
-    assert refusal.base == put.stored
+    assert marked is not None and refusal.base == marked.stored
     return 12.0
 
 
@@ -1646,7 +1707,7 @@ def test_an_unreachable_peer_others_reach_is_not_written_down() -> None:
     """contradicted (a firewall that drops only this agent's packets): nothing written."""
     t = table()
     put = joined(t)
-    t.handle(result("refused", 10.0), 10.0)
+    refuse(t, 10.0)
     refusal = only_write(t.handle(result("refused", 11.0), 11.0))
     t.handle(commit(refusal, wall=11.0), 11.0)
     t.handle(with_status(put, "True", PEER_ALIVE), 12.0)  # others reach it: contradicted

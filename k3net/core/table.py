@@ -50,7 +50,7 @@ which, what the handler does):
     refused          new, alive, unauthenticated, unreachable -> suspect
                      Re-probe REPROBE_DELAY later; only its Node is marked meanwhile (`_mark`).
     refused          suspect -> refused or suspect
-                     Write False/PeerRefused (too soon after the first: re-probe).
+                     Write False/PeerRefused (too soon, or its mark's answer may come: re-probe).
     refused          leaving -> forgotten
                      Stop probing it; after a goodbye, write False/PeerLeft.
     failed           leaving -> forgotten
@@ -106,7 +106,10 @@ Positive evidence is fast, absence is slow:
   `timeout` and `wrong-node`. A failure proves nothing (a lost packet, a busy host): only expiry
   at peer-ttl decides, except for a LEAVING peer.
 - A refusal is confirmed by a quick re-probe (`REPROBE_DELAY` later) before anything is written:
-  then the Node goes False/PeerRefused at once, whatever peer-ttl is. A second refusal sooner
+  then the Node goes False/PeerRefused at once, whatever peer-ttl is. Not before its peer's own
+  agent could answer the mark of the first refusal through the store, though: until the mark
+  shows in our watch and `answer_window` of the round trip it took has passed (a store far away
+  or slow to sync), the re-probe is asked for again (`_answer_due`). A second refusal sooner
   than that (a scheduled probe right after one that a held connection's close started)
   confirms nothing: an agent restarting in place must have its second (and the re-probe is asked
   for again, at its time, in case the prober dropped it for a newer target).
@@ -198,6 +201,17 @@ from k3net.model import ANN_PID, ANN_PORT, ANN_SUSPECTED, Node
 # A refused probe is checked again this much later before it is acted on: an agent restarting
 # in place is back within it, a dead one is not.
 REPROBE_DELAY = 1.0
+# The longest a verdict waits for its mark to show in the store (a store that slow, or away):
+# then it is written, still held to the mark's lastSeen if an answer came meanwhile.
+MARK_WAIT = 5.0
+
+
+def answer_window(echo: float, base: float = 0.0) -> float:
+    """How long after our mark shows in our watch a suspect's answer through the store may still
+    come: `base` (a loaded host's reaction, the polls of a store that polls) and twice `echo`,
+    the round trip our mark took (the suspect's write takes as long as ours, and its watch and
+    ours no longer). A store far away or slow to sync gets the time its answer takes."""
+    return base + 2 * echo
 # A Tick this much later than due means this agent did not run meanwhile (module docstring).
 PAUSE = 1.0
 # How a peer was found, most direct first: a peer found several ways shows the most direct.
@@ -418,6 +432,9 @@ class _Marked:
     lastSeen then. The accusation holds only if nobody refreshed it since."""
 
     last_seen: str | None
+    at: float = 0.0  # when this agent marked it (asked for the write, or found it marked)
+    # When our watch showed the mark (or the answer to it): None until then.
+    seen_at: float | None = None
     # This agent wrote the mark for a suspicion whose prober waits for it to be in the store
     # (`MarkSeen`, owed until the watch shows it).
     awaited: bool = False
@@ -568,7 +585,7 @@ class PeerTable:
             case ProbeResult():
                 return self._probed(msg, now)
             case Suspected():
-                return self._suspected(msg)
+                return self._suspected(msg, now)
             case Tick(interval=interval):
                 return self._paused(now, interval) + self._expire(now)
             case SelfHeartbeat():
@@ -620,10 +637,11 @@ class PeerTable:
 
     def _suspect(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
         """Re-probe REPROBE_DELAY later; only its Node is marked meanwhile (`_mark`)."""
-        return Suspect(since=now), [ProbeNow(peer.target, delay=REPROBE_DELAY), *self._mark(peer)]
+        return Suspect(since=now), [ProbeNow(peer.target, delay=REPROBE_DELAY),
+                                    *self._mark(peer, now)]
 
     def _refused_again(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
-        """Write False/PeerRefused (too soon after the first: re-probe)."""
+        """Write False/PeerRefused (too soon, or its mark's answer may come: re-probe)."""
         state = peer.state
         assert isinstance(state, Suspect)  # the only row of this handler
         if now - state.since < REPROBE_DELAY:
@@ -631,10 +649,27 @@ class PeerTable:
             # again for its time in case the first was dropped (the peer's target changed).
             return state, [ProbeNow(peer.target, delay=state.since + REPROBE_DELAY - now)]
         view = self._views.get(peer.name)
+        wait = self._answer_due(peer, now)
+        if wait > 0 and view is not None and not self._answered(peer, view, keep=True):
+            # Its agent may still be answering our mark through the store (a store far
+            # away): the re-probe after that decides.
+            return state, [ProbeNow(peer.target, delay=wait)]
         if (peer.contradicted or view is None or not view.stored.node.managed or not view.ready
                 or self._answered(peer, view)):
             return Refused(), []
         return Refused(), [Write(nodes.Refused(peer.name, view.last_seen), view.stored)]
+
+    def _answer_due(self, peer: _Peer, now: float) -> float:
+        """How much longer a confirmed refusal of `peer` must wait for its agent's answer to our
+        mark (0: none is due): until the mark showed in our watch (MARK_WAIT at most), then
+        `answer_window` of the round trip it took."""
+        marked = peer.marked
+        if marked is None:
+            return 0.0
+        if marked.seen_at is None:
+            return min(REPROBE_DELAY, marked.at + MARK_WAIT - now) if now < marked.at + MARK_WAIT \
+                else 0.0
+        return max(0.0, marked.seen_at + answer_window(marked.seen_at - marked.at) - now)
 
     def _gone_for_good(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
         """Stop probing it; after a goodbye, write False/PeerLeft."""
@@ -701,7 +736,7 @@ class PeerTable:
             return state, actions  # (others reach it, or it is not Ready: nothing to mark)
         return state, [*actions, Write(nodes.Unreachable(peer.name, view.last_seen), view.stored)]
 
-    def _suspected(self, msg: Suspected) -> list[Action]:
+    def _suspected(self, msg: Suspected, now: float) -> list[Action]:
         """A peer went silent and nobody reached it: its Node is marked (`_mark`) before this
         agent accuses it. Unless its lastSeen moved since the silence began: it answered
         another agent's mark meanwhile (several agents judge a split LAN's other half at
@@ -713,14 +748,14 @@ class PeerTable:
         if view is not None and view.changed_at > msg.since:
             peer.contradicted, peer.marked = True, None
             return [MarkSeen(msg.name, wrote=False)]
-        actions = self._mark(peer)
+        actions = self._mark(peer, now)
         if not actions:
             return [MarkSeen(msg.name, wrote=False)]
         assert peer.marked is not None  # (`_mark` wrote it)
         peer.marked = attrs.evolve(peer.marked, awaited=True)
         return actions
 
-    def _mark(self, peer: _Peer) -> list[Action]:
+    def _mark(self, peer: _Peer, now: float) -> list[Action]:
         """Before this agent may write `peer` down (a suspicion of its silence, a first
         refusal), mark its Node (`nodes.Suspicion`), so that its own agent, if it runs and
         reaches the store, can answer (lastSeen fresh); remember its lastSeen for the verdict
@@ -728,18 +763,23 @@ class PeerTable:
         view = self._views.get(peer.name)
         if peer.contradicted or view is None or not view.stored.node.managed or not view.ready:
             return []
-        peer.marked = _Marked(view.last_seen)
         if ANN_SUSPECTED in view.stored.node.metadata.annotations:
+            peer.marked = _Marked(view.last_seen, at=now, seen_at=now)
             return []
+        peer.marked = _Marked(view.last_seen, at=now)
         return [Write(nodes.Suspicion(peer.name, self.me.name, view.last_seen), view.stored)]
 
-    def _answered(self, peer: _Peer, view: _View) -> bool:
+    def _answered(self, peer: _Peer, view: _View, *, keep: bool = False) -> bool:
         """Whether the Node's lastSeen moved since `peer`'s suspicion began (`_mark`): its agent
         answered through the store, or an agent reached it. Then this agent accuses it no more
-        until it reaches it itself (`contradicted`)."""
-        marked, peer.marked = peer.marked, None
+        until it reaches it itself (`contradicted`). The mark is done with, unless `keep` and
+        it was not answered (the verdict still waits)."""
+        marked = peer.marked
         if marked is None or marked.last_seen == view.last_seen:
+            if not keep:
+                peer.marked = None
             return False
+        peer.marked = None
         peer.contradicted = True
         return True
 
@@ -894,13 +934,15 @@ class PeerTable:
         peer = self._peers.get(stored.name)
         if peer is not None:
             marked = peer.marked
-            if marked is not None and marked.awaited and (
+            if marked is not None and marked.seen_at is None and (
                     ANN_SUSPECTED in stored.node.metadata.annotations
                     or marked.last_seen != seen):
                 # Our mark is in the store (or was answered already: a watch that polls may
-                # show only the answer): the prober's wait for it ends.
-                peer.marked = attrs.evolve(marked, awaited=False)
-                actions.append(MarkSeen(peer.name, wrote=True))
+                # show only the answer): the suspect's answer is timed from here, and the
+                # prober's wait for it ends.
+                peer.marked = attrs.evolve(marked, seen_at=now, awaited=False)
+                if marked.awaited:
+                    actions.append(MarkSeen(peer.name, wrote=True))
             if peer.joining_since is not None and ready:
                 actions.append(JoinLatency(peer.name, now - peer.joining_since))
                 peer.joining_since = None

@@ -103,7 +103,15 @@ from k3net.core import addresses as addrs
 from k3net.core import identity
 from k3net.core.identity import NONCE_BYTES, Answer, AnswerReader, Facts, judge_reader, request
 from k3net.core.messages import ProbeOutcome, ProbeResult, Suspected
-from k3net.core.table import Forget, MarkSeen, ProberOrder, ProbeTarget, Retarget
+from k3net.core.table import (
+    MARK_WAIT,
+    Forget,
+    MarkSeen,
+    ProberOrder,
+    ProbeTarget,
+    Retarget,
+    answer_window,
+)
 from k3net.durations import format_duration
 from k3net.health import LocalHealth
 from k3net.metrics import Metrics
@@ -436,12 +444,9 @@ SILENT_FOLLOW = 60.0
 # How long a suspect's answer through a store that pushes changes (etcd) may take once our watch
 # shows our mark: its watch, its table and its write, our watch (milliseconds each on a LAN; room
 # for a loaded host). A store whose watch polls adds two polls (`Agent._answer_time`). To this
-# comes twice the store's round trip as the mark's own wait measured it (`_let_it_answer`): the
-# suspect's write takes as long as ours, its watch and ours no longer.
+# comes twice the store's round trip as the mark's own wait measured it (`_let_it_answer`,
+# `core.table.answer_window`).
 ANSWER_TIME = 0.3
-# The longest wait for our mark to show in our watch (a store that slow, or away: the verdict
-# goes on, and is still held to the mark's lastSeen if an answer comes before it is written).
-MARK_WAIT = 5.0
 
 # After a held connection closes: how many probes at most, and the pause between them, while
 # they prove nothing either way (a probe that meets a process still going away).
@@ -638,7 +643,7 @@ they share `sockets` sockets (module docstring).
             return
         if marking.wrote:
             self.store_echo = trio.current_time() - asked
-        wait = window + 2 * self.store_echo
+        wait = answer_window(self.store_echo, window)
         self.metrics.answer_wait.set(trio.current_time() - asked + wait)
         log.debug("%s: mark in the store after %s, its answer awaited %s more", name,
                   format_duration(trio.current_time() - asked), format_duration(wait))
