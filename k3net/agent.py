@@ -68,13 +68,14 @@ from k3net.current import Current, follow
 from k3net.durations import format_duration
 from k3net.events import EventHub
 from k3net.health import LocalHealth, StoreHealth
+from k3net.keepalive import keepalive
 from k3net.metrics import Metrics
 from k3net.settings import Settings
 from k3net.store.base import ForeignTally, Store, WatchEvent
 from k3net.tasks import addresses, introduce, watch
 from k3net.tasks import table as table_task
 from k3net.tasks.probe import ANSWER_TIME, Own, Prober, held_interval
-from k3net.tasks.tcp import SERVED_IDLE, SERVED_SILENCE, keepalive
+from k3net.tasks.tcp import SERVED_IDLE, SERVED_SILENCE
 from k3net.tasks.timers import expire_interval, heartbeat_interval, tick
 from k3net.tasks.writer import Writer
 from k3net.web.app import AppState, make_app

@@ -25,6 +25,27 @@ def test_agent_never_imports_the_lab() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def _imported_by(modules: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with `prefixes` that importing `modules` (a comma-separated list)
+    brings in, in a fresh interpreter."""
+    code = (f"import sys, {modules}; "
+            f"print(sorted(m for m in sys.modules if m.startswith({prefixes!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    return json.loads(done.stdout.replace("'", '"'))
+
+
+def test_the_layers_import_only_downwards() -> None:
+    """The store backends use no task or web code (what they share with the tasks, such as
+    `k3net.keepalive`, lies below both); the pure logic in k3net.core runs no trio and no
+    asyncio (design.md: the shape of the code)."""
+    assert _imported_by("k3net.store.memory, k3net.store.etcd, k3net.store.mysql",
+                        ("k3net.tasks", "k3net.web", "k3net.agent")) == []
+    core = ", ".join(f"k3net.core.{p.stem}" for p in sorted(
+        (Path(__file__).parents[1] / "k3net" / "core").glob("*.py")) if p.stem != "__init__")
+    assert _imported_by(core, ("trio", "asyncio", "k3net.tasks", "k3net.store")) == []
+
+
 # --- field LAN shapes (network namespaces, root) ---------------------------------------------
 
 PORT = 7946

@@ -322,7 +322,7 @@ async def test_keepalive_has_the_kernel_watch_a_held_connection() -> None:
     """Probes every second while idle, and an abort after `silence` with nothing back."""
     import socket as stdlib
 
-    from k3net.tasks.tcp import KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, keepalive
+    from k3net.keepalive import KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, keepalive
 
     with trio.socket.socket() as sock:
         keepalive(sock, 2.0)
@@ -336,7 +336,8 @@ async def test_connections_served_inherit_the_listeners_keepalive() -> None:
     """A peer's /hold served here ends when its holder vanished (its slot is free again)."""
     import socket as stdlib
 
-    from k3net.tasks.tcp import SERVED_IDLE, SERVED_SILENCE, keepalive
+    from k3net.keepalive import keepalive
+    from k3net.tasks.tcp import SERVED_IDLE, SERVED_SILENCE
 
     with stdlib.socket() as listener, stdlib.socket() as client:
         listener.bind(("127.0.0.1", 0))

@@ -100,6 +100,7 @@ from k3net.config import MySQLConfig
 from k3net.convert import InvalidNode, node_from_dict, node_to_dict
 from k3net.core import parse
 from k3net.durations import format_duration
+from k3net.keepalive import keepalive
 from k3net.model import Node
 from k3net.store.base import (
     Conflict,
@@ -116,7 +117,6 @@ from k3net.store.base import (
     WatchEvent,
     foreign,
 )
-from k3net.tasks.tcp import keepalive
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ host is seen in about a second (the probe, then the table's re-probe), whatever 
 interval, even by an agent that is the only one to probe it.
 
 A link cut, a dead host, a kernel panic or a paused VM closes nothing. So the kernel watches
-every held connection (`tcp.keepalive`): while it is idle, a keepalive probe goes out every
+every held connection (`k3net.keepalive`): while it is idle, a keepalive probe goes out every
 second and the peer's kernel ACKs it; when nothing at all came back for the user timeout
 (`silence`: max(SILENCE, 2 x probe timeout), widened by this agent's local health), the kernel
 aborts the connection and the waiting read fails with ETIMEDOUT: the hold went `silent`, and
@@ -67,8 +67,9 @@ from k3net.core.identity import (
 )
 from k3net.core.messages import Facts
 from k3net.core.table import ProbeTarget
+from k3net.keepalive import keepalive
 from k3net.metrics import Metrics
-from k3net.tasks.tcp import connect, keepalive
+from k3net.tasks.tcp import connect
 
 log = logging.getLogger("k3net.hold")
 

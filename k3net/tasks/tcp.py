@@ -190,36 +190,13 @@ async def _race(pending: list[Attempt], start: Callable[[], Attempt | None], att
     return outcome.connected()
 
 
-# TCP keepalive on a held connection (k3net.tasks.hold): the kernel probes an idle connection
-# after KEEPALIVE_IDLE seconds and every KEEPALIVE_INTERVAL after that (1 s: the least the
-# options take), and aborts it with ETIMEDOUT once nothing came back for the user timeout
-# (`silence`, `keepalive`). KEEPALIVE_COUNT only matters where TCP_USER_TIMEOUT is missing.
-KEEPALIVE_IDLE = 1
-KEEPALIVE_INTERVAL = 1
-KEEPALIVE_COUNT = 3
 # The served side of a held connection (the agent's listener, whose accepted connections inherit
-# these options): the holder's keepalive probes arrive every second, so it sends none of its own
+# its `k3net.keepalive` options): the holder's keepalive probes arrive every second, so it sends none of its own
 # while they come (idle SERVED_IDLE > 1 s), and a holder that vanished is let go after
 # SERVED_SILENCE: its /hold slot (limits.HOLDS_PER_CLIENT) is free again for the connection it
 # makes when it comes back. No hurry there: nothing is judged from it.
 SERVED_IDLE = 5
 SERVED_SILENCE = 15.0
-
-
-def keepalive(sock: socket.socket | trio.socket.SocketType, silence: float,
-              idle: int = KEEPALIVE_IDLE) -> None:
-    """Have the kernel watch `sock`: keepalive probes every second once it is idle for `idle`
-    seconds, and an abort (ETIMEDOUT on the next receive) when nothing at all came back from the
-    peer for `silence` seconds (TCP_USER_TIMEOUT, which also bounds unacknowledged data). No
-    Python runs for it: the peer's kernel answers the probes, the abort wakes the task that waits
-    to read."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-                          ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-                          ("TCP_USER_TIMEOUT", max(1, round(silence * 1000)))):
-        number = getattr(socket, option, None)
-        if number is not None:  # (Linux has all four; elsewhere, what the system offers)
-            sock.setsockopt(socket.IPPROTO_TCP, number, value)
 
 
 async def exchange(stream: trio.SocketStream, message: bytes, reader: AnswerReader) -> None:
