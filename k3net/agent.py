@@ -290,7 +290,8 @@ class Agent:
         prober = Prober(interval=s.probe_interval, timeout=s.probe_timeout, metrics=self.metrics,
                         held=held_interval(s.probe_interval, s.refresh_interval),
                         key=s.cluster_key, own=self._own, health=self.local_health,
-                        answer_time=self._answer_time)
+                        answer_time=self._answer_time,
+                        store_round_trip=lambda: self.health.round_trip)
         self.web.held = prober.held
         self.web.reach = prober.reach
         await producers.start(self.local_health.run)

@@ -43,18 +43,32 @@ SILENT_WINDOW = 3.0
 # forgotten within a minute, and no timeout is ever widened past x(1 + MAX_SCORE).
 DECAY = 10.0
 MAX_SCORE = 4
+# The store calls whose durations make its round trip (`StoreHealth.round_trip`): every write,
+# and at least our own Node's refresh every peer-ttl/3, so a few minutes' worth at the least.
+ROUND_TRIPS = 8
 
 
 @attrs.define
 class StoreHealth:
-    """Whether the store answers: set by the tasks that talk to it, read by /readyz and
-    /metrics."""
+    """Whether the store answers, and how long it takes: set by the tasks that talk to it, read
+    by /readyz, /metrics and the prober (the time a suspect's answer through the store takes)."""
 
     ok: bool = False
     reason: str = "store not reached yet"
+    # The last ROUND_TRIPS successful calls' durations (`round_trip`).
+    _took: deque[float] = attrs.Factory(lambda: deque(maxlen=ROUND_TRIPS))
 
-    def up(self) -> None:
+    @property
+    def round_trip(self) -> float:
+        """The store's recent round trip: the slowest of its last ROUND_TRIPS answers (0 before
+        the first)."""
+        return max(self._took, default=0.0)
+
+    def up(self, took: float | None = None) -> None:
+        """The store answered (a call that took `took` seconds, if timed)."""
         self.ok, self.reason = True, ""
+        if took is not None:
+            self._took.append(took)
 
     def down(self, reason: str) -> None:
         self.ok, self.reason = False, reason

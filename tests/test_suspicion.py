@@ -232,12 +232,12 @@ class _Table:
 
 def _telling_prober(
     port: int, *names: str, answer_time: Callable[[], float | None] = lambda: 0.3,
-    echo: float | None = 0.0,
+    echo: float | None = 0.0, round_trip: float = 0.0,
 ) -> tuple[Prober, trio.MemoryReceiveChannel[Suspected]]:
     """A prober following `names` at 127.0.0.1:`port`, and what it tells the table before an
     accusation (as the agent wires it to the table, which answers after `echo`: `_Table`)."""
     prober = Prober(interval=15.0, timeout=TIMEOUT, metrics=Metrics(), health=LocalHealth(),
-                    answer_time=answer_time)
+                    answer_time=answer_time, store_round_trip=lambda: round_trip)
     for name in names:
         prober.targets[name] = ProbeTarget(name, (LOOPBACK,), port)
     told, heard = trio.open_memory_channel[Suspected](10)
@@ -306,14 +306,15 @@ async def test_a_far_store_gives_the_suspect_the_time_its_answer_takes(
     """A store 150 ms away each way (or slow to sync): our mark takes 0.6 s to show in our
     watch, and the suspect's answer about as long again. The verdict waits for the mark, then
     the answer time and twice the round trip it measured; the next accusation, whose mark is
-    another agent's already (no write of ours, nothing measured), keeps the last round trip."""
-    prober, heard = _telling_prober(unanswering_port, "peer-a", "peer-b", echo=0.6)
+    another agent's already (no write of ours, nothing measured), takes the store's recent round
+    trip (its writes' durations: 0.3 s)."""
+    prober, heard = _telling_prober(unanswering_port, "peer-a", "peer-b", echo=0.6,
+                                    round_trip=0.3)
     send, receive = results
     start = trio.current_time()
     await prober._suspect("peer-a", 10, send)
     assert heard.receive_nowait() == Suspected("peer-a", start)
     assert receive.receive_nowait().outcome == "unreachable"
-    assert prober.store_echo == pytest.approx(0.6)
     assert trio.current_time() - start == pytest.approx(TIMEOUT + 0.6 + 0.3 + 2 * 0.6)
     assert prober.metrics.registry.get_sample_value(
         "k3net_suspect_answer_wait_seconds", {}) == pytest.approx(0.6 + 0.3 + 2 * 0.6)
@@ -326,7 +327,7 @@ async def test_a_far_store_gives_the_suspect_the_time_its_answer_takes(
         await heard.receive()
         prober.mark_seen("peer-b", wrote=False)
     assert receive.receive_nowait().outcome == "unreachable"
-    assert trio.current_time() - start == pytest.approx(TIMEOUT + 0.3 + 2 * 0.6)
+    assert trio.current_time() - start == pytest.approx(TIMEOUT + 0.3 + 2 * 0.3)
 
 
 async def test_a_mark_the_store_never_shows_delays_the_verdict_by_mark_wait_at_most(
@@ -342,7 +343,6 @@ async def test_a_mark_the_store_never_shows_delays_the_verdict_by_mark_wait_at_m
     assert receive.receive_nowait().outcome == "unreachable"
     assert trio.current_time() - start == pytest.approx(TIMEOUT + MARK_WAIT)
     assert "did not show in the store" in caplog.text
-    assert prober.store_echo == 0.0
 
 
 async def test_a_suspicion_settled_at_once_tells_nothing(

@@ -25,7 +25,7 @@ from k3net.core.nodes import (
 )
 from k3net.core.table import Write
 from k3net.current import Current
-from k3net.health import StoreHealth
+from k3net.health import ROUND_TRIPS, StoreHealth
 from k3net.metrics import Metrics
 from k3net.model import Node
 from k3net.store.base import Put, Stored, StoreUnavailable, WatchEvent
@@ -138,6 +138,32 @@ async def test_writes_a_new_node(autojump_clock: trio.testing.MockClock) -> None
         assert stored.node.ready_status == "True"
         assert stored.node.metadata.uid == "node-peer-a"
         assert writer.health.ok
+
+
+class _FarStore(MemoryStore):
+    """A store 150 ms away each way: every call takes 0.3 s."""
+
+    async def create(self, node: Node) -> Stored:
+        await trio.sleep(0.3)
+        return await super().create(node)
+
+
+async def test_the_stores_round_trip_is_measured_on_its_writes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What the prober gives a suspect's answer through the store when it did not time a mark
+    of its own (`StoreHealth.round_trip`): the slowest of the last few calls."""
+    async with running(_FarStore()) as (writer, inbox):
+        assert writer.health.round_trip == 0.0
+        await inbox.send(Write(alive("peer-a"), None))
+        await settle()
+        assert writer.health.round_trip == pytest.approx(0.3)
+    health = StoreHealth()
+    for took in (0.01, 0.5, *[0.02] * (ROUND_TRIPS - 1)):
+        health.up(took)
+    assert health.round_trip == 0.5  # the slowest of the last ROUND_TRIPS
+    health.up(0.02)
+    assert health.round_trip == 0.02
 
 
 async def test_writes_are_serialized_in_order(autojump_clock: trio.testing.MockClock) -> None:

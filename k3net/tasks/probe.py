@@ -491,11 +491,13 @@ they share `sockets` sockets (module docstring).
         rng: random.Random | None = None,
         health: LocalHealth | None = None,
         answer_time: Callable[[], float | None] = lambda: None,
+        store_round_trip: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.interval = interval
         # How long a suspect's answer through the store may take to reach the table, now: a
         # confirmed verdict waits that long after the mark (None: no store shared, no mark).
         self.answer_time = answer_time
+        self.store_round_trip = store_round_trip  # the store's recent round trip, as measured
         self.held_every = interval if held is None else held  # a held peer that answered
         self.key = key  # the cluster key, if any: answers must prove it
         self.own = own  # what a probe must not take for a peer, now (this machine changes)
@@ -519,10 +521,8 @@ they share `sockets` sockets (module docstring).
         self.health = health or LocalHealth()
         # /reach probes under way, or ended less than REACH_REUSE ago, by peer.
         self._reaching: dict[str, _Reaching] = {}
-        # Accusations waiting for their mark to be in the store (`MarkSeen`), by peer; and the
-        # store's round trip the last such wait measured (a mark written to our watch's echo).
+        # Accusations waiting for their mark to be in the store (`MarkSeen`), by peer.
         self._marking: dict[str, _Marking] = {}
-        self.store_echo = 0.0
 
     async def reach(self, name: str) -> ProbeResult | None:
         """For /reach: probe the peer followed as `name` now (None: no such peer, or the probe
@@ -620,9 +620,11 @@ they share `sockets` sockets (module docstring).
         """Before a confirmed verdict on `name` (silent since `since`) goes to the table: tell
         the table (`Suspected`), which marks its Node; wait until our watch shows the mark
         (`MarkSeen`, MARK_WAIT at most), then leave its own agent `answer_time()` and twice the
-        store's round trip to answer through the store: a far or slow store (a write that takes
-        150 ms) gets the time its answer takes. Nothing when nobody could answer there (None:
-        this agent's store is its own)."""
+        store's round trip to answer through the store (`answer_window`): a far or slow store (a
+        write that takes 300 ms) gets the time its answer takes. The round trip is the one this
+        wait measured when we wrote the mark, else (another agent's mark was there) the store's
+        recent one (`store_round_trip`). Nothing when nobody could answer there (None: this
+        agent's store is its own)."""
         window = self.answer_time()
         if window is None or self._suspicions is None:
             return
@@ -641,9 +643,8 @@ they share `sockets` sockets (module docstring).
             log.warning("the mark on %s did not show in the store within %s: accusing it "
                         "without waiting for its answer", name, format_duration(MARK_WAIT))
             return
-        if marking.wrote:
-            self.store_echo = trio.current_time() - asked
-        wait = answer_window(self.store_echo, window)
+        echo = trio.current_time() - asked if marking.wrote else self.store_round_trip()
+        wait = answer_window(echo, window)
         self.metrics.answer_wait.set(trio.current_time() - asked + wait)
         log.debug("%s: mark in the store after %s, its answer awaited %s more", name,
                   format_duration(trio.current_time() - asked), format_duration(wait))

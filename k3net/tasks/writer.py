@@ -186,9 +186,10 @@ class Writer:
             self.metrics.store_ops.labels(op=op, result="foreign").inc()
             raise
         finally:
-            self.metrics.store_latency.labels(op=op).observe(trio.current_time() - start)
+            took = trio.current_time() - start
+            self.metrics.store_latency.labels(op=op).observe(took)
         self.metrics.store_ops.labels(op=op, result="ok").inc()
-        self.health.up()
+        self.health.up(took)
         return result
 
 

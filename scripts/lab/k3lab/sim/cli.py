@@ -60,6 +60,10 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
                         help="seconds of the gray scenario's sickness (default 180, 30..900)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="samples of floor, leave, crash (default 3)")
+    parser.add_argument("--store-delay", type=float, default=0.0,
+                        help="etcd only: agents reach the store through a relay that delays "
+                        "every byte this many seconds each way (a store far away or slow to "
+                        "sync; default 0, 0..2)")
     parser.add_argument("--mysql-socket", help="use this existing MariaDB instead of a private "
                         "one (the outage scenario is then skipped)")
     parser.add_argument("--screenshot", default="results/page.png",
@@ -84,6 +88,8 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
         parser.error("--steady must be between 10 and 900 seconds")
     if not 30 <= args.gray <= 900:
         parser.error("--gray must be between 30 and 900 seconds")
+    if not 0 <= args.store_delay <= 2 or (args.store_delay and args.store != "etcd"):
+        parser.error("--store-delay takes 0 to 2 seconds, with --store etcd")
     args.repeat = max(1, min(args.repeat, 10))
     return args
 
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None, description: str = "") -> int:
         if args.field:
             results["lan"] = shape_field(lan)
             log(f"field LAN: {results['lan']}")
-        store = SimStore(args.store, workdir, lan, SUBNET, args.mysql_socket)
+        store = SimStore(args.store, workdir, lan, SUBNET, args.mysql_socket,
+                         delay=args.store_delay)
         stack.callback(store.close)
         results["store_where"] = store.where or "each agent's own memory store"
         log(f"store: {results['store_where']}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ from k3lab.sim.store_watch import AgentNodesReader, EtcdReader, MySQLReader, Sto
 
 DATABASE = "k3net_lan"
 ETCD_PORT, ETCD_PEER_PORT = 2379, 2380
+SLOW_PORT = 2378  # k3lab.slowlink in front of etcd (`delay`)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    proc.wait(10)
 
 
 def store_address(subnet: str) -> str:
@@ -37,8 +44,11 @@ class SimStore:
     """kind, config (path for `k3net run --config`, None for memory), watcher, stop/start."""
 
     def __init__(self, kind: str, workdir: Path, lan: Lan, subnet: str,
-                 mysql_socket: str | None = None) -> None:
+                 mysql_socket: str | None = None, delay: float = 0.0) -> None:
         self.kind = kind
+        # etcd only: agents reach it through k3lab.slowlink, every byte `delay` s late each way
+        # (a store far away or slow to sync); the watcher reads etcd itself.
+        self.delay = delay
         self.workdir = workdir
         self.lan = lan
         self.config: Path | None = None
@@ -75,9 +85,22 @@ class SimStore:
         self._stack.callback(client.close)
         self._reader = EtcdReader(self._server.address, call=client.call)
         self.where = f"etcd {self._server.endpoint} on br0 (bridge namespace)"
+        endpoint = self._server.endpoint
+        if self.delay:
+            self.port = SLOW_PORT
+            relay = subprocess.Popen(
+                ["ip", "netns", "exec", br, sys.executable, "-m", "k3lab.slowlink",
+                 "--listen", f"{address}:{SLOW_PORT}", "--to", self._server.address,
+                 "--delay", str(self.delay)], stdout=subprocess.PIPE, text=True)
+            self._stack.callback(_stop, relay)
+            assert relay.stdout is not None
+            if "listening" not in relay.stdout.readline():
+                raise RuntimeError("k3lab.slowlink did not start")
+            endpoint = f"http://{address}:{SLOW_PORT}"
+            self.where += f", reached through a relay {self.delay * 1000:g} ms late each way"
         self.config = self._write_config(
             "storage:\n  type: etcd\n  etcd:\n"
-            f"    endpoints: [\"{self._server.endpoint}\"]\n    dial_timeout: 2s\n")
+            f"    endpoints: [\"{endpoint}\"]\n    dial_timeout: 2s\n")
 
     def _mysql(self) -> None:
         if self._shared_socket:
