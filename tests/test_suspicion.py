@@ -227,7 +227,7 @@ class _Table:
 
     async def _seen(self, name: str, echo: float) -> None:
         await trio.sleep(echo)
-        self.prober.mark_seen(name, wrote=True)
+        self.prober.mark_seen(name)
 
 
 def _telling_prober(
@@ -303,11 +303,10 @@ async def test_a_far_store_gives_the_suspect_the_time_its_answer_takes(
     autojump_clock: trio.testing.MockClock, unanswering_port: int,
     results: tuple[trio.MemorySendChannel[ProbeResult], trio.MemoryReceiveChannel[ProbeResult]],
 ) -> None:
-    """A store 150 ms away each way (or slow to sync): our mark takes 0.6 s to show in our
-    watch, and the suspect's answer about as long again. The verdict waits for the mark, then
-    the answer time and twice the round trip it measured; the next accusation, whose mark is
-    another agent's already (no write of ours, nothing measured), takes the store's recent round
-    trip (its writes' durations: 0.3 s)."""
+    """A store 150 ms away each way (or slow to sync): its writes take 0.3 s, our mark (behind
+    another write in the writer's queue) 0.6 s to show in our watch. The verdict waits for the
+    mark, then the answer time and twice the store's round trip; an accusation whose mark is
+    another agent's already (the table answers at once) waits the same once it is told."""
     prober, heard = _telling_prober(unanswering_port, "peer-a", "peer-b", echo=0.6,
                                     round_trip=0.3)
     send, receive = results
@@ -315,17 +314,17 @@ async def test_a_far_store_gives_the_suspect_the_time_its_answer_takes(
     await prober._suspect("peer-a", 10, send)
     assert heard.receive_nowait() == Suspected("peer-a", start)
     assert receive.receive_nowait().outcome == "unreachable"
-    assert trio.current_time() - start == pytest.approx(TIMEOUT + 0.6 + 0.3 + 2 * 0.6)
+    assert trio.current_time() - start == pytest.approx(TIMEOUT + 0.6 + 0.3 + 2 * 0.3)
     assert prober.metrics.registry.get_sample_value(
-        "k3net_suspect_answer_wait_seconds", {}) == pytest.approx(0.6 + 0.3 + 2 * 0.6)
-    # Marked already by another agent: the table answers at once, and wrote nothing.
+        "k3net_suspect_answer_wait_seconds", {}) == pytest.approx(0.6 + 0.3 + 2 * 0.3)
+    # Marked already by another agent: the table answers at once.
     assert isinstance(prober._suspicions, _Table)
     prober._suspicions.echo = None
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(prober._suspect, "peer-b", 10, send)
         await heard.receive()
-        prober.mark_seen("peer-b", wrote=False)
+        prober.mark_seen("peer-b")
     assert receive.receive_nowait().outcome == "unreachable"
     assert trio.current_time() - start == pytest.approx(TIMEOUT + 0.3 + 2 * 0.3)
 

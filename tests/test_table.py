@@ -1626,7 +1626,7 @@ def test_a_suspect_is_marked_and_its_answer_through_the_store_stops_the_accusati
     assert marking == Write(Suspicion("peer-a", "me", last_seen(put.stored.node)), put.stored)
     marked = commit(marking, wall=10.0)
     # The watch shows the mark: the prober times the suspect's answer from here.
-    assert t.handle(marked, 10.01) == [MarkSeen("peer-a", wrote=True)]
+    assert t.handle(marked, 10.01) == [MarkSeen("peer-a")]
     # peer-a's own agent, as its table decides on seeing the mark: it answers.
     suspect = table(me=SelfInfo("peer-a", lambda: ("192.168.1.10",), 7946, 4242))
     suspect.handle(put, 10.0)
@@ -1638,7 +1638,7 @@ def test_a_suspect_is_marked_and_its_answer_through_the_store_stops_the_accusati
     t.handle(answered, 10.03)
     assert writes(t.handle(result("unreachable", 10.7), 10.7)) == []
     # contradicted: no more marks, and nothing to wait for
-    assert t.handle(Suspected("peer-a", 19.0), 20.0) == [MarkSeen("peer-a", wrote=False)]
+    assert t.handle(Suspected("peer-a", 19.0), 20.0) == [MarkSeen("peer-a")]
     # Once this agent reaches it again, its suspicions count again.
     t.handle(ok(started=30.0), 30.0)
     assert writes(t.handle(Suspected("peer-a", 39.0), 40.0))
@@ -1653,7 +1653,7 @@ def test_a_suspicion_that_began_before_the_suspects_answer_marks_nothing_more() 
     answered = commit(Write(Alive("peer-a", ("192.168.1.10",), 7946, 4242, refresh=True,
                                   refresh_from=last_seen(put.stored.node)), put.stored), wall=9.5)
     t.handle(answered, 9.5)
-    assert t.handle(Suspected("peer-a", since=9.0), 10.0) == [MarkSeen("peer-a", wrote=False)]
+    assert t.handle(Suspected("peer-a", since=9.0), 10.0) == [MarkSeen("peer-a")]
     assert writes(t.handle(result("unreachable", 10.3), 10.3)) == []
 
 
@@ -1667,14 +1667,14 @@ def test_the_prober_hears_once_when_its_mark_is_in_the_store_or_was_answered_alr
                                   refresh_from=last_seen(put.stored.node)), marking.base),
                       wall=10.4)
     assert ANN_SUSPECTED not in answered.stored.node.metadata.annotations
-    assert t.handle(answered, 10.5) == [MarkSeen("peer-a", wrote=True)]
+    assert t.handle(answered, 10.5) == [MarkSeen("peer-a")]
     assert writes(t.handle(result("unreachable", 11.0), 11.0)) == []  # and it was answered
     again = commit(Write(Alive("peer-a", ("192.168.1.10",), 7946, 4242, refresh=True,
                                refresh_from=last_seen(answered.stored.node)), answered.stored),
                    wall=40.0)
-    assert MarkSeen("peer-a", wrote=True) not in t.handle(again, 40.0)
+    assert MarkSeen("peer-a") not in t.handle(again, 40.0)
     # A peer the table does not follow (forgotten meanwhile): nothing to wait for.
-    assert t.handle(Suspected("peer-z", since=9.0), 41.0) == [MarkSeen("peer-z", wrote=False)]
+    assert t.handle(Suspected("peer-z", since=9.0), 41.0) == [MarkSeen("peer-z")]
 
 
 def test_an_unanswered_suspicion_ends_in_the_accusation_and_its_mark_goes() -> None:

@@ -206,12 +206,13 @@ REPROBE_DELAY = 1.0
 MARK_WAIT = 5.0
 
 
-def answer_window(echo: float, base: float = 0.0) -> float:
+def answer_window(round_trip: float, base: float = 0.0) -> float:
     """How long after our mark shows in our watch a suspect's answer through the store may still
-    come: `base` (a loaded host's reaction, the polls of a store that polls) and twice `echo`,
-    the round trip our mark took (the suspect's write takes as long as ours, and its watch and
-    ours no longer). A store far away or slow to sync gets the time its answer takes."""
-    return base + 2 * echo
+    come: `base` (a loaded host's reaction, the polls of a store that polls) and twice
+    `round_trip`, a store call's round trip (the suspect's write takes about as long as ours,
+    its watch's push no longer). A store far away or slow to sync gets the time its answer
+    takes."""
+    return base + 2 * round_trip
 # A Tick this much later than due means this agent did not run meanwhile (module docstring).
 PAUSE = 1.0
 # How a peer was found, most direct first: a peer found several ways shows the most direct.
@@ -263,11 +264,10 @@ class Forget:
 class MarkSeen:
     """The answer to a `Suspected`: the suspect's Node carries a mark as this agent's watch
     shows it (or the suspect answered it already), so the suspect's own agent has seen it too,
-    or will within a watch's delay; or no mark was needed (`wrote` False, told at once). The
-    prober times the suspect's answer from here (`tasks.probe.Prober._let_it_answer`)."""
+    or will within a watch's delay; or no mark was needed (told at once). The prober times the
+    suspect's answer from here (`tasks.probe.Prober._let_it_answer`)."""
 
     name: str
-    wrote: bool  # this agent wrote the mark: the wait for it measured the store's round trip
 
 
 # What the table tells the prober.
@@ -744,13 +744,13 @@ class PeerTable:
         waits for `MarkSeen`: once the watch shows our mark, or at once when none is written."""
         peer, view = self._peers.get(msg.name), self._views.get(msg.name)
         if peer is None:
-            return [MarkSeen(msg.name, wrote=False)]
+            return [MarkSeen(msg.name)]
         if view is not None and view.changed_at > msg.since:
             peer.contradicted, peer.marked = True, None
-            return [MarkSeen(msg.name, wrote=False)]
+            return [MarkSeen(msg.name)]
         actions = self._mark(peer, now)
         if not actions:
-            return [MarkSeen(msg.name, wrote=False)]
+            return [MarkSeen(msg.name)]
         assert peer.marked is not None  # (`_mark` wrote it)
         peer.marked = attrs.evolve(peer.marked, awaited=True)
         return actions
@@ -942,7 +942,7 @@ class PeerTable:
                 # prober's wait for it ends.
                 peer.marked = attrs.evolve(marked, seen_at=now, awaited=False)
                 if marked.awaited:
-                    actions.append(MarkSeen(peer.name, wrote=True))
+                    actions.append(MarkSeen(peer.name))
             if peer.joining_since is not None and ready:
                 actions.append(JoinLatency(peer.name, now - peer.joining_since))
                 peer.joining_since = None

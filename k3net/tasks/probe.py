@@ -432,7 +432,6 @@ class _Marking:
     """An accusation waiting for its mark to be in the store (`Prober._let_it_answer`)."""
 
     seen: trio.Event = attrs.Factory(trio.Event)
-    wrote: bool = False  # this agent wrote the mark (its wait measured the store's round trip)
 
 
 # After a suspicion that was not confirmed while the peer stays silent (refuted by another agent,
@@ -444,8 +443,7 @@ SILENT_FOLLOW = 60.0
 # How long a suspect's answer through a store that pushes changes (etcd) may take once our watch
 # shows our mark: its watch, its table and its write, our watch (milliseconds each on a LAN; room
 # for a loaded host). A store whose watch polls adds two polls (`Agent._answer_time`). To this
-# comes twice the store's round trip as the mark's own wait measured it (`_let_it_answer`,
-# `core.table.answer_window`).
+# comes twice the store's recent round trip (`_let_it_answer`, `core.table.answer_window`).
 ANSWER_TIME = 0.3
 
 # After a held connection closes: how many probes at most, and the pause between them, while
@@ -620,11 +618,11 @@ they share `sockets` sockets (module docstring).
         """Before a confirmed verdict on `name` (silent since `since`) goes to the table: tell
         the table (`Suspected`), which marks its Node; wait until our watch shows the mark
         (`MarkSeen`, MARK_WAIT at most), then leave its own agent `answer_time()` and twice the
-        store's round trip to answer through the store (`answer_window`): a far or slow store (a
-        write that takes 300 ms) gets the time its answer takes. The round trip is the one this
-        wait measured when we wrote the mark, else (another agent's mark was there) the store's
-        recent one (`store_round_trip`). Nothing when nobody could answer there (None: this
-        agent's store is its own)."""
+        store's recent round trip (`store_round_trip`, this mark's write among them) to answer
+        through the store (`answer_window`): a far or slow store (a write that takes 300 ms) gets
+        the time its answer takes. Waiting for the mark first covers the writer's queue and our
+        watch's delay (for a store that polls, a poll). Nothing when nobody could answer there
+        (None: this agent's store is its own)."""
         window = self.answer_time()
         if window is None or self._suspicions is None:
             return
@@ -643,19 +641,17 @@ they share `sockets` sockets (module docstring).
             log.warning("the mark on %s did not show in the store within %s: accusing it "
                         "without waiting for its answer", name, format_duration(MARK_WAIT))
             return
-        echo = trio.current_time() - asked if marking.wrote else self.store_round_trip()
-        wait = answer_window(echo, window)
+        wait = answer_window(self.store_round_trip(), window)
         self.metrics.answer_wait.set(trio.current_time() - asked + wait)
         log.debug("%s: mark in the store after %s, its answer awaited %s more", name,
                   format_duration(trio.current_time() - asked), format_duration(wait))
         await trio.sleep(wait)
 
-    def mark_seen(self, name: str, *, wrote: bool) -> None:
+    def mark_seen(self, name: str) -> None:
         """The table's answer to our `Suspected` of `name` (`MarkSeen`): the accusation's wait
         for its mark ends (`_let_it_answer`)."""
         marking = self._marking.get(name)
         if marking is not None:
-            marking.wrote = wrote
             marking.seen.set()
 
     async def _follow(self, name: str, results: trio.MemorySendChannel[ProbeResult], *,
@@ -744,14 +740,14 @@ they share `sockets` sockets (module docstring).
                 async for msg in inbox:
                     if isinstance(msg, Forget):
                         self.targets.pop(msg.name, None)
-                        self.mark_seen(msg.name, wrote=False)  # its verdict writes nothing
+                        self.mark_seen(msg.name)  # its verdict writes nothing
                         schedule = self._schedules.pop(msg.name, None)
                         if schedule is not None:
                             schedule.cancel()
                         holds.release(msg.name)
                         continue
                     if isinstance(msg, MarkSeen):
-                        self.mark_seen(msg.name, wrote=msg.wrote)
+                        self.mark_seen(msg.name)
                         continue
                     name = msg.target.name
                     if isinstance(msg, Retarget):  # no probe now: where to ask from now on
