@@ -204,15 +204,6 @@ REPROBE_DELAY = 1.0
 # The longest a verdict waits for its mark to show in the store (a store that slow, or away):
 # then it is written, still held to the mark's lastSeen if an answer came meanwhile.
 MARK_WAIT = 5.0
-
-
-def answer_window(round_trip: float, base: float = 0.0) -> float:
-    """How long after our mark shows in our watch a suspect's answer through the store may still
-    come: `base` (a loaded host's reaction, the polls of a store that polls) and twice
-    `round_trip`, a store call's round trip (the suspect's write takes about as long as ours,
-    its watch's push no longer). A store far away or slow to sync gets the time its answer
-    takes."""
-    return base + 2 * round_trip
 # A Tick this much later than due means this agent did not run meanwhile (module docstring).
 PAUSE = 1.0
 # How a peer was found, most direct first: a peer found several ways shows the most direct.
@@ -227,6 +218,16 @@ DOWN_REPROBE = 1.0
 # How many quick re-probes a peer that said goodbye but still answers gets before it is left to
 # the ordinary rounds (an mDNS record that expired while its agent runs).
 LEAVING_REPROBES = 5
+
+
+def answer_window(round_trip: float, base: float = 0.0) -> float:
+    """How long after our mark shows in our watch a suspect's answer through the store may still
+    come: `base` (a loaded host's reaction, the polls of a store that polls) and twice
+    `round_trip`, a store call's round trip (the suspect's write takes about as long as ours,
+    its watch's push no longer). A store far away or slow to sync gets the time its answer
+    takes."""
+    return base + 2 * round_trip
+
 
 Message = (
     PeerSeen | PeerGone | PeerRejected | ProbeResult | Suspected | Tick | SelfHeartbeat
@@ -667,8 +668,7 @@ class PeerTable:
         if marked is None:
             return 0.0
         if marked.seen_at is None:
-            return min(REPROBE_DELAY, marked.at + MARK_WAIT - now) if now < marked.at + MARK_WAIT \
-                else 0.0
+            return max(0.0, min(REPROBE_DELAY, marked.at + MARK_WAIT - now))
         return max(0.0, marked.seen_at + answer_window(marked.seen_at - marked.at) - now)
 
     def _gone_for_good(self, peer: _Peer, now: float, probe: ProbeResult | None) -> Step:
